@@ -1,0 +1,43 @@
+"""mixedfx: lme4-style mixed-effects models on TensorFlow Probability.
+
+Formulas are parsed into frozen specs, the specs build a TensorFlow Probability joint
+distribution, and the estimators fit it by Monte Carlo EM (HMC E-step, closed-form
+parameter-expanded M-step), compiled with XLA, on the GPU when TensorFlow sees one.
+
+>>> import mixedfx
+>>> sorted(name for name in mixedfx.__all__ if name[0].isupper())[:3]
+['ConvergenceWarning', 'DataError', 'FormulaError']
+"""
+
+from mixedfx import _tf  # noqa: F401  (configures TensorFlow before anything else uses it)
+from mixedfx import datasets
+from mixedfx.estimator import MixedEffectsRegressor, lmer
+from mixedfx.exceptions import (
+    ConvergenceWarning,
+    DataError,
+    FormulaError,
+    MixedFXError,
+    NewLevelError,
+    ParameterError,
+)
+from mixedfx.formula import FormulaSpec, RandomTermSpec, parse_formula
+from mixedfx.inference import FitSummary
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MixedEffectsRegressor",
+    "lmer",
+    "parse_formula",
+    "FormulaSpec",
+    "RandomTermSpec",
+    "FitSummary",
+    "MixedFXError",
+    "FormulaError",
+    "DataError",
+    "NewLevelError",
+    "ParameterError",
+    "ConvergenceWarning",
+    "datasets",
+    "__version__",
+]

@@ -1,0 +1,63 @@
+"""TensorFlow and TensorFlow Probability, imported once and configured for mixedfx.
+
+Importing TensorFlow prints a burst of C++ log lines (oneDNN notices, CUDA probing,
+XLA service start-up) that are noise to a statistics user.  They are written straight
+to file descriptor 2 before Python can filter them, so the import, device discovery
+and a first tiny XLA compile run with that descriptor pointed at ``/dev/null``.  Set
+``MIXEDFX_TF_LOGS=1`` to see them.
+
+TensorFloat-32 is switched off: on Ampere and Hopper GPUs it silently rounds float32
+matmuls to 10 mantissa bits, which breaks the exactness HMC's accept/reject step
+relies on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+__all__ = ["tf", "tfp", "tfd", "tfb"]
+
+
+@contextlib.contextmanager
+def _silenced_stderr_fd():
+    """Point file descriptor 2 at /dev/null for the duration of the block."""
+    if os.environ.get("MIXEDFX_TF_LOGS") == "1":
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2 (embedded interpreters)
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+with _silenced_stderr_fd():
+    import tensorflow as tf  # noqa: E402
+    import tensorflow_probability as tfp  # noqa: E402
+
+    tf.get_logger().setLevel("ERROR")
+    tf.config.experimental.enable_tensor_float_32_execution(False)
+    tf.config.list_physical_devices()
+
+    @tf.function(jit_compile=True)
+    def _first_compile(x):
+        return x + 1.0
+
+    # The XLA service logs its start-up once per process, at the first compile.
+    _first_compile(tf.constant(0.0))
+
+tfd = tfp.distributions
+tfb = tfp.bijectors

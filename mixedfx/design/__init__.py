@@ -1,0 +1,24 @@
+"""Design layer: from frozen formula specs and a DataFrame to model arrays.
+
+Nothing here imports TensorFlow.
+"""
+
+from mixedfx.design.fixed import EVALUATION_CONTEXT, FixedDesign, build_fixed_design
+from mixedfx.design.random import (
+    NEW_LEVEL_POLICIES,
+    GroupingFactor,
+    RandomDesign,
+    RandomTermData,
+    RandomTermDesign,
+)
+
+__all__ = [
+    "EVALUATION_CONTEXT",
+    "FixedDesign",
+    "build_fixed_design",
+    "NEW_LEVEL_POLICIES",
+    "GroupingFactor",
+    "RandomDesign",
+    "RandomTermData",
+    "RandomTermDesign",
+]

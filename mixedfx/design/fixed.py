@@ -1,0 +1,277 @@
+"""The fixed-effects design: formulaic with an explicit materializer and a frozen spec.
+
+At fit time formulaic learns the encoding state (categorical levels, contrasts,
+centring and scaling constants, spline knots) into a :class:`formulaic.ModelSpec`.
+:class:`FixedDesign` keeps that spec and replays it on new data, with two guards that
+formulaic itself does not apply:
+
+* an unseen categorical level raises :class:`~mixedfx.NewLevelError` (formulaic would
+  encode it as the baseline with only a warning);
+* missing values raise instead of silently dropping rows (which would misalign the
+  prediction with the input rows).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from formulaic import Formula, ModelSpec
+from formulaic.errors import DataMismatchWarning, FormulaicError
+from formulaic.materializers import PandasMaterializer
+
+from mixedfx.exceptions import DataError, FormulaError, NewLevelError, did_you_mean
+
+__all__ = ["FixedDesign", "build_fixed_design", "EVALUATION_CONTEXT"]
+
+#: Names available inside formula expressions besides the data columns and formulaic's
+#: own transforms (``C``, ``center``, ``scale``, ``bs``, ``poly``, ...).  The context
+#: is curated on purpose: formulaic's default would capture the caller's stack frame.
+EVALUATION_CONTEXT = {
+    "np": np,
+    "numpy": np,
+    "log": np.log,
+    "log1p": np.log1p,
+    "exp": np.exp,
+    "sqrt": np.sqrt,
+    "abs": np.abs,
+}
+
+
+@dataclass(frozen=True, eq=False)
+class FixedDesign:
+    """State of the fixed-effects design captured at fit time.
+
+    Attributes
+    ----------
+    formula : str
+        The fixed right-hand side, in formulaic's grammar.
+    model_spec : formulaic.ModelSpec
+        Formulaic's frozen encoding state, replayed by :meth:`transform`.
+    column_names : tuple of str
+        Names of the columns kept in the design (formulaic's names, e.g.
+        ``"Intercept"``, ``"service"``).
+    kept_columns : tuple of int
+        Positions of the kept columns in formulaic's output; aliased columns of a
+        rank-deficient design are dropped at fit time, as lme4 does.
+    dropped_columns : tuple of str
+        Names of the columns dropped for rank deficiency.
+    response : str or None
+        The response expression, when the design was built with one.
+    response_spec : formulaic.ModelSpec or None
+        Formulaic's state for the response, replayed by :meth:`transform_response`.
+    """
+
+    formula: str
+    model_spec: ModelSpec
+    column_names: tuple[str, ...]
+    kept_columns: tuple[int, ...]
+    dropped_columns: tuple[str, ...] = ()
+    response: str | None = None
+    response_spec: ModelSpec | None = None
+
+    @property
+    def has_intercept(self) -> bool:
+        return "Intercept" in self.column_names
+
+    def transform(self, data: pd.DataFrame) -> np.ndarray:
+        """Replay the fitted encoding on ``data``.
+
+        Parameters
+        ----------
+        data : pandas.DataFrame
+            New rows with the columns the fixed part uses.
+
+        Returns
+        -------
+        numpy.ndarray of shape (n_rows, n_columns)
+            The design matrix, float64.
+
+        Raises
+        ------
+        NewLevelError
+            If a categorical column holds a level not seen at fit time.
+        DataError
+            If a column is missing or holds missing values.
+        """
+        matrix = _materialize(lambda: self.model_spec.get_model_matrix(data, context=EVALUATION_CONTEXT),
+                              data=data, formula=self.formula, spec=self.model_spec)
+        return np.asarray(matrix, dtype=np.float64)[:, list(self.kept_columns)]
+
+    def transform_response(self, data: pd.DataFrame) -> np.ndarray:
+        """Evaluate the response expression on ``data`` (for scoring on new rows)."""
+        if self.response_spec is None:
+            raise DataError("the formula has no response (left-hand side) to evaluate; pass y explicitly")
+        matrix = _materialize(lambda: self.response_spec.get_model_matrix(data, context=EVALUATION_CONTEXT),
+                              data=data, formula=self.response, spec=self.response_spec)
+        return np.asarray(matrix, dtype=np.float64)[:, 0]
+
+
+def build_fixed_design(
+    fixed: str,
+    data: pd.DataFrame,
+    *,
+    response: str | None = None,
+) -> tuple[FixedDesign, np.ndarray, np.ndarray | None]:
+    """Learn the fixed design from ``data``.
+
+    Parameters
+    ----------
+    fixed : str
+        Fixed right-hand side in formulaic's grammar, e.g. ``"service"``.
+    data : pandas.DataFrame
+        Training rows.
+    response : str, optional
+        Left-hand side expression.  When given, it is evaluated by formulaic too.
+
+    Returns
+    -------
+    design : FixedDesign
+        The frozen design state.
+    X : numpy.ndarray of shape (n_rows, n_columns)
+        The fixed-effects design matrix.
+    y : numpy.ndarray of shape (n_rows,) or None
+        The evaluated response, when ``response`` was given.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from mixedfx.design import build_fixed_design
+    >>> frame = pd.DataFrame({"y": [1.0, 2.0, 4.0], "f": ["a", "b", "a"]})
+    >>> design, X, y = build_fixed_design("f", frame, response="y")
+    >>> design.column_names
+    ('Intercept', 'f[T.b]')
+    >>> X.tolist()
+    [[1.0, 0.0], [1.0, 1.0], [1.0, 0.0]]
+    """
+    text = fixed if response is None else f"{response} ~ {fixed}"
+    try:
+        formula = Formula(text)
+    except FormulaicError as exc:
+        raise FormulaError(f"formulaic cannot parse the fixed part: {_first_line(exc)}", formula=text) from exc
+
+    def materialize():
+        return formula.get_model_matrix(
+            data, context=EVALUATION_CONTEXT, materializer=PandasMaterializer, na_action="raise"
+        )
+
+    matrices = _materialize(materialize, data=data, formula=text, spec=None)
+    if response is None:
+        rhs, y, lhs = matrices, None, None
+    else:
+        rhs, lhs = matrices.rhs, matrices.lhs
+        if lhs.shape[1] != 1:
+            raise DataError(
+                f"the response {response!r} must evaluate to one numeric column, but it gave "
+                f"{lhs.shape[1]} columns ({', '.join(map(str, lhs.columns))}); is it categorical?"
+            )
+        y = np.asarray(lhs, dtype=np.float64)[:, 0]
+    names = tuple(str(c) for c in rhs.columns)
+    X = np.asarray(rhs, dtype=np.float64)
+    kept = _independent_columns(X)
+    dropped = tuple(names[j] for j in range(len(names)) if j not in kept)
+    if dropped:
+        warnings.warn(
+            f"the fixed-effects design is rank deficient; dropping {len(dropped)} aliased "
+            f"column(s): {', '.join(dropped)}",
+            UserWarning,
+            stacklevel=3,
+        )
+    design = FixedDesign(
+        formula=fixed,
+        model_spec=rhs.model_spec,
+        column_names=tuple(names[j] for j in kept),
+        kept_columns=tuple(kept),
+        dropped_columns=dropped,
+        response=response,
+        response_spec=None if lhs is None else lhs.model_spec,
+    )
+    return design, X[:, kept], y
+
+
+def _independent_columns(X: np.ndarray, *, rtol: float = 1e-7) -> list[int]:
+    """Indices of the columns to keep: a column whose part orthogonal to the earlier
+    columns is below ``rtol`` of its own norm is aliased and dropped (lme4 keeps the
+    earlier columns of an aliased set too)."""
+    if X.shape[1] == 0 or X.shape[0] == 0:
+        return list(range(X.shape[1]))
+    r = np.linalg.qr(X, mode="r")
+    norms = np.linalg.norm(X, axis=0)
+    diag = np.abs(np.diag(r))
+    if diag.shape[0] < X.shape[1]:  # fewer rows than columns
+        diag = np.concatenate([diag, np.zeros(X.shape[1] - diag.shape[0])])
+    return [j for j in range(X.shape[1]) if norms[j] > 0 and diag[j] > rtol * norms[j]]
+
+
+def _materialize(build, *, data, formula: str, spec):
+    if not isinstance(data, pd.DataFrame):
+        raise DataError(f"expected a pandas DataFrame, got {type(data).__name__}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataMismatchWarning)
+        # pandas 3 deprecation chatter from inside formulaic's categorical encoder.
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*Categorical with a dtype.*")
+        try:
+            return build()
+        except DataMismatchWarning as exc:
+            raise NewLevelError(_unseen_level_message(data, spec, exc)) from None
+        except FormulaicError as exc:
+            raise _translate(exc, data, formula) from None
+        except ValueError as exc:
+            message = str(exc)
+            if "null values" in message or "contains null" in message:
+                column = _quoted(message)
+                raise DataError(
+                    f"column {column!r} contains missing values (NaN/None); drop or impute those rows first"
+                ) from None
+            raise DataError(f"cannot build the fixed design from {formula!r}: {message}") from None
+
+
+def _translate(exc: Exception, data: pd.DataFrame, formula: str) -> Exception:
+    message = _first_line(exc)
+    name = _quoted(message.split("NameError:")[-1]) if "NameError" in message else None
+    if name is not None:
+        return DataError(
+            f"column {name!r} used in the formula {formula!r} is not in the data."
+            + did_you_mean(name, data.columns)
+        )
+    return DataError(f"cannot build the fixed design from {formula!r}: {message}")
+
+
+def _unseen_level_message(data: pd.DataFrame, spec: ModelSpec | None, exc: Exception) -> str:
+    details = []
+    if spec is not None:
+        for factor, state in spec.encoder_state.items():
+            kind, params = state
+            if getattr(kind, "value", kind) != "categorical" or str(factor) not in data.columns:
+                continue
+            known = pd.Index(params.get("categories", []))
+            values = pd.Index(pd.unique(data[str(factor)].dropna()))
+            unseen = values.difference(known, sort=False)
+            if len(unseen):
+                shown = ", ".join(map(repr, list(unseen[:5])))
+                more = f" and {len(unseen) - 5} more" if len(unseen) > 5 else ""
+                details.append(f"column {str(factor)!r} has level(s) {shown}{more}")
+    if not details:
+        details.append(_first_line(exc))
+    return (
+        "unseen categorical level(s) on the fixed side: "
+        + "; ".join(details)
+        + ". A fixed effect has no estimate for a level it never saw; "
+        "refit with that level present or recode it."
+    )
+
+
+def _quoted(message: str) -> str | None:
+    start = message.find("`")
+    end = message.find("`", start + 1)
+    if start < 0 or end < 0:
+        return None
+    return message[start + 1:end]
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -1,0 +1,290 @@
+"""Parser for lme4 mixed-model formulas.
+
+The grammar handled here is the part formulaic does not know: the random-effect bars.
+
+.. code-block:: text
+
+    formula   := [response] "~" rhs
+    rhs       := summand (("+" | "-") summand)*
+    summand   := random | fixed
+    random    := "(" expr ("|" | "||") grouping ")"
+    grouping  := nest ("/" nest)*          a/b   ->  a, a:b
+    nest      := name (":" name)*          a:b   ->  interaction of a and b
+
+Every summand that is not a random term is fixed, and is handed to formulaic verbatim
+(sliced from the original text), so the fixed side supports everything formulaic does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from mixedfx.exceptions import FormulaError
+from mixedfx.formula.spec import FormulaSpec, RandomTermSpec
+from mixedfx.formula.tokens import Token, TokenKind, tokenize
+
+__all__ = ["parse_formula"]
+
+_OPEN = {TokenKind.LPAREN: TokenKind.RPAREN, TokenKind.LBRACKET: TokenKind.RBRACKET,
+         TokenKind.LBRACE: TokenKind.RBRACE}
+_CLOSE = {v: k for k, v in _OPEN.items()}
+
+
+def parse_formula(formula: str) -> FormulaSpec:
+    """Parse an lme4 formula into a frozen :class:`FormulaSpec`.
+
+    Parameters
+    ----------
+    formula : str
+        For example ``"y ~ service + (1 | s) + (1 | d) + (1 | dept)"``.
+
+    Returns
+    -------
+    FormulaSpec
+        The response text, the fixed part for formulaic and the random terms.
+
+    Raises
+    ------
+    FormulaError
+        On any syntax error; the message shows the formula with a caret under the
+        offending position.
+
+    Examples
+    --------
+    >>> from mixedfx.formula import parse_formula
+    >>> spec = parse_formula("y ~ service + (1 | s) + (1 | d)")
+    >>> spec.response, spec.fixed, [t.group_name for t in spec.random]
+    ('y', 'service', ['s', 'd'])
+    >>> [t.group_name for t in parse_formula("y ~ (1 | a/b)").random]
+    ['a', 'a:b']
+    """
+    return _Parser(formula).parse()
+
+
+class _Parser:
+    def __init__(self, formula: str):
+        self.text = formula
+        self.tokens = tokenize(formula)
+        self.depth = self._bracket_depths()
+
+    # -- helpers -------------------------------------------------------------------------
+    def error(self, message: str, position: int) -> FormulaError:
+        return FormulaError(message, formula=self.text, position=position)
+
+    def _bracket_depths(self) -> list[int]:
+        """Depth of each token (brackets count at their outer depth); checks balance."""
+        stack: list[Token] = []
+        depths = []
+        for tok in self.tokens:
+            if tok.kind in _OPEN:
+                depths.append(len(stack))
+                stack.append(tok)
+            elif tok.kind in _CLOSE:
+                if not stack:
+                    raise self.error(f"unbalanced {tok.text!r}: nothing to close", tok.start)
+                opener = stack.pop()
+                if _OPEN[opener.kind] is not tok.kind:
+                    raise self.error(
+                        f"{tok.text!r} does not match {opener.text!r} at position {opener.start}",
+                        tok.start,
+                    )
+                depths.append(len(stack))
+            else:
+                depths.append(len(stack))
+        if stack:
+            opener = stack[-1]
+            raise self.error(f"unbalanced {opener.text!r}: it is never closed", opener.start)
+        return depths
+
+    def split_top(self, lo: int, hi: int, is_sep: Callable[[Token], bool], base_depth: int):
+        """Split tokens[lo:hi] at separators at ``base_depth``; returns (segments, seps)."""
+        segments, seps, start = [], [], lo
+        for i in range(lo, hi):
+            if self.depth[i] == base_depth and is_sep(self.tokens[i]):
+                segments.append((start, i))
+                seps.append(i)
+                start = i + 1
+        segments.append((start, hi))
+        return segments, seps
+
+    def span_text(self, lo: int, hi: int) -> str:
+        return self.text[self.tokens[lo].start:self.tokens[hi - 1].end]
+
+    def position_after(self, i: int) -> int:
+        return self.tokens[i].end if i < len(self.tokens) else len(self.text)
+
+    # -- grammar -------------------------------------------------------------------------
+    def parse(self) -> FormulaSpec:
+        if not self.tokens:
+            raise FormulaError("empty formula", formula=self.text, position=0)
+        tildes = [i for i, t in enumerate(self.tokens) if t.is_op("~")]
+        if not tildes:
+            raise FormulaError(
+                "missing '~': a formula reads 'response ~ terms', e.g. 'y ~ x + (1 | g)'",
+                formula=self.text,
+            )
+        for i in tildes:
+            if self.depth[i] != 0:
+                raise self.error("'~' inside brackets", self.tokens[i].start)
+        if len(tildes) > 1:
+            raise self.error("more than one '~'", self.tokens[tildes[1]].start)
+        tilde = tildes[0]
+        response = self.parse_response(tilde)
+        if tilde + 1 >= len(self.tokens):
+            raise self.error("nothing after '~': the right-hand side is empty", self.tokens[tilde].end)
+        fixed_parts, random_terms = self.parse_rhs(tilde + 1, len(self.tokens))
+        fixed = self.join_fixed(fixed_parts)
+        return FormulaSpec(text=self.text, response=response, fixed=fixed, random=tuple(random_terms))
+
+    def parse_response(self, tilde: int) -> str | None:
+        if tilde == 0:
+            return None
+        for i in range(tilde):
+            if self.tokens[i].is_op("|", "||"):
+                raise self.error("a bar '|' cannot appear in the response", self.tokens[i].start)
+        return self.span_text(0, tilde)
+
+    def parse_rhs(self, lo: int, hi: int):
+        segments, seps = self.split_top(lo, hi, lambda t: t.is_op("+", "-"), 0)
+        fixed_parts: list[tuple[str, str]] = []
+        random_terms: list[RandomTermSpec] = []
+        seen: dict[tuple, RandomTermSpec] = {}
+        for k, (a, b) in enumerate(segments):
+            sign = "+" if k == 0 else self.tokens[seps[k - 1]].text
+            if a == b:
+                if k == 0:  # a leading sign, as in "y ~ -1 + x" or "y ~ +x"
+                    continue
+                position = self.tokens[b].start if b < hi else self.position_after(seps[k - 1])
+                raise self.error(f"missing term after {sign!r}", position)
+            term = self.parse_random(a, b, sign)
+            if term is None:
+                fixed_parts.append((sign, self.span_text(a, b)))
+                continue
+            for t in term:
+                key = (t.expr.replace(" ", ""), t.grouping)
+                if key in seen:
+                    raise self.error(f"random term {t} appears more than once", t.position)
+                seen[key] = t
+                random_terms.append(t)
+        return fixed_parts, random_terms
+
+    def parse_random(self, a: int, b: int, sign: str) -> list[RandomTermSpec] | None:
+        """Parse tokens[a:b] as a random term; ``None`` when the summand is fixed."""
+        bars = [i for i in range(a, b) if self.tokens[i].is_op("|", "||")]
+        if not bars:
+            return None
+        outer = [i for i in bars if self.depth[i] == 0]
+        if outer:
+            raise self.error(
+                "a random-effect term must be in parentheses, as in '(1 | g)'",
+                self.tokens[outer[0]].start,
+            )
+        first, last = self.tokens[a], self.tokens[b - 1]
+        wrapped = (
+            first.kind is TokenKind.LPAREN
+            and last.kind is TokenKind.RPAREN
+            and self.depth[a] == 0
+            and all(self.depth[i] >= 1 for i in range(a + 1, b - 1))
+        )
+        top_bars = [i for i in bars if self.depth[i] == 1]
+        if not wrapped or not top_bars:
+            raise self.error(
+                "a random-effect term '(... | g)' cannot be combined with other terms by "
+                "'*', ':', '^' or a function call; add it as its own term",
+                self.tokens[bars[0]].start,
+            )
+        if sign == "-":
+            raise self.error("a random-effect term cannot be subtracted", first.start)
+        if len(top_bars) > 1:
+            raise self.error("more than one bar in one random-effect term", self.tokens[top_bars[1]].start)
+        bar = top_bars[0]
+        if bar == a + 1:
+            raise self.error(
+                "empty left side of the bar: write '(1 | g)' for a random intercept",
+                self.tokens[bar].start,
+            )
+        if bar == b - 2:
+            raise self.error("missing grouping factor after the bar", self.tokens[bar].end)
+        expr_tokens = self.tokens[a + 1:bar]
+        expr = self.span_text(a + 1, bar)
+        groupings = self.parse_grouping(bar + 1, b - 1)
+        expr_names = {_column_name(t) for t in expr_tokens if t.kind is TokenKind.NAME}
+        for grouping in groupings:
+            for name in grouping:
+                if name in expr_names:
+                    raise self.error(
+                        f"{name!r} appears on both sides of the bar", self.tokens[bar].start
+                    )
+        intercept_only = len(expr_tokens) == 1 and expr_tokens[0].text == "1"
+        text = self.span_text(a, b)
+        return [
+            RandomTermSpec(
+                expr=expr,
+                grouping=grouping,
+                correlated=self.tokens[bar].text == "|",
+                intercept_only=intercept_only,
+                text=text,
+                position=first.start,
+            )
+            for grouping in groupings
+        ]
+
+    def parse_grouping(self, lo: int, hi: int) -> list[tuple[str, ...]]:
+        """``a``, ``a:b``, ``a/b`` (nested: a, a:b), ``a/b/c`` and ``a:b/c``."""
+        base = self.depth[lo]
+        for i in range(lo, hi):
+            tok = self.tokens[i]
+            if tok.kind is not TokenKind.NAME and not tok.is_op(":", "/"):
+                raise self.error(
+                    "a grouping factor must be a column name or an interaction/nesting of "
+                    "column names such as 'a:b' or 'a/b'",
+                    tok.start,
+                )
+        levels, seps = self.split_top(lo, hi, lambda t: t.is_op("/"), base)
+        prefix: tuple[str, ...] = ()
+        groupings = []
+        for a, b in levels:
+            names = self.parse_interaction(a, b, seps)
+            prefix = prefix + names
+            groupings.append(prefix)
+        return groupings
+
+    def parse_interaction(self, a: int, b: int, seps: Sequence[int]) -> tuple[str, ...]:
+        if a == b:
+            pos = self.tokens[a].start if a < len(self.tokens) else len(self.text)
+            raise self.error("missing grouping factor name", pos)
+        names = []
+        expect_name = True
+        for i in range(a, b):
+            tok = self.tokens[i]
+            if expect_name != (tok.kind is TokenKind.NAME):
+                raise self.error(
+                    "expected a column name" if expect_name else "expected ':' or '/'", tok.start
+                )
+            if expect_name:
+                names.append(_column_name(tok))
+            expect_name = not expect_name
+        if expect_name:
+            raise self.error("missing grouping factor name after ':'", self.tokens[b - 1].end)
+        if len(set(names)) != len(names):
+            raise self.error("the same column appears twice in a grouping", self.tokens[a].start)
+        return tuple(names)
+
+    @staticmethod
+    def join_fixed(parts: list[tuple[str, str]]) -> str:
+        if not parts:
+            return "1"
+        out = []
+        for k, (sign, text) in enumerate(parts):
+            if k == 0:
+                out.append(text if sign == "+" else f"-{text}")
+            else:
+                out.append(f"{sign} {text}")
+        return " ".join(out)
+
+
+def _column_name(token: Token) -> str:
+    text = token.text
+    if text.startswith("`") and text.endswith("`"):
+        return text[1:-1]
+    return text

@@ -1,0 +1,88 @@
+"""Frozen specifications produced by the formula parser.
+
+Specs hold only what the formula says, never anything learned from data: the fixed
+part as a formulaic formula string, and one :class:`RandomTermSpec` per random-effect
+term after lme4's expansions (``(1 | a/b)`` becomes ``(1 | a)`` and ``(1 | a:b)``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["RandomTermSpec", "FormulaSpec"]
+
+
+@dataclass(frozen=True)
+class RandomTermSpec:
+    """One random-effect term ``(expr | grouping)``.
+
+    Attributes
+    ----------
+    expr : str
+        Source text left of the bar, e.g. ``"1"`` or ``"1 + Days"``.
+    grouping : tuple of str
+        Grouping column names.  One name is a plain factor; several names form the
+        interaction of those columns (lme4's ``a:b``), whose levels are the
+        combinations present in the data.
+    correlated : bool
+        ``False`` for the double-bar form ``(expr || grouping)``.
+    intercept_only : bool
+        Whether ``expr`` is exactly ``1``: a random intercept.
+    text : str
+        The term as written in the formula, e.g. ``"(1 | s)"``.
+    position : int
+        Offset of the term in the formula text, for error messages.
+    """
+
+    expr: str
+    grouping: tuple[str, ...]
+    correlated: bool
+    intercept_only: bool
+    text: str
+    position: int
+
+    @property
+    def group_name(self) -> str:
+        """The grouping factor's display name: column names joined by ``":"``."""
+        return ":".join(self.grouping)
+
+    def __str__(self) -> str:
+        bar = "|" if self.correlated else "||"
+        return f"({self.expr} {bar} {self.group_name})"
+
+
+@dataclass(frozen=True)
+class FormulaSpec:
+    """A parsed lme4 formula.
+
+    Attributes
+    ----------
+    text : str
+        The formula as given.
+    response : str or None
+        Source text of the left-hand side, ``None`` for a one-sided formula.
+    fixed : str
+        The fixed-effects right-hand side, in formulaic's grammar (``"1"`` when the
+        formula has only random terms).
+    random : tuple of RandomTermSpec
+        The random-effect terms, in formula order after expansion.
+    """
+
+    text: str
+    response: str | None
+    fixed: str
+    random: tuple[RandomTermSpec, ...]
+
+    @property
+    def grouping_columns(self) -> tuple[str, ...]:
+        """Every column used as (part of) a grouping factor, in order of appearance."""
+        seen: dict[str, None] = {}
+        for term in self.random:
+            for name in term.grouping:
+                seen.setdefault(name, None)
+        return tuple(seen)
+
+    def __str__(self) -> str:
+        parts = [self.fixed] + [str(term) for term in self.random]
+        lhs = f"{self.response} " if self.response else ""
+        return f"{lhs}~ " + " + ".join(parts)

@@ -1,0 +1,26 @@
+"""Inference layer: Monte Carlo EM as pure functions and a fit record.
+
+* :mod:`~mixedfx.inference.estep`: HMC over the random effects;
+* :mod:`~mixedfx.inference.mstep`: the parameter-expanded M-step;
+* :mod:`~mixedfx.inference.stopping`: swappable stopping rules;
+* :mod:`~mixedfx.inference.mcem`: the compiled loop that ties them together;
+* :class:`FitSummary`: what every fit records.
+"""
+
+from mixedfx.inference.initial import initial_parameters
+from mixedfx.inference.mcem import MCEMOptions, MCEMResult, fit_mcem, location_expansions
+from mixedfx.inference.stopping import Decision, FixedIterations, MonteCarloErrorRule, monte_carlo_standard_error
+from mixedfx.inference.summary import FitSummary
+
+__all__ = [
+    "initial_parameters",
+    "MCEMOptions",
+    "MCEMResult",
+    "fit_mcem",
+    "location_expansions",
+    "Decision",
+    "FixedIterations",
+    "MonteCarloErrorRule",
+    "monte_carlo_standard_error",
+    "FitSummary",
+]

@@ -1,0 +1,112 @@
+"""The record every Monte Carlo EM fit leaves behind."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["FitSummary"]
+
+
+@dataclass(frozen=True, eq=False)
+class FitSummary:
+    """What happened during a Monte Carlo EM fit (compare MixedModels.jl's OptSummary).
+
+    Attributes
+    ----------
+    converged : bool
+        Whether the stopping rule was satisfied before ``max_iter``.
+    message : str
+        The stopping rule's last verdict, in words.
+    n_iter : int
+        EM iterations run (each one E-step and one M-step).
+    window_start : int or None
+        First iteration of the averaging window whose mean is the estimate.
+    n_averaged : int
+        Number of iterations averaged into the estimate.
+    n_draws_averaged : int
+        Number of MCMC draws averaged into the conditional means of the random effects.
+    parameter_names : tuple of str
+        Names of the parameters, in the order of the arrays below.
+    initial : numpy.ndarray
+        Starting values (the warm start).
+    estimate : numpy.ndarray
+        Final estimates.
+    mcse : numpy.ndarray
+        Monte Carlo standard error of each estimate.
+    tolerance : numpy.ndarray
+        What the stopping rule required of each ``mcse``.
+    trace : numpy.ndarray of shape (n_iter, n_parameters)
+        Parameter values after every M-step.
+    objective : numpy.ndarray of shape (n_iter,)
+        Mean complete-data log joint density ``log p(y, b | theta)`` over each
+        E-step's draws (the quantity the TFP tutorial plots as its loss, negated).
+    acceptance : numpy.ndarray of shape (n_iter,)
+        HMC acceptance rate of each E-step.
+    step_size : numpy.ndarray of shape (n_iter,)
+        Adapted HMC step size of each E-step.
+    n_chains, n_draws, n_leapfrog_steps : int
+        Sampler settings: chains run in parallel, kept draws per chain per E-step,
+        and leapfrog steps per HMC transition.
+    at_boundary : tuple of str
+        Variance parameters estimated at (numerically) zero: a singular fit.
+    elapsed_seconds : float
+        Wall time of the fit, compilation included.
+    compile_seconds : float
+        Wall time of the first compiled call (tracing and XLA compilation plus its
+        iterations).
+    """
+
+    converged: bool
+    message: str
+    n_iter: int
+    window_start: int | None
+    n_averaged: int
+    n_draws_averaged: int
+    parameter_names: tuple[str, ...]
+    initial: np.ndarray
+    estimate: np.ndarray
+    mcse: np.ndarray
+    tolerance: np.ndarray
+    trace: np.ndarray
+    objective: np.ndarray
+    acceptance: np.ndarray
+    step_size: np.ndarray
+    n_chains: int
+    n_draws: int
+    n_leapfrog_steps: int
+    at_boundary: tuple[str, ...]
+    elapsed_seconds: float
+    compile_seconds: float
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Mean HMC acceptance rate over the averaging window (or the last iteration)."""
+        start = self.window_start if self.window_start is not None and self.window_start < self.n_iter else self.n_iter - 1
+        return float(np.mean(self.acceptance[start:]))
+
+    @property
+    def is_singular(self) -> bool:
+        return bool(self.at_boundary)
+
+    def parameter_trace(self) -> pd.DataFrame:
+        """The parameter trace as a DataFrame, one row per EM iteration."""
+        frame = pd.DataFrame(self.trace, columns=list(self.parameter_names))
+        frame.index = pd.RangeIndex(1, self.n_iter + 1, name="iteration")
+        return frame
+
+    def table(self) -> pd.DataFrame:
+        """Initial value, estimate, Monte Carlo standard error and tolerance per parameter."""
+        return pd.DataFrame(
+            {"initial": self.initial, "estimate": self.estimate, "mcse": self.mcse, "tolerance": self.tolerance},
+            index=pd.Index(self.parameter_names, name="parameter"),
+        )
+
+    def __repr__(self) -> str:
+        state = "converged" if self.converged else "NOT converged"
+        return (
+            f"FitSummary({state} after {self.n_iter} iterations, {self.n_averaged} averaged; "
+            f"acceptance {self.acceptance_rate:.2f}; {self.elapsed_seconds:.1f}s; {self.message})"
+        )

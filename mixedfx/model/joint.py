@@ -1,0 +1,230 @@
+"""The mixed model as a TensorFlow Probability joint distribution.
+
+:class:`MixedModel` binds a family to the design arrays of one data set (numpy only,
+no TensorFlow state).  :func:`build_joint_distribution` turns it, with parameter
+values, into a named, auto-batched :class:`tfd.JointDistributionNamedAutoBatched`:
+
+* one random-effect vector per term, ``Normal(0, sd_k)`` on each of its levels;
+* the response, from the family, given the linear predictor
+  ``X @ fixed_effects + sum_k z_k * effects_k[group_index_k]``.
+
+Random effects enter by a gather on ``group_index``; a dense ``Z`` is never formed.
+The distributions are written to broadcast over leading sample dimensions (chains,
+draws), so the joint distribution does not need ``vectorized_map``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mixedfx._tf import tf, tfd
+from mixedfx.design.random import RandomTermData
+from mixedfx.exceptions import DataError
+from mixedfx.model.families import Family
+
+__all__ = [
+    "RESPONSE",
+    "MixedModel",
+    "ModelParameters",
+    "ModelTensors",
+    "build_joint_distribution",
+    "linear_predictor",
+    "random_effect_keys",
+]
+
+#: Name of the response in the joint distribution.
+RESPONSE = "response"
+
+
+@dataclass(frozen=True)
+class ModelParameters:
+    """Parameter values of a mixed model (numpy; no TensorFlow state).
+
+    Attributes
+    ----------
+    fixed_effects : numpy.ndarray of shape (n_fixed,)
+    random_sd : numpy.ndarray of shape (n_terms,)
+        Standard deviation of each random term.
+    family_params : Mapping[str, float]
+        The family's own parameters, e.g. ``{"sigma": 1.18}``.
+    """
+
+    fixed_effects: np.ndarray
+    random_sd: np.ndarray
+    family_params: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, eq=False)
+class MixedModel:
+    """A family bound to the design arrays of one data set.
+
+    Attributes
+    ----------
+    family : Family
+    fixed_design : numpy.ndarray of shape (n_rows, n_fixed)
+    response : numpy.ndarray of shape (n_rows,) or None
+        ``None`` for a model used only to simulate.
+    random_terms : tuple of RandomTermData
+    fixed_names : tuple of str
+        Column names of ``fixed_design``.
+    """
+
+    family: Family
+    fixed_design: np.ndarray
+    response: np.ndarray | None
+    random_terms: tuple[RandomTermData, ...]
+    fixed_names: tuple[str, ...]
+
+    def __post_init__(self):
+        n_rows = self.fixed_design.shape[0]
+        if self.response is not None and self.response.shape != (n_rows,):
+            raise DataError(f"response has shape {self.response.shape}, expected ({n_rows},)")
+        for term in self.random_terms:
+            if term.group_index.shape != (n_rows,):
+                raise DataError(f"group index of {term.name!r} has {term.group_index.shape[0]} rows, expected {n_rows}")
+            if (term.group_index < 0).any():
+                raise DataError(f"grouping factor {term.name!r} has rows without a fitted level")
+
+    @property
+    def n_obs(self) -> int:
+        return int(self.fixed_design.shape[0])
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Names of the random-effect vectors in the joint distribution."""
+        return random_effect_keys([term.name for term in self.random_terms])
+
+    def check_identifiable(self) -> None:
+        """Refuse designs lme4 refuses: with a free dispersion, a grouping factor with
+        as many levels as rows is confounded with the residual."""
+        if self.family.has_dispersion:
+            bad = [t.name for t in self.random_terms if t.num_levels >= self.n_obs]
+            if bad:
+                raise DataError(
+                    "number of levels of each grouping factor must be < number of observations "
+                    f"(problems: {', '.join(bad)})"
+                )
+
+    def tensors(self, *, dtype=tf.float64) -> ModelTensors:
+        """The design arrays as tensors (built on demand, never stored on the model)."""
+        return ModelTensors.from_model(self, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class ModelTensors:
+    """Design arrays as tensors, the form the compiled inference code takes."""
+
+    fixed_design: tf.Tensor
+    response: tf.Tensor | None
+    group_index: tuple[tf.Tensor, ...]
+    z: tuple[tf.Tensor | None, ...]
+    num_levels: tuple[int, ...]
+    keys: tuple[str, ...]
+
+    @classmethod
+    def from_model(cls, model: MixedModel, *, dtype=tf.float64) -> ModelTensors:
+        return cls(
+            fixed_design=tf.constant(model.fixed_design, dtype=dtype),
+            response=None if model.response is None else tf.constant(model.response, dtype=dtype),
+            group_index=tuple(tf.constant(t.group_index, dtype=tf.int32) for t in model.random_terms),
+            z=tuple(None if t.z is None else tf.constant(t.z, dtype=dtype) for t in model.random_terms),
+            num_levels=tuple(int(t.num_levels) for t in model.random_terms),
+            keys=model.keys,
+        )
+
+
+def random_effect_keys(names: Sequence[str]) -> tuple[str, ...]:
+    """Unique Python identifiers for random-effect vectors, derived from term names.
+
+    Examples
+    --------
+    >>> from mixedfx.model import random_effect_keys
+    >>> random_effect_keys(["s", "a:b", "a.b", "response"])
+    ('s', 'a_b', 'a_b_2', 'response_2')
+    """
+    keys: list[str] = []
+    taken = {RESPONSE}
+    for name in names:
+        base = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in name) or "effect"
+        if base[0].isdigit():
+            base = f"g_{base}"
+        key, k = base, 1
+        while key in taken:
+            k += 1
+            key = f"{base}_{k}"
+        taken.add(key)
+        keys.append(key)
+    return tuple(keys)
+
+
+def linear_predictor(fixed_design, fixed_effects, random_effects, group_index, z):
+    """``X @ fixed_effects + sum_k z_k * random_effects_k[..., group_index_k]``.
+
+    ``random_effects`` may carry leading sample dimensions (chains, draws); the result
+    then has shape ``sample_shape + [n_rows]``.
+    """
+    eta = tf.linalg.matvec(fixed_design, fixed_effects)
+    for effects, index, weight in zip(random_effects, group_index, z):
+        part = tf.gather(effects, index, axis=-1)
+        eta = eta + (part if weight is None else part * weight)
+    return eta
+
+
+def build_joint_distribution(
+    tensors: ModelTensors,
+    *,
+    fixed_effects,
+    random_sd,
+    family: Family,
+    family_params: Mapping[str, tf.Tensor],
+    name: str | None = None,
+) -> tfd.JointDistributionNamedAutoBatched:
+    """Build the joint distribution of random effects and response.
+
+    Parameters
+    ----------
+    tensors : ModelTensors
+        Design arrays.
+    fixed_effects : Tensor of shape (n_fixed,)
+    random_sd : Tensor of shape (n_terms,)
+    family : Family
+    family_params : Mapping[str, Tensor]
+    name : str, optional
+
+    Returns
+    -------
+    tfd.JointDistributionNamedAutoBatched
+        Components named by :attr:`ModelTensors.keys` (one per random term, with
+        event shape ``[num_levels]``) and ``"response"`` (event shape ``[n_rows]``).
+    """
+    dtype = tensors.fixed_design.dtype
+    fixed_effects = tf.convert_to_tensor(fixed_effects, dtype=dtype)
+    random_sd = tf.convert_to_tensor(random_sd, dtype=dtype)
+    family_params = {k: tf.convert_to_tensor(v, dtype=dtype) for k, v in family_params.items()}
+    components: dict[str, object] = {}
+    for k, (key, num_levels) in enumerate(zip(tensors.keys, tensors.num_levels)):
+        components[key] = tfd.Sample(
+            tfd.Normal(loc=tf.zeros([], dtype=dtype), scale=random_sd[k]),
+            sample_shape=num_levels,
+            name=key,
+        )
+    keys = tensors.keys
+
+    def response(**effects):
+        eta = linear_predictor(
+            tensors.fixed_design, fixed_effects, [effects[key] for key in keys], tensors.group_index, tensors.z
+        )
+        return tfd.Independent(family.distribution(eta, family_params), reinterpreted_batch_ndims=1, name=RESPONSE)
+
+    # The joint distribution reads a component's dependencies from its argument names.
+    response.__signature__ = inspect.Signature(
+        [inspect.Parameter(key, inspect.Parameter.POSITIONAL_OR_KEYWORD) for key in keys]
+    )
+    components[RESPONSE] = response
+    return tfd.JointDistributionNamedAutoBatched(
+        components, use_vectorized_map=False, name=name or "MixedModel"
+    )

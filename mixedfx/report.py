@@ -1,0 +1,84 @@
+"""Text reports of fitted models, in the layout of lme4's ``summary(merMod)``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["format_summary"]
+
+
+def format_summary(model) -> str:
+    """lme4-style summary text of a fitted :class:`~mixedfx.MixedEffectsRegressor`."""
+    fit = model.fit_summary_
+    spec = model.formula_spec_
+    family = model.family_
+    lines = [
+        f"Linear mixed model fit by maximum likelihood (Monte Carlo EM) [{type(model).__name__}]",
+        f"Formula: {spec.text}",
+        f" Family: {family}",
+        "",
+    ]
+    n_params = len(model.fixed_effects_) + len(model.variance_components_)
+    if model.log_likelihood_ is not None:
+        loglik = model.log_likelihood_
+        aic = -2 * loglik + 2 * n_params
+        bic = -2 * loglik + np.log(model.n_obs_) * n_params
+        table = pd.DataFrame(
+            [[aic, bic, loglik, -2 * loglik, model.n_obs_ - n_params]],
+            columns=["AIC", "BIC", "logLik", "deviance", "df.resid"],
+        )
+        lines += [table.to_string(index=False, float_format=lambda v: f"{v:.1f}"), ""]
+    lines += [
+        "Scaled residuals:",
+        model.residual_quantiles_.to_frame().T.to_string(index=False, float_format=lambda v: f"{v:.4f}"),
+        "",
+        "Random effects:",
+    ]
+    components = model.variance_components_
+    rows = [("Groups", "Name", "Variance", "Std.Dev.")]
+    for row in components.itertuples(index=False):
+        rows.append((str(row.group), "" if row.var1 is None else str(row.var1), f"{row.vcov:.6g}", f"{row.sdcor:.5g}"))
+    lines += _columns(rows, align="<<>>")
+    groups = "; ".join(
+        f"{name}, {factor.num_levels}" for name, factor in model.random_design_.factors.items()
+    )
+    lines += [f"Number of obs: {model.n_obs_}, groups:  {groups}", "", "Fixed effects:"]
+    se = np.sqrt(np.diag(model.fixed_effects_cov_.to_numpy()))
+    fixed = pd.DataFrame(
+        {
+            "Estimate": model.fixed_effects_.to_numpy(),
+            "Std. Error": se,
+            "t value": model.fixed_effects_.to_numpy() / se,
+        },
+        index=model.fixed_effects_.index,
+    )
+    rows = [("", "Estimate", "Std. Error", "t value")]
+    for name, row in fixed.iterrows():
+        rows.append((str(name), f"{row['Estimate']:.6g}", f"{row['Std. Error']:.4g}", f"{row['t value']:.3f}"))
+    lines += _columns(rows, align="<>>>")
+    if model.fixed_design_.dropped_columns:
+        lines.append(
+            "fixed-effect model matrix is rank deficient; dropped: " + ", ".join(model.fixed_design_.dropped_columns)
+        )
+    lines.append("")
+    status = "converged" if fit.converged else "did NOT converge"
+    ratio = np.nanmax(fit.mcse / fit.tolerance) if np.isfinite(fit.tolerance).any() else np.nan
+    lines.append(
+        f"MCEM {status} after {fit.n_iter} iterations ({fit.n_averaged} averaged, "
+        f"{fit.n_draws_averaged} draws); HMC acceptance {fit.acceptance_rate:.2f}; "
+        f"largest Monte Carlo error {ratio:.2f} x tolerance; {fit.elapsed_seconds:.1f} s"
+    )
+    if fit.at_boundary:
+        lines.append("boundary (singular) fit: " + ", ".join(fit.at_boundary) + " estimated at zero")
+    return "\n".join(lines)
+
+
+def _columns(rows, *, align: str) -> list[str]:
+    """Lay out rows of strings in columns; ``align`` has one '<' or '>' per column."""
+    widths = [max(len(row[j]) for row in rows) for j in range(len(rows[0]))]
+    out = []
+    for row in rows:
+        cells = [cell.ljust(w) if a == "<" else cell.rjust(w) for cell, w, a in zip(row, widths, align)]
+        out.append(" " + " ".join(cells).rstrip())
+    return out
