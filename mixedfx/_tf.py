@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import warnings
 
 __all__ = ["tf", "tfp", "tfd", "tfb"]
 
@@ -44,7 +45,9 @@ def _silenced_stderr_fd():
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-with _silenced_stderr_fd():
+with _silenced_stderr_fd(), warnings.catch_warnings():
+    # TFP 0.25 checks the TensorFlow version with distutils, which warns on import.
+    warnings.filterwarnings("ignore", message="distutils Version classes", category=DeprecationWarning)
     import tensorflow as tf  # noqa: E402
     import tensorflow_probability as tfp  # noqa: E402
 

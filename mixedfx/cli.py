@@ -51,7 +51,7 @@ def load_data(source: str) -> pd.DataFrame:
     path = Path(source)
     if not path.exists():
         raise DataError(
-            f"--data {source!r} is neither a shipped data set ({', '.join(NAMED_DATA)}) nor an existing file"
+            f"--data {source!r} is neither a shipped data set ({', '.join(NAMED_DATA)}) nor an existing file."
             + did_you_mean(source, NAMED_DATA)
         )
     name = path.name.lower()

@@ -94,5 +94,5 @@ class ConvergenceWarning(_SklearnConvergenceWarning):
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     """Return ``" Did you mean 'x'?"`` for the closest candidate, or an empty string."""
-    matches = difflib.get_close_matches(str(name), [str(c) for c in candidates], n=1)
+    matches = difflib.get_close_matches(str(name), [str(c) for c in candidates], n=1, cutoff=0.5)
     return f" Did you mean {matches[0]!r}?" if matches else ""

@@ -129,6 +129,10 @@ class JitteredLeapfrogSteps(tfp.mcmc.TransitionKernel):
     """
 
     def __init__(self, inner_kernel, mean_leapfrog_steps, name=None):
+        parameters = inner_kernel.parameters
+        if parameters.get("store_parameters_in_results") is False:
+            # HMC reads the number of leapfrog steps from its results only when asked to.
+            inner_kernel = type(inner_kernel)(**{**parameters, "store_parameters_in_results": True})
         self._parameters = dict(inner_kernel=inner_kernel, mean_leapfrog_steps=mean_leapfrog_steps, name=name)
 
     @property
@@ -144,7 +148,10 @@ class JitteredLeapfrogSteps(tfp.mcmc.TransitionKernel):
         return self.inner_kernel.is_calibrated
 
     def bootstrap_results(self, init_state):
-        return self.inner_kernel.bootstrap_results(init_state)
+        results = self.inner_kernel.bootstrap_results(init_state)
+        # A tensor from the start, so that loops see the same structure at every step.
+        steps = tf.constant(int(self._parameters["mean_leapfrog_steps"]), tf.int32)
+        return unnest.replace_innermost(results, num_leapfrog_steps=steps)
 
     def one_step(self, current_state, previous_kernel_results, seed=None):
         jitter_seed, step_seed = tfp.random.split_seed(seed)

@@ -154,10 +154,14 @@ class MonteCarloErrorRule:
         return Decision(window_start, converged, mcse=mcse, tolerance=tolerance, message=message)
 
     def _stationary(self, first, second, tolerance, active) -> bool:
-        # Standard errors of the two means from the pooled series: an effective sample
-        # size estimated from a handful of iterates per half would be unreliable.
+        # The noise level comes from the pooled series with its linear trend removed: an
+        # effective sample size from a handful of iterates per half would be unreliable,
+        # and a trend left in would pass for noise.
         pooled = np.concatenate([first, second])
-        mcse = monte_carlo_standard_error(pooled)
+        steps = np.arange(len(pooled), dtype=np.float64)
+        design = np.column_stack([np.ones_like(steps), steps - steps.mean()])
+        coefficients, *_ = np.linalg.lstsq(design, pooled, rcond=None)
+        mcse = monte_carlo_standard_error(pooled - design @ coefficients)
         se = mcse * np.sqrt(len(pooled) / len(first) + len(pooled) / len(second))
         drift = np.abs(second.mean(axis=0) - first.mean(axis=0))
         ok = drift <= np.maximum(self.drift_z * se, tolerance)

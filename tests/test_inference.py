@@ -1,0 +1,147 @@
+"""Inference building blocks: stopping rules, centring, expansions and the HMC kernel."""
+
+import numpy as np
+import pytest
+
+from mixedfx._tf import tf, tfp
+from mixedfx.design import RandomTermData
+from mixedfx.inference import (
+    FixedIterations,
+    MonteCarloErrorRule,
+    location_expansions,
+    monte_carlo_standard_error,
+)
+from mixedfx.inference.estep import Centering, JitteredLeapfrogSteps
+from mixedfx.inference.mcem import nested_centering
+from mixedfx.model import Gaussian, MixedModel
+
+
+def test_monte_carlo_standard_error_of_white_noise(rng):
+    series = rng.normal(size=(4000, 2)) * np.array([1.0, 3.0])
+    np.testing.assert_allclose(monte_carlo_standard_error(series), [1 / np.sqrt(4000), 3 / np.sqrt(4000)], rtol=0.1)
+
+
+def test_monte_carlo_standard_error_accounts_for_autocorrelation(rng):
+    # AR(1) with phi = 0.9: the standard error of the mean is sqrt((1+phi)/(1-phi)) ~ 4.4x larger.
+    phi, n = 0.9, 20000
+    x = np.zeros(n)
+    noise = rng.normal(size=n)
+    for t in range(1, n):
+        x[t] = phi * x[t - 1] + noise[t]
+    iid = x.std() / np.sqrt(n)
+    assert monte_carlo_standard_error(x[:, None])[0] / iid == pytest.approx(np.sqrt(19), rel=0.2)
+
+
+def test_rule_waits_while_parameters_drift(rng):
+    rule = MonteCarloErrorRule(tol=0.1)
+    drifting = np.linspace(0.0, 1.0, 10)[:, None] + 0.001 * rng.normal(size=(10, 1))
+    decision = rule.assess(drifting, window_start=None, scale=np.ones(1))
+    assert decision.window_start is None and not decision.converged
+
+
+def test_rule_opens_window_then_converges_on_noise(rng):
+    rule = MonteCarloErrorRule(tol=0.1, min_window=10)
+    trace = 1.0 + 0.01 * rng.normal(size=(10, 3))
+    first = rule.assess(trace, window_start=None, scale=np.ones(3))
+    assert first.window_start == 10 and not first.converged
+    longer = np.vstack([trace, 1.0 + 0.01 * rng.normal(size=(20, 3))])
+    decision = rule.assess(longer, window_start=10, scale=np.ones(3))
+    assert decision.converged and decision.mcse.shape == (3,)
+    assert np.all(decision.mcse <= 0.1)
+    # The same noise against a tolerance it cannot meet keeps averaging.
+    strict = rule.assess(longer, window_start=10, scale=np.full(3, 1e-3))
+    assert not strict.converged and "x tolerance" in strict.message
+
+
+def test_rule_restarts_window_on_drift(rng):
+    rule = MonteCarloErrorRule(tol=0.1)
+    # slow EM drift inside the window: 0.02 per iteration under noise of 0.01
+    trace = 0.02 * np.arange(30)[:, None] + 0.01 * rng.normal(size=(30, 1))
+    decision = rule.assess(trace, window_start=0, scale=np.full(1, 0.01))
+    assert decision.window_start == 30 and "restarted" in decision.message
+
+
+def test_rule_ignores_frozen_parameters(rng):
+    rule = MonteCarloErrorRule(tol=0.1)
+    trace = np.column_stack([1 + 0.001 * rng.normal(size=30), np.linspace(-5, -20, 30)])
+    frozen = np.array([False, True])
+    assert rule.assess(trace[:10], window_start=None, scale=np.ones(2), frozen=frozen).window_start == 10
+    assert rule.assess(trace, window_start=10, scale=np.ones(2), frozen=frozen).converged
+
+
+def test_fixed_iterations_rule():
+    rule = FixedIterations(n_iter=20, n_average=10)
+    assert rule.assess(np.zeros((5, 1)), window_start=None, scale=np.ones(1)).window_start is None
+    assert rule.assess(np.zeros((10, 1)), window_start=None, scale=np.ones(1)).window_start == 10
+    assert rule.assess(np.zeros((20, 1)), window_start=10, scale=np.ones(1)).converged
+
+
+def nested_model(rng):
+    # 12 instructors nested in 4 departments, crossed with 20 students.
+    n = 400
+    instructor = rng.integers(0, 12, n).astype(np.int32)
+    department = (instructor // 3).astype(np.int32)
+    student = rng.integers(0, 20, n).astype(np.int32)
+    X = np.column_stack([np.ones(n), rng.normal(size=n), (department == 1).astype(float)])
+    terms = (
+        RandomTermData("student", student, None, 20),
+        RandomTermData("instructor", instructor, None, 12),
+        RandomTermData("dept", department, None, 4),
+    )
+    return MixedModel(Gaussian(), X, rng.normal(size=n), terms, ("Intercept", "x", "dept1"))
+
+
+def test_nested_factors_are_found_and_centred(rng):
+    model = nested_model(rng)
+    centering = nested_centering(model)
+    assert centering.parent == (None, 2, None)
+    np.testing.assert_array_equal(centering.parent_level[1], np.arange(12) // 3)
+    effects = [tf.constant(rng.normal(size=(2, q))) for q in (20, 12, 4)]
+    parent_level = [None if m is None else tf.constant(m) for m in centering.parent_level]
+    sampler = centering.to_sampler(effects, parent_level)
+    expected = effects[1].numpy() + effects[2].numpy()[:, np.arange(12) // 3]
+    np.testing.assert_allclose(sampler[1].numpy(), expected)
+    back = centering.to_model(sampler, parent_level)
+    for a, b in zip(back, effects):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-14)
+
+
+def test_chains_of_nesting_centre_step_by_step():
+    centering = Centering(parent=(None, 0, 1), parent_level=(None, np.array([0, 0, 1]), np.array([0, 1, 2, 2])))
+    level = [None, tf.constant([0, 0, 1]), tf.constant([0, 1, 2, 2])]
+    effects = [tf.constant([[1.0, 2.0]]), tf.constant([[10.0, 20.0, 30.0]]), tf.constant([[100.0, 200.0, 300.0, 400.0]])]
+    sampler = centering.to_sampler(effects, level)
+    np.testing.assert_allclose(sampler[2].numpy(), [[111.0, 221.0, 332.0, 432.0]])
+    np.testing.assert_allclose(centering.to_model(sampler, level)[2].numpy(), effects[2].numpy())
+
+
+def test_location_expansion_finds_group_level_columns(rng):
+    model = nested_model(rng)
+    expansions = location_expansions(model)
+    # the intercept is constant within every factor; "dept1" within instructors and departments
+    assert [e.columns for e in expansions] == [(0,), (0, 2), (0, 2)]
+    np.testing.assert_allclose(expansions[2].level_values[:, 1], [0, 1, 0, 0])
+
+
+def test_jittered_hmc_samples_the_right_distribution():
+    scale = tf.constant([1.0, 2.0, 0.5], tf.float64)
+
+    def target(x):
+        return -0.5 * tf.reduce_sum(tf.square(x / scale), axis=-1)
+
+    kernel = JitteredLeapfrogSteps(
+        tfp.mcmc.HamiltonianMonteCarlo(target, step_size=tf.constant(0.3, tf.float64), num_leapfrog_steps=6), 6
+    )
+
+    @tf.function(jit_compile=True, autograph=False)
+    def run():
+        return tfp.mcmc.sample_chain(
+            3000, tf.zeros([4, 3], tf.float64), kernel=kernel, num_burnin_steps=100,
+            trace_fn=lambda _, results: results.accepted_results.num_leapfrog_steps, seed=tf.constant([7, 8]),
+        )
+
+    draws, steps = run()
+    draws = draws.numpy().reshape(-1, 3)
+    np.testing.assert_allclose(draws.std(axis=0), scale.numpy(), rtol=0.08)
+    np.testing.assert_allclose(draws.mean(axis=0), 0.0, atol=0.1)
+    assert set(np.unique(steps.numpy())) == set(range(3, 10))
