@@ -5,8 +5,9 @@ distribution, and the estimators fit it by Monte Carlo EM (HMC E-step, closed-fo
 parameter-expanded M-step), compiled with XLA, on the GPU when TensorFlow sees one.
 
 >>> import mixedfx
->>> sorted(name for name in mixedfx.__all__ if name[0].isupper())[:3]
-['ConvergenceWarning', 'DataError', 'FormulaError']
+>>> spec = mixedfx.parse_formula("y ~ service + (1 | s) + (1 | d) + (1 | dept)")
+>>> spec.fixed, [term.group_name for term in spec.random]
+('service', ['s', 'd', 'dept'])
 """
 
 from mixedfx import _tf  # noqa: F401  (configures TensorFlow before anything else uses it)

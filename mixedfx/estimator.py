@@ -116,12 +116,14 @@ class MixedEffectsRegressor(RegressorMixin, BaseEstimator):
     --------
     >>> import mixedfx
     >>> data = mixedfx.datasets.make_mixed_data(
-    ...     600, groups={"site": 20}, fixed_effects={"Intercept": 1.0, "x": 0.5},
-    ...     random_sd={"site": 0.8}, noise_sd=1.0, random_state=0)
-    >>> model = mixedfx.MixedEffectsRegressor("y ~ x + (1 | site)", random_state=0, verbose=0)
+    ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
+    ...     random_sd={"g": 0.8}, random_state=2)
+    >>> model = mixedfx.MixedEffectsRegressor("y ~ x + (1 | g)", random_state=0, verbose=0)
     >>> model = model.fit(data)
     >>> model.fixed_effects_.round(1).to_dict()
     {'Intercept': 1.0, 'x': 0.5}
+    >>> model.variance_components_[["group", "sdcor"]].round(1).to_dict("list")
+    {'group': ['g', 'Residual'], 'sdcor': [0.8, 1.0]}
     >>> model.predict(data.head(2)).shape
     (2,)
     """
@@ -348,13 +350,13 @@ class MixedEffectsRegressor(RegressorMixin, BaseEstimator):
         --------
         >>> import mixedfx
         >>> data = mixedfx.datasets.make_mixed_data(
-        ...     300, groups={"g": 10}, fixed_effects={"Intercept": 2.0},
-        ...     random_sd={"g": 1.0}, random_state=1)
-        >>> model = mixedfx.MixedEffectsRegressor("y ~ 1 + (1 | g)", random_state=0, verbose=0).fit(data)
+        ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
+        ...     random_sd={"g": 0.8}, random_state=2)
+        >>> model = mixedfx.MixedEffectsRegressor("y ~ x + (1 | g)", random_state=0, verbose=0).fit(data)
         >>> joint = model.joint_distribution(data)
         >>> draw = joint.sample(seed=(1, 2))
         >>> sorted(draw), tuple(draw["g"].shape), tuple(draw["response"].shape)
-        (['g', 'response'], (10,), (300,))
+        (['g', 'response'], (30,), (600,))
         """
         check_is_fitted(self, "fixed_effects_")
         data = _check_frame(X)
@@ -413,8 +415,8 @@ def lmer(formula: str, data: pd.DataFrame, **kwargs) -> MixedEffectsRegressor:
     --------
     >>> import mixedfx
     >>> data = mixedfx.datasets.make_mixed_data(
-    ...     400, groups={"g": 15}, fixed_effects={"Intercept": 1.0, "x": -1.0},
-    ...     random_sd={"g": 0.5}, random_state=2)
+    ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
+    ...     random_sd={"g": 0.8}, random_state=2)
     >>> fit = mixedfx.lmer("y ~ x + (1 | g)", data, random_state=0, verbose=0)
     >>> list(fit.variance_components_["group"])
     ['g', 'Residual']

@@ -137,23 +137,28 @@ class JitteredLeapfrogSteps(tfp.mcmc.TransitionKernel):
 
     @property
     def inner_kernel(self):
+        """The wrapped HMC kernel."""
         return self._parameters["inner_kernel"]
 
     @property
     def parameters(self):
+        """Constructor arguments, as TFP's kernels expose them."""
         return self._parameters
 
     @property
     def is_calibrated(self):
+        """Whether the wrapped kernel is calibrated (HMC is)."""
         return self.inner_kernel.is_calibrated
 
     def bootstrap_results(self, init_state):
+        """The wrapped kernel's initial results, with a tensor step count."""
         results = self.inner_kernel.bootstrap_results(init_state)
         # A tensor from the start, so that loops see the same structure at every step.
         steps = tf.constant(int(self._parameters["mean_leapfrog_steps"]), tf.int32)
         return unnest.replace_innermost(results, num_leapfrog_steps=steps)
 
     def one_step(self, current_state, previous_kernel_results, seed=None):
+        """One HMC transition with a freshly drawn number of leapfrog steps."""
         jitter_seed, step_seed = tfp.random.split_seed(seed)
         mean = int(self._parameters["mean_leapfrog_steps"])
         low, high = max(1, (mean + 1) // 2), mean + mean // 2

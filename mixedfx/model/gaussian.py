@@ -92,7 +92,7 @@ def gaussian_marginal(
     ...                    (term,), ("Intercept",))
     >>> params = ModelParameters(np.array([3.0]), np.array([1.0]), {"sigma": 1.0})
     >>> round(gaussian_marginal(model, params).log_likelihood, 4)
-    -7.6758
+    -6.7744
     """
     X = model.fixed_design
     y = model.response
