@@ -16,6 +16,7 @@ from mixedfx.estimator import MixedEffectsRegressor, lmer
 from mixedfx.exceptions import (
     ConvergenceWarning,
     DataError,
+    FitError,
     FormulaError,
     MixedFXError,
     NewLevelError,
@@ -38,6 +39,7 @@ __all__ = [
     "DataError",
     "NewLevelError",
     "ParameterError",
+    "FitError",
     "ConvergenceWarning",
     "datasets",
     "__version__",

@@ -17,6 +17,7 @@ __all__ = [
     "DataError",
     "NewLevelError",
     "ParameterError",
+    "FitError",
     "ConvergenceWarning",
 ]
 
@@ -82,6 +83,10 @@ class NewLevelError(DataError):
 
 class ParameterError(MixedFXError, ValueError):
     """An estimator or function argument with an invalid value."""
+
+
+class FitError(MixedFXError, RuntimeError):
+    """The fit broke down numerically (non-finite values); no estimates are returned."""
 
 
 class ConvergenceWarning(_SklearnConvergenceWarning):

@@ -21,6 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mixedfx._tf import tf, tfp
+from mixedfx.exceptions import FitError
 from mixedfx.inference.estep import Centering, hmc_e_step, preconditioner_scale
 from mixedfx.inference.initial import initial_parameters
 from mixedfx.inference.mstep import Expansion, gaussian_px_m_step, gaussian_statistics
@@ -137,8 +138,14 @@ def nested_centering(model: MixedModel) -> Centering:
 
 @dataclass(frozen=True)
 class _StaticConfig:
+    """What a compiled function depends on besides tensor shapes (the cache key)."""
+
     family: Family
-    options: MCEMOptions
+    n_draws: int
+    n_burnin: int
+    n_leapfrog_steps: int
+    target_accept_prob: float
+    iterations_per_call: int
     num_levels: tuple[int, ...]
     keys: tuple[str, ...]
     expansion_columns: tuple[tuple[int, ...], ...]
@@ -147,10 +154,9 @@ class _StaticConfig:
 
 @functools.lru_cache(maxsize=16)
 def _compiled_iterations(config: _StaticConfig):
-    options = config.options
     if not isinstance(config.family, Gaussian):
         raise NotImplementedError(f"Monte Carlo EM has no M-step for the {config.family.name} family yet")
-    n_iter = options.iterations_per_call
+    n_iter = config.iterations_per_call
 
     @tf.function(jit_compile=True, autograph=False)
     def run(fixed_effects, random_sd, sigma, state, step_size, seed, num_burnin, data):
@@ -165,7 +171,6 @@ def _compiled_iterations(config: _StaticConfig):
         centering = Centering(parent=config.centering_parent, parent_level=data["parent_level"])
 
         def body(i, fixed_effects, random_sd, sigma, state, step_size, seed, sums, sq_sums, traces):
-
             seed, step_seed = tfp.random.split_seed(seed)
             family_params = {"sigma": sigma}
             joint = build_joint_distribution(
@@ -191,11 +196,11 @@ def _compiled_iterations(config: _StaticConfig):
                 parent_level=data["parent_level"],
             )
             # The first E-step of a call may burn in longer (chains starting at zero).
-            burnin = tf.where(i == 0, num_burnin, options.n_burnin)
+            burnin = tf.where(i == 0, num_burnin, config.n_burnin)
             e_step = hmc_e_step(
                 target_log_prob, current_state=state, scale=scale, step_size=step_size,
-                num_draws=options.n_draws, num_burnin=burnin, num_leapfrog_steps=options.n_leapfrog_steps,
-                target_accept_prob=options.target_accept_prob, trace_fn=statistics, seed=step_seed,
+                num_draws=config.n_draws, num_burnin=burnin, num_leapfrog_steps=config.n_leapfrog_steps,
+                target_accept_prob=config.target_accept_prob, trace_fn=statistics, seed=step_seed,
                 centering=centering, parent_level=data["parent_level"],
             )
 
@@ -281,11 +286,11 @@ def fit_mcem(
     centering = nested_centering(model)
     config = _StaticConfig(
         family=family,
-        options=MCEMOptions(
-            n_chains=options.n_chains, n_draws=options.n_draws, n_burnin=options.n_burnin, n_initial_burnin=0,
-            n_leapfrog_steps=options.n_leapfrog_steps, target_accept_prob=options.target_accept_prob,
-            initial_step_size=0.0, iterations_per_call=options.iterations_per_call, max_iter=0,
-        ),
+        n_draws=options.n_draws,
+        n_burnin=options.n_burnin,
+        n_leapfrog_steps=options.n_leapfrog_steps,
+        target_accept_prob=options.target_accept_prob,
+        iterations_per_call=options.iterations_per_call,
         num_levels=tuple(t.num_levels for t in model.random_terms),
         keys=model.keys,
         expansion_columns=tuple(e.columns for e in expansions),
@@ -322,7 +327,7 @@ def fit_mcem(
     decision = Decision(None, False, message="not started")
     fixed_scale = None
     start_time = time.perf_counter()
-    compile_seconds = 0.0
+    first_call_seconds = 0.0
     bar = tqdm(desc="MCEM", unit="it", disable=not progress, delay=2.0, leave=False, dynamic_ncols=True)
     bar.set_postfix_str("tracing and compiling (XLA)", refresh=False)
     try:
@@ -330,12 +335,16 @@ def fit_mcem(
             num_burnin = options.n_initial_burnin if not rows else options.n_burnin
             out = run(fixed_effects, random_sd, sigma, state, step_size, seed, tf.constant(num_burnin), data)
             if not rows:
-                compile_seconds = time.perf_counter() - start_time
+                first_call_seconds = time.perf_counter() - start_time
             fixed_effects, random_sd, sigma = out["fixed_effects"], out["random_sd"], out["sigma"]
             state, step_size, seed = out["state"], out["step_size"], out["seed"]
             chunk = out["trace_parameters"].numpy()
             if not np.all(np.isfinite(chunk)):
-                raise FloatingPointError("Monte Carlo EM produced non-finite parameters")
+                bad = [names[j] for j in np.flatnonzero(~np.all(np.isfinite(chunk), axis=0))]
+                raise FitError(
+                    f"Monte Carlo EM produced non-finite values of {', '.join(bad)} within iterations "
+                    f"{len(rows) + 1}-{len(rows) + len(chunk)}; check the data for extreme values"
+                )
             rows.extend(chunk)
             objective.extend(out["trace_objective"].numpy())
             acceptance.extend(out["trace_acceptance"].numpy())
@@ -403,7 +412,7 @@ def fit_mcem(
         n_leapfrog_steps=options.n_leapfrog_steps,
         at_boundary=tuple(name for name, flag in zip(names, frozen) if flag),
         elapsed_seconds=time.perf_counter() - start_time,
-        compile_seconds=compile_seconds,
+        first_call_seconds=first_call_seconds,
     )
     parameters = ModelParameters(
         fixed_effects=estimate[:p],

@@ -54,9 +54,10 @@ class FitSummary:
         Variance parameters estimated at (numerically) zero: a singular fit.
     elapsed_seconds : float
         Wall time of the fit, compilation included.
-    compile_seconds : float
-        Wall time of the first compiled call (tracing and XLA compilation plus its
-        iterations).
+    first_call_seconds : float
+        Wall time of the first compiled call: tracing and XLA compilation (unless the
+        compiled code was cached by an earlier fit of the same shapes) plus its
+        iterations.
     """
 
     converged: bool
@@ -79,7 +80,7 @@ class FitSummary:
     n_leapfrog_steps: int
     at_boundary: tuple[str, ...]
     elapsed_seconds: float
-    compile_seconds: float
+    first_call_seconds: float
 
     @property
     def acceptance_rate(self) -> float:
