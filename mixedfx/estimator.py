@@ -19,7 +19,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from mixedfx.design import NEW_LEVEL_POLICIES, RandomDesign, build_fixed_design
-from mixedfx.exceptions import ConvergenceWarning, DataError, ParameterError
+from mixedfx.exceptions import ConvergenceWarning, DataError, FormulaError, ParameterError
 from mixedfx.formula import parse_formula
 from mixedfx.inference import MCEMOptions, MonteCarloErrorRule, fit_mcem
 from mixedfx.model import (
@@ -201,6 +201,12 @@ class MixedEffectsRegressor(RegressorMixin, BaseEstimator):
         """
         family = self._validate_params()
         spec = parse_formula(self.formula)
+        if not spec.random:
+            raise FormulaError(
+                "No random effects terms specified in formula: add at least one term such as "
+                "'(1 | g)' (for a model without random effects use a fixed-effects regressor)",
+                formula=spec.text,
+            )
         data = _check_frame(X)
         if y is None and spec.response is None:
             raise DataError("the formula has no response (left-hand side) and no y was given to fit")

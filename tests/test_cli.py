@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -46,6 +47,23 @@ def test_console_script_runs_as_a_module():
     assert done.returncode == 2
     assert "mixedfx: error: --data 'missing.csv' is neither" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_installed_console_script():
+    script = Path(sys.executable).parent / "mixedfx"
+    assert script.exists(), "pip install . puts the mixedfx console script next to the interpreter"
+    done = subprocess.run([str(script), "fit", "y ~ x + (1 | g1)", "--data", "nowhere.parquet"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "mixedfx: error: --data 'nowhere.parquet'" in done.stderr
+
+
+@pytest.mark.slow
+def test_fit_insteval_by_name(insteval_fit, capsys):
+    # the same shapes as the session's InstEval fit, so the compiled code is reused
+    assert main(["fit", "y ~ service + (1 | s) + (1 | d) + (1 | dept)", "--data", "insteval", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "Number of obs: 73421, groups:  s, 2972; d, 1128; dept, 14" in out
+    assert "service" in out and "Residual" in out
 
 
 def test_insteval_ships_with_the_documented_types():

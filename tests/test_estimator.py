@@ -128,8 +128,10 @@ def test_fit_with_explicit_y_and_one_sided_formula(crossed_small):
 
 
 def test_same_seed_same_estimates_other_seed_within_monte_carlo_error(crossed_small, crossed_small_fit):
-    again = MixedEffectsRegressor(FORMULA, random_state=0, verbose=0).fit(crossed_small)
+    again = clone(crossed_small_fit).fit(crossed_small)
     np.testing.assert_array_equal(again.fit_summary_.trace, crossed_small_fit.fit_summary_.trace)
+    np.testing.assert_array_equal(again.fixed_effects_, crossed_small_fit.fixed_effects_)
+    np.testing.assert_array_equal(again.variance_components_["sdcor"], crossed_small_fit.variance_components_["sdcor"])
     np.testing.assert_array_equal(again.predict(crossed_small), crossed_small_fit.predict(crossed_small))
     other = MixedEffectsRegressor(FORMULA, random_state=1, verbose=0).fit(crossed_small)
     assert not np.array_equal(other.fit_summary_.trace[-1], crossed_small_fit.fit_summary_.trace[-1])
@@ -250,6 +252,7 @@ def test_invalid_parameters_raise_in_fit(crossed_small, params, match):
         ("y ~ x + (1 | row)", lambda f: f.assign(row=np.arange(len(f))), DataError,
          "number of levels of each grouping factor must be < number of observations"),
         ("y ~ x + (x | g1)", None, FormulaError, "random slopes"),
+        ("y ~ x", None, FormulaError, "No random effects terms specified in formula"),
     ],
 )
 def test_bad_input_raises_mixedfx_errors(crossed_small, formula, transform, error, match):
