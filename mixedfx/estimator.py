@@ -39,8 +39,12 @@ __all__ = ["MixedEffectsRegressor", "lmer"]
 class MixedEffectsRegressor(RegressorMixin, BaseEstimator):
     """Mixed-effects regression from an lme4 formula, fitted by Monte Carlo EM.
 
-    The formula's fixed part is encoded by formulaic; each ``(1 | g)`` term adds a
-    random intercept per level of column ``g``.  Estimation is by maximum likelihood
+    The formula's fixed part is encoded by formulaic.  Each random term adds, per level
+    of its grouping factor, coefficients with a full covariance matrix: ``(1 | g)`` a
+    random intercept, ``(1 + x | g)`` or ``(x | g)`` an intercept and slope,
+    ``(0 + x | g)`` a slope alone; ``(x || g)`` splits into uncorrelated terms,
+    ``(1 | a/b)`` into ``(1 | a) + (1 | a:b)``, and ``(1 | a:b)`` groups by the
+    combinations of ``a`` and ``b`` present in the data.  Estimation is by maximum likelihood
     with Monte Carlo EM: an HMC E-step over the random effects and a closed-form,
     parameter-expanded M-step over the fixed effects and variance parameters, run as
     compiled XLA loops (see :mod:`mixedfx.inference`).
@@ -89,11 +93,15 @@ class MixedEffectsRegressor(RegressorMixin, BaseEstimator):
         Covariance of the fixed-effect estimates (exact for the Gaussian family).
     variance_components_ : pandas.DataFrame
         lme4's ``as.data.frame(VarCorr(m))`` layout: columns ``group``, ``var1``,
-        ``var2``, ``vcov`` (variance) and ``sdcor`` (standard deviation), with a
-        final ``"Residual"`` row.
+        ``var2``, ``vcov`` and ``sdcor``.  Per term, one row per coefficient
+        (variance and standard deviation), then one row per pair of coefficients
+        (``var2`` filled: covariance and correlation); a final ``"Residual"`` row.
+    random_cov_ : tuple of pandas.DataFrame
+        Per random term (in the order of ``random_design_.terms``), the covariance
+        matrix of its coefficients.
     random_effects_ : dict of str to pandas.DataFrame
-        Per grouping factor, the conditional means of the random effects, indexed by
-        level (lme4's ``ranef``).
+        Per grouping factor, the conditional means of its coefficients (one column
+        each), indexed by level (lme4's ``ranef``).
     log_likelihood_ : float or None
         Marginal log-likelihood at the estimates (exact for the Gaussian family;
         ``None`` if the exact computation would not fit in memory).
@@ -268,10 +276,19 @@ class MixedEffectsRegressor(RegressorMixin, BaseEstimator):
             except DenseBlockTooLarge as exc:
                 warnings.warn(f"log-likelihood and standard errors not computed: {exc}", UserWarning, stacklevel=3)
         self.fixed_effects_cov_ = pd.DataFrame(cov, index=names, columns=names)
+        self.random_cov_ = tuple(
+            pd.DataFrame(matrix, index=list(term.coef_names), columns=list(term.coef_names))
+            for term, matrix in zip(self.random_design_.terms, params.random_cov)
+        )
         rows = []
-        for term, sd in zip(self.random_design_.terms, params.random_sd):
-            rows.append({"group": term.name, "var1": term.coef_names[0], "var2": None,
-                         "vcov": float(sd) ** 2, "sdcor": float(sd)})
+        for term, matrix in zip(self.random_design_.terms, params.random_cov):
+            sds = np.sqrt(np.diag(matrix))
+            for name, sd in zip(term.coef_names, sds):
+                rows.append({"group": term.name, "var1": name, "var2": None, "vcov": sd**2, "sdcor": sd})
+            for a in range(term.dim):
+                for b in range(a + 1, term.dim):
+                    rows.append({"group": term.name, "var1": term.coef_names[a], "var2": term.coef_names[b],
+                                 "vcov": matrix[a, b], "sdcor": matrix[a, b] / (sds[a] * sds[b])})
         sigma = float(params.family_params["sigma"])
         rows.append({"group": "Residual", "var1": None, "var2": None, "vcov": sigma**2, "sdcor": sigma})
         frame = pd.DataFrame(rows, columns=["group", "var1", "var2", "vcov", "sdcor"])
@@ -280,9 +297,10 @@ class MixedEffectsRegressor(RegressorMixin, BaseEstimator):
         self.variance_components_ = frame
         self.random_effects_ = {}
         for term, means in zip(self.random_design_.terms, result.random_effects):
-            factor = self.random_design_.factors[term.factor]
-            frame = pd.DataFrame({term.coef_names[0]: means}, index=factor.labels)
-            self.random_effects_[term.name] = frame
+            labels = self.random_design_.factors[term.factor].labels
+            block = pd.DataFrame(means, index=labels, columns=list(term.coef_names))
+            current = self.random_effects_.get(term.name)
+            self.random_effects_[term.name] = block if current is None else current.join(block)
         fitted = self._linear_predictor(model.fixed_design, model.random_terms)
         scaled = (model.response - self.family_.inverse_link(fitted)) / sigma
         self.residual_quantiles_ = pd.Series(
@@ -293,13 +311,13 @@ class MixedEffectsRegressor(RegressorMixin, BaseEstimator):
     def _linear_predictor(self, X_fixed, terms) -> np.ndarray:
         eta = X_fixed @ self.fixed_effects_.to_numpy()
         for term, data in zip(self.random_design_.terms, terms):
-            effects = self.random_effects_[term.name][term.coef_names[0]].to_numpy()
+            effects = self.random_effects_[term.name][list(term.coef_names)].to_numpy()
             index = data.group_index
-            contribution = np.where(index >= 0, effects[np.maximum(index, 0)], 0.0)
-            eta = eta + (contribution if data.z is None else contribution * data.z)
+            rows = np.where(index[:, None] >= 0, effects[np.maximum(index, 0)], 0.0)
+            eta = eta + (rows[:, 0] if data.z is None else np.sum(rows * data.z, axis=1))
         return eta
 
-    def predict(self, X, *, new_levels=None):
+    def predict(self, X, *, new_levels=None, include_random=True):
         """Conditional mean of the response for new rows.
 
         Parameters
@@ -308,12 +326,17 @@ class MixedEffectsRegressor(RegressorMixin, BaseEstimator):
             Rows with the columns the formula uses (the response is not needed).
         new_levels : {"population", "error"}, optional
             Overrides the estimator's ``new_levels`` policy for this call.
+        include_random : bool, default True
+            ``False`` gives the population-level prediction, the fixed part alone
+            (lme4's ``predict(m, re.form = NA)``); the grouping columns are then not
+            needed.
 
         Returns
         -------
         numpy.ndarray of shape (n_rows,)
-            Fixed part plus the conditional means of the random effects of each
-            row's levels; unseen levels contribute zero under ``"population"``.
+            Fixed part plus, for each random term, the conditional means of the
+            coefficients of the row's level times the row's ``z``; a level not seen in
+            ``fit`` contributes zero for all its coefficients under ``"population"``.
         """
         check_is_fitted(self, "fixed_effects_")
         policy = self.new_levels if new_levels is None else new_levels
@@ -321,6 +344,8 @@ class MixedEffectsRegressor(RegressorMixin, BaseEstimator):
             raise ParameterError(f"new_levels must be one of {NEW_LEVEL_POLICIES}, got {policy!r}")
         data = _check_frame(X)
         X_fixed = self.fixed_design_.transform(data)
+        if not include_random:
+            return self.family_.inverse_link(X_fixed @ self.fixed_effects_.to_numpy())
         terms = self.random_design_.materialize(data, new_levels=policy)
         return self.family_.inverse_link(self._linear_predictor(X_fixed, terms))
 
@@ -348,8 +373,8 @@ class MixedEffectsRegressor(RegressorMixin, BaseEstimator):
         -------
         tfp.distributions.JointDistributionNamedAutoBatched
             One component per random term (named after its grouping factor, event
-            shape ``[num_levels]``) and ``"response"`` (event shape ``[n_rows]``), at
-            the fitted parameters.  ``sample`` draws new random effects and responses;
+            shape ``[num_levels, n_coefficients]``) and ``"response"`` (event shape
+            ``[n_rows]``), at the fitted parameters.  ``sample`` draws new random effects and responses;
             ``log_prob`` scores them.
 
         Examples
@@ -362,7 +387,7 @@ class MixedEffectsRegressor(RegressorMixin, BaseEstimator):
         >>> joint = model.joint_distribution(data)
         >>> draw = joint.sample(seed=(1, 2))
         >>> sorted(draw), tuple(draw["g"].shape), tuple(draw["response"].shape)
-        (['g', 'response'], (30,), (600,))
+        (['g', 'response'], (30, 1), (600,))
         """
         check_is_fitted(self, "fixed_effects_")
         data = _check_frame(X)
@@ -373,19 +398,17 @@ class MixedEffectsRegressor(RegressorMixin, BaseEstimator):
         return build_joint_distribution(
             model.tensors(),
             fixed_effects=params.fixed_effects,
-            random_sd=params.random_sd,
+            random_scale_tril=params.random_scale_tril,
             family=self.family_,
             family_params=dict(params.family_params),
         )
 
     def _parameters(self) -> ModelParameters:
-        components = self.variance_components_
-        random = components[components["group"] != "Residual"]
-        residual = components[components["group"] == "Residual"]
+        residual = self.variance_components_.loc[self.variance_components_["group"] == "Residual", "sdcor"]
         return ModelParameters(
             fixed_effects=self.fixed_effects_.to_numpy(),
-            random_sd=random["sdcor"].to_numpy(dtype=float),
-            family_params={"sigma": float(residual["sdcor"].iloc[0])},
+            random_scale_tril=tuple(np.linalg.cholesky(cov.to_numpy()) for cov in self.random_cov_),
+            family_params={"sigma": float(residual.iloc[0])},
         )
 
     def summary(self, file=None) -> None:

@@ -19,7 +19,7 @@ def format_summary(model) -> str:
         f" Family: {family}",
         "",
     ]
-    n_params = len(model.fixed_effects_) + len(model.variance_components_)
+    n_params = len(model.fixed_effects_) + len(model.variance_components_)  # lme4's df: every VarCorr row
     if model.log_likelihood_ is not None:
         loglik = model.log_likelihood_
         aic = -2 * loglik + 2 * n_params
@@ -35,11 +35,16 @@ def format_summary(model) -> str:
         "",
         "Random effects:",
     ]
-    components = model.variance_components_
-    rows = [("Groups", "Name", "Variance", "Std.Dev.")]
-    for row in components.itertuples(index=False):
-        rows.append((str(row.group), "" if row.var1 is None else str(row.var1), f"{row.vcov:.6g}", f"{row.sdcor:.5g}"))
-    lines += _columns(rows, align="<<>>")
+    rows = [("Groups", "Name", "Variance", "Std.Dev.", "Corr")]
+    for term, cov in zip(model.random_design_.terms, model.random_cov_):
+        matrix = cov.to_numpy()
+        sds = np.sqrt(np.diag(matrix))
+        for c, name in enumerate(term.coef_names):
+            corr = " ".join(f"{matrix[c, b] / (sds[c] * sds[b]):.2f}" for b in range(c))
+            rows.append((term.name if c == 0 else "", name, f"{matrix[c, c]:.6g}", f"{sds[c]:.5g}", corr))
+    sigma = float(model.variance_components_["sdcor"].iloc[-1])
+    rows.append(("Residual", "", f"{sigma**2:.6g}", f"{sigma:.5g}", ""))
+    lines += _columns(rows, align="<<>><")
     groups = "; ".join(
         f"{name}, {factor.num_levels}" for name, factor in model.random_design_.factors.items()
     )

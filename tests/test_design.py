@@ -85,10 +85,42 @@ def test_grouping_errors_name_the_column(frame):
         RandomDesign.from_spec(parse_formula("y ~ (1 | g)"), frame.assign(g="u"))
 
 
-def test_random_slopes_are_refused_clearly(frame):
-    with pytest.raises(FormulaError, match=r"only random intercepts .* random slopes .* not implemented yet") as caught:
-        RandomDesign.from_spec(parse_formula("y ~ x + (x | g)"), frame)
-    assert caught.value.position == 8
+def test_random_slope_terms_materialize_z(frame):
+    design = RandomDesign.from_spec(parse_formula("y ~ x + (x | g)"), frame)
+    (term,) = design.materialize(frame)
+    assert term.coef_names == ("(Intercept)", "x") and term.dim == 2
+    np.testing.assert_array_equal(term.z, np.column_stack([np.ones(6), frame["x"]]))
+    slope_only = RandomDesign.from_spec(parse_formula("y ~ x + (0 + x | g)"), frame).materialize(frame)[0]
+    assert slope_only.coef_names == ("x",) and slope_only.z.shape == (6, 1)
+    minus_one = RandomDesign.from_spec(parse_formula("y ~ x + (-1 + x | g)"), frame).materialize(frame)[0]
+    assert minus_one.coef_names == ("x",)
+
+
+def test_double_bar_splits_into_uncorrelated_terms(frame):
+    design = RandomDesign.from_spec(parse_formula("y ~ x + (x || g)"), frame)
+    assert [(t.factor, t.coef_names) for t in design.terms] == [("g", ("(Intercept)",)), ("g", ("x",))]
+    intercept, slope = design.materialize(frame)
+    assert intercept.z is None and slope.z[:, 0].tolist() == frame["x"].tolist()
+
+
+def test_categorical_and_transformed_left_sides(frame):
+    design = RandomDesign.from_spec(parse_formula("y ~ (0 + C(f) | g) + (1 + np.log(x) | h)"), frame)
+    categorical, transformed = design.materialize(frame)
+    assert categorical.coef_names == ("C(f)[a]", "C(f)[b]", "C(f)[c]")
+    assert categorical.z.sum(axis=1).tolist() == [1.0] * 6  # full dummy coding, one per level
+    assert transformed.coef_names == ("(Intercept)", "np.log(x)")
+    np.testing.assert_allclose(transformed.z[:, 1], np.log(frame["x"]))
+    # the left side's encoding replays at predict time, with the same guards
+    with pytest.raises(NewLevelError, match=r"column 'f' has level\(s\) 'z'"):
+        design.materialize(frame.assign(f=["a", "b", "c", "a", "b", "z"]))
+
+
+def test_repeated_coefficient_on_one_factor_is_refused(frame):
+    with pytest.raises(FormulaError, match=r"coefficient '\(Intercept\)' of grouping factor 'g' appears in two"):
+        RandomDesign.from_spec(parse_formula("y ~ (x | g) + (1 | g)"), frame)
+    # (1 | g) + (0 + x | g) is fine: the same as (x || g)
+    design = RandomDesign.from_spec(parse_formula("y ~ (1 | g) + (0 + x | g)"), frame)
+    assert [t.coef_names for t in design.terms] == [("(Intercept)",), ("x",)]
 
 
 def test_fixed_design_replays_the_fitted_encoding(frame):

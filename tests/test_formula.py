@@ -56,10 +56,22 @@ def test_double_bar_and_term_details():
     assert first.group_name == "g" and str(second) == "(1 | h)"
 
 
-def test_slope_terms_parse_with_their_expression():
-    spec = parse_formula("Reaction ~ Days + (Days | Subject) + (0 + x | g)")
-    assert [t.expr for t in spec.random] == ["Days", "0 + x"]
-    assert [t.intercept_only for t in spec.random] == [False, False]
+@pytest.mark.parametrize(
+    "formula, expr, correlated",
+    [
+        ("Reaction ~ Days + (Days | Subject)", "Days", True),
+        ("y ~ x + (1 + x | g)", "1 + x", True),
+        ("y ~ x + (0 + x | g)", "0 + x", True),
+        ("y ~ x + (-1 + x | g)", "-1 + x", True),
+        ("y ~ x + (x || g)", "x", False),
+        ("y ~ (0 + C(f) | g)", "0 + C(f)", True),
+        ("y ~ (1 + np.log(x) | g)", "1 + np.log(x)", True),
+        ("y ~ (x + I(x ** 2) | g)", "x + I(x ** 2)", True),
+    ],
+)
+def test_slope_terms_parse_with_their_expression(formula, expr, correlated):
+    (term,) = parse_formula(formula).random
+    assert term.expr == expr and term.correlated is correlated and not term.intercept_only
 
 
 def test_spec_is_frozen_and_picklable():

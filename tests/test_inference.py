@@ -11,8 +11,8 @@ from mixedfx.inference import (
     location_expansions,
     monte_carlo_standard_error,
 )
+from mixedfx.inference import nested_centering
 from mixedfx.inference.estep import Centering, JitteredLeapfrogSteps
-from mixedfx.inference.mcem import nested_centering
 from mixedfx.model import Gaussian, MixedModel
 
 
@@ -96,7 +96,7 @@ def test_nested_factors_are_found_and_centred(rng):
     centering = nested_centering(model)
     assert centering.parent == (None, 2, None)
     np.testing.assert_array_equal(centering.parent_level[1], np.arange(12) // 3)
-    effects = [tf.constant(rng.normal(size=(2, q))) for q in (20, 12, 4)]
+    effects = [tf.constant(rng.normal(size=(2, q, 1))) for q in (20, 12, 4)]
     parent_level = [None if m is None else tf.constant(m) for m in centering.parent_level]
     sampler = centering.to_sampler(effects, parent_level)
     expected = effects[1].numpy() + effects[2].numpy()[:, np.arange(12) // 3]
@@ -109,9 +109,10 @@ def test_nested_factors_are_found_and_centred(rng):
 def test_chains_of_nesting_centre_step_by_step():
     centering = Centering(parent=(None, 0, 1), parent_level=(None, np.array([0, 0, 1]), np.array([0, 1, 2, 2])))
     level = [None, tf.constant([0, 0, 1]), tf.constant([0, 1, 2, 2])]
-    effects = [tf.constant([[1.0, 2.0]]), tf.constant([[10.0, 20.0, 30.0]]), tf.constant([[100.0, 200.0, 300.0, 400.0]])]
+    effects = [tf.constant([[1.0, 2.0]])[..., None], tf.constant([[10.0, 20.0, 30.0]])[..., None],
+               tf.constant([[100.0, 200.0, 300.0, 400.0]])[..., None]]
     sampler = centering.to_sampler(effects, level)
-    np.testing.assert_allclose(sampler[2].numpy(), [[111.0, 221.0, 332.0, 432.0]])
+    np.testing.assert_allclose(sampler[2].numpy()[..., 0], [[111.0, 221.0, 332.0, 432.0]])
     np.testing.assert_allclose(centering.to_model(sampler, level)[2].numpy(), effects[2].numpy())
 
 
@@ -119,8 +120,37 @@ def test_location_expansion_finds_group_level_columns(rng):
     model = nested_model(rng)
     expansions = location_expansions(model)
     # the intercept is constant within every factor; "dept1" within instructors and departments
-    assert [e.columns for e in expansions] == [(0,), (0, 2), (0, 2)]
+    assert [e.targets for e in expansions] == [((0,),), ((0, 2),), ((0, 2),)]
     np.testing.assert_allclose(expansions[2].level_values[:, 1], [0, 1, 0, 0])
+
+
+def test_location_expansion_of_a_slope_term(rng):
+    n = 100
+    x = rng.normal(size=n)
+    g = rng.integers(0, 5, n).astype(np.int32)
+    X = np.column_stack([np.ones(n), x])
+    z = np.column_stack([np.ones(n), x])
+    with_slope = MixedModel(Gaussian(), X, rng.normal(size=n), (RandomTermData("g", g, z, 5, ("(Intercept)", "x")),),
+                            ("Intercept", "x"))
+    (expansion,) = location_expansions(with_slope)
+    assert expansion.targets == ((0,), (1,)) and expansion.level_values.shape == (5, 1)
+    # a slope on a variable that is not a fixed effect cannot be absorbed
+    other = MixedModel(Gaussian(), X[:, :1], rng.normal(size=n), (RandomTermData("g", g, z, 5, ("(Intercept)", "x")),),
+                       ("Intercept",))
+    assert not location_expansions(other)[0].active
+
+
+def test_rao_blackwellized_root_has_the_gaussian_full_conditional():
+    # root with 2 levels, child with 4 levels (2 per root level)
+    centering = Centering(parent=(None, 0), parent_level=(None, np.array([0, 0, 1, 1])))
+    assert centering.roots == ((0, 1),)
+    child = tf.constant([[[1.0], [3.0], [-2.0], [0.0]]], tf.float64)
+    prior_precision = [tf.constant([4.0], tf.float64), tf.constant([0.5], tf.float64)]
+    replaced, variances = centering.conditional_means(
+        [tf.zeros([1, 2, 1], tf.float64), child], [None, tf.constant([0, 0, 1, 1])], (2, 4), prior_precision)
+    precision = 4.0 + 2 * 0.5
+    np.testing.assert_allclose(variances[0].numpy(), [1 / precision] * 2)
+    np.testing.assert_allclose(replaced[0].numpy()[0, :, 0], [(1 + 3) * 0.5 / precision, (-2 + 0) * 0.5 / precision])
 
 
 def test_jittered_hmc_samples_the_right_distribution():

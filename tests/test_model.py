@@ -45,7 +45,8 @@ def dense_reference(model, params):
     X, y, n = model.fixed_design, model.response, model.n_obs
     Z = np.zeros((n, 0))
     prior = []
-    for term, sd in zip(model.random_terms, params.random_sd):
+    for term, L in zip(model.random_terms, params.random_scale_tril):
+        sd = float(L[0, 0])
         block = np.zeros((n, term.num_levels))
         block[np.arange(n), term.group_index] = 1.0
         Z = np.hstack([Z, block])
@@ -67,8 +68,8 @@ def test_gaussian_marginal_matches_dense_algebra(tiny):
     loglik, cov, mean, sd = dense_reference(model, params)
     assert exact.log_likelihood == pytest.approx(loglik, rel=1e-12)
     np.testing.assert_allclose(exact.fixed_effects_cov, cov, rtol=1e-10)
-    np.testing.assert_allclose(np.concatenate(exact.conditional_means), mean, rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(np.concatenate(exact.conditional_sds), sd, rtol=1e-9)
+    np.testing.assert_allclose(np.concatenate([m[:, 0] for m in exact.conditional_means]), mean, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(np.concatenate([s[:, 0] for s in exact.conditional_sds]), sd, rtol=1e-9)
 
 
 @pytest.mark.parametrize(
@@ -85,6 +86,7 @@ def test_gaussian_marginal_reproduces_lme4_at_its_estimates(fixture, formula, cr
         np.array([sds[t.name] for t in model.random_terms]),
         {"sigma": sds["Residual"]},
     )
+    assert [L.shape for L in params.random_scale_tril] == [(1, 1)] * len(model.random_terms)
     exact = gaussian_marginal(model, params)
     assert exact.log_likelihood == pytest.approx(reference["logLik"], rel=1e-9)
     se = np.sqrt(np.diag(exact.fixed_effects_cov))
@@ -94,26 +96,79 @@ def test_gaussian_marginal_reproduces_lme4_at_its_estimates(fixture, formula, cr
 def test_joint_distribution_structure_and_log_prob(tiny):
     model, params = tiny
     joint = build_joint_distribution(
-        model.tensors(), fixed_effects=params.fixed_effects, random_sd=params.random_sd,
+        model.tensors(), fixed_effects=params.fixed_effects, random_scale_tril=params.random_scale_tril,
         family=Gaussian(), family_params={"sigma": params.family_params["sigma"]},
     )
     draw = joint.sample(seed=(3, 4))
     assert sorted(draw) == ["g1", "g2", RESPONSE]
-    assert tuple(draw["g1"].shape) == (5,) and tuple(draw[RESPONSE].shape) == (30,)
+    assert tuple(draw["g1"].shape) == (5, 1) and tuple(draw[RESPONSE].shape) == (30,)
     batch = joint.sample(7, seed=(5, 6))
     assert tuple(batch[RESPONSE].shape) == (7, 30)
-    b1, b2 = draw["g1"].numpy(), draw["g2"].numpy()
+    b1, b2 = draw["g1"].numpy()[:, 0], draw["g2"].numpy()[:, 0]
     eta = model.fixed_design @ params.fixed_effects + b1[model.random_terms[0].group_index] + b2[model.random_terms[1].group_index]
     manual = (
         stats.norm(0, 0.8).logpdf(b1).sum()
         + stats.norm(0, 0.4).logpdf(b2).sum()
         + stats.norm(eta, 1.1).logpdf(model.response).sum()
     )
-    value = joint.log_prob({"g1": b1, "g2": b2, RESPONSE: model.response})
+    value = joint.log_prob({"g1": b1[:, None], "g2": b2[:, None], RESPONSE: model.response})
     assert float(value) == pytest.approx(manual, rel=1e-12)
     # Leading sample dimensions broadcast (chains in the E-step).
-    stacked = joint.log_prob({"g1": np.stack([b1, b1]), "g2": np.stack([b2, b2]), RESPONSE: model.response})
+    stacked = joint.log_prob({"g1": np.stack([b1, b1])[..., None], "g2": np.stack([b2, b2])[..., None],
+                              RESPONSE: model.response})
     assert stacked.shape == (2,) and float(stacked[1]) == pytest.approx(manual, rel=1e-12)
+
+
+def test_joint_distribution_with_a_correlated_slope(rng):
+    n = 40
+    g = rng.integers(0, 6, n).astype(np.int32)
+    x = rng.normal(size=n)
+    z = np.column_stack([np.ones(n), x])
+    terms = (RandomTermData("g", g, z, 6, ("(Intercept)", "x")),)
+    model = MixedModel(Gaussian(), np.column_stack([np.ones(n), x]), rng.normal(size=n), terms, ("Intercept", "x"))
+    L = np.array([[0.9, 0.0], [0.3, 0.4]])
+    joint = build_joint_distribution(model.tensors(), fixed_effects=[0.5, 1.0], random_scale_tril=[L],
+                                     family=Gaussian(), family_params={"sigma": 0.7})
+    draw = joint.sample(seed=(8, 9))
+    b = draw["g"].numpy()
+    assert b.shape == (6, 2)
+    eta = 0.5 + x + b[g, 0] + b[g, 1] * x
+    manual = stats.multivariate_normal(np.zeros(2), L @ L.T).logpdf(b).sum() + stats.norm(eta, 0.7).logpdf(model.response).sum()
+    assert float(joint.log_prob({"g": b, RESPONSE: model.response})) == pytest.approx(manual, rel=1e-12)
+
+
+def test_gaussian_marginal_with_correlated_slopes_matches_dense_algebra(rng):
+    n = 50
+    g1 = rng.integers(0, 7, n).astype(np.int32)
+    g2 = rng.integers(0, 4, n).astype(np.int32)
+    x = rng.normal(size=n)
+    z = np.column_stack([np.ones(n), x])
+    terms = (RandomTermData("g1", g1, z, 7, ("(Intercept)", "x")), RandomTermData("g2", g2, None, 4))
+    X = np.column_stack([np.ones(n), x])
+    y = rng.normal(size=n)
+    model = MixedModel(Gaussian(), X, y, terms, ("Intercept", "x"))
+    L1 = np.array([[0.9, 0.0], [0.3, 0.4]])
+    params = ModelParameters(np.array([0.2, 0.1]), (L1, np.array([[0.6]])), {"sigma": 0.8})
+    Z1 = np.zeros((n, 14))
+    Z1[np.arange(n), 2 * g1] = 1.0
+    Z1[np.arange(n), 2 * g1 + 1] = x
+    Z2 = np.zeros((n, 4))
+    Z2[np.arange(n), g2] = 1.0
+    Z = np.hstack([Z1, Z2])
+    G = np.zeros((18, 18))
+    for j in range(7):
+        G[2 * j:2 * j + 2, 2 * j:2 * j + 2] = L1 @ L1.T
+    G[14:, 14:] = 0.36 * np.eye(4)
+    V = Z @ G @ Z.T + 0.64 * np.eye(n)
+    exact = gaussian_marginal(model, params)
+    assert exact.log_likelihood == pytest.approx(stats.multivariate_normal(X @ params.fixed_effects, V).logpdf(y), rel=1e-12)
+    Vinv = np.linalg.inv(V)
+    np.testing.assert_allclose(exact.fixed_effects_cov, np.linalg.inv(X.T @ Vinv @ X), rtol=1e-10)
+    mean = G @ Z.T @ Vinv @ (y - X @ params.fixed_effects)
+    np.testing.assert_allclose(exact.conditional_means[0], mean[:14].reshape(7, 2), atol=1e-12)
+    post = np.linalg.inv(Z.T @ Z / 0.64 + np.linalg.inv(G))
+    np.testing.assert_allclose(exact.conditional_sds[0], np.sqrt(np.diag(post)[:14]).reshape(7, 2), rtol=1e-9)
+    np.testing.assert_allclose(exact.conditional_sds[1][:, 0], np.sqrt(np.diag(post)[14:]), rtol=1e-9)
 
 
 def test_random_effect_keys_are_unique_identifiers():

@@ -23,8 +23,9 @@ from formulaic.errors import DataMismatchWarning, FormulaicError
 from formulaic.materializers import PandasMaterializer
 
 from mixedfx.exceptions import DataError, FormulaError, NewLevelError, did_you_mean
+from mixedfx.formula.tokens import TokenKind, tokenize
 
-__all__ = ["FixedDesign", "build_fixed_design", "EVALUATION_CONTEXT"]
+__all__ = ["FixedDesign", "build_fixed_design", "evaluate_formula", "EVALUATION_CONTEXT"]
 
 #: Names available inside formula expressions besides the data columns and formulaic's
 #: own transforms (``C``, ``center``, ``scale``, ``bs``, ``poly``, ...).  The context
@@ -191,6 +192,34 @@ def build_fixed_design(
     return design, X[:, kept], y
 
 
+def evaluate_formula(formula: str | ModelSpec, data: pd.DataFrame) -> tuple[np.ndarray, ModelSpec]:
+    """Evaluate a one-sided formulaic formula on ``data``, or replay a fitted spec.
+
+    The same guards as :meth:`FixedDesign.transform` apply: unseen categorical levels
+    and missing values raise mixedfx errors naming the column.
+
+    Returns
+    -------
+    matrix : numpy.ndarray of shape (n_rows, n_columns)
+    spec : formulaic.ModelSpec
+        The spec to replay on new data (``spec.column_names`` names the columns).
+    """
+    if isinstance(formula, ModelSpec):
+        matrix = _materialize(lambda: formula.get_model_matrix(data, context=EVALUATION_CONTEXT),
+                              data=data, formula=str(formula.formula), spec=formula)
+        return np.asarray(matrix, dtype=np.float64), formula
+    try:
+        parsed = Formula(formula)
+    except FormulaicError as exc:
+        raise FormulaError(f"formulaic cannot parse {formula!r}: {_first_line(exc)}") from exc
+    matrix = _materialize(
+        lambda: parsed.get_model_matrix(data, context=EVALUATION_CONTEXT, materializer=PandasMaterializer,
+                                        na_action="raise"),
+        data=data, formula=formula, spec=None,
+    )
+    return np.asarray(matrix, dtype=np.float64), matrix.model_spec
+
+
 def _independent_columns(X: np.ndarray, *, rtol: float = 1e-7) -> list[int]:
     """Indices of the columns to keep: a column whose part orthogonal to the earlier
     columns is below ``rtol`` of its own norm is aliased and dropped (lme4 keeps the
@@ -217,7 +246,7 @@ def _materialize(build, *, data, formula: str, spec):
         try:
             return build()
         except DataMismatchWarning as exc:
-            raise NewLevelError(_unseen_level_message(data, spec, exc)) from None
+            raise NewLevelError(_unseen_level_message(data, spec, exc, formula)) from None
         except FormulaicError as exc:
             raise _translate(exc, data, formula) from None
         except ValueError as exc:
@@ -241,28 +270,45 @@ def _translate(exc: Exception, data: pd.DataFrame, formula: str) -> Exception:
     return DataError(f"cannot build the fixed design from {formula!r}: {message}")
 
 
-def _unseen_level_message(data: pd.DataFrame, spec: ModelSpec | None, exc: Exception) -> str:
+def _unseen_level_message(data: pd.DataFrame, spec: ModelSpec | None, exc: Exception, formula: str) -> str:
     details = []
     if spec is not None:
         for factor, state in spec.encoder_state.items():
             kind, params = state
-            if getattr(kind, "value", kind) != "categorical" or str(factor) not in data.columns:
+            if getattr(kind, "value", kind) != "categorical":
                 continue
             known = pd.Index(params.get("categories", []))
-            values = pd.Index(pd.unique(data[str(factor)].dropna()))
-            unseen = values.difference(known, sort=False)
-            if len(unseen):
-                shown = ", ".join(map(repr, list(unseen[:5])))
-                more = f" and {len(unseen) - 5} more" if len(unseen) > 5 else ""
-                details.append(f"column {str(factor)!r} has level(s) {shown}{more}")
+            for column in _columns_in(str(factor), data):
+                values = pd.Index(pd.unique(data[column].dropna()))
+                unseen = values.difference(known, sort=False)
+                if len(unseen):
+                    shown = ", ".join(map(repr, [_python(v) for v in unseen[:5]]))
+                    more = f" and {len(unseen) - 5} more" if len(unseen) > 5 else ""
+                    details.append(f"column {column!r} has level(s) {shown}{more}")
     if not details:
         details.append(_first_line(exc))
     return (
-        "unseen categorical level(s) on the fixed side: "
+        f"unseen categorical level(s) in {formula!r}: "
         + "; ".join(details)
-        + ". A fixed effect has no estimate for a level it never saw; "
+        + ". A coefficient has no estimate for a level it never saw; "
         "refit with that level present or recode it."
     )
+
+
+def _columns_in(expression: str, data: pd.DataFrame) -> list[str]:
+    """Data columns named in a formulaic factor expression such as ``C(f, Sum)``."""
+    if expression in data.columns:
+        return [expression]
+    try:
+        tokens = tokenize(expression)
+    except FormulaError:
+        return []
+    names = [t.text.strip("`") for t in tokens if t.kind is TokenKind.NAME]
+    return [name for name in dict.fromkeys(names) if name in data.columns]
+
+
+def _python(value):
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _quoted(message: str) -> str | None:

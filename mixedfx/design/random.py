@@ -1,9 +1,9 @@
 """Random-effects designs: grouping factors, their levels, and per-row group indices.
 
 A random term is stored the way MixedModels.jl's ``ReMat`` stores it: an ``int32``
-``group_index`` per row into the factor's level list, and a small per-row ``z``
-(``None`` for a random intercept, whose ``z`` is all ones).  A dense ``Z`` matrix is
-never formed.
+``group_index`` per row into the factor's level list, and a small per-row ``z`` with
+one column per coefficient (``None`` for a random intercept, whose ``z`` is all
+ones).  A dense ``Z`` matrix is never formed.
 
 Each grouping factor's level order lives in exactly one place,
 :attr:`GroupingFactor.levels`; every encoding at fit and predict time, and every
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from mixedfx.design.fixed import evaluate_formula
 from mixedfx.exceptions import DataError, FormulaError, NewLevelError, did_you_mean
 from mixedfx.formula.spec import FormulaSpec, RandomTermSpec
 
@@ -84,6 +85,15 @@ class GroupingFactor:
                     f"grouping column {column!r} has {missing} missing value(s); "
                     "drop those rows or give them a level"
                 )
+            if values.dtype.kind == "f":
+                finite = values.to_numpy(dtype=float)
+                if np.any(finite != np.round(finite)):
+                    warnings.warn(
+                        f"grouping column {column!r} holds continuous values (e.g. {finite[finite != np.round(finite)][0]!r}); "
+                        "every distinct value becomes a level. Is it meant to be a grouping factor?",
+                        UserWarning,
+                        stacklevel=4,
+                    )
             per_column.append(_observed_levels(values))
         if len(columns) == 1:
             levels = per_column[0]
@@ -152,15 +162,38 @@ class GroupingFactor:
 
 @dataclass(frozen=True, eq=False)
 class RandomTermDesign:
-    """A random term bound to its grouping factor (by name) and coefficient names."""
+    """A random term bound to its grouping factor (by name) and its coefficients.
+
+    Attributes
+    ----------
+    spec : RandomTermSpec
+        The term as parsed.
+    factor : str
+        Name of its grouping factor in :attr:`RandomDesign.factors`.
+    coef_names : tuple of str
+        Names of the per-level coefficients, in lme4's spelling (``"(Intercept)"``,
+        ``"Days"``).
+    z_spec : formulaic.ModelSpec or None
+        Formulaic's state for the left side of the bar, replayed at predict time;
+        ``None`` for a plain random intercept.
+    columns : tuple of int
+        Which columns of ``z_spec``'s matrix this term uses (a double-bar term is split
+        into one term per column, as lme4 does).
+    """
 
     spec: RandomTermSpec
     factor: str
     coef_names: tuple[str, ...] = ("(Intercept)",)
+    z_spec: object = None
+    columns: tuple[int, ...] = (0,)
 
     @property
     def name(self) -> str:
         return self.factor
+
+    @property
+    def dim(self) -> int:
+        return len(self.coef_names)
 
 
 @dataclass(frozen=True, eq=False)
@@ -174,17 +207,24 @@ class RandomTermData:
     group_index : numpy.ndarray of int32, shape (n_rows,)
         Position of each row's level in the factor's levels; ``-1`` for a level not
         seen at fit time (only at predict, under ``new_levels="population"``).
-    z : numpy.ndarray of shape (n_rows,) or None
-        Per-row multiplier of the random effect; ``None`` means all ones (an
-        intercept).
+    z : numpy.ndarray of shape (n_rows, dim) or None
+        Per-row multipliers of the level's coefficients; ``None`` means a random
+        intercept (one coefficient, ``z`` all ones).
     num_levels : int
         Number of levels of the grouping factor.
+    coef_names : tuple of str
+        Names of the coefficients (``dim`` of them).
     """
 
     name: str
     group_index: np.ndarray
     z: np.ndarray | None
     num_levels: int
+    coef_names: tuple[str, ...] = ("(Intercept)",)
+
+    @property
+    def dim(self) -> int:
+        return len(self.coef_names)
 
 
 @dataclass(frozen=True, eq=False)
@@ -196,7 +236,7 @@ class RandomDesign:
     factors : Mapping[str, GroupingFactor]
         Grouping factors by name; the single home of each factor's level order.
     terms : tuple of RandomTermDesign
-        One entry per random-effect term, in formula order.
+        One entry per random-effect term, in formula order (double-bar terms split).
     """
 
     factors: Mapping[str, GroupingFactor]
@@ -204,12 +244,17 @@ class RandomDesign:
 
     @classmethod
     def from_spec(cls, spec: FormulaSpec, data: pd.DataFrame) -> RandomDesign:
-        """Learn grouping factors and levels for the random terms of ``spec``.
+        """Learn grouping factors, levels and coefficient encodings for ``spec``.
+
+        The left side of each bar is evaluated by formulaic, so it may hold anything
+        formulaic does (``x``, ``0 + x``, ``0 + C(f)``, ``np.log(x)``); like lme4, an
+        intercept is implied unless removed with ``0 +`` or ``-1``.
 
         Raises
         ------
         FormulaError
-            For a random term this version cannot fit (random slopes).
+            For a term with no coefficients or one that repeats a coefficient of
+            another term on the same grouping factor.
         DataError
             For a missing grouping column, missing values in it, or a factor with a
             single level.
@@ -219,23 +264,17 @@ class RandomDesign:
         >>> import pandas as pd
         >>> from mixedfx.formula import parse_formula
         >>> from mixedfx.design import RandomDesign
-        >>> frame = pd.DataFrame({"y": [1.0, 2, 3, 4], "g": ["b", "a", "b", "c"]})
-        >>> design = RandomDesign.from_spec(parse_formula("y ~ (1 | g)"), frame)
-        >>> list(design.factors["g"].levels)
-        ['a', 'b', 'c']
-        >>> design.materialize(frame)[0].group_index.tolist()
-        [1, 0, 1, 2]
+        >>> frame = pd.DataFrame({"y": [1.0, 2, 3, 4], "x": [0.0, 1, 0, 2], "g": ["b", "a", "b", "c"]})
+        >>> design = RandomDesign.from_spec(parse_formula("y ~ x + (x | g)"), frame)
+        >>> list(design.factors["g"].levels), design.terms[0].coef_names
+        (['a', 'b', 'c'], ('(Intercept)', 'x'))
+        >>> term = design.materialize(frame)[0]
+        >>> term.group_index.tolist(), term.z.tolist()
+        ([1, 0, 1, 2], [[1.0, 0.0], [1.0, 1.0], [1.0, 0.0], [1.0, 2.0]])
         """
         factors: dict[str, GroupingFactor] = {}
-        terms = []
+        terms: list[RandomTermDesign] = []
         for term in spec.random:
-            if not term.intercept_only:
-                raise FormulaError(
-                    f"random term {term.text!r}: only random intercepts '(1 | g)' are supported "
-                    "in this version; random slopes such as '(x | g)' are not implemented yet",
-                    formula=spec.text,
-                    position=term.position,
-                )
             for column in term.grouping:
                 if column not in data.columns:
                     raise DataError(
@@ -244,21 +283,57 @@ class RandomDesign:
                     )
             if term.group_name not in factors:
                 factors[term.group_name] = GroupingFactor.from_data(data, term.grouping)
-            terms.append(RandomTermDesign(spec=term, factor=term.group_name))
+            if term.intercept_only:
+                coef_names, z_spec = ("(Intercept)",), None
+            else:
+                z, z_spec = evaluate_formula(term.expr, data)
+                coef_names = tuple(_lme4_name(name) for name in z_spec.column_names)
+                if not coef_names:
+                    raise FormulaError(
+                        f"random term {term.text!r} has no coefficients", formula=spec.text, position=term.position
+                    )
+                if coef_names == ("(Intercept)",):
+                    z_spec = None
+            pieces = [tuple(range(len(coef_names)))] if term.correlated else [(j,) for j in range(len(coef_names))]
+            for columns in pieces:
+                names = tuple(coef_names[j] for j in columns)
+                terms.append(RandomTermDesign(
+                    spec=term, factor=term.group_name, coef_names=names,
+                    z_spec=None if names == ("(Intercept)",) else z_spec, columns=columns,
+                ))
+        seen: dict[tuple[str, str], RandomTermDesign] = {}
+        for design in terms:
+            for name in design.coef_names:
+                other = seen.setdefault((design.factor, name), design)
+                if other is not design:
+                    raise FormulaError(
+                        f"coefficient {name!r} of grouping factor {design.factor!r} appears in two random "
+                        f"terms ({other.spec.text!r} and {design.spec.text!r})",
+                        formula=spec.text, position=design.spec.position,
+                    )
         return cls(factors=factors, terms=tuple(terms))
 
     def materialize(self, data: pd.DataFrame, *, new_levels: str = "population") -> tuple[RandomTermData, ...]:
         """Per-row arrays of every term for ``data``; see :meth:`GroupingFactor.encode`."""
         codes = {name: factor.encode(data, new_levels=new_levels) for name, factor in self.factors.items()}
-        return tuple(
-            RandomTermData(
-                name=term.name,
-                group_index=codes[term.factor],
-                z=None,
-                num_levels=self.factors[term.factor].num_levels,
-            )
-            for term in self.terms
-        )
+        evaluated: dict[int, np.ndarray] = {}
+        out = []
+        for term in self.terms:
+            z = None
+            if term.z_spec is not None:
+                key = id(term.z_spec)
+                if key not in evaluated:
+                    evaluated[key] = evaluate_formula(term.z_spec, data)[0]
+                z = evaluated[key][:, list(term.columns)]
+            out.append(RandomTermData(
+                name=term.name, group_index=codes[term.factor], z=z,
+                num_levels=self.factors[term.factor].num_levels, coef_names=term.coef_names,
+            ))
+        return tuple(out)
+
+
+def _lme4_name(name: str) -> str:
+    return "(Intercept)" if name == "Intercept" else name
 
 
 def _python_scalar(value):

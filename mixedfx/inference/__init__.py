@@ -8,8 +8,10 @@
 """
 
 from mixedfx.inference.initial import initial_parameters
-from mixedfx.inference.mcem import MCEMOptions, MCEMResult, fit_mcem, location_expansions
+from mixedfx.inference.layout import ParameterLayout
+from mixedfx.inference.mcem import MCEMOptions, MCEMResult, fit_mcem
 from mixedfx.inference.stopping import Decision, FixedIterations, MonteCarloErrorRule, monte_carlo_standard_error
+from mixedfx.inference.structure import location_expansions, nested_centering
 from mixedfx.inference.summary import FitSummary
 
 __all__ = [
@@ -18,6 +20,8 @@ __all__ = [
     "MCEMResult",
     "fit_mcem",
     "location_expansions",
+    "nested_centering",
+    "ParameterLayout",
     "Decision",
     "FixedIterations",
     "MonteCarloErrorRule",

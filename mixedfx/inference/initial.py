@@ -12,9 +12,11 @@ __all__ = ["initial_parameters"]
 def initial_parameters(model: MixedModel) -> ModelParameters:
     """Fixed effects by least squares; variance components by method of moments.
 
-    Each term's variance starts at the between-level variance of the least-squares
-    residuals' level means, less their sampling variance; the residual variance gets
-    what is left.  Values are clipped away from zero so that EM can move them.
+    A random intercept's variance starts at the between-level variance of the
+    least-squares residuals' level means, less their sampling variance; other
+    coefficients start at a tenth of the residual variance over the mean square of
+    their ``z``, uncorrelated.  The residual variance gets what is left.  Values are
+    clipped away from zero so that EM can move them.
 
     Examples
     --------
@@ -28,7 +30,8 @@ def initial_parameters(model: MixedModel) -> ModelParameters:
     >>> model = MixedModel(Gaussian(), np.ones((1000, 1)), y,
     ...                    (RandomTermData("g", g, None, 50),), ("Intercept",))
     >>> start = initial_parameters(model)
-    >>> bool(0.6 < start.random_sd[0] < 1.4), bool(0.8 < start.family_params["sigma"] < 1.2)
+    >>> sd = start.random_scale_tril[0][0, 0]
+    >>> bool(0.6 < sd < 1.4), bool(0.8 < start.family_params["sigma"] < 1.2)
     (True, True)
     """
     X, y = model.fixed_design, model.response
@@ -39,7 +42,8 @@ def initial_parameters(model: MixedModel) -> ModelParameters:
     residual = y - X @ beta
     total = float(np.var(residual)) if residual.size > 1 else 1.0
     total = total if total > 0 else 1.0
-    variances = []
+    intercept_variance = []
+    scale_tril = []
     for term in model.random_terms:
         counts = np.bincount(term.group_index, minlength=term.num_levels).astype(np.float64)
         sums = np.bincount(term.group_index, weights=residual, minlength=term.num_levels)
@@ -47,10 +51,19 @@ def initial_parameters(model: MixedModel) -> ModelParameters:
         means = sums[seen] / counts[seen]
         between = float(np.average((means - means.mean()) ** 2, weights=counts[seen])) if seen.sum() > 1 else 0.0
         noise = float(np.mean(total / counts[seen]))
-        variances.append(float(np.clip(between - noise, 0.05 * total, total)))
-    sigma2 = float(np.clip(total - sum(variances), 0.1 * total, total))
+        between = float(np.clip(between - noise, 0.05 * total, total))
+        z = np.ones((len(y), 1)) if term.z is None else term.z
+        variances = []
+        for c in range(term.dim):
+            if np.all(z[:, c] == 1.0):
+                variances.append(between)
+                intercept_variance.append(between)
+            else:
+                variances.append(0.1 * total / max(float(np.mean(z[:, c] ** 2)), 1e-12))
+        scale_tril.append(np.diag(np.sqrt(variances)))
+    sigma2 = float(np.clip(total - sum(intercept_variance), 0.1 * total, total))
     return ModelParameters(
         fixed_effects=np.asarray(beta, dtype=np.float64),
-        random_sd=np.sqrt(np.asarray(variances, dtype=np.float64)),
+        random_scale_tril=tuple(scale_tril),
         family_params={"sigma": float(np.sqrt(sigma2))},
     )

@@ -22,16 +22,23 @@ from tqdm.auto import tqdm
 
 from mixedfx._tf import tf, tfp
 from mixedfx.exceptions import FitError
-from mixedfx.inference.estep import Centering, hmc_e_step, preconditioner_scale
+from mixedfx.inference.estep import Centering, hmc_e_step, preconditioner_scale, prior_precision_diagonal
 from mixedfx.inference.initial import initial_parameters
-from mixedfx.inference.mstep import Expansion, gaussian_px_m_step, gaussian_statistics
+from mixedfx.inference.layout import ParameterLayout, fixed_effects_scale
+from mixedfx.inference.mstep import (
+    Expansion,
+    gaussian_px_m_step,
+    gaussian_statistics,
+    rao_blackwell_corrections,
+    reduce_state,
+)
 from mixedfx.inference.stopping import Decision, MonteCarloErrorRule
+from mixedfx.inference.structure import location_expansions, nested_centering
 from mixedfx.inference.summary import FitSummary
 from mixedfx.model.families import Family, Gaussian
-from mixedfx.model.gaussian import DenseBlockTooLarge, gaussian_marginal
 from mixedfx.model.joint import RESPONSE, MixedModel, ModelParameters, ModelTensors, build_joint_distribution, linear_predictor
 
-__all__ = ["MCEMOptions", "MCEMResult", "fit_mcem", "location_expansions", "nested_centering"]
+__all__ = ["MCEMOptions", "MCEMResult", "fit_mcem"]
 
 
 @dataclass(frozen=True)
@@ -71,69 +78,15 @@ class MCEMOptions:
 
 @dataclass(frozen=True, eq=False)
 class MCEMResult:
-    """Estimates, conditional means of the random effects, and the fit record."""
+    """Estimates, conditional means of the random effects, and the fit record.
+
+    ``random_effects`` holds, per term, the mean of the sampled coefficients over the
+    averaging window's draws, shape ``(num_levels, dim)``.
+    """
 
     parameters: ModelParameters
     random_effects: tuple[np.ndarray, ...]
     summary: FitSummary
-
-
-def location_expansions(model: MixedModel) -> tuple[Expansion, ...]:
-    """For each random intercept, the fixed-effect columns constant within its levels."""
-    X = model.fixed_design
-    expansions = []
-    for term in model.random_terms:
-        if term.z is not None or X.shape[1] == 0:
-            expansions.append(Expansion((), None))
-            continue
-        q = term.num_levels
-        lo = np.full((q, X.shape[1]), np.inf)
-        hi = np.full((q, X.shape[1]), -np.inf)
-        np.minimum.at(lo, term.group_index, X)
-        np.maximum.at(hi, term.group_index, X)
-        constant = np.all(lo == hi, axis=0)
-        columns = tuple(int(j) for j in np.flatnonzero(constant))
-        values = lo[:, list(columns)] if columns else None
-        if columns and np.linalg.matrix_rank(values) < len(columns):
-            columns, values = (), None
-        expansions.append(Expansion(columns, None if values is None else values))
-    return tuple(expansions)
-
-
-def nested_centering(model: MixedModel) -> Centering:
-    """Find random intercepts nested in others and centre each on its closest parent.
-
-    Term ``l`` is nested in term ``k`` when each level of ``l`` occurs with a single
-    level of ``k``.  Each term gets at most one parent (the nesting term with the most
-    levels) and at most one child (the nested term with the most levels).
-    """
-    terms = model.random_terms
-    intercepts = [k for k, t in enumerate(terms) if t.z is None]
-    parent_of: dict[int, tuple[int, np.ndarray]] = {}
-    for child in intercepts:
-        best = None
-        for parent in intercepts:
-            if terms[parent].num_levels >= terms[child].num_levels:
-                continue
-            pairs = np.unique(terms[child].group_index.astype(np.int64) * terms[parent].num_levels + terms[parent].group_index)
-            if len(pairs) != terms[child].num_levels:
-                continue
-            if best is None or terms[parent].num_levels > terms[best].num_levels:
-                best = parent
-        if best is not None:
-            level_map = np.zeros(terms[child].num_levels, dtype=np.int32)
-            level_map[terms[child].group_index] = terms[best].group_index
-            parent_of[child] = (best, level_map)
-    parent = [None] * len(terms)
-    parent_level = [None] * len(terms)
-    taken: set[int] = set()
-    for child in sorted(parent_of, key=lambda c: -terms[c].num_levels):
-        p, level_map = parent_of[child]
-        if p in taken:
-            continue
-        taken.add(p)
-        parent[child], parent_level[child] = p, level_map
-    return Centering(parent=tuple(parent), parent_level=tuple(parent_level))
 
 
 @dataclass(frozen=True)
@@ -147,9 +100,26 @@ class _StaticConfig:
     target_accept_prob: float
     iterations_per_call: int
     num_levels: tuple[int, ...]
+    dims: tuple[int, ...]
     keys: tuple[str, ...]
-    expansion_columns: tuple[tuple[int, ...], ...]
+    expansion_targets: tuple
     centering_parent: tuple
+
+
+def _trace_row(fixed_effects, scale_tril, sigma):
+    """The trace row of the parameters: fixed effects, then each term's sds and
+    correlations (lme4's order), then the residual sd."""
+    parts = [fixed_effects]
+    for L in scale_tril:
+        cov = tf.linalg.matmul(L, L, transpose_b=True)
+        sds = tf.sqrt(tf.linalg.diag_part(cov))
+        parts.append(sds)
+        dim = L.shape[-1]
+        pairs = [(a, b) for a in range(dim) for b in range(a + 1, dim)]
+        if pairs:
+            parts.append(tf.stack([cov[a, b] / (sds[a] * sds[b]) for a, b in pairs]))
+    parts.append(sigma[None])
+    return tf.concat(parts, axis=0)
 
 
 @functools.lru_cache(maxsize=16)
@@ -159,22 +129,29 @@ def _compiled_iterations(config: _StaticConfig):
     n_iter = config.iterations_per_call
 
     @tf.function(jit_compile=True, autograph=False)
-    def run(fixed_effects, random_sd, sigma, state, step_size, seed, num_burnin, data):
+    def run(fixed_effects, scale_tril, sigma, state, step_size, seed, num_burnin, data):
         fixed_design, response = data["fixed_design"], data["response"]
         group_index, z = data["group_index"], data["z"]
         dtype = fixed_design.dtype
-        tensors = ModelTensors(fixed_design, response, group_index, z, config.num_levels, config.keys)
+        tensors = ModelTensors(fixed_design, response, group_index, z, config.num_levels, config.keys, config.dims)
         expansions = tuple(
-            Expansion(cols, values) for cols, values in zip(config.expansion_columns, data["level_values"])
+            Expansion(targets, values) for targets, values in zip(config.expansion_targets, data["level_values"])
         )
         n_obs = tf.cast(tf.shape(response)[0], dtype)
         centering = Centering(parent=config.centering_parent, parent_level=data["parent_level"])
+        parent_level = data["parent_level"]
+        rows_per_level, children_per_level = {}, {}
+        for root, child in centering.roots:
+            rows_per_level[root] = tf.math.unsorted_segment_sum(
+                tf.ones_like(group_index[root], dtype=dtype), group_index[root], config.num_levels[root])
+            children_per_level[root] = tf.math.unsorted_segment_sum(
+                tf.ones_like(parent_level[child], dtype=dtype), parent_level[child], config.num_levels[root])
 
-        def body(i, fixed_effects, random_sd, sigma, state, step_size, seed, sums, sq_sums, traces):
+        def body(i, fixed_effects, scale_tril, sigma, state, step_size, seed, sums, sq_sums, traces):
             seed, step_seed = tfp.random.split_seed(seed)
             family_params = {"sigma": sigma}
             joint = build_joint_distribution(
-                tensors, fixed_effects=fixed_effects, random_sd=random_sd, family=config.family,
+                tensors, fixed_effects=fixed_effects, random_scale_tril=scale_tril, family=config.family,
                 family_params=family_params,
             )
 
@@ -192,51 +169,62 @@ def _compiled_iterations(config: _StaticConfig):
             eta = linear_predictor(fixed_design, fixed_effects, [tf.reduce_mean(s, 0) for s in state], group_index, z)
             scale = preconditioner_scale(
                 weight=config.family.fisher_weight(eta, family_params), group_index=group_index, z=z,
-                num_levels=config.num_levels, random_sd=random_sd, centering=centering,
+                num_levels=config.num_levels, random_scale_tril=scale_tril, centering=centering,
                 parent_level=data["parent_level"],
             )
+            # Nested roots are Rao-Blackwellized in the M-step statistics.
+            prior_precision = prior_precision_diagonal(scale_tril)
+
+            def rao_blackwellized(coordinates):
+                return centering.conditional_means(coordinates, parent_level, config.num_levels, prior_precision)[0]
+
             # The first E-step of a call may burn in longer (chains starting at zero).
             burnin = tf.where(i == 0, num_burnin, config.n_burnin)
             e_step = hmc_e_step(
                 target_log_prob, current_state=state, scale=scale, step_size=step_size,
                 num_draws=config.n_draws, num_burnin=burnin, num_leapfrog_steps=config.n_leapfrog_steps,
                 target_accept_prob=config.target_accept_prob, trace_fn=statistics, seed=step_seed,
-                centering=centering, parent_level=data["parent_level"],
+                centering=centering, parent_level=parent_level,
+                statistics_coordinates=rao_blackwellized if centering.roots else None,
             )
-
-            new_beta, new_sd, new_sigma, scale_factor, location = gaussian_px_m_step(
-                e_step.statistics, fixed_xtx=data["xtx"], fixed_xty=data["xty"], response_ss=data["yty"],
-                n_obs=n_obs, num_levels=config.num_levels, expansions=expansions,
+            stats = e_step.statistics
+            if centering.roots:
+                _, variances = centering.conditional_means(
+                    [tf.zeros([1, q, d], dtype) for q, d in zip(config.num_levels, config.dims)],
+                    parent_level, config.num_levels, prior_precision)
+                stats = rao_blackwell_corrections(
+                    stats, roots=centering.roots, variances=variances, rows_per_level=rows_per_level,
+                    children_per_level=children_per_level, dims=config.dims,
+                )
+            new_beta, new_scale_tril, new_sigma, scale_matrix, location = gaussian_px_m_step(
+                stats, fixed_xtx=data["xtx"], fixed_xty=data["xty"], response_ss=data["yty"],
+                n_obs=n_obs, num_levels=config.num_levels, dims=config.dims, expansions=expansions,
             )
             # Carry the chains into the reduced parametrization of the new estimate.
-            new_state = []
-            for k, s in enumerate(e_step.final_state):
-                if location[k] is not None:
-                    s = s - tf.linalg.matvec(expansions[k].level_values, location[k])
-                new_state.append(scale_factor[k] * s)
+            new_state = reduce_state(e_step.final_state, scale_matrix=scale_matrix, location=location,
+                                     expansions=expansions)
             sums = [a + b for a, b in zip(sums, e_step.effects_sum)]
             sq_sums = [a + b for a, b in zip(sq_sums, e_step.effects_sq_sum)]
-            row = tf.concat([new_beta, new_sd, [new_sigma]], axis=0)
             traces = {
-                "parameters": traces["parameters"].write(i, row),
+                "parameters": traces["parameters"].write(i, _trace_row(new_beta, new_scale_tril, new_sigma)),
                 "objective": traces["objective"].write(i, e_step.statistics["log_joint"]),
                 "acceptance": traces["acceptance"].write(i, e_step.acceptance_rate),
                 "step_size": traces["step_size"].write(i, e_step.step_size),
             }
-            return i + 1, new_beta, new_sd, new_sigma, new_state, e_step.step_size, seed, sums, sq_sums, traces
+            return i + 1, new_beta, new_scale_tril, new_sigma, new_state, e_step.step_size, seed, sums, sq_sums, traces
 
-        sums = [tf.zeros([q], dtype) for q in config.num_levels]
-        sq_sums = [tf.zeros([q], dtype) for q in config.num_levels]
+        sums = [tf.zeros([q, d], dtype) for q, d in zip(config.num_levels, config.dims)]
+        sq_sums = [tf.zeros([q, d], dtype) for q, d in zip(config.num_levels, config.dims)]
         traces = {name: tf.TensorArray(dtype, size=n_iter) for name in ("parameters", "objective", "acceptance", "step_size")}
         loop = tf.while_loop(
             lambda i, *_: i < n_iter,
             body,
-            (tf.constant(0), fixed_effects, random_sd, sigma, state, step_size, seed, sums, sq_sums, traces),
+            (tf.constant(0), fixed_effects, scale_tril, sigma, state, step_size, seed, sums, sq_sums, traces),
         )
-        _, fixed_effects, random_sd, sigma, state, step_size, seed, sums, sq_sums, traces = loop
+        _, fixed_effects, scale_tril, sigma, state, step_size, seed, sums, sq_sums, traces = loop
         return {
             "fixed_effects": fixed_effects,
-            "random_sd": random_sd,
+            "scale_tril": scale_tril,
             "sigma": sigma,
             "state": state,
             "step_size": step_size,
@@ -269,7 +257,7 @@ def fit_mcem(
     options : MCEMOptions, optional
     stopping_rule : object with an ``assess`` method, optional
         By default :class:`MonteCarloErrorRule` with ``tol=0.1``.
-    seed : int or Tensor of shape [2], optional
+    seed : int or array of two ints, optional
         Stateless seed; the same seed gives the same fit on the same machine.
     progress : bool, default False
         Show a tqdm progress bar (it appears only on fits longer than two seconds).
@@ -281,19 +269,22 @@ def fit_mcem(
     options = options or MCEMOptions()
     rule = stopping_rule if stopping_rule is not None else MonteCarloErrorRule()
     initial = initial or initial_parameters(model)
-    family = model.family
+    layout = ParameterLayout.from_model(model)
+    family_names = model.family.parameter_names
     expansions = location_expansions(model)
     centering = nested_centering(model)
+    dims = tuple(t.dim for t in model.random_terms)
     config = _StaticConfig(
-        family=family,
+        family=model.family,
         n_draws=options.n_draws,
         n_burnin=options.n_burnin,
         n_leapfrog_steps=options.n_leapfrog_steps,
         target_accept_prob=options.target_accept_prob,
         iterations_per_call=options.iterations_per_call,
         num_levels=tuple(t.num_levels for t in model.random_terms),
+        dims=dims,
         keys=model.keys,
-        expansion_columns=tuple(e.columns for e in expansions),
+        expansion_targets=tuple(e.targets for e in expansions),
         centering_parent=centering.parent,
     )
     run = _compiled_iterations(config)
@@ -312,18 +303,17 @@ def fit_mcem(
         "xty": tf.constant(X.T @ y),
         "yty": tf.constant(float(y @ y), tf.float64),
     }
-    names = _parameter_names(model)
-    p, n_terms = X.shape[1], len(model.random_terms)
     fixed_effects = tf.constant(initial.fixed_effects, tf.float64)
-    random_sd = tf.constant(initial.random_sd, tf.float64)
+    scale_tril = [tf.constant(L, tf.float64) for L in initial.random_scale_tril]
     sigma = tf.constant(float(initial.family_params["sigma"]), tf.float64)
-    state = [tf.zeros([options.n_chains, q], tf.float64) for q in config.num_levels]
+    state = [tf.zeros([options.n_chains, q, d], tf.float64) for q, d in zip(config.num_levels, dims)]
     step_size = tf.constant(options.initial_step_size, tf.float64)
     seed = tf.constant(_seed_pair(seed), tf.int32)
+    draws_per_call = options.iterations_per_call * options.n_draws * options.n_chains
 
     rows, objective, acceptance, step_sizes = [], [], [], []
-    window_start, sums_from, draws_summed = None, None, 0
-    sums = [np.zeros(q) for q in config.num_levels]
+    window_start, draws_summed = None, 0
+    sums = [np.zeros((q, d)) for q, d in zip(config.num_levels, dims)]
     decision = Decision(None, False, message="not started")
     fixed_scale = None
     start_time = time.perf_counter()
@@ -333,14 +323,14 @@ def fit_mcem(
     try:
         while len(rows) < options.max_iter:
             num_burnin = options.n_initial_burnin if not rows else options.n_burnin
-            out = run(fixed_effects, random_sd, sigma, state, step_size, seed, tf.constant(num_burnin), data)
+            out = run(fixed_effects, scale_tril, sigma, state, step_size, seed, tf.constant(num_burnin), data)
             if not rows:
                 first_call_seconds = time.perf_counter() - start_time
-            fixed_effects, random_sd, sigma = out["fixed_effects"], out["random_sd"], out["sigma"]
+            fixed_effects, scale_tril, sigma = out["fixed_effects"], out["scale_tril"], out["sigma"]
             state, step_size, seed = out["state"], out["step_size"], out["seed"]
             chunk = out["trace_parameters"].numpy()
             if not np.all(np.isfinite(chunk)):
-                bad = [names[j] for j in np.flatnonzero(~np.all(np.isfinite(chunk), axis=0))]
+                bad = [layout.names[j] for j in np.flatnonzero(~np.all(np.isfinite(chunk), axis=0))]
                 raise FitError(
                     f"Monte Carlo EM produced non-finite values of {', '.join(bad)} within iterations "
                     f"{len(rows) + 1}-{len(rows) + len(chunk)}; check the data for extreme values"
@@ -349,28 +339,27 @@ def fit_mcem(
             objective.extend(out["trace_objective"].numpy())
             acceptance.extend(out["trace_acceptance"].numpy())
             step_sizes.extend(out["trace_step_size"].numpy())
-            if sums_from is not None:
+            if window_start is not None:
                 for k, s in enumerate(out["effects_sum"]):
                     sums[k] += s.numpy()
-                draws_summed += options.iterations_per_call * options.n_draws * options.n_chains
+                draws_summed += draws_per_call
             trace = np.asarray(rows)
-            frozen = _at_boundary(trace[-1], p=p, n_terms=n_terms)
-            chunk_draws = options.iterations_per_call * options.n_draws * options.n_chains
             posterior_var = [
-                np.maximum(q.numpy() / chunk_draws - (m.numpy() / chunk_draws) ** 2, 0.0)
+                np.maximum(q.numpy() / draws_per_call - (m.numpy() / draws_per_call) ** 2, 0.0)
                 for m, q in zip(out["effects_sum"], out["effects_sq_sum"])
             ]
             if fixed_scale is None:
                 # Exact standard errors cost about one EM iteration: computed once, after
                 # the first (parameter-expanded) iterations brought the estimate close.
-                fixed_scale = _fixed_effects_scale(model, trace[-1])
-            scale = _statistical_scale(model, trace[-1], fixed_scale=fixed_scale, posterior_var=posterior_var)
-            decision = rule.assess(_working(trace, p), window_start=window_start, scale=scale, frozen=frozen)
+                fixed_scale = fixed_effects_scale(model, layout.parameters(trace[-1], family_names))
+            scale = layout.statistical_scale(model, trace[-1], fixed_scale=fixed_scale, posterior_var=posterior_var)
+            frozen = layout.at_boundary(trace[-1], residual_sd=_residual_sd(trace[-1], layout, family_names))
+            decision = rule.assess(layout.working(trace), window_start=window_start, scale=scale, frozen=frozen)
             if decision.window_start != window_start:
+                # The conditional means average the draws from the window's start on.
                 window_start = decision.window_start
-                sums = [np.zeros(q) for q in config.num_levels]
+                sums = [np.zeros_like(s) for s in sums]
                 draws_summed = 0
-                sums_from = len(rows) if window_start is not None else None
             bar.update(len(chunk))
             bar.set_postfix_str(decision.message, refresh=False)
             if decision.converged:
@@ -383,14 +372,16 @@ def fit_mcem(
     if window_start is None or window_start >= n_iter:
         window_start = max(n_iter - options.iterations_per_call, 0)
     window = trace[window_start:]
-    estimate = _average(window, p=p)
-    mcse = _natural_mcse(window, estimate, p=p)
-    tolerance = decision.tolerance if decision.tolerance is not None else np.full(len(names), np.nan)
-    tolerance = _natural_from_working_spread(tolerance, estimate, p=p)
-    if draws_summed == 0:  # never reached a window: use the last E-step's draws
+    estimate = layout.average(window)
+    if decision.tolerance is not None:
+        tolerance = layout.natural_spread(decision.tolerance, estimate)
+    else:
+        tolerance = np.full(layout.size, np.nan)
+    if draws_summed == 0:  # never reached a window: use the last call's draws
         sums = [s.numpy() for s in out["effects_sum"]]
-        draws_summed = options.iterations_per_call * options.n_draws * options.n_chains
-    frozen = _at_boundary(estimate, p=p, n_terms=n_terms)
+        draws_summed = draws_per_call
+    frozen = layout.at_boundary(estimate, residual_sd=_residual_sd(estimate, layout, family_names))
+    initial_row = layout.row(initial, family_names)
     summary = FitSummary(
         converged=bool(decision.converged),
         message=decision.message if decision.converged else f"stopped at max_iter={options.max_iter}: {decision.message}",
@@ -398,10 +389,10 @@ def fit_mcem(
         window_start=window_start,
         n_averaged=n_iter - window_start,
         n_draws_averaged=draws_summed,
-        parameter_names=names,
-        initial=np.concatenate([initial.fixed_effects, initial.random_sd, [initial.family_params["sigma"]]]),
+        parameter_names=layout.names,
+        initial=initial_row,
         estimate=estimate,
-        mcse=mcse,
+        mcse=layout.monte_carlo_error(window, estimate),
         tolerance=tolerance,
         trace=trace,
         objective=np.asarray(objective),
@@ -410,25 +401,19 @@ def fit_mcem(
         n_chains=options.n_chains,
         n_draws=options.n_draws,
         n_leapfrog_steps=options.n_leapfrog_steps,
-        at_boundary=tuple(name for name, flag in zip(names, frozen) if flag),
+        at_boundary=tuple(name for name, flag in zip(layout.names, frozen) if flag),
         elapsed_seconds=time.perf_counter() - start_time,
         first_call_seconds=first_call_seconds,
     )
-    parameters = ModelParameters(
-        fixed_effects=estimate[:p],
-        random_sd=estimate[p:p + n_terms],
-        family_params={"sigma": float(estimate[p + n_terms])},
-    )
     random_effects = tuple(s / draws_summed for s in sums)
-    return MCEMResult(parameters=parameters, random_effects=random_effects, summary=summary)
+    return MCEMResult(parameters=layout.parameters(estimate, family_names), random_effects=random_effects,
+                      summary=summary)
 
 
-def _parameter_names(model: MixedModel) -> tuple[str, ...]:
-    return (
-        tuple(model.fixed_names)
-        + tuple(f"sd({t.name})" for t in model.random_terms)
-        + tuple(f"{name}" for name in model.family.parameter_names)
-    )
+def _residual_sd(row, layout: ParameterLayout, family_names) -> float:
+    if "sigma" in family_names:
+        return float(row[layout.names.index("sigma")])
+    return 1.0
 
 
 def _seed_pair(seed) -> list[int]:
@@ -437,76 +422,3 @@ def _seed_pair(seed) -> list[int]:
     if np.ndim(seed) == 0:
         return [int(x) for x in np.random.default_rng(int(seed)).integers(0, 2**31 - 1, size=2)]
     return [int(x) for x in np.asarray(seed).ravel()[:2]]
-
-
-def _working(trace: np.ndarray, p: int) -> np.ndarray:
-    """Fixed effects as they are; sds and family parameters on the log scale."""
-    out = np.array(trace, dtype=np.float64, copy=True)
-    out[:, p:] = np.log(np.maximum(out[:, p:], 1e-300))
-    return out
-
-
-def _average(window: np.ndarray, p: int) -> np.ndarray:
-    """Mean of the window; sds are averaged as variances (the scale EM works on)."""
-    estimate = window.mean(axis=0)
-    estimate[p:] = np.sqrt(np.mean(window[:, p:] ** 2, axis=0))
-    return estimate
-
-
-def _natural_mcse(window: np.ndarray, estimate: np.ndarray, p: int) -> np.ndarray:
-    from mixedfx.inference.stopping import monte_carlo_standard_error
-
-    mcse = monte_carlo_standard_error(_working(window, p))
-    mcse[p:] = mcse[p:] * estimate[p:]
-    return mcse
-
-
-def _natural_from_working_spread(spread: np.ndarray, estimate: np.ndarray, p: int) -> np.ndarray:
-    out = np.array(spread, dtype=np.float64, copy=True)
-    out[p:] = out[p:] * estimate[p:]
-    return out
-
-
-def _at_boundary(row: np.ndarray, *, p: int, n_terms: int) -> np.ndarray:
-    """Random-effect sds below 1e-4 of the residual sd (lme4's isSingular tolerance)."""
-    flags = np.zeros(row.shape[0], dtype=bool)
-    sigma = row[p + n_terms]
-    flags[p:p + n_terms] = row[p:p + n_terms] < 1e-4 * sigma
-    return flags
-
-
-def _fixed_effects_scale(model: MixedModel, row: np.ndarray) -> np.ndarray:
-    """Standard errors of the fixed effects at ``row``: exact for the Gaussian family
-    (when the dense blocks fit in memory), else the complete-data ones,
-    ``sigma * sqrt(diag((X'X)^-1))``, a lower bound."""
-    X = model.fixed_design
-    p, n_terms = X.shape[1], len(model.random_terms)
-    if not p:
-        return np.zeros(0)
-    sigma = float(row[p + n_terms])
-    if isinstance(model.family, Gaussian):
-        params = ModelParameters(row[:p], row[p:p + n_terms], {"sigma": sigma})
-        try:
-            return np.sqrt(np.clip(np.diag(gaussian_marginal(model, params).fixed_effects_cov), 0.0, None))
-        except (DenseBlockTooLarge, np.linalg.LinAlgError):
-            pass
-    return sigma * np.sqrt(np.clip(np.diag(np.linalg.pinv(X.T @ X)), 0.0, None))
-
-
-def _statistical_scale(model: MixedModel, row: np.ndarray, *, fixed_scale, posterior_var) -> np.ndarray:
-    """Standard errors on the working scale: the yardstick of the stopping rule.
-
-    Fixed effects: ``fixed_scale``.  Log random-effect sd of a term with levels ``j``:
-    ``1 / sqrt(2 sum_j r_j^2)`` with ``r_j = 1 - v_j / sd^2`` the share of the prior
-    variance the data explain at level ``j`` (``v_j`` its posterior variance, from the
-    E-step draws); ``1 / sqrt(2 q)`` when every level is fully informed.  Log residual
-    sd: ``1 / sqrt(2 n)``.
-    """
-    p, n_terms = model.fixed_design.shape[1], len(model.random_terms)
-    scale = np.empty(row.shape[0])
-    scale[:p] = fixed_scale
-    for k, variances in enumerate(posterior_var):
-        informed = np.clip(1.0 - variances / max(row[p + k] ** 2, 1e-300), 0.0, 1.0)
-        scale[p + k] = 1.0 / np.sqrt(max(2.0 * float(np.sum(informed**2)), 1e-12))
-    scale[p + n_terms:] = 1.0 / np.sqrt(2.0 * model.n_obs)
-    return scale

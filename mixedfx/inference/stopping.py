@@ -88,7 +88,7 @@ class MonteCarloErrorRule:
     tol : float, default 0.1
     block_size : int, default 5
         Iterations per block; the fitting loop checks the rule after every block.
-    min_window : int, default 10
+    min_window : int, default 20
     drift_z : float, default 3.5
 
     Examples
@@ -104,7 +104,7 @@ class MonteCarloErrorRule:
 
     tol: float = 0.1
     block_size: int = 5
-    min_window: int = 10
+    min_window: int = 20
     drift_z: float = 3.5
 
     def assess(self, trace, *, window_start, scale, frozen=None) -> Decision:

@@ -1,6 +1,7 @@
 """Closed-form quantities of the linear mixed model (Gaussian family).
 
-With ``U = Z Lambda / sigma`` and ``A = U'U + I``, the marginal covariance of the
+With ``U = Z Lambda / sigma`` (``Lambda`` block diagonal with each term's
+``scale_tril`` once per level) and ``A = U'U + I``, the marginal covariance of the
 response is ``V = sigma^2 (I + U U')``, and
 
 * ``log|V| = n log sigma^2 + log|A|``;
@@ -11,8 +12,9 @@ response is ``V = sigma^2 (I + U U')``, and
   ``Lambda A^-1 U'r / sigma`` and ``diag(Lambda A^-1 Lambda)``.
 
 ``A`` is never formed whole.  The term with the most levels comes first; its block of
-``A`` is diagonal because each row belongs to one level, so it is eliminated exactly
-and only the Schur complement over the remaining terms' levels is factored densely
+``A`` is block diagonal (one ``dim x dim`` block per level) because each row belongs
+to one level, so it is eliminated exactly and only the Schur complement over the
+remaining terms' coefficients is factored densely
 (MixedModels.jl orders its blocks the same way).  For InstEval that is a 1,142 x 1,142
 Cholesky factor instead of 4,114 x 4,114.
 """
@@ -44,9 +46,9 @@ class GaussianMarginal:
     fixed_effects_cov : numpy.ndarray of shape (n_fixed, n_fixed)
         ``(X' V^-1 X)^-1``: the covariance of the fixed-effects estimate.
     conditional_means : tuple of numpy.ndarray
-        Per term, the conditional mean of each level's random effect.
+        Per term, the conditional mean of each level's coefficients, ``(num_levels, dim)``.
     conditional_sds : tuple of numpy.ndarray
-        Per term, the conditional standard deviation of each level's effect.
+        Per term, their conditional standard deviations, ``(num_levels, dim)``.
     """
 
     log_likelihood: float
@@ -107,63 +109,86 @@ def gaussian_marginal(
         loglik = -0.5 * (n * np.log(2 * np.pi * sigma**2) + residual @ residual / sigma**2)
         return GaussianMarginal(float(loglik), cov, (), ())
 
-    order = sorted(range(len(terms)), key=lambda k: -terms[k].num_levels)
+    # Columns of U = Z Lambda / sigma, per term: row i has z_i' L_k / sigma at its level.
+    scaled = []
+    for term, scale_tril in zip(terms, params.random_scale_tril):
+        z = np.ones((n, 1)) if term.z is None else np.asarray(term.z, dtype=np.float64).reshape(n, -1)
+        scaled.append(z @ scale_tril / sigma)
+    dims = [term.dim for term in terms]
+    order = sorted(range(len(terms)), key=lambda k: -terms[k].num_levels * dims[k])
     first, rest = order[0], order[1:]
-    scaled_z = {}
-    for k in order:
-        z = np.ones(n) if terms[k].z is None else np.asarray(terms[k].z, dtype=np.float64)
-        scaled_z[k] = float(params.random_sd[k]) * z / sigma
-    g1, u1, q1 = terms[first].group_index, scaled_z[first], terms[first].num_levels
-    offsets, q_rest = {}, 0
+    q1, d1 = terms[first].num_levels, dims[first]
+    u1, g1 = scaled[first], terms[first].group_index.astype(np.int64)
+    offsets, width = {}, 0
     for k in rest:
-        offsets[k] = q_rest
-        q_rest += terms[k].num_levels
-    if q1 * q_rest + q_rest * q_rest > max_dense_entries:
+        offsets[k] = width
+        width += terms[k].num_levels * dims[k]
+    if q1 * d1 * width + width * width > max_dense_entries:
         raise DenseBlockTooLarge(
-            f"exact computation needs dense blocks of {q1} x {q_rest} and {q_rest} x {q_rest} entries"
+            f"exact computation needs dense blocks of {q1 * d1} x {width} and {width} x {width} entries"
         )
 
-    a11 = 1.0 + np.bincount(g1, weights=u1 * u1, minlength=q1)
-    a1r = np.zeros(q1 * q_rest)
-    arr = np.zeros(q_rest * q_rest)
+    def columns(k, c):
+        """Column of U holding coefficient c of term k, per row (within its block)."""
+        index = terms[k].group_index.astype(np.int64) * dims[k] + c
+        return index if k == first else offsets[k] + index
+
+    # A = U'U + I, in blocks: first term (block diagonal), first x rest, rest x rest.
+    a11 = np.zeros((q1, d1, d1))
+    for a in range(d1):
+        for b in range(d1):
+            a11[:, a, b] = np.bincount(g1, weights=u1[:, a] * u1[:, b], minlength=q1)
+    a11 += np.eye(d1)
+    a1r = np.zeros(q1 * d1 * width)
+    arr = np.zeros(width * width)
     for k in rest:
-        col_k = offsets[k] + terms[k].group_index
-        a1r += np.bincount(g1 * q_rest + col_k, weights=u1 * scaled_z[k], minlength=q1 * q_rest)
-        for m in rest:
-            col_m = offsets[m] + terms[m].group_index
-            arr += np.bincount(col_k * q_rest + col_m, weights=scaled_z[k] * scaled_z[m], minlength=q_rest**2)
-    a1r = a1r.reshape(q1, q_rest)
-    arr = arr.reshape(q_rest, q_rest) + np.eye(q_rest)
+        for c in range(dims[k]):
+            col_k = columns(k, c)
+            for a in range(d1):
+                a1r += np.bincount(columns(first, a) * width + col_k, weights=u1[:, a] * scaled[k][:, c],
+                                   minlength=q1 * d1 * width)
+            for m in rest:
+                for e in range(dims[m]):
+                    arr += np.bincount(col_k * width + columns(m, e), weights=scaled[k][:, c] * scaled[m][:, e],
+                                       minlength=width * width)
+    a1r = a1r.reshape(q1, d1, width)
+    arr = arr.reshape(width, width) + np.eye(width)
 
-    inv_a11 = 1.0 / a11
-    schur = arr - a1r.T @ (inv_a11[:, None] * a1r)
-    chol = linalg.cholesky(schur, lower=True) if q_rest else np.zeros((0, 0))
-    logdet = np.sum(np.log(a11)) + 2.0 * np.sum(np.log(np.diag(chol)))
+    inv11 = np.linalg.inv(a11)
+    logdet11 = float(np.sum(np.linalg.slogdet(a11)[1]))
+    inv_a1r = np.matmul(inv11, a1r)  # (q1, d1, width)
+    a1r_flat, inv_a1r_flat = a1r.reshape(q1 * d1, width), inv_a1r.reshape(q1 * d1, width)
+    schur = arr - a1r_flat.T @ inv_a1r_flat
+    chol = linalg.cholesky(schur, lower=True) if width else np.zeros((0, 0))
+    logdet = logdet11 + 2.0 * np.sum(np.log(np.diag(chol)))
 
-    def project(columns: np.ndarray):
-        """U' w for each column w: the first block and the rest."""
-        v1 = np.stack([np.bincount(g1, weights=u1 * w, minlength=q1) for w in columns.T], axis=1)
-        vr = np.zeros((q_rest, columns.shape[1]))
+    def project(W: np.ndarray):
+        """U' W: the first block as (q1, d1, m), the rest as (width, m)."""
+        m = W.shape[1]
+        v1 = np.zeros((q1, d1, m))
+        for a in range(d1):
+            for j in range(m):
+                v1[:, a, j] = np.bincount(g1, weights=u1[:, a] * W[:, j], minlength=q1)
+        vr = np.zeros((width, m))
         for k in rest:
-            for j, w in enumerate(columns.T):
-                vr[offsets[k]:offsets[k] + terms[k].num_levels, j] = np.bincount(
-                    terms[k].group_index, weights=scaled_z[k] * w, minlength=terms[k].num_levels
-                )
+            for c in range(dims[k]):
+                for j in range(m):
+                    vr[:, j] += np.bincount(columns(k, c), weights=scaled[k][:, c] * W[:, j], minlength=width)
         return v1, vr
 
     def solve(v1, vr):
-        t = vr - a1r.T @ (inv_a11[:, None] * v1)
-        xr = linalg.cho_solve((chol, True), t) if q_rest else t
-        x1 = inv_a11[:, None] * (v1 - a1r @ xr)
+        m = v1.shape[2]
+        t = vr - inv_a1r_flat.T @ v1.reshape(q1 * d1, m)
+        xr = linalg.cho_solve((chol, True), t) if width else t
+        x1 = np.matmul(inv11, v1 - (a1r_flat @ xr).reshape(q1, d1, m))
         return x1, xr
 
     W = np.column_stack([residual, X])
     v1, vr = project(W)
     x1, xr = solve(v1, vr)
-    # quad[i, j] = (U'W_i)' A^-1 (U'W_j)
-    quad = v1.T @ x1 + vr.T @ xr
-    wtw = W.T @ W
-    reduced = wtw - quad
+    m = W.shape[1]
+    quad = v1.reshape(q1 * d1, m).T @ x1.reshape(q1 * d1, m) + vr.T @ xr  # (U'W_i)' A^-1 (U'W_j)
+    reduced = W.T @ W - quad
     loglik = -0.5 * (n * np.log(2 * np.pi * sigma**2) + logdet + reduced[0, 0] / sigma**2)
     p = X.shape[1]
     if p:
@@ -172,21 +197,21 @@ def gaussian_marginal(
     else:
         cov = np.zeros((0, 0))
 
-    # Conditional modes: Lambda A^-1 U'r / sigma; variances: diag(Lambda A^-1 Lambda).
-    if q_rest:
-        chol_inv = linalg.solve_triangular(chol, np.eye(q_rest), lower=True)
-        diag_rest = np.sum(chol_inv**2, axis=0)
-        cross = a1r @ chol_inv.T
-        diag_first = inv_a11 + inv_a11**2 * np.sum(cross**2, axis=1)
-    else:
-        diag_rest = np.zeros(0)
-        diag_first = inv_a11
+    # b = L v per level, v | y ~ N(A^-1 U'r / sigma, A^-1).
+    chol_inv = linalg.solve_triangular(chol, np.eye(width), lower=True) if width else np.zeros((0, 0))
+    cross = (inv_a1r_flat @ chol_inv.T).reshape(q1, d1, width)  # (A^-1)_11 = inv11 + cross cross'
     means, sds = [None] * len(terms), [None] * len(terms)
-    tau = np.asarray(params.random_sd, dtype=np.float64)
-    means[first] = tau[first] * x1[:, 0] / sigma
-    sds[first] = tau[first] * np.sqrt(diag_first)
+    L1 = params.random_scale_tril[first]
+    cov_v = inv11 + np.matmul(cross, cross.transpose(0, 2, 1))
+    means[first] = (x1[:, :, 0] / sigma) @ L1.T
+    sds[first] = np.sqrt(np.einsum("ab,jbc,ac->ja", L1, cov_v, L1))
+    if width:
+        inverse_rest = chol_inv.T @ chol_inv
     for k in rest:
-        block = slice(offsets[k], offsets[k] + terms[k].num_levels)
-        means[k] = tau[k] * xr[block, 0] / sigma
-        sds[k] = tau[k] * np.sqrt(diag_rest[block])
+        q, d, L = terms[k].num_levels, dims[k], params.random_scale_tril[k]
+        block = slice(offsets[k], offsets[k] + q * d)
+        means[k] = (xr[block, 0].reshape(q, d) / sigma) @ L.T
+        sub = inverse_rest[block, block].reshape(q, d, q, d)
+        per_level = sub[np.arange(q), :, np.arange(q), :]  # (q, d, d)
+        sds[k] = np.sqrt(np.einsum("ab,jbc,ac->ja", L, per_level, L))
     return GaussianMarginal(float(loglik), cov, tuple(means), tuple(sds))

@@ -4,9 +4,11 @@
 no TensorFlow state).  :func:`build_joint_distribution` turns it, with parameter
 values, into a named, auto-batched :class:`tfd.JointDistributionNamedAutoBatched`:
 
-* one random-effect vector per term, ``Normal(0, sd_k)`` on each of its levels;
+* one random-effect array per term, ``[num_levels, dim]``: each level's coefficients
+  are ``MultivariateNormalTriL(0, scale_tril_k)``, so a random intercept and slope
+  get a full covariance;
 * the response, from the family, given the linear predictor
-  ``X @ fixed_effects + sum_k z_k * effects_k[group_index_k]``.
+  ``X @ fixed_effects + sum_k sum_c z_kc * effects_k[group_index_k, c]``.
 
 Random effects enter by a gather on ``group_index``; a dense ``Z`` is never formed.
 The distributions are written to broadcast over leading sample dimensions (chains,
@@ -47,15 +49,39 @@ class ModelParameters:
     Attributes
     ----------
     fixed_effects : numpy.ndarray of shape (n_fixed,)
-    random_sd : numpy.ndarray of shape (n_terms,)
-        Standard deviation of each random term.
+    random_scale_tril : tuple of numpy.ndarray
+        Per random term, the lower-triangular Cholesky factor ``L`` of the covariance
+        ``L @ L.T`` of its per-level coefficients, shape ``(dim, dim)``.  A 1-D array
+        of standard deviations is accepted for terms with one coefficient each.
     family_params : Mapping[str, float]
         The family's own parameters, e.g. ``{"sigma": 1.18}``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedfx.model import ModelParameters
+    >>> params = ModelParameters(np.array([1.0]), np.array([0.5, 2.0]), {"sigma": 1.0})
+    >>> [L.tolist() for L in params.random_scale_tril]
+    [[[0.5]], [[2.0]]]
+    >>> params.random_cov[1].tolist()
+    [[4.0]]
     """
 
     fixed_effects: np.ndarray
-    random_sd: np.ndarray
+    random_scale_tril: tuple
     family_params: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self):
+        scale = self.random_scale_tril
+        if isinstance(scale, np.ndarray) and scale.ndim == 1:
+            scale = tuple(np.array([[float(sd)]]) for sd in scale)
+        object.__setattr__(self, "random_scale_tril", tuple(np.atleast_2d(np.asarray(L, dtype=np.float64)) for L in scale))
+        object.__setattr__(self, "fixed_effects", np.asarray(self.fixed_effects, dtype=np.float64))
+
+    @property
+    def random_cov(self) -> tuple[np.ndarray, ...]:
+        """Covariance matrix of each term's per-level coefficients."""
+        return tuple(L @ L.T for L in self.random_scale_tril)
 
 
 @dataclass(frozen=True, eq=False)
@@ -124,6 +150,7 @@ class ModelTensors:
     z: tuple[tf.Tensor | None, ...]
     num_levels: tuple[int, ...]
     keys: tuple[str, ...]
+    dims: tuple[int, ...] = ()
 
     @classmethod
     def from_model(cls, model: MixedModel, *, dtype=tf.float64) -> ModelTensors:
@@ -134,6 +161,7 @@ class ModelTensors:
             z=tuple(None if t.z is None else tf.constant(t.z, dtype=dtype) for t in model.random_terms),
             num_levels=tuple(int(t.num_levels) for t in model.random_terms),
             keys=model.keys,
+            dims=tuple(int(t.dim) for t in model.random_terms),
         )
 
 
@@ -162,15 +190,16 @@ def random_effect_keys(names: Sequence[str]) -> tuple[str, ...]:
 
 
 def linear_predictor(fixed_design, fixed_effects, random_effects, group_index, z):
-    """``X @ fixed_effects + sum_k z_k * random_effects_k[..., group_index_k]``.
+    """``X @ fixed_effects + sum_k sum_c z_kc * random_effects_k[..., group_index_k, c]``.
 
-    ``random_effects`` may carry leading sample dimensions (chains, draws); the result
-    then has shape ``sample_shape + [n_rows]``.
+    Each ``random_effects_k`` has shape ``sample_shape + [num_levels, dim]``; leading
+    sample dimensions (chains, draws) carry through to the result, which has shape
+    ``sample_shape + [n_rows]``.
     """
     eta = tf.linalg.matvec(fixed_design, fixed_effects)
     for effects, index, weight in zip(random_effects, group_index, z):
-        part = tf.gather(effects, index, axis=-1)
-        eta = eta + (part if weight is None else part * weight)
+        part = tf.gather(effects, index, axis=-2)  # [..., n_rows, dim]
+        eta = eta + (part[..., 0] if weight is None else tf.reduce_sum(part * weight, axis=-1))
     return eta
 
 
@@ -178,7 +207,7 @@ def build_joint_distribution(
     tensors: ModelTensors,
     *,
     fixed_effects,
-    random_sd,
+    random_scale_tril,
     family: Family,
     family_params: Mapping[str, tf.Tensor],
     name: str | None = None,
@@ -190,7 +219,8 @@ def build_joint_distribution(
     tensors : ModelTensors
         Design arrays.
     fixed_effects : Tensor of shape (n_fixed,)
-    random_sd : Tensor of shape (n_terms,)
+    random_scale_tril : sequence of Tensor
+        Per term, the Cholesky factor of its coefficients' covariance, ``(dim, dim)``.
     family : Family
     family_params : Mapping[str, Tensor]
     name : str, optional
@@ -198,20 +228,27 @@ def build_joint_distribution(
     Returns
     -------
     tfd.JointDistributionNamedAutoBatched
-        Components named by :attr:`ModelTensors.keys` (one per random term, with
-        event shape ``[num_levels]``) and ``"response"`` (event shape ``[n_rows]``).
+        Components named by :attr:`ModelTensors.keys`, one per random term with
+        event shape ``[num_levels, dim]`` (each level's coefficients are
+        ``MultivariateNormalTriL(0, scale_tril)``), and ``"response"`` with event
+        shape ``[n_rows]``.
     """
     dtype = tensors.fixed_design.dtype
     fixed_effects = tf.convert_to_tensor(fixed_effects, dtype=dtype)
-    random_sd = tf.convert_to_tensor(random_sd, dtype=dtype)
     family_params = {k: tf.convert_to_tensor(v, dtype=dtype) for k, v in family_params.items()}
     components: dict[str, object] = {}
-    for k, (key, num_levels) in enumerate(zip(tensors.keys, tensors.num_levels)):
-        components[key] = tfd.Sample(
-            tfd.Normal(loc=tf.zeros([], dtype=dtype), scale=random_sd[k]),
-            sample_shape=num_levels,
-            name=key,
-        )
+    for key, num_levels, scale_tril in zip(tensors.keys, tensors.num_levels, random_scale_tril):
+        scale_tril = tf.convert_to_tensor(scale_tril, dtype=dtype)
+        if scale_tril.shape[-1] == 1:  # one coefficient per level: a plain Normal is the same, and lighter
+            components[key] = tfd.Sample(
+                tfd.Normal(loc=tf.zeros([], dtype=dtype), scale=scale_tril[0, 0]), sample_shape=[num_levels, 1], name=key
+            )
+        else:
+            components[key] = tfd.Sample(
+                tfd.MultivariateNormalTriL(loc=tf.zeros(tf.shape(scale_tril)[-1:], dtype=dtype), scale_tril=scale_tril),
+                sample_shape=num_levels,
+                name=key,
+            )
     keys = tensors.keys
 
     def response(**effects):

@@ -1,0 +1,95 @@
+"""What the inference loop reads off the model's structure before it starts.
+
+* :func:`location_expansions`: which fixed-effect columns can absorb the mean of each
+  term's coefficients (the parameter expansion of the M-step);
+* :func:`nested_centering`: which random intercepts are nested in others (the
+  centred coordinates of the E-step).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mixedfx.inference.estep import Centering
+from mixedfx.inference.mstep import Expansion
+from mixedfx.model.joint import MixedModel
+
+__all__ = ["location_expansions", "nested_centering"]
+
+
+def location_expansions(model: MixedModel) -> tuple[Expansion, ...]:
+    """Per term, the fixed-effect columns that absorb the mean of its coefficients.
+
+    * A random intercept: every fixed-effect column constant within its levels (the
+      intercept, group-level covariates), with their values per level as ``W``.
+    * A term whose every ``z`` column is also a fixed-effect column (``(1 + x | g)``
+      with ``x`` among the fixed effects): ``W`` is a column of ones.
+    * Otherwise no expansion.
+    """
+    X = model.fixed_design
+    expansions = []
+    for term in model.random_terms:
+        q = term.num_levels
+        if X.shape[1] == 0:
+            expansions.append(Expansion((), None))
+        elif term.z is None:
+            lo = np.full((q, X.shape[1]), np.inf)
+            hi = np.full((q, X.shape[1]), -np.inf)
+            np.minimum.at(lo, term.group_index, X)
+            np.maximum.at(hi, term.group_index, X)
+            columns = tuple(int(j) for j in np.flatnonzero(np.all(lo == hi, axis=0)))
+            values = lo[:, list(columns)]
+            if columns and np.linalg.matrix_rank(values) == len(columns):
+                expansions.append(Expansion((columns,), values))
+            else:
+                expansions.append(Expansion((), None))
+        else:
+            targets = []
+            for c in range(term.z.shape[1]):
+                match = [j for j in range(X.shape[1]) if np.array_equal(X[:, j], term.z[:, c])]
+                if not match:
+                    break
+                targets.append((match[0],))
+            if len(targets) == term.z.shape[1]:
+                expansions.append(Expansion(tuple(targets), np.ones((q, 1))))
+            else:
+                expansions.append(Expansion((), None))
+    return tuple(expansions)
+
+
+def nested_centering(model: MixedModel) -> Centering:
+    """Find random intercepts nested in others and centre each on its closest parent.
+
+    Term ``l`` is nested in term ``k`` when each level of ``l`` occurs with a single
+    level of ``k``.  Each term gets at most one parent (the nesting term with the most
+    levels) and at most one child (the nested term with the most levels).
+    """
+    terms = model.random_terms
+    intercepts = [k for k, t in enumerate(terms) if t.z is None]
+    parent_of: dict[int, tuple[int, np.ndarray]] = {}
+    for child in intercepts:
+        best = None
+        for parent in intercepts:
+            if terms[parent].num_levels >= terms[child].num_levels:
+                continue
+            pairs = np.unique(
+                terms[child].group_index.astype(np.int64) * terms[parent].num_levels + terms[parent].group_index
+            )
+            if len(pairs) != terms[child].num_levels:
+                continue
+            if best is None or terms[parent].num_levels > terms[best].num_levels:
+                best = parent
+        if best is not None:
+            level_map = np.zeros(terms[child].num_levels, dtype=np.int32)
+            level_map[terms[child].group_index] = terms[best].group_index
+            parent_of[child] = (best, level_map)
+    parent: list[int | None] = [None] * len(terms)
+    parent_level: list[np.ndarray | None] = [None] * len(terms)
+    taken: set[int] = set()
+    for child in sorted(parent_of, key=lambda c: -terms[c].num_levels):
+        p, level_map = parent_of[child]
+        if p in taken:
+            continue
+        taken.add(p)
+        parent[child], parent_level[child] = p, level_map
+    return Centering(parent=tuple(parent), parent_level=tuple(parent_level))
