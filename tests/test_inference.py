@@ -146,8 +146,9 @@ def test_rao_blackwellized_root_has_the_gaussian_full_conditional():
     assert centering.roots == ((0, 1),)
     child = tf.constant([[[1.0], [3.0], [-2.0], [0.0]]], tf.float64)
     prior_precision = [tf.constant([4.0], tf.float64), tf.constant([0.5], tf.float64)]
-    replaced, variances = centering.conditional_means(
-        [tf.zeros([1, 2, 1], tf.float64), child], [None, tf.constant([0, 0, 1, 1])], (2, 4), prior_precision)
+    parent_level = [None, tf.constant([0, 0, 1, 1])]
+    replaced = centering.conditional_means([tf.zeros([1, 2, 1], tf.float64), child], parent_level, (2, 4), prior_precision)
+    variances = centering.conditional_variances(parent_level, (2, 4), prior_precision)
     precision = 4.0 + 2 * 0.5
     np.testing.assert_allclose(variances[0].numpy(), [1 / precision] * 2)
     np.testing.assert_allclose(replaced[0].numpy()[0, :, 0], [(1 + 3) * 0.5 / precision, (-2 + 0) * 0.5 / precision])

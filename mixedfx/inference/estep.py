@@ -79,39 +79,45 @@ class Centering:
         return tuple((k, children[k]) for k in range(len(self.parent))
                      if children[k] is not None and self.parent[k] is None)
 
-    def conditional_means(self, coordinates, parent_level, num_levels, prior_precision):
-        """Replace each chain root's coordinates by their conditional mean given the rest.
+    def conditional_variances(self, parent_level, num_levels, prior_precision):
+        """Per chain root, the variance ``1 / P_j`` of its coordinate given the rest.
 
         A root's coordinate enters the joint density only through its own prior and its
         child's (the data reach it through the child), so given everything else it is
-        Gaussian, level by level, whatever the family: precision
-        ``P_j = 1/sd^2 + n_j/sd_child^2`` (``n_j`` children of level ``j``) and mean
-        ``sum_{children} s_child / sd_child^2 / P_j``.  Statistics evaluated at this
-        mean, plus the known variance ``1/P_j`` where they are quadratic, are
-        Rao-Blackwellized: the same expectation with much less Monte Carlo noise.
+        Gaussian, level by level, whatever the family, with precision
+        ``P_j = 1/sd^2 + n_j/sd_child^2`` (``n_j`` children of level ``j``).
 
         Returns
         -------
-        coordinates : list of Tensor
-            With the roots replaced.
-        variances : dict of int to Tensor
+        dict of int to Tensor
             ``1/P_j`` per root, shape ``[num_levels]``.
         """
-        out = list(coordinates)
         variances = {}
         for root, child in self.roots:
-            child_precision = prior_precision[child][0]
             count = tf.math.unsorted_segment_sum(
-                tf.ones_like(parent_level[child], dtype=child_precision.dtype), parent_level[child], num_levels[root]
+                tf.ones_like(parent_level[child], dtype=prior_precision[child].dtype), parent_level[child],
+                num_levels[root],
             )
-            precision = prior_precision[root][0] + count * child_precision
+            variances[root] = 1.0 / (prior_precision[root][0] + count * prior_precision[child][0])
+        return variances
+
+    def conditional_means(self, coordinates, parent_level, num_levels, prior_precision):
+        """Replace each chain root's coordinates by their conditional mean given the rest,
+        ``sum_{children} s_child / sd_child^2 / P_j`` (see :meth:`conditional_variances`).
+
+        Statistics evaluated at this mean, plus the known variance where they are
+        quadratic, are Rao-Blackwellized: the same expectation with much less Monte
+        Carlo noise.
+        """
+        out = list(coordinates)
+        variances = self.conditional_variances(parent_level, num_levels, prior_precision)
+        for root, child in self.roots:
             total = tf.math.unsorted_segment_sum(
                 tf.transpose(coordinates[child][..., 0]), parent_level[child], num_levels[root]
             )  # [levels, chains]
-            mean = tf.transpose(total) * child_precision / precision
+            mean = tf.transpose(total) * prior_precision[child][0] * variances[root]
             out[root] = mean[..., None]
-            variances[root] = 1.0 / precision
-        return out, variances
+        return out
 
     def _order(self):
         """Terms with parents after their parents."""

@@ -170,13 +170,13 @@ def _compiled_iterations(config: _StaticConfig):
             scale = preconditioner_scale(
                 weight=config.family.fisher_weight(eta, family_params), group_index=group_index, z=z,
                 num_levels=config.num_levels, random_scale_tril=scale_tril, centering=centering,
-                parent_level=data["parent_level"],
+                parent_level=parent_level,
             )
             # Nested roots are Rao-Blackwellized in the M-step statistics.
             prior_precision = prior_precision_diagonal(scale_tril)
 
             def rao_blackwellized(coordinates):
-                return centering.conditional_means(coordinates, parent_level, config.num_levels, prior_precision)[0]
+                return centering.conditional_means(coordinates, parent_level, config.num_levels, prior_precision)
 
             # The first E-step of a call may burn in longer (chains starting at zero).
             burnin = tf.where(i == 0, num_burnin, config.n_burnin)
@@ -189,9 +189,7 @@ def _compiled_iterations(config: _StaticConfig):
             )
             stats = e_step.statistics
             if centering.roots:
-                _, variances = centering.conditional_means(
-                    [tf.zeros([1, q, d], dtype) for q, d in zip(config.num_levels, config.dims)],
-                    parent_level, config.num_levels, prior_precision)
+                variances = centering.conditional_variances(parent_level, config.num_levels, prior_precision)
                 stats = rao_blackwell_corrections(
                     stats, roots=centering.roots, variances=variances, rows_per_level=rows_per_level,
                     children_per_level=children_per_level, dims=config.dims,
