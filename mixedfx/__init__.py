@@ -12,7 +12,7 @@ parameter-expanded M-step), compiled with XLA, on the GPU when TensorFlow sees o
 
 from mixedfx import _tf  # noqa: F401  (configures TensorFlow before anything else uses it)
 from mixedfx import datasets
-from mixedfx.estimator import MixedEffectsRegressor, lmer
+from mixedfx.estimator import MixedEffectsClassifier, MixedEffectsRegressor, glmer, lmer
 from mixedfx.exceptions import (
     ConvergenceWarning,
     DataError,
@@ -29,7 +29,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MixedEffectsRegressor",
+    "MixedEffectsClassifier",
     "lmer",
+    "glmer",
     "parse_formula",
     "FormulaSpec",
     "RandomTermSpec",

@@ -124,15 +124,14 @@ def test_repeated_coefficient_on_one_factor_is_refused(frame):
 
 
 def test_fixed_design_replays_the_fitted_encoding(frame):
-    design, X, y = build_fixed_design("x + f", frame, response="y")
+    design, X = build_fixed_design("x + f", frame)
     assert design.column_names == ("Intercept", "x", "f[T.b]", "f[T.c]")
-    assert y.tolist() == frame["y"].tolist()
     new = pd.DataFrame({"x": [9.0], "f": pd.Categorical(["c"])})
     assert design.transform(new).tolist() == [[1.0, 9.0, 0.0, 1.0]]
 
 
 def test_stateful_transforms_use_the_training_state(frame):
-    design, X, _ = build_fixed_design("center(x)", frame, response="y")
+    design, X = build_fixed_design("center(x)", frame)
     assert X[:, 1].mean() == pytest.approx(0.0)
     replayed = design.transform(pd.DataFrame({"x": [3.0, 13.0]}))
     # centred on the training mean (3.0), not on the new rows' mean
@@ -140,7 +139,7 @@ def test_stateful_transforms_use_the_training_state(frame):
 
 
 def test_unseen_fixed_level_raises_instead_of_baseline(frame):
-    design, _, _ = build_fixed_design("f", frame, response="y")
+    design, _ = build_fixed_design("f", frame)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # and no warning leaks out of formulaic either
         with pytest.raises(NewLevelError, match=r"column 'f' has level\(s\) 'zz'"):
@@ -148,26 +147,44 @@ def test_unseen_fixed_level_raises_instead_of_baseline(frame):
 
 
 def test_fixed_side_errors_name_the_column(frame):
-    with pytest.raises(DataError, match=r"column 'xx' used in the formula 'y ~ xx' is not in the data. Did you mean 'x'\?"):
-        build_fixed_design("xx", frame, response="y")
+    with pytest.raises(DataError, match=r"column 'xx' used in the formula 'xx' is not in the data. Did you mean 'x'\?"):
+        build_fixed_design("xx", frame)
     with pytest.raises(DataError, match=r"column 'x' contains missing values"):
-        build_fixed_design("x", frame.assign(x=[1.0, np.nan, 2, 3, 4, 5]), response="y")
-    design, _, _ = build_fixed_design("x", frame, response="y")
+        build_fixed_design("x", frame.assign(x=[1.0, np.nan, 2, 3, 4, 5]))
+    design, _ = build_fixed_design("x", frame)
     with pytest.raises(DataError, match=r"column 'x' contains missing values"):
         design.transform(pd.DataFrame({"x": [1.0, None]}))
     with pytest.raises(DataError, match="expected a pandas DataFrame"):
         design.transform(np.ones((2, 2)))
 
 
-def test_categorical_response_is_refused(frame):
-    with pytest.raises(DataError, match=r"response 'f' must evaluate to one numeric column"):
-        build_fixed_design("x", frame, response="f")
+def test_responses_and_offsets(frame):
+    from mixedfx.design import ResponseDesign
+
+    values, trials = ResponseDesign.from_text("y").evaluate(frame)
+    assert values.tolist() == frame["y"].tolist() and trials is None
+    labels, _ = ResponseDesign.from_text("f").evaluate(frame)  # labels stay labels (classifiers)
+    assert labels.tolist() == frame["f"].tolist()
+    logged, _ = ResponseDesign.from_text("np.log(y)").evaluate(frame)
+    np.testing.assert_allclose(logged, np.log(frame["y"]))
+    successes, trials = ResponseDesign.from_text("cbind(h // 10, x + 1)").evaluate(frame)
+    assert successes.tolist() == (frame["h"] // 10).tolist()
+    np.testing.assert_allclose(trials, frame["h"] // 10 + frame["x"] + 1)
+    with pytest.raises(DataError, match=r"the response 'f' must be numeric"):
+        ResponseDesign.from_text("cbind(f, x)").evaluate(frame)
+    with pytest.raises(FormulaError, match=r"cbind takes exactly two arguments"):
+        ResponseDesign.from_text("cbind(y)")
+    with pytest.raises(DataError, match=r"the response column 'yy' is not in the data. Did you mean 'y'\?"):
+        ResponseDesign.from_text("yy").evaluate(frame)
+    design, _ = build_fixed_design("x", frame, offsets=("np.log(h)", "x"))
+    np.testing.assert_allclose(design.offset(frame), np.log(frame["h"]) + frame["x"])
+    np.testing.assert_allclose(design.offset(frame.iloc[:2]), (np.log(frame["h"]) + frame["x"])[:2])
 
 
 def test_rank_deficient_design_drops_aliased_columns(frame):
     data = frame.assign(x2=2 * frame["x"])
     with pytest.warns(UserWarning, match=r"rank deficient; dropping 1 aliased column\(s\): x2"):
-        design, X, _ = build_fixed_design("x + x2", data, response="y")
+        design, X = build_fixed_design("x + x2", data)
     assert design.column_names == ("Intercept", "x") and design.dropped_columns == ("x2",)
     assert X.shape == (6, 2)
     assert design.transform(data).shape == (6, 2)

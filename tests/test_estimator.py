@@ -247,7 +247,7 @@ def test_invalid_parameters_raise_in_fit(crossed_small, params, match):
         ("y ~ xx + (1 | g1)", None, DataError, r"column 'xx' .* Did you mean 'x'\?"),
         ("y ~ x + (1 | g1", None, FormulaError, "unbalanced"),
         ("~ x + (1 | g1)", None, DataError, "no response"),
-        ("y ~ x + (1 | g1)", lambda f: f.assign(y=f["g1"]), DataError, "response 'y' must evaluate to one numeric column"),
+        ("y ~ x + (1 | g1)", lambda f: f.assign(y=f["g1"]), DataError, "the response 'y' must be numeric for the gaussian family"),
         ("y ~ x + (1 | g1)", lambda f: f.assign(x=np.where(np.arange(len(f)) == 3, np.nan, f["x"])), DataError,
          "column 'x' contains missing values"),
         ("y ~ x + (1 | row)", lambda f: f.assign(row=np.arange(len(f))), DataError,

@@ -23,7 +23,8 @@ from mixedfx.model import (
 def build_model(data, formula):
     spec = parse_formula(formula)
     random_design = RandomDesign.from_spec(spec, data)
-    fixed_design, X, y = build_fixed_design(spec.fixed, data, response=spec.response)
+    fixed_design, X = build_fixed_design(spec.fixed, data)
+    y = data[spec.response].to_numpy(dtype=float)
     return MixedModel(Gaussian(), X, y, random_design.materialize(data), fixed_design.column_names)
 
 
@@ -179,7 +180,7 @@ def test_random_effect_keys_are_unique_identifiers():
 
 def test_families_resolve_and_refuse_unknown_names():
     assert get_family("gaussian") == Gaussian() and get_family(Gaussian()) == Gaussian()
-    with pytest.raises(ParameterError, match="unknown family 'poison'; supported: gaussian"):
+    with pytest.raises(ParameterError, match="unknown family 'poison'; supported: bernoulli, binomial, gaussian"):
         get_family("poison")
 
 

@@ -32,7 +32,8 @@ def exact_maximum_likelihood(data, formula):
     """ML by Nelder-Mead on the closed-form Gaussian likelihood: an independent optimizer."""
     spec = parse_formula(formula)
     random_design = RandomDesign.from_spec(spec, data)
-    fixed_design, X, y = build_fixed_design(spec.fixed, data, response=spec.response)
+    fixed_design, X = build_fixed_design(spec.fixed, data)
+    y = data[spec.response].to_numpy(dtype=float)
     model = MixedModel(Gaussian(), X, y, random_design.materialize(data), fixed_design.column_names)
     p, k = X.shape[1], len(model.random_terms)
 

@@ -3,7 +3,8 @@
 Nothing here imports TensorFlow.
 """
 
-from mixedfx.design.fixed import EVALUATION_CONTEXT, FixedDesign, build_fixed_design
+from mixedfx.design.fixed import EVALUATION_CONTEXT, FixedDesign, build_fixed_design, evaluate_formula
+from mixedfx.design.response import ResponseDesign
 from mixedfx.design.random import (
     NEW_LEVEL_POLICIES,
     GroupingFactor,
@@ -16,6 +17,8 @@ __all__ = [
     "EVALUATION_CONTEXT",
     "FixedDesign",
     "build_fixed_design",
+    "evaluate_formula",
+    "ResponseDesign",
     "NEW_LEVEL_POLICIES",
     "GroupingFactor",
     "RandomDesign",

@@ -25,7 +25,7 @@ from formulaic.materializers import PandasMaterializer
 from mixedfx.exceptions import DataError, FormulaError, NewLevelError, did_you_mean
 from mixedfx.formula.tokens import TokenKind, tokenize
 
-__all__ = ["FixedDesign", "build_fixed_design", "evaluate_formula", "EVALUATION_CONTEXT"]
+__all__ = ["FixedDesign", "build_fixed_design", "evaluate_formula", "evaluate_numeric", "EVALUATION_CONTEXT"]
 
 #: Names available inside formula expressions besides the data columns and formulaic's
 #: own transforms (``C``, ``center``, ``scale``, ``bs``, ``poly``, ...).  The context
@@ -59,10 +59,10 @@ class FixedDesign:
         rank-deficient design are dropped at fit time, as lme4 does.
     dropped_columns : tuple of str
         Names of the columns dropped for rank deficiency.
-    response : str or None
-        The response expression, when the design was built with one.
-    response_spec : formulaic.ModelSpec or None
-        Formulaic's state for the response, replayed by :meth:`transform_response`.
+    offsets : tuple of str
+        Expressions of the formula's ``offset(...)`` terms.
+    offset_specs : tuple of formulaic.ModelSpec
+        Their encoding state, replayed by :meth:`offset`.
     """
 
     formula: str
@@ -70,8 +70,8 @@ class FixedDesign:
     column_names: tuple[str, ...]
     kept_columns: tuple[int, ...]
     dropped_columns: tuple[str, ...] = ()
-    response: str | None = None
-    response_spec: ModelSpec | None = None
+    offsets: tuple[str, ...] = ()
+    offset_specs: tuple = ()
 
     @property
     def has_intercept(self) -> bool:
@@ -101,21 +101,19 @@ class FixedDesign:
                               data=data, formula=self.formula, spec=self.model_spec)
         return np.asarray(matrix, dtype=np.float64)[:, list(self.kept_columns)]
 
-    def transform_response(self, data: pd.DataFrame) -> np.ndarray:
-        """Evaluate the response expression on ``data`` (for scoring on new rows)."""
-        if self.response_spec is None:
-            raise DataError("the formula has no response (left-hand side) to evaluate; pass y explicitly")
-        matrix = _materialize(lambda: self.response_spec.get_model_matrix(data, context=EVALUATION_CONTEXT),
-                              data=data, formula=self.response, spec=self.response_spec)
-        return np.asarray(matrix, dtype=np.float64)[:, 0]
+    def offset(self, data: pd.DataFrame) -> np.ndarray | None:
+        """The summed ``offset(...)`` terms on ``data`` (``None`` without offsets)."""
+        if not self.offset_specs:
+            return None
+        return np.sum([evaluate_formula(spec, data)[0][:, 0] for spec in self.offset_specs], axis=0)
 
 
 def build_fixed_design(
     fixed: str,
     data: pd.DataFrame,
     *,
-    response: str | None = None,
-) -> tuple[FixedDesign, np.ndarray, np.ndarray | None]:
+    offsets: tuple[str, ...] = (),
+) -> tuple[FixedDesign, np.ndarray]:
     """Learn the fixed design from ``data``.
 
     Parameters
@@ -124,8 +122,8 @@ def build_fixed_design(
         Fixed right-hand side in formulaic's grammar, e.g. ``"service"``.
     data : pandas.DataFrame
         Training rows.
-    response : str, optional
-        Left-hand side expression.  When given, it is evaluated by formulaic too.
+    offsets : tuple of str, optional
+        Expressions of ``offset(...)`` terms, e.g. ``("np.log(exposure)",)``.
 
     Returns
     -------
@@ -133,42 +131,31 @@ def build_fixed_design(
         The frozen design state.
     X : numpy.ndarray of shape (n_rows, n_columns)
         The fixed-effects design matrix.
-    y : numpy.ndarray of shape (n_rows,) or None
-        The evaluated response, when ``response`` was given.
 
     Examples
     --------
     >>> import pandas as pd
     >>> from mixedfx.design import build_fixed_design
-    >>> frame = pd.DataFrame({"y": [1.0, 2.0, 4.0], "f": ["a", "b", "a"]})
-    >>> design, X, y = build_fixed_design("f", frame, response="y")
+    >>> frame = pd.DataFrame({"y": [1.0, 2.0, 4.0], "f": ["a", "b", "a"], "t": [1.0, 2.0, 4.0]})
+    >>> design, X = build_fixed_design("f", frame, offsets=("log(t)",))
     >>> design.column_names
     ('Intercept', 'f[T.b]')
     >>> X.tolist()
     [[1.0, 0.0], [1.0, 1.0], [1.0, 0.0]]
+    >>> design.offset(frame).round(4).tolist()
+    [0.0, 0.6931, 1.3863]
     """
-    text = fixed if response is None else f"{response} ~ {fixed}"
     try:
-        formula = Formula(text)
+        formula = Formula(fixed)
     except FormulaicError as exc:
-        raise FormulaError(f"formulaic cannot parse the fixed part: {_first_line(exc)}", formula=text) from exc
+        raise FormulaError(f"formulaic cannot parse the fixed part: {_first_line(exc)}", formula=fixed) from exc
 
     def materialize():
         return formula.get_model_matrix(
             data, context=EVALUATION_CONTEXT, materializer=PandasMaterializer, na_action="raise"
         )
 
-    matrices = _materialize(materialize, data=data, formula=text, spec=None)
-    if response is None:
-        rhs, y, lhs = matrices, None, None
-    else:
-        rhs, lhs = matrices.rhs, matrices.lhs
-        if lhs.shape[1] != 1:
-            raise DataError(
-                f"the response {response!r} must evaluate to one numeric column, but it gave "
-                f"{lhs.shape[1]} columns ({', '.join(map(str, lhs.columns))}); is it categorical?"
-            )
-        y = np.asarray(lhs, dtype=np.float64)[:, 0]
+    rhs = _materialize(materialize, data=data, formula=fixed, spec=None)
     names = tuple(str(c) for c in rhs.columns)
     X = np.asarray(rhs, dtype=np.float64)
     kept = _independent_columns(X)
@@ -180,16 +167,36 @@ def build_fixed_design(
             UserWarning,
             stacklevel=3,
         )
+    offset_specs = tuple(evaluate_numeric(expression, data, role="offset")[1] for expression in offsets)
     design = FixedDesign(
         formula=fixed,
         model_spec=rhs.model_spec,
         column_names=tuple(names[j] for j in kept),
         kept_columns=tuple(kept),
         dropped_columns=dropped,
-        response=response,
-        response_spec=None if lhs is None else lhs.model_spec,
+        offsets=tuple(offsets),
+        offset_specs=offset_specs,
     )
-    return design, X[:, kept], y
+    return design, X[:, kept]
+
+
+def evaluate_numeric(expression: str, data: pd.DataFrame, *, role: str) -> tuple[np.ndarray, ModelSpec]:
+    """Evaluate one numeric expression (a column or a Python expression of columns).
+
+    Returns the values and the spec that replays them on new data.
+
+    Raises
+    ------
+    DataError
+        If the expression does not give one numeric value per row.
+    """
+    matrix, spec = evaluate_formula(f"0 + {{{expression}}}", data)
+    if matrix.shape[1] != 1:
+        raise DataError(
+            f"the {role} {expression!r} must be numeric, but it gave {matrix.shape[1]} columns "
+            f"({', '.join(map(str, spec.column_names))}); is it categorical?"
+        )
+    return matrix[:, 0], spec
 
 
 def evaluate_formula(formula: str | ModelSpec, data: pd.DataFrame) -> tuple[np.ndarray, ModelSpec]:

@@ -6,7 +6,8 @@ The grammar handled here is the part formulaic does not know: the random-effect 
 
     formula   := [response] "~" rhs
     rhs       := summand (("+" | "-") summand)*
-    summand   := random | fixed
+    summand   := random | offset | fixed
+    offset    := "offset" "(" expression ")"
     random    := "(" expr ("|" | "||") grouping ")"
     grouping  := nest ("/" nest)*          a/b   ->  a, a:b
     nest      := name (":" name)*          a:b   ->  interaction of a and b
@@ -132,9 +133,10 @@ class _Parser:
         response = self.parse_response(tilde)
         if tilde + 1 >= len(self.tokens):
             raise self.error("nothing after '~': the right-hand side is empty", self.tokens[tilde].end)
-        fixed_parts, random_terms = self.parse_rhs(tilde + 1, len(self.tokens))
+        fixed_parts, random_terms, offsets = self.parse_rhs(tilde + 1, len(self.tokens))
         fixed = self.join_fixed(fixed_parts)
-        return FormulaSpec(text=self.text, response=response, fixed=fixed, random=tuple(random_terms))
+        return FormulaSpec(text=self.text, response=response, fixed=fixed, random=tuple(random_terms),
+                           offsets=tuple(offsets))
 
     def parse_response(self, tilde: int) -> str | None:
         if tilde == 0:
@@ -148,6 +150,7 @@ class _Parser:
         segments, seps = self.split_top(lo, hi, lambda t: t.is_op("+", "-"), 0)
         fixed_parts: list[tuple[str, str]] = []
         random_terms: list[RandomTermSpec] = []
+        offsets: list[str] = []
         seen: dict[tuple, RandomTermSpec] = {}
         for k, (a, b) in enumerate(segments):
             sign = "+" if k == 0 else self.tokens[seps[k - 1]].text
@@ -158,7 +161,11 @@ class _Parser:
                 raise self.error(f"missing term after {sign!r}", position)
             term = self.parse_random(a, b, sign)
             if term is None:
-                fixed_parts.append((sign, self.span_text(a, b)))
+                offset = self.parse_offset(a, b, sign)
+                if offset is not None:
+                    offsets.append(offset)
+                else:
+                    fixed_parts.append((sign, self.span_text(a, b)))
                 continue
             for t in term:
                 key = (t.expr.replace(" ", ""), t.grouping)
@@ -166,7 +173,21 @@ class _Parser:
                     raise self.error(f"random term {t} appears more than once", t.position)
                 seen[key] = t
                 random_terms.append(t)
-        return fixed_parts, random_terms
+        return fixed_parts, random_terms, offsets
+
+    def parse_offset(self, a: int, b: int, sign: str) -> str | None:
+        """``offset(expr)`` as a whole summand: returns ``expr``; else ``None``."""
+        first = self.tokens[a]
+        if not (first.kind is TokenKind.NAME and first.text == "offset"):
+            return None
+        if b - a < 3 or self.tokens[a + 1].kind is not TokenKind.LPAREN or self.tokens[b - 1].kind is not TokenKind.RPAREN \
+                or any(self.depth[i] == self.depth[a] for i in range(a + 2, b - 1)):
+            raise self.error("offset must be written as a whole term: offset(expression)", first.start)
+        if sign == "-":
+            raise self.error("an offset cannot be subtracted; negate its expression instead", first.start)
+        if b - a == 3:
+            raise self.error("empty offset()", self.tokens[a + 1].end)
+        return self.span_text(a + 2, b - 1)
 
     def parse_random(self, a: int, b: int, sign: str) -> list[RandomTermSpec] | None:
         """Parse tokens[a:b] as a random term; ``None`` when the summand is fixed."""

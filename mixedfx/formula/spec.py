@@ -66,12 +66,16 @@ class FormulaSpec:
         formula has only random terms).
     random : tuple of RandomTermSpec
         The random-effect terms, in formula order after expansion.
+    offsets : tuple of str
+        Expressions inside ``offset(...)`` terms, added to the linear predictor with a
+        fixed coefficient of one (lme4's ``offset(log(exposure))``).
     """
 
     text: str
     response: str | None
     fixed: str
     random: tuple[RandomTermSpec, ...]
+    offsets: tuple[str, ...] = ()
 
     @property
     def grouping_columns(self) -> tuple[str, ...]:
@@ -83,6 +87,6 @@ class FormulaSpec:
         return tuple(seen)
 
     def __str__(self) -> str:
-        parts = [self.fixed] + [str(term) for term in self.random]
+        parts = [self.fixed] + [f"offset({o})" for o in self.offsets] + [str(term) for term in self.random]
         lhs = f"{self.response} " if self.response else ""
         return f"{lhs}~ " + " + ".join(parts)

@@ -234,6 +234,9 @@ class EStepResult:
         Per term, the sum over draws and chains of each level's sampled effect.
     effects_sq_sum : list of Tensor
         Per term, the same sum of squared effects.
+    draws : list of Tensor
+        Per term, the kept draws, ``[num_draws, n_chains, num_levels, dim]`` (model
+        coordinates).
     final_state : list of Tensor
         The chains' last state, shape ``[n_chains, num_levels, dim]`` per term.
     step_size : Tensor
@@ -245,6 +248,7 @@ class EStepResult:
     statistics: dict
     effects_sum: list
     effects_sq_sum: list
+    draws: list
     final_state: list
     step_size: tf.Tensor
     acceptance_rate: tf.Tensor
@@ -377,6 +381,7 @@ def hmc_e_step(
         statistics=mean_statistics,
         effects_sum=[tf.reduce_sum(d, axis=[0, 1]) for d in draws],
         effects_sq_sum=[tf.reduce_sum(tf.square(d), axis=[0, 1]) for d in draws],
+        draws=draws,
         final_state=[d[-1] for d in draws],
         step_size=tf.convert_to_tensor(final_results.new_step_size, dtype=dtype),
         acceptance_rate=tf.reduce_mean(tf.cast(accepted, dtype)),

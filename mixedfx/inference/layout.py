@@ -13,12 +13,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mixedfx._tf import tf
 from mixedfx.inference.stopping import monte_carlo_standard_error
-from mixedfx.model.families import Gaussian
-from mixedfx.model.gaussian import DenseBlockTooLarge, gaussian_marginal
+from mixedfx.model.blocks import BlockSystem, DenseBlockTooLarge
+from mixedfx.model.families import Family, Gaussian
+from mixedfx.model.gaussian import gaussian_marginal, term_z
 from mixedfx.model.joint import MixedModel, ModelParameters
 
-__all__ = ["ParameterLayout"]
+__all__ = ["ParameterLayout", "fixed_effects_covariance", "fixed_effects_scale"]
 
 _CORRELATION_LIMIT = 1.0 - 1e-12
 
@@ -33,7 +35,8 @@ class ParameterLayout:
         ``"Intercept"``, ``"sd(g)"`` (a random intercept), ``"sd(g, Days)"``,
         ``"cor(g, (Intercept), Days)"``, ``"sigma"``.
     kinds : tuple of str
-        ``"fixed"``, ``"sd"``, ``"cor"`` or ``"family"`` per entry.
+        ``"fixed"``, ``"sd"``, ``"cor"``, ``"family"`` (positive) or ``"family_raw"``
+        per entry.
     n_fixed : int
     dims : tuple of int
         Coefficients per level of each random term.
@@ -43,6 +46,7 @@ class ParameterLayout:
     kinds: tuple[str, ...]
     n_fixed: int
     dims: tuple[int, ...]
+    family: Family
 
     @classmethod
     def from_model(cls, model: MixedModel) -> ParameterLayout:
@@ -58,9 +62,11 @@ class ParameterLayout:
             for a, b in _pairs(len(coefs)):
                 names.append(f"cor({term.name}, {coefs[a]}, {coefs[b]})")
                 kinds.append("cor")
-        names += list(model.family.parameter_names)
-        kinds += ["family"] * len(model.family.parameter_names)
-        return cls(tuple(names), tuple(kinds), len(model.fixed_names), tuple(t.dim for t in model.random_terms))
+        for label, positive in zip(model.family.parameter_labels(), model.family.positive_parameters()):
+            names.append(label)
+            kinds.append("family" if positive else "family_raw")
+        return cls(tuple(names), tuple(kinds), len(model.fixed_names), tuple(t.dim for t in model.random_terms),
+                   model.family)
 
     @property
     def size(self) -> int:
@@ -70,14 +76,14 @@ class ParameterLayout:
         return np.array([k == kind for k in self.kinds])
 
     # -- rows <-> parameters ----------------------------------------------------------------
-    def row(self, params: ModelParameters, family_names: tuple[str, ...]) -> np.ndarray:
+    def row(self, params: ModelParameters) -> np.ndarray:
         """Flatten parameters into a trace row."""
         values = list(params.fixed_effects)
         for cov in params.random_cov:
             sds = np.sqrt(np.diag(cov))
             values += list(sds)
             values += [cov[a, b] / (sds[a] * sds[b]) for a, b in _pairs(len(sds))]
-        values += [params.family_params[name] for name in family_names]
+        values += list(self.family.parameter_values(params.family_params))
         return np.asarray(values, dtype=np.float64)
 
     def covariances(self, rows: np.ndarray) -> list[np.ndarray]:
@@ -94,15 +100,20 @@ class ParameterLayout:
             out.append(corr * sds[:, :, None] * sds[:, None, :])
         return out
 
-    def parameters(self, row: np.ndarray, family_names: tuple[str, ...]) -> ModelParameters:
+    def parameters(self, row: np.ndarray) -> ModelParameters:
         """Parameters from a trace row (covariances through their Cholesky factors)."""
         scale_tril = tuple(_cholesky(cov[0]) for cov in self.covariances(row[None]))
-        family = {name: float(v) for name, v in zip(family_names, row[self._mask("family")])}
-        return ModelParameters(row[: self.n_fixed], scale_tril, family)
+        family_values = row[self._mask("family") | self._mask("family_raw")]
+        return ModelParameters(row[: self.n_fixed], scale_tril, self.family.parameters_from_values(family_values))
+
+    def residual_sd(self, row: np.ndarray) -> float:
+        """The residual sd in ``row`` (1 for families without one: the link scale)."""
+        return float(row[self.names.index("sigma")]) if "sigma" in self.names else 1.0
 
     # -- working scale, averaging, errors ---------------------------------------------------
     def working(self, rows: np.ndarray) -> np.ndarray:
-        """Fixed effects as they are; sds and family parameters logged; correlations atanh."""
+        """Fixed effects as they are; sds and positive family parameters logged;
+        correlations atanh."""
         out = np.array(rows, dtype=np.float64, copy=True)
         logged = self._mask("sd") | self._mask("family")
         out[:, logged] = np.log(np.maximum(out[:, logged], 1e-300))
@@ -112,7 +123,7 @@ class ParameterLayout:
 
     def average(self, rows: np.ndarray) -> np.ndarray:
         """Mean of the rows, each covariance matrix averaged as a matrix (the scale the
-        M-step works on), the residual sd averaged as a variance."""
+        M-step works on)."""
         estimate = rows.mean(axis=0)
         offset = self.n_fixed
         for dim, cov in zip(self.dims, self.covariances(rows)):
@@ -123,8 +134,6 @@ class ParameterLayout:
             for a, b in _pairs(dim):
                 estimate[offset] = mean_cov[a, b] / (sds[a] * sds[b]) if sds[a] * sds[b] > 0 else 0.0
                 offset += 1
-        family = self._mask("family")
-        estimate[family] = np.sqrt(np.mean(rows[:, family] ** 2, axis=0))
         return estimate
 
     def natural_spread(self, working_spread: np.ndarray, estimate: np.ndarray) -> np.ndarray:
@@ -159,7 +168,8 @@ class ParameterLayout:
         variance, from the E-step draws); ``1 / sqrt(2 q)`` when every level is fully
         informed.  Fisher-z of a correlation: ``1 / sqrt(n - 3)`` with ``n`` the
         smaller of its two coefficients' ``sum_j r_jc^2``.  Log residual sd:
-        ``1 / sqrt(2 n)``.
+        ``1 / sqrt(2 n)``; other family parameters: the family's
+        :meth:`~mixedfx.model.Family.parameter_scale`.
         """
         scale = np.empty(self.size)
         scale[: self.n_fixed] = fixed_scale
@@ -173,23 +183,56 @@ class ParameterLayout:
             for a, b in _pairs(dim):
                 scale[offset] = 1.0 / np.sqrt(max(min(information[a], information[b]) - 3.0, 1.0))
                 offset += 1
-        scale[self._mask("family")] = 1.0 / np.sqrt(2.0 * model.n_obs)
+        family = self._mask("family") | self._mask("family_raw")
+        scale[family] = self.family.parameter_scale(row[family], model.response, model.n_obs)
         return scale
 
 
 def fixed_effects_scale(model: MixedModel, params: ModelParameters) -> np.ndarray:
-    """Standard errors of the fixed effects: exact for the Gaussian family (when the
-    dense blocks fit in memory), else the complete-data ones, a lower bound."""
+    """Standard errors of the fixed effects at ``params`` (see
+    :func:`fixed_effects_covariance`); the complete-data ones when the dense blocks do
+    not fit in memory."""
+    try:
+        cov = fixed_effects_covariance(model, params)
+    except (DenseBlockTooLarge, np.linalg.LinAlgError):
+        X = model.fixed_design
+        eta = X @ params.fixed_effects + (0.0 if model.offset is None else model.offset)
+        weight = _fisher_weight(model, params, eta)
+        cov = np.linalg.pinv(X.T @ (weight[:, None] * X))
+    return np.sqrt(np.clip(np.diag(cov), 0.0, None))
+
+
+def _fisher_weight(model: MixedModel, params: ModelParameters, eta: np.ndarray) -> np.ndarray:
+    natural = {k: tf.constant(np.asarray(v, dtype=np.float64)) for k, v in params.family_params.items()}
+    trials = None if model.trials is None else tf.constant(model.trials)
+    return model.family.fisher_weight(tf.constant(eta), natural, trials=trials).numpy()
+
+
+def fixed_effects_covariance(model: MixedModel, params: ModelParameters) -> np.ndarray:
+    """Covariance of the fixed-effect estimates at ``params``.
+
+    Gaussian family: exact.  Others: the Laplace approximation at ``b = 0`` used by
+    penalized IRLS, ``(X'WX - X'WU A^-1 U'WX)^-1`` with ``W`` the Fisher weights of the
+    fixed part.
+
+    Raises
+    ------
+    DenseBlockTooLarge
+        When the dense blocks would not fit in memory.
+    """
     X = model.fixed_design
     if not X.shape[1]:
-        return np.zeros(0)
+        return np.zeros((0, 0))
     if isinstance(model.family, Gaussian):
-        try:
-            return np.sqrt(np.clip(np.diag(gaussian_marginal(model, params).fixed_effects_cov), 0.0, None))
-        except (DenseBlockTooLarge, np.linalg.LinAlgError):
-            pass
-    sigma = float(params.family_params.get("sigma", 1.0))
-    return sigma * np.sqrt(np.clip(np.diag(np.linalg.pinv(X.T @ X)), 0.0, None))
+        return gaussian_marginal(model, params).fixed_effects_cov
+    eta = X @ params.fixed_effects + (0.0 if model.offset is None else model.offset)
+    weight = _fisher_weight(model, params, eta)
+    scaled = [term_z(t, model.n_obs) @ L for t, L in zip(model.random_terms, params.random_scale_tril)]
+    system = BlockSystem(model.random_terms, scaled, weight)
+    v1, vr = system.project(X)
+    x1, xr = system.solve(v1, vr)
+    information = X.T @ (weight[:, None] * X) - system.quadratic(v1, vr, x1, xr)
+    return np.linalg.pinv(0.5 * (information + information.T))
 
 
 def _pairs(dim: int) -> list[tuple[int, int]]:

@@ -27,8 +27,12 @@ from mixedfx.inference.initial import initial_parameters
 from mixedfx.inference.layout import ParameterLayout, fixed_effects_scale
 from mixedfx.inference.mstep import (
     Expansion,
-    gaussian_px_m_step,
+    covariance_update,
+    expansion_columns,
+    gaussian_regression,
     gaussian_statistics,
+    glm_regression,
+    moment_statistics,
     rao_blackwell_corrections,
     reduce_state,
 )
@@ -36,7 +40,7 @@ from mixedfx.inference.stopping import Decision, MonteCarloErrorRule
 from mixedfx.inference.structure import location_expansions, nested_centering
 from mixedfx.inference.summary import FitSummary
 from mixedfx.model.families import Family, Gaussian
-from mixedfx.model.joint import RESPONSE, MixedModel, ModelParameters, ModelTensors, build_joint_distribution, linear_predictor
+from mixedfx.model.joint import MixedModel, ModelParameters, ModelTensors, joint_log_prob, linear_predictor
 
 __all__ = ["MCEMOptions", "MCEMResult", "fit_mcem"]
 
@@ -106,9 +110,9 @@ class _StaticConfig:
     centering_parent: tuple
 
 
-def _trace_row(fixed_effects, scale_tril, sigma):
+def _trace_row(fixed_effects, scale_tril, family, free):
     """The trace row of the parameters: fixed effects, then each term's sds and
-    correlations (lme4's order), then the residual sd."""
+    correlations (lme4's order), then the family's parameters."""
     parts = [fixed_effects]
     for L in scale_tril:
         cov = tf.linalg.matmul(L, L, transpose_b=True)
@@ -118,22 +122,25 @@ def _trace_row(fixed_effects, scale_tril, sigma):
         pairs = [(a, b) for a in range(dim) for b in range(a + 1, dim)]
         if pairs:
             parts.append(tf.stack([cov[a, b] / (sds[a] * sds[b]) for a, b in pairs]))
-    parts.append(sigma[None])
+    natural = family.constrain(free)
+    parts += [tf.reshape(natural[name], [-1]) for name in family.parameter_names]
     return tf.concat(parts, axis=0)
 
 
 @functools.lru_cache(maxsize=16)
 def _compiled_iterations(config: _StaticConfig):
-    if not isinstance(config.family, Gaussian):
-        raise NotImplementedError(f"Monte Carlo EM has no M-step for the {config.family.name} family yet")
     n_iter = config.iterations_per_call
+    family = config.family
+    gaussian = isinstance(family, Gaussian)
 
     @tf.function(jit_compile=True, autograph=False)
-    def run(fixed_effects, scale_tril, sigma, state, step_size, seed, num_burnin, data):
+    def run(fixed_effects, scale_tril, free, state, step_size, seed, num_burnin, data):
         fixed_design, response = data["fixed_design"], data["response"]
         group_index, z = data["group_index"], data["z"]
+        offset, trials = data["offset"], data["trials"]
         dtype = fixed_design.dtype
-        tensors = ModelTensors(fixed_design, response, group_index, z, config.num_levels, config.keys, config.dims)
+        tensors = ModelTensors(fixed_design, response, group_index, z, config.num_levels, config.keys, config.dims,
+                               offset=offset, trials=trials)
         expansions = tuple(
             Expansion(targets, values) for targets, values in zip(config.expansion_targets, data["level_values"])
         )
@@ -147,28 +154,30 @@ def _compiled_iterations(config: _StaticConfig):
             children_per_level[root] = tf.math.unsorted_segment_sum(
                 tf.ones_like(parent_level[child], dtype=dtype), parent_level[child], config.num_levels[root])
 
-        def body(i, fixed_effects, scale_tril, sigma, state, step_size, seed, sums, sq_sums, traces):
+        def body(i, fixed_effects, scale_tril, free, state, step_size, seed, sums, sq_sums, traces):
             seed, step_seed = tfp.random.split_seed(seed)
-            family_params = {"sigma": sigma}
-            joint = build_joint_distribution(
-                tensors, fixed_effects=fixed_effects, random_scale_tril=scale_tril, family=config.family,
-                family_params=family_params,
-            )
+            family_params = family.constrain(free)
 
             def target_log_prob(*effects):
-                return joint.log_prob({**dict(zip(config.keys, effects)), RESPONSE: response})
+                # the value of build_joint_distribution(...).log_prob, computed directly
+                return joint_log_prob(tensors, list(effects), fixed_effects=fixed_effects,
+                                      random_scale_tril=scale_tril, family=family, family_params=family_params)
 
             def statistics(current):
-                stats = gaussian_statistics(
-                    current, fixed_design=fixed_design, response=response, group_index=group_index,
-                    z=z, expansions=expansions,
-                )
+                if gaussian:
+                    stats = gaussian_statistics(
+                        current, fixed_design=fixed_design, response=data["regression_response"],
+                        group_index=group_index, z=z, expansions=expansions,
+                    )
+                else:
+                    stats = moment_statistics(current, expansions=expansions)
                 stats["log_joint"] = target_log_prob(*current)
                 return stats
 
-            eta = linear_predictor(fixed_design, fixed_effects, [tf.reduce_mean(s, 0) for s in state], group_index, z)
+            eta = linear_predictor(fixed_design, fixed_effects, [tf.reduce_mean(s, 0) for s in state], group_index, z,
+                                   offset)
             scale = preconditioner_scale(
-                weight=config.family.fisher_weight(eta, family_params), group_index=group_index, z=z,
+                weight=family.fisher_weight(eta, family_params, trials=trials), group_index=group_index, z=z,
                 num_levels=config.num_levels, random_scale_tril=scale_tril, centering=centering,
                 parent_level=parent_level,
             )
@@ -194,9 +203,22 @@ def _compiled_iterations(config: _StaticConfig):
                     stats, roots=centering.roots, variances=variances, rows_per_level=rows_per_level,
                     children_per_level=children_per_level, dims=config.dims,
                 )
-            new_beta, new_scale_tril, new_sigma, scale_matrix, location = gaussian_px_m_step(
-                stats, fixed_xtx=data["xtx"], fixed_xty=data["xty"], response_ss=data["yty"],
-                n_obs=n_obs, num_levels=config.num_levels, dims=config.dims, expansions=expansions,
+            if gaussian:
+                regression_beta, scale_matrix, sigma = gaussian_regression(
+                    stats, fixed_xtx=data["xtx"], fixed_xty=data["xty"], response_ss=data["yty"], n_obs=n_obs,
+                    dims=config.dims,
+                )
+                new_free = tf.math.log(sigma)[None]
+            else:
+                flat_draws = [tf.reshape(d, tf.concat([[-1], tf.shape(d)[2:]], 0)) for d in e_step.draws]
+                parts = expansion_columns(flat_draws, group_index, z)
+                regression_beta, scale_matrix, new_free = glm_regression(
+                    parts, fixed_design=fixed_design, response=response, trials=trials, offset=offset,
+                    family=family, fixed_effects=fixed_effects, free=free, dims=config.dims,
+                )
+            new_beta, new_scale_tril, location = covariance_update(
+                stats, fixed_effects=regression_beta, scale_matrix=scale_matrix, num_levels=config.num_levels,
+                dims=config.dims, expansions=expansions,
             )
             # Carry the chains into the reduced parametrization of the new estimate.
             new_state = reduce_state(e_step.final_state, scale_matrix=scale_matrix, location=location,
@@ -204,12 +226,12 @@ def _compiled_iterations(config: _StaticConfig):
             sums = [a + b for a, b in zip(sums, e_step.effects_sum)]
             sq_sums = [a + b for a, b in zip(sq_sums, e_step.effects_sq_sum)]
             traces = {
-                "parameters": traces["parameters"].write(i, _trace_row(new_beta, new_scale_tril, new_sigma)),
+                "parameters": traces["parameters"].write(i, _trace_row(new_beta, new_scale_tril, family, new_free)),
                 "objective": traces["objective"].write(i, e_step.statistics["log_joint"]),
                 "acceptance": traces["acceptance"].write(i, e_step.acceptance_rate),
                 "step_size": traces["step_size"].write(i, e_step.step_size),
             }
-            return i + 1, new_beta, new_scale_tril, new_sigma, new_state, e_step.step_size, seed, sums, sq_sums, traces
+            return i + 1, new_beta, new_scale_tril, new_free, new_state, e_step.step_size, seed, sums, sq_sums, traces
 
         sums = [tf.zeros([q, d], dtype) for q, d in zip(config.num_levels, config.dims)]
         sq_sums = [tf.zeros([q, d], dtype) for q, d in zip(config.num_levels, config.dims)]
@@ -217,13 +239,13 @@ def _compiled_iterations(config: _StaticConfig):
         loop = tf.while_loop(
             lambda i, *_: i < n_iter,
             body,
-            (tf.constant(0), fixed_effects, scale_tril, sigma, state, step_size, seed, sums, sq_sums, traces),
+            (tf.constant(0), fixed_effects, scale_tril, free, state, step_size, seed, sums, sq_sums, traces),
         )
-        _, fixed_effects, scale_tril, sigma, state, step_size, seed, sums, sq_sums, traces = loop
+        _, fixed_effects, scale_tril, free, state, step_size, seed, sums, sq_sums, traces = loop
         return {
             "fixed_effects": fixed_effects,
             "scale_tril": scale_tril,
-            "sigma": sigma,
+            "free": free,
             "state": state,
             "step_size": step_size,
             "seed": seed,
@@ -268,7 +290,6 @@ def fit_mcem(
     rule = stopping_rule if stopping_rule is not None else MonteCarloErrorRule()
     initial = initial or initial_parameters(model)
     layout = ParameterLayout.from_model(model)
-    family_names = model.family.parameter_names
     expansions = location_expansions(model)
     centering = nested_centering(model)
     dims = tuple(t.dim for t in model.random_terms)
@@ -287,10 +308,15 @@ def fit_mcem(
     )
     run = _compiled_iterations(config)
     tensors = model.tensors()
-    X, y = model.fixed_design, model.response
+    X = model.fixed_design
+    # The Gaussian regression works on the response less any offset.
+    y = model.response - (0.0 if model.offset is None else model.offset)
     data = {
         "fixed_design": tensors.fixed_design,
         "response": tensors.response,
+        "regression_response": tf.constant(y, tf.float64),
+        "offset": tensors.offset,
+        "trials": tensors.trials,
         "group_index": tensors.group_index,
         "z": tensors.z,
         "level_values": tuple(
@@ -303,7 +329,7 @@ def fit_mcem(
     }
     fixed_effects = tf.constant(initial.fixed_effects, tf.float64)
     scale_tril = [tf.constant(L, tf.float64) for L in initial.random_scale_tril]
-    sigma = tf.constant(float(initial.family_params["sigma"]), tf.float64)
+    free = tf.constant(model.family.free_from_parameters(initial.family_params), tf.float64)
     state = [tf.zeros([options.n_chains, q, d], tf.float64) for q, d in zip(config.num_levels, dims)]
     step_size = tf.constant(options.initial_step_size, tf.float64)
     seed = tf.constant(_seed_pair(seed), tf.int32)
@@ -321,10 +347,10 @@ def fit_mcem(
     try:
         while len(rows) < options.max_iter:
             num_burnin = options.n_initial_burnin if not rows else options.n_burnin
-            out = run(fixed_effects, scale_tril, sigma, state, step_size, seed, tf.constant(num_burnin), data)
+            out = run(fixed_effects, scale_tril, free, state, step_size, seed, tf.constant(num_burnin), data)
             if not rows:
                 first_call_seconds = time.perf_counter() - start_time
-            fixed_effects, scale_tril, sigma = out["fixed_effects"], out["scale_tril"], out["sigma"]
+            fixed_effects, scale_tril, free = out["fixed_effects"], out["scale_tril"], out["free"]
             state, step_size, seed = out["state"], out["step_size"], out["seed"]
             chunk = out["trace_parameters"].numpy()
             if not np.all(np.isfinite(chunk)):
@@ -349,9 +375,9 @@ def fit_mcem(
             if fixed_scale is None:
                 # Exact standard errors cost about one EM iteration: computed once, after
                 # the first (parameter-expanded) iterations brought the estimate close.
-                fixed_scale = fixed_effects_scale(model, layout.parameters(trace[-1], family_names))
+                fixed_scale = fixed_effects_scale(model, layout.parameters(trace[-1]))
             scale = layout.statistical_scale(model, trace[-1], fixed_scale=fixed_scale, posterior_var=posterior_var)
-            frozen = layout.at_boundary(trace[-1], residual_sd=_residual_sd(trace[-1], layout, family_names))
+            frozen = layout.at_boundary(trace[-1], residual_sd=layout.residual_sd(trace[-1]))
             decision = rule.assess(layout.working(trace), window_start=window_start, scale=scale, frozen=frozen)
             if decision.window_start != window_start:
                 # The conditional means average the draws from the window's start on.
@@ -378,8 +404,8 @@ def fit_mcem(
     if draws_summed == 0:  # never reached a window: use the last call's draws
         sums = [s.numpy() for s in out["effects_sum"]]
         draws_summed = draws_per_call
-    frozen = layout.at_boundary(estimate, residual_sd=_residual_sd(estimate, layout, family_names))
-    initial_row = layout.row(initial, family_names)
+    frozen = layout.at_boundary(estimate, residual_sd=layout.residual_sd(estimate))
+    initial_row = layout.row(initial)
     summary = FitSummary(
         converged=bool(decision.converged),
         message=decision.message if decision.converged else f"stopped at max_iter={options.max_iter}: {decision.message}",
@@ -404,14 +430,8 @@ def fit_mcem(
         first_call_seconds=first_call_seconds,
     )
     random_effects = tuple(s / draws_summed for s in sums)
-    return MCEMResult(parameters=layout.parameters(estimate, family_names), random_effects=random_effects,
+    return MCEMResult(parameters=layout.parameters(estimate), random_effects=random_effects,
                       summary=summary)
-
-
-def _residual_sd(row, layout: ParameterLayout, family_names) -> float:
-    if "sigma" in family_names:
-        return float(row[layout.names.index("sigma")])
-    return 1.0
 
 
 def _seed_pair(seed) -> list[int]:

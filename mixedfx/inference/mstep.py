@@ -18,10 +18,13 @@ columns, ``Sigma_k <- C_k Sigma_k C_k'``, and the draws map along as
 point is the maximum likelihood estimate, but it is reached in a handful of
 iterations.
 
-For the Gaussian family the expanded M-step is closed form: least squares of ``y`` on
-``X`` and on every ``z_ikj b_k[g_ik, l]``, averaged over the E-step draws, from the
-sufficient statistics :func:`gaussian_statistics` collects per draw; then
-``Sigma_k`` is the mean of ``(b - W alpha)'(b - W alpha)`` over levels and draws.
+The M-step has two parts.  The regression part fits ``beta``, the ``C_k`` and the
+family's own parameters: for the Gaussian family in closed form, least squares of
+``y`` on ``X`` and on every ``z_ikj b_k[g_ik, l]`` averaged over the E-step draws
+(:func:`gaussian_regression`); for any other family by Newton's method on the expected
+log-likelihood over the draws (:func:`glm_regression`).  The covariance part is the
+same for every family (:func:`covariance_update`): ``Sigma_k`` is the mean of
+``(b - W alpha)'(b - W alpha)`` over levels and draws.
 """
 
 from __future__ import annotations
@@ -33,8 +36,12 @@ from mixedfx._tf import tf
 __all__ = [
     "Expansion",
     "expansion_columns",
+    "moment_statistics",
     "gaussian_statistics",
-    "gaussian_px_m_step",
+    "gaussian_regression",
+    "glm_regression",
+    "covariance_update",
+    "identity_coefficients",
     "rao_blackwell_corrections",
     "reduce_state",
 ]
@@ -79,12 +86,24 @@ def expansion_columns(state, group_index, z):
     return tf.concat(columns, axis=-1)
 
 
+def moment_statistics(state, *, expansions):
+    """Per-chain moments of one draw for :func:`covariance_update`: per term ``btb_k``
+    (``B'B`` over levels, ``dim x dim``) and ``wtb_k`` (``W'B``)."""
+    statistics = {}
+    for k, (effects, expansion) in enumerate(zip(state, expansions)):
+        statistics[f"btb_{k}"] = tf.einsum("cqa,cqb->cab", effects, effects)
+        if expansion.active:
+            statistics[f"wtb_{k}"] = tf.einsum("qm,cqa->cma", expansion.level_values, effects)
+    return statistics
+
+
 def gaussian_statistics(state, *, fixed_design, response, group_index, z, expansions):
-    """Per-chain sufficient statistics of one draw for :func:`gaussian_px_m_step`.
+    """Per-chain sufficient statistics of one draw for :func:`gaussian_regression` (and
+    :func:`covariance_update`).
 
     Returns a dict with, per chain, ``xtp`` (X'P), ``ptp`` (P'P), ``pty`` (P'y) for the
-    regressors ``P`` of :func:`expansion_columns`, and per term ``btb_k`` (``B'B``
-    over levels, ``dim x dim``) and ``wtb_k`` (``W'B``) for the location expansion.
+    regressors ``P`` of :func:`expansion_columns`, and the moments of
+    :func:`moment_statistics`.
     """
     parts = expansion_columns(state, group_index, z)
     statistics = {
@@ -92,10 +111,7 @@ def gaussian_statistics(state, *, fixed_design, response, group_index, z, expans
         "ptp": tf.einsum("cnk,cnl->ckl", parts, parts),
         "pty": tf.einsum("cnk,n->ck", parts, response),
     }
-    for k, (effects, expansion) in enumerate(zip(state, expansions)):
-        statistics[f"btb_{k}"] = tf.einsum("cqa,cqb->cab", effects, effects)
-        if expansion.active:
-            statistics[f"wtb_{k}"] = tf.einsum("qm,cqa->cma", expansion.level_values, effects)
+    statistics.update(moment_statistics(state, expansions=expansions))
     return statistics
 
 
@@ -114,7 +130,8 @@ def rao_blackwell_corrections(statistics, *, roots, variances, rows_per_level, c
 
     For a root ``k`` with child ``c`` (random intercepts), replacing the root's
     coordinate by its conditional mean leaves out ``v_j`` from ``E[b_kj^2]`` and
-    ``E[b_c^2]`` of its children, and adds ``-v_j`` to ``E[b_kj b_c]``.  See
+    ``E[b_c^2]`` of its children, and adds ``-v_j`` to ``E[b_kj b_c]`` (the last only
+    where the Gaussian regression statistics ``ptp`` are present).  See
     :meth:`mixedfx.inference.estep.Centering.conditional_means`.  ``rows_per_level``
     and ``children_per_level`` are indexed by root: its rows and its children per
     level.
@@ -130,37 +147,39 @@ def rao_blackwell_corrections(statistics, *, roots, variances, rows_per_level, c
         a, b = offsets[root], offsets[child]
         correction = tf.scatter_nd([[a, a], [b, b], [a, b], [b, a]], tf.stack([per_row, per_row, -per_row, -per_row]),
                                    [width, width])
-        statistics["ptp"] = statistics["ptp"] + correction
+        if "ptp" in statistics:
+            statistics["ptp"] = statistics["ptp"] + correction
         statistics[f"btb_{root}"] = statistics[f"btb_{root}"] + tf.reduce_sum(variances[root])
         statistics[f"btb_{child}"] = statistics[f"btb_{child}"] + tf.reduce_sum(children_per_level[root] * variances[root])
     return statistics
 
 
-def gaussian_px_m_step(statistics, *, fixed_xtx, fixed_xty, response_ss, n_obs, num_levels, dims, expansions):
-    """Closed-form parameter-expanded M-step for the Gaussian family.
+def _scale_matrices(coefficients, dims):
+    """Split the expansion coefficients into one ``dim x dim`` matrix ``C_k`` per term."""
+    out, offset = [], 0
+    for dim in dims:
+        out.append(tf.reshape(coefficients[offset:offset + dim * dim], [dim, dim]))
+        offset += dim * dim
+    return out
 
-    Parameters
-    ----------
-    statistics : dict of Tensor
-        :func:`gaussian_statistics` averaged over draws and chains.
-    fixed_xtx, fixed_xty, response_ss : Tensor
-        ``X'X``, ``X'y`` and ``y'y``.
-    n_obs : int
-    num_levels, dims : tuple of int
-        Levels and coefficients per level of each term.
-    expansions : tuple of Expansion
+
+def identity_coefficients(dims, dtype):
+    """The expansion coefficients of the unexpanded model: every ``C_k`` the identity."""
+    return tf.concat([tf.reshape(tf.eye(d, dtype=dtype), [-1]) for d in dims], axis=0)
+
+
+def gaussian_regression(statistics, *, fixed_xtx, fixed_xty, response_ss, n_obs, dims):
+    """The Gaussian family's part of the expanded M-step, in closed form.
+
+    Least squares of ``y`` on ``X`` and the expansion regressors, averaged over the
+    draws through the sufficient statistics of :func:`gaussian_statistics`.
 
     Returns
     -------
     fixed_effects : Tensor
-    scale_tril : list of Tensor
-        Per term, the Cholesky factor of the new covariance.
-    sigma : Tensor
     scale_matrix : list of Tensor
-        ``C_k``: each term's coefficients in the reduced model are ``C_k`` times those
-        of the expanded one.
-    location : list of (Tensor or None)
-        ``alpha_k`` per term, shape ``(n_columns, dim)``.
+        ``C_k`` per term.
+    sigma : Tensor
     """
     p = fixed_xtx.shape[0]
     xtp, ptp = statistics["xtp"], statistics["ptp"]
@@ -169,12 +188,97 @@ def gaussian_px_m_step(statistics, *, fixed_xtx, fixed_xty, response_ss, n_obs, 
     theta = _least_squares(gram, rhs)
     residual_ss = response_ss - 2.0 * tf.reduce_sum(theta * rhs) + tf.reduce_sum(theta * tf.linalg.matvec(gram, theta))
     sigma = tf.sqrt(tf.maximum(residual_ss, 0.0) / n_obs)
-    fixed_effects = theta[:p]
-    scale_tril, scale_matrix, location = [], [], []
-    offset = p
-    for k, (q, dim, expansion) in enumerate(zip(num_levels, dims, expansions)):
-        C = tf.reshape(theta[offset:offset + dim * dim], [dim, dim])
-        offset += dim * dim
+    return theta[:p], _scale_matrices(theta[p:], dims), sigma
+
+
+def glm_regression(parts, *, fixed_design, response, trials, offset, family, fixed_effects, free, dims,
+                   n_newton=4, max_halvings=10):
+    """Any family's part of the expanded M-step: Newton's method on the expected
+    log-likelihood over the draws.
+
+    Maximizes ``mean_s sum_i log p(y_i | x_i beta + offset_i + P_si c, phi(u))`` over
+    the fixed effects ``beta``, the expansion coefficients ``c`` (the ``C_k``) and the
+    family's unconstrained parameters ``u``, from the current values (``c`` the
+    identity).  The gradient and Hessian come from automatic differentiation (a dozen
+    parameters at most); each Newton step halves until it improves the objective, so
+    every M-step increases the expected log-likelihood (a generalized EM step).
+
+    Parameters
+    ----------
+    parts : Tensor of shape [draws, rows, n_coefficients]
+        :func:`expansion_columns` of every draw.
+    free : Tensor
+        The family's unconstrained parameters.
+
+    Returns
+    -------
+    fixed_effects : Tensor
+    scale_matrix : list of Tensor
+    free : Tensor
+    """
+    dtype = fixed_design.dtype
+    p = fixed_design.shape[1]
+    m = parts.shape[-1]
+    base = tf.zeros_like(response) if offset is None else offset
+
+    def objective(theta):
+        beta, coefficients, u = theta[:p], theta[p:p + m], theta[p + m:]
+        eta = tf.linalg.matvec(fixed_design, beta)[None, :] + base[None, :] + tf.einsum("snm,m->sn", parts, coefficients)
+        log_prob = family.distribution(eta, family.constrain(u), trials=trials).log_prob(response)
+        return tf.reduce_sum(tf.reduce_mean(log_prob, axis=0))
+
+    def gradient_and_hessian(theta):
+        with tf.GradientTape() as outer:
+            outer.watch(theta)
+            with tf.GradientTape() as inner:
+                inner.watch(theta)
+                value = objective(theta)
+            gradient = inner.gradient(value, theta)
+        hessian = outer.jacobian(gradient, theta, experimental_use_pfor=True)
+        return value, gradient, hessian
+
+    theta0 = tf.concat([fixed_effects, identity_coefficients(dims, dtype), free], axis=0)
+    size = tf.shape(theta0)[0]
+
+    def newton(i, theta):
+        value, gradient, hessian = gradient_and_hessian(theta)
+        curvature = -0.5 * (hessian + tf.transpose(hessian))
+        ridge = 1e-8 * (tf.abs(tf.linalg.trace(curvature)) / tf.cast(size, dtype) + 1.0)
+        eigenvalues = tf.linalg.eigvalsh(curvature)
+        shift = tf.maximum(tf.zeros([], dtype), -tf.reduce_min(eigenvalues)) + ridge  # make it positive definite
+        step = tf.linalg.solve(curvature + shift * tf.eye(size, dtype=dtype), gradient[:, None])[:, 0]
+
+        def halve(j, scale, accepted):
+            better = objective(theta + scale * step) >= value
+            return j + 1, tf.where(better, scale, scale / 2.0), better
+
+        _, scale, accepted = tf.while_loop(
+            lambda j, scale, accepted: tf.logical_and(j < max_halvings, tf.logical_not(accepted)),
+            halve, (0, tf.constant(1.0, dtype), tf.constant(False)))
+        new_theta = tf.where(accepted, theta + scale * step, theta)
+        new_theta = tf.where(tf.reduce_all(tf.math.is_finite(new_theta)), new_theta, theta)
+        return i + 1, new_theta
+
+    _, theta = tf.while_loop(lambda i, theta: i < n_newton, newton, (0, theta0))
+    return theta[:p], _scale_matrices(theta[p:p + m], dims), theta[p + m:]
+
+
+def covariance_update(statistics, *, fixed_effects, scale_matrix, num_levels, dims, expansions):
+    """The family-independent part of the expanded M-step.
+
+    Per term, the location ``alpha_k`` from ``W'B``, the covariance from ``B'B`` around
+    it, mapped through ``C_k``; the fixed effects absorb ``C_k alpha_k'``.
+
+    Returns
+    -------
+    fixed_effects : Tensor
+    scale_tril : list of Tensor
+        Per term, the Cholesky factor of the new covariance.
+    location : list of (Tensor or None)
+        ``alpha_k`` per term, shape ``(n_columns, dim)``.
+    """
+    scale_tril, location = [], []
+    for k, (q, dim, expansion, C) in enumerate(zip(num_levels, dims, expansions, scale_matrix)):
         second_moment = statistics[f"btb_{k}"]
         alpha = None
         if expansion.active:
@@ -188,15 +292,13 @@ def gaussian_px_m_step(statistics, *, fixed_xtx, fixed_xty, response_ss, n_obs, 
             )
             shift = tf.linalg.matmul(C, alpha, transpose_b=True)  # (dim, n_columns)
             indices = [[t] for row in expansion.targets for t in row]
-            values = tf.reshape(shift, [-1])
-            fixed_effects = tf.tensor_scatter_nd_add(fixed_effects, indices, values)
+            fixed_effects = tf.tensor_scatter_nd_add(fixed_effects, indices, tf.reshape(shift, [-1]))
         covariance = tf.linalg.matmul(C, tf.linalg.matmul(second_moment / q, C, transpose_b=True))
         covariance = 0.5 * (covariance + tf.transpose(covariance))
         jitter = 1e-12 * tf.maximum(tf.linalg.trace(covariance), tf.cast(1e-300, covariance.dtype))
         scale_tril.append(tf.linalg.cholesky(covariance + jitter * tf.eye(dim, dtype=covariance.dtype)))
-        scale_matrix.append(C)
         location.append(alpha)
-    return fixed_effects, scale_tril, sigma, scale_matrix, location
+    return fixed_effects, scale_tril, location
 
 
 def reduce_state(state, *, scale_matrix, location, expansions):

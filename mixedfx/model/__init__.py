@@ -3,14 +3,27 @@
 It knows nothing of estimators or of how the model is fitted.
 """
 
-from mixedfx.model.families import FAMILIES, Family, Gaussian, get_family
-from mixedfx.model.gaussian import DenseBlockTooLarge, GaussianMarginal, gaussian_marginal
+from mixedfx.model.blocks import BlockSystem, DenseBlockTooLarge
+from mixedfx.model.families import (
+    FAMILIES,
+    Bernoulli,
+    Binomial,
+    Family,
+    Gaussian,
+    NegativeBinomial,
+    Ordinal,
+    Poisson,
+    get_family,
+)
+from mixedfx.model.gaussian import GaussianMarginal, gaussian_marginal, term_z
+from mixedfx.model.likelihood import MarginalLikelihood, marginal_log_likelihood
 from mixedfx.model.joint import (
     RESPONSE,
     MixedModel,
     ModelParameters,
     ModelTensors,
     build_joint_distribution,
+    joint_log_prob,
     linear_predictor,
     random_effect_keys,
 )
@@ -19,15 +32,25 @@ __all__ = [
     "FAMILIES",
     "Family",
     "Gaussian",
+    "Bernoulli",
+    "Binomial",
+    "Poisson",
+    "NegativeBinomial",
+    "Ordinal",
     "get_family",
+    "BlockSystem",
     "DenseBlockTooLarge",
     "GaussianMarginal",
     "gaussian_marginal",
+    "term_z",
+    "MarginalLikelihood",
+    "marginal_log_likelihood",
     "RESPONSE",
     "MixedModel",
     "ModelParameters",
     "ModelTensors",
     "build_joint_distribution",
+    "joint_log_prob",
     "linear_predictor",
     "random_effect_keys",
 ]

@@ -30,6 +30,7 @@ from mixedfx.model.families import Family
 
 __all__ = [
     "RESPONSE",
+    "joint_log_prob",
     "MixedModel",
     "ModelParameters",
     "ModelTensors",
@@ -97,6 +98,10 @@ class MixedModel:
     random_terms : tuple of RandomTermData
     fixed_names : tuple of str
         Column names of ``fixed_design``.
+    offset : numpy.ndarray of shape (n_rows,) or None
+        Added to the linear predictor with coefficient one (``offset(...)`` terms).
+    trials : numpy.ndarray of shape (n_rows,) or None
+        Binomial trials per row.
     """
 
     family: Family
@@ -104,11 +109,17 @@ class MixedModel:
     response: np.ndarray | None
     random_terms: tuple[RandomTermData, ...]
     fixed_names: tuple[str, ...]
+    offset: np.ndarray | None = None
+    trials: np.ndarray | None = None
 
     def __post_init__(self):
         n_rows = self.fixed_design.shape[0]
         if self.response is not None and self.response.shape != (n_rows,):
             raise DataError(f"response has shape {self.response.shape}, expected ({n_rows},)")
+        for name in ("offset", "trials"):
+            value = getattr(self, name)
+            if value is not None and np.shape(value) != (n_rows,):
+                raise DataError(f"{name} has shape {np.shape(value)}, expected ({n_rows},)")
         for term in self.random_terms:
             if term.group_index.shape != (n_rows,):
                 raise DataError(f"group index of {term.name!r} has {term.group_index.shape[0]} rows, expected {n_rows}")
@@ -151,6 +162,8 @@ class ModelTensors:
     num_levels: tuple[int, ...]
     keys: tuple[str, ...]
     dims: tuple[int, ...] = ()
+    offset: tf.Tensor | None = None
+    trials: tf.Tensor | None = None
 
     @classmethod
     def from_model(cls, model: MixedModel, *, dtype=tf.float64) -> ModelTensors:
@@ -162,6 +175,8 @@ class ModelTensors:
             num_levels=tuple(int(t.num_levels) for t in model.random_terms),
             keys=model.keys,
             dims=tuple(int(t.dim) for t in model.random_terms),
+            offset=None if model.offset is None else tf.constant(model.offset, dtype=dtype),
+            trials=None if model.trials is None else tf.constant(model.trials, dtype=dtype),
         )
 
 
@@ -189,14 +204,16 @@ def random_effect_keys(names: Sequence[str]) -> tuple[str, ...]:
     return tuple(keys)
 
 
-def linear_predictor(fixed_design, fixed_effects, random_effects, group_index, z):
-    """``X @ fixed_effects + sum_k sum_c z_kc * random_effects_k[..., group_index_k, c]``.
+def linear_predictor(fixed_design, fixed_effects, random_effects, group_index, z, offset=None):
+    """``X @ fixed_effects + offset + sum_k sum_c z_kc * random_effects_k[..., group_index_k, c]``.
 
     Each ``random_effects_k`` has shape ``sample_shape + [num_levels, dim]``; leading
     sample dimensions (chains, draws) carry through to the result, which has shape
     ``sample_shape + [n_rows]``.
     """
     eta = tf.linalg.matvec(fixed_design, fixed_effects)
+    if offset is not None:
+        eta = eta + offset
     for effects, index, weight in zip(random_effects, group_index, z):
         part = tf.gather(effects, index, axis=-2)  # [..., n_rows, dim]
         eta = eta + (part[..., 0] if weight is None else tf.reduce_sum(part * weight, axis=-1))
@@ -237,6 +254,8 @@ def build_joint_distribution(
     fixed_effects = tf.convert_to_tensor(fixed_effects, dtype=dtype)
     family_params = {k: tf.convert_to_tensor(v, dtype=dtype) for k, v in family_params.items()}
     components: dict[str, object] = {}
+    if not tensors.keys:
+        raise ValueError("a mixed model needs at least one random term")
     for key, num_levels, scale_tril in zip(tensors.keys, tensors.num_levels, random_scale_tril):
         scale_tril = tf.convert_to_tensor(scale_tril, dtype=dtype)
         if scale_tril.shape[-1] == 1:  # one coefficient per level: a plain Normal is the same, and lighter
@@ -253,9 +272,11 @@ def build_joint_distribution(
 
     def response(**effects):
         eta = linear_predictor(
-            tensors.fixed_design, fixed_effects, [effects[key] for key in keys], tensors.group_index, tensors.z
+            tensors.fixed_design, fixed_effects, [effects[key] for key in keys], tensors.group_index, tensors.z,
+            tensors.offset,
         )
-        return tfd.Independent(family.distribution(eta, family_params), reinterpreted_batch_ndims=1, name=RESPONSE)
+        return tfd.Independent(family.distribution(eta, family_params, trials=tensors.trials),
+                               reinterpreted_batch_ndims=1, name=RESPONSE)
 
     # The joint distribution reads a component's dependencies from its argument names.
     response.__signature__ = inspect.Signature(
@@ -265,3 +286,27 @@ def build_joint_distribution(
     return tfd.JointDistributionNamedAutoBatched(
         components, use_vectorized_map=False, name=name or "MixedModel"
     )
+
+
+def joint_log_prob(tensors: ModelTensors, effects, *, fixed_effects, random_scale_tril, family: Family, family_params):
+    """``log p(y, b)``: the value of :func:`build_joint_distribution`'s ``log_prob``.
+
+    Computed directly from the same components, for the inference loop: a joint
+    distribution resolves its structure by tracing a sample of every component, and
+    some samplers (the negative binomial's gamma draws) cannot be compiled by XLA.
+    ``effects`` may carry leading sample dimensions, which the result keeps.
+    """
+    dtype = tensors.fixed_design.dtype
+    total = 0.0
+    for values, scale_tril in zip(effects, random_scale_tril):
+        scale_tril = tf.convert_to_tensor(scale_tril, dtype=dtype)
+        if scale_tril.shape[-1] == 1:
+            prior = tfd.Normal(tf.zeros([], dtype=dtype), scale_tril[0, 0]).log_prob(values)
+            total = total + tf.reduce_sum(prior, axis=[-2, -1])
+        else:
+            prior = tfd.MultivariateNormalTriL(tf.zeros(tf.shape(scale_tril)[-1:], dtype=dtype), scale_tril)
+            total = total + tf.reduce_sum(prior.log_prob(values), axis=-1)
+    eta = linear_predictor(tensors.fixed_design, tf.convert_to_tensor(fixed_effects, dtype=dtype), effects,
+                           tensors.group_index, tensors.z, tensors.offset)
+    likelihood = family.distribution(eta, family_params, trials=tensors.trials).log_prob(tensors.response)
+    return total + tf.reduce_sum(likelihood, axis=-1)
