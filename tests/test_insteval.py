@@ -46,6 +46,9 @@ def test_example_holdout_beats_fixed_effects_only(capsys):
     result = example.run(random_state=0, verbose=1)
     printed = capsys.readouterr().out
     assert result["rmse_mixed"] < result["rmse_fixed_only"] - 0.05
+    # the ratings are ordered categories: the ordinal model predicts them better
+    assert result["lpd_ordinal"] > result["lpd_gaussian"] + 0.01
+    assert "log predictive density per rating, ordinal" in printed
     assert f"held-out RMSE, mixed model:        {result['rmse_mixed']:.4f}" in printed
     assert result["unseen_students"] > 0  # the population policy was exercised
     model = result["model"]

@@ -65,6 +65,9 @@ def make_mixed_data(
     random_sd: dict[str, float] | None = None,
     noise_sd: float = 1.0,
     family: str = "gaussian",
+    trials: int = 10,
+    dispersion: float = 2.0,
+    cutpoints=(-1.0, 0.0, 1.0),
     return_effects: bool = False,
     random_state=None,
 ):
@@ -72,7 +75,18 @@ def make_mixed_data(
 
     Rows are assigned to the levels of each grouping factor independently and
     uniformly, so the factors are crossed.  Numeric covariates named in
-    ``fixed_effects`` (other than ``"Intercept"``) are standard normal.
+    ``fixed_effects`` (other than ``"Intercept"``) are standard normal.  The linear
+    predictor ``eta`` is the fixed part plus the random intercepts; the response is
+
+    * ``"gaussian"``: ``eta`` plus Normal noise of sd ``noise_sd``;
+    * ``"bernoulli"``: 0/1 with probability ``logistic(eta)``;
+    * ``"binomial"``: columns ``successes`` and ``failures`` out of ``trials`` per row
+      (uniform between 1 and ``trials``), probability ``logistic(eta)``;
+    * ``"poisson"``: counts with mean ``exp(eta)``;
+    * ``"negative_binomial"``: counts with mean ``exp(eta)`` and variance
+      ``mu + mu^2 / dispersion``;
+    * ``"ordinal"``: categories ``0..K-1`` with ``P(y <= k) = logistic(cutpoints[k] - eta)``
+      (the fixed effects should then have no intercept).
 
     Parameters
     ----------
@@ -84,8 +98,14 @@ def make_mixed_data(
     random_sd : dict of str to float, optional
         True random-intercept sds per factor; default 1.0 for each.
     noise_sd : float, default 1.0
-        Residual sd.
-    family : {"gaussian"}, default "gaussian"
+        Residual sd (gaussian).
+    family : {"gaussian", "bernoulli", "binomial", "poisson", "negative_binomial", "ordinal"}
+    trials : int, default 10
+        Largest number of trials per row (binomial).
+    dispersion : float, default 2.0
+        Negative binomial dispersion.
+    cutpoints : sequence of float, default (-1, 0, 1)
+        Ordinal cutpoints (``K - 1`` of them).
     return_effects : bool, default False
         Also return the true random effects.
     random_state : int or None
@@ -93,8 +113,8 @@ def make_mixed_data(
     Returns
     -------
     data : pandas.DataFrame
-        Columns ``y``, the covariates, and one categorical column per factor with
-        levels ``"<factor><number>"``.
+        Columns ``y`` (or ``successes`` and ``failures``), the covariates, and one
+        categorical column per factor with levels ``"<factor><number>"``.
     effects : dict of str to pandas.Series
         The true random effects by level (only with ``return_effects=True``).
 
@@ -105,9 +125,13 @@ def make_mixed_data(
     ...                        random_state=0)
     >>> sorted(data.columns)
     ['a', 'b', 'x', 'y']
+    >>> counts = make_mixed_data(50, groups={"a": 5}, family="poisson", random_state=0)
+    >>> bool((counts["y"] >= 0).all()), counts["y"].dtype.kind
+    (True, 'i')
     """
-    if family != "gaussian":
-        raise ParameterError(f"make_mixed_data simulates family='gaussian' only, got {family!r}")
+    families = ("gaussian", "bernoulli", "binomial", "poisson", "negative_binomial", "ordinal")
+    if family not in families:
+        raise ParameterError(f"family must be one of {families}, got {family!r}")
     if not isinstance(n_rows, (int, np.integer)) or n_rows < 1:
         raise ParameterError(f"n_rows must be a positive integer, got {n_rows!r}")
     rng = np.random.default_rng(random_state)
@@ -130,6 +154,23 @@ def make_mixed_data(
         eta += level_effects[index]
         columns[name] = pd.Categorical.from_codes(index, categories=labels)
         effects[name] = pd.Series(level_effects, index=pd.Index(labels, name=name))
-    y = eta + rng.normal(scale=noise_sd, size=n_rows)
-    data = pd.DataFrame({"y": y, **columns})
+    probability = 1.0 / (1.0 + np.exp(-eta))
+    if family == "gaussian":
+        response = {"y": eta + rng.normal(scale=noise_sd, size=n_rows)}
+    elif family == "bernoulli":
+        response = {"y": (rng.uniform(size=n_rows) < probability).astype(np.int64)}
+    elif family == "binomial":
+        n_trials = rng.integers(1, trials + 1, size=n_rows)
+        successes = rng.binomial(n_trials, probability)
+        response = {"successes": successes, "failures": n_trials - successes}
+    elif family == "poisson":
+        response = {"y": rng.poisson(np.exp(eta))}
+    elif family == "negative_binomial":
+        mean = np.exp(eta)
+        response = {"y": rng.negative_binomial(dispersion, dispersion / (dispersion + mean))}
+    else:
+        cuts = np.asarray(cutpoints, dtype=np.float64)
+        latent = eta + rng.logistic(size=n_rows)
+        response = {"y": np.searchsorted(cuts, latent).astype(np.int64)}
+    data = pd.DataFrame({**response, **columns})
     return (data, effects) if return_effects else data

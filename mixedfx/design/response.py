@@ -95,7 +95,7 @@ class ResponseDesign:
             if missing:
                 raise DataError(f"the response {column!r} has {missing} missing value(s); drop those rows first")
             if isinstance(values.dtype, pd.CategoricalDtype):
-                return np.asarray(values.astype(object))
+                return values.array  # a pandas.Categorical: the category order is kept for classifiers
             return values.to_numpy()
         if expression.strip().isidentifier():
             raise DataError(f"the response column {expression.strip()!r} is not in the data."

@@ -192,16 +192,18 @@ def gaussian_regression(statistics, *, fixed_xtx, fixed_xty, response_ss, n_obs,
 
 
 def glm_regression(parts, *, fixed_design, response, trials, offset, family, fixed_effects, free, dims,
-                   n_newton=4, max_halvings=10):
+                   n_newton=2, max_halvings=20):
     """Any family's part of the expanded M-step: Newton's method on the expected
     log-likelihood over the draws.
 
-    Maximizes ``mean_s sum_i log p(y_i | x_i beta + offset_i + P_si c, phi(u))`` over
-    the fixed effects ``beta``, the expansion coefficients ``c`` (the ``C_k``) and the
-    family's unconstrained parameters ``u``, from the current values (``c`` the
-    identity).  The gradient and Hessian come from automatic differentiation (a dozen
-    parameters at most); each Newton step halves until it improves the objective, so
-    every M-step increases the expected log-likelihood (a generalized EM step).
+    Maximizes ``Q = mean_s sum_i log p(y_i | x_i beta + offset_i + P_si c, phi(u))``
+    over the fixed effects ``beta`` and the expansion coefficients ``c`` (the ``C_k``),
+    which enter through the linear predictor, and the family's unconstrained parameters
+    ``u``, from the current values (``c`` the identity).  Each iteration takes a Newton
+    step in ``(beta, c)`` (gradient and Hessian from each row's first and second
+    derivatives in its linear predictor, a pass each) and then one in ``u`` (automatic
+    differentiation over a handful of parameters); every step halves until ``Q``
+    improves, so every M-step increases it (a generalized EM step).
 
     Parameters
     ----------
@@ -218,49 +220,81 @@ def glm_regression(parts, *, fixed_design, response, trials, offset, family, fix
     """
     dtype = fixed_design.dtype
     p = fixed_design.shape[1]
-    m = parts.shape[-1]
     base = tf.zeros_like(response) if offset is None else offset
+    n_draws = tf.cast(tf.shape(parts)[0], dtype)
 
-    def objective(theta):
-        beta, coefficients, u = theta[:p], theta[p:p + m], theta[p + m:]
-        eta = tf.linalg.matvec(fixed_design, beta)[None, :] + base[None, :] + tf.einsum("snm,m->sn", parts, coefficients)
-        log_prob = family.distribution(eta, family.constrain(u), trials=trials).log_prob(response)
-        return tf.reduce_sum(tf.reduce_mean(log_prob, axis=0))
+    def linear(theta):
+        beta, coefficients = theta[:p], theta[p:]
+        return tf.linalg.matvec(fixed_design, beta)[None, :] + base[None, :] + tf.einsum("snm,m->sn", parts, coefficients)
 
-    def gradient_and_hessian(theta):
-        with tf.GradientTape() as outer:
-            outer.watch(theta)
-            with tf.GradientTape() as inner:
-                inner.watch(theta)
-                value = objective(theta)
-            gradient = inner.gradient(value, theta)
-        hessian = outer.jacobian(gradient, theta, experimental_use_pfor=True)
-        return value, gradient, hessian
+    def objective(theta, u):
+        log_prob = family.distribution(linear(theta), family.constrain(u), trials=trials).log_prob(response)
+        return tf.reduce_sum(log_prob) / n_draws
 
-    theta0 = tf.concat([fixed_effects, identity_coefficients(dims, dtype), free], axis=0)
-    size = tf.shape(theta0)[0]
-
-    def newton(i, theta):
-        value, gradient, hessian = gradient_and_hessian(theta)
-        curvature = -0.5 * (hessian + tf.transpose(hessian))
-        ridge = 1e-8 * (tf.abs(tf.linalg.trace(curvature)) / tf.cast(size, dtype) + 1.0)
-        eigenvalues = tf.linalg.eigvalsh(curvature)
-        shift = tf.maximum(tf.zeros([], dtype), -tf.reduce_min(eigenvalues)) + ridge  # make it positive definite
-        step = tf.linalg.solve(curvature + shift * tf.eye(size, dtype=dtype), gradient[:, None])[:, 0]
-
+    def improve(value, current, step, evaluate):
+        """Halve ``step`` until ``evaluate(current + scale * step)`` is at least ``value``."""
         def halve(j, scale, accepted):
-            better = objective(theta + scale * step) >= value
+            better = evaluate(current + scale * step) >= value
             return j + 1, tf.where(better, scale, scale / 2.0), better
 
         _, scale, accepted = tf.while_loop(
             lambda j, scale, accepted: tf.logical_and(j < max_halvings, tf.logical_not(accepted)),
             halve, (0, tf.constant(1.0, dtype), tf.constant(False)))
-        new_theta = tf.where(accepted, theta + scale * step, theta)
-        new_theta = tf.where(tf.reduce_all(tf.math.is_finite(new_theta)), new_theta, theta)
-        return i + 1, new_theta
+        candidate = current + scale * step
+        ok = tf.logical_and(accepted, tf.reduce_all(tf.math.is_finite(candidate)))
+        return tf.where(ok, candidate, current)
 
-    _, theta = tf.while_loop(lambda i, theta: i < n_newton, newton, (0, theta0))
-    return theta[:p], _scale_matrices(theta[p:p + m], dims), theta[p + m:]
+    def newton_direction(gradient, hessian, max_step=None):
+        """Newton's direction, made an ascent direction where the curvature is not
+        negative definite, and shortened to ``max_step`` (a trust region)."""
+        size = tf.shape(gradient)[0]
+        curvature = -0.5 * (hessian + tf.transpose(hessian))
+        ridge = 1e-8 * (tf.abs(tf.linalg.trace(curvature)) / tf.cast(size, dtype) + 1.0)
+        shift = tf.maximum(tf.zeros([], dtype), -tf.reduce_min(tf.linalg.eigvalsh(curvature))) + ridge
+        step = tf.linalg.solve(curvature + shift * tf.eye(size, dtype=dtype), gradient[:, None])[:, 0]
+        if max_step is not None:
+            largest = tf.maximum(tf.reduce_max(tf.abs(step)), tf.constant(1e-300, dtype))
+            step = step * tf.minimum(tf.constant(1.0, dtype), max_step / largest)
+        return step
+
+    def step_linear(theta, u):
+        eta = linear(theta)
+        natural = family.constrain(u)
+        with tf.GradientTape() as outer:
+            outer.watch(eta)
+            with tf.GradientTape() as inner:
+                inner.watch(eta)
+                total = tf.reduce_sum(family.distribution(eta, natural, trials=trials).log_prob(response))
+            score = inner.gradient(total, eta)  # each row's own derivative
+        curvature = outer.gradient(score, eta)
+        regressors = tf.concat([tf.broadcast_to(fixed_design[None], tf.concat([tf.shape(parts)[:2], [p]], 0)), parts],
+                               axis=-1)  # [draws, rows, p + m]
+        gradient = tf.einsum("sn,snk->k", score, regressors) / n_draws
+        hessian = tf.einsum("sn,snk,snl->kl", curvature, regressors, regressors) / n_draws
+        value = total / n_draws
+        return improve(value, theta, newton_direction(gradient, hessian), lambda t: objective(t, u))
+
+    def step_family(theta, u):
+        with tf.GradientTape() as outer:
+            outer.watch(u)
+            with tf.GradientTape() as inner:
+                inner.watch(u)
+                value = objective(theta, u)
+            gradient = inner.gradient(value, u)
+        hessian = outer.jacobian(gradient, u, experimental_use_pfor=True)
+        # the family's parameters are on an unconstrained (log-like) scale: at most one
+        # unit per step, since the likelihood can flatten out far from the optimum
+        return improve(value, u, newton_direction(gradient, hessian, max_step=1.0), lambda v: objective(theta, v))
+
+    def newton(i, theta, u):
+        theta = step_linear(theta, u)
+        if free.shape[0]:
+            u = step_family(theta, u)
+        return i + 1, theta, u
+
+    theta0 = tf.concat([fixed_effects, identity_coefficients(dims, dtype)], axis=0)
+    _, theta, u = tf.while_loop(lambda i, theta, u: i < n_newton, newton, (0, theta0, free))
+    return theta[:p], _scale_matrices(theta[p:], dims), u
 
 
 def covariance_update(statistics, *, fixed_effects, scale_matrix, num_levels, dims, expansions):

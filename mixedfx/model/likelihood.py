@@ -6,8 +6,9 @@ estimated honestly, by importance sampling with the Laplace approximation as the
 proposal, and reported with its Monte Carlo standard error:
 
 1. find the mode ``v_hat`` of ``log p(y | v) - |v|^2 / 2`` over the whitened random
-   effects (``b = L v`` per level) by Fisher scoring, with the block elimination of
-   :class:`mixedfx.model.blocks.BlockSystem` for ``A = U' W U + I``;
+   effects (``b = L v`` per level) by Newton's method, with the block elimination of
+   :class:`mixedfx.model.blocks.BlockSystem` for ``A = U' W U + I`` (``W`` minus the
+   second derivative of each row's log-likelihood in its linear predictor);
 2. the Laplace approximation is ``log p(y | v_hat) - |v_hat|^2 / 2 - log|A| / 2``;
 3. draw ``v = v_hat + A^(-1/2) eps`` and average the importance weights
    ``p(y | v) N(v; 0, I) / N(v; v_hat, A^-1)``; the log of their mean estimates the
@@ -115,14 +116,18 @@ def marginal_log_likelihood(
         return eta
 
     def log_lik_and_derivatives(eta):
+        """The log-likelihood, its gradient in eta and minus its second derivative (each
+        row's log-likelihood depends on its own eta only, so the Hessian is diagonal)."""
         eta_t = tf.constant(eta)
-        with tf.GradientTape() as tape:
-            tape.watch(eta_t)
-            value = model.family.distribution(eta_t, family_params, trials=trials).log_prob(response)
-            total = tf.reduce_sum(value)
-        score = tape.gradient(total, eta_t)
-        weight = model.family.fisher_weight(eta_t, family_params, trials=trials)
-        return float(total), score.numpy(), weight.numpy()
+        with tf.GradientTape() as outer:
+            outer.watch(eta_t)
+            with tf.GradientTape() as inner:
+                inner.watch(eta_t)
+                total = tf.reduce_sum(model.family.distribution(eta_t, family_params, trials=trials).log_prob(response))
+            score = inner.gradient(total, eta_t)
+        curvature = outer.gradient(score, eta_t)
+        weight = np.maximum(-curvature.numpy(), 1e-12)  # log-concave families: positive
+        return float(total), score.numpy(), weight
 
     if start is None:
         v = [np.zeros((t.num_levels, t.dim)) for t in terms]

@@ -1,0 +1,298 @@
+"""GLMM families against glmer, glmmTMB and clmm, and against simulated truth.
+
+The R reference data sets (tests/fixtures/make_glmm_fixtures.R) are themselves
+simulated, with the true values written in that script; the fits are checked against
+both the reference fits and the truth.
+"""
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import FIXTURES, load_lme4
+from scipy import special
+
+import mixedfx
+from mixedfx import DataError, MixedEffectsClassifier, MixedEffectsRegressor, ParameterError
+from mixedfx._tf import tf
+from mixedfx.model import Bernoulli, Binomial, MixedModel, ModelParameters, NegativeBinomial, Ordinal, Poisson
+from mixedfx.model import marginal_log_likelihood
+
+
+def load_glmm(name):
+    return load_lme4.__globals__["json"].load(open(FIXTURES / f"glmm_{name}.json"))
+
+
+def reference_values(fixture):
+    fixed = {k.replace("(Intercept)", "Intercept"): v for k, v in fixture["fixed_effects"].items()}
+    se = {k.replace("(Intercept)", "Intercept"): v for k, v in fixture["fixed_effects_se"].items()}
+    sds = {row["grp"]: row["sdcor"] for row in fixture["varcorr"]}
+    return fixed, se, sds
+
+
+def check_against(model, fixture, *, names=None):
+    """sds within 5% (10% below 20 levels); fixed effects within 0.25 SE."""
+    fixed, se, sds = reference_values(fixture)
+    ours = model.variance_components_.set_index("group")["sdcor"]
+    for group, value in sds.items():
+        levels = model.random_design_.factors[group].num_levels
+        tolerance = 0.10 if levels < 20 else 0.05
+        assert ours[group] == pytest.approx(value, rel=tolerance), (group, ours[group], value)
+    for name, value in fixed.items():
+        ours_name = (names or {}).get(name, name)
+        assert abs(model.fixed_effects_[ours_name] - value) < 0.25 * se[name], (name, model.fixed_effects_[ours_name], value)
+
+
+CASES = {
+    "cbpp_binomial": ("cbpp.csv", "cbind(incidence, size - incidence) ~ C(period) + (1 | herd)", "binomial"),
+    "binomial_crossed": ("binomial_crossed.csv", "cbind(successes, failures) ~ x + (1 | g1) + (1 | g2)", "binomial"),
+    "poisson_crossed": ("poisson_crossed.csv", "y ~ x + offset(np.log(exposure)) + (1 | g1) + (1 | g2)", "poisson"),
+    "negbin_crossed": ("negbin_crossed.csv", "y ~ x + (1 | g1) + (1 | g2)", "negative_binomial"),
+}
+
+
+@pytest.fixture(scope="module")
+def fits():
+    out = {}
+    for name, (data_file, formula, family) in CASES.items():
+        data = pd.read_csv(FIXTURES / data_file)
+        out[name] = (data, mixedfx.glmer(formula, data, family=family, tol=0.05, random_state=0, verbose=0))
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_matches_the_r_reference(fits, name):
+    _, model = fits[name]
+    names = {f"period{k}": f"C(period)[T.{k}]" for k in (2, 3, 4)}
+    check_against(model, load_glmm(name), names=names)
+    assert model.fit_summary_.converged
+
+
+def test_negative_binomial_dispersion_matches_glmmtmb(fits):
+    _, model = fits["negbin_crossed"]
+    assert model.dispersion_ == pytest.approx(load_glmm("negbin_crossed")["dispersion"], rel=0.05)
+
+
+@pytest.mark.parametrize(
+    "name, truth",
+    [
+        # the values the R script simulated from
+        ("binomial_crossed", {"Intercept": -0.3, "x": 0.6, "g1": 0.7, "g2": 0.5}),
+        ("poisson_crossed", {"Intercept": 0.2, "x": 0.4, "g1": 0.6, "g2": 0.4}),
+        ("negbin_crossed", {"Intercept": 1.0, "x": 0.5, "g1": 0.6, "g2": 0.4}),
+    ],
+)
+def test_recovers_the_simulated_truth(fits, name, truth):
+    _, model = fits[name]
+    se = np.sqrt(np.diag(model.fixed_effects_cov_))
+    for k, value in truth.items():
+        if k in model.fixed_effects_.index:
+            j = list(model.fixed_effects_.index).index(k)
+            assert abs(model.fixed_effects_[k] - value) < 3.5 * se[j], (k, model.fixed_effects_[k])
+        else:
+            levels = model.random_design_.factors[k].num_levels
+            sd = model.variance_components_.set_index("group")["sdcor"][k]
+            assert abs(np.log(sd / value)) < 3.5 / np.sqrt(2 * levels), (k, sd)
+
+
+@pytest.mark.parametrize("name", ["cbpp_binomial", "binomial_crossed", "poisson_crossed", "negbin_crossed"])
+def test_laplace_reproduces_the_reference_at_its_estimates(fits, name):
+    """Our Laplace approximation equals glmer's (and glmmTMB's) logLik at their estimates."""
+    data, model = fits[name]
+    fixture = load_glmm(name)
+    fixed, _, sds = reference_values(fixture)
+    fixed = {k if k in model.fixed_effects_.index else f"C(period)[T.{k[-1]}]": v for k, v in fixed.items()}
+    X = model.fixed_design_.transform(data)
+    terms = model.random_design_.materialize(data)
+    response, trials = model.response_design_.evaluate(data)
+    bound = MixedModel(model.family_, X, response, terms, model.fixed_design_.column_names,
+                       offset=model.fixed_design_.offset(data), trials=trials)
+    family_params = {"dispersion": fixture["dispersion"]} if "dispersion" in fixture else {}
+    params = ModelParameters(np.array([fixed[c] for c in model.fixed_design_.column_names]),
+                             np.array([sds[t.name] for t in terms]), family_params)
+    result = marginal_log_likelihood(bound, params, n_draws=400, seed=1)
+    assert result.laplace == pytest.approx(fixture["logLik"], abs=0.02)
+    # importance sampling corrects the Laplace approximation by a little, with a small error
+    assert abs(result.log_likelihood - result.laplace) < 1.0 and result.standard_error < 0.1
+    assert model.log_likelihood_ == pytest.approx(result.log_likelihood, abs=0.5)
+
+
+def test_proportion_with_trials_as_sample_weight(fits):
+    data, model = fits["binomial_crossed"]
+    trials = data["successes"] + data["failures"]
+    proportion = data.assign(p=data["successes"] / trials)
+    weighted = MixedEffectsRegressor("p ~ x + (1 | g1) + (1 | g2)", family="binomial", tol=0.05, random_state=0,
+                                     verbose=0).fit(proportion, sample_weight=trials)
+    np.testing.assert_array_equal(weighted.fixed_effects_, model.fixed_effects_)
+    np.testing.assert_allclose(weighted.predict(proportion.head()), model.predict(data.head()))
+
+
+def test_poisson_predictions_use_the_offset(fits):
+    data, model = fits["poisson_crossed"]
+    rows = data.head(4)
+    doubled = rows.assign(exposure=2 * rows["exposure"])
+    np.testing.assert_allclose(model.predict(doubled), 2 * model.predict(rows))
+    eta = (model.fixed_effects_["Intercept"] + model.fixed_effects_["x"] * rows["x"] + np.log(rows["exposure"])
+           + model.random_effects_["g1"].loc[rows["g1"], "(Intercept)"].to_numpy()
+           + model.random_effects_["g2"].loc[rows["g2"], "(Intercept)"].to_numpy())
+    np.testing.assert_allclose(model.predict(rows), np.exp(eta))
+
+
+def test_glmm_summary(fits, capsys):
+    _, model = fits["cbpp_binomial"]
+    model.summary()
+    text = capsys.readouterr().out
+    for piece in ("Generalized linear mixed model", "binomial (logit link)", "z value", "Pr(>|z|)",
+                  "importance sampling", "herd"):
+        assert piece in text, piece
+    assert "Residual" not in text
+
+
+# -- classifiers --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bernoulli_data():
+    data, effects = mixedfx.datasets.make_mixed_data(
+        3000, groups={"a": 60, "b": 40}, fixed_effects={"Intercept": -0.4, "x": 0.8},
+        random_sd={"a": 0.9, "b": 0.5}, family="bernoulli", return_effects=True, random_state=3)
+    data["label"] = np.where(data["y"] == 1, "yes", "no")
+    return data
+
+
+@pytest.fixture(scope="module")
+def bernoulli_fit(bernoulli_data):
+    return MixedEffectsClassifier("label ~ x + (1 | a) + (1 | b)", random_state=0, verbose=0).fit(bernoulli_data)
+
+
+def test_bernoulli_recovers_the_truth(bernoulli_fit):
+    model = bernoulli_fit
+    se = np.sqrt(np.diag(model.fixed_effects_cov_))
+    assert abs(model.fixed_effects_["Intercept"] + 0.4) < 3.5 * se[0]
+    assert abs(model.fixed_effects_["x"] - 0.8) < 3.5 * se[1]
+    sds = model.variance_components_.set_index("group")["sdcor"]
+    assert abs(np.log(sds["a"] / 0.9)) < 3.5 / np.sqrt(2 * 60)
+    assert abs(np.log(sds["b"] / 0.5)) < 3.5 / np.sqrt(2 * 40) * 1.5  # b is less informed
+
+
+def test_classifier_contract(bernoulli_fit, bernoulli_data):
+    model, data = bernoulli_fit, bernoulli_data
+    assert model.classes_.tolist() == ["no", "yes"]
+    proba = model.predict_proba(data)
+    assert proba.shape == (len(data), 2)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    np.testing.assert_allclose(proba[:, 1], special.expit(model.decision_function(data)))
+    labels = model.predict(data)
+    assert set(labels) <= {"no", "yes"}
+    np.testing.assert_array_equal(labels, np.where(proba[:, 1] > 0.5, "yes", "no"))
+    accuracy = model.score(data)
+    assert accuracy == pytest.approx(np.mean(labels == data["label"]))
+    assert accuracy > 0.65
+    unseen = data.head(3).assign(a="never")
+    expected = special.expit(model.fixed_effects_["Intercept"] + model.fixed_effects_["x"] * unseen["x"]
+                             + model.random_effects_["b"].loc[unseen["b"], "(Intercept)"].to_numpy())
+    np.testing.assert_allclose(model.predict_proba(unseen)[:, 1], expected)
+    with pytest.raises(mixedfx.NewLevelError):
+        model.predict(unseen, new_levels="error")
+
+
+def test_glmer_returns_the_right_estimator(bernoulli_data):
+    with pytest.raises(ParameterError, match="use MixedEffectsClassifier for family='bernoulli'"):
+        MixedEffectsRegressor("y ~ x + (1 | a)", family="bernoulli", verbose=0).fit(bernoulli_data)
+    with pytest.raises(ParameterError, match="use MixedEffectsRegressor for family='poisson'"):
+        MixedEffectsClassifier("y ~ x + (1 | a)", family="poisson", verbose=0).fit(bernoulli_data)
+
+
+@pytest.mark.parametrize(
+    "estimator, formula, transform, family, match",
+    [
+        (MixedEffectsClassifier, "y ~ x + (1 | a)", lambda d: d.assign(y=d.index % 3), "bernoulli",
+         "a bernoulli response needs exactly 2 classes, found 3"),
+        (MixedEffectsClassifier, "y ~ x + (1 | a)", None, "ordinal", "an ordinal response needs at least 3 classes"),
+        (MixedEffectsRegressor, "y ~ x + (1 | a)", lambda d: d.assign(y=d["y"] - 1), "poisson",
+         "must be non-negative integer counts"),
+        (MixedEffectsRegressor, "y ~ x + (1 | a)", lambda d: d.assign(y=d["y"] + 0.5), "negative_binomial",
+         "must be non-negative integer counts"),
+        (MixedEffectsRegressor, "cbind(y, x) ~ x + (1 | a)", None, "binomial", "trials for 'cbind\\(y, x\\)' must be positive integers"),
+        (MixedEffectsRegressor, "cbind(y, 1 - y) ~ x + (1 | a)", lambda d: d.assign(y=2 * d["y"]), "binomial",
+         "must be integer successes between 0 and the trials"),
+    ],
+)
+def test_bad_responses(bernoulli_data, estimator, formula, transform, family, match):
+    data = bernoulli_data if transform is None else transform(bernoulli_data)
+    with pytest.raises(DataError, match=match):
+        estimator(formula, family=family, verbose=0).fit(data)
+
+
+def test_sample_weight_only_for_binomial(bernoulli_data):
+    with pytest.raises(ParameterError, match="sample_weight is supported for the binomial family only"):
+        MixedEffectsRegressor("y ~ x + (1 | a)", verbose=0).fit(bernoulli_data, sample_weight=np.ones(len(bernoulli_data)))
+
+
+@pytest.fixture(scope="module")
+def ordinal_fit():
+    data = mixedfx.datasets.make_mixed_data(
+        3000, groups={"a": 50, "b": 30}, fixed_effects={"x": 0.7}, random_sd={"a": 0.8, "b": 0.5},
+        family="ordinal", cutpoints=(-1.5, 0.0, 1.2), random_state=4)
+    data["grade"] = pd.Categorical(np.array(["low", "mid", "high", "top"])[data["y"]],
+                                   categories=["low", "mid", "high", "top"], ordered=True)
+    return data, MixedEffectsClassifier("grade ~ x + (1 | a) + (1 | b)", family="ordinal", random_state=0,
+                                        verbose=0).fit(data)
+
+
+def test_ordinal_recovers_the_truth(ordinal_fit):
+    data, model = ordinal_fit
+    assert model.classes_.tolist() == ["low", "mid", "high", "top"]  # category order, not alphabetical
+    assert list(model.cutpoints_.index) == ["low|mid", "mid|high", "high|top"]
+    assert list(model.fixed_effects_.index) == ["x"]  # no intercept: the cutpoints stand in
+    np.testing.assert_allclose(model.cutpoints_, [-1.5, 0.0, 1.2], atol=0.35)
+    assert np.all(np.diff(model.cutpoints_) > 0)
+    se = np.sqrt(model.fixed_effects_cov_.loc["x", "x"])
+    assert abs(model.fixed_effects_["x"] - 0.7) < 3.5 * se
+    sds = model.variance_components_.set_index("group")["sdcor"]
+    assert abs(np.log(sds["a"] / 0.8)) < 3.5 / np.sqrt(2 * 50)
+    proba = model.predict_proba(data.head(5))
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    eta = model.decision_function(data.head(5))
+    first = special.expit(model.cutpoints_.iloc[0] - eta)
+    np.testing.assert_allclose(proba[:, 0], first)
+    assert model.score(data) > 0.4
+
+
+def test_fisher_weights_are_the_expected_information():
+    """Each family's Fisher weight equals the mean squared score over its own draws."""
+    eta = tf.constant([-1.0, 0.0, 2.0], tf.float64)
+    for family, params in [
+        (Poisson(), {}),
+        (Bernoulli(), {}),
+        (Binomial(link_name="probit"), {}),
+        (NegativeBinomial(), {"dispersion": tf.constant(2.0, tf.float64)}),
+        (Ordinal(n_categories=3), {"cutpoints": tf.constant([-0.5, 0.7], tf.float64)}),
+    ]:
+        trials = tf.fill([3], tf.constant(4.0, tf.float64)) if isinstance(family, Binomial) else None
+        samples = family.distribution(eta, params, trials=trials).sample(40000, seed=(1, 2))
+        tiled = tf.tile(eta[None, :], [40000, 1])
+        with tf.GradientTape() as tape:
+            tape.watch(tiled)
+            total = tf.reduce_sum(family.distribution(tiled, params, trials=trials).log_prob(samples))
+        score = tape.gradient(total, tiled)
+        empirical = tf.reduce_mean(tf.square(score), axis=0).numpy()
+        np.testing.assert_allclose(family.fisher_weight(eta, params, trials=trials).numpy(), empirical, rtol=0.06,
+                                   err_msg=str(family))
+
+
+@pytest.mark.slow
+def test_binarized_insteval_matches_glmer(insteval):
+    data = insteval.assign(good=(insteval["y"] >= 4).astype(int))
+    model = mixedfx.glmer("good ~ service + (1 | s) + (1 | d) + (1 | dept)", data, family="bernoulli",
+                          random_state=0)
+    fixture = load_glmm("insteval_bernoulli")
+    check_against(model, fixture)
+    assert model.classes_.tolist() == [0, 1]
+
+
+@pytest.mark.slow
+def test_insteval_ordinal_matches_clmm(insteval):
+    data = insteval[insteval["s"].astype(int) <= 1000]  # the subsample clmm fitted: students 1-1000
+    model = mixedfx.glmer("y ~ service + (1 | s) + (1 | d) + (1 | dept)", data, family="ordinal", random_state=0)
+    fixture = load_glmm("insteval_ordinal")
+    check_against(model, fixture)
+    for name, value in fixture["cutpoints"].items():
+        assert abs(model.cutpoints_[name] - value) < 0.25 * fixture["cutpoints_se"][name], name
