@@ -28,8 +28,6 @@ autodoc_default_options = {
     "members": True,
     "inherited-members": False,
     "show-inheritance": False,
-    # scikit-learn's generated metadata-routing methods; documented by scikit-learn.
-    "exclude-members": "set_fit_request,set_predict_request,set_score_request,get_metadata_routing",
 }
 autodoc_typehints = "none"
 numpydoc_show_class_members = False
@@ -38,3 +36,14 @@ templates_path = []
 exclude_patterns = ["_build"]
 html_theme = "alabaster"
 html_static_path = []
+
+
+def _skip_metadata_routing(app, what, name, obj, skip, options):
+    """scikit-learn's generated metadata-routing methods are scikit-learn's to document."""
+    if name == "get_metadata_routing" or (name.startswith("set_") and name.endswith("_request")):
+        return True
+    return None
+
+
+def setup(app):
+    app.connect("autodoc-skip-member", _skip_metadata_routing)

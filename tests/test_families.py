@@ -296,3 +296,23 @@ def test_insteval_ordinal_matches_clmm(insteval):
     check_against(model, fixture)
     for name, value in fixture["cutpoints"].items():
         assert abs(model.cutpoints_[name] - value) < 0.25 * fixture["cutpoints_se"][name], name
+
+
+def test_probit_link_recovers_the_truth():
+    rng = np.random.default_rng(8)
+    n, levels = 3000, 50
+    g = rng.integers(0, levels, n)
+    x = rng.normal(size=n)
+    eta = 0.3 + 0.6 * x + rng.normal(scale=0.5, size=levels)[g]
+    data = pd.DataFrame({"y": (rng.normal(size=n) < eta).astype(int), "x": x, "g": [f"g{i}" for i in g]})
+    model = MixedEffectsClassifier("y ~ x + (1 | g)", family=Bernoulli(link_name="probit"), random_state=0,
+                                   verbose=0).fit(data)
+    assert str(model.family_) == "bernoulli (probit link)"
+    se = np.sqrt(np.diag(model.fixed_effects_cov_))
+    assert abs(model.fixed_effects_["Intercept"] - 0.3) < 3.5 * se[0]
+    assert abs(model.fixed_effects_["x"] - 0.6) < 3.5 * se[1]
+    sd = model.variance_components_.set_index("group")["sdcor"]["g"]
+    assert abs(np.log(sd / 0.5)) < 3.5 / np.sqrt(2 * levels)
+    from scipy import stats
+
+    np.testing.assert_allclose(model.predict_proba(data.head())[:, 1], stats.norm.cdf(model.decision_function(data.head())))
