@@ -16,18 +16,12 @@ reference's.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 FORMULA_BINARY = "good ~ service + (1 | s) + (1 | d) + (1 | dept)"
 FORMULA_ORDINAL = "y ~ service + (1 | s) + (1 | d) + (1 | dept)"
 
@@ -58,19 +52,10 @@ if (which == "bernoulli") {
 
 
 def run_r(which):
-    if shutil.which("Rscript") is None:
-        return None, "Rscript not found: R baselines skipped (apt-get install r-base-core r-cran-lme4 r-cran-ordinal)"
-    with tempfile.NamedTemporaryFile("w", suffix=".R", delete=False) as handle:
-        handle.write(R_SCRIPT)
-        script = handle.name
-    try:
-        data = ROOT / "mixedfx" / "datasets" / "data" / "insteval.csv.gz"
-        done = subprocess.run(["Rscript", script, str(data), which], capture_output=True, text=True, check=False)
-    finally:
-        os.unlink(script)
-    if done.returncode != 0:
-        return None, f"R baseline for {which} failed: {done.stderr.strip()[-300:]}"
-    return json.loads(done.stdout.strip().splitlines()[-1]), None
+    from rscript import run_rscript
+
+    data = ROOT / "mixedfx" / "datasets" / "data" / "insteval.csv.gz"
+    return run_rscript(R_SCRIPT, data, which, packages="r-cran-lme4 r-cran-ordinal")
 
 
 def run_mixedfx(formula, data, family, seed):
@@ -135,5 +120,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
     main()

@@ -20,10 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -77,18 +74,9 @@ def run_mixedfx(data, seed):
 
 
 def run_lme4(data_path):
-    if shutil.which("Rscript") is None:
-        return None, "Rscript not found: lme4 baseline skipped (apt-get install r-base-core r-cran-lme4)"
-    with tempfile.NamedTemporaryFile("w", suffix=".R", delete=False) as handle:
-        handle.write(R_SCRIPT)
-        script = handle.name
-    try:
-        done = subprocess.run(["Rscript", script, str(data_path)], capture_output=True, text=True, check=False)
-    finally:
-        os.unlink(script)
-    if done.returncode != 0:
-        return None, f"lme4 baseline failed: {done.stderr.strip().splitlines()[-1] if done.stderr else done.returncode}"
-    return json.loads(done.stdout.strip().splitlines()[-1]), None
+    from rscript import run_rscript
+
+    return run_rscript(R_SCRIPT, data_path)
 
 
 def run_tutorial(data, warmup, iters):

@@ -5,10 +5,12 @@ simulated, with the true values written in that script; the fits are checked aga
 both the reference fits and the truth.
 """
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import FIXTURES, load_lme4
+from conftest import FIXTURES
 from scipy import special
 
 import mixedfx
@@ -19,7 +21,9 @@ from mixedfx.model import marginal_log_likelihood
 
 
 def load_glmm(name):
-    return load_lme4.__globals__["json"].load(open(FIXTURES / f"glmm_{name}.json"))
+    """A reference fit written by tests/fixtures/make_glmm_fixtures.R."""
+    with open(FIXTURES / f"glmm_{name}.json") as handle:
+        return json.load(handle)
 
 
 def reference_values(fixture):
