@@ -21,9 +21,11 @@ from mixedfx.exceptions import (
     MixedFXError,
     NewLevelError,
     ParameterError,
+    SamplerWarning,
 )
 from mixedfx.formula import FormulaSpec, RandomTermSpec, parse_formula
 from mixedfx.inference import FitSummary
+from mixedfx.results import anova
 
 __version__ = "0.1.0"
 
@@ -32,6 +34,7 @@ __all__ = [
     "MixedEffectsClassifier",
     "lmer",
     "glmer",
+    "anova",
     "parse_formula",
     "FormulaSpec",
     "RandomTermSpec",
@@ -43,6 +46,7 @@ __all__ = [
     "ParameterError",
     "FitError",
     "ConvergenceWarning",
+    "SamplerWarning",
     "datasets",
     "__version__",
 ]

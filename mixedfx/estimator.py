@@ -8,20 +8,23 @@ the way lme4 names them.
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 import warnings
 
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from scipy import stats
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, clone
 from sklearn.metrics import accuracy_score, r2_score
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from mixedfx.design import NEW_LEVEL_POLICIES, RandomDesign, ResponseDesign, build_fixed_design
-from mixedfx.exceptions import ConvergenceWarning, DataError, FormulaError, ParameterError
+from mixedfx.exceptions import ConvergenceWarning, DataError, FormulaError, ParameterError, SamplerWarning
 from mixedfx.formula import parse_formula
 from mixedfx.inference import MCEMOptions, MonteCarloErrorRule, fit_mcem
+from mixedfx.inference.boundary import boundary_components, zero_components
 from mixedfx.inference.layout import fixed_effects_covariance
 from mixedfx.model import (
     DenseBlockTooLarge,
@@ -30,12 +33,17 @@ from mixedfx.model import (
     ModelParameters,
     Ordinal,
     build_joint_distribution,
+    gaussian_marginal,
     get_family,
     marginal_log_likelihood,
 )
+from mixedfx import results
 from mixedfx.report import format_summary
 
 __all__ = ["MixedEffectsRegressor", "MixedEffectsClassifier", "lmer", "glmer"]
+
+#: Largest split R-hat of the random effects' mean squares (see FitSummary.rhat) before fit warns.
+RHAT_WARNING = 1.05
 
 
 class _MixedEffectsModel(BaseEstimator):
@@ -71,6 +79,13 @@ class _MixedEffectsModel(BaseEstimator):
         if not isinstance(self.verbose, numbers.Integral):
             raise ParameterError(f"verbose must be an integer, got {self.verbose!r}")
         family = get_family(self.family)
+        if self._method() not in ("ml", "reml"):
+            raise ParameterError(f"method must be 'ml' or 'reml', got {self._method()!r}")
+        if self._method() == "reml" and not isinstance(family, Gaussian):
+            raise ParameterError(
+                f"method='reml' is defined for the Gaussian family only (family={family.name!r} is fitted by ML, "
+                "as glmer does)"
+            )
         if family.name not in self._families:
             other = "MixedEffectsClassifier" if family.is_classification else "MixedEffectsRegressor"
             raise ParameterError(
@@ -78,6 +93,10 @@ class _MixedEffectsModel(BaseEstimator):
                 f"use {other} for family={family.name!r}"
             )
         return family
+
+    def _method(self) -> str:
+        method = getattr(self, "method", "ml")
+        return method.lower() if isinstance(method, str) else method
 
     # -- fitting ------------------------------------------------------------------------
     def _prepare_response(self, family, raw, trials):
@@ -151,6 +170,16 @@ class _MixedEffectsModel(BaseEstimator):
         if model.n_obs <= n_params:
             raise DataError(f"{model.n_obs} rows are too few to estimate {n_params} parameters")
 
+        self.formula_spec_ = spec
+        self.family_ = family
+        self.response_design_ = response_design
+        self.fixed_design_ = fixed_design
+        self.random_design_ = random_design
+        self._fit_model(model)
+        return self
+
+    def _fit_model(self, model: MixedModel, *, progress: bool | None = None) -> None:
+        """Run Monte Carlo EM on a bound model and store the results (the designs are set)."""
         seed = check_random_state(self.random_state).randint(0, 2**31 - 1, size=2)
         options = MCEMOptions(
             n_chains=self.n_chains,
@@ -159,44 +188,76 @@ class _MixedEffectsModel(BaseEstimator):
             max_iter=self.max_iter,
         )
         rule = self.stopping_rule if self.stopping_rule is not None else MonteCarloErrorRule(tol=float(self.tol))
-        result = fit_mcem(model, options=options, stopping_rule=rule, seed=seed, progress=self.verbose > 0)
-
-        self.formula_spec_ = spec
-        self.family_ = family
-        self.response_design_ = response_design
-        self.fixed_design_ = fixed_design
-        self.random_design_ = random_design
+        result = fit_mcem(model, method=self._method(), options=options, stopping_rule=rule, seed=seed,
+                          progress=self.verbose > 0 if progress is None else progress)
+        self.model_ = model
         self.n_obs_ = model.n_obs
         self.fit_summary_ = result.summary
         self._store_estimates(model, result, seed=int(seed[0]))
-        if not result.summary.converged:
+        summary = result.summary
+        if not summary.converged:
             warnings.warn(
-                f"Monte Carlo EM did not converge in {result.summary.n_iter} iterations "
-                f"({result.summary.message}); the estimates average the last "
-                f"{result.summary.n_averaged} iterations. Increase max_iter or tol.",
+                f"Monte Carlo EM did not converge in {summary.n_iter} iterations "
+                f"({summary.message}); the estimates average the last "
+                f"{summary.n_averaged} iterations. Increase max_iter or tol.",
                 ConvergenceWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
-        return self
+        if summary.rhat > RHAT_WARNING:
+            warnings.warn(
+                f"the E-step's chains disagree: R-hat of the random effects' mean squares {summary.rhat:.3f} > "
+                f"{RHAT_WARNING} over {summary.n_kept_draws} kept draws per chain; the conditional means and "
+                "intervals of the random effects are uncertain (increase n_chains, n_draws or n_leapfrog_steps)",
+                SamplerWarning,
+                stacklevel=3,
+            )
 
     def _store_estimates(self, model: MixedModel, result, *, seed: int) -> None:
         params = result.parameters
-        self.model_parameters_ = params
         family = self.family_
+        components, names = boundary_components(model, params, seed=seed)
+        if components:
+            # Singular fit: these sds' ML estimate is zero, which Monte Carlo EM only approaches.
+            params = zero_components(params, components)
+            summary = self.fit_summary_
+            estimate = summary.estimate.copy()
+            estimate[[summary.parameter_names.index(name) for name in names]] = 0.0
+            self.fit_summary_ = dataclasses.replace(
+                summary, estimate=estimate, at_boundary=tuple(dict.fromkeys(summary.at_boundary + tuple(names))))
         names = list(model.fixed_names)
+        conditional_means, conditional_covs = result.random_effects, result.random_effects_cov
+        exact = None
+        if isinstance(family, Gaussian):
+            try:
+                # Given the variance parameters, the fixed effects and the conditional
+                # moments of the random effects have closed forms (lme4's, exactly).
+                gls = gaussian_marginal(model, params).gls_fixed_effects
+                params = dataclasses.replace(params, fixed_effects=gls)
+                exact = gaussian_marginal(model, params)
+            except DenseBlockTooLarge as exc:
+                warnings.warn(f"exact Gaussian quantities not computed: {exc}", UserWarning, stacklevel=4)
+        self.model_parameters_ = params
         beta = np.asarray(params.fixed_effects, dtype=float)
-        try:
-            likelihood = marginal_log_likelihood(model, params, seed=seed, start=result.random_effects)
-            self.log_likelihood_ = likelihood.log_likelihood
-            self.log_likelihood_se_ = likelihood.standard_error
-            self.log_likelihood_method_ = likelihood.method
-        except DenseBlockTooLarge as exc:
-            warnings.warn(f"log-likelihood not computed: {exc}", UserWarning, stacklevel=3)
-            self.log_likelihood_, self.log_likelihood_se_, self.log_likelihood_method_ = None, None, None
-        try:
-            cov = fixed_effects_covariance(model, params)
-        except DenseBlockTooLarge:
-            cov = np.full((len(names), len(names)), np.nan)
+        if exact is not None:
+            reml = self._method() == "reml"
+            self.log_likelihood_ = exact.reml_log_likelihood if reml else exact.log_likelihood
+            self.log_likelihood_se_ = 0.0
+            self.log_likelihood_method_ = "exact (REML criterion)" if reml else "exact"
+            cov = exact.fixed_effects_cov
+            conditional_means, conditional_covs = exact.conditional_means, exact.conditional_covs
+        else:
+            try:
+                likelihood = marginal_log_likelihood(model, params, seed=seed, start=result.random_effects)
+                self.log_likelihood_ = likelihood.log_likelihood
+                self.log_likelihood_se_ = likelihood.standard_error
+                self.log_likelihood_method_ = likelihood.method
+            except DenseBlockTooLarge as exc:
+                warnings.warn(f"log-likelihood not computed: {exc}", UserWarning, stacklevel=4)
+                self.log_likelihood_, self.log_likelihood_se_, self.log_likelihood_method_ = None, None, None
+            try:
+                cov = fixed_effects_covariance(model, params, conditional_means)
+            except DenseBlockTooLarge:
+                cov = np.full((len(names), len(names)), np.nan)
         if isinstance(family, Ordinal):
             intercept = names.index("Intercept")
             cuts = np.asarray(params.family_params["cutpoints"], dtype=float) - beta[intercept]
@@ -227,12 +288,21 @@ class _MixedEffectsModel(BaseEstimator):
         for column in ("group", "var1", "var2"):
             frame[column] = pd.Series([row[column] for row in rows], dtype=object)
         self.variance_components_ = frame
-        self.random_effects_ = {}
-        for term, means in zip(self.random_design_.terms, result.random_effects):
+        self.random_effects_, self.random_effects_cov_, self.random_effect_draws_ = {}, {}, {}
+        for term, means, covs, draws in zip(self.random_design_.terms, conditional_means, conditional_covs,
+                                            result.draws):
             labels = self.random_design_.factors[term.factor].labels
             block = pd.DataFrame(means, index=labels, columns=list(term.coef_names))
             current = self.random_effects_.get(term.name)
-            self.random_effects_[term.name] = block if current is None else current.join(block)
+            if current is None:
+                self.random_effects_[term.name] = block
+                self.random_effects_cov_[term.name] = covs
+                self.random_effect_draws_[term.name] = draws
+            else:  # uncorrelated terms of one factor, (x || g): side by side
+                self.random_effects_[term.name] = current.join(block)
+                self.random_effects_cov_[term.name] = _block_diagonal(self.random_effects_cov_[term.name], covs)
+                self.random_effect_draws_[term.name] = np.concatenate(
+                    [self.random_effect_draws_[term.name], draws], axis=-1)
         self.residual_quantiles_ = None
         if not isinstance(family, Ordinal):
             eta = self._internal_linear_predictor(model.fixed_design, model.offset, model.random_terms)
@@ -257,7 +327,8 @@ class _MixedEffectsModel(BaseEstimator):
             eta = eta + (rows[:, 0] if data.z is None else np.sum(rows * data.z, axis=1))
         return eta
 
-    def _linear_predictor_for(self, X, new_levels, include_random) -> np.ndarray:
+    def _design_for(self, X, new_levels, include_random):
+        """``(X_fixed, offset, terms)`` of new rows."""
         check_is_fitted(self, "fixed_effects_")
         policy = self.new_levels if new_levels is None else new_levels
         if policy not in NEW_LEVEL_POLICIES:
@@ -266,7 +337,10 @@ class _MixedEffectsModel(BaseEstimator):
         X_fixed = self.fixed_design_.transform(data)
         offset = self.fixed_design_.offset(data)
         terms = self.random_design_.materialize(data, new_levels=policy) if include_random else ()
-        return self._internal_linear_predictor(X_fixed, offset, terms)
+        return X_fixed, offset, terms
+
+    def _linear_predictor_for(self, X, new_levels, include_random) -> np.ndarray:
+        return self._internal_linear_predictor(*self._design_for(X, new_levels, include_random))
 
     def _response_for(self, data: pd.DataFrame, y):
         if y is not None:
@@ -338,6 +412,268 @@ class _MixedEffectsModel(BaseEstimator):
         """
         check_is_fitted(self, "fixed_effects_")
         print(format_summary(self), file=file)
+
+    # -- after the fit: lme4's toolkit ------------------------------------------------------
+    def _refit(self, *, response=None, method=None, random_state=None):
+        """A copy fitted again to the training rows: with another response (the
+        bootstrap) or another method (anova's ML refit).  Silent."""
+        check_is_fitted(self, "fixed_effects_")
+        new = clone(self)
+        new.set_params(verbose=0, random_state=random_state)
+        if method is not None:
+            new.set_params(method=method)
+        for name in ("formula_spec_", "family_", "response_design_", "fixed_design_", "random_design_", "classes_"):
+            if hasattr(self, name):
+                setattr(new, name, getattr(self, name))
+        model = self.model_ if response is None else dataclasses.replace(
+            self.model_, response=np.asarray(response, dtype=np.float64))
+        new._fit_model(model, progress=False)
+        return new
+
+    @property
+    def aic_(self) -> float | None:
+        """Akaike's information criterion, ``-2 logLik + 2 npar`` (lme4's count of
+        parameters; the REML criterion for a REML fit, as lme4's ``AIC``)."""
+        check_is_fitted(self, "fixed_effects_")
+        if self.log_likelihood_ is None:
+            return None
+        return -2.0 * self.log_likelihood_ + 2.0 * results.count_parameters(self)
+
+    @property
+    def bic_(self) -> float | None:
+        """Bayesian information criterion, ``-2 logLik + log(n) npar``."""
+        check_is_fitted(self, "fixed_effects_")
+        if self.log_likelihood_ is None:
+            return None
+        return -2.0 * self.log_likelihood_ + np.log(self.n_obs_) * results.count_parameters(self)
+
+    def fixed_effects_table(self) -> pd.DataFrame:
+        """The fixed-effects table of :meth:`summary` (lme4's ``coef(summary(m))``).
+
+        Returns
+        -------
+        pandas.DataFrame
+            Columns ``Estimate``, ``Std. Error``, ``t value`` (Gaussian) or ``z value``,
+            and the two-sided normal p-value ``Pr(>|t|)`` or ``Pr(>|z|)``; one row per
+            fixed effect.  The standard errors come from :attr:`fixed_effects_cov_`.
+        """
+        check_is_fitted(self, "fixed_effects_")
+        return results.fixed_effects_table(self)
+
+    def ranef(self, condvar=False):
+        """Conditional means of the random effects, as lme4's ``ranef``.
+
+        Parameters
+        ----------
+        condvar : bool, default False
+            ``True`` returns lme4's ``as.data.frame(ranef(m, condVar = TRUE))``
+            layout, with each level's conditional standard deviation: exact for the
+            Gaussian family (given the estimated parameters, as lme4's), from the
+            E-step draws for the others.
+
+        Returns
+        -------
+        dict of str to pandas.DataFrame, or pandas.DataFrame
+            ``condvar=False``: per grouping factor, one row per level and one column
+            per coefficient (a copy of :attr:`random_effects_`).  ``condvar=True``: a
+            long table with columns ``group``, ``term``, ``level``, ``condval`` and
+            ``condsd``.  Each level's full conditional covariance is in
+            :attr:`random_effects_cov_`.
+
+        Examples
+        --------
+        >>> import mixedfx
+        >>> data = mixedfx.datasets.make_mixed_data(
+        ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
+        ...     random_sd={"g": 0.8}, random_state=2)
+        >>> model = mixedfx.lmer("y ~ x + (1 | g)", data, random_state=0, verbose=0)
+        >>> table = model.ranef(condvar=True)
+        >>> list(table.columns), len(table)
+        (['group', 'term', 'level', 'condval', 'condsd'], 30)
+        """
+        check_is_fitted(self, "fixed_effects_")
+        if condvar:
+            return results.ranef_frame(self)
+        return {name: frame.copy() for name, frame in self.random_effects_.items()}
+
+    def residuals(self, X=None, y=None, *, scaled=False) -> np.ndarray:
+        """Response residuals: observed minus fitted, random effects included.
+
+        Parameters
+        ----------
+        X : pandas.DataFrame, optional
+            Rows to compute them on (held-out data, say); by default the training rows.
+        y : array-like, optional
+            The response of ``X``; by default the formula's left-hand side on ``X``.
+        scaled : bool, default False
+            Divide by the response's standard deviation at the fitted mean: the
+            residual sd for the Gaussian family (lme4's ``resid(m, scaled = TRUE)``),
+            Pearson residuals for the others.
+
+        Returns
+        -------
+        numpy.ndarray of shape (n_rows,)
+            On the scale of :meth:`predict` (proportions for binomial responses, 0/1
+            for bernoulli ones).
+        """
+        check_is_fitted(self, "fixed_effects_")
+        results.check_family_for_residuals(self.family_)
+        params = self.model_parameters_
+        if X is None:
+            if y is not None:
+                raise ParameterError("y needs the rows X it belongs to")
+            model = self.model_
+            eta = self._internal_linear_predictor(model.fixed_design, model.offset, model.random_terms)
+            trials = model.trials
+            observed = model.response if trials is None else model.response / trials
+        else:
+            data = _check_frame(X)
+            eta = self._linear_predictor_for(data, None, True)
+            observed, trials = self._observed_for(data, y)
+        mean = self.family_.mean(eta, params.family_params)
+        residual = observed - mean
+        if scaled:
+            variance = self.family_.variance(mean, params.family_params, trials=trials)
+            per_unit = variance if trials is None else variance / trials**2
+            residual = residual / np.sqrt(np.maximum(per_unit, 1e-300))
+        return residual
+
+    def _observed_for(self, data, y):
+        """The observed response of ``data`` on the scale of :meth:`predict`, and the trials."""
+        if y is not None:
+            return np.asarray(y, dtype=np.float64), None
+        if self.response_design_ is None:
+            raise DataError("the formula has no response (left-hand side) to evaluate; pass y explicitly")
+        values, trials = self.response_design_.evaluate(data)
+        values = np.asarray(values, dtype=np.float64)
+        return (values, None) if trials is None else (values / trials, np.asarray(trials, dtype=np.float64))
+
+    def confint(self, *, method="wald", level=0.95, n_boot=200, random_state=None) -> pd.DataFrame:
+        """Confidence intervals, as lme4's ``confint``.
+
+        Parameters
+        ----------
+        method : {"wald", "bootstrap"}, default "wald"
+            ``"wald"``: estimate +- z SE for the fixed effects (the variance
+            parameters get NaN, as in lme4).  ``"bootstrap"``: parametric bootstrap
+            percentile intervals for every parameter: ``n_boot`` responses simulated
+            from the fitted model on the training rows, each refitted (lme4's
+            ``confint(method = "boot")``).  ``"profile"`` is not available.
+        level : float, default 0.95
+        n_boot : int, default 200
+            Bootstrap replicates (each a full fit).
+        random_state : int, optional
+            Seed of the bootstrap.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per parameter (named as in ``fit_summary_.parameter_names``:
+            fixed effects, ``sd(group)``, ``sd(group, coef)``, ``cor(...)``,
+            ``sigma``), columns ``"2.5 %"`` and ``"97.5 %"`` for ``level=0.95``.
+            A bootstrap table records ``attrs["n_boot"]`` and
+            ``attrs["n_not_converged"]``.
+
+        Examples
+        --------
+        >>> import mixedfx
+        >>> data = mixedfx.datasets.make_mixed_data(
+        ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
+        ...     random_sd={"g": 0.8}, random_state=2)
+        >>> model = mixedfx.lmer("y ~ x + (1 | g)", data, random_state=0, verbose=0)
+        >>> model.confint().round(2)
+                   2.5 %  97.5 %
+        Intercept   0.72    1.30
+        x           0.42    0.58
+        sd(g)        NaN     NaN
+        sigma        NaN     NaN
+        """
+        check_is_fitted(self, "fixed_effects_")
+        return results.confidence_intervals(self, method=method, level=level, n_boot=n_boot,
+                                            random_state=random_state)
+
+    def simulate(self, n=1, *, X=None, posterior=False, random_state=None) -> pd.DataFrame:
+        """New responses from the fitted model, as lme4's ``simulate``.
+
+        Parameters
+        ----------
+        n : int, default 1
+            Number of simulated responses per row.
+        X : pandas.DataFrame, optional
+            Rows to simulate for; by default the training rows.  Their grouping
+            levels must have been seen in fit.
+        posterior : bool, default False
+            ``False`` draws new random effects from their fitted distribution
+            (lme4's default, ``use.u = FALSE``).  ``True`` draws them from the
+            E-step's kept draws: the posterior predictive distribution of the rows'
+            own levels (given the estimated parameters).
+        random_state : int, optional
+
+        Returns
+        -------
+        pandas.DataFrame
+            One column per simulation (``sim_1``, ...), one row per row of ``X``:
+            responses on the scale of ``y`` (success counts for a binomial response,
+            class labels for a classifier).
+
+        Examples
+        --------
+        >>> import mixedfx
+        >>> data = mixedfx.datasets.make_mixed_data(
+        ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
+        ...     random_sd={"g": 0.8}, random_state=2)
+        >>> model = mixedfx.lmer("y ~ x + (1 | g)", data, random_state=0, verbose=0)
+        >>> model.simulate(3, random_state=0).shape
+        (600, 3)
+        """
+        check_is_fitted(self, "fixed_effects_")
+        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+            raise ParameterError(f"n must be a positive integer, got {n!r}")
+        if X is None:
+            bound = self.model_
+        else:
+            data = _check_frame(X)
+            trials = None
+            if self.response_design_ is not None and self.response_design_.is_cbind:
+                trials = self.response_design_.evaluate(data)[1]
+            bound = MixedModel(self.family_, self.fixed_design_.transform(data), None,
+                               self.random_design_.materialize(data, new_levels="error"),
+                               self.fixed_design_.column_names, offset=self.fixed_design_.offset(data),
+                               trials=trials)
+        rng = np.random.default_rng(random_state)
+        simulated = results.simulate_responses(self, bound, n=int(n), rng=rng, posterior=posterior)
+        if hasattr(self, "classes_"):
+            simulated = np.asarray(self.classes_)[simulated.astype(int)]
+        frame = pd.DataFrame(simulated.T, columns=[f"sim_{k + 1}" for k in range(int(n))])
+        if X is not None:
+            frame.index = X.index
+        return frame
+
+    def to_arviz(self):
+        """The E-step's kept draws of the random effects as ArviZ ``InferenceData``.
+
+        Returns
+        -------
+        arviz.InferenceData
+            A ``posterior`` group with one variable per grouping factor, dimensions
+            ``(chain, draw, <group>_level, <group>_coef)``, coordinates named by level
+            and coefficient.  The draws are those of the E-steps in the averaging
+            window (see ``fit_summary_.n_kept_draws``), so ``arviz.summary`` gives
+            their R-hat and effective sample size.
+
+        Examples
+        --------
+        >>> import mixedfx
+        >>> data = mixedfx.datasets.make_mixed_data(
+        ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
+        ...     random_sd={"g": 0.8}, random_state=2)
+        >>> model = mixedfx.lmer("y ~ x + (1 | g)", data, random_state=0, verbose=0)
+        >>> idata = model.to_arviz()
+        >>> dict(idata.posterior["g"].sizes)["g_level"]
+        30
+        """
+        check_is_fitted(self, "fixed_effects_")
+        return results.to_arviz(self)
 
 
 _PARAMETERS_DOC = """
@@ -441,6 +777,14 @@ class MixedEffectsRegressor(RegressorMixin, _MixedEffectsModel):
     family : {"gaussian", "poisson", "negative_binomial", "binomial"} or Family, default "gaussian"
         Response family (a :class:`~mixedfx.model.Binomial` instance chooses the
         probit link).
+    method : {"ml", "reml"}, default "ml"
+        Maximum likelihood, or restricted maximum likelihood (Gaussian family only;
+        lme4's ``REML=TRUE``, its ``lmer`` default).  ML is the default here because
+        it is defined for every family, and because likelihood-ratio tests, AIC and
+        BIC between models with different fixed effects are valid for ML fits only
+        (lme4's ``anova`` refits REML models with ML for that reason).  REML's
+        variance estimates are less biased in small samples: the residual variance
+        is divided by ``n - p`` instead of ``n``, in effect.
     %(parameters)s
     Attributes
     ----------
@@ -476,6 +820,7 @@ class MixedEffectsRegressor(RegressorMixin, _MixedEffectsModel):
         formula=None,
         *,
         family="gaussian",
+        method="ml",
         new_levels="population",
         max_iter=500,
         tol=0.1,
@@ -488,6 +833,7 @@ class MixedEffectsRegressor(RegressorMixin, _MixedEffectsModel):
     ):
         self.formula = formula
         self.family = family
+        self.method = method
         self.new_levels = new_levels
         self.max_iter = max_iter
         self.tol = tol
@@ -498,7 +844,7 @@ class MixedEffectsRegressor(RegressorMixin, _MixedEffectsModel):
         self.random_state = random_state
         self.verbose = verbose
 
-    def predict(self, X, *, new_levels=None, include_random=True):
+    def predict(self, X, *, new_levels=None, include_random=True, return_std=False):
         """Conditional mean of the response for new rows.
 
         Parameters
@@ -512,6 +858,9 @@ class MixedEffectsRegressor(RegressorMixin, _MixedEffectsModel):
             ``False`` gives the population-level prediction, from the fixed part alone
             (lme4's ``predict(m, re.form = NA)``); the grouping columns are then not
             needed.
+        return_std : bool, default False
+            Also return the standard error of each prediction (see
+            :meth:`predict_interval`).
 
         Returns
         -------
@@ -520,9 +869,99 @@ class MixedEffectsRegressor(RegressorMixin, _MixedEffectsModel):
             given the conditional means of the random effects of each row's levels; a
             level not seen in ``fit`` contributes zero for all its coefficients under
             ``"population"``.
+        std : numpy.ndarray of shape (n_rows,)
+            With ``return_std=True``: the standard error of the mean, by the delta
+            method through the inverse link.
         """
-        eta = self._linear_predictor_for(X, new_levels, include_random)
-        return self.family_.mean(eta, self.model_parameters_.family_params)
+        X_fixed, offset, terms = self._design_for(X, new_levels, include_random)
+        eta = self._internal_linear_predictor(X_fixed, offset, terms)
+        mean = self.family_.mean(eta, self.model_parameters_.family_params)
+        if not return_std:
+            return mean
+        variance = results.linear_predictor_variance(self, X_fixed, terms, include_random=include_random)
+        slope = np.abs(self._mean_slope(eta))
+        return mean, slope * np.sqrt(variance)
+
+    def _mean_slope(self, eta):
+        """d mean / d eta, numerically (exact enough for the delta method)."""
+        step = 1e-5 * np.maximum(1.0, np.abs(eta))
+        family_params = self.model_parameters_.family_params
+        return (self.family_.mean(eta + step, family_params) - self.family_.mean(eta - step, family_params)) / (2 * step)
+
+    def predict_interval(self, X, *, alpha=0.05, kind="prediction", new_levels=None, include_random=True):
+        """Prediction or confidence intervals that include the random effects' uncertainty.
+
+        The linear predictor's variance adds the fixed effects' covariance to each
+        row's random effects' conditional covariance (exact for the Gaussian family,
+        from the E-step draws otherwise), or to their fitted covariance for a level
+        not seen in fit; the covariance between the two estimates is left out, as in
+        merTools' ``predictInterval`` for lme4.
+
+        Parameters
+        ----------
+        X : pandas.DataFrame
+        alpha : float, default 0.05
+            One minus the coverage.
+        kind : {"prediction", "mean"}, default "prediction"
+            ``"mean"``: an interval for the conditional mean, on the linear
+            predictor's scale and mapped through the inverse link.
+            ``"prediction"``: for a new observation; for the Gaussian family it adds
+            the residual variance; for the others, the ``alpha/2`` and ``1-alpha/2``
+            quantiles of the response at the ends of the mean's interval.
+        new_levels, include_random
+            As in :meth:`predict`.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Columns ``fit`` (as :meth:`predict`), ``lower`` and ``upper``, indexed
+            like ``X``.
+
+        Examples
+        --------
+        >>> import mixedfx
+        >>> data = mixedfx.datasets.make_mixed_data(
+        ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
+        ...     random_sd={"g": 0.8}, random_state=2)
+        >>> model = mixedfx.lmer("y ~ x + (1 | g)", data, random_state=0, verbose=0)
+        >>> table = model.predict_interval(data.head(3))
+        >>> list(table.columns), bool((table["lower"] < table["fit"]).all())
+        (['fit', 'lower', 'upper'], True)
+        """
+        if not isinstance(alpha, (int, float)) or not 0.0 < alpha < 1.0:
+            raise ParameterError(f"alpha must be a number between 0 and 1, got {alpha!r}")
+        if kind not in ("prediction", "mean"):
+            raise ParameterError(f"kind must be 'prediction' or 'mean', got {kind!r}")
+        X_fixed, offset, terms = self._design_for(X, new_levels, include_random)
+        eta = self._internal_linear_predictor(X_fixed, offset, terms)
+        variance = results.linear_predictor_variance(self, X_fixed, terms, include_random=include_random)
+        family_params = self.model_parameters_.family_params
+        z = stats.norm.ppf(1.0 - alpha / 2.0)
+        fit = self.family_.mean(eta, family_params)
+        if isinstance(self.family_, Gaussian):
+            if kind == "prediction":
+                variance = variance + float(family_params["sigma"]) ** 2
+            lower, upper = fit - z * np.sqrt(variance), fit + z * np.sqrt(variance)
+        else:
+            ends = [self.family_.mean(eta + sign * z * np.sqrt(variance), family_params) for sign in (-1.0, 1.0)]
+            lower, upper = np.minimum(*ends), np.maximum(*ends)
+            if kind == "prediction":
+                lower = self._response_quantiles(lower, alpha / 2.0)
+                upper = self._response_quantiles(upper, 1.0 - alpha / 2.0)
+        return pd.DataFrame({"fit": fit, "lower": lower, "upper": upper}, index=X.index)
+
+    def _response_quantiles(self, mean, q):
+        """Quantile ``q`` of a response with mean ``mean`` (scipy's discrete quantiles)."""
+        name = self.family_.name
+        if name == "poisson":
+            return stats.poisson.ppf(q, mean)
+        if name == "negative_binomial":
+            size = float(self.model_parameters_.family_params["dispersion"])
+            return stats.nbinom.ppf(q, size, size / (size + mean))
+        raise ParameterError(
+            f"kind='prediction' is not available for family {name!r} (it depends on each row's trials); "
+            "use kind='mean', or simulate()"
+        )
 
     def score(self, X, y=None, sample_weight=None):
         """Coefficient of determination R^2 of :meth:`predict` on ``X``.
@@ -745,6 +1184,14 @@ def glmer(formula: str, data: pd.DataFrame, *, family="bernoulli", **kwargs):
     resolved = get_family(family)
     estimator = MixedEffectsClassifier if resolved.is_classification else MixedEffectsRegressor
     return estimator(formula, family=family, **kwargs).fit(data)
+
+
+def _block_diagonal(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per level, the block-diagonal matrix of ``a[j]`` and ``b[j]``."""
+    da, db = a.shape[-1], b.shape[-1]
+    out = np.zeros(a.shape[:-2] + (da + db, da + db))
+    out[..., :da, :da], out[..., da:, da:] = a, b
+    return out
 
 
 def _check_frame(X) -> pd.DataFrame:

@@ -19,6 +19,7 @@ __all__ = [
     "ParameterError",
     "FitError",
     "ConvergenceWarning",
+    "SamplerWarning",
 ]
 
 
@@ -101,3 +102,14 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     """Return ``" Did you mean 'x'?"`` for the closest candidate, or an empty string."""
     matches = difflib.get_close_matches(str(name), [str(c) for c in candidates], n=1, cutoff=0.5)
     return f" Did you mean {matches[0]!r}?" if matches else ""
+
+
+class SamplerWarning(UserWarning):
+    """The E-step's chains did not mix well enough for their draws to be trusted.
+
+    Raised when the split R-hat of the random effects' mean squares over the kept
+    draws exceeds 1.05 (see :attr:`mixedfx.FitSummary.rhat`).  The estimates average
+    many EM iterations and are judged by the Monte Carlo error rule; this warning
+    concerns the draws themselves: the conditional means and sds of the random
+    effects, :meth:`~mixedfx.MixedEffectsRegressor.to_arviz` and the intervals.
+    """

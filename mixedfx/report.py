@@ -5,28 +5,31 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["format_summary"]
+from mixedfx.results import count_parameters, fixed_effects_table
+
+__all__ = ["format_summary", "write_report"]
 
 
 def format_summary(model) -> str:
     """lme4-style summary text of a fitted mixedfx estimator."""
-    from scipy import stats
-
     fit = model.fit_summary_
     spec = model.formula_spec_
     family = model.family_
     gaussian = family.name == "gaussian"
     kind = "Linear" if gaussian else "Generalized linear"
+    reml = fit.method == "reml"
+    criterion = "REML" if reml else "maximum likelihood"
     lines = [
-        f"{kind} mixed model fit by maximum likelihood (Monte Carlo EM) [{type(model).__name__}]",
+        f"{kind} mixed model fit by {criterion} (Monte Carlo EM) [{type(model).__name__}]",
         f" Family: {family}",
         f"Formula: {spec.text}",
         "",
     ]
     cutpoints = getattr(model, "cutpoints_", None)
-    n_params = (len(model.fixed_effects_) + len(model.variance_components_)  # lme4's df: every VarCorr row
-                + (0 if cutpoints is None else len(cutpoints)) + (1 if hasattr(model, "dispersion_") else 0))
+    n_params = count_parameters(model)
     if model.log_likelihood_ is not None:
+        if reml:
+            lines.append(f"REML criterion at convergence: {-2 * model.log_likelihood_:.4f}")
         loglik = model.log_likelihood_
         aic = -2 * loglik + 2 * n_params
         bic = -2 * loglik + np.log(model.n_obs_) * n_params
@@ -64,19 +67,13 @@ def format_summary(model) -> str:
     if hasattr(model, "dispersion_"):
         lines.append(f"Dispersion parameter (nbinom2): {model.dispersion_:.4g}")
     lines += ["", "Fixed effects:"]
-    estimate = model.fixed_effects_.to_numpy()
-    se = np.sqrt(np.diag(model.fixed_effects_cov_.to_numpy()))
-    statistic = estimate / se
+    table = fixed_effects_table(model)
+    rows = [("",) + tuple(table.columns)]
+    for name, (b, s, t, p) in zip(table.index, table.to_numpy()):
+        rows.append((str(name), f"{b:.6g}", f"{s:.4g}", f"{t:.3f}", f"{p:.3g}"))
+    lines += _columns(rows, align="<>>>>")
     if gaussian:
-        rows = [("", "Estimate", "Std. Error", "t value")]
-        for name, b, s, t in zip(model.fixed_effects_.index, estimate, se, statistic):
-            rows.append((str(name), f"{b:.6g}", f"{s:.4g}", f"{t:.3f}"))
-        lines += _columns(rows, align="<>>>")
-    else:
-        rows = [("", "Estimate", "Std. Error", "z value", "Pr(>|z|)")]
-        for name, b, s, t in zip(model.fixed_effects_.index, estimate, se, statistic):
-            rows.append((str(name), f"{b:.6g}", f"{s:.4g}", f"{t:.3f}", f"{2 * stats.norm.sf(abs(t)):.3g}"))
-        lines += _columns(rows, align="<>>>>")
+        lines.append("(p-values from the normal distribution: Wald tests, as lme4's confint(method = \"Wald\"))")
     if cutpoints is not None:
         lines += ["", "Threshold coefficients:"]
         lines += _columns([("", "Estimate")] + [(str(k), f"{v:.6g}") for k, v in cutpoints.items()], align="<>")
@@ -92,8 +89,14 @@ def format_summary(model) -> str:
         f"{fit.n_draws_averaged} draws); HMC acceptance {fit.acceptance_rate:.2f}; "
         f"largest Monte Carlo error {ratio:.2f} x tolerance; {fit.elapsed_seconds:.1f} s"
     )
+    lines.append(
+        f"E-step draws: {fit.n_kept_draws} kept per chain x {fit.n_chains} chains; R-hat {fit.rhat:.3f} "
+        f"(mean squares), {fit.rhat_max:.3f} (largest over levels); smallest ESS {fit.ess_min:.0f}; "
+        f"final step size {fit.final_step_size:.3g}"
+    )
     if fit.at_boundary:
-        lines.append("boundary (singular) fit: " + ", ".join(fit.at_boundary) + " estimated at zero")
+        lines.append("boundary (singular) fit: " + ", ".join(fit.at_boundary)
+                     + " estimated at the boundary (an sd at zero or a correlation at +-1); see lme4's ?isSingular")
     return "\n".join(lines)
 
 
@@ -105,3 +108,219 @@ def _columns(rows, *, align: str) -> list[str]:
         cells = [cell.ljust(w) if a == "<" else cell.rjust(w) for cell, w, a in zip(row, widths, align)]
         out.append(" " + " ".join(cells).rstrip())
     return out
+
+
+def write_report(model, *, train, test=None, out_dir, progress=None) -> list:
+    """Write a fitted model's report into a directory: summary, tables, plots and Markdown.
+
+    Parameters
+    ----------
+    model : MixedEffectsRegressor
+        A fitted estimator.
+    train : pandas.DataFrame
+        The rows it was fitted on (for the QQ plot of the scaled residuals).
+    test : pandas.DataFrame, optional
+        Held-out rows for the residual histogram; the training rows when omitted or
+        empty.
+    out_dir : str or os.PathLike
+        The directory to write into; created if missing, existing files of the same
+        names are replaced.
+    progress : callable, optional
+        Called with a one-line message at the start of each stage.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files written, in order:
+
+        * ``summary.txt``: :func:`format_summary`'s text;
+        * ``fixed_effects.csv``, ``variance_components.csv``, ``ranef.csv`` (with
+          the conditional standard deviations) and ``fit_summary.csv``;
+        * ``objective.png``, ``trace_<group>.png`` (the first grouping factor),
+          ``residuals.png``, ``random_effects.png``, ``caterpillar_<group>.png``
+          (one per grouping factor) and ``qq.png`` (see :mod:`mixedfx.plotting`);
+        * ``report.md``: the fit's description, the tables and the plots.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import mixedfx
+    >>> from mixedfx.report import write_report
+    >>> data = mixedfx.datasets.make_mixed_data(
+    ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
+    ...     random_sd={"g": 0.8}, random_state=2)
+    >>> model = mixedfx.MixedEffectsRegressor("y ~ x + (1 | g)", random_state=0, verbose=0).fit(data)
+    >>> with tempfile.TemporaryDirectory() as out_dir:
+    ...     files = write_report(model, train=data.head(500), test=data.tail(100), out_dir=out_dir)
+    ...     sorted(path.name for path in files)[:4]
+    ['caterpillar_g.png', 'fit_summary.csv', 'fixed_effects.csv', 'objective.png']
+    """
+    from pathlib import Path
+
+    from sklearn.utils.validation import check_is_fitted
+
+    from mixedfx import plotting
+
+    check_is_fitted(model, "fixed_effects_")
+    say = progress if progress is not None else (lambda message: None)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    say("writing summary and tables")
+    summary_text = format_summary(model)
+    (out / "summary.txt").write_text(summary_text + "\n", encoding="utf-8")
+    written.append(out / "summary.txt")
+    fixed = model.fixed_effects_table()
+    components = model.variance_components_
+    ranef = model.ranef(condvar=True)
+    fit_table = model.fit_summary_.table()
+    for name, frame, keep_index in (("fixed_effects", fixed, True), ("variance_components", components, False),
+                                    ("ranef", ranef, False), ("fit_summary", fit_table, True)):
+        path = out / f"{name}.csv"
+        frame.to_csv(path, index=keep_index, index_label=(frame.index.name or "term") if keep_index else None)
+        written.append(path)
+
+    groups = list(model.random_effects_)
+    held_out = test is not None and len(test) > 0
+    residual_rows = test if held_out else train
+    figures = []  # (file name, heading, caption)
+
+    def save(figure, name, heading, caption):
+        figure.savefig(out / name, dpi=100)
+        written.append(out / name)
+        figures.append((name, heading, caption))
+
+    say("plotting objective.png")
+    figure = plotting._figure(figsize=(7.0, 4.0))
+    plotting.plot_objective(model, ax=figure.add_subplot())
+    save(figure, "objective.png", "Monte Carlo EM loss",
+         "The negated mean complete-data log joint of each EM iteration; the estimates average the shaded "
+         "iterations.")
+
+    first = groups[0]
+    trace_name = f"trace_{_file_stem(first)}.png"
+    say(f"plotting {trace_name}")
+    figure = plotting._figure(figsize=(8.5, 4.0))
+    plotting.plot_trace(model, first, ax=figure.add_subplot())
+    save(figure, trace_name, f"Trace of the E-step draws ({first})",
+         f"The kept HMC draws of the first five levels of {first}, one line per chain.")
+
+    say("plotting residuals.png")
+    figure = plotting._figure(figsize=(7.0, 4.0))
+    ax = plotting.plot_residuals(model, residual_rows, ax=figure.add_subplot())
+    where = "held-out" if held_out else "training"
+    ax.set_title(ax.get_title().replace("Residuals:", f"Residuals on the {where} rows:", 1))
+    save(figure, "residuals.png", f"Residuals on the {where} rows",
+         f"Response minus prediction (fixed part plus conditional means of the random effects) on the "
+         f"{len(residual_rows)} {where} rows" + ("; levels not seen in fit contribute zero." if held_out else "."))
+
+    say("plotting random_effects.png")
+    n_panels = sum(frame.shape[1] for frame in model.random_effects_.values())
+    n_rows, n_cols = plotting._grid_shape(n_panels)
+    figure = plotting._figure(figsize=(4.2 * n_cols, 3.4 * n_rows))
+    grid = figure.subplots(n_rows, n_cols, squeeze=False).ravel()
+    for extra in grid[n_panels:]:
+        extra.set_visible(False)
+    plotting.plot_random_effects(model, all_coefs=True, axes=grid[:n_panels])
+    save(figure, "random_effects.png", "Random effects",
+         "Histograms of the conditional means of the random effects, one panel per grouping factor and "
+         "coefficient.")
+
+    for group in groups:
+        name = f"caterpillar_{_file_stem(group)}.png"
+        say(f"plotting {name}")
+        coefs = list(dict.fromkeys(ranef.loc[ranef["group"] == group, "term"]))
+        n_levels = len(model.random_effects_[group])
+        figure = plotting._figure(figsize=(5.5 * len(coefs), plotting._caterpillar_height(n_levels)))
+        for ax, coef in zip(figure.subplots(1, len(coefs), squeeze=False).ravel(), coefs):
+            plotting.plot_caterpillar(model, group, coef=coef, ax=ax)
+        save(figure, name, f"Caterpillar plot of {group}",
+             f"The {n_levels} levels of {group} sorted by conditional mean, with 95% intervals from the "
+             "conditional standard deviations (lme4's dotplot of ranef with condVar).")
+
+    say("plotting qq.png")
+    figure = plotting._figure(figsize=(5.5, 5.0))
+    plotting.plot_qq(model, train, ax=figure.add_subplot())
+    save(figure, "qq.png", "Normal QQ plot of the scaled residuals",
+         f"The scaled residuals of the {len(train)} training rows against standard normal quantiles.")
+
+    say("writing report.md")
+    path = out / "report.md"
+    path.write_text(_markdown_report(model, summary_text=summary_text, fixed=fixed, components=components,
+                                     ranef=ranef, fit_table=fit_table, figures=figures,
+                                     n_test=len(test) if held_out else 0), encoding="utf-8")
+    written.append(path)
+    return written
+
+
+#: ``ranef`` tables longer than this are summarised per factor and coefficient in report.md.
+MAX_MARKDOWN_RANEF_ROWS = 60
+
+
+def _markdown_report(model, *, summary_text, fixed, components, ranef, fit_table, figures, n_test) -> str:
+    fit = model.fit_summary_
+    levels = ", ".join(f"{name} ({factor.num_levels} levels)"
+                       for name, factor in model.random_design_.factors.items())
+    status = "converged" if fit.converged else "did NOT converge"
+    lines = [
+        "# mixedfx report",
+        "",
+        f"- **Formula:** `{model.formula_spec_.text}`",
+        f"- **Family:** {model.family_}",
+        f"- **Method:** {summary_text.splitlines()[0].split(' [')[0]}",
+        f"- **Observations:** {model.n_obs_} fitted" + (f", {n_test} held out" if n_test else ""),
+        f"- **Grouping factors:** {levels}",
+        f"- **Monte Carlo EM:** {status} after {fit.n_iter} iterations ({fit.n_averaged} averaged), "
+        f"HMC acceptance {fit.acceptance_rate:.2f}, {fit.elapsed_seconds:.1f} s",
+    ]
+    if model.log_likelihood_ is not None:
+        lines.append(f"- **Log-likelihood:** {model.log_likelihood_:.6g}")
+    lines += ["", "## Fixed effects", "", _markdown_table(fixed, index=True),
+              "", "## Variance components", "", _markdown_table(components, index=False),
+              "", "## Random effects", ""]
+    if len(ranef) <= MAX_MARKDOWN_RANEF_ROWS:
+        lines += ["Conditional means and standard deviations (also in `ranef.csv`):", "",
+                  _markdown_table(ranef, index=False)]
+    else:
+        summary = ranef.groupby(["group", "term"], sort=False).agg(
+            levels=("condval", "size"), sd_condval=("condval", "std"), min_condval=("condval", "min"),
+            max_condval=("condval", "max"), mean_condsd=("condsd", "mean"))
+        lines += [f"{len(ranef)} conditional means, summarised per factor and coefficient "
+                  "(every level is in `ranef.csv`):", "", _markdown_table(summary.reset_index(), index=False)]
+    lines += ["", "## Monte Carlo EM", "", _markdown_table(fit_table, index=True), "", "## Plots", ""]
+    for name, heading, caption in figures:
+        lines += [f"### {heading}", "", caption, "", f"![{heading}]({name})", ""]
+    lines += ["## Summary", "", "```text", summary_text, "```", ""]
+    return "\n".join(lines)
+
+
+def _markdown_table(frame, *, index: bool) -> str:
+    """A GitHub-flavoured Markdown table of a DataFrame (without the tabulate package)."""
+    if index:
+        frame = frame.rename_axis(frame.index.name or "term").reset_index()
+    numeric = [pd.api.types.is_numeric_dtype(frame[column]) and not pd.api.types.is_bool_dtype(frame[column])
+               for column in frame.columns]
+    p_values = [str(column).startswith("Pr(") or "p-value" in str(column) for column in frame.columns]
+
+    def text(value) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    def cell(value, is_p_value) -> str:
+        if value is None or (isinstance(value, (float, np.floating)) and np.isnan(value)):
+            return ""
+        if isinstance(value, (float, np.floating)):
+            return "< 2.2e-16" if is_p_value and value < 2.2e-16 else f"{value:.5g}"  # R's format.pval
+        return text(value)
+
+    rows = [[text(column) for column in frame.columns], [("---:" if is_number else ":---") for is_number in numeric]]
+    rows += [[cell(value, is_p) for value, is_p in zip(record, p_values)]
+             for record in frame.itertuples(index=False, name=None)]
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+
+def _file_stem(name: str) -> str:
+    """A grouping factor's name made safe for a file name (``a:b`` -> ``a_b``)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("_") or "group"

@@ -20,6 +20,16 @@ def test_fit_prints_the_summary(capsys):
     assert "Random effects:" in out and "Number of obs: 1500, groups:  g1, 60; g2, 25" in out
 
 
+def test_fit_by_reml_and_a_classifier_family(capsys):
+    sleepstudy = str(FIXTURES / "sleepstudy.csv")
+    assert main(["fit", "Reaction ~ Days + (Days | Subject)", "--data", sleepstudy, "--method", "reml", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "fit by REML" in out and "REML criterion at convergence: 1743.6" in out
+    status = main(["fit", "Reaction ~ Days + (1 | Subject)", "--data", sleepstudy, "--family", "bernoulli",
+                   "--method", "reml", "--quiet"])
+    assert status == 2 and "--method reml is for the gaussian family" in capsys.readouterr().err
+
+
 def test_parquet_input(tmp_path, capsys):
     path = tmp_path / "data.parquet"
     pd.read_csv(FIXTURES / "crossed_small.csv").to_parquet(path)

@@ -31,7 +31,10 @@ def test_fit_record_and_levels(insteval_fit):
     assert np.all(np.isfinite(summary.objective)) and summary.objective.shape == (summary.n_iter,)
     # the averaging window holds the estimate: its mean is what was reported
     window = summary.trace[summary.window_start:]
-    np.testing.assert_allclose(window[:, :2].mean(axis=0), model.fixed_effects_.to_numpy())
+    # the fixed effects are the exact GLS estimate given the variance parameters; the
+    # EM iterations' own fixed effects average to it within a few hundredths of an SE
+    se = np.sqrt(np.diag(model.fixed_effects_cov_))
+    assert np.all(np.abs(window[:, :2].mean(axis=0) - model.fixed_effects_.to_numpy()) < 0.05 * se)
 
 
 def test_fitted_insteval_model_pickles(insteval_fit, insteval):

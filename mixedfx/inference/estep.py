@@ -232,8 +232,9 @@ class EStepResult:
         ``trace_fn``'s output averaged over draws and chains.
     effects_sum : list of Tensor
         Per term, the sum over draws and chains of each level's sampled effect.
-    effects_sq_sum : list of Tensor
-        Per term, the same sum of squared effects.
+    effects_outer_sum : list of Tensor
+        Per term, the same sum of each level's outer product ``b b'``,
+        ``[num_levels, dim, dim]``.
     draws : list of Tensor
         Per term, the kept draws, ``[num_draws, n_chains, num_levels, dim]`` (model
         coordinates).
@@ -247,7 +248,7 @@ class EStepResult:
 
     statistics: dict
     effects_sum: list
-    effects_sq_sum: list
+    effects_outer_sum: list
     draws: list
     final_state: list
     step_size: tf.Tensor
@@ -380,7 +381,7 @@ def hmc_e_step(
     return EStepResult(
         statistics=mean_statistics,
         effects_sum=[tf.reduce_sum(d, axis=[0, 1]) for d in draws],
-        effects_sq_sum=[tf.reduce_sum(tf.square(d), axis=[0, 1]) for d in draws],
+        effects_outer_sum=[tf.einsum("scqa,scqb->qab", d, d) for d in draws],
         draws=draws,
         final_state=[d[-1] for d in draws],
         step_size=tf.convert_to_tensor(final_results.new_step_size, dtype=dtype),

@@ -208,12 +208,13 @@ def _fisher_weight(model: MixedModel, params: ModelParameters, eta: np.ndarray) 
     return model.family.fisher_weight(tf.constant(eta), natural, trials=trials).numpy()
 
 
-def fixed_effects_covariance(model: MixedModel, params: ModelParameters) -> np.ndarray:
+def fixed_effects_covariance(model: MixedModel, params: ModelParameters, random_effects=None) -> np.ndarray:
     """Covariance of the fixed-effect estimates at ``params``.
 
-    Gaussian family: exact.  Others: the Laplace approximation at ``b = 0`` used by
-    penalized IRLS, ``(X'WX - X'WU A^-1 U'WX)^-1`` with ``W`` the Fisher weights of the
-    fixed part.
+    Gaussian family: exact.  Others: the Laplace approximation of penalized IRLS, as
+    glmer's ``vcov``, ``(X'WX - X'WU A^-1 U'WX)^-1`` with ``W`` the Fisher weights at
+    the linear predictor with ``random_effects`` (per term, ``(num_levels, dim)``: the
+    conditional means or modes; zero when omitted).
 
     Raises
     ------
@@ -226,6 +227,8 @@ def fixed_effects_covariance(model: MixedModel, params: ModelParameters) -> np.n
     if isinstance(model.family, Gaussian):
         return gaussian_marginal(model, params).fixed_effects_cov
     eta = X @ params.fixed_effects + (0.0 if model.offset is None else model.offset)
+    for term, effects in zip(model.random_terms, random_effects or ()):
+        eta = eta + np.sum(np.asarray(effects)[term.group_index] * term_z(term, model.n_obs), axis=1)
     weight = _fisher_weight(model, params, eta)
     scaled = [term_z(t, model.n_obs) @ L for t, L in zip(model.random_terms, params.random_scale_tril)]
     system = BlockSystem(model.random_terms, scaled, weight)

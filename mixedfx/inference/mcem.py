@@ -13,6 +13,7 @@ grid search, compile once.  Nothing compiled is ever stored on an estimator.
 
 from __future__ import annotations
 
+import collections
 import functools
 import time
 from dataclasses import dataclass
@@ -67,6 +68,10 @@ class MCEMOptions:
     iterations_per_call : int, default 5
         EM iterations per compiled call; the stopping rule is consulted between calls.
     max_iter : int, default 500
+    max_kept_draws : int, default 1000
+        Draws kept per chain for diagnostics (the latest of the averaging window).
+    draws_memory_bytes : int, default 256 MiB
+        Bound on the memory of the kept draws; fewer are kept when it binds.
     """
 
     n_chains: int = 2
@@ -78,18 +83,34 @@ class MCEMOptions:
     initial_step_size: float = 0.5
     iterations_per_call: int = 5
     max_iter: int = 500
+    max_kept_draws: int = 1000
+    draws_memory_bytes: int = 256 * 2**20
 
 
 @dataclass(frozen=True, eq=False)
 class MCEMResult:
-    """Estimates, conditional means of the random effects, and the fit record.
+    """Estimates, conditional moments and draws of the random effects, and the fit record.
 
-    ``random_effects`` holds, per term, the mean of the sampled coefficients over the
-    averaging window's draws, shape ``(num_levels, dim)``.
+    Attributes
+    ----------
+    parameters : ModelParameters
+    random_effects : tuple of numpy.ndarray
+        Per term, the mean of the sampled coefficients over the averaging window's
+        draws, shape ``(num_levels, dim)``.
+    random_effects_cov : tuple of numpy.ndarray
+        Per term, their covariance over the same draws (the conditional covariance
+        of each level's coefficients), shape ``(num_levels, dim, dim)``.
+    draws : tuple of numpy.ndarray
+        Per term, the kept draws, shape ``(n_chains, n_kept, num_levels, dim)``: the
+        draws of the E-steps in the averaging window (the latest ``max_kept_draws``
+        per chain at most, and within ``draws_memory_bytes``).
+    summary : FitSummary
     """
 
     parameters: ModelParameters
     random_effects: tuple[np.ndarray, ...]
+    random_effects_cov: tuple[np.ndarray, ...]
+    draws: tuple[np.ndarray, ...]
     summary: FitSummary
 
 
@@ -108,6 +129,8 @@ class _StaticConfig:
     keys: tuple[str, ...]
     expansion_targets: tuple
     centering_parent: tuple
+    reml: bool = False
+    keep_all_draws: bool = True
 
 
 def _trace_row(fixed_effects, scale_tril, family, free):
@@ -147,6 +170,22 @@ def _compiled_iterations(config: _StaticConfig):
         n_obs = tf.cast(tf.shape(response)[0], dtype)
         centering = Centering(parent=config.centering_parent, parent_level=data["parent_level"])
         parent_level = data["parent_level"]
+        if config.reml:
+            # Per level, the sums of x_i z_i' over its rows: X'Z b without touching the rows.
+            level_xz = [
+                tf.math.unsorted_segment_sum(
+                    (tf.ones_like(fixed_design[:, :1]) if w is None else w)[:, :, None] * fixed_design[:, None, :],
+                    index, q)
+                for index, w, q in zip(group_index, z, config.num_levels)
+            ]
+
+            def profiled_fixed_effects(effects):
+                # beta_hat(b) = (X'X)^-1 X'(y - Zb), per chain.  The log density's gradient
+                # in beta vanishes there, so stop_gradient leaves its gradient in b exact.
+                xtzb = tf.add_n([tf.einsum("qdp,cqd->cp", xz, b) for xz, b in zip(level_xz, effects)])
+                beta = tf.linalg.matvec(data["xtx_inv"], data["xty"] - xtzb)
+                return tf.stop_gradient(beta)
+
         rows_per_level, children_per_level = {}, {}
         for root, child in centering.roots:
             rows_per_level[root] = tf.math.unsorted_segment_sum(
@@ -154,13 +193,15 @@ def _compiled_iterations(config: _StaticConfig):
             children_per_level[root] = tf.math.unsorted_segment_sum(
                 tf.ones_like(parent_level[child], dtype=dtype), parent_level[child], config.num_levels[root])
 
-        def body(i, fixed_effects, scale_tril, free, state, step_size, seed, sums, sq_sums, traces):
+        def body(i, fixed_effects, scale_tril, free, state, step_size, seed, sums, outer_sums, traces):
             seed, step_seed = tfp.random.split_seed(seed)
             family_params = family.constrain(free)
 
             def target_log_prob(*effects):
-                # the value of build_joint_distribution(...).log_prob, computed directly
-                return joint_log_prob(tensors, list(effects), fixed_effects=fixed_effects,
+                # the value of build_joint_distribution(...).log_prob, computed directly;
+                # for REML at the fixed effects that maximize it (beta integrated out).
+                beta = profiled_fixed_effects(effects) if config.reml else fixed_effects
+                return joint_log_prob(tensors, list(effects), fixed_effects=beta,
                                       random_scale_tril=scale_tril, family=family, family_params=family_params)
 
             def statistics(current):
@@ -168,6 +209,7 @@ def _compiled_iterations(config: _StaticConfig):
                     stats = gaussian_statistics(
                         current, fixed_design=fixed_design, response=data["regression_response"],
                         group_index=group_index, z=z, expansions=expansions,
+                        fixed_xtx_inv=data["xtx_inv"] if config.reml else None,
                     )
                 else:
                     stats = moment_statistics(current, expansions=expansions)
@@ -204,9 +246,12 @@ def _compiled_iterations(config: _StaticConfig):
                     children_per_level=children_per_level, dims=config.dims,
                 )
             if gaussian:
+                reml = None
+                if config.reml:
+                    reml = {"xtx_inv": data["xtx_inv"], "sigma": tf.reshape(family_params["sigma"], [])}
                 regression_beta, scale_matrix, sigma = gaussian_regression(
                     stats, fixed_xtx=data["xtx"], fixed_xty=data["xty"], response_ss=data["yty"], n_obs=n_obs,
-                    dims=config.dims,
+                    dims=config.dims, reml=reml,
                 )
                 new_free = tf.math.log(sigma)[None]
             else:
@@ -224,24 +269,29 @@ def _compiled_iterations(config: _StaticConfig):
             new_state = reduce_state(e_step.final_state, scale_matrix=scale_matrix, location=location,
                                      expansions=expansions)
             sums = [a + b for a, b in zip(sums, e_step.effects_sum)]
-            sq_sums = [a + b for a, b in zip(sq_sums, e_step.effects_sq_sum)]
+            outer_sums = [a + b for a, b in zip(outer_sums, e_step.effects_outer_sum)]
             traces = {
                 "parameters": traces["parameters"].write(i, _trace_row(new_beta, new_scale_tril, family, new_free)),
                 "objective": traces["objective"].write(i, e_step.statistics["log_joint"]),
                 "acceptance": traces["acceptance"].write(i, e_step.acceptance_rate),
                 "step_size": traces["step_size"].write(i, e_step.step_size),
+                # each E-step's draws (before the M-step's reparametrization), for diagnostics;
+                # only the last one of each when the model is large
+                "draws": [array.write(i, draws if config.keep_all_draws else draws[-1:])
+                          for array, draws in zip(traces["draws"], e_step.draws)],
             }
-            return i + 1, new_beta, new_scale_tril, new_free, new_state, e_step.step_size, seed, sums, sq_sums, traces
+            return i + 1, new_beta, new_scale_tril, new_free, new_state, e_step.step_size, seed, sums, outer_sums, traces
 
         sums = [tf.zeros([q, d], dtype) for q, d in zip(config.num_levels, config.dims)]
-        sq_sums = [tf.zeros([q, d], dtype) for q, d in zip(config.num_levels, config.dims)]
+        outer_sums = [tf.zeros([q, d, d], dtype) for q, d in zip(config.num_levels, config.dims)]
         traces = {name: tf.TensorArray(dtype, size=n_iter) for name in ("parameters", "objective", "acceptance", "step_size")}
+        traces["draws"] = [tf.TensorArray(dtype, size=n_iter) for _ in config.num_levels]
         loop = tf.while_loop(
             lambda i, *_: i < n_iter,
             body,
-            (tf.constant(0), fixed_effects, scale_tril, free, state, step_size, seed, sums, sq_sums, traces),
+            (tf.constant(0), fixed_effects, scale_tril, free, state, step_size, seed, sums, outer_sums, traces),
         )
-        _, fixed_effects, scale_tril, free, state, step_size, seed, sums, sq_sums, traces = loop
+        _, fixed_effects, scale_tril, free, state, step_size, seed, sums, outer_sums, traces = loop
         return {
             "fixed_effects": fixed_effects,
             "scale_tril": scale_tril,
@@ -250,7 +300,8 @@ def _compiled_iterations(config: _StaticConfig):
             "step_size": step_size,
             "seed": seed,
             "effects_sum": sums,
-            "effects_sq_sum": sq_sums,
+            "effects_outer_sum": outer_sums,
+            "draws": [array.stack() for array in traces.pop("draws")],
             **{f"trace_{name}": array.stack() for name, array in traces.items()},
         }
 
@@ -261,6 +312,7 @@ def fit_mcem(
     model: MixedModel,
     *,
     initial: ModelParameters | None = None,
+    method: str = "ml",
     options: MCEMOptions | None = None,
     stopping_rule=None,
     seed=None,
@@ -274,6 +326,9 @@ def fit_mcem(
         The model bound to its training data.
     initial : ModelParameters, optional
         Starting values; by default :func:`initial_parameters`.
+    method : {"ml", "reml"}, default "ml"
+        Maximum likelihood, or restricted maximum likelihood (Gaussian family only):
+        the E-step then integrates the fixed effects out under a flat prior.
     options : MCEMOptions, optional
     stopping_rule : object with an ``assess`` method, optional
         By default :class:`MonteCarloErrorRule` with ``tol=0.1``.
@@ -287,6 +342,11 @@ def fit_mcem(
     MCEMResult
     """
     options = options or MCEMOptions()
+    if method not in ("ml", "reml"):
+        raise ValueError(f"method must be 'ml' or 'reml', got {method!r}")
+    reml = method == "reml"
+    if reml and not isinstance(model.family, Gaussian):
+        raise ValueError(f"REML is defined for the Gaussian family only, not {model.family.name!r}")
     rule = stopping_rule if stopping_rule is not None else MonteCarloErrorRule()
     initial = initial or initial_parameters(model)
     layout = ParameterLayout.from_model(model)
@@ -305,6 +365,9 @@ def fit_mcem(
         keys=model.keys,
         expansion_targets=tuple(e.targets for e in expansions),
         centering_parent=centering.parent,
+        reml=reml,
+        keep_all_draws=8 * options.n_chains * options.n_draws * sum(t.num_levels * t.dim for t in model.random_terms)
+        <= 16 * 2**20,
     )
     run = _compiled_iterations(config)
     tensors = model.tensors()
@@ -324,6 +387,7 @@ def fit_mcem(
         ),
         "parent_level": tuple(None if m is None else tf.constant(m, tf.int32) for m in centering.parent_level),
         "xtx": tf.constant(X.T @ X),
+        "xtx_inv": tf.constant(np.linalg.pinv(X.T @ X) if reml else np.zeros((X.shape[1],) * 2)),
         "xty": tf.constant(X.T @ y),
         "yty": tf.constant(float(y @ y), tf.float64),
     }
@@ -338,6 +402,9 @@ def fit_mcem(
     rows, objective, acceptance, step_sizes = [], [], [], []
     window_start, draws_summed = None, 0
     sums = [np.zeros((q, d)) for q, d in zip(config.num_levels, dims)]
+    outer_sums = [np.zeros((q, d, d)) for q, d in zip(config.num_levels, dims)]
+    bytes_per_draw = 8 * options.n_chains * sum(q * d for q, d in zip(config.num_levels, dims))
+    kept = collections.deque(maxlen=max(1, min(options.max_kept_draws, options.draws_memory_bytes // bytes_per_draw)))
     decision = Decision(None, False, message="not started")
     fixed_scale = None
     start_time = time.perf_counter()
@@ -363,14 +430,19 @@ def fit_mcem(
             objective.extend(out["trace_objective"].numpy())
             acceptance.extend(out["trace_acceptance"].numpy())
             step_sizes.extend(out["trace_step_size"].numpy())
+            chunk_draws = [d.numpy() for d in out["draws"]]
+            kept.extend((len(rows) - len(chunk) + j, [d[j, t] for d in chunk_draws])
+                        for j in range(len(chunk)) for t in range(chunk_draws[0].shape[1]))
             if window_start is not None:
-                for k, s in enumerate(out["effects_sum"]):
+                for k, (s, o) in enumerate(zip(out["effects_sum"], out["effects_outer_sum"])):
                     sums[k] += s.numpy()
+                    outer_sums[k] += o.numpy()
                 draws_summed += draws_per_call
             trace = np.asarray(rows)
             posterior_var = [
-                np.maximum(q.numpy() / draws_per_call - (m.numpy() / draws_per_call) ** 2, 0.0)
-                for m, q in zip(out["effects_sum"], out["effects_sq_sum"])
+                np.maximum(np.diagonal(o.numpy(), axis1=1, axis2=2) / draws_per_call - (m.numpy() / draws_per_call) ** 2,
+                           0.0)
+                for m, o in zip(out["effects_sum"], out["effects_outer_sum"])
             ]
             if fixed_scale is None:
                 # Exact standard errors cost about one EM iteration: computed once, after
@@ -383,6 +455,7 @@ def fit_mcem(
                 # The conditional means average the draws from the window's start on.
                 window_start = decision.window_start
                 sums = [np.zeros_like(s) for s in sums]
+                outer_sums = [np.zeros_like(o) for o in outer_sums]
                 draws_summed = 0
             bar.update(len(chunk))
             bar.set_postfix_str(decision.message, refresh=False)
@@ -403,7 +476,12 @@ def fit_mcem(
         tolerance = np.full(layout.size, np.nan)
     if draws_summed == 0:  # never reached a window: use the last call's draws
         sums = [s.numpy() for s in out["effects_sum"]]
+        outer_sums = [o.numpy() for o in out["effects_outer_sum"]]
         draws_summed = draws_per_call
+    window_draws = [draw for iteration, draw in kept if iteration >= window_start] or [kept[-1][1]]
+    # (n_chains, n_kept, num_levels, dim) per term, ArviZ's (chain, draw, ...) order
+    draws = tuple(np.stack([d[k] for d in window_draws], axis=1) for k in range(len(dims)))
+    diagnostics = sampler_diagnostics(draws)
     frozen = layout.at_boundary(estimate, residual_sd=layout.residual_sd(estimate))
     initial_row = layout.row(initial)
     summary = FitSummary(
@@ -428,10 +506,55 @@ def fit_mcem(
         at_boundary=tuple(name for name, flag in zip(layout.names, frozen) if flag),
         elapsed_seconds=time.perf_counter() - start_time,
         first_call_seconds=first_call_seconds,
+        method=method,
+        **diagnostics,
     )
     random_effects = tuple(s / draws_summed for s in sums)
+    random_effects_cov = tuple(o / draws_summed - m[:, :, None] * m[:, None, :] for o, m in zip(outer_sums, random_effects))
     return MCEMResult(parameters=layout.parameters(estimate), random_effects=random_effects,
-                      summary=summary)
+                      random_effects_cov=random_effects_cov, draws=draws, summary=summary)
+
+
+def sampler_diagnostics(draws) -> dict:
+    """R-hat and effective sample sizes of kept draws (:mod:`tfp.mcmc.diagnostic`).
+
+    Parameters
+    ----------
+    draws : sequence of numpy.ndarray
+        Per term, ``(n_chains, n_draws, num_levels, dim)``.
+
+    Returns
+    -------
+    dict
+        ``rhat``: the largest split R-hat of the statistics the M-step uses, each
+        term's mean square of every coefficient over its levels (what a chain that
+        has not mixed gets wrong first).  ``rhat_max``: the largest split R-hat over
+        every coefficient of every level; with thousands of levels and a hundred
+        draws per chain its chance fluctuations alone reach about 1.1, so it informs
+        but does not warn.  ``ess_min``: the smallest effective sample size over
+        levels, all chains together.  ``n_kept_draws``: draws per chain.  R-hat is
+        ``nan`` with fewer than 4 draws per chain, or a single chain.
+    """
+    n_chains, n_kept = draws[0].shape[:2]
+    nan = float("nan")
+    if n_kept < 4:
+        return {"rhat": nan, "rhat_max": nan, "ess_min": nan, "n_kept_draws": int(n_kept)}
+    rhat, rhat_levels, ess = [], [], []
+    for d in draws:
+        samples = tf.constant(np.swapaxes(d, 0, 1))  # (draw, chain, level, coefficient)
+        mean_square = tf.reduce_mean(tf.square(samples), axis=2)
+        if n_chains > 1:
+            rhat.append(tfp.mcmc.potential_scale_reduction(mean_square, independent_chain_ndims=1,
+                                                           split_chains=True).numpy())
+            rhat_levels.append(tfp.mcmc.potential_scale_reduction(samples, independent_chain_ndims=1,
+                                                                  split_chains=True).numpy())
+        ess.append(tfp.mcmc.effective_sample_size(samples, cross_chain_dims=1 if n_chains > 1 else None).numpy())
+    return {
+        "rhat": float(max(np.nanmax(r) for r in rhat)) if rhat else nan,
+        "rhat_max": float(max(np.nanmax(r) for r in rhat_levels)) if rhat_levels else nan,
+        "ess_min": float(min(np.nanmin(e) for e in ess)),
+        "n_kept_draws": int(n_kept),
+    }
 
 
 def _seed_pair(seed) -> list[int]:

@@ -97,13 +97,16 @@ def moment_statistics(state, *, expansions):
     return statistics
 
 
-def gaussian_statistics(state, *, fixed_design, response, group_index, z, expansions):
+def gaussian_statistics(state, *, fixed_design, response, group_index, z, expansions, fixed_xtx_inv=None):
     """Per-chain sufficient statistics of one draw for :func:`gaussian_regression` (and
     :func:`covariance_update`).
 
     Returns a dict with, per chain, ``xtp`` (X'P), ``ptp`` (P'P), ``pty`` (P'y) for the
     regressors ``P`` of :func:`expansion_columns`, and the moments of
-    :func:`moment_statistics`.
+    :func:`moment_statistics`.  With ``fixed_xtx_inv`` (``(X'X)^-1``, for REML) also
+    ``reml_ptu`` (``P'u``) and ``reml_utu`` (``u'u``), where ``u = H Z b`` is the
+    projection of the draw's random part on the fixed design (``H`` the hat matrix of
+    ``X``): the part of the residual a REML E-step leaves to the fixed effects.
     """
     parts = expansion_columns(state, group_index, z)
     statistics = {
@@ -111,6 +114,12 @@ def gaussian_statistics(state, *, fixed_design, response, group_index, z, expans
         "ptp": tf.einsum("cnk,cnl->ckl", parts, parts),
         "pty": tf.einsum("cnk,n->ck", parts, response),
     }
+    if fixed_xtx_inv is not None:
+        identity = identity_coefficients([s.shape[-1] for s in state], fixed_design.dtype)
+        xtzb = tf.linalg.matvec(statistics["xtp"], identity)  # X'Zb per chain
+        projected = tf.linalg.matvec(fixed_xtx_inv, xtzb)  # (X'X)^-1 X'Zb
+        statistics["reml_ptu"] = tf.einsum("cpk,cp->ck", statistics["xtp"], projected)
+        statistics["reml_utu"] = tf.reduce_sum(xtzb * projected, axis=-1)
     statistics.update(moment_statistics(state, expansions=expansions))
     return statistics
 
@@ -168,15 +177,25 @@ def identity_coefficients(dims, dtype):
     return tf.concat([tf.reshape(tf.eye(d, dtype=dtype), [-1]) for d in dims], axis=0)
 
 
-def gaussian_regression(statistics, *, fixed_xtx, fixed_xty, response_ss, n_obs, dims):
+def gaussian_regression(statistics, *, fixed_xtx, fixed_xty, response_ss, n_obs, dims, reml=None):
     """The Gaussian family's part of the expanded M-step, in closed form.
 
     Least squares of ``y`` on ``X`` and the expansion regressors, averaged over the
     draws through the sufficient statistics of :func:`gaussian_statistics`.
 
+    For REML (``reml`` a dict with ``xtx_inv``, ``(X'X)^-1``, and ``sigma``, the
+    current residual sd), the fixed effects are missing data with a flat prior, as in
+    the REML form of EM: the E-step draws ``b`` with ``beta`` integrated out, and
+    ``beta | b, y ~ N(beta_hat(b), sigma^2 (X'X)^-1)``.  The expected residual sum of
+    squares is then that of ``M y + H Z b`` (``H`` the hat matrix, ``M = I - H``) on
+    ``X`` and the expansion regressors, plus ``p sigma^2``; the fixed-effect shift
+    ``gamma`` of the expansion is free because the flat prior is invariant to it.
+
     Returns
     -------
     fixed_effects : Tensor
+        ML: the estimate.  REML: the posterior mean of ``beta`` in the expanded
+        parametrization, ``gamma + (X'X)^-1 X'(y - E[Z b])``.
     scale_matrix : list of Tensor
         ``C_k`` per term.
     sigma : Tensor
@@ -184,11 +203,23 @@ def gaussian_regression(statistics, *, fixed_xtx, fixed_xty, response_ss, n_obs,
     p = fixed_xtx.shape[0]
     xtp, ptp = statistics["xtp"], statistics["ptp"]
     gram = tf.concat([tf.concat([fixed_xtx, xtp], axis=1), tf.concat([tf.transpose(xtp), ptp], axis=1)], axis=0)
-    rhs = tf.concat([fixed_xty, statistics["pty"]], axis=0)
+    if reml is None:
+        rhs = tf.concat([fixed_xty, statistics["pty"]], axis=0)
+    else:
+        xtx_inv = reml["xtx_inv"]
+        xtzb = tf.linalg.matvec(xtp, identity_coefficients(dims, xtp.dtype))  # E[X'Zb]
+        projected_y = tf.linalg.matvec(xtx_inv, fixed_xty)
+        rhs = tf.concat([xtzb, statistics["pty"] - tf.linalg.matvec(xtp, projected_y, transpose_a=True)
+                         + statistics["reml_ptu"]], axis=0)
+        response_ss = response_ss - tf.reduce_sum(fixed_xty * projected_y) + statistics["reml_utu"]
     theta = _least_squares(gram, rhs)
     residual_ss = response_ss - 2.0 * tf.reduce_sum(theta * rhs) + tf.reduce_sum(theta * tf.linalg.matvec(gram, theta))
-    sigma = tf.sqrt(tf.maximum(residual_ss, 0.0) / n_obs)
-    return theta[:p], _scale_matrices(theta[p:], dims), sigma
+    if reml is None:
+        sigma = tf.sqrt(tf.maximum(residual_ss, 0.0) / n_obs)
+        return theta[:p], _scale_matrices(theta[p:], dims), sigma
+    sigma = tf.sqrt((tf.maximum(residual_ss, 0.0) + p * tf.square(reml["sigma"])) / n_obs)
+    fixed_effects = theta[:p] + tf.linalg.matvec(reml["xtx_inv"], fixed_xty - xtzb)
+    return fixed_effects, _scale_matrices(theta[p:], dims), sigma
 
 
 def glm_regression(parts, *, fixed_design, response, trials, offset, family, fixed_effects, free, dims,

@@ -58,6 +58,19 @@ class FitSummary:
         Wall time of the first compiled call: tracing and XLA compilation (unless the
         compiled code was cached by an earlier fit of the same shapes) plus its
         iterations.
+    method : str
+        ``"ml"`` or ``"reml"``.
+    rhat : float
+        Largest split R-hat of each term's mean square of its coefficients over the
+        kept draws (those of the E-steps in the averaging window, per chain): the
+        statistics the M-step uses.  The estimators warn when it exceeds 1.05.
+    rhat_max : float
+        Largest split R-hat over every coefficient of every level (noisier: with
+        thousands of levels it reaches about 1.1 by chance alone).
+    ess_min : float
+        Smallest effective sample size of the random effects over those draws.
+    n_kept_draws : int
+        Kept draws per chain.
     """
 
     converged: bool
@@ -81,12 +94,27 @@ class FitSummary:
     at_boundary: tuple[str, ...]
     elapsed_seconds: float
     first_call_seconds: float
+    method: str = "ml"
+    rhat: float = float("nan")
+    rhat_max: float = float("nan")
+    ess_min: float = float("nan")
+    n_kept_draws: int = 0
 
     @property
     def acceptance_rate(self) -> float:
         """Mean HMC acceptance rate over the averaging window (or the last iteration)."""
         start = self.window_start if self.window_start is not None and self.window_start < self.n_iter else self.n_iter - 1
         return float(np.mean(self.acceptance[start:]))
+
+    @property
+    def final_step_size(self) -> float:
+        """The HMC step size adapted in the last E-step (on the preconditioned scale)."""
+        return float(self.step_size[-1])
+
+    @property
+    def final_acceptance_rate(self) -> float:
+        """The HMC acceptance rate of the last E-step."""
+        return float(self.acceptance[-1])
 
     @property
     def is_singular(self) -> bool:
@@ -109,5 +137,6 @@ class FitSummary:
         state = "converged" if self.converged else "NOT converged"
         return (
             f"FitSummary({state} after {self.n_iter} iterations, {self.n_averaged} averaged; "
-            f"acceptance {self.acceptance_rate:.2f}; {self.elapsed_seconds:.1f}s; {self.message})"
+            f"acceptance {self.acceptance_rate:.2f}; R-hat {self.rhat:.3f}; "
+            f"{self.elapsed_seconds:.1f}s; {self.message})"
         )

@@ -34,19 +34,36 @@ class GaussianMarginal:
     Attributes
     ----------
     log_likelihood : float
-        Marginal log-likelihood of the response (the ML criterion).
+        Marginal log-likelihood of the response at the given fixed effects (the ML
+        criterion).
     fixed_effects_cov : numpy.ndarray of shape (n_fixed, n_fixed)
         ``(X' V^-1 X)^-1``: the covariance of the fixed-effects estimate.
     conditional_means : tuple of numpy.ndarray
-        Per term, the conditional mean of each level's coefficients, ``(num_levels, dim)``.
+        Per term, the conditional mean of each level's coefficients at the given
+        fixed effects, ``(num_levels, dim)``.
     conditional_sds : tuple of numpy.ndarray
         Per term, their conditional standard deviations, ``(num_levels, dim)``.
+    conditional_covs : tuple of numpy.ndarray
+        Per term, each level's conditional covariance, ``(num_levels, dim, dim)``
+        (lme4's ``postVar``).
+    gls_fixed_effects : numpy.ndarray of shape (n_fixed,)
+        The generalized least squares estimate ``(X'V^-1X)^-1 X'V^-1 y``: the fixed
+        effects that maximize both likelihoods given the variance parameters.
+    profiled_log_likelihood : float
+        The log-likelihood at ``gls_fixed_effects``.
+    reml_log_likelihood : float
+        The restricted log-likelihood, ``profiled_log_likelihood - log|X'V^-1X| / 2
+        + p log(2 pi) / 2`` (lme4's ``-REMLcrit / 2``).
     """
 
     log_likelihood: float
     fixed_effects_cov: np.ndarray
     conditional_means: tuple[np.ndarray, ...]
     conditional_sds: tuple[np.ndarray, ...]
+    conditional_covs: tuple[np.ndarray, ...] = ()
+    gls_fixed_effects: np.ndarray | None = None
+    profiled_log_likelihood: float | None = None
+    reml_log_likelihood: float | None = None
 
 
 def gaussian_marginal(
@@ -99,7 +116,7 @@ def gaussian_marginal(
         xtx = X.T @ X / sigma**2
         cov = np.linalg.inv(xtx) if X.shape[1] else np.zeros((0, 0))
         loglik = -0.5 * (n * np.log(2 * np.pi * sigma**2) + residual @ residual / sigma**2)
-        return GaussianMarginal(float(loglik), cov, (), ())
+        return GaussianMarginal(float(loglik), cov, (), ())  # no random terms: the GLS extras are not needed
     scaled = [term_z(term, n) @ L / sigma for term, L in zip(terms, params.random_scale_tril)]
     system = BlockSystem(terms, scaled, max_dense_entries=max_dense_entries)
     W = np.column_stack([residual, X])
@@ -108,19 +125,27 @@ def gaussian_marginal(
     reduced = W.T @ W - system.quadratic(v1, vr, x1, xr)
     loglik = -0.5 * (n * np.log(2 * np.pi * sigma**2) + system.logdet + reduced[0, 0] / sigma**2)
     p = X.shape[1]
+    profiled, reml = float(loglik), float(loglik)
+    gls = beta
     if p:
-        xtvx = reduced[1:, 1:] / sigma**2
-        cov = linalg.inv(0.5 * (xtvx + xtvx.T))
+        xtvx = 0.5 * (reduced[1:, 1:] + reduced[1:, 1:].T) / sigma**2
+        cov = linalg.inv(xtvx)
+        xtvr = reduced[1:, 0] / sigma**2
+        step = cov @ xtvr
+        gls = beta + step
+        profiled = float(loglik + 0.5 * xtvr @ step)
+        reml = profiled - 0.5 * float(np.linalg.slogdet(xtvx)[1]) + 0.5 * p * np.log(2 * np.pi)
     else:
         cov = np.zeros((0, 0))
     # b = L v per level, v | y ~ N(A^-1 U'r / sigma, A^-1).
     whitened = system.to_terms(x1, xr)
     blocks = system.inverse_diagonal_blocks()
-    means, sds = [], []
+    means, sds, covs = [], [], []
     for v, block, L in zip(whitened, blocks, params.random_scale_tril):
         means.append((v / sigma) @ L.T)
-        sds.append(np.sqrt(np.einsum("ab,jbc,ac->ja", L, block, L)))
-    return GaussianMarginal(float(loglik), cov, tuple(means), tuple(sds))
+        covs.append(np.einsum("ab,jbc,dc->jad", L, block, L))
+        sds.append(np.sqrt(np.einsum("jaa->ja", covs[-1])))
+    return GaussianMarginal(float(loglik), cov, tuple(means), tuple(sds), tuple(covs), gls, profiled, reml)
 
 
 def term_z(term, n_rows: int) -> np.ndarray:

@@ -132,7 +132,9 @@ def marginal_log_likelihood(
     if start is None:
         v = [np.zeros((t.num_levels, t.dim)) for t in terms]
     else:
-        v = [np.linalg.solve(L, np.asarray(b, dtype=np.float64).T).T for b, L in zip(start, params.random_scale_tril)]
+        # pinv: a singular fit's factor has zero rows
+        v = [(np.linalg.pinv(L) @ np.asarray(b, dtype=np.float64).T).T
+             for b, L in zip(start, params.random_scale_tril)]
 
     def objective(v, loglik):
         return loglik - 0.5 * sum(float(np.sum(x**2)) for x in v)

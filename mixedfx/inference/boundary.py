@@ -1,0 +1,84 @@
+"""Singular fits: variance components whose maximum likelihood estimate is zero.
+
+Monte Carlo EM approaches a zero variance slowly, and its Monte Carlo noise keeps the
+estimate a little above zero, so the boundary cannot be read off the trace as lme4
+reads its optimizer's ``theta``.  It is tested instead: a standard deviation is at
+the boundary when setting it to zero does not lower the log-likelihood (exact for
+the Gaussian family, profiled over the fixed effects; the Laplace approximation for
+the others) by more than ``tolerance``.  Only small standard deviations are tried.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mixedfx.inference.layout import ParameterLayout
+from mixedfx.model.families import Gaussian
+from mixedfx.model.gaussian import gaussian_marginal
+from mixedfx.model.joint import MixedModel, ModelParameters
+from mixedfx.model.likelihood import marginal_log_likelihood
+
+__all__ = ["boundary_components", "zero_components"]
+
+
+def zero_components(params: ModelParameters, components) -> ModelParameters:
+    """``params`` with the standard deviations ``components`` (``(term, coefficient)``
+    pairs) set to zero: the coefficient's row of the term's Cholesky factor."""
+    scale_tril = [np.array(L, dtype=np.float64) for L in params.random_scale_tril]
+    for term, coefficient in components:
+        scale_tril[term][coefficient, :] = 0.0
+    return ModelParameters(params.fixed_effects, tuple(scale_tril), dict(params.family_params))
+
+
+def _log_likelihood(model: MixedModel, params: ModelParameters, *, seed: int) -> float:
+    if isinstance(model.family, Gaussian):
+        return gaussian_marginal(model, params).profiled_log_likelihood
+    return marginal_log_likelihood(model, params, seed=seed, n_draws=2).laplace
+
+
+def boundary_components(model: MixedModel, params: ModelParameters, *, relative: float = 0.05,
+                        tolerance: float = 1e-3, seed: int = 0) -> tuple[list, list[str]]:
+    """The standard deviations estimated at zero.
+
+    Parameters
+    ----------
+    model : MixedModel
+    params : ModelParameters
+        The estimates.
+    relative : float, default 0.05
+        Only standard deviations below ``relative`` times the residual sd (Gaussian)
+        or ``relative`` on the linear predictor's scale (other families) are tried.
+    tolerance : float, default 1e-3
+        Largest drop of the log-likelihood that still counts as no drop.
+    seed : int
+
+    Returns
+    -------
+    components : list of (int, int)
+        ``(term, coefficient)`` of each standard deviation at zero.
+    names : list of str
+        Their names in :attr:`FitSummary.parameter_names`.
+    """
+    layout = ParameterLayout.from_model(model)
+    sd_names = [name for name, kind in zip(layout.names, layout.kinds) if kind == "sd"]
+    unit = float(params.family_params["sigma"]) if isinstance(model.family, Gaussian) else 1.0
+    candidates, position = [], 0
+    for k, L in enumerate(params.random_scale_tril):
+        sds = np.sqrt(np.diag(L @ L.T))
+        for c, sd in enumerate(sds):
+            if sd < relative * unit:
+                candidates.append(((k, c), sd_names[position]))
+            position += 1
+    if not candidates:
+        return [], []
+    try:
+        reference = _log_likelihood(model, params, seed=seed)
+    except Exception:  # too large for the dense blocks: leave the flags to the trace
+        return [], []
+    components, names = [], []
+    for component, name in candidates:
+        trial = zero_components(params, components + [component])
+        if _log_likelihood(model, trial, seed=seed) >= reference - tolerance:
+            components.append(component)
+            names.append(name)
+    return components, names

@@ -1,0 +1,306 @@
+"""After the fit: lme4's inference toolkit on a fitted mixedfx estimator.
+
+Tables (``coef(summary(m))``, ``as.data.frame(ranef(m, condVar = TRUE))``), intervals
+(``confint`` by Wald or parametric bootstrap), likelihood-ratio tests (``anova``),
+simulation (``simulate``, from the prior of the random effects or from the E-step's
+draws), prediction uncertainty, and the E-step draws as ArviZ ``InferenceData``.
+
+The functions take a fitted estimator; the estimators' methods of the same names call
+them.  Nothing here imports the estimator module (it sits above this one).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from mixedfx._tf import tf
+from mixedfx.exceptions import ConvergenceWarning, DataError, ParameterError, SamplerWarning
+from mixedfx.model import MixedModel, Ordinal
+from mixedfx.model.gaussian import term_z
+
+__all__ = [
+    "anova",
+    "count_parameters",
+    "fixed_effects_table",
+    "ranef_frame",
+    "parameter_vector",
+    "confidence_intervals",
+    "simulate_responses",
+    "linear_predictor_variance",
+    "to_arviz",
+]
+
+
+def count_parameters(model) -> int:
+    """Parameters counted as lme4 counts them for AIC, BIC and ``anova``'s ``npar``:
+    fixed effects, every variance-covariance entry (the residual's included), the
+    cutpoints and the dispersion."""
+    cutpoints = getattr(model, "cutpoints_", None)
+    return (len(model.fixed_effects_) + len(model.variance_components_)
+            + (0 if cutpoints is None else len(cutpoints)) + (1 if hasattr(model, "dispersion_") else 0))
+
+
+def fixed_effects_table(model) -> pd.DataFrame:
+    """lme4's ``coef(summary(m))`` with p-values: estimate, standard error, Wald statistic.
+
+    The p-values are two-sided, from the normal distribution (the Wald test lme4's
+    ``confint(method = "Wald")`` also uses; for a Gaussian model lme4 prints the
+    statistic as a ``t value`` without a p-value).
+    """
+    estimate = model.fixed_effects_.to_numpy()
+    se = np.sqrt(np.clip(np.diag(model.fixed_effects_cov_.to_numpy()), 0.0, None))
+    statistic = estimate / se
+    label = "t" if model.family_.name == "gaussian" else "z"
+    return pd.DataFrame(
+        {"Estimate": estimate, "Std. Error": se, f"{label} value": statistic,
+         f"Pr(>|{label}|)": 2.0 * stats.norm.sf(np.abs(statistic))},
+        index=model.fixed_effects_.index,
+    )
+
+
+def ranef_frame(model) -> pd.DataFrame:
+    """``as.data.frame(ranef(m, condVar = TRUE))``: one row per (group, term, level)."""
+    frames = []
+    for group, means in model.random_effects_.items():
+        covs = model.random_effects_cov_[group]
+        for c, coef in enumerate(means.columns):
+            frames.append(pd.DataFrame({
+                "group": group,
+                "term": coef,
+                "level": means.index.to_numpy(dtype=object),
+                "condval": means[coef].to_numpy(),
+                "condsd": np.sqrt(np.clip(covs[:, c, c], 0.0, None)),
+            }))
+    return pd.concat(frames, ignore_index=True)
+
+
+def parameter_vector(model) -> pd.Series:
+    """Every estimated parameter, named as in :attr:`FitSummary.parameter_names`:
+    fixed effects (internal: an ordinal model's intercept included), sds,
+    correlations, then the family's parameters."""
+    summary = model.fit_summary_
+    values = pd.Series(np.asarray(summary.estimate, dtype=float), index=list(summary.parameter_names))
+    fixed = np.asarray(model.model_parameters_.fixed_effects, dtype=float)
+    values.iloc[: len(fixed)] = fixed
+    return values
+
+
+def confidence_intervals(model, *, method="wald", level=0.95, n_boot=200, random_state=None) -> pd.DataFrame:
+    """Confidence intervals for every parameter: see :meth:`MixedEffectsRegressor.confint`."""
+    if not isinstance(level, (int, float)) or not 0.0 < level < 1.0:
+        raise ParameterError(f"level must be a number between 0 and 1, got {level!r}")
+    tail = (1.0 - level) / 2.0
+    columns = [f"{100 * tail:.3g} %", f"{100 * (1 - tail):.3g} %"]
+    estimates = parameter_vector(model)
+    if method == "wald":
+        out = pd.DataFrame(np.nan, index=estimates.index, columns=columns)
+        table = fixed_effects_table(model)
+        z = stats.norm.ppf(1.0 - tail)
+        for name, row in table.iterrows():
+            if name in out.index:
+                out.loc[name] = [row["Estimate"] - z * row["Std. Error"], row["Estimate"] + z * row["Std. Error"]]
+        return out
+    if method == "bootstrap":
+        if not isinstance(n_boot, (int, np.integer)) or n_boot < 2:
+            raise ParameterError(f"n_boot must be an integer >= 2, got {n_boot!r}")
+        rng = np.random.default_rng(random_state)
+        replicates, failed = [], 0
+        for _ in range(int(n_boot)):
+            response = simulate_responses(model, model.model_, n=1, rng=rng)[0]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                warnings.simplefilter("ignore", SamplerWarning)
+                refit = model._refit(response=response, random_state=int(rng.integers(2**31 - 1)))
+            if not refit.fit_summary_.converged:
+                failed += 1
+            replicates.append(parameter_vector(refit).to_numpy())
+        draws = np.asarray(replicates)
+        out = pd.DataFrame(np.quantile(draws, [tail, 1.0 - tail], axis=0).T, index=estimates.index, columns=columns)
+        out.attrs["n_boot"] = int(n_boot)
+        out.attrs["n_not_converged"] = failed
+        return out
+    if method == "profile":
+        raise ParameterError(
+            "method='profile' is not available in mixedfx (each profile point would be a Monte Carlo EM fit); "
+            "use method='bootstrap' for the variance components, or 'wald' for the fixed effects"
+        )
+    raise ParameterError(f"method must be 'wald', 'bootstrap' or 'profile', got {method!r}")
+
+
+def _random_effect_values(model, *, n, rng, posterior):
+    """Per simulation and term, the random effects: ``(n, num_levels, dim)`` arrays."""
+    terms = model.random_design_.terms
+    params = model.model_parameters_
+    out = []
+    for term, L in zip(terms, params.random_scale_tril):
+        if posterior:
+            draws = model.random_effect_draws_[term.name]
+            columns = list(model.random_effects_[term.name].columns)
+            draws = draws[..., [columns.index(c) for c in term.coef_names]]
+            flat = draws.reshape((-1,) + draws.shape[2:])
+            out.append(flat[rng.integers(flat.shape[0], size=n)])
+        else:
+            num_levels = model.random_design_.factors[term.factor].num_levels
+            out.append(rng.standard_normal((n, num_levels, L.shape[0])) @ L.T)
+    return out
+
+
+def simulate_responses(model, bound: MixedModel, *, n, rng, posterior=False) -> np.ndarray:
+    """``n`` new responses for the rows of ``bound``, in the family's internal coding
+    (success counts, category codes), shape ``(n, n_rows)``.
+
+    Random effects come from their fitted distribution ``N(0, Sigma)`` (lme4's
+    ``simulate``), or, with ``posterior=True``, from the E-step's kept draws (the
+    posterior predictive distribution given the fitted parameters).
+    """
+    params = model.model_parameters_
+    effects = _random_effect_values(model, n=n, rng=rng, posterior=posterior)
+    eta = np.tile(bound.fixed_design @ params.fixed_effects, (n, 1))
+    if bound.offset is not None:
+        eta = eta + bound.offset
+    for term, values in zip(bound.random_terms, effects):
+        z = term_z(term, bound.n_obs)
+        eta = eta + np.einsum("snd,nd->sn", values[:, term.group_index], z)
+    family_params = {k: tf.constant(np.asarray(v, dtype=np.float64)) for k, v in params.family_params.items()}
+    trials = None if bound.trials is None else tf.constant(bound.trials, tf.float64)
+    distribution = model.family_.distribution(tf.constant(eta), family_params, trials=trials)
+    seed = tf.constant(rng.integers(0, 2**31 - 1, size=2), tf.int32)
+    return distribution.sample(seed=seed).numpy()
+
+
+def linear_predictor_variance(model, X_fixed, terms, *, include_random) -> np.ndarray:
+    """Variance of the linear predictor's estimate for rows: the fixed effects'
+    covariance, plus each row's random effects' conditional covariance (their prior
+    covariance for a level not seen in fit).  The covariance between the fixed and the
+    random effects' estimates is left out, as in lme4-based prediction intervals
+    (merTools' ``predictInterval``)."""
+    cov = model.fixed_effects_cov_.to_numpy()
+    names = list(model.fixed_effects_.index)
+    internal = list(model.model_.fixed_names)
+    keep = [internal.index(name) for name in names]
+    variance = np.einsum("np,pq,nq->n", X_fixed[:, keep], np.nan_to_num(cov), X_fixed[:, keep])
+    if include_random:
+        params = model.model_parameters_
+        for term, data, prior in zip(model.random_design_.terms, terms, params.random_cov):
+            columns = list(model.random_effects_[term.name].columns)
+            pick = [columns.index(c) for c in term.coef_names]
+            conditional = model.random_effects_cov_[term.name][:, pick][:, :, pick]
+            z = term_z(data, X_fixed.shape[0])
+            index = data.group_index
+            per_row = np.where(index[:, None, None] >= 0, conditional[np.maximum(index, 0)], prior)
+            variance = variance + np.einsum("na,nab,nb->n", z, per_row, z)
+    return variance
+
+
+def anova(*models, refit=True, names=None) -> pd.DataFrame:
+    """Likelihood-ratio tests between nested models fitted to the same rows, as lme4's ``anova``.
+
+    Parameters
+    ----------
+    *models : fitted MixedEffectsRegressor or MixedEffectsClassifier
+        Two or more models of the same response on the same rows, nested in each
+        other; they are ordered by their number of parameters.
+    refit : bool, default True
+        Refit REML fits by ML first (with the same random_state), since REML
+        likelihoods of models with different fixed effects are not comparable; lme4
+        does the same.  ``False`` compares the likelihoods as fitted.
+    names : sequence of str, optional
+        Row labels; by default each model's formula.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``npar``, ``AIC``, ``BIC``, ``logLik``, ``deviance``, ``Chisq``,
+        ``Df`` and ``Pr(>Chisq)`` (each test against the row above), one row per
+        model.  For non-Gaussian families the log-likelihoods are importance-sampling
+        estimates; their Monte Carlo standard errors are in ``attrs["logLik_se"]``.
+
+    Examples
+    --------
+    >>> import mixedfx
+    >>> data = mixedfx.datasets.make_mixed_data(
+    ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
+    ...     random_sd={"g": 0.8}, random_state=2)
+    >>> small = mixedfx.lmer("y ~ 1 + (1 | g)", data, random_state=0, verbose=0)
+    >>> large = mixedfx.lmer("y ~ x + (1 | g)", data, random_state=0, verbose=0)
+    >>> table = mixedfx.anova(small, large)
+    >>> table["npar"].tolist(), table["Df"].tolist()[1], bool(table["Pr(>Chisq)"].iloc[1] < 1e-6)
+    ([3, 4], 1.0, True)
+    """
+    if len(models) < 2:
+        raise ParameterError("anova compares two or more fitted models")
+    for k, model in enumerate(models):
+        if not hasattr(model, "fit_summary_"):
+            raise ParameterError(f"model {k + 1} of anova is not fitted")
+    first = models[0]
+    for k, model in enumerate(models[1:], start=2):
+        if model.n_obs_ != first.n_obs_ or not np.array_equal(model.model_.response, first.model_.response):
+            raise DataError(
+                f"model {k} of anova was fitted to other rows or another response than model 1 "
+                f"({model.n_obs_} vs {first.n_obs_} rows); likelihood-ratio tests need the same data"
+            )
+        if model.family_.name != first.family_.name:
+            raise ParameterError(f"model {k} of anova has family {model.family_.name!r}, model 1 {first.family_.name!r}")
+    labels = list(names) if names is not None else [m.formula_spec_.text for m in models]
+    if len(labels) != len(models):
+        raise ParameterError(f"names has {len(labels)} entries for {len(models)} models")
+    if len(set(labels)) < len(labels):
+        labels = [f"{label} [{k + 1}]" for k, label in enumerate(labels)]
+    rows = []
+    for label, model in zip(labels, models):
+        refitted = False
+        if refit and model._method() == "reml":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", SamplerWarning)
+                model = model._refit(method="ml", random_state=model.random_state)
+            refitted = True
+        if model.log_likelihood_ is None:
+            raise DataError(f"the log-likelihood of {label!r} was not computed (the model is too large)")
+        npar = count_parameters(model)
+        loglik = model.log_likelihood_
+        rows.append({"model": label, "npar": npar, "AIC": -2 * loglik + 2 * npar,
+                     "BIC": -2 * loglik + np.log(model.n_obs_) * npar, "logLik": loglik, "deviance": -2 * loglik,
+                     "se": model.log_likelihood_se_ or 0.0, "refitted": refitted})
+    table = pd.DataFrame(rows).sort_values("npar", kind="stable").set_index("model")
+    chisq = 2.0 * table["logLik"].diff()
+    df = table["npar"].diff()
+    table["Chisq"] = chisq.clip(lower=0.0)
+    table["Df"] = df
+    table["Pr(>Chisq)"] = np.where(df > 0, stats.chi2.sf(table["Chisq"], df.where(df > 0, 1.0)), np.nan)
+    table.loc[table.index[0], ["Chisq", "Df", "Pr(>Chisq)"]] = np.nan
+    table.attrs["logLik_se"] = table.pop("se").to_dict()
+    table.attrs["refitted_with_ML"] = [k for k, v in table.pop("refitted").items() if v]
+    table.index.name = None
+    return table
+
+
+def to_arviz(model):
+    """The E-step's kept draws of the random effects as ArviZ ``InferenceData``: see
+    :meth:`MixedEffectsRegressor.to_arviz`."""
+    try:
+        import arviz as az
+    except ImportError as exc:  # pragma: no cover - arviz is a dependency
+        raise ImportError("to_arviz needs ArviZ: pip install arviz") from exc
+    posterior, coords, dims = {}, {}, {}
+    for group, draws in model.random_effect_draws_.items():
+        frame = model.random_effects_[group]
+        level_dim, coef_dim = f"{group}_level", f"{group}_coef"
+        posterior[group] = draws
+        coords[level_dim] = frame.index.to_numpy(dtype=object).astype(str)
+        coords[coef_dim] = list(frame.columns)
+        dims[group] = [level_dim, coef_dim]
+    summary = model.fit_summary_
+    return az.from_dict(
+        posterior=posterior, coords=coords, dims=dims,
+        attrs={"formula": model.formula_spec_.text, "family": model.family_.name, "method": summary.method,
+               "n_em_iterations": summary.n_iter, "inference_library": "mixedfx"},
+    )
+
+
+def check_family_for_residuals(family) -> None:
+    if isinstance(family, Ordinal):
+        raise ParameterError("residuals are not defined for an ordinal response; use predict_proba")
