@@ -33,7 +33,7 @@ def initial_parameters(model: MixedModel) -> ModelParameters:
         eta = tf.constant(X @ beta + offset)
         with tf.GradientTape() as tape:
             tape.watch(eta)
-            total = tf.reduce_sum(family.distribution(eta, natural, trials=trials).log_prob(response))
+            total = tf.reduce_sum(family.log_prob(eta, natural, response, trials=trials))
         return float(total), tape.gradient(total, eta).numpy(), family.fisher_weight(eta, natural, trials=trials).numpy()
 
     beta = np.zeros(X.shape[1])

@@ -259,7 +259,7 @@ def glm_regression(parts, *, fixed_design, response, trials, offset, family, fix
         return tf.linalg.matvec(fixed_design, beta)[None, :] + base[None, :] + tf.einsum("snm,m->sn", parts, coefficients)
 
     def objective(theta, u):
-        log_prob = family.distribution(linear(theta), family.constrain(u), trials=trials).log_prob(response)
+        log_prob = family.log_prob(linear(theta), family.constrain(u), response, trials=trials)
         return tf.reduce_sum(log_prob) / n_draws
 
     def improve(value, current, step, evaluate):
@@ -295,7 +295,7 @@ def glm_regression(parts, *, fixed_design, response, trials, offset, family, fix
             outer.watch(eta)
             with tf.GradientTape() as inner:
                 inner.watch(eta)
-                total = tf.reduce_sum(family.distribution(eta, natural, trials=trials).log_prob(response))
+                total = tf.reduce_sum(family.log_prob(eta, natural, response, trials=trials))
             score = inner.gradient(total, eta)  # each row's own derivative
         curvature = outer.gradient(score, eta)
         regressors = tf.concat([tf.broadcast_to(fixed_design[None], tf.concat([tf.shape(parts)[:2], [p]], 0)), parts],

@@ -308,5 +308,5 @@ def joint_log_prob(tensors: ModelTensors, effects, *, fixed_effects, random_scal
             total = total + tf.reduce_sum(prior.log_prob(values), axis=-1)
     eta = linear_predictor(tensors.fixed_design, tf.convert_to_tensor(fixed_effects, dtype=dtype), effects,
                            tensors.group_index, tensors.z, tensors.offset)
-    likelihood = family.distribution(eta, family_params, trials=tensors.trials).log_prob(tensors.response)
+    likelihood = family.log_prob(eta, family_params, tensors.response, trials=tensors.trials)
     return total + tf.reduce_sum(likelihood, axis=-1)

@@ -123,7 +123,7 @@ def marginal_log_likelihood(
             outer.watch(eta_t)
             with tf.GradientTape() as inner:
                 inner.watch(eta_t)
-                total = tf.reduce_sum(model.family.distribution(eta_t, family_params, trials=trials).log_prob(response))
+                total = tf.reduce_sum(model.family.log_prob(eta_t, family_params, response, trials=trials))
             score = inner.gradient(total, eta_t)
         curvature = outer.gradient(score, eta_t)
         weight = np.maximum(-curvature.numpy(), 1e-12)  # log-concave families: positive
@@ -187,7 +187,7 @@ def marginal_log_likelihood(
             etas.append(linear(draw))
         eta_t = tf.constant(np.stack(etas))
         values = tf.reduce_sum(
-            model.family.distribution(eta_t, family_params, trials=trials).log_prob(response), axis=-1
+            model.family.log_prob(eta_t, family_params, response, trials=trials), axis=-1
         ).numpy()
         for j in range(m):
             prior = -0.5 * sum(float(np.sum(x**2)) for x in draws_v[j])
