@@ -231,9 +231,8 @@ class _MixedEffectsModel(BaseEstimator):
             try:
                 # Given the variance parameters, the fixed effects and the conditional
                 # moments of the random effects have closed forms (lme4's, exactly).
-                gls = gaussian_marginal(model, params).gls_fixed_effects
-                params = dataclasses.replace(params, fixed_effects=gls)
-                exact = gaussian_marginal(model, params)
+                exact = gaussian_marginal(model, params, profile_fixed_effects=True)
+                params = dataclasses.replace(params, fixed_effects=exact.gls_fixed_effects)
             except DenseBlockTooLarge as exc:
                 warnings.warn(f"exact Gaussian quantities not computed: {exc}", UserWarning, stacklevel=4)
         self.model_parameters_ = params

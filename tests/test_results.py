@@ -368,3 +368,22 @@ def test_insteval_ml_standard_errors_match_lme4(insteval_fit):
     fixture = load_lme4("insteval_ml")
     np.testing.assert_allclose(np.sqrt(np.diag(insteval_fit.fixed_effects_cov_)), lme4_fixed_effects_se(fixture),
                                rtol=0.05)
+
+
+def test_profiled_gaussian_quantities_match_a_direct_evaluation_at_gls(slopes):
+    """gaussian_marginal(profile_fixed_effects=True) from any fixed effects equals the
+    plain evaluation at the GLS estimate (what the REML fit reports)."""
+    import dataclasses
+
+    from mixedfx.model import gaussian_marginal
+
+    model = slopes["reml"]
+    params = model.model_parameters_
+    moved = dataclasses.replace(params, fixed_effects=params.fixed_effects + np.array([3.0, -1.0]))
+    profiled = gaussian_marginal(model.model_, moved, profile_fixed_effects=True)
+    direct = gaussian_marginal(model.model_, params)
+    np.testing.assert_allclose(profiled.gls_fixed_effects, params.fixed_effects, atol=1e-9)
+    assert profiled.log_likelihood == pytest.approx(direct.log_likelihood, abs=1e-9)
+    assert profiled.reml_log_likelihood == pytest.approx(model.log_likelihood_, abs=1e-9)
+    np.testing.assert_allclose(profiled.conditional_means[0], direct.conditional_means[0], atol=1e-9)
+    np.testing.assert_allclose(profiled.conditional_means[0], model.random_effects_["Subject"].to_numpy(), atol=1e-9)

@@ -70,6 +70,7 @@ def gaussian_marginal(
     model: MixedModel,
     params: ModelParameters,
     *,
+    profile_fixed_effects: bool = False,
     max_dense_entries: int = 60_000_000,
 ) -> GaussianMarginal:
     """Exact log-likelihood, fixed-effects covariance and conditional modes.
@@ -80,6 +81,10 @@ def gaussian_marginal(
         A Gaussian model with its response.
     params : ModelParameters
         Parameter values; ``family_params["sigma"]`` is the residual sd.
+    profile_fixed_effects : bool, default False
+        Evaluate ``log_likelihood`` and the conditional moments at the GLS estimate
+        of the fixed effects instead of ``params.fixed_effects`` (one elimination
+        serves both, since the solutions are linear in the residual).
     max_dense_entries : int, default 60_000_000
         Bound on the entries of the dense blocks (about 480 MB of float64).
 
@@ -137,6 +142,11 @@ def gaussian_marginal(
         reml = profiled - 0.5 * float(np.linalg.slogdet(xtvx)[1]) + 0.5 * p * np.log(2 * np.pi)
     else:
         cov = np.zeros((0, 0))
+    if profile_fixed_effects and p:
+        # the residual at the GLS estimate is r - X step: so are its solutions
+        x1 = (x1[:, :, 0] - x1[:, :, 1:] @ step)[:, :, None]
+        xr = (xr[:, 0] - xr[:, 1:] @ step)[:, None]
+        loglik = profiled
     # b = L v per level, v | y ~ N(A^-1 U'r / sigma, A^-1).
     whitened = system.to_terms(x1, xr)
     blocks = system.inverse_diagonal_blocks()
