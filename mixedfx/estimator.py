@@ -42,7 +42,7 @@ from mixedfx.report import format_summary
 
 __all__ = ["MixedEffectsRegressor", "MixedEffectsClassifier", "lmer", "glmer"]
 
-#: Largest split R-hat of the random effects' mean squares (see FitSummary.rhat) before fit warns.
+#: R-hat of the random effects' mean squares, beyond its chance level (see FitSummary.rhat), above which fit warns.
 RHAT_WARNING = 1.05
 
 
@@ -203,10 +203,11 @@ class _MixedEffectsModel(BaseEstimator):
                 ConvergenceWarning,
                 stacklevel=3,
             )
-        if summary.rhat > RHAT_WARNING:
+        if summary.rhat > RHAT_WARNING + summary.rhat_noise:
             warnings.warn(
                 f"the E-step's chains disagree: R-hat of the random effects' mean squares {summary.rhat:.3f} > "
-                f"{RHAT_WARNING} over {summary.n_kept_draws} kept draws per chain; the conditional means and "
+                f"{RHAT_WARNING} + {summary.rhat_noise:.3f} (its chance level) over {summary.n_kept_draws} kept draws "
+                "per chain; the conditional means and "
                 "intervals of the random effects are uncertain (increase n_chains, n_draws or n_leapfrog_steps)",
                 SamplerWarning,
                 stacklevel=3,

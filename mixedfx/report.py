@@ -91,7 +91,8 @@ def format_summary(model) -> str:
     )
     lines.append(
         f"E-step draws: {fit.n_kept_draws} kept per chain x {fit.n_chains} chains; R-hat {fit.rhat:.3f} "
-        f"(mean squares), {fit.rhat_max:.3f} (largest over levels); smallest ESS {fit.ess_min:.0f}; "
+        f"(mean squares; chance level +{fit.rhat_noise:.3f}), {fit.rhat_max:.3f} (largest over levels); "
+        f"smallest ESS {fit.ess_min:.0f}; "
         f"final step size {fit.final_step_size:.3g}"
     )
     if fit.at_boundary:

@@ -526,35 +526,51 @@ def sampler_diagnostics(draws) -> dict:
     Returns
     -------
     dict
-        ``rhat``: the largest split R-hat of the statistics the M-step uses, each
-        term's mean square of every coefficient over its levels (what a chain that
-        has not mixed gets wrong first).  ``rhat_max``: the largest split R-hat over
-        every coefficient of every level; with thousands of levels and a hundred
-        draws per chain its chance fluctuations alone reach about 1.1, so it informs
-        but does not warn.  ``ess_min``: the smallest effective sample size over
+        ``rhat``: the largest R-hat of the statistics the M-step uses, each term's
+        mean square of every coefficient over its levels (what a chain that has not
+        mixed gets wrong first), chains against each other.  ``rhat_noise``: how far
+        above 1 that R-hat goes by chance alone (its 95% point when the chains agree,
+        about ``1.92 / ESS`` per chain for two chains), for the same statistic.
+        ``rhat_max``: the largest R-hat over every coefficient of every level; with
+        thousands of levels and a hundred draws per chain its chance fluctuations
+        alone reach about 1.1.  ``ess_min``: the smallest effective sample size over
         levels, all chains together.  ``n_kept_draws``: draws per chain.  R-hat is
         ``nan`` with fewer than 4 draws per chain, or a single chain.
+
+    Notes
+    -----
+    The chains are compared with each other, not split in halves: within the
+    averaging window the parameters still move by their Monte Carlo error, which
+    shifts both chains' draws alike and would make a chain's halves differ even
+    when the chains agree.
     """
     n_chains, n_kept = draws[0].shape[:2]
     nan = float("nan")
+    out = {"rhat": nan, "rhat_noise": nan, "rhat_max": nan, "ess_min": nan, "n_kept_draws": int(n_kept)}
     if n_kept < 4:
-        return {"rhat": nan, "rhat_max": nan, "ess_min": nan, "n_kept_draws": int(n_kept)}
-    rhat, rhat_levels, ess = [], [], []
+        return out
+    worst, levels_rhat, ess = None, [], []
+    chi2_95 = {1: 3.841, 2: 5.991, 3: 7.815}.get(n_chains - 1, 3.841 + 1.645 * np.sqrt(2 * (n_chains - 1)))
     for d in draws:
         samples = tf.constant(np.swapaxes(d, 0, 1))  # (draw, chain, level, coefficient)
-        mean_square = tf.reduce_mean(tf.square(samples), axis=2)
-        if n_chains > 1:
-            rhat.append(tfp.mcmc.potential_scale_reduction(mean_square, independent_chain_ndims=1,
-                                                           split_chains=True).numpy())
-            rhat_levels.append(tfp.mcmc.potential_scale_reduction(samples, independent_chain_ndims=1,
-                                                                  split_chains=True).numpy())
         ess.append(tfp.mcmc.effective_sample_size(samples, cross_chain_dims=1 if n_chains > 1 else None).numpy())
-    return {
-        "rhat": float(max(np.nanmax(r) for r in rhat)) if rhat else nan,
-        "rhat_max": float(max(np.nanmax(r) for r in rhat_levels)) if rhat_levels else nan,
-        "ess_min": float(min(np.nanmin(e) for e in ess)),
-        "n_kept_draws": int(n_kept),
-    }
+        if n_chains < 2:
+            continue
+        mean_square = tf.reduce_mean(tf.square(samples), axis=2)
+        rhat = tfp.mcmc.potential_scale_reduction(mean_square, independent_chain_ndims=1).numpy()
+        ess_per_chain = tfp.mcmc.effective_sample_size(mean_square, cross_chain_dims=1).numpy() / n_chains
+        # R-hat^2 - 1 is about the between-chain variance over the within-chain one:
+        # chi-square with n_chains - 1 degrees of freedom over (n_chains - 1) ESS.
+        noise = np.sqrt(1.0 + chi2_95 / ((n_chains - 1) * np.maximum(ess_per_chain, 1.0))) - 1.0
+        j = int(np.nanargmax(rhat - noise))
+        if worst is None or rhat[j] - noise[j] > worst[0] - worst[1]:
+            worst = (float(rhat[j]), float(noise[j]))
+        levels_rhat.append(tfp.mcmc.potential_scale_reduction(samples, independent_chain_ndims=1).numpy())
+    if worst is not None:
+        out["rhat"], out["rhat_noise"] = worst
+        out["rhat_max"] = float(max(np.nanmax(r) for r in levels_rhat))
+    out["ess_min"] = float(min(np.nanmin(e) for e in ess))
+    return out
 
 
 def _seed_pair(seed) -> list[int]:

@@ -61,11 +61,15 @@ class FitSummary:
     method : str
         ``"ml"`` or ``"reml"``.
     rhat : float
-        Largest split R-hat of each term's mean square of its coefficients over the
-        kept draws (those of the E-steps in the averaging window, per chain): the
-        statistics the M-step uses.  The estimators warn when it exceeds 1.05.
+        Largest R-hat (between chains, not split) of each term's mean square of its
+        coefficients over the kept draws (those of the E-steps in the averaging
+        window, per chain): the statistics the M-step uses.
+    rhat_noise : float
+        How far above 1 that R-hat goes by chance alone with this many chains and
+        effective draws (its 95% point).  The estimators warn when ``rhat`` exceeds
+        ``1.05 + rhat_noise``.
     rhat_max : float
-        Largest split R-hat over every coefficient of every level (noisier: with
+        Largest R-hat over every coefficient of every level (noisier: with
         thousands of levels it reaches about 1.1 by chance alone).
     ess_min : float
         Smallest effective sample size of the random effects over those draws.
@@ -96,6 +100,7 @@ class FitSummary:
     first_call_seconds: float
     method: str = "ml"
     rhat: float = float("nan")
+    rhat_noise: float = float("nan")
     rhat_max: float = float("nan")
     ess_min: float = float("nan")
     n_kept_draws: int = 0
