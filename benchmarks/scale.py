@@ -1,0 +1,109 @@
+"""Benchmark: the scale curve, a synthetic Gaussian model with three crossed factors.
+
+``y ~ x + (1 | g1) + (1 | g2) + (1 | g3)`` on ``make_mixed_data`` rows, with the level
+counts growing with the rows (``g1``: n / 50, ``g2``: n / 500, ``g3``: sqrt(n) / 10, at
+least 10 each), from 10 thousand rows up.  Each size runs in its own process, so that
+its peak memory (the process's maximum resident set size, from ``os.wait4``) is its
+own; the fit time excludes generating the data.  Every fit is compared with the truth
+it was simulated from.
+
+    python benchmarks/scale.py                       # 10k, 100k, 1M rows
+    python benchmarks/scale.py --sizes 10000 10000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+TRUTH = {"Intercept": 1.0, "x": 0.5, "g1": 0.6, "g2": 0.4, "g3": 0.3, "sigma": 1.0}
+
+
+def levels_for(n_rows: int) -> dict:
+    return {"g1": max(10, n_rows // 50), "g2": max(10, n_rows // 500), "g3": max(10, int(n_rows**0.5 / 10))}
+
+
+def fit_one(n_rows: int, seed: int) -> dict:
+    """Simulate and fit one size (runs in the child process)."""
+    import mixedfx
+
+    groups = levels_for(n_rows)
+    data = mixedfx.datasets.make_mixed_data(
+        n_rows, groups=groups, fixed_effects={"Intercept": TRUTH["Intercept"], "x": TRUTH["x"]},
+        random_sd={g: TRUTH[g] for g in groups}, noise_sd=TRUTH["sigma"], random_state=seed,
+    )
+    started = time.perf_counter()
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = mixedfx.MixedEffectsRegressor("y ~ x + (1 | g1) + (1 | g2) + (1 | g3)", random_state=seed,
+                                              verbose=0).fit(data)
+    seconds = time.perf_counter() - started
+    sds = model.variance_components_.set_index("group")["sdcor"]
+    summary = model.fit_summary_
+    return {
+        "rows": n_rows, "levels": groups, "seconds": seconds, "first_call_seconds": summary.first_call_seconds,
+        "iterations": summary.n_iter, "converged": summary.converged,
+        "estimates": {"Intercept": float(model.fixed_effects_["Intercept"]), "x": float(model.fixed_effects_["x"]),
+                      **{g: float(sds[g]) for g in groups}, "sigma": float(sds["Residual"])},
+        "warnings": sorted({str(w.message).split(":")[0][:80] for w in caught}),
+    }
+
+
+def run_child(n_rows: int, seed: int) -> dict:
+    """Fit one size in a fresh process; returns its result with the peak resident memory."""
+    command = [sys.executable, __file__, "--child", str(n_rows), "--seed", str(seed)]
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    output = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        return {"rows": n_rows, "error": f"exit status {process.returncode}"}
+    result = json.loads(output.strip().splitlines()[-1])
+    result["peak_memory_gb"] = usage.ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux
+    result["process_seconds"] = time.perf_counter() - started
+    return result
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(fit_one(args.child, args.seed)))
+        return
+    print(f"scale curve: y ~ x + (1 | g1) + (1 | g2) + (1 | g3), {os.cpu_count()} CPUs; truth {TRUTH}")
+    print(f"{'rows':>10} {'levels g1/g2/g3':>22} {'fit s':>8} {'s/M rows':>9} {'peak GB':>8} {'GB/M rows':>9} "
+          f"{'iters':>5}  largest error vs truth")
+    results = []
+    for n_rows in args.sizes:
+        result = run_child(n_rows, args.seed)
+        results.append(result)
+        if "error" in result:
+            print(f"{n_rows:>10} {result['error']}")
+            continue
+        levels = "/".join(str(v) for v in result["levels"].values())
+        errors = {k: result["estimates"][k] - TRUTH[k] for k in TRUTH}
+        worst = max(errors, key=lambda k: abs(errors[k]))
+        print(f"{n_rows:>10} {levels:>22} {result['seconds']:8.1f} {result['seconds'] / n_rows * 1e6:9.1f} "
+              f"{result['peak_memory_gb']:8.2f} {result['peak_memory_gb'] / n_rows * 1e6:9.2f} "
+              f"{result['iterations']:>5}  {worst} {errors[worst]:+.4f}"
+              + ("" if result["converged"] else "  (not converged)"))
+        for message in result["warnings"]:
+            print(f"{'':>10} warning: {message}")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(results, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
