@@ -20,6 +20,7 @@ from sklearn.metrics import accuracy_score, r2_score
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
+from mixedfx import results
 from mixedfx.design import NEW_LEVEL_POLICIES, RandomDesign, ResponseDesign, build_fixed_design
 from mixedfx.exceptions import ConvergenceWarning, DataError, FormulaError, ParameterError, SamplerWarning
 from mixedfx.formula import parse_formula
@@ -37,7 +38,6 @@ from mixedfx.model import (
     get_family,
     marginal_log_likelihood,
 )
-from mixedfx import results
 from mixedfx.report import format_summary
 
 __all__ = ["MixedEffectsRegressor", "MixedEffectsClassifier", "lmer", "glmer"]
@@ -216,7 +216,7 @@ class _MixedEffectsModel(BaseEstimator):
     def _store_estimates(self, model: MixedModel, result, *, seed: int) -> None:
         params = result.parameters
         family = self.family_
-        components, names = boundary_components(model, params, seed=seed)
+        components, names = boundary_components(model, params, reml=self._method() == "reml", seed=seed)
         if components:
             # Singular fit: these sds' ML estimate is zero, which Monte Carlo EM only approaches.
             params = zero_components(params, components)

@@ -4,8 +4,9 @@ Monte Carlo EM approaches a zero variance slowly, and its Monte Carlo noise keep
 estimate a little above zero, so the boundary cannot be read off the trace as lme4
 reads its optimizer's ``theta``.  It is tested instead: a standard deviation is at
 the boundary when setting it to zero does not lower the log-likelihood (exact for
-the Gaussian family, profiled over the fixed effects; the Laplace approximation for
-the others) by more than ``tolerance``.  Only small standard deviations are tried.
+the Gaussian family, profiled over the fixed effects, or the restricted likelihood
+of a REML fit; the Laplace approximation for the others) by more than ``tolerance``.
+Only small standard deviations are tried.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from mixedfx.inference.layout import ParameterLayout
+from mixedfx.model.blocks import DenseBlockTooLarge
 from mixedfx.model.families import Gaussian
 from mixedfx.model.gaussian import gaussian_marginal
 from mixedfx.model.joint import MixedModel, ModelParameters
@@ -30,13 +32,14 @@ def zero_components(params: ModelParameters, components) -> ModelParameters:
     return ModelParameters(params.fixed_effects, tuple(scale_tril), dict(params.family_params))
 
 
-def _log_likelihood(model: MixedModel, params: ModelParameters, *, seed: int) -> float:
+def _log_likelihood(model: MixedModel, params: ModelParameters, *, reml: bool, seed: int) -> float:
     if isinstance(model.family, Gaussian):
-        return gaussian_marginal(model, params).profiled_log_likelihood
+        exact = gaussian_marginal(model, params)
+        return exact.reml_log_likelihood if reml else exact.profiled_log_likelihood
     return marginal_log_likelihood(model, params, seed=seed, n_draws=2).laplace
 
 
-def boundary_components(model: MixedModel, params: ModelParameters, *, relative: float = 0.05,
+def boundary_components(model: MixedModel, params: ModelParameters, *, reml: bool = False, relative: float = 0.05,
                         tolerance: float = 1e-3, seed: int = 0) -> tuple[list, list[str]]:
     """The standard deviations estimated at zero.
 
@@ -45,6 +48,8 @@ def boundary_components(model: MixedModel, params: ModelParameters, *, relative:
     model : MixedModel
     params : ModelParameters
         The estimates.
+    reml : bool, default False
+        Judge by the restricted likelihood (a REML fit; Gaussian family).
     relative : float, default 0.05
         Only standard deviations below ``relative`` times the residual sd (Gaussian)
         or ``relative`` on the linear predictor's scale (other families) are tried.
@@ -72,13 +77,13 @@ def boundary_components(model: MixedModel, params: ModelParameters, *, relative:
     if not candidates:
         return [], []
     try:
-        reference = _log_likelihood(model, params, seed=seed)
-    except Exception:  # too large for the dense blocks: leave the flags to the trace
+        reference = _log_likelihood(model, params, reml=reml, seed=seed)
+    except (DenseBlockTooLarge, np.linalg.LinAlgError):  # too large or degenerate: leave it to the trace
         return [], []
     components, names = [], []
     for component, name in candidates:
         trial = zero_components(params, components + [component])
-        if _log_likelihood(model, trial, seed=seed) >= reference - tolerance:
+        if _log_likelihood(model, trial, reml=reml, seed=seed) >= reference - tolerance:
             components.append(component)
             names.append(name)
     return components, names
