@@ -276,9 +276,7 @@ def test_y_length_is_checked(crossed_small):
         MixedEffectsRegressor("~ x + (1 | g1)", verbose=0).fit(crossed_small, np.ones(3))
 
 
-def test_tensorflow_noise_stays_out_of_the_terminal(tmp_path):
-    """... and XLA's compiled programs land in the persistent cache directory."""
-    import os
+def test_tensorflow_noise_stays_out_of_the_terminal():
     import subprocess
     import sys
 
@@ -289,10 +287,6 @@ def test_tensorflow_noise_stays_out_of_the_terminal(tmp_path):
         "data = mixedfx.datasets.make_mixed_data(200, groups={'g': 8}, random_state=0)\n"
         "mixedfx.MixedEffectsRegressor('y ~ 1 + (1 | g)', random_state=0, verbose=0).fit(data)\n"
     )
-    environment = {k: v for k, v in os.environ.items() if k != "TF_XLA_FLAGS"}
-    environment["MIXEDFX_XLA_CACHE"] = str(tmp_path)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env=environment)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
     assert done.stderr.strip() == "", done.stderr  # import, device set-up and XLA compilation stay quiet
-    (versioned,) = tmp_path.iterdir()  # one directory per TensorFlow version and processor
-    assert versioned.name.startswith("tf-2.") and any(versioned.glob("xla_compile_cache__*"))
