@@ -204,11 +204,13 @@ class _MixedEffectsModel(BaseEstimator):
                 stacklevel=3,
             )
         if summary.rhat > RHAT_WARNING + summary.rhat_noise:
+            affected = ("the kept draws (to_arviz, simulate(posterior=True)) are uncertain; the estimates and the "
+                        "exact conditional means and sds are not" if isinstance(self.family_, Gaussian) else
+                        "the conditional means and sds of the random effects, and the intervals, are uncertain")
             warnings.warn(
                 f"the E-step's chains disagree: R-hat of the random effects' mean squares {summary.rhat:.3f} > "
                 f"{RHAT_WARNING} + {summary.rhat_noise:.3f} (its chance level) over {summary.n_kept_draws} kept draws "
-                "per chain; the conditional means and "
-                "intervals of the random effects are uncertain (increase n_chains, n_draws or n_leapfrog_steps)",
+                f"per chain: {affected} (increase n_chains, n_draws or n_leapfrog_steps)",
                 SamplerWarning,
                 stacklevel=3,
             )
