@@ -4,13 +4,25 @@ Build locally with::
 
     pip install ".[docs]"
     sphinx-build -W -b html docs docs/_build/html
+
+The build runs the worked example (``_ext/worked_example.py``): it fits InstEval,
+about a minute on 2 CPU cores, and caches its figures and numbers in
+``docs/_generated/`` until mixedfx's sources or the lme4 fixtures change.
 """
 
 import os
+import shutil
 import sys
+from pathlib import Path
 
-sys.path.insert(0, os.path.abspath(".."))
+DOCS = Path(__file__).resolve().parent
+# autosummary's stubs are rewritten on every build; stale ones (of renamed or removed
+# names) would fail the build as pages outside every toctree.
+shutil.rmtree(DOCS / "generated", ignore_errors=True)
+sys.path.insert(0, str(DOCS.parent))
+sys.path.insert(0, str(DOCS / "_ext"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("MPLBACKEND", "Agg")
 
 project = "mixedfx"
 author = "mixedfx developers"
@@ -22,19 +34,31 @@ extensions = [
     "sphinx.ext.autosummary",
     "sphinx.ext.mathjax",
     "numpydoc",
+    "worked_example",
 ]
 autosummary_generate = True
 autodoc_default_options = {
     "members": True,
-    "inherited-members": False,
+    # The estimators' shared methods (fit, summary, confint, ...) live on a private base
+    # class: document inherited members, except those of scikit-learn's, TFP's and Python's bases.
+    "inherited-members": ",".join(
+        ["BaseEstimator", "RegressorMixin", "ClassifierMixin", "TransitionKernel", "BaseException", "tuple", "dict",
+         "object"]
+    ),
     "show-inheritance": False,
 }
 autodoc_typehints = "none"
 numpydoc_show_class_members = False
 numpydoc_class_members_toctree = False
 templates_path = []
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "_generated", "_ext"]
 html_theme = "alabaster"
+html_theme_options = {
+    "description": "lme4-style mixed models on TensorFlow Probability",
+    "fixed_sidebar": True,
+    "page_width": "1100px",
+    "sidebar_width": "240px",
+}
 html_static_path = []
 
 

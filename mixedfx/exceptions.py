@@ -107,8 +107,9 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str:
 class SamplerWarning(UserWarning):
     """The E-step's chains did not mix well enough for their draws to be trusted.
 
-    Raised when the split R-hat of the random effects' mean squares over the kept
-    draws exceeds 1.05 (see :attr:`mixedfx.FitSummary.rhat`).  The estimates average
+    Raised when the R-hat (between chains) of the random effects' mean squares over
+    the kept draws exceeds 1.05 plus its chance level (see
+    :attr:`mixedfx.FitSummary.rhat` and ``rhat_noise``).  The estimates average
     many EM iterations and are judged by the Monte Carlo error rule; this warning
     concerns the draws themselves: the conditional means and sds of the random
     effects, :meth:`~mixedfx.MixedEffectsRegressor.to_arviz` and the intervals.

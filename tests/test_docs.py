@@ -1,19 +1,185 @@
-"""The Sphinx site builds with warnings as errors."""
+"""The documentation: every public name in the API reference, the README's pointers, and
+the Sphinx site built with warnings as errors, its worked example's figures and tables
+included."""
 
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import struct
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
-
 ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+
+#: Modules whose ``__all__`` must be documented in docs/api.rst, name by name.
+PUBLIC_MODULES = (
+    "mixedfx",
+    "mixedfx.formula",
+    "mixedfx.design",
+    "mixedfx.model",
+    "mixedfx.inference",
+    "mixedfx.results",
+    "mixedfx.plotting",
+    "mixedfx.datasets",
+    "mixedfx.examples.tutorial",
+)
+
+_DOCUMENTING = re.compile(
+    r"^\.\.\s+(?:py:)?(?:auto)?(?:module|class|function|data|exception|attribute)::\s*([\w.]+)\s*$"
+)
+_AUTOSUMMARY_ENTRY = re.compile(r"^\s{3}(mixedfx(?:\.\w+)+)\s*$")
 
 
-def test_sphinx_build_with_warnings_as_errors(tmp_path):
+def _documented_names(text: str) -> set[str]:
+    """Dotted names that docs/api.rst documents: autosummary entries and directives."""
+    names = set()
+    for line in text.splitlines():
+        match = _DOCUMENTING.match(line.strip()) or _AUTOSUMMARY_ENTRY.match(line)
+        if match:
+            names.add(match.group(1))
+    return names
+
+
+def _resolve(dotted: str):
+    """The object a dotted name refers to (a module, or an attribute of one)."""
+    parts = dotted.split(".")
+    for split in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:split]))
+        except ImportError:
+            continue
+        for attribute in parts[split:]:
+            obj = getattr(obj, attribute)
+        return obj
+    raise ImportError(dotted)
+
+
+def test_every_public_name_is_in_the_api_reference():
+    documented = _documented_names((DOCS / "api.rst").read_text())
+    documented_objects = [_resolve(name) for name in sorted(documented)]
+    missing = []
+    for module_name in PUBLIC_MODULES:
+        module = importlib.import_module(module_name)
+        for name in module.__all__:
+            qualified = f"{module_name}.{name}"
+            obj = getattr(module, name)
+            if qualified in documented or any(obj is other for other in documented_objects):
+                continue
+            missing.append(qualified)
+    assert not missing, "public names missing from docs/api.rst: " + ", ".join(missing)
+
+
+def test_readme_points_to_the_docs_and_how_to_build_them():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Documentation", 1)[1].split("\n## ", 1)[0]
+    assert "docs/" in section
+    assert "sphinx-build -W -b html docs docs/_build/html" in section
+    assert 'pip install ".[docs]"' in section
+
+
+# -- the built site ---------------------------------------------------------------------------
+class _PageParser(HTMLParser):
+    """The <img> sources and the tables (rows of cell texts) of an HTML page."""
+
+    def __init__(self):
+        super().__init__()
+        self.images: list[str] = []
+        self.tables: list[list[list[str]]] = []
+        self._row: list[str] | None = None
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+        elif tag == "table":
+            self.tables.append([])
+        elif tag == "tr" and self.tables:
+            self._row = []
+        elif tag in ("td", "th") and self._row is not None:
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self._row.append(" ".join("".join(self._cell).split()))
+            self._cell = None
+        elif tag == "tr" and self._row is not None:
+            self.tables[-1].append(self._row)
+            self._row = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR chunk (asserting the PNG signature)."""
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path.name} is not a PNG"
+    assert head[12:16] == b"IHDR"
+    return struct.unpack(">II", head[16:24])
+
+
+@pytest.fixture(scope="module")
+def built_site(tmp_path_factory):
     from sphinx.cmd.build import build_main
 
-    status = build_main(["-W", "--keep-going", "-q", "-b", "html", str(ROOT / "docs"), str(tmp_path / "html")])
+    out = tmp_path_factory.mktemp("docs") / "html"
+    status = build_main(["-W", "--keep-going", "-q", "-b", "html", str(DOCS), str(out)])
     assert status == 0
-    api = (tmp_path / "html" / "generated" / "mixedfx.MixedEffectsRegressor.html").read_text()
+    return out
+
+
+@pytest.mark.slow
+def test_sphinx_build_with_warnings_as_errors(built_site):
+    api = (built_site / "generated" / "mixedfx.MixedEffectsRegressor.html").read_text()
     assert "predict" in api and "variance_components_" in api
-    assert (tmp_path / "html" / "getting_started.html").exists()
+    for page in ("getting_started", "formulas", "families", "method", "prediction", "results", "diagnostics",
+                 "performance", "scaling", "lme4", "worked_example", "api"):
+        assert (built_site / f"{page}.html").exists(), page
+
+
+@pytest.mark.slow
+def test_worked_example_page_has_its_figures(built_site):
+    from mixedfx.examples.tutorial import FIGURES
+
+    page = _PageParser()
+    page.feed((built_site / "worked_example.html").read_text())
+    shown = {Path(src).name for src in page.images}
+    assert set(FIGURES.values()) <= shown, f"figures missing from the page: {set(FIGURES.values()) - shown}"
+    for src in page.images:
+        path = (built_site / src).resolve()
+        assert path.is_file(), src
+        assert 5_000 < path.stat().st_size < 5_000_000, (src, path.stat().st_size)
+        width, height = _png_size(path)
+        assert 300 <= width <= 4000 and 200 <= height <= 4000, (src, width, height)
+
+
+@pytest.mark.slow
+def test_worked_example_page_compares_with_lme4(built_site):
+    page = _PageParser()
+    page.feed((built_site / "worked_example.html").read_text())
+    tables = [t for t in page.tables if t and any("lme4" in cell for cell in t[0]) and "mixedfx (ML)" in t[0]]
+    assert len(tables) == 1, [t[0] for t in page.tables if t]
+    header, *rows = tables[0]
+    by_name = {row[0]: row for row in rows}
+    assert {"(Intercept)", "service", "sd(s)", "sd(d)", "sd(dept)", "sigma", "logLik"} <= set(by_name)
+    lme4 = header.index(next(cell for cell in header if cell.startswith("lme4") and "(ML)" in cell))
+    fixture = json.loads((ROOT / "tests" / "fixtures" / "lme4_insteval_ml.json").read_text())
+    # The lme4 column is read from the fixture at build time.
+    assert float(by_name["service"][lme4]) == pytest.approx(fixture["fixed_effects"]["service"], abs=1e-4)
+    assert float(by_name["logLik"][lme4]) == pytest.approx(fixture["logLik"], abs=1e-3)
+    sds = {row["grp"]: row["sdcor"] for row in fixture["varcorr"]}
+    for group in ("s", "d", "dept"):
+        assert float(by_name[f"sd({group})"][lme4]) == pytest.approx(sds[group], abs=1e-4)
+    # mixedfx's column holds finite numbers close to lme4's.
+    ours = header.index("mixedfx (ML)")
+    for name in ("sd(s)", "sd(d)", "sigma"):
+        assert float(by_name[name][ours]) == pytest.approx(float(by_name[name][lme4]), rel=0.05), name
+    text = (built_site / "worked_example.html").read_text()
+    assert "ordinal" in text and "cutpoint 1|2" in text
+    assert "|n_train|" not in text  # every substitution was defined

@@ -1,0 +1,405 @@
+"""The documentation's worked example: TFP's "Linear Mixed Effects Models" tutorial with mixedfx.
+
+TensorFlow Probability's tutorial fits ``y ~ service + (1 | s) + (1 | d) + (1 | dept)``
+to lme4's InstEval ratings: a random 80/20 split, a fit to the 80%, the loss curve, a
+trace plot of some lecturers' effects, a histogram of the held-out residuals, and
+histograms of the student, lecturer and department effects; it closes by suggesting an
+ordinal model for the ratings.  :func:`run` does all of it with mixedfx, writes every
+figure as a PNG, and returns the numbers the documentation prints.  It adds what the
+tutorial leaves out: a fit to all the rows, compared with lme4's estimates, and the
+ordinal model (on the training rows of a random subsample of students, to keep the
+documentation build short).
+
+From the shell (progress bars and a digest of the numbers; ``numbers.json`` and the
+figures land in ``OUT_DIR``)::
+
+    python -m mixedfx.examples.tutorial OUT_DIR --lme4 tests/fixtures/lme4_insteval_ml.json
+
+The documentation build (``docs/_ext/worked_example.py``) runs the same command twice,
+side by side, once with ``--part gaussian`` and once with ``--part ordinal``.  The
+split, the subsample and every fit are seeded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mixedfx.examples.insteval import FORMULA, gaussian_log_density, split
+
+__all__ = ["FIGURES", "N_ORDINAL_STUDENTS", "PARTS", "run", "lme4_comparison", "class_shares"]
+
+#: Students drawn at random for the ordinal model (about 6,500 training rows of the
+#: 58,737; the full-data ordinal fit takes about a minute on a 2-core CPU).
+N_ORDINAL_STUDENTS = 300
+
+#: The PNG files :func:`run` writes, by what they show.
+FIGURES = {
+    "loss": "loss.png",
+    "trace": "trace_instructors.png",
+    "residuals": "residuals_test.png",
+    "random_effects": "random_effects.png",
+    "ordinal": "ordinal_classes.png",
+}
+
+
+#: The two halves of :func:`run`, which can run in separate processes.
+PARTS = ("gaussian", "ordinal")
+
+
+def run(out_dir, *, reference=None, n_ordinal_students=N_ORDINAL_STUDENTS, random_state=0, verbose=0,
+        parts=PARTS) -> dict:
+    """Run the worked example: fits, figures (PNG files in ``out_dir``) and numbers.
+
+    Parameters
+    ----------
+    out_dir : str or pathlib.Path
+        Folder for the figures (created if missing; the file names are
+        :data:`FIGURES`) and ``summary.txt``, the 80% fit's ``summary()``.
+    reference : dict, optional
+        lme4's full-data ML fit of the same model, in the layout of
+        ``tests/fixtures/lme4_insteval_ml.json`` (``fixed_effects``,
+        ``fixed_effects_se``, ``varcorr``, ``logLik``).  Without it the full-data fit
+        and the comparison are skipped.
+    n_ordinal_students : int, default 300
+        Students in the ordinal model's subsample.
+    random_state : int, default 0
+        Seed of the split, the subsample and every fit.
+    verbose : int, default 0
+        Passed to the estimators (``1`` shows progress bars).
+    parts : sequence of {"gaussian", "ordinal"}, default both
+        ``"gaussian"``: the tutorial's fit to 80% of the rows, its four figures, and the
+        full-data fit compared with ``reference``.  ``"ordinal"``: the ordinal model and
+        a Gaussian model fitted to the same subsample of students, compared on their
+        held-out rows.  The two are independent (the documentation build runs them in
+        two processes, side by side).
+
+    Returns
+    -------
+    dict
+        JSON-serializable numbers: ``split``, ``fit`` (the 80% fit), ``prediction``
+        and ``lme4`` (the comparison table as records) from the Gaussian part,
+        ``ordinal`` from the other; ``warnings`` lists every warning a fit raised and
+        ``seconds`` the wall time of each fit, ``figures`` the files written.
+
+    Examples
+    --------
+    The fits take about a minute on two CPU cores; the docs build runs them (see
+    ``docs/_ext/worked_example.py``), and so can a shell::
+
+        python -m mixedfx.examples.tutorial figures --part gaussian
+
+    which writes the figures and ``numbers`` (with keys ``figures``, ``fit``,
+    ``formula``, ``prediction``, ``random_state``, ``seconds``, ``split`` and
+    ``warnings``) into ``figures/``.
+    """
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        raise ValueError(f"unknown parts {sorted(unknown)}; the parts are {PARTS}")
+    import matplotlib.pyplot as plt
+
+    import mixedfx
+    from mixedfx.plotting import plot_objective, plot_random_effects, plot_residuals, plot_trace
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    numbers: dict = {"formula": FORMULA, "random_state": random_state, "warnings": [], "seconds": {},
+                     "figures": []}
+
+    def save(figure, key):
+        figure.savefig(out / FIGURES[key], dpi=100)
+        plt.close(figure)
+        numbers["figures"].append(FIGURES[key])
+
+    # [split]
+    data = mixedfx.datasets.load_insteval()
+    train, test = split(data, train_fraction=0.8, random_state=random_state)
+    # [/split]
+    numbers["split"] = {
+        "n_rows": len(data), "n_train": len(train), "n_test": len(test),
+        "unseen_students": int((~test["s"].isin(set(train["s"]))).sum()),
+        "unseen_instructors": int((~test["d"].isin(set(train["d"]))).sum()),
+    }
+
+    if "gaussian" in parts:
+        with _recorded_warnings(numbers, "80% fit"):
+            # [fit]
+            model = mixedfx.MixedEffectsRegressor(FORMULA, random_state=random_state, verbose=verbose)
+            model.fit(train)
+            # [/fit]
+        summary = io.StringIO()
+        model.summary(file=summary)
+        (out / "summary.txt").write_text(summary.getvalue())
+        numbers["fit"] = _fit_record(model)
+        numbers["fit"]["variance_components"] = model.variance_components_[["group", "sdcor"]].to_dict("records")
+        numbers["fit"]["fixed_effects"] = model.fixed_effects_.to_dict()
+        numbers["fit"]["fit_summary_table"] = model.fit_summary_.table().reset_index().to_dict("records")
+
+        # [loss]
+        ax = plot_objective(model)
+        # [/loss]
+        save(ax.figure, "loss")
+
+        # [trace]
+        instructors = model.random_effects_["d"].index[:5]
+        ax = plot_trace(model, "d", levels=instructors)
+        # [/trace]
+        save(ax.figure, "trace")
+
+        # [residuals]
+        ax = plot_residuals(model, test)
+        predicted = model.predict(test)  # unseen students and lecturers: zero random effect
+        rmse = np.sqrt(np.mean((test["y"] - predicted) ** 2))
+        population = model.predict(test, include_random=False)  # the fixed effects alone
+        rmse_population = np.sqrt(np.mean((test["y"] - population) ** 2))
+        # [/residuals]
+        save(ax.figure, "residuals")
+        numbers["prediction"] = {"rmse": float(rmse), "rmse_population": float(rmse_population),
+                                 "residual_sd": float(np.std(test["y"] - predicted))}
+
+        # [random_effects]
+        axes = plot_random_effects(model)
+        # [/random_effects]
+        save(axes[0].figure, "random_effects")
+
+        if reference is not None:
+            with _recorded_warnings(numbers, "full-data fit"):
+                # [lme4]
+                full = mixedfx.MixedEffectsRegressor(FORMULA, random_state=random_state, verbose=verbose)
+                full.fit(data)
+                table = lme4_comparison(full, reference)
+                # [/lme4]
+            numbers["lme4"] = {"table": table.reset_index().to_dict("records"), "full_fit": _fit_record(full)}
+
+    if "ordinal" in parts:
+        with _recorded_warnings(numbers, "ordinal fit"):
+            # [ordinal]
+            rng = np.random.default_rng(random_state)
+            students = rng.choice(data["s"].cat.categories, size=n_ordinal_students, replace=False)
+            sub_train = train[train["s"].isin(students)]
+            sub_test = test[test["s"].isin(students)]
+            ordinal = mixedfx.MixedEffectsClassifier(FORMULA, family="ordinal", random_state=random_state,
+                                                     verbose=verbose)
+            ordinal.fit(sub_train)
+            proba = ordinal.predict_proba(sub_test)  # one column per rating, 1 to 5
+            # [/ordinal]
+        with _recorded_warnings(numbers, "Gaussian fit to the subsample"):
+            # [ordinal_gaussian]
+            gaussian = mixedfx.MixedEffectsRegressor(FORMULA, random_state=random_state, verbose=verbose)
+            gaussian.fit(sub_train)
+            gaussian_mean = gaussian.predict(sub_test)
+            sigma = gaussian.variance_components_.set_index("group").loc["Residual", "sdcor"]
+            # [/ordinal_gaussian]
+        truth = sub_test["y"].to_numpy()
+        column = np.searchsorted(ordinal.classes_, truth)
+        lpd_ordinal = float(np.mean(np.log(np.maximum(proba[np.arange(len(truth)), column], 1e-300))))
+        lpd_gaussian = float(np.mean(gaussian_log_density(truth, gaussian_mean, sigma)))
+        shares = class_shares(truth, proba, ordinal.classes_, gaussian_mean=gaussian_mean, sigma=sigma)
+        save(_class_share_figure(shares), "ordinal")
+        numbers["ordinal"] = {
+            "n_students": int(n_ordinal_students), "n_train": len(sub_train), "n_test": len(sub_test),
+            "fit": _fit_record(ordinal), "gaussian_fit": _fit_record(gaussian),
+            "cutpoints": {str(k): float(v) for k, v in ordinal.cutpoints_.items()},
+            "fixed_effects": {str(k): float(v) for k, v in ordinal.fixed_effects_.items()},
+            "variance_components": ordinal.variance_components_[["group", "sdcor"]].to_dict("records"),
+            "lpd_ordinal": lpd_ordinal, "lpd_gaussian": lpd_gaussian,
+            "accuracy_ordinal": float(np.mean(ordinal.predict(sub_test) == truth)),
+            "accuracy_gaussian": float(np.mean(np.clip(np.round(gaussian_mean), 1, 5) == truth)),
+            "class_shares": shares.reset_index().to_dict("records"),
+        }
+    return numbers
+
+
+def lme4_comparison(model, reference) -> pd.DataFrame:
+    """Estimates of a fitted Gaussian model next to lme4's.
+
+    Parameters
+    ----------
+    model : MixedEffectsRegressor
+        Fitted by ML to the data lme4 was fitted to.
+    reference : dict
+        lme4's fit in the layout of ``tests/fixtures/lme4_*_ml.json``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by parameter in lme4's names (fixed effects, ``sd(<group>)``,
+        ``sigma``, ``logLik``); columns ``mixedfx``, ``lme4``, ``difference``
+        (mixedfx minus lme4) and ``relative`` (the difference in lme4 standard errors
+        for a fixed effect, in percent for a standard deviation, empty for logLik).
+
+    Examples
+    --------
+    >>> import mixedfx
+    >>> from mixedfx.examples.tutorial import lme4_comparison
+    >>> data = mixedfx.datasets.make_mixed_data(
+    ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
+    ...     random_sd={"g": 0.8}, random_state=2)
+    >>> model = mixedfx.lmer("y ~ x + (1 | g)", data, random_state=0, verbose=0)
+    >>> reference = {  # made-up values in lme4's layout
+    ...     "fixed_effects": {"(Intercept)": 1.0, "x": 0.5},
+    ...     "fixed_effects_se": {"(Intercept)": 0.15, "x": 0.04},
+    ...     "varcorr": [{"grp": "g", "var1": "(Intercept)", "var2": None, "sdcor": 0.8},
+    ...                 {"grp": "Residual", "var1": None, "var2": None, "sdcor": 1.0}],
+    ...     "logLik": -900.0}
+    >>> lme4_comparison(model, reference).index.tolist()
+    ['(Intercept)', 'x', 'sd(g)', 'sigma', 'logLik']
+    """
+    rows = []
+    for name, value in reference["fixed_effects"].items():
+        ours = float(model.fixed_effects_[name.replace("(Intercept)", "Intercept")])
+        se = reference["fixed_effects_se"][name]
+        rows.append((name, ours, value, ours - value, (ours - value) / se))
+    sds = model.variance_components_
+    for entry in reference["varcorr"]:
+        if entry.get("var2") not in (None, {}):
+            continue  # correlations: not in this model
+        if entry["grp"] == "Residual":
+            name, ours = "sigma", float(sds.loc[sds["group"] == "Residual", "sdcor"].iloc[0])
+        else:
+            mask = (sds["group"] == entry["grp"]) & (sds["var1"] == entry["var1"]) & sds["var2"].isna()
+            name = f"sd({entry['grp']})" if entry["var1"] == "(Intercept)" else f"sd({entry['grp']}, {entry['var1']})"
+            ours = float(sds.loc[mask, "sdcor"].iloc[0])
+        difference = ours - entry["sdcor"]
+        rows.append((name, ours, entry["sdcor"], difference, 100.0 * difference / entry["sdcor"]))
+    log_likelihood = model.log_likelihood_
+    rows.append(("logLik", float(log_likelihood), reference["logLik"], float(log_likelihood) - reference["logLik"],
+                 np.nan))
+    frame = pd.DataFrame(rows, columns=["parameter", "mixedfx", "lme4", "difference", "relative"])
+    return frame.set_index("parameter")
+
+
+def class_shares(y, proba, classes, *, gaussian_mean=None, sigma=None) -> pd.DataFrame:
+    """Observed share of each rating next to an ordinal model's mean predicted probability.
+
+    Parameters
+    ----------
+    y : array-like of shape (n_rows,)
+        Observed ratings.
+    proba : array-like of shape (n_rows, n_classes)
+        An ordinal model's ``predict_proba`` for the same rows.
+    classes : sequence
+        The ratings, in the order of ``proba``'s columns (the model's ``classes_``).
+    gaussian_mean, sigma : array-like of shape (n_rows,) and float, optional
+        A Gaussian model's predicted means for the rows and its residual sd: adds the
+        column ``gaussian``, the mean probability it puts on each rating's unit
+        interval (see :func:`mixedfx.examples.insteval.gaussian_log_density`).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per class (index ``rating``); columns ``observed``, ``ordinal`` (and
+        ``gaussian``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedfx.examples.tutorial import class_shares
+    >>> y = np.array([1, 2, 2, 3])
+    >>> proba = np.array([[0.6, 0.3, 0.1], [0.2, 0.5, 0.3], [0.1, 0.6, 0.3], [0.1, 0.2, 0.7]])
+    >>> class_shares(y, proba, [1, 2, 3]).round(2)  # doctest: +NORMALIZE_WHITESPACE
+            observed  ordinal
+    rating
+    1           0.25     0.25
+    2           0.50     0.40
+    3           0.25     0.35
+    """
+    truth = np.asarray(y)
+    frame = pd.DataFrame({
+        "observed": [float(np.mean(truth == c)) for c in classes],
+        "ordinal": np.asarray(proba, dtype=float).mean(axis=0),
+    }, index=pd.Index([int(c) for c in classes], name="rating"))
+    if gaussian_mean is not None:
+        mean = np.asarray(gaussian_mean, dtype=float)
+        frame["gaussian"] = [
+            float(np.mean(np.exp(gaussian_log_density(np.full(len(mean), c), mean, sigma)))) for c in classes
+        ]
+    return frame
+
+
+def _class_share_figure(shares: pd.DataFrame):
+    import matplotlib.pyplot as plt
+
+    figure, ax = plt.subplots(figsize=(6.4, 3.6), layout="constrained")
+    width = 0.8 / len(shares.columns)
+    positions = np.arange(len(shares))
+    labels = {"observed": "observed", "ordinal": "ordinal model", "gaussian": "Gaussian model"}
+    for k, column in enumerate(shares.columns):
+        ax.bar(positions + (k - (len(shares.columns) - 1) / 2) * width, shares[column], width=width,
+               label=labels.get(column, column), color=f"C{k}")
+    ax.set_xticks(positions, [str(c) for c in shares.index])
+    ax.set_xlabel("rating")
+    ax.set_ylabel("share of held-out rows")
+    ax.set_title("Held-out ratings: observed shares and mean predicted probabilities")
+    ax.legend()
+    return figure
+
+
+def _fit_record(model) -> dict:
+    summary = model.fit_summary_
+    return {
+        "n_obs": int(model.n_obs_), "n_iter": int(summary.n_iter), "n_averaged": int(summary.n_averaged),
+        "converged": bool(summary.converged), "elapsed_seconds": float(summary.elapsed_seconds),
+        "first_call_seconds": float(summary.first_call_seconds), "acceptance_rate": summary.acceptance_rate,
+        "rhat": float(summary.rhat), "rhat_noise": float(getattr(summary, "rhat_noise", float("nan"))),
+        "rhat_max": float(summary.rhat_max), "ess_min": float(summary.ess_min),
+        "at_boundary": list(summary.at_boundary),
+        "log_likelihood": None if model.log_likelihood_ is None else float(model.log_likelihood_),
+        "log_likelihood_se": None if model.log_likelihood_se_ is None else float(model.log_likelihood_se_),
+    }
+
+
+@contextlib.contextmanager
+def _recorded_warnings(numbers: dict, what: str):
+    """Record mixedfx's warnings raised inside the block into ``numbers["warnings"]``
+    (instead of printing them: the documentation shows them) and its wall time into
+    ``numbers["seconds"][what]``."""
+    started = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    seen = set()
+    for item in caught:
+        key = (item.category.__name__, str(item.message))
+        if key not in seen and item.category.__module__.startswith("mixedfx"):
+            seen.add(key)
+            numbers["warnings"].append({"fit": what, "category": key[0], "message": key[1]})
+    numbers["seconds"][what] = time.perf_counter() - started
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out_dir", help="folder for the figures and numbers.json")
+    parser.add_argument("--lme4", help="lme4's fit as JSON (tests/fixtures/lme4_insteval_ml.json)")
+    parser.add_argument("--ordinal-students", type=int, default=N_ORDINAL_STUDENTS)
+    parser.add_argument("--random-state", type=int, default=0)
+    parser.add_argument("--part", choices=PARTS, action="append",
+                        help="run only this part (repeatable); default both")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars, no printed summary")
+    args = parser.parse_args(argv)
+    reference = None
+    if args.lme4:
+        with open(args.lme4) as handle:
+            reference = json.load(handle)
+    parts = tuple(args.part or PARTS)
+    numbers = run(args.out_dir, reference=reference, n_ordinal_students=args.ordinal_students,
+                  random_state=args.random_state, verbose=0 if args.quiet else 1, parts=parts)
+    name = "numbers.json" if parts == PARTS else f"numbers-{'-'.join(parts)}.json"
+    with open(Path(args.out_dir) / name, "w") as handle:
+        json.dump(numbers, handle, indent=2, default=float)
+    if not args.quiet:
+        print(json.dumps({k: v for k, v in numbers.items() if k in ("prediction", "lme4", "ordinal", "warnings")},
+                         indent=2, default=float))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
