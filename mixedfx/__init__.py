@@ -16,6 +16,7 @@ from mixedfx.estimator import MixedEffectsClassifier, MixedEffectsRegressor, glm
 from mixedfx.exceptions import (
     ConvergenceWarning,
     DataError,
+    DataWarning,
     FitError,
     FormulaError,
     MixedFXError,
@@ -47,6 +48,7 @@ __all__ = [
     "FitError",
     "ConvergenceWarning",
     "SamplerWarning",
+    "DataWarning",
     "datasets",
     "__version__",
 ]

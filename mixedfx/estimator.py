@@ -21,8 +21,27 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from mixedfx import results
-from mixedfx.design import NEW_LEVEL_POLICIES, RandomDesign, ResponseDesign, build_fixed_design
-from mixedfx.exceptions import ConvergenceWarning, DataError, FormulaError, ParameterError, SamplerWarning
+from mixedfx.design import (
+    MISSING_POLICIES,
+    NEW_LEVEL_POLICIES,
+    RandomDesign,
+    ResponseDesign,
+    as_frame,
+    build_fixed_design,
+    clean_columns,
+    formula_columns,
+    missing_rows,
+)
+from mixedfx.design.frame import describe_counts
+from mixedfx.exceptions import (
+    ConvergenceWarning,
+    DataError,
+    DataWarning,
+    FormulaError,
+    ParameterError,
+    SamplerWarning,
+    did_you_mean,
+)
 from mixedfx.formula import parse_formula
 from mixedfx.inference import MCEMOptions, MonteCarloErrorRule, fit_mcem
 from mixedfx.inference.boundary import boundary_components, zero_components
@@ -62,10 +81,14 @@ class _MixedEffectsModel(BaseEstimator):
         return tags
 
     def _validate_params(self):
-        if not isinstance(self.formula, str):
+        if self.formula is not None and not isinstance(self.formula, str):
             raise ParameterError(
-                f"formula must be an lme4 formula string such as 'y ~ x + (1 | g)', got {self.formula!r}"
+                f"formula must be an lme4 formula string such as 'y ~ x + (1 | g)', or None, got {self.formula!r}"
             )
+        if self.formula is not None and self.groups is not None:
+            raise ParameterError("groups= is for formula=None; with a formula, name the grouping in it: '(1 | g)'")
+        if self.missing not in MISSING_POLICIES:
+            raise ParameterError(f"missing must be one of {MISSING_POLICIES}, got {self.missing!r}")
         if self.new_levels not in NEW_LEVEL_POLICIES:
             raise ParameterError(f"new_levels must be one of {NEW_LEVEL_POLICIES}, got {self.new_levels!r}")
         for name, low in (("max_iter", 1), ("n_chains", 1), ("n_draws", 1), ("n_leapfrog_steps", 1)):
@@ -94,6 +117,92 @@ class _MixedEffectsModel(BaseEstimator):
             )
         return family
 
+    def _input_frame(self, X, *, fitting: bool = False) -> pd.DataFrame:
+        """``X`` as a pandas DataFrame (converted from polars; from an array only
+        without a formula), with nullable dtypes made plain; never the caller's object
+        changed.  At fit, records ``n_features_in_`` and ``feature_names_in_``."""
+        formula_less = self.formula is None
+        data = as_frame(X, allow_array=formula_less)
+        named = all(isinstance(c, str) for c in data.columns)
+        if formula_less and not named:
+            data = data.set_axis([f"x{j}" for j in range(data.shape[1])], axis=1)
+        if fitting:
+            self.n_features_in_ = data.shape[1]
+            if named:
+                self.feature_names_in_ = np.asarray(data.columns, dtype=object)
+            elif hasattr(self, "feature_names_in_"):
+                del self.feature_names_in_
+            return data
+        check_is_fitted(self, "fixed_effects_")
+        if formula_less:
+            expected = getattr(self, "feature_names_in_", None)
+            if data.shape[1] != self.n_features_in_ and (expected is None or not named):
+                raise DataError(
+                    f"X has {data.shape[1]} features, but {type(self).__name__} is expecting "
+                    f"{self.n_features_in_} features as input"
+                )
+            if expected is not None and not isinstance(X, pd.DataFrame) and not named:
+                data = data.set_axis(list(expected), axis=1)  # a bare array: columns by position
+        return clean_columns(data, formula_columns(self.formula_spec_, data), drop_unused_categories=False)
+
+    def _formula_text(self, data: pd.DataFrame) -> str:
+        """The formula, or without one (``formula=None``) ``~ <other columns> + (1 | groups)``."""
+        if self.formula is not None:
+            return self.formula
+        groups = self.groups
+        if groups is None:
+            raise ParameterError(
+                "formula=None fits every column of X as a fixed effect with a random intercept per level of "
+                "the groups= column(s); give groups= (a column name or position) or a formula"
+            )
+        chosen = []
+        for group in ([groups] if isinstance(groups, (str, numbers.Integral)) else list(groups)):
+            if isinstance(group, numbers.Integral) and not isinstance(group, bool):
+                if not -data.shape[1] <= group < data.shape[1]:
+                    raise ParameterError(f"groups={group} is not a column position of X ({data.shape[1]} columns)")
+                group = data.columns[group]
+            if group not in data.columns:
+                raise DataError(f"groups column {group!r} is not in X." + did_you_mean(group, data.columns))
+            chosen.append(group)
+        for column in data.columns:
+            if "`" in column:
+                raise DataError(f"column {column!r} cannot be named in a formula (it holds a back-quote)")
+        fixed = [f"`{c}`" for c in data.columns if c not in chosen]
+        random = [f"(1 | `{g}`)" for g in dict.fromkeys(chosen)]
+        return "~ " + " + ".join(["1", *fixed, *random])
+
+    def _drop_missing(self, data, columns, y, sample_weight, *, index):
+        """Apply the ``missing`` policy to rows with a missing value in ``columns``, ``y``
+        or ``sample_weight``; records ``dropped_rows_``."""
+        mask, counts = missing_rows(data, columns)
+        for name, values in (("y", y), ("sample_weight", sample_weight)):
+            if values is not None:
+                isna = np.asarray(pd.isna(values), dtype=bool)
+                if isna.any():
+                    counts[name] = int(isna.sum())
+                    mask = mask | isna
+        self.dropped_rows_ = index[mask]
+        n_missing = int(mask.sum())
+        if not n_missing:
+            return data, y, sample_weight
+        where = describe_counts(counts)
+        if self.missing == "raise":
+            raise DataError(
+                f"{n_missing} of {len(mask)} rows have missing values (NaN/None) in the columns the model uses "
+                f"({where}); drop or impute them, or use missing='drop'"
+            )
+        if n_missing == len(mask):
+            raise DataError(f"every row has a missing value in the columns the model uses ({where}); nothing is left to fit")
+        warnings.warn(
+            f"dropped {n_missing} of {len(mask)} rows with missing values ({where}), as lme4's na.omit does; "
+            f"the fit uses the other {len(mask) - n_missing} (dropped_rows_ lists them; missing='raise' refuses them)",
+            DataWarning,
+            stacklevel=3,
+        )
+        keep = ~mask
+        data = clean_columns(data.loc[keep], columns, drop_unused_categories=True)
+        return data, None if y is None else y[keep], None if sample_weight is None else sample_weight[keep]
+
     def _method(self) -> str:
         method = getattr(self, "method", "ml")
         return method.lower() if isinstance(method, str) else method
@@ -108,8 +217,10 @@ class _MixedEffectsModel(BaseEstimator):
 
         Parameters
         ----------
-        X : pandas.DataFrame
-            The data: every column the formula names.
+        X : pandas.DataFrame or polars.DataFrame
+            The data: every column the formula names (a polars DataFrame is converted
+            to pandas).  Without a formula (``formula=None``), any 2-D table: every
+            column but the ``groups`` columns is a fixed effect.
         y : array-like of shape (n_rows,), optional
             The response.  When omitted, it is the formula's left-hand side evaluated
             on ``X`` (``cbind(successes, failures)`` for a binomial response).
@@ -120,26 +231,42 @@ class _MixedEffectsModel(BaseEstimator):
         Returns
         -------
         self
+
+        Raises
+        ------
+        FormulaError, DataError, ParameterError
+            For a formula, data or parameter that cannot be fitted, naming the term,
+            column or parameter.
+        FitError
+            If the fit breaks down numerically even after the E-step's recovery (see
+            ``fit_summary_.n_retries``); no estimates are returned then.
         """
         family = self._validate_params()
-        spec = parse_formula(self.formula)
+        data = self._input_frame(X, fitting=True)
+        spec = parse_formula(self._formula_text(data))
         if not spec.random:
             raise FormulaError(
                 "No random effects terms specified in formula: add at least one term such as "
                 "'(1 | g)' (for a model without random effects use a fixed-effects regressor)",
                 formula=spec.text,
             )
-        data = _check_frame(X)
+        if len(data) == 0:
+            raise DataError("X has no rows: there is nothing to fit")
         if y is None and spec.response is None:
             raise DataError("the formula has no response (left-hand side) and no y was given to fit")
+        columns = formula_columns(spec, data)
+        data = clean_columns(data, columns, drop_unused_categories=True)
+        y, sample_weight = _response_array(y, len(data)), _weight_array(sample_weight, len(data))
+        data, y, sample_weight = self._drop_missing(data, columns, y, sample_weight, index=data.index)
         response_design = None if y is not None else ResponseDesign.from_text(spec.response)
         if y is not None:
-            raw, trials = np.asarray(y), None
-            if raw.ndim != 1 or raw.shape[0] != len(data):
-                raise DataError(f"y must be one-dimensional with {len(data)} values, got shape {raw.shape}")
+            raw, trials = y, None
             response_name = "y"
         else:
-            raw, trials = response_design.evaluate(data)
+            try:
+                raw, trials = response_design.evaluate(data)
+            except FormulaError as exc:
+                raise _in_formula(exc, spec.text) from None
             response_name = spec.response
         if sample_weight is not None:
             if family.name != "binomial":
@@ -148,27 +275,33 @@ class _MixedEffectsModel(BaseEstimator):
                 )
             if trials is not None:
                 raise DataError("give the trials either by cbind(successes, failures) or by sample_weight, not both")
-            trials = np.asarray(sample_weight, dtype=np.float64)
-            if trials.shape != (len(data),):
-                raise DataError(f"sample_weight must hold {len(data)} values, got shape {trials.shape}")
+            trials = sample_weight
             raw = np.round(np.asarray(raw, dtype=np.float64) * trials, 8)
         family, raw = self._prepare_response(family, raw, trials)
         response, trials = family.validate_response(raw, trials=trials, name=response_name)
-        fixed_design, X_fixed = build_fixed_design(spec.fixed, data, offsets=spec.offsets)
+        _check_response_values(response if trials is None else response / trials, family, response_name)
+        try:
+            fixed_design, X_fixed = build_fixed_design(spec.fixed, data, offsets=spec.offsets)
+            random_design = RandomDesign.from_spec(spec, data)
+        except FormulaError as exc:
+            raise _in_formula(exc, spec.text) from None
         if isinstance(family, Ordinal) and not fixed_design.has_intercept:
             raise FormulaError(
                 "an ordinal model's cutpoints take the place of the intercept; keep the intercept in the formula "
                 "(it is reported as the cutpoints, not as a fixed effect)",
                 formula=spec.text,
             )
-        random_design = RandomDesign.from_spec(spec, data)
         terms = random_design.materialize(data, new_levels="error")
         model = MixedModel(family, X_fixed, response, terms, fixed_design.column_names,
                            offset=fixed_design.offset(data), trials=trials)
         model.check_identifiable()
-        n_params = X_fixed.shape[1] + len(terms) + len(family.parameter_labels())
+        n_variance = sum(t.dim * (t.dim + 1) // 2 for t in terms)
+        n_params = X_fixed.shape[1] + n_variance + len(family.parameter_labels())
         if model.n_obs <= n_params:
-            raise DataError(f"{model.n_obs} rows are too few to estimate {n_params} parameters")
+            raise DataError(
+                f"{model.n_obs} rows are too few to estimate {n_params} parameters ({X_fixed.shape[1]} fixed "
+                f"effects, {n_variance} variance parameters, {len(family.parameter_labels())} of the family)"
+            )
 
         self.formula_spec_ = spec
         self.family_ = family
@@ -335,7 +468,7 @@ class _MixedEffectsModel(BaseEstimator):
         policy = self.new_levels if new_levels is None else new_levels
         if policy not in NEW_LEVEL_POLICIES:
             raise ParameterError(f"new_levels must be one of {NEW_LEVEL_POLICIES}, got {policy!r}")
-        data = _check_frame(X)
+        data = self._input_frame(X)
         X_fixed = self.fixed_design_.transform(data)
         offset = self.fixed_design_.offset(data)
         terms = self.random_design_.materialize(data, new_levels=policy) if include_random else ()
@@ -383,7 +516,7 @@ class _MixedEffectsModel(BaseEstimator):
         (['g', 'response'], (30, 1), (600,))
         """
         check_is_fitted(self, "fixed_effects_")
-        data = _check_frame(X)
+        data = self._input_frame(X)
         X_fixed = self.fixed_design_.transform(data)
         terms = self.random_design_.materialize(data, new_levels="error")
         trials = None
@@ -529,7 +662,7 @@ class _MixedEffectsModel(BaseEstimator):
             trials = model.trials
             observed = model.response if trials is None else model.response / trials
         else:
-            data = _check_frame(X)
+            data = self._input_frame(X)
             eta = self._linear_predictor_for(data, None, True)
             observed, trials = self._observed_for(data, y)
         mean = self.family_.mean(eta, params.family_params)
@@ -634,7 +767,7 @@ class _MixedEffectsModel(BaseEstimator):
         if X is None:
             bound = self.model_
         else:
-            data = _check_frame(X)
+            data = self._input_frame(X)
             trials = None
             if self.response_design_ is not None and self.response_design_.is_cbind:
                 trials = self.response_design_.evaluate(data)[1]
@@ -648,7 +781,7 @@ class _MixedEffectsModel(BaseEstimator):
             simulated = np.asarray(self.classes_)[simulated.astype(int)]
         frame = pd.DataFrame(simulated.T, columns=[f"sim_{k + 1}" for k in range(int(n))])
         if X is not None:
-            frame.index = X.index
+            frame.index = data.index
         return frame
 
     def to_arviz(self):
@@ -679,6 +812,19 @@ class _MixedEffectsModel(BaseEstimator):
 
 
 _PARAMETERS_DOC = """
+    groups : str, int or list of them, optional
+        Only without a formula (``formula=None``): the column(s) of ``X``, by name or
+        position, whose levels each get a random intercept; every other column of
+        ``X`` is a fixed effect (with an intercept), and the response is ``y``.  With
+        a 2-D array the columns are named ``x0``, ``x1``, ...
+    missing : {"drop", "raise"}, default "drop"
+        What ``fit`` does with rows that have a missing value (NaN, None, pandas.NA)
+        in a column the model uses, in ``y`` or in ``sample_weight``: ``"drop"``
+        leaves them out with a :class:`~mixedfx.DataWarning` that counts them (lme4's
+        default, ``na.omit``; ``dropped_rows_`` lists them); ``"raise"`` raises
+        :class:`~mixedfx.DataError`.  Prediction never drops rows: it returns one
+        value per row of ``X``, so a missing value in a fixed-effect column raises
+        there, and one in a grouping column follows ``new_levels``.
     new_levels : {"population", "error"}, default "population"
         What prediction does with a grouping level not seen in ``fit``:
         ``"population"`` uses a zero random effect (the population mean),
@@ -738,6 +884,13 @@ _ATTRIBUTES_DOC = """
         Iterations, acceptance rate, objective trace, Monte Carlo errors, convergence.
     n_obs_ : int
         Number of rows used in the fit.
+    dropped_rows_ : pandas.Index
+        Index labels of the rows of ``X`` left out for missing values (see
+        ``missing``); empty when none were.
+    n_features_in_ : int
+        Number of columns of ``X`` in ``fit``.
+    feature_names_in_ : numpy.ndarray
+        Their names, when they are all strings.
     formula_spec_ : FormulaSpec
     response_design_ : ResponseDesign or None
         How the response is read from data (``None`` when ``y`` was passed to fit).
@@ -772,10 +925,12 @@ class MixedEffectsRegressor(RegressorMixin, _MixedEffectsModel):
 
     Parameters
     ----------
-    formula : str
+    formula : str or None
         An lme4 formula, e.g. ``"y ~ service + (1 | s) + (1 | d) + (1 | dept)"``.
         The left-hand side may be omitted when ``y`` is passed to :meth:`fit`; a
-        binomial response is written ``cbind(successes, failures) ~ ...``.
+        binomial response is written ``cbind(successes, failures) ~ ...``.  ``None``
+        fits ``y`` on every column of ``X`` with a random intercept per level of
+        ``groups`` (see below).
     family : {"gaussian", "poisson", "negative_binomial", "binomial"} or Family, default "gaussian"
         Response family (a :class:`~mixedfx.model.Binomial` instance chooses the
         probit link).
@@ -823,6 +978,8 @@ class MixedEffectsRegressor(RegressorMixin, _MixedEffectsModel):
         *,
         family="gaussian",
         method="ml",
+        groups=None,
+        missing="drop",
         new_levels="population",
         max_iter=500,
         tol=0.1,
@@ -836,6 +993,8 @@ class MixedEffectsRegressor(RegressorMixin, _MixedEffectsModel):
         self.formula = formula
         self.family = family
         self.method = method
+        self.groups = groups
+        self.missing = missing
         self.new_levels = new_levels
         self.max_iter = max_iter
         self.tol = tol
@@ -950,7 +1109,7 @@ class MixedEffectsRegressor(RegressorMixin, _MixedEffectsModel):
             if kind == "prediction":
                 lower = self._response_quantiles(lower, alpha / 2.0)
                 upper = self._response_quantiles(upper, 1.0 - alpha / 2.0)
-        return pd.DataFrame({"fit": fit, "lower": lower, "upper": upper}, index=X.index)
+        return pd.DataFrame({"fit": fit, "lower": lower, "upper": upper}, index=self._input_frame(X).index)
 
     def _response_quantiles(self, mean, q):
         """Quantile ``q`` of a response with mean ``mean`` (scipy's discrete quantiles)."""
@@ -972,7 +1131,7 @@ class MixedEffectsRegressor(RegressorMixin, _MixedEffectsModel):
         on ``X`` (a proportion for ``cbind`` responses).
         """
         check_is_fitted(self, "fixed_effects_")
-        data = _check_frame(X)
+        data = self._input_frame(X)
         truth = np.asarray(self._response_for(data, y), dtype=np.float64)
         return r2_score(truth, self.predict(data), sample_weight=sample_weight)
 
@@ -990,8 +1149,8 @@ class MixedEffectsClassifier(ClassifierMixin, _MixedEffectsModel):
 
     Parameters
     ----------
-    formula : str
-        An lme4 formula; see :class:`MixedEffectsRegressor`.
+    formula : str or None
+        An lme4 formula, or ``None`` with ``groups``; see :class:`MixedEffectsRegressor`.
     family : {"bernoulli", "ordinal"} or Family, default "bernoulli"
     %(parameters)s
     Attributes
@@ -1028,6 +1187,8 @@ class MixedEffectsClassifier(ClassifierMixin, _MixedEffectsModel):
         formula=None,
         *,
         family="bernoulli",
+        groups=None,
+        missing="drop",
         new_levels="population",
         max_iter=500,
         tol=0.1,
@@ -1040,6 +1201,8 @@ class MixedEffectsClassifier(ClassifierMixin, _MixedEffectsModel):
     ):
         self.formula = formula
         self.family = family
+        self.groups = groups
+        self.missing = missing
         self.new_levels = new_levels
         self.max_iter = max_iter
         self.tol = tol
@@ -1110,7 +1273,7 @@ class MixedEffectsClassifier(ClassifierMixin, _MixedEffectsModel):
         """Accuracy of :meth:`predict` on ``X`` (the response from the formula when ``y``
         is omitted)."""
         check_is_fitted(self, "fixed_effects_")
-        data = _check_frame(X)
+        data = self._input_frame(X)
         return accuracy_score(self._response_for(data, y), self.predict(data), sample_weight=sample_weight)
 
 
@@ -1196,9 +1359,61 @@ def _block_diagonal(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-def _check_frame(X) -> pd.DataFrame:
-    if isinstance(X, pd.DataFrame):
-        return X
-    raise DataError(
-        f"X must be a pandas DataFrame with the columns the formula names, got {type(X).__name__}"
-    )
+def _in_formula(error: FormulaError, text: str) -> FormulaError:
+    """A design-layer FormulaError about a piece of the formula, pointed at in the whole."""
+    if error.position is not None or not error.formula or error.formula == text:
+        return error
+    position = text.find(error.formula)
+    if position < 0:
+        return error
+    return FormulaError(error.message, formula=text, position=position)
+
+
+def _response_array(y, n_rows: int):
+    """``y`` as a 1-D array (a pandas Categorical keeps its category order), or None."""
+    if y is None:
+        return None
+    if isinstance(y, pd.Series) and isinstance(y.dtype, pd.CategoricalDtype):
+        raw = y.array
+    elif isinstance(y, pd.Series) and pd.api.types.is_extension_array_dtype(y.dtype) and y.dtype.kind in "biuf":
+        raw = y.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        raw = np.asarray(y)
+    if raw.ndim != 1 or raw.shape[0] != n_rows:
+        raise DataError(f"y must be one-dimensional with {n_rows} values, got shape {raw.shape}")
+    return raw
+
+
+def _weight_array(sample_weight, n_rows: int):
+    if sample_weight is None:
+        return None
+    try:
+        weights = np.asarray(sample_weight, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"sample_weight must be numeric: {exc}") from None
+    if weights.shape != (n_rows,):
+        raise DataError(f"sample_weight must hold {n_rows} values, got shape {weights.shape}")
+    return weights
+
+
+#: Gaussian responses are fitted on scales (standard deviations) between these bounds.
+RESPONSE_SCALE_LIMITS = (1e-50, 1e50)
+
+
+def _check_response_values(values: np.ndarray, family, name: str) -> None:
+    """Refuse a constant response (lme4's "Response is constant") and a Gaussian response
+    on a scale float64 sums of squares cannot hold."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size and np.all(values == values[0]):
+        raise DataError(
+            f"Response is constant: every value of {name!r} is {values[0]:g}, so there is no variation for the "
+            "model to explain (lme4 refuses this too)"
+        )
+    if isinstance(family, Gaussian):
+        scale = float(np.std(values))
+        low, high = RESPONSE_SCALE_LIMITS
+        if not low <= scale <= high:
+            raise DataError(
+                f"the response {name!r} has standard deviation {scale:.3g}, outside the {low:g} to {high:g} that "
+                "a float64 fit handles; rescale it (multiply by a power of ten: the estimates scale with it)"
+            )

@@ -20,6 +20,7 @@ __all__ = [
     "FitError",
     "ConvergenceWarning",
     "SamplerWarning",
+    "DataWarning",
 ]
 
 
@@ -113,4 +114,20 @@ class SamplerWarning(UserWarning):
     many EM iterations and are judged by the Monte Carlo error rule; this warning
     concerns the draws themselves: the conditional means and sds of the random
     effects, :meth:`~mixedfx.MixedEffectsRegressor.to_arviz` and the intervals.
+    """
+
+
+class DataWarning(UserWarning):
+    """The data were changed on the way in, or look like they will hurt the fit.
+
+    Raised when ``fit`` drops rows with missing values (``missing="drop"``, lme4's
+    ``na.omit``), and when fixed-effect columns are on very different scales (lme4's
+    "Some predictor variables are on very different scales: consider rescaling").
+
+    Examples
+    --------
+    >>> import warnings
+    >>> from mixedfx import DataWarning
+    >>> issubclass(DataWarning, UserWarning)
+    True
     """

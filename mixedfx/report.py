@@ -95,6 +95,9 @@ def format_summary(model) -> str:
         f"smallest ESS {fit.ess_min:.0f}; "
         f"final step size {fit.final_step_size:.3g}"
     )
+    if getattr(fit, "n_divergent", 0) or getattr(fit, "n_retries", 0):
+        lines.append(f"HMC: {fit.n_divergent} divergent transitions; {fit.n_retries} iteration blocks retried with "
+                     "smaller step sizes" + ("".join(f"\n  {line}" for line in fit.recoveries)))
     if fit.at_boundary:
         lines.append("boundary (singular) fit: " + ", ".join(fit.at_boundary)
                      + " estimated at the boundary (an sd at zero or a correlation at +-1); see lme4's ?isSingular")

@@ -224,7 +224,10 @@ def test_non_convergence_warns(crossed_small):
 @pytest.mark.parametrize(
     "params, match",
     [
-        ({"formula": None}, "formula must be an lme4 formula string"),
+        ({"formula": 42}, "formula must be an lme4 formula string"),
+        ({"formula": None}, "formula=None fits every column of X .* give groups="),
+        ({"groups": "g1"}, "groups= is for formula=None"),
+        ({"missing": "omit"}, "missing must be one of"),
         ({"family": "poison"}, "unknown family 'poison'"),
         ({"new_levels": "zero"}, "new_levels must be one of"),
         ({"max_iter": 0}, "max_iter must be an integer >= 1"),
@@ -247,8 +250,8 @@ def test_invalid_parameters_raise_in_fit(crossed_small, params, match):
         ("y ~ x + (1 | g1", None, FormulaError, "unbalanced"),
         ("~ x + (1 | g1)", None, DataError, "no response"),
         ("y ~ x + (1 | g1)", lambda f: f.assign(y=f["g1"]), DataError, "the response 'y' must be numeric for the gaussian family"),
-        ("y ~ x + (1 | g1)", lambda f: f.assign(x=np.where(np.arange(len(f)) == 3, np.nan, f["x"])), DataError,
-         "column 'x' contains missing values"),
+        ("y ~ x + (1 | g1)", lambda f: f.assign(x=np.where(np.arange(len(f)) == 3, np.inf, f["x"])), DataError,
+         r"column 'x' of 'x' has 1 non-finite value\(s\) \(inf or NaN; e.g. inf in row 3\)"),
         ("y ~ x + (1 | row)", lambda f: f.assign(row=np.arange(len(f))), DataError,
          "number of levels of each grouping factor must be < number of observations"),
         ("y ~ x + (x | g1) + (1 | g1)", None, FormulaError, "appears in two random terms"),

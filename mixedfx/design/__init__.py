@@ -4,6 +4,7 @@ Nothing here imports TensorFlow.
 """
 
 from mixedfx.design.fixed import EVALUATION_CONTEXT, FixedDesign, build_fixed_design, evaluate_formula
+from mixedfx.design.frame import MISSING_POLICIES, as_frame, clean_columns, formula_columns, missing_rows
 from mixedfx.design.response import ResponseDesign
 from mixedfx.design.random import (
     NEW_LEVEL_POLICIES,
@@ -19,6 +20,11 @@ __all__ = [
     "build_fixed_design",
     "evaluate_formula",
     "ResponseDesign",
+    "MISSING_POLICIES",
+    "as_frame",
+    "formula_columns",
+    "clean_columns",
+    "missing_rows",
     "NEW_LEVEL_POLICIES",
     "GroupingFactor",
     "RandomDesign",

@@ -13,6 +13,7 @@ formulaic itself does not apply:
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -21,8 +22,9 @@ import pandas as pd
 from formulaic import Formula, ModelSpec
 from formulaic.errors import DataMismatchWarning, FormulaicError
 from formulaic.materializers import PandasMaterializer
+from formulaic.transforms import TRANSFORMS
 
-from mixedfx.exceptions import DataError, FormulaError, NewLevelError, did_you_mean
+from mixedfx.exceptions import DataError, DataWarning, FormulaError, NewLevelError, did_you_mean
 from mixedfx.formula.tokens import TokenKind, tokenize
 
 __all__ = ["FixedDesign", "build_fixed_design", "evaluate_formula", "evaluate_numeric", "EVALUATION_CONTEXT"]
@@ -167,6 +169,7 @@ def build_fixed_design(
             UserWarning,
             stacklevel=3,
         )
+    _warn_on_scales(X[:, kept], [names[j] for j in kept])
     offset_specs = tuple(evaluate_numeric(expression, data, role="offset")[1] for expression in offsets)
     design = FixedDesign(
         formula=fixed,
@@ -227,6 +230,28 @@ def evaluate_formula(formula: str | ModelSpec, data: pd.DataFrame) -> tuple[np.n
     return np.asarray(matrix, dtype=np.float64), matrix.model_spec
 
 
+def _warn_on_scales(X: np.ndarray, names: list[str], *, tol: float = 1e3) -> None:
+    """lme4's ``checkScaleX``: warn when a non-binary column's sd is beyond ``tol`` or
+    below ``1/tol``, or two such columns' sds differ by more than a factor ``tol``."""
+    if X.shape[0] < 2:
+        return
+    continuous = [j for j in range(X.shape[1]) if not np.isin(X[:, j], (0.0, 1.0)).all()]
+    if not continuous:
+        return
+    sds = X[:, continuous].std(axis=0, ddof=1)
+    with np.errstate(divide="ignore"):
+        log_sds = np.log(sds)
+    spread = np.abs(log_sds[:, None] - log_sds[None, :]) if len(sds) > 1 else np.zeros((1, 1))
+    if np.any(np.abs(log_sds) > np.log(tol)) or np.any(spread > np.log(tol)):
+        shown = ", ".join(f"{names[j]} {sd:.3g}" for j, sd in zip(continuous, sds))
+        warnings.warn(
+            "Some predictor variables are on very different scales: consider rescaling "
+            f"(standard deviations: {shown}); as in lme4, a fit on such scales can lose accuracy",
+            DataWarning,
+            stacklevel=4,
+        )
+
+
 def _independent_columns(X: np.ndarray, *, rtol: float = 1e-7) -> list[int]:
     """Indices of the columns to keep: a column whose part orthogonal to the earlier
     columns is below ``rtol`` of its own norm is aliased and dropped (lme4 keeps the
@@ -251,7 +276,7 @@ def _materialize(build, *, data, formula: str, spec):
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*Categorical with a dtype.*")
         try:
-            return build()
+            matrix = build()
         except DataMismatchWarning as exc:
             raise NewLevelError(_unseen_level_message(data, spec, exc, formula)) from None
         except FormulaicError as exc:
@@ -260,10 +285,36 @@ def _materialize(build, *, data, formula: str, spec):
             message = str(exc)
             if "null values" in message or "contains null" in message:
                 column = _quoted(message)
+                count = int(pd.isna(data[column]).sum()) if column in data.columns else None
                 raise DataError(
-                    f"column {column!r} contains missing values (NaN/None); drop or impute those rows first"
+                    f"column {column!r} contains missing values (NaN/None)"
+                    + (f" in {count} row(s)" if count else "") + "; drop or impute those rows first"
                 ) from None
             raise DataError(f"cannot build the fixed design from {formula!r}: {message}") from None
+        except TypeError as exc:
+            odd = [f"column {c!r} has dtype {data[c].dtype}" for c in _columns_in(formula, data)
+                   if data[c].dtype.kind in "mMV"]
+            hint = f" ({'; '.join(odd)}: convert it to numbers or categories)" if odd else ""
+            raise DataError(f"cannot build the design from {formula!r}: {_first_line(exc)}{hint}") from None
+    _check_finite(matrix, data, formula)
+    return matrix
+
+
+def _check_finite(matrix, data: pd.DataFrame, formula: str) -> None:
+    """Refuse infinite or NaN design values (``log(0)``, an ``inf`` in a column), as R's
+    ``model.matrix`` does with "NA/NaN/Inf"; they would otherwise be fitted silently."""
+    values = np.asarray(matrix, dtype=np.float64)
+    if values.size == 0 or np.isfinite(values).all():
+        return
+    bad = ~np.isfinite(values)
+    column = int(np.flatnonzero(bad.any(axis=0))[0])
+    rows = np.flatnonzero(bad[:, column])
+    names = list(getattr(matrix, "columns", range(values.shape[1])))
+    example = data.index[rows[0]] if len(data.index) == values.shape[0] else rows[0]
+    raise DataError(
+        f"column {str(names[column])!r} of {formula!r} has {len(rows)} non-finite value(s) (inf or NaN; "
+        f"e.g. {values[rows[0], column]} in row {_python(example)!r}); remove or recode those rows"
+    )
 
 
 def _translate(exc: Exception, data: pd.DataFrame, formula: str) -> Exception:
@@ -273,6 +324,18 @@ def _translate(exc: Exception, data: pd.DataFrame, formula: str) -> Exception:
         return DataError(
             f"column {name!r} used in the formula {formula!r} is not in the data."
             + did_you_mean(name, data.columns)
+        )
+    factor = _quoted(message) or formula
+    unknown = re.search(r"NameError: name '([^']+)' is not defined", message) or re.search(
+        r"AttributeError: module '(?:numpy)' has no attribute '([^']+)'", message)
+    if unknown is not None:
+        function = unknown.group(1) if "NameError" in unknown.group(0) else f"np.{unknown.group(1)}"
+        known = sorted((set(EVALUATION_CONTEXT) | set(TRANSFORMS)) - {"np", "numpy"}, key=str.lower)
+        suggestion = did_you_mean(function.removeprefix("np."), known).strip()
+        return FormulaError(
+            f"unknown function {function!r} in {factor!r}{'; ' + suggestion[0].lower() + suggestion[1:] if suggestion else ''}"
+            f" (formulas can call {', '.join(known)}, and numpy's functions as np.<name>)",
+            formula=factor,
         )
     return DataError(f"cannot build the fixed design from {formula!r}: {message}")
 

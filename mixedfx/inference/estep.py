@@ -27,6 +27,7 @@ from tensorflow_probability.python.internal import unnest
 from mixedfx._tf import tf, tfb, tfp
 
 __all__ = [
+    "DIVERGENCE_ENERGY",
     "Centering",
     "EStepResult",
     "JitteredLeapfrogSteps",
@@ -34,6 +35,11 @@ __all__ = [
     "preconditioner_scale",
     "prior_precision_diagonal",
 ]
+
+
+#: Energy error (minus the log acceptance ratio) above which an HMC transition counts
+#: as divergent, as in Stan: the leapfrog integrator left the target's typical set.
+DIVERGENCE_ENERGY = 1000.0
 
 
 @dataclass(frozen=True)
@@ -244,6 +250,9 @@ class EStepResult:
         The adapted step size.
     acceptance_rate : Tensor
         Mean acceptance over the kept draws.
+    divergences : Tensor
+        How many of the kept transitions (all chains) diverged: an energy error
+        above :data:`DIVERGENCE_ENERGY`, or a NaN log density along the trajectory.
     """
 
     statistics: dict
@@ -253,6 +262,7 @@ class EStepResult:
     final_state: list
     step_size: tf.Tensor
     acceptance_rate: tf.Tensor
+    divergences: tf.Tensor
 
 
 def prior_precision_diagonal(random_scale_tril):
@@ -364,9 +374,12 @@ def hmc_e_step(
 
     def trace(state, results):
         coordinates = state if statistics_coordinates is None else statistics_coordinates(state)
-        return trace_fn(to_model(coordinates)), results.inner_results.inner_results.is_accepted
+        hmc_results = results.inner_results.inner_results
+        # A divergent transition: its energy error exceeds DIVERGENCE_ENERGY, or is NaN.
+        divergent = tf.logical_not(hmc_results.log_accept_ratio > -DIVERGENCE_ENERGY)
+        return trace_fn(to_model(coordinates)), hmc_results.is_accepted, divergent
 
-    draws, (statistics, accepted), final_results = tfp.mcmc.sample_chain(
+    draws, (statistics, accepted, divergent), final_results = tfp.mcmc.sample_chain(
         num_results=num_draws,
         current_state=centering.to_sampler(current_state, parent_level),
         kernel=kernel,
@@ -386,4 +399,5 @@ def hmc_e_step(
         final_state=[d[-1] for d in draws],
         step_size=tf.convert_to_tensor(final_results.new_step_size, dtype=dtype),
         acceptance_rate=tf.reduce_mean(tf.cast(accepted, dtype)),
+        divergences=tf.reduce_sum(tf.cast(divergent, dtype)),
     )

@@ -68,6 +68,11 @@ class MCEMOptions:
     iterations_per_call : int, default 5
         EM iterations per compiled call; the stopping rule is consulted between calls.
     max_iter : int, default 500
+    max_retries : int, default 6
+        How often an iteration block may be run again, from the same starting point
+        with a tenth of the step size, when its E-steps produced non-finite values or
+        more than half of their HMC transitions diverged.  Past that, the fit raises
+        :class:`~mixedfx.FitError`.
     max_kept_draws : int, default 1000
         Draws kept per chain for diagnostics (the latest of the averaging window).
     draws_memory_bytes : int, default 256 MiB
@@ -83,6 +88,7 @@ class MCEMOptions:
     initial_step_size: float = 0.5
     iterations_per_call: int = 5
     max_iter: int = 500
+    max_retries: int = 6
     max_kept_draws: int = 1000
     draws_memory_bytes: int = 256 * 2**20
 
@@ -275,6 +281,7 @@ def _compiled_iterations(config: _StaticConfig):
                 "objective": traces["objective"].write(i, e_step.statistics["log_joint"]),
                 "acceptance": traces["acceptance"].write(i, e_step.acceptance_rate),
                 "step_size": traces["step_size"].write(i, e_step.step_size),
+                "divergences": traces["divergences"].write(i, e_step.divergences),
                 # each E-step's draws (before the M-step's reparametrization), for diagnostics;
                 # only the last one of each when the model is large
                 "draws": [array.write(i, draws if config.keep_all_draws else draws[-1:])
@@ -284,7 +291,8 @@ def _compiled_iterations(config: _StaticConfig):
 
         sums = [tf.zeros([q, d], dtype) for q, d in zip(config.num_levels, config.dims)]
         outer_sums = [tf.zeros([q, d, d], dtype) for q, d in zip(config.num_levels, config.dims)]
-        traces = {name: tf.TensorArray(dtype, size=n_iter) for name in ("parameters", "objective", "acceptance", "step_size")}
+        traces = {name: tf.TensorArray(dtype, size=n_iter) for name in ("parameters", "objective", "acceptance", "step_size",
+                                                                   "divergences")}
         traces["draws"] = [tf.TensorArray(dtype, size=n_iter) for _ in config.num_levels]
         loop = tf.while_loop(
             lambda i, *_: i < n_iter,
@@ -399,7 +407,8 @@ def fit_mcem(
     seed = tf.constant(_seed_pair(seed), tf.int32)
     draws_per_call = options.iterations_per_call * options.n_draws * options.n_chains
 
-    rows, objective, acceptance, step_sizes = [], [], [], []
+    rows, objective, acceptance, step_sizes, divergences = [], [], [], [], []
+    recoveries = []
     window_start, draws_summed = None, 0
     sums = [np.zeros((q, d)) for q, d in zip(config.num_levels, dims)]
     outer_sums = [np.zeros((q, d, d)) for q, d in zip(config.num_levels, dims)]
@@ -417,15 +426,23 @@ def fit_mcem(
             out = run(fixed_effects, scale_tril, free, state, step_size, seed, tf.constant(num_burnin), data)
             if not rows:
                 first_call_seconds = time.perf_counter() - start_time
+            chunk = out["trace_parameters"].numpy()
+            fault = _block_fault(out, chunk, layout.names, transitions=options.n_chains * options.n_draws)
+            if fault is not None:
+                # Start the block again from where it started, with a smaller step size.
+                block = f"iterations {len(rows) + 1}-{len(rows) + len(chunk)}"
+                if len(recoveries) >= options.max_retries:
+                    raise FitError(
+                        f"Monte Carlo EM broke down in {block} ({fault}) and {len(recoveries)} retries with "
+                        f"smaller HMC step sizes did not help; check the data for extreme values or rescale them"
+                    )
+                smaller = float(step_size) / 10.0
+                recoveries.append(f"{block}: {fault}; retried with step size {float(step_size):.3g} -> {smaller:.3g}")
+                step_size, seed = tf.constant(smaller, tf.float64), out["seed"]
+                continue
             fixed_effects, scale_tril, free = out["fixed_effects"], out["scale_tril"], out["free"]
             state, step_size, seed = out["state"], out["step_size"], out["seed"]
-            chunk = out["trace_parameters"].numpy()
-            if not np.all(np.isfinite(chunk)):
-                bad = [layout.names[j] for j in np.flatnonzero(~np.all(np.isfinite(chunk), axis=0))]
-                raise FitError(
-                    f"Monte Carlo EM produced non-finite values of {', '.join(bad)} within iterations "
-                    f"{len(rows) + 1}-{len(rows) + len(chunk)}; check the data for extreme values"
-                )
+            divergences.extend(out["trace_divergences"].numpy())
             rows.extend(chunk)
             objective.extend(out["trace_objective"].numpy())
             acceptance.extend(out["trace_acceptance"].numpy())
@@ -507,12 +524,32 @@ def fit_mcem(
         elapsed_seconds=time.perf_counter() - start_time,
         first_call_seconds=first_call_seconds,
         method=method,
+        divergences=np.asarray(divergences, dtype=np.int64),
+        n_retries=len(recoveries),
+        recoveries=tuple(recoveries),
         **diagnostics,
     )
     random_effects = tuple(s / draws_summed for s in sums)
     random_effects_cov = tuple(o / draws_summed - m[:, :, None] * m[:, None, :] for o, m in zip(outer_sums, random_effects))
     return MCEMResult(parameters=layout.parameters(estimate), random_effects=random_effects,
                       random_effects_cov=random_effects_cov, draws=draws, summary=summary)
+
+
+def _block_fault(out, chunk: np.ndarray, names, *, transitions: int) -> str | None:
+    """What went wrong in a block of iterations, or None: non-finite parameters, log
+    densities or chains, or more than half of the kept HMC transitions divergent."""
+    divergent = out["trace_divergences"].numpy()
+    record = f"{int(divergent.sum())} of {transitions * len(divergent)} kept HMC transitions diverged"
+    if not np.all(np.isfinite(chunk)):
+        bad = [names[j] for j in np.flatnonzero(~np.all(np.isfinite(chunk), axis=0))]
+        return f"non-finite values of {', '.join(bad)}; {record}"
+    if not np.all(np.isfinite(out["trace_objective"].numpy())):
+        return f"non-finite log densities in the E-step; {record}"
+    if not all(np.all(np.isfinite(s.numpy())) for s in out["state"]):
+        return f"non-finite random effects in the E-step's chains; {record}"
+    if divergent.sum() > 0.5 * transitions * len(divergent):
+        return record
+    return None
 
 
 def sampler_diagnostics(draws) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,6 +76,18 @@ class FitSummary:
         Smallest effective sample size of the random effects over those draws.
     n_kept_draws : int
         Kept draws per chain.
+    divergences : numpy.ndarray of int, shape (n_iter,)
+        Per EM iteration, how many of the E-step's kept HMC transitions (all chains)
+        diverged: an energy error above 1000, or a NaN log density on the trajectory.
+        A few are harmless (the transition is rejected); many mean the step size is
+        too large for the target's curvature.
+    n_retries : int
+        How many blocks of iterations were run again from their start with a tenth of
+        the step size, because their E-steps produced non-finite values or mostly
+        divergent transitions (see ``recoveries``).  Their iterations are not in the
+        trace.
+    recoveries : tuple of str
+        One line per retry: the iterations, what went wrong, the step sizes.
     """
 
     converged: bool
@@ -104,6 +117,15 @@ class FitSummary:
     rhat_max: float = float("nan")
     ess_min: float = float("nan")
     n_kept_draws: int = 0
+    divergences: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    n_retries: int = 0
+    recoveries: tuple[str, ...] = ()
+
+    @property
+    def n_divergent(self) -> int:
+        """Divergent HMC transitions over the whole fit (kept transitions of the
+        iterations in the trace)."""
+        return int(np.sum(self.divergences))
 
     @property
     def acceptance_rate(self) -> float:
@@ -143,5 +165,7 @@ class FitSummary:
         return (
             f"FitSummary({state} after {self.n_iter} iterations, {self.n_averaged} averaged; "
             f"acceptance {self.acceptance_rate:.2f}; R-hat {self.rhat:.3f}; "
-            f"{self.elapsed_seconds:.1f}s; {self.message})"
+            + (f"{self.n_divergent} divergent transitions; " if self.n_divergent else "")
+            + (f"{self.n_retries} retries; " if self.n_retries else "")
+            + f"{self.elapsed_seconds:.1f}s; {self.message})"
         )
