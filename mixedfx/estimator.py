@@ -18,7 +18,7 @@ from scipy import stats
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, clone
 from sklearn.metrics import accuracy_score, r2_score
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import check_is_fitted, column_or_1d
 
 from mixedfx import results
 from mixedfx.design import (
@@ -37,6 +37,7 @@ from mixedfx.exceptions import (
     ConvergenceWarning,
     DataError,
     DataWarning,
+    FitError,
     FormulaError,
     ParameterError,
     SamplerWarning,
@@ -74,10 +75,15 @@ class _MixedEffectsModel(BaseEstimator):
     # -- scikit-learn plumbing ---------------------------------------------------------
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.target_tags.required = False  # the response can come from the formula
+        tags.target_tags.required = self.formula is None  # else the response can come from the formula
         tags.input_tags.categorical = True
         tags.input_tags.string = True
         tags.non_deterministic = self.random_state is None
+        if tags.classifier_tags is not None:
+            try:
+                tags.classifier_tags.multi_class = get_family(self.family).name != "bernoulli"
+            except (ParameterError, TypeError):
+                pass  # an invalid family is reported by fit
         return tags
 
     def _validate_params(self):
@@ -122,27 +128,30 @@ class _MixedEffectsModel(BaseEstimator):
         without a formula), with nullable dtypes made plain; never the caller's object
         changed.  At fit, records ``n_features_in_`` and ``feature_names_in_``."""
         formula_less = self.formula is None
+        if not fitting:
+            check_is_fitted(self, "fixed_effects_")
         data = as_frame(X, allow_array=formula_less)
-        named = all(isinstance(c, str) for c in data.columns)
-        if formula_less and not named:
-            data = data.set_axis([f"x{j}" for j in range(data.shape[1])], axis=1)
+        named = data is X or type(X).__module__.split(".")[0] == "polars"
+        named = named and all(isinstance(c, str) for c in data.columns)
+        if formula_less and data.shape[1] == 0:
+            raise DataError(f"0 feature(s) (shape={data.shape}) while a minimum of 1 is required.")
         if fitting:
             self.n_features_in_ = data.shape[1]
             if named:
                 self.feature_names_in_ = np.asarray(data.columns, dtype=object)
             elif hasattr(self, "feature_names_in_"):
                 del self.feature_names_in_
+        elif formula_less and data.shape[1] != self.n_features_in_:
+            raise DataError(
+                f"X has {data.shape[1]} features, but {type(self).__name__} is expecting "
+                f"{self.n_features_in_} features as input"
+            )
+        if formula_less and not named:
+            # Columns by position: the names seen in fit, or x0, x1, ...
+            names = getattr(self, "feature_names_in_", None) if not fitting else None
+            data = data.set_axis(list(names) if names is not None else [f"x{j}" for j in range(data.shape[1])], axis=1)
+        if fitting:
             return data
-        check_is_fitted(self, "fixed_effects_")
-        if formula_less:
-            expected = getattr(self, "feature_names_in_", None)
-            if data.shape[1] != self.n_features_in_ and (expected is None or not named):
-                raise DataError(
-                    f"X has {data.shape[1]} features, but {type(self).__name__} is expecting "
-                    f"{self.n_features_in_} features as input"
-                )
-            if expected is not None and not isinstance(X, pd.DataFrame) and not named:
-                data = data.set_axis(list(expected), axis=1)  # a bare array: columns by position
         return clean_columns(data, formula_columns(self.formula_spec_, data), drop_unused_categories=False)
 
     def _formula_text(self, data: pd.DataFrame) -> str:
@@ -250,10 +259,12 @@ class _MixedEffectsModel(BaseEstimator):
                 "'(1 | g)' (for a model without random effects use a fixed-effects regressor)",
                 formula=spec.text,
             )
-        if len(data) == 0:
-            raise DataError("X has no rows: there is nothing to fit")
+        if len(data) < 2:
+            raise DataError(f"X has {len(data)} sample(s) (shape={data.shape}) while a minimum of 2 is required "
+                            "(a mixed model needs more rows than parameters)")
         if y is None and spec.response is None:
-            raise DataError("the formula has no response (left-hand side) and no y was given to fit")
+            raise DataError(f"{type(self).__name__} requires y to be passed, but the target y is None, and the "
+                            "formula has no response (left-hand side) to evaluate instead")
         columns = formula_columns(spec, data)
         data = clean_columns(data, columns, drop_unused_categories=True)
         y, sample_weight = _response_array(y, len(data)), _weight_array(sample_weight, len(data))
@@ -295,6 +306,8 @@ class _MixedEffectsModel(BaseEstimator):
         model = MixedModel(family, X_fixed, response, terms, fixed_design.column_names,
                            offset=fixed_design.offset(data), trials=trials)
         model.check_identifiable()
+        if isinstance(family, Gaussian):
+            _check_residual_variance(model, response_name)
         n_variance = sum(t.dim * (t.dim + 1) // 2 for t in terms)
         n_params = X_fixed.shape[1] + n_variance + len(family.parameter_labels())
         if model.n_obs <= n_params:
@@ -325,8 +338,10 @@ class _MixedEffectsModel(BaseEstimator):
                           progress=self.verbose > 0 if progress is None else progress)
         self.model_ = model
         self.n_obs_ = model.n_obs
+        self.n_iter_ = result.summary.n_iter
         self.fit_summary_ = result.summary
         self._store_estimates(model, result, seed=int(seed[0]))
+        self._check_finite_estimates()
         summary = result.summary
         if not summary.converged:
             warnings.warn(
@@ -347,6 +362,23 @@ class _MixedEffectsModel(BaseEstimator):
                 SamplerWarning,
                 stacklevel=3,
             )
+
+    def _check_finite_estimates(self) -> None:
+        """Never hand out a NaN estimate: raise instead (the E-step's recovery failed)."""
+        components = self.variance_components_
+        pieces = {"fixed effect": self.fixed_effects_,
+                  "variance": components.loc[components["var2"].isna()].set_index("var1", drop=False)["vcov"]}
+        if hasattr(self, "cutpoints_"):
+            pieces["cutpoint"] = self.cutpoints_
+        if hasattr(self, "dispersion_"):
+            pieces["dispersion"] = pd.Series([self.dispersion_], index=["dispersion"])
+        bad = [f"{kind} {name}" for kind, values in pieces.items()
+               for name, value in values.items() if not np.isfinite(value)]
+        bad += [f"random effects of {name}" for name, frame in self.random_effects_.items()
+                if not np.isfinite(frame.to_numpy()).all()]
+        if bad:
+            raise FitError(f"the fit produced non-finite estimates ({', '.join(bad[:5])}); no estimates are returned. "
+                           "Check the data for extreme values, or rescale them")
 
     def _store_estimates(self, model: MixedModel, result, *, seed: int) -> None:
         params = result.parameters
@@ -884,6 +916,8 @@ _ATTRIBUTES_DOC = """
         Iterations, acceptance rate, objective trace, Monte Carlo errors, convergence.
     n_obs_ : int
         Number of rows used in the fit.
+    n_iter_ : int
+        EM iterations run (``fit_summary_.n_iter``).
     dropped_rows_ : pandas.Index
         Index labels of the rows of ``X`` left out for missing values (see
         ``missing``); empty when none were.
@@ -1266,8 +1300,8 @@ class MixedEffectsClassifier(ClassifierMixin, _MixedEffectsModel):
 
     def predict(self, X, *, new_levels=None, include_random=True):
         """The most probable class of each row."""
-        return self.classes_[np.argmax(self.predict_proba(X, new_levels=new_levels, include_random=include_random),
-                                       axis=1)]
+        probabilities = self.predict_proba(X, new_levels=new_levels, include_random=include_random)
+        return self.classes_[np.argmax(probabilities, axis=1)]
 
     def score(self, X, y=None, sample_weight=None):
         """Accuracy of :meth:`predict` on ``X`` (the response from the formula when ``y``
@@ -1379,6 +1413,13 @@ def _response_array(y, n_rows: int):
         raw = y.to_numpy(dtype=np.float64, na_value=np.nan)
     else:
         raw = np.asarray(y)
+        if raw.ndim == 2 and raw.shape[1] == 1:
+            raw = column_or_1d(raw, warn=True)  # with scikit-learn's DataConversionWarning
+        if raw.dtype.kind == "c":
+            raise DataError("Complex data not supported: y holds complex numbers")
+        if raw.dtype == object and raw.ndim == 1 and pd.api.types.infer_dtype(raw, skipna=True) in (
+                "integer", "floating", "mixed-integer-float", "decimal"):
+            raw = pd.to_numeric(pd.Series(raw)).to_numpy(dtype=np.float64)  # numbers stored as objects
     if raw.ndim != 1 or raw.shape[0] != n_rows:
         raise DataError(f"y must be one-dimensional with {n_rows} values, got shape {raw.shape}")
     return raw
@@ -1398,6 +1439,20 @@ def _weight_array(sample_weight, n_rows: int):
 
 #: Gaussian responses are fitted on scales (standard deviations) between these bounds.
 RESPONSE_SCALE_LIMITS = (1e-50, 1e50)
+
+
+def _check_residual_variance(model: MixedModel, name: str) -> None:
+    """Refuse a Gaussian response that the fixed effects reproduce exactly: its residual
+    variance is zero and the likelihood grows without bound."""
+    y = model.response - (0.0 if model.offset is None else model.offset)
+    coefficients = np.linalg.lstsq(model.fixed_design, y, rcond=None)[0]
+    residual = y - model.fixed_design @ coefficients
+    total = np.sum((y - y.mean()) ** 2)
+    if np.sum(residual**2) <= 1e-20 * max(total, np.finfo(float).tiny):
+        raise DataError(
+            f"the fixed effects reproduce the response {name!r} exactly (zero residuals): the residual variance "
+            "is zero and the likelihood has no maximum; is the response also a predictor?"
+        )
 
 
 def _check_response_values(values: np.ndarray, family, name: str) -> None:

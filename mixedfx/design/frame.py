@@ -117,14 +117,16 @@ def clean_columns(data: pd.DataFrame, columns: Iterable[str], *, drop_unused_cat
 
     Nullable and pyarrow numeric columns become ``float64`` (``int64`` when they hold
     integers and no missing value), nullable booleans become ``bool`` (``object`` with
-    ``None`` where missing).  With ``drop_unused_categories``, categorical columns lose
+    ``None`` where missing), ``object`` columns that hold only numbers become
+    ``float64`` (as scikit-learn reads them; strings stay categorical).  With ``drop_unused_categories``, categorical columns lose
     the categories no row uses, as R's ``model.frame`` does: a fixed effect never gets
     a column of zeros, nor a baseline that no row has.  Other columns are left alone.
 
     Raises
     ------
     DataError
-        When a name in ``columns`` labels more than one column of ``data``.
+        When a name in ``columns`` labels more than one column of ``data``, or a
+        column holds complex numbers.
 
     Examples
     --------
@@ -146,6 +148,12 @@ def clean_columns(data: pd.DataFrame, columns: Iterable[str], *, drop_unused_cat
     for column in columns:
         values = data[column]
         dtype = values.dtype
+        if dtype.kind == "c":
+            raise DataError(f"Complex data not supported: column {column!r} holds complex numbers")
+        if dtype == object and pd.api.types.infer_dtype(values, skipna=True) in (
+                "integer", "floating", "mixed-integer-float", "decimal"):
+            changed[column] = pd.to_numeric(values).to_numpy(dtype=np.float64)  # numbers stored as objects
+            continue
         if isinstance(dtype, pd.CategoricalDtype):
             if drop_unused_categories:
                 used = values.cat.remove_unused_categories()

@@ -85,6 +85,18 @@ class GroupingFactor:
                     f"grouping column {column!r} has {missing} missing value(s); "
                     "drop those rows or give them a level"
                 )
+            if values.dtype.kind == "f" and np.isinf(values.to_numpy(dtype=float)).any():
+                raise DataError(
+                    f"grouping column {column!r} has {int(np.isinf(values.to_numpy(dtype=float)).sum())} infinite "
+                    "value(s); a level must be a label or a finite number"
+                )
+            if values.dtype == object:
+                odd = [v for v in values if isinstance(v, (dict, list, set))]
+                if odd:
+                    raise DataError(
+                        f"grouping column {column!r} holds a {type(odd[0]).__name__} ({odd[0]!r}); a level must be a "
+                        "label (a string or a number)"
+                    )
             if values.dtype.kind == "f":
                 finite = values.to_numpy(dtype=float)
                 if np.any(finite != np.round(finite)):
@@ -147,6 +159,16 @@ class GroupingFactor:
             codes = self.levels.get_indexer(pd.MultiIndex.from_arrays(arrays))
         codes = codes.astype(np.int32)
         if new_levels == "error" and (codes < 0).any():
+            missing = np.zeros(len(data), dtype=bool)
+            for c in self.columns:
+                missing |= np.asarray(pd.isna(data[c]), dtype=bool)
+            if missing.any():
+                raise NewLevelError(
+                    f"{int(missing.sum())} row(s) have a missing value in grouping factor {self.name!r}: NAs are not "
+                    "allowed in prediction data for grouping variables unless new levels are (use "
+                    "new_levels='population' to predict them with a zero random effect, as lme4's "
+                    "allow.new.levels = TRUE does)"
+                )
             bad_rows = np.flatnonzero(codes < 0)
             examples = []
             for row in bad_rows[:5]:

@@ -7,7 +7,7 @@
 * :class:`FitSummary`: what every fit records.
 """
 
-from mixedfx.inference.initial import initial_parameters
+from mixedfx.inference.initial import conditional_modes, initial_parameters
 from mixedfx.inference.layout import ParameterLayout
 from mixedfx.inference.mcem import MCEMOptions, MCEMResult, fit_mcem
 from mixedfx.inference.stopping import Decision, FixedIterations, MonteCarloErrorRule, monte_carlo_standard_error
@@ -16,6 +16,7 @@ from mixedfx.inference.summary import FitSummary
 
 __all__ = [
     "initial_parameters",
+    "conditional_modes",
     "MCEMOptions",
     "MCEMResult",
     "fit_mcem",

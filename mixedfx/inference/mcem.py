@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from mixedfx._tf import tf, tfp
 from mixedfx.exceptions import FitError
 from mixedfx.inference.estep import Centering, hmc_e_step, preconditioner_scale, prior_precision_diagonal
-from mixedfx.inference.initial import initial_parameters
+from mixedfx.inference.initial import conditional_modes, initial_parameters
 from mixedfx.inference.layout import ParameterLayout, fixed_effects_scale
 from mixedfx.inference.mstep import (
     Expansion,
@@ -69,10 +69,11 @@ class MCEMOptions:
         EM iterations per compiled call; the stopping rule is consulted between calls.
     max_iter : int, default 500
     max_retries : int, default 6
-        How often an iteration block may be run again, from the same starting point
-        with a tenth of the step size, when its E-steps produced non-finite values or
-        more than half of their HMC transitions diverged.  Past that, the fit raises
-        :class:`~mixedfx.FitError`.
+        How often a block of iterations may be run again from its starting
+        parameters when its E-steps produced non-finite values or more than half of
+        their HMC transitions diverged: first with the chains moved to the random
+        effects' conditional modes (:func:`conditional_modes`), then with a tenth of
+        the step size each time.  Past that, the fit raises :class:`~mixedfx.FitError`.
     max_kept_draws : int, default 1000
         Draws kept per chain for diagnostics (the latest of the averaging window).
     draws_memory_bytes : int, default 256 MiB
@@ -408,7 +409,7 @@ def fit_mcem(
     draws_per_call = options.iterations_per_call * options.n_draws * options.n_chains
 
     rows, objective, acceptance, step_sizes, divergences = [], [], [], [], []
-    recoveries = []
+    recoveries, restarted_at = [], None
     window_start, draws_summed = None, 0
     sums = [np.zeros((q, d)) for q, d in zip(config.num_levels, dims)]
     outer_sums = [np.zeros((q, d, d)) for q, d in zip(config.num_levels, dims)]
@@ -434,11 +435,19 @@ def fit_mcem(
                 if len(recoveries) >= options.max_retries:
                     raise FitError(
                         f"Monte Carlo EM broke down in {block} ({fault}) and {len(recoveries)} retries with "
-                        f"smaller HMC step sizes did not help; check the data for extreme values or rescale them"
+                        f"smaller HMC step sizes did not help; check the data for extreme values or rescale them, and "
+                        "whether the model fits the response exactly (a residual variance of zero)"
                     )
-                smaller = float(step_size) / 10.0
-                recoveries.append(f"{block}: {fault}; retried with step size {float(step_size):.3g} -> {smaller:.3g}")
-                step_size, seed = tf.constant(smaller, tf.float64), out["seed"]
+                if restarted_at != len(rows):
+                    # First, move the chains to where the random effects' mass is.
+                    state = _chains_at_modes(model, fixed_effects, scale_tril, free, n_chains=options.n_chains)
+                    restarted_at, action = len(rows), "retried from the random effects' conditional modes"
+                else:
+                    smaller = float(step_size) / 10.0
+                    action = f"retried with step size {float(step_size):.3g} -> {smaller:.3g}"
+                    step_size = tf.constant(smaller, tf.float64)
+                recoveries.append(f"{block}: {fault}; {action}")
+                seed = out["seed"]
                 continue
             fixed_effects, scale_tril, free = out["fixed_effects"], out["scale_tril"], out["free"]
             state, step_size, seed = out["state"], out["step_size"], out["seed"]
@@ -533,6 +542,14 @@ def fit_mcem(
     random_effects_cov = tuple(o / draws_summed - m[:, :, None] * m[:, None, :] for o, m in zip(outer_sums, random_effects))
     return MCEMResult(parameters=layout.parameters(estimate), random_effects=random_effects,
                       random_effects_cov=random_effects_cov, draws=draws, summary=summary)
+
+
+def _chains_at_modes(model, fixed_effects, scale_tril, free, *, n_chains: int):
+    """Every chain's state at the random effects' conditional modes (see :func:`conditional_modes`)."""
+    params = ModelParameters(fixed_effects.numpy(), tuple(L.numpy() for L in scale_tril),
+                             {k: v.numpy() for k, v in model.family.constrain(free).items()})
+    return [tf.constant(np.broadcast_to(m, (n_chains,) + m.shape).copy(), tf.float64)
+            for m in conditional_modes(model, params)]
 
 
 def _block_fault(out, chunk: np.ndarray, names, *, transitions: int) -> str | None:

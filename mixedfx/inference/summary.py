@@ -82,12 +82,13 @@ class FitSummary:
         A few are harmless (the transition is rejected); many mean the step size is
         too large for the target's curvature.
     n_retries : int
-        How many blocks of iterations were run again from their start with a tenth of
-        the step size, because their E-steps produced non-finite values or mostly
-        divergent transitions (see ``recoveries``).  Their iterations are not in the
-        trace.
+        How many blocks of iterations were run again from their starting parameters
+        because their E-steps produced non-finite values or mostly divergent
+        transitions: first with the chains moved to the random effects' conditional
+        modes, then with a tenth of the step size each time (see ``recoveries``).
+        The failed iterations are not in the trace.
     recoveries : tuple of str
-        One line per retry: the iterations, what went wrong, the step sizes.
+        One line per retry: the iterations, what went wrong, what was changed.
     """
 
     converged: bool
