@@ -18,6 +18,7 @@ from scipy import stats
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, clone
 from sklearn.metrics import accuracy_score, r2_score
 from sklearn.utils import check_random_state
+from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
 from mixedfx import results
@@ -1265,6 +1266,11 @@ class MixedEffectsClassifier(ClassifierMixin, _MixedEffectsModel):
                     f"({', '.join(map(str, classes))}); use family='bernoulli' for two"
                 )
             family = Ordinal(n_categories=len(classes), labels=tuple(str(c) for c in classes))
+        elif len(classes) > 2 and type_of_target(np.asarray(values)) == "continuous":
+            raise DataError(
+                f"Unknown label type: continuous. A bernoulli response needs exactly 2 classes, found "
+                f"{len(classes)} distinct numbers; use MixedEffectsRegressor for a continuous response"
+            )
         elif len(classes) != 2:
             raise DataError(
                 f"a bernoulli response needs exactly 2 classes, found {len(classes)}"
@@ -1465,7 +1471,8 @@ def _check_response_values(values: np.ndarray, family, name: str) -> None:
             "model to explain (lme4 refuses this too)"
         )
     if isinstance(family, Gaussian):
-        scale = float(np.std(values))
+        peak = float(np.max(np.abs(values)))
+        scale = peak * float(np.std(values / peak)) if peak > 0 else 0.0  # no overflow
         low, high = RESPONSE_SCALE_LIMITS
         if not low <= scale <= high:
             raise DataError(

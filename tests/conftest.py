@@ -63,3 +63,38 @@ def insteval_fit(insteval):
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+#: The small Gaussian model the reliability tests share: 120 rows, 12 levels of g, and
+#: a fixed design of 3 columns.  Every fit of these shapes reuses one compiled program.
+SMALL_FORMULA = "y ~ x + f + (1 | g)"
+
+
+def small_settings(**overrides) -> dict:
+    """Estimator settings of the shared small fits: a fixed schedule of 30 iterations."""
+    settings = {"random_state": 0, "verbose": 0,
+                "stopping_rule": mixedfx.inference.FixedIterations(n_iter=30, n_average=15)}
+    settings.update(overrides)
+    return settings
+
+
+def make_small_frame(seed: int = 0) -> pd.DataFrame:
+    """120 rows: y = 1 + 0.5 x + 0.3 [f = b] + b_g + e (sd(g) 0.7, sd(e) 1), and a count."""
+    rng = np.random.default_rng(seed)
+    g = np.repeat([f"g{k:02d}" for k in range(12)], 10)
+    x = rng.normal(size=120)
+    f = np.where(rng.random(120) < 0.5, "a", "b")
+    effects = np.repeat(rng.normal(0.0, 0.7, size=12), 10)
+    y = 1.0 + 0.5 * x + 0.3 * (f == "b") + effects + rng.normal(size=120)
+    count = rng.poisson(np.exp(0.5 + 0.3 * x + 0.5 * effects))
+    return pd.DataFrame({"y": y, "x": x, "f": f, "g": g, "count": count})
+
+
+@pytest.fixture(scope="session")
+def small_frame() -> pd.DataFrame:
+    return make_small_frame()
+
+
+@pytest.fixture(scope="session")
+def small_fit(small_frame):
+    return mixedfx.MixedEffectsRegressor(SMALL_FORMULA, **small_settings()).fit(small_frame)

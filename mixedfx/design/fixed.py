@@ -276,7 +276,8 @@ def _materialize(build, *, data, formula: str, spec):
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*Categorical with a dtype.*")
         try:
-            matrix = build()
+            with np.errstate(divide="ignore", invalid="ignore"):  # non-finite results are refused below
+                matrix = build()
         except DataMismatchWarning as exc:
             raise NewLevelError(_unseen_level_message(data, spec, exc, formula)) from None
         except FormulaicError as exc:

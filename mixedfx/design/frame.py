@@ -69,10 +69,11 @@ def as_frame(X, *, allow_array: bool = False, what: str = "X") -> pd.DataFrame:
     """
     if isinstance(X, pd.DataFrame):
         return X
-    if type(X).__module__.split(".")[0] == "polars" and hasattr(X, "to_pandas"):
+    if type(X).__module__.split(".")[0] == "polars":
         if type(X).__name__ == "LazyFrame":
             raise DataError(f"{what} is a polars LazyFrame; collect() it first")
-        return X.to_pandas()
+        if type(X).__name__ == "DataFrame":
+            return X.to_pandas()
     if hasattr(X, "toarray") and hasattr(X, "nnz"):
         raise DataError(f"{what} is a sparse matrix; sparse input is not supported: pass a DataFrame, or X.toarray()")
     if not allow_array or isinstance(X, (str, bytes, dict)):

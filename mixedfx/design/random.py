@@ -101,7 +101,7 @@ class GroupingFactor:
                 finite = values.to_numpy(dtype=float)
                 if np.any(finite != np.round(finite)):
                     warnings.warn(
-                        f"grouping column {column!r} holds continuous values (e.g. {finite[finite != np.round(finite)][0]!r}); "
+                        f"grouping column {column!r} holds continuous values (e.g. {float(finite[finite != np.round(finite)][0])!r}); "
                         "every distinct value becomes a level. Is it meant to be a grouping factor?",
                         UserWarning,
                         stacklevel=4,

@@ -201,6 +201,8 @@ def conditional_modes(model: MixedModel, params: ModelParameters, *, max_sweeps:
             np.add.at(hessian, index, weight[:, None, None] * z[:, :, None] * z[:, None, :])
             hessian += P
             step = np.linalg.solve(hessian, gradient[..., None])[..., 0]
+            if float(np.sum(gradient * step)) < 1e-8:  # Newton decrement: this term is at its mode
+                continue
             scale = 1.0
             for _ in range(40):
                 trial = list(effects)

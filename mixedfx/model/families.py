@@ -148,7 +148,7 @@ def _counts(response, name: str, family: str) -> np.ndarray:
     values = _numeric(response, name, family)
     if np.any(values < 0) or np.any(values != np.round(values)):
         bad = values[(values < 0) | (values != np.round(values))][0]
-        raise DataError(f"the {family} response {name!r} must be non-negative integer counts; found {bad!r}")
+        raise DataError(f"the {family} response {name!r} must be non-negative integer counts; found {float(bad)!r}")
     return values
 
 

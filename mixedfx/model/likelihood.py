@@ -143,19 +143,27 @@ def marginal_log_likelihood(
     current = objective(v, loglik)
     system = None
     for _ in range(50):
+        # Changes below float64's resolution of the objective are noise (counts in the
+        # millions give log-likelihoods near 1e9).
+        tolerance = 1e-10 + 1e-13 * abs(current)
         system = BlockSystem(terms, scaled, weight, max_dense_entries=max_dense_entries)
         g1, gr = system.project(score[:, None], weighted=False)
         flat = _flatten(system, v)
         g1 = g1 - flat[0]
         gr = gr - flat[1]
         d1, dr = system.solve(g1, gr)
+        # Newton decrement g' A^-1 g: twice the objective's expected gain.  Below 1e-8
+        # the mode is found, whatever rounding does to the objective itself (counts in
+        # the millions make it a small difference of terms near 1e9).
+        if float(np.sum(g1 * d1) + np.sum(gr * dr)) < 1e-8:
+            break
         step = system.to_terms(d1, dr)
         scale, improved = 1.0, False
         for _ in range(30):
             trial = [x + scale * s for x, s in zip(v, step)]
             trial_loglik, trial_score, trial_weight = log_lik_and_derivatives(linear(trial))
             value = objective(trial, trial_loglik)
-            if value >= current - 1e-10:
+            if value >= current - tolerance:
                 improved = True
                 break
             scale /= 2.0
@@ -163,7 +171,7 @@ def marginal_log_likelihood(
             break
         change = value - current
         v, current, score, weight = trial, value, trial_score, trial_weight
-        if change < 1e-8 and scale == 1.0:
+        if change < max(1e-8, tolerance) and scale == 1.0:
             break
     system = BlockSystem(terms, scaled, weight, max_dense_entries=max_dense_entries)
     laplace = current - 0.5 * system.logdet
