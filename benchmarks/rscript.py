@@ -12,18 +12,24 @@ import tempfile
 def run_rscript(script: str, *args: str, packages: str = "r-cran-lme4"):
     """Run ``script`` with ``args``; returns ``(result, None)`` or ``(None, note)``.
 
-    The script must print its result as one JSON object on its last line.  When R is
-    missing, the note says so (the benchmark then skips that baseline).
+    The script must print its result as one JSON object on its last line.  The result
+    gains ``peak_memory_gb``, the Rscript process's maximum resident set size.  When R
+    is missing, the note says so (the benchmark then skips that baseline).
     """
     if shutil.which("Rscript") is None:
         return None, f"Rscript not found: R baseline skipped (apt-get install r-base-core {packages})"
-    with tempfile.NamedTemporaryFile("w", suffix=".R", delete=False) as handle:
-        handle.write(script)
-        path = handle.name
-    try:
-        done = subprocess.run(["Rscript", path, *map(str, args)], capture_output=True, text=True, check=False)
-    finally:
-        os.unlink(path)
-    if done.returncode != 0:
-        return None, f"R baseline failed: {done.stderr.strip()[-300:] or done.returncode}"
-    return json.loads(done.stdout.strip().splitlines()[-1]), None
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "baseline.R")
+        with open(path, "w") as handle:
+            handle.write(script)
+        with open(os.path.join(folder, "out"), "w+") as out, open(os.path.join(folder, "err"), "w+") as err:
+            process = subprocess.Popen(["Rscript", path, *map(str, args)], stdout=out, stderr=err)
+            _, status, usage = os.wait4(process.pid, 0)
+            out.seek(0)
+            err.seek(0)
+            stdout, stderr = out.read(), err.read()
+    if os.waitstatus_to_exitcode(status) != 0:
+        return None, f"R baseline failed: {stderr.strip()[-300:] or status}"
+    result = json.loads(stdout.strip().splitlines()[-1])
+    result["peak_memory_gb"] = usage.ru_maxrss / 2**20  # KiB on Linux
+    return result, None

@@ -27,15 +27,33 @@ def levels_for(n_rows: int) -> dict:
     return {"g1": max(10, n_rows // 50), "g2": max(10, n_rows // 500), "g3": max(10, int(n_rows**0.5 / 10))}
 
 
+def simulate(n_rows: int, seed: int):
+    """The data of one size: ``make_mixed_data`` with the truth above."""
+    import mixedfx
+
+    groups = levels_for(n_rows)
+    return mixedfx.datasets.make_mixed_data(
+        n_rows, groups=groups, fixed_effects={"Intercept": TRUTH["Intercept"], "x": TRUTH["x"]},
+        random_sd={g: TRUTH[g] for g in groups}, noise_sd=TRUTH["sigma"], random_state=seed,
+    )
+
+
+def write_csv(n_rows: int, seed: int) -> str:
+    """Write the data of one size to a temporary CSV file (for the lme4 baseline); returns its path."""
+    import tempfile
+
+    handle = tempfile.NamedTemporaryFile("w", suffix=".csv", delete=False)
+    with handle:
+        simulate(n_rows, seed).to_csv(handle, index=False)
+    return handle.name
+
+
 def fit_one(n_rows: int, seed: int) -> dict:
     """Simulate and fit one size (runs in the child process)."""
     import mixedfx
 
     groups = levels_for(n_rows)
-    data = mixedfx.datasets.make_mixed_data(
-        n_rows, groups=groups, fixed_effects={"Intercept": TRUTH["Intercept"], "x": TRUTH["x"]},
-        random_sd={g: TRUTH[g] for g in groups}, noise_sd=TRUTH["sigma"], random_state=seed,
-    )
+    data = simulate(n_rows, seed)
     started = time.perf_counter()
     import warnings
 

@@ -7,8 +7,10 @@ E-step (:mod:`mixedfx.inference.estep`) followed by the parameter-expanded M-ste
 stopping rule (:mod:`mixedfx.inference.stopping`) and to update the progress bar.
 
 Compiled functions are cached per static configuration (family, sampler settings,
-term structure), so fits of data with the same shapes, as in cross-validation or a
-grid search, compile once.  Nothing compiled is ever stored on an estimator.
+term structure) and tensor shapes, and the rows and levels are padded up to shape
+buckets (:mod:`mixedfx.inference.buckets`), so fits of data of similar sizes, as in
+cross-validation, a bootstrap or a grid search, compile once.  Nothing compiled is
+ever stored on an estimator.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from tqdm.auto import tqdm
 
 from mixedfx._tf import tf, tfp
 from mixedfx.exceptions import FitError
+from mixedfx.inference.buckets import ShapeBuckets
 from mixedfx.inference.estep import Centering, hmc_e_step, preconditioner_scale, prior_precision_diagonal
 from mixedfx.inference.initial import conditional_modes, initial_parameters
 from mixedfx.inference.layout import ParameterLayout, fixed_effects_scale
@@ -131,7 +134,7 @@ class _StaticConfig:
     n_leapfrog_steps: int
     target_accept_prob: float
     iterations_per_call: int
-    num_levels: tuple[int, ...]
+    num_levels: tuple[int, ...]  # padded (see ShapeBuckets)
     dims: tuple[int, ...]
     keys: tuple[str, ...]
     expansion_targets: tuple
@@ -168,13 +171,14 @@ def _compiled_iterations(config: _StaticConfig):
         fixed_design, response = data["fixed_design"], data["response"]
         group_index, z = data["group_index"], data["z"]
         offset, trials = data["offset"], data["trials"]
+        row_weight, level_weight = data["row_weight"], data["level_weight"]
         dtype = fixed_design.dtype
         tensors = ModelTensors(fixed_design, response, group_index, z, config.num_levels, config.keys, config.dims,
-                               offset=offset, trials=trials)
+                               offset=offset, trials=trials, row_weight=row_weight, level_weight=level_weight)
         expansions = tuple(
             Expansion(targets, values) for targets, values in zip(config.expansion_targets, data["level_values"])
         )
-        n_obs = tf.cast(tf.shape(response)[0], dtype)
+        n_obs = data["n_obs"]  # the data's rows, not the padded ones
         centering = Centering(parent=config.centering_parent, parent_level=data["parent_level"])
         parent_level = data["parent_level"]
         if config.reml:
@@ -195,8 +199,7 @@ def _compiled_iterations(config: _StaticConfig):
 
         rows_per_level, children_per_level = {}, {}
         for root, child in centering.roots:
-            rows_per_level[root] = tf.math.unsorted_segment_sum(
-                tf.ones_like(group_index[root], dtype=dtype), group_index[root], config.num_levels[root])
+            rows_per_level[root] = tf.math.unsorted_segment_sum(row_weight, group_index[root], config.num_levels[root])
             children_per_level[root] = tf.math.unsorted_segment_sum(
                 tf.ones_like(parent_level[child], dtype=dtype), parent_level[child], config.num_levels[root])
 
@@ -217,16 +220,17 @@ def _compiled_iterations(config: _StaticConfig):
                         current, fixed_design=fixed_design, response=data["regression_response"],
                         group_index=group_index, z=z, expansions=expansions,
                         fixed_xtx_inv=data["xtx_inv"] if config.reml else None,
+                        row_weight=row_weight, level_weight=level_weight,
                     )
                 else:
-                    stats = moment_statistics(current, expansions=expansions)
+                    stats = moment_statistics(current, expansions=expansions, level_weight=level_weight)
                 stats["log_joint"] = target_log_prob(*current)
                 return stats
 
             eta = linear_predictor(fixed_design, fixed_effects, [tf.reduce_mean(s, 0) for s in state], group_index, z,
                                    offset)
             scale = preconditioner_scale(
-                weight=family.fisher_weight(eta, family_params, trials=trials), group_index=group_index, z=z,
+                weight=family.fisher_weight(eta, family_params, trials=trials) * row_weight, group_index=group_index, z=z,
                 num_levels=config.num_levels, random_scale_tril=scale_tril, centering=centering,
                 parent_level=parent_level,
             )
@@ -266,10 +270,10 @@ def _compiled_iterations(config: _StaticConfig):
                 parts = expansion_columns(flat_draws, group_index, z)
                 regression_beta, scale_matrix, new_free = glm_regression(
                     parts, fixed_design=fixed_design, response=response, trials=trials, offset=offset,
-                    family=family, fixed_effects=fixed_effects, free=free, dims=config.dims,
+                    family=family, fixed_effects=fixed_effects, free=free, dims=config.dims, row_weight=row_weight,
                 )
             new_beta, new_scale_tril, location = covariance_update(
-                stats, fixed_effects=regression_beta, scale_matrix=scale_matrix, num_levels=config.num_levels,
+                stats, fixed_effects=regression_beta, scale_matrix=scale_matrix, num_levels=data["level_count"],
                 dims=config.dims, expansions=expansions,
             )
             # Carry the chains into the reduced parametrization of the new estimate.
@@ -362,6 +366,9 @@ def fit_mcem(
     expansions = location_expansions(model)
     centering = nested_centering(model)
     dims = tuple(t.dim for t in model.random_terms)
+    num_levels = tuple(t.num_levels for t in model.random_terms)
+    centred = {k for k, parent in enumerate(centering.parent) if parent is not None} | set(centering.parent)
+    buckets = ShapeBuckets.for_sizes(model.n_obs, num_levels, unpadded_terms=centred)
     config = _StaticConfig(
         family=model.family,
         n_draws=options.n_draws,
@@ -369,31 +376,37 @@ def fit_mcem(
         n_leapfrog_steps=options.n_leapfrog_steps,
         target_accept_prob=options.target_accept_prob,
         iterations_per_call=options.iterations_per_call,
-        num_levels=tuple(t.num_levels for t in model.random_terms),
+        num_levels=buckets.padded_levels,
         dims=dims,
         keys=model.keys,
         expansion_targets=tuple(e.targets for e in expansions),
         centering_parent=centering.parent,
         reml=reml,
-        keep_all_draws=8 * options.n_chains * options.n_draws * sum(t.num_levels * t.dim for t in model.random_terms)
+        keep_all_draws=8 * options.n_chains * options.n_draws * sum(q * d for q, d in zip(buckets.padded_levels, dims))
         <= 16 * 2**20,
     )
     run = _compiled_iterations(config)
-    tensors = model.tensors()
     X = model.fixed_design
     # The Gaussian regression works on the response less any offset.
     y = model.response - (0.0 if model.offset is None else model.offset)
+    pad = buckets.pad_rows
+
+    def constant(values, dtype=tf.float64):
+        return None if values is None else tf.constant(values, dtype)
+
     data = {
-        "fixed_design": tensors.fixed_design,
-        "response": tensors.response,
-        "regression_response": tf.constant(y, tf.float64),
-        "offset": tensors.offset,
-        "trials": tensors.trials,
-        "group_index": tensors.group_index,
-        "z": tensors.z,
-        "level_values": tuple(
-            None if e.level_values is None else tf.constant(e.level_values, tf.float64) for e in expansions
-        ),
+        "fixed_design": constant(pad(X)),
+        "response": constant(pad(model.response)),
+        "regression_response": constant(pad(y)),
+        "offset": constant(pad(model.offset)),
+        "trials": constant(pad(model.trials, fill=1.0)),
+        "group_index": tuple(constant(pad(t.group_index), tf.int32) for t in model.random_terms),
+        "z": tuple(constant(pad(t.z)) for t in model.random_terms),
+        "row_weight": constant(buckets.row_weight()),
+        "level_weight": tuple(constant(buckets.level_weight(k)) for k in range(len(dims))),
+        "n_obs": tf.constant(float(model.n_obs), tf.float64),
+        "level_count": tuple(tf.constant(float(q), tf.float64) for q in num_levels),
+        "level_values": tuple(constant(buckets.pad_levels(k, e.level_values)) for k, e in enumerate(expansions)),
         "parent_level": tuple(None if m is None else tf.constant(m, tf.int32) for m in centering.parent_level),
         "xtx": tf.constant(X.T @ X),
         "xtx_inv": tf.constant(np.linalg.pinv(X.T @ X) if reml else np.zeros((X.shape[1],) * 2)),
@@ -404,6 +417,7 @@ def fit_mcem(
     scale_tril = [tf.constant(L, tf.float64) for L in initial.random_scale_tril]
     free = tf.constant(model.family.free_from_parameters(initial.family_params), tf.float64)
     state = [tf.zeros([options.n_chains, q, d], tf.float64) for q, d in zip(config.num_levels, dims)]
+    real = [slice(0, q) for q in num_levels]  # the data's levels among the padded ones
     step_size = tf.constant(options.initial_step_size, tf.float64)
     seed = tf.constant(_seed_pair(seed), tf.int32)
     draws_per_call = options.iterations_per_call * options.n_draws * options.n_chains
@@ -411,9 +425,9 @@ def fit_mcem(
     rows, objective, acceptance, step_sizes, divergences = [], [], [], [], []
     recoveries, restarted_at = [], None
     window_start, draws_summed = None, 0
-    sums = [np.zeros((q, d)) for q, d in zip(config.num_levels, dims)]
-    outer_sums = [np.zeros((q, d, d)) for q, d in zip(config.num_levels, dims)]
-    bytes_per_draw = 8 * options.n_chains * sum(q * d for q, d in zip(config.num_levels, dims))
+    sums = [np.zeros((q, d)) for q, d in zip(num_levels, dims)]
+    outer_sums = [np.zeros((q, d, d)) for q, d in zip(num_levels, dims)]
+    bytes_per_draw = 8 * options.n_chains * sum(q * d for q, d in zip(num_levels, dims))
     kept = collections.deque(maxlen=max(1, min(options.max_kept_draws, options.draws_memory_bytes // bytes_per_draw)))
     decision = Decision(None, False, message="not started")
     fixed_scale = None
@@ -456,19 +470,19 @@ def fit_mcem(
             objective.extend(out["trace_objective"].numpy())
             acceptance.extend(out["trace_acceptance"].numpy())
             step_sizes.extend(out["trace_step_size"].numpy())
-            chunk_draws = [d.numpy() for d in out["draws"]]
+            chunk_draws = [d.numpy()[:, :, :, levels] for d, levels in zip(out["draws"], real)]
             kept.extend((len(rows) - len(chunk) + j, [d[j, t] for d in chunk_draws])
                         for j in range(len(chunk)) for t in range(chunk_draws[0].shape[1]))
             if window_start is not None:
                 for k, (s, o) in enumerate(zip(out["effects_sum"], out["effects_outer_sum"])):
-                    sums[k] += s.numpy()
-                    outer_sums[k] += o.numpy()
+                    sums[k] += s.numpy()[real[k]]
+                    outer_sums[k] += o.numpy()[real[k]]
                 draws_summed += draws_per_call
             trace = np.asarray(rows)
             posterior_var = [
-                np.maximum(np.diagonal(o.numpy(), axis1=1, axis2=2) / draws_per_call - (m.numpy() / draws_per_call) ** 2,
-                           0.0)
-                for m, o in zip(out["effects_sum"], out["effects_outer_sum"])
+                np.maximum(np.diagonal(o.numpy()[levels], axis1=1, axis2=2) / draws_per_call
+                           - (m.numpy()[levels] / draws_per_call) ** 2, 0.0)
+                for m, o, levels in zip(out["effects_sum"], out["effects_outer_sum"], real)
             ]
             if fixed_scale is None:
                 # Exact standard errors cost about one EM iteration: computed once, after
@@ -501,8 +515,8 @@ def fit_mcem(
     else:
         tolerance = np.full(layout.size, np.nan)
     if draws_summed == 0:  # never reached a window: use the last call's draws
-        sums = [s.numpy() for s in out["effects_sum"]]
-        outer_sums = [o.numpy() for o in out["effects_outer_sum"]]
+        sums = [s.numpy()[levels] for s, levels in zip(out["effects_sum"], real)]
+        outer_sums = [o.numpy()[levels] for o, levels in zip(out["effects_outer_sum"], real)]
         draws_summed = draws_per_call
     window_draws = [draw for iteration, draw in kept if iteration >= window_start] or [kept[-1][1]]
     # (n_chains, n_kept, num_levels, dim) per term, ArviZ's (chain, draw, ...) order

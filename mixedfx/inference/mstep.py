@@ -86,18 +86,23 @@ def expansion_columns(state, group_index, z):
     return tf.concat(columns, axis=-1)
 
 
-def moment_statistics(state, *, expansions):
+def moment_statistics(state, *, expansions, level_weight=None):
     """Per-chain moments of one draw for :func:`covariance_update`: per term ``btb_k``
-    (``B'B`` over levels, ``dim x dim``) and ``wtb_k`` (``W'B``)."""
+    (``B'B`` over levels, ``dim x dim``) and ``wtb_k`` (``W'B``).  ``level_weight``
+    (per term, a 0/1 mask ``[num_levels]`` or ``None``) leaves padded levels out."""
     statistics = {}
-    for k, (effects, expansion) in enumerate(zip(state, expansions)):
+    level_weight = level_weight or (None,) * len(state)
+    for k, (effects, expansion, weight) in enumerate(zip(state, expansions, level_weight)):
+        if weight is not None:
+            effects = effects * weight[:, None]
         statistics[f"btb_{k}"] = tf.einsum("cqa,cqb->cab", effects, effects)
         if expansion.active:
             statistics[f"wtb_{k}"] = tf.einsum("qm,cqa->cma", expansion.level_values, effects)
     return statistics
 
 
-def gaussian_statistics(state, *, fixed_design, response, group_index, z, expansions, fixed_xtx_inv=None):
+def gaussian_statistics(state, *, fixed_design, response, group_index, z, expansions, fixed_xtx_inv=None,
+                        row_weight=None, level_weight=None):
     """Per-chain sufficient statistics of one draw for :func:`gaussian_regression` (and
     :func:`covariance_update`).
 
@@ -107,8 +112,12 @@ def gaussian_statistics(state, *, fixed_design, response, group_index, z, expans
     ``reml_ptu`` (``P'u``) and ``reml_utu`` (``u'u``), where ``u = H Z b`` is the
     projection of the draw's random part on the fixed design (``H`` the hat matrix of
     ``X``): the part of the residual a REML E-step leaves to the fixed effects.
+    ``row_weight`` and ``level_weight`` (0/1 masks, see
+    :class:`~mixedfx.inference.buckets.ShapeBuckets`) leave padding out.
     """
     parts = expansion_columns(state, group_index, z)
+    if row_weight is not None:
+        parts = parts * row_weight[:, None]
     statistics = {
         "xtp": tf.einsum("np,cnk->cpk", fixed_design, parts),
         "ptp": tf.einsum("cnk,cnl->ckl", parts, parts),
@@ -120,7 +129,7 @@ def gaussian_statistics(state, *, fixed_design, response, group_index, z, expans
         projected = tf.linalg.matvec(fixed_xtx_inv, xtzb)  # (X'X)^-1 X'Zb
         statistics["reml_ptu"] = tf.einsum("cpk,cp->ck", statistics["xtp"], projected)
         statistics["reml_utu"] = tf.reduce_sum(xtzb * projected, axis=-1)
-    statistics.update(moment_statistics(state, expansions=expansions))
+    statistics.update(moment_statistics(state, expansions=expansions, level_weight=level_weight))
     return statistics
 
 
@@ -223,7 +232,7 @@ def gaussian_regression(statistics, *, fixed_xtx, fixed_xty, response_ss, n_obs,
 
 
 def glm_regression(parts, *, fixed_design, response, trials, offset, family, fixed_effects, free, dims,
-                   n_newton=2, max_halvings=20):
+                   row_weight=None, n_newton=2, max_halvings=20):
     """Any family's part of the expanded M-step: Newton's method on the expected
     log-likelihood over the draws.
 
@@ -242,6 +251,8 @@ def glm_regression(parts, *, fixed_design, response, trials, offset, family, fix
         :func:`expansion_columns` of every draw.
     free : Tensor
         The family's unconstrained parameters.
+    row_weight : Tensor, optional
+        A 0/1 mask of the rows (padded rows are 0).
 
     Returns
     -------
@@ -258,9 +269,12 @@ def glm_regression(parts, *, fixed_design, response, trials, offset, family, fix
         beta, coefficients = theta[:p], theta[p:]
         return tf.linalg.matvec(fixed_design, beta)[None, :] + base[None, :] + tf.einsum("snm,m->sn", parts, coefficients)
 
+    def row_log_prob(eta, natural):
+        log_prob = family.log_prob(eta, natural, response, trials=trials)
+        return log_prob if row_weight is None else log_prob * row_weight
+
     def objective(theta, u):
-        log_prob = family.log_prob(linear(theta), family.constrain(u), response, trials=trials)
-        return tf.reduce_sum(log_prob) / n_draws
+        return tf.reduce_sum(row_log_prob(linear(theta), family.constrain(u))) / n_draws
 
     def improve(value, current, step, evaluate):
         """Halve ``step`` until ``evaluate(current + scale * step)`` is at least ``value``."""
@@ -295,7 +309,7 @@ def glm_regression(parts, *, fixed_design, response, trials, offset, family, fix
             outer.watch(eta)
             with tf.GradientTape() as inner:
                 inner.watch(eta)
-                total = tf.reduce_sum(family.log_prob(eta, natural, response, trials=trials))
+                total = tf.reduce_sum(row_log_prob(eta, natural))
             score = inner.gradient(total, eta)  # each row's own derivative
         curvature = outer.gradient(score, eta)
         regressors = tf.concat([tf.broadcast_to(fixed_design[None], tf.concat([tf.shape(parts)[:2], [p]], 0)), parts],
@@ -334,6 +348,9 @@ def covariance_update(statistics, *, fixed_effects, scale_matrix, num_levels, di
     Per term, the location ``alpha_k`` from ``W'B``, the covariance from ``B'B`` around
     it, mapped through ``C_k``; the fixed effects absorb ``C_k alpha_k'``.
 
+    ``num_levels`` holds each term's number of levels (Python numbers or tensors: the
+    levels of the data, not of their padding).
+
     Returns
     -------
     fixed_effects : Tensor
@@ -358,6 +375,7 @@ def covariance_update(statistics, *, fixed_effects, scale_matrix, num_levels, di
             shift = tf.linalg.matmul(C, alpha, transpose_b=True)  # (dim, n_columns)
             indices = [[t] for row in expansion.targets for t in row]
             fixed_effects = tf.tensor_scatter_nd_add(fixed_effects, indices, tf.reshape(shift, [-1]))
+        q = tf.cast(q, second_moment.dtype)
         covariance = tf.linalg.matmul(C, tf.linalg.matmul(second_moment / q, C, transpose_b=True))
         covariance = 0.5 * (covariance + tf.transpose(covariance))
         jitter = 1e-12 * tf.maximum(tf.linalg.trace(covariance), tf.cast(1e-300, covariance.dtype))

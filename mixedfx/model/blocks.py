@@ -8,12 +8,18 @@ diagonal (one ``dim x dim`` block per level) because each row belongs to one lev
 so it is eliminated exactly and only the Schur complement over the remaining terms'
 columns is factored densely (MixedModels.jl orders its blocks the same way).  For
 InstEval that is a 1,142 x 1,142 Cholesky factor instead of 4,114 x 4,114.
+
+The coupling block between the first term and the rest is sparse (a row touches one
+level of each term, so it has at most one non-zero per row and pair of coefficients)
+and is kept as a :mod:`scipy.sparse` matrix, so memory grows with the rows plus the
+square of the remaining terms' columns, never with their product with the first
+term's.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy import linalg
+from scipy import linalg, sparse
 
 __all__ = ["BlockSystem", "DenseBlockTooLarge"]
 
@@ -34,11 +40,24 @@ class BlockSystem:
     weights : numpy.ndarray of shape (n_rows,), optional
         Row weights ``w`` (all ones when omitted).
     max_dense_entries : int
-        Bound on the entries of the dense blocks.
+        Bound on the entries of the dense Schur block (the remaining terms' columns,
+        squared).
 
     Raises
     ------
     DenseBlockTooLarge
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedfx.design import RandomTermData
+    >>> from mixedfx.model import BlockSystem
+    >>> g = RandomTermData("g", np.array([0, 0, 1, 1, 2], dtype=np.int32), None, 3)
+    >>> h = RandomTermData("h", np.array([0, 1, 0, 1, 1], dtype=np.int32), None, 2)
+    >>> system = BlockSystem([g, h], [np.ones((5, 1)), np.ones((5, 1))])
+    >>> dense = np.zeros((5, 5)); dense[np.arange(5), [0, 0, 1, 1, 2]] = 1; dense[np.arange(5), [3, 4, 3, 4, 4]] = 1
+    >>> bool(np.isclose(system.logdet, np.linalg.slogdet(dense.T @ dense + np.eye(5))[1]))
+    True
     """
 
     def __init__(self, terms, scaled, weights=None, *, max_dense_entries: int = 60_000_000):
@@ -55,9 +74,10 @@ class BlockSystem:
             self.offsets[k] = width
             width += terms[k].num_levels * self.dims[k]
         self.width = width
-        if self.q1 * self.d1 * width + width * width > max_dense_entries:
+        if width * width > max_dense_entries:
             raise DenseBlockTooLarge(
-                f"exact computation needs dense blocks of {self.q1 * self.d1} x {width} and {width} x {width} entries"
+                f"exact computation needs a dense block of {width} x {width} entries (the columns of the random "
+                f"terms other than the largest, {terms[self.first].name!r}); the bound is {max_dense_entries:,}"
             )
         self._factor()
 
@@ -68,31 +88,31 @@ class BlockSystem:
 
     def _factor(self):
         q1, d1, width, w = self.q1, self.d1, self.width, self.weights
-        u1, g1 = self.scaled[self.first], self.terms[self.first].group_index.astype(np.int64)
+        u1 = self.scaled[self.first]
+        g1 = self.terms[self.first].group_index.astype(np.int64)
         a11 = np.zeros((q1, d1, d1))
         for a in range(d1):
             for b in range(d1):
                 a11[:, a, b] = np.bincount(g1, weights=w * u1[:, a] * u1[:, b], minlength=q1)
         a11 += np.eye(d1)
-        a1r = np.zeros(q1 * d1 * width)
-        arr = np.zeros(width * width)
-        for k in self.rest:
-            for c in range(self.dims[k]):
-                col_k = self.columns(k, c)
-                uk = w * self.scaled[k][:, c]
-                for a in range(d1):
-                    a1r += np.bincount(self.columns(self.first, a) * width + col_k, weights=uk * u1[:, a],
-                                       minlength=q1 * d1 * width)
-                for m in self.rest:
-                    for e in range(self.dims[m]):
-                        arr += np.bincount(col_k * width + self.columns(m, e), weights=uk * self.scaled[m][:, e],
-                                           minlength=width * width)
+        # U_1' W U_rest and U_rest' W U_rest, one sparse matrix each (duplicates summed)
+        first_rows = [self.columns(self.first, a) for a in range(d1)]
+        rest_cols = [(self.columns(k, c), self.scaled[k][:, c]) for k in self.rest for c in range(self.dims[k])]
+        a1r = sparse.csr_matrix((q1 * d1, width))
+        arr = sparse.csr_matrix((width, width))
+        for col_k, uk in rest_cols:
+            uk = w * uk
+            for a in range(d1):
+                a1r = a1r + sparse.coo_matrix((uk * u1[:, a], (first_rows[a], col_k)), shape=(q1 * d1, width)).tocsr()
+            for col_m, um in rest_cols:
+                arr = arr + sparse.coo_matrix((uk * um, (col_k, col_m)), shape=(width, width)).tocsr()
         self.a11 = a11
         self.chol11 = np.linalg.cholesky(a11)
         self.inv11 = np.linalg.inv(a11)
-        self.a1r = a1r.reshape(q1 * d1, width)
-        self.inv_a1r = np.matmul(self.inv11, self.a1r.reshape(q1, d1, width)).reshape(q1 * d1, width)
-        schur = arr.reshape(width, width) + np.eye(width) - self.a1r.T @ self.inv_a1r
+        self.a1r = a1r
+        # A11^-1 A1R: the block-diagonal inverse applied level by level keeps the sparsity
+        self.inv_a1r = (_block_diagonal(self.inv11) @ a1r).tocsr()
+        schur = arr.toarray() + np.eye(width) - (a1r.T @ self.inv_a1r).toarray()
         self.chol = linalg.cholesky(schur, lower=True) if width else np.zeros((0, 0))
         self.logdet = float(2.0 * np.sum(np.log(np.diagonal(self.chol11, axis1=1, axis2=2)))
                             + 2.0 * np.sum(np.log(np.diag(self.chol))))
@@ -152,18 +172,36 @@ class BlockSystem:
             out[k] = xr[self.offsets[k]:self.offsets[k] + q * d, column].reshape(q, d)
         return out
 
-    def inverse_diagonal_blocks(self):
-        """Per term, the ``dim x dim`` diagonal blocks of ``A^-1``, shape ``(num_levels, dim, dim)``."""
+    def inverse_diagonal_blocks(self, *, chunk_entries: int = 8_000_000):
+        """Per term, the ``dim x dim`` diagonal blocks of ``A^-1``, shape ``(num_levels, dim, dim)``.
+
+        The first term's blocks, ``A11^-1 + (A11^-1 A1R) S^-1 (A11^-1 A1R)'`` per level
+        (``S`` the Schur complement), are computed a chunk of levels at a time, so
+        that no dense ``(levels x width)`` matrix is formed whole.
+        """
         width = self.width
         chol_inv = linalg.solve_triangular(self.chol, np.eye(width), lower=True) if width else np.zeros((0, 0))
-        cross = (self.inv_a1r @ chol_inv.T).reshape(self.q1, self.d1, width)
         out = [None] * len(self.terms)
-        out[self.first] = self.inv11 + np.matmul(cross, cross.transpose(0, 2, 1))
+        first = self.inv11.copy()
         if width:
-            inverse_rest = chol_inv.T @ chol_inv
+            per_chunk = max(1, chunk_entries // (self.d1 * width))
+            for start in range(0, self.q1, per_chunk):
+                stop = min(self.q1, start + per_chunk)
+                rows = self.inv_a1r[start * self.d1:stop * self.d1]
+                cross = np.asarray((rows @ chol_inv.T)).reshape(stop - start, self.d1, width)
+                first[start:stop] += np.matmul(cross, cross.transpose(0, 2, 1))
+        out[self.first] = first
         for k in self.rest:
+            # the diagonal blocks of S^-1 = C^-T C^-1, from the columns of C^-1 alone
             q, d = self.terms[k].num_levels, self.dims[k]
-            block = slice(self.offsets[k], self.offsets[k] + q * d)
-            sub = inverse_rest[block, block].reshape(q, d, q, d)
-            out[k] = sub[np.arange(q), :, np.arange(q), :]
+            columns = chol_inv[:, self.offsets[k]:self.offsets[k] + q * d].reshape(width, q, d)
+            out[k] = np.einsum("iqa,iqb->qab", columns, columns)
         return out
+
+
+def _block_diagonal(blocks: np.ndarray) -> sparse.csr_matrix:
+    """The sparse block-diagonal matrix of ``blocks`` (shape ``(q, d, d)``)."""
+    q, d, _ = blocks.shape
+    rows = (np.arange(q)[:, None, None] * d + np.arange(d)[None, :, None]) + np.zeros((1, 1, d), dtype=np.int64)
+    cols = (np.arange(q)[:, None, None] * d + np.arange(d)[None, None, :]) + np.zeros((1, d, 1), dtype=np.int64)
+    return sparse.csr_matrix((blocks.ravel(), (rows.ravel(), cols.ravel())), shape=(q * d, q * d))

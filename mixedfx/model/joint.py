@@ -153,7 +153,13 @@ class MixedModel:
 
 @dataclass(frozen=True)
 class ModelTensors:
-    """Design arrays as tensors, the form the compiled inference code takes."""
+    """Design arrays as tensors, the form the compiled inference code takes.
+
+    ``row_weight`` (``[n_rows]``) and ``level_weight`` (per term, ``[num_levels]`` or
+    ``None``) are optional 0/1 masks: the inference layer pads rows and levels up to
+    shape buckets, so that data of similar sizes share one compiled program, and
+    masks the padding out of every sum.  ``None`` means every row (level) counts.
+    """
 
     fixed_design: tf.Tensor
     response: tf.Tensor | None
@@ -164,6 +170,8 @@ class ModelTensors:
     dims: tuple[int, ...] = ()
     offset: tf.Tensor | None = None
     trials: tf.Tensor | None = None
+    row_weight: tf.Tensor | None = None
+    level_weight: tuple[tf.Tensor | None, ...] | None = None
 
     @classmethod
     def from_model(cls, model: MixedModel, *, dtype=tf.float64) -> ModelTensors:
@@ -298,15 +306,18 @@ def joint_log_prob(tensors: ModelTensors, effects, *, fixed_effects, random_scal
     """
     dtype = tensors.fixed_design.dtype
     total = 0.0
-    for values, scale_tril in zip(effects, random_scale_tril):
+    level_weight = tensors.level_weight or (None,) * len(effects)
+    for values, scale_tril, weight in zip(effects, random_scale_tril, level_weight):
         scale_tril = tf.convert_to_tensor(scale_tril, dtype=dtype)
         if scale_tril.shape[-1] == 1:
-            prior = tfd.Normal(tf.zeros([], dtype=dtype), scale_tril[0, 0]).log_prob(values)
-            total = total + tf.reduce_sum(prior, axis=[-2, -1])
+            prior = tfd.Normal(tf.zeros([], dtype=dtype), scale_tril[0, 0]).log_prob(values)[..., 0]
         else:
-            prior = tfd.MultivariateNormalTriL(tf.zeros(tf.shape(scale_tril)[-1:], dtype=dtype), scale_tril)
-            total = total + tf.reduce_sum(prior.log_prob(values), axis=-1)
+            prior = tfd.MultivariateNormalTriL(tf.zeros(tf.shape(scale_tril)[-1:], dtype=dtype), scale_tril).log_prob(
+                values)
+        total = total + tf.reduce_sum(prior if weight is None else prior * weight, axis=-1)
     eta = linear_predictor(tensors.fixed_design, tf.convert_to_tensor(fixed_effects, dtype=dtype), effects,
                            tensors.group_index, tensors.z, tensors.offset)
     likelihood = family.log_prob(eta, family_params, tensors.response, trials=tensors.trials)
+    if tensors.row_weight is not None:
+        likelihood = likelihood * tensors.row_weight
     return total + tf.reduce_sum(likelihood, axis=-1)
