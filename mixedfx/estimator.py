@@ -80,11 +80,6 @@ class _MixedEffectsModel(BaseEstimator):
         tags.input_tags.categorical = True
         tags.input_tags.string = True
         tags.non_deterministic = self.random_state is None
-        if tags.classifier_tags is not None:
-            try:
-                tags.classifier_tags.multi_class = get_family(self.family).name != "bernoulli"
-            except (ParameterError, TypeError):
-                pass  # an invalid family is reported by fit
         return tags
 
     def _validate_params(self):
@@ -1216,6 +1211,14 @@ class MixedEffectsClassifier(ClassifierMixin, _MixedEffectsModel):
     """
 
     _families = ("bernoulli", "ordinal")
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        try:
+            tags.classifier_tags.multi_class = get_family(self.family).name != "bernoulli"  # two classes only
+        except (ParameterError, TypeError):
+            pass  # an invalid family is reported by fit
+        return tags
 
     def __init__(
         self,

@@ -242,7 +242,7 @@ def test_prediction_never_drops_rows(small_fit, small_frame):
     assert predicted[2] == pytest.approx(small_fit.predict(rows.iloc[[2]], include_random=False)[0], rel=1e-12)
     np.testing.assert_allclose(predicted[[0, 1, 3]], small_fit.predict(small_frame.iloc[[0, 1, 3]]), rtol=1e-12)
     with pytest.raises(NewLevelError, match=re.escape(
-            "1 row(s) have a missing value in grouping factor 'g': NAs are not allowed in prediction data for "
+            "1 row(s) have a missing value (NaN/None) in grouping factor 'g': NAs are not allowed in prediction data for "
             "grouping variables")):
         small_fit.predict(rows, new_levels="error")
 

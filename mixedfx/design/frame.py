@@ -84,8 +84,8 @@ def as_frame(X, *, allow_array: bool = False, what: str = "X") -> pd.DataFrame:
         raise DataError(f"{what} must be a DataFrame or a 2-D array, got {type(X).__name__}") from exc
     if array.ndim != 2:
         raise DataError(
-            f"{what} must be 2-D (rows by columns), got an array of shape {array.shape}; "
-            "reshape a single column with X.reshape(-1, 1)"
+            f"{what} must be 2-D (rows by columns), got an array of shape {array.shape}. Reshape your data: "
+            "X.reshape(-1, 1) for a single column, X.reshape(1, -1) for a single row"
         )
     return pd.DataFrame(array, columns=[f"x{j}" for j in range(array.shape[1])])
 

@@ -151,6 +151,10 @@ class GroupingFactor:
                 stacklevel=4,
             )
             return np.full(len(data), -1, dtype=np.int32)
+        for column in self.columns:
+            if data[column].dtype.kind == "f" and np.isinf(data[column].to_numpy(dtype=float)).any():
+                raise DataError(f"grouping column {column!r} has {int(np.isinf(data[column].to_numpy(dtype=float)).sum())} "
+                                "infinite value(s); a level must be a label or a finite number")
         if len(self.columns) == 1:
             values = data[self.columns[0]]
             codes = self.levels.get_indexer(pd.Index(_plain_values(values)))
@@ -164,7 +168,7 @@ class GroupingFactor:
                 missing |= np.asarray(pd.isna(data[c]), dtype=bool)
             if missing.any():
                 raise NewLevelError(
-                    f"{int(missing.sum())} row(s) have a missing value in grouping factor {self.name!r}: NAs are not "
+                    f"{int(missing.sum())} row(s) have a missing value (NaN/None) in grouping factor {self.name!r}: NAs are not "
                     "allowed in prediction data for grouping variables unless new levels are (use "
                     "new_levels='population' to predict them with a zero random effect, as lme4's "
                     "allow.new.levels = TRUE does)"

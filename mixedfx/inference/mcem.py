@@ -454,7 +454,8 @@ def fit_mcem(
                     )
                 if restarted_at != len(rows):
                     # First, move the chains to where the random effects' mass is.
-                    state = _chains_at_modes(model, fixed_effects, scale_tril, free, n_chains=options.n_chains)
+                    state = _chains_at_modes(model, fixed_effects, scale_tril, free, n_chains=options.n_chains,
+                                             buckets=buckets)
                     restarted_at, action = len(rows), "retried from the random effects' conditional modes"
                 else:
                     smaller = float(step_size) / 10.0
@@ -558,12 +559,13 @@ def fit_mcem(
                       random_effects_cov=random_effects_cov, draws=draws, summary=summary)
 
 
-def _chains_at_modes(model, fixed_effects, scale_tril, free, *, n_chains: int):
-    """Every chain's state at the random effects' conditional modes (see :func:`conditional_modes`)."""
+def _chains_at_modes(model, fixed_effects, scale_tril, free, *, n_chains: int, buckets: ShapeBuckets):
+    """Every chain's state at the random effects' conditional modes (see
+    :func:`conditional_modes`); padded levels at zero."""
     params = ModelParameters(fixed_effects.numpy(), tuple(L.numpy() for L in scale_tril),
                              {k: v.numpy() for k, v in model.family.constrain(free).items()})
-    return [tf.constant(np.broadcast_to(m, (n_chains,) + m.shape).copy(), tf.float64)
-            for m in conditional_modes(model, params)]
+    modes = [buckets.pad_levels(k, m) for k, m in enumerate(conditional_modes(model, params))]
+    return [tf.constant(np.broadcast_to(m, (n_chains,) + m.shape).copy(), tf.float64) for m in modes]
 
 
 def _block_fault(out, chunk: np.ndarray, names, *, transitions: int) -> str | None:

@@ -1,0 +1,174 @@
+"""Fuzzing: random data frames and random formulas either fit with finite estimates or
+raise a mixedfx exception, never anything else.
+
+Hypothesis draws the data (column types: float, int, nullable, numbers stored as
+objects, strings, categoricals with unused levels, booleans; missing values anywhere;
+grouping factors of 1 to 500 levels) and a formula from the supported grammar
+(transformed predictors, correlated slopes, crossed factors), half the time broken on
+purpose (fifteen ways: a missing ``~``, an unbalanced parenthesis, an empty bar, an
+unknown column or function, a numeric grouping, no random term, ...).  ``N_EXAMPLES`` examples run, derandomized so that CI runs the same
+ones every time.  Sizes stay small and the formula structures few, so that the fits
+that get through share a handful of compiled programs (rows and levels are padded to
+shape buckets); most broken cases fail before anything is compiled.  A fit runs a fixed
+schedule of 10 EM iterations: the test checks finiteness and error hygiene, not accuracy
+(the other test modules check accuracy).
+"""
+
+from __future__ import annotations
+
+import collections
+import warnings
+
+import numpy as np
+import pandas as pd
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from mixedfx import FitError, MixedEffectsClassifier, MixedEffectsRegressor, MixedFXError
+from mixedfx.inference import FixedIterations
+
+#: Examples run in CI (derandomized: the same ones every run).
+N_EXAMPLES = 200
+
+FAMILIES = ("gaussian", "poisson", "bernoulli")
+RESPONSES = {"gaussian": "y", "poisson": "count", "bernoulli": "label"}
+#: Fixed parts: each encodes to an intercept and one other column, so that fits of the
+#: same family and random terms share one compiled program (the fixed columns that
+#: equal a random coefficient's, as x would for (x | g), change the program too); the
+#: text column s and the integer column k enter through the responses and the breaks.
+FIXED_PARTS = ("z", "np.log(z)", "I(x ** 2)", "center(x)", "x:z", "scale(z)")
+RANDOM_PARTS = ("(1 | g)", "(x | g)", "(1 | g) + (1 | h)")
+#: Ways to break a formula, each a function of the valid formula text.
+BREAKS = {
+    "no tilde": lambda f: f.replace("~", "+"),
+    "unbalanced": lambda f: f[:-1],
+    "empty bar": lambda f: f.replace("(1 |", "( |").replace("(x |", "( |"),
+    "unknown column": lambda f: f.replace("z", "zq", 1) if "z" in f.split("~")[1] else f + " + xq",
+    "unknown function": lambda f: f.replace("~ ", "~ lgo(z) + ", 1),
+    "numeric grouping": lambda f: f + " + (1 | 2)",
+    "no random term": lambda f: f.split(" + (")[0],
+    "two bars": lambda f: f + " + (1 | g | h)",
+    "dangling plus": lambda f: f + " +",
+    "same side": lambda f: f + " + (g | g)",
+    "bad character": lambda f: f + " # note",
+    "repeated term": lambda f: f + " + (1 | g)",
+    "subtracted term": lambda f: f.replace(" + (", " - (", 1),
+    "no grouping": lambda f: f + " + (0 + s | )",
+    "nested twice": lambda f: f + " + (1 | h/h)",
+}
+
+
+def _numeric_column(draw, values: np.ndarray, name: str) -> pd.Series:
+    """``values`` in a randomly chosen numeric representation."""
+    kind = draw(st.sampled_from(["float", "float", "nullable", "object", "int"]), label=f"{name} type")
+    if kind == "nullable":
+        return pd.Series(values, dtype="Float64")
+    if kind == "object":
+        return pd.Series(list(values), dtype=object)
+    if kind == "int":
+        return pd.Series(np.round(values * 3).astype(np.int64))
+    return pd.Series(values, dtype=np.float64)
+
+
+def _labels(draw, n_levels: int, n_rows: int, rng, name: str) -> pd.Series:
+    """A grouping column of ``n_levels`` levels (each used at least once), as strings,
+    integers, or a categorical with an unused level."""
+    codes = np.concatenate([np.arange(n_levels), rng.integers(0, n_levels, n_rows - n_levels)])
+    rng.shuffle(codes)
+    kind = draw(st.sampled_from(["string", "int", "categorical"]), label=f"{name} type")
+    if kind == "int":
+        return pd.Series(codes * 10)
+    labels = np.array([f"{name}{k:03d}" for k in range(n_levels)])[codes]
+    if kind == "categorical":
+        return pd.Series(pd.Categorical(labels, categories=[f"{name}_unused", *sorted(set(labels))]))
+    return pd.Series(labels)
+
+
+@st.composite
+def cases(draw):
+    """A data frame and an estimator with its formula.
+
+    Rows (24 to 96) and levels (1 to 8) stay within one shape bucket; one Gaussian or
+    Poisson case in 20 is wide, 510 rows and 500 levels, with a random intercept.
+    """
+    family = draw(st.sampled_from(FAMILIES), label="family")
+    wide = draw(st.integers(0, 19), label="wide") == 0 and family != "bernoulli"
+    n_rows = 510 if wide else draw(st.sampled_from([24, 48, 96]), label="rows")
+    n_levels = 500 if wide else draw(st.sampled_from([1, 2, 3, 5, 8]), label="levels of g")
+    rng = np.random.default_rng(draw(st.integers(0, 2**16), label="seed"))
+    x = rng.normal(size=n_rows)
+    frame = pd.DataFrame({
+        "x": _numeric_column(draw, x, "x"),
+        "z": np.exp(rng.normal(size=n_rows)),
+        "s": pd.Series(np.array(["lo", "mid", "hi"])[rng.integers(0, 3, n_rows)]),
+        "k": rng.integers(0, 3, n_rows),
+        "g": _labels(draw, n_levels, n_rows, rng, "g"),
+        "h": _labels(draw, draw(st.sampled_from([2, 5]), label="levels of h"), n_rows, rng, "h"),
+    })
+    effect = rng.normal(0.0, 0.5, size=n_rows)
+    frame["y"] = _numeric_column(draw, 1.0 + 0.5 * x + effect + rng.normal(size=n_rows), "y")
+    frame["count"] = rng.poisson(np.exp(0.3 + 0.3 * x + effect))
+    label_kind = draw(st.sampled_from(["str", "bool", "int", "category"]), label="label type")
+    positive = rng.random(n_rows) < 1.0 / (1.0 + np.exp(-(0.5 * x + effect)))
+    frame["label"] = {"str": pd.Series(np.where(positive, "yes", "no")), "bool": pd.Series(positive),
+                      "int": pd.Series(positive.astype(int)),
+                      "category": pd.Series(pd.Categorical(np.where(positive, "yes", "no"), ["yes", "no", "maybe"]))
+                      }[label_kind]
+    # Missing values: none, or a few in random columns and rows.
+    for column in draw(st.lists(st.sampled_from(list(frame.columns)), max_size=3, unique=True), label="NaN columns"):
+        rows = rng.choice(n_rows, size=draw(st.integers(1, 3), label="NaN rows"), replace=False)
+        values = frame[column].astype(object) if frame[column].dtype.kind in "biu" else frame[column].copy()
+        values.iloc[rows] = None if values.dtype == object else np.nan
+        frame[column] = values
+    fixed = draw(st.sampled_from(FIXED_PARTS), label="fixed")
+    random = "(1 | g)" if wide else draw(st.sampled_from(RANDOM_PARTS), label="random")
+    response = draw(st.sampled_from([RESPONSES[family]] * 8 + ["y", "count", "label", "s", "k"]), label="response")
+    formula = f"{response} ~ {fixed} + {random}"
+    broken = draw(st.sampled_from([None] * len(BREAKS) + list(BREAKS)), label="break")
+    if broken is not None:
+        formula = BREAKS[broken](formula)
+    estimator = MixedEffectsClassifier if family == "bernoulli" else MixedEffectsRegressor
+    model = estimator(formula, family=family, random_state=0, verbose=0,
+                      stopping_rule=FixedIterations(n_iter=10, n_average=5))
+    return frame, model
+
+
+def _outcome(frame: pd.DataFrame, model) -> str:
+    """Fit; ``"fitted"`` with finite estimates and predictions, or ``"raised"`` a mixedfx error."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # DataWarning, ConvergenceWarning, SamplerWarning: allowed
+            model.fit(frame)
+    except MixedFXError as error:
+        assert isinstance(error, (ValueError, TypeError)) or isinstance(error, FitError), type(error)
+        assert str(error).strip(), "an empty message"
+        return "raised"
+    assert np.all(np.isfinite(model.fixed_effects_.to_numpy())), model.fixed_effects_
+    components = model.variance_components_
+    assert np.all(np.isfinite(components.loc[components["var2"].isna(), "vcov"].to_numpy())), components
+    for effects in model.random_effects_.values():
+        assert np.all(np.isfinite(effects.to_numpy()))
+    kept = frame.drop(index=model.dropped_rows_)
+    assert len(kept) == model.n_obs_
+    predicted = model.predict_proba(kept) if hasattr(model, "predict_proba") else model.predict(kept)
+    assert len(predicted) == len(kept) and np.all(np.isfinite(predicted))
+    return "fitted"
+
+
+def test_random_frames_and_formulas_fit_or_raise_a_mixedfx_error():
+    outcomes = collections.Counter()
+
+    @settings(max_examples=N_EXAMPLES, derandomize=True, database=None, deadline=None,
+              phases=[Phase.explicit, Phase.generate, Phase.shrink],
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(case=cases())
+    def fit_or_raise(case):
+        frame, model = case
+        before = frame.copy(deep=True)
+        outcomes[_outcome(frame, model)] += 1
+        pd.testing.assert_frame_equal(frame, before)  # the user's frame is never changed
+
+    fit_or_raise()
+    assert sum(outcomes.values()) == N_EXAMPLES, outcomes
+    # Both paths are exercised: fits that get through, and errors.
+    assert outcomes["fitted"] >= 40 and outcomes["raised"] >= 80, outcomes
