@@ -1278,7 +1278,8 @@ class MixedEffectsClassifier(ClassifierMixin, _MixedEffectsModel):
             raise DataError(
                 f"a bernoulli response needs exactly 2 classes, found {len(classes)}"
                 + (f" ({', '.join(map(str, classes[:6]))}{', ...' if len(classes) > 6 else ''})" if len(classes) else "")
-                + ("; use family='ordinal' for ordered categories" if len(classes) > 2 else "")
+                + ("; use family='ordinal' for ordered categories. Only binary classification is supported by "
+                   "the bernoulli family (the type of the target is multiclass)" if len(classes) > 2 else "")
             )
         self.classes_ = classes
         codes = pd.Index(classes).get_indexer(values)

@@ -111,6 +111,8 @@ def test_tokenizer_spans_and_kinds():
         ("y ~ (1 | a//b)", 11, "missing grouping factor name"),
         ("y ~ (1 | a:)", 11, "missing grouping factor name after ':'"),
         ("y ~ (1 | a:a)", 9, "same column appears twice"),
+        ("y ~ (1 | a/a)", 11, "'a' is nested in itself"),
+        ("y ~ (1 | a:b/b)", 13, "'b' is nested in itself"),
         ("y ~ (x | x)", 7, "both sides of the bar"),
         ("y ~ x - (1 | g)", 8, "cannot be subtracted"),
         ("y ~ (1 | g) + (1 | g)", 14, "appears more than once"),

@@ -24,8 +24,10 @@ from sklearn.metrics import r2_score
 from sklearn.model_selection import GridSearchCV, GroupKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from mixedfx import DataError, MixedEffectsRegressor
+from mixedfx import DataError, MixedEffectsClassifier, MixedEffectsRegressor
+from mixedfx.inference import FixedIterations
 
 
 def test_clone_gives_an_unfitted_copy_that_refits_identically(small_fit, small_frame):
@@ -156,3 +158,50 @@ def test_without_a_formula_every_column_is_a_fixed_effect(small_fit, small_frame
         array.predict(X.to_numpy()[:, :2])
     with pytest.raises(DataError, match=r"groups column 'gg' is not in X. Did you mean 'g'\?"):
         MixedEffectsRegressor(groups="gg", verbose=0).fit(X, y)
+
+
+# -- scikit-learn's own compatibility checks -----------------------------------------------------------------------
+
+_SAMPLE_WEIGHT = ("sample_weight is the binomial family's number of trials (glmer's weights= with a proportion "
+                  "response); frequency or precision weights are not supported, so fit refuses sample_weight for "
+                  "this family with a ParameterError")
+_EXACT_FIT = ("the check's X (make_blobs, rounded to integers since the estimator takes categorical input) equals y "
+              "in every column: the fixed effects reproduce the response exactly, the residual variance would be "
+              "zero, and fit refuses the data with a DataError (pickling is tested by "
+              "test_pickle_and_joblib_round_trips_hold_no_tensorflow)")
+EXPECTED_FAILED_CHECKS = {
+    "MixedEffectsRegressor": {
+        "check_sample_weights_pandas_series": _SAMPLE_WEIGHT,
+        "check_sample_weights_not_an_array": _SAMPLE_WEIGHT,
+        "check_sample_weights_list": _SAMPLE_WEIGHT,
+        "check_all_zero_sample_weights_error": _SAMPLE_WEIGHT,
+        "check_sample_weights_shape": _SAMPLE_WEIGHT,
+        "check_sample_weights_not_overwritten": _SAMPLE_WEIGHT,
+        "check_sample_weight_equivalence_on_dense_data": _SAMPLE_WEIGHT,
+        "check_pipeline_consistency": _EXACT_FIT,
+        "check_estimators_pickle": _EXACT_FIT,
+    },
+    "MixedEffectsClassifier": {},
+}
+
+
+def _check_settings() -> dict:
+    """Without a formula: every column of X a fixed effect, column 0 the grouping factor.
+    Missing values and new levels raise (scikit-learn's checks expect NaN to raise), and
+    a short fixed schedule keeps the many small fits quick."""
+    return {"groups": 0, "missing": "raise", "new_levels": "error", "random_state": 0, "verbose": 0,
+            "stopping_rule": FixedIterations(n_iter=10, n_average=5)}
+
+
+@pytest.mark.filterwarnings("ignore")
+@parametrize_with_checks([MixedEffectsRegressor(**_check_settings())],
+                         expected_failed_checks=lambda estimator: EXPECTED_FAILED_CHECKS[type(estimator).__name__])
+def test_regressor_passes_scikit_learns_checks(estimator, check):
+    check(estimator)
+
+
+@pytest.mark.filterwarnings("ignore")
+@parametrize_with_checks([MixedEffectsClassifier(**_check_settings())], legacy=False,
+                         expected_failed_checks=lambda estimator: EXPECTED_FAILED_CHECKS[type(estimator).__name__])
+def test_classifier_passes_scikit_learns_checks(estimator, check):
+    check(estimator)

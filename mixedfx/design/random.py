@@ -117,7 +117,7 @@ class GroupingFactor:
             )
         if len(levels) < 2:
             raise DataError(
-                f"grouping factor {name!r} has a single level ({levels[0]!r}); a random "
+                f"grouping factor {name!r} has a single level ({_python_scalar(levels[0])!r}); a random "
                 "effect needs at least two levels to estimate a variance"
             )
         return cls(name=name, columns=tuple(columns), levels=levels)

@@ -266,6 +266,9 @@ class _Parser:
         groupings = []
         for a, b in levels:
             names = self.parse_interaction(a, b, seps)
+            repeated = [name for name in names if name in prefix]
+            if repeated:
+                raise self.error(f"{repeated[0]!r} is nested in itself", self.tokens[a].start)
             prefix = prefix + names
             groupings.append(prefix)
         return groupings
