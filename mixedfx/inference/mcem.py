@@ -26,15 +26,23 @@ from tqdm.auto import tqdm
 from mixedfx._tf import tf, tfp
 from mixedfx.exceptions import FitError
 from mixedfx.inference.buckets import ShapeBuckets
-from mixedfx.inference.estep import Centering, hmc_e_step, preconditioner_scale, prior_precision_diagonal
+from mixedfx.inference.estep import (
+    Centering,
+    data_precision_diagonal,
+    hmc_e_step,
+    preconditioner_scale,
+    prior_precision_diagonal,
+)
 from mixedfx.inference.initial import initial_parameters
 from mixedfx.inference.layout import ParameterLayout, fixed_effects_scale
+from mixedfx.inference.rows import RowChunks, chunk_rows_for
 from mixedfx.inference.mstep import (
     Expansion,
     covariance_update,
     expansion_columns,
+    gaussian_level_statistics,
     gaussian_regression,
-    gaussian_statistics,
+    gaussian_row_statistics,
     glm_regression,
     moment_statistics,
     rao_blackwell_corrections,
@@ -44,7 +52,14 @@ from mixedfx.inference.stopping import Decision, MonteCarloErrorRule
 from mixedfx.inference.structure import location_expansions, nested_centering
 from mixedfx.inference.summary import FitSummary
 from mixedfx.model.families import Family, Gaussian
-from mixedfx.model.joint import MixedModel, ModelParameters, ModelTensors, joint_log_prob, linear_predictor
+from mixedfx.model.joint import (
+    MixedModel,
+    ModelParameters,
+    ModelTensors,
+    linear_predictor,
+    prior_log_prob,
+    response_log_prob,
+)
 
 __all__ = ["MCEMOptions", "MCEMResult", "fit_mcem"]
 
@@ -73,8 +88,9 @@ class MCEMOptions:
     max_iter : int, default 500
     max_kept_draws : int, default 1000
         Draws kept per chain for diagnostics (the latest of the averaging window).
-    draws_memory_bytes : int, default 256 MiB
-        Bound on the memory of the kept draws; fewer are kept when it binds.
+    draws_memory_bytes : int, default 64 MiB
+        Bound on the memory of the kept draws; fewer are kept when it binds (their
+        diagnostics need a few times as much, briefly).
     """
 
     n_chains: int = 2
@@ -87,7 +103,7 @@ class MCEMOptions:
     iterations_per_call: int = 5
     max_iter: int = 500
     max_kept_draws: int = 1000
-    draws_memory_bytes: int = 256 * 2**20
+    draws_memory_bytes: int = 64 * 2**20
 
 
 @dataclass(frozen=True, eq=False)
@@ -134,6 +150,7 @@ class _StaticConfig:
     centering_parent: tuple
     reml: bool = False
     keep_all_draws: bool = True
+    chunk_rows: int = 0  # rows per chunk of the sums over rows (all of them when 0)
 
 
 def _trace_row(fixed_effects, scale_tril, family, free):
@@ -166,8 +183,20 @@ def _compiled_iterations(config: _StaticConfig):
         offset, trials = data["offset"], data["trials"]
         row_weight, level_weight = data["row_weight"], data["level_weight"]
         dtype = fixed_design.dtype
-        tensors = ModelTensors(fixed_design, response, group_index, z, config.num_levels, config.keys, config.dims,
-                               offset=offset, trials=trials, row_weight=row_weight, level_weight=level_weight)
+        n_rows = fixed_design.shape[0]
+        chunk_rows = config.chunk_rows or n_rows
+        # Every sum over the rows goes through `rows`: a chunk at a time for large data.
+        rows = RowChunks(
+            {"fixed_design": fixed_design, "response": response, "regression_response": data["regression_response"],
+             "offset": offset, "trials": trials, "group_index": group_index, "z": z, "row_weight": row_weight},
+            chunk_rows=chunk_rows, n_chunks=n_rows // chunk_rows,
+        )
+
+        def row_tensors(chunk):
+            return ModelTensors(chunk["fixed_design"], chunk["response"], chunk["group_index"], chunk["z"],
+                                config.num_levels, config.keys, config.dims, offset=chunk["offset"],
+                                trials=chunk["trials"], row_weight=chunk["row_weight"])
+
         expansions = tuple(
             Expansion(targets, values) for targets, values in zip(config.expansion_targets, data["level_values"])
         )
@@ -176,12 +205,12 @@ def _compiled_iterations(config: _StaticConfig):
         parent_level = data["parent_level"]
         if config.reml:
             # Per level, the sums of x_i z_i' over its rows: X'Z b without touching the rows.
-            level_xz = [
+            level_xz = rows.sum(lambda chunk: [
                 tf.math.unsorted_segment_sum(
-                    (tf.ones_like(fixed_design[:, :1]) if w is None else w)[:, :, None] * fixed_design[:, None, :],
-                    index, q)
-                for index, w, q in zip(group_index, z, config.num_levels)
-            ]
+                    (tf.ones_like(chunk["fixed_design"][:, :1]) if w is None else w)[:, :, None]
+                    * chunk["fixed_design"][:, None, :], index, q)
+                for index, w, q in zip(chunk["group_index"], chunk["z"], config.num_levels)
+            ])
 
             def profiled_fixed_effects(effects):
                 # beta_hat(b) = (X'X)^-1 X'(y - Zb), per chain.  The log density's gradient
@@ -191,10 +220,14 @@ def _compiled_iterations(config: _StaticConfig):
                 return tf.stop_gradient(beta)
 
         rows_per_level, children_per_level = {}, {}
-        for root, child in centering.roots:
-            rows_per_level[root] = tf.math.unsorted_segment_sum(row_weight, group_index[root], config.num_levels[root])
-            children_per_level[root] = tf.math.unsorted_segment_sum(
-                tf.ones_like(parent_level[child], dtype=dtype), parent_level[child], config.num_levels[root])
+        if centering.roots:
+            counts = rows.sum(lambda chunk: [
+                tf.math.unsorted_segment_sum(chunk["row_weight"], chunk["group_index"][root], config.num_levels[root])
+                for root, _ in centering.roots])
+            for (root, child), count in zip(centering.roots, counts):
+                rows_per_level[root] = count
+                children_per_level[root] = tf.math.unsorted_segment_sum(
+                    tf.ones_like(parent_level[child], dtype=dtype), parent_level[child], config.num_levels[root])
 
         def body(i, fixed_effects, scale_tril, free, state, step_size, seed, sums, outer_sums, traces):
             seed, step_seed = tfp.random.split_seed(seed)
@@ -204,28 +237,38 @@ def _compiled_iterations(config: _StaticConfig):
                 # the value of build_joint_distribution(...).log_prob, computed directly;
                 # for REML at the fixed effects that maximize it (beta integrated out).
                 beta = profiled_fixed_effects(effects) if config.reml else fixed_effects
-                return joint_log_prob(tensors, list(effects), fixed_effects=beta,
-                                      random_scale_tril=scale_tril, family=family, family_params=family_params)
+                likelihood = rows.value_and_gradient(
+                    lambda chunk, *values: response_log_prob(row_tensors(chunk), list(values), fixed_effects=beta,
+                                                             family=family, family_params=family_params),
+                    effects)
+                return likelihood + prior_log_prob(effects, random_scale_tril=scale_tril, level_weight=level_weight,
+                                                   dtype=dtype)
 
             def statistics(current):
                 if gaussian:
-                    stats = gaussian_statistics(
-                        current, fixed_design=fixed_design, response=data["regression_response"],
-                        group_index=group_index, z=z, expansions=expansions,
-                        fixed_xtx_inv=data["xtx_inv"] if config.reml else None,
-                        row_weight=row_weight, level_weight=level_weight,
-                    )
+                    stats = rows.sum(lambda chunk: gaussian_row_statistics(
+                        current, fixed_design=chunk["fixed_design"], response=chunk["regression_response"],
+                        group_index=chunk["group_index"], z=chunk["z"], row_weight=chunk["row_weight"]))
+                    stats.update(gaussian_level_statistics(
+                        current, stats, expansions=expansions, fixed_xtx_inv=data["xtx_inv"] if config.reml else None,
+                        level_weight=level_weight))
                 else:
                     stats = moment_statistics(current, expansions=expansions, level_weight=level_weight)
                 stats["log_joint"] = target_log_prob(*current)
                 return stats
 
-            eta = linear_predictor(fixed_design, fixed_effects, [tf.reduce_mean(s, 0) for s in state], group_index, z,
-                                   offset)
+            chain_means = [tf.reduce_mean(s, 0) for s in state]
+
+            def chunk_precision(chunk):
+                eta = linear_predictor(chunk["fixed_design"], fixed_effects, chain_means, chunk["group_index"],
+                                       chunk["z"], chunk["offset"])
+                weight = family.fisher_weight(eta, family_params, trials=chunk["trials"]) * chunk["row_weight"]
+                return data_precision_diagonal(weight=weight, group_index=chunk["group_index"], z=chunk["z"],
+                                               num_levels=config.num_levels)
+
             scale = preconditioner_scale(
-                weight=family.fisher_weight(eta, family_params, trials=trials) * row_weight, group_index=group_index, z=z,
-                num_levels=config.num_levels, random_scale_tril=scale_tril, centering=centering,
-                parent_level=parent_level,
+                data_precision=rows.sum(chunk_precision), num_levels=config.num_levels, random_scale_tril=scale_tril,
+                centering=centering, parent_level=parent_level,
             )
             # Nested roots are Rao-Blackwellized in the M-step statistics.
             prior_precision = prior_precision_diagonal(scale_tril)
@@ -375,6 +418,7 @@ def fit_mcem(
         reml=reml,
         keep_all_draws=8 * options.n_chains * options.n_draws * sum(q * d for q, d in zip(buckets.padded_levels, dims))
         <= 16 * 2**20,
+        chunk_rows=chunk_rows_for(buckets.padded_rows),
     )
     run = _compiled_iterations(config)
     X = model.fixed_design
@@ -385,10 +429,11 @@ def fit_mcem(
     def constant(values, dtype=tf.float64):
         return None if values is None else tf.constant(values, dtype)
 
+    response = constant(pad(model.response))
     data = {
         "fixed_design": constant(pad(X)),
-        "response": constant(pad(model.response)),
-        "regression_response": constant(pad(y)),
+        "response": response,
+        "regression_response": response if model.offset is None else constant(pad(y)),
         "offset": constant(pad(model.offset)),
         "trials": constant(pad(model.trials, fill=1.0)),
         "group_index": tuple(constant(pad(t.group_index), tf.int32) for t in model.random_terms),

@@ -38,6 +38,8 @@ __all__ = [
     "expansion_columns",
     "moment_statistics",
     "gaussian_statistics",
+    "gaussian_row_statistics",
+    "gaussian_level_statistics",
     "gaussian_regression",
     "glm_regression",
     "covariance_update",
@@ -115,19 +117,35 @@ def gaussian_statistics(state, *, fixed_design, response, group_index, z, expans
     ``row_weight`` and ``level_weight`` (0/1 masks, see
     :class:`~mixedfx.inference.buckets.ShapeBuckets`) leave padding out.
     """
+    statistics = gaussian_row_statistics(state, fixed_design=fixed_design, response=response,
+                                         group_index=group_index, z=z, row_weight=row_weight)
+    statistics.update(gaussian_level_statistics(state, statistics, expansions=expansions,
+                                                fixed_xtx_inv=fixed_xtx_inv, level_weight=level_weight))
+    return statistics
+
+
+def gaussian_row_statistics(state, *, fixed_design, response, group_index, z, row_weight=None):
+    """The sums over rows of :func:`gaussian_statistics`: ``xtp``, ``ptp`` and ``pty``
+    (additive over any split of the rows)."""
     parts = expansion_columns(state, group_index, z)
     if row_weight is not None:
         parts = parts * row_weight[:, None]
-    statistics = {
+    return {
         "xtp": tf.einsum("np,cnk->cpk", fixed_design, parts),
         "ptp": tf.einsum("cnk,cnl->ckl", parts, parts),
         "pty": tf.einsum("cnk,n->ck", parts, response),
     }
+
+
+def gaussian_level_statistics(state, row_statistics, *, expansions, fixed_xtx_inv=None, level_weight=None):
+    """The rest of :func:`gaussian_statistics`, from the levels and the row sums."""
+    statistics = {}
     if fixed_xtx_inv is not None:
-        identity = identity_coefficients([s.shape[-1] for s in state], fixed_design.dtype)
-        xtzb = tf.linalg.matvec(statistics["xtp"], identity)  # X'Zb per chain
+        xtp = row_statistics["xtp"]
+        identity = identity_coefficients([s.shape[-1] for s in state], xtp.dtype)
+        xtzb = tf.linalg.matvec(xtp, identity)  # X'Zb per chain
         projected = tf.linalg.matvec(fixed_xtx_inv, xtzb)  # (X'X)^-1 X'Zb
-        statistics["reml_ptu"] = tf.einsum("cpk,cp->ck", statistics["xtp"], projected)
+        statistics["reml_ptu"] = tf.einsum("cpk,cp->ck", xtp, projected)
         statistics["reml_utu"] = tf.reduce_sum(xtzb * projected, axis=-1)
     statistics.update(moment_statistics(state, expansions=expansions, level_weight=level_weight))
     return statistics

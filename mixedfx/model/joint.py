@@ -31,6 +31,8 @@ from mixedfx.model.families import Family
 __all__ = [
     "RESPONSE",
     "joint_log_prob",
+    "prior_log_prob",
+    "response_log_prob",
     "MixedModel",
     "ModelParameters",
     "ModelTensors",
@@ -302,11 +304,35 @@ def joint_log_prob(tensors: ModelTensors, effects, *, fixed_effects, random_scal
     Computed directly from the same components, for the inference loop: a joint
     distribution resolves its structure by tracing a sample of every component, and
     some samplers (the negative binomial's gamma draws) cannot be compiled by XLA.
-    ``effects`` may carry leading sample dimensions, which the result keeps.
+    ``effects`` may carry leading sample dimensions, which the result keeps.  It is
+    :func:`prior_log_prob` plus :func:`response_log_prob`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedfx.design import RandomTermData
+    >>> from mixedfx.model import Gaussian, MixedModel, joint_log_prob
+    >>> term = RandomTermData("g", np.array([0, 0, 1], dtype=np.int32), None, 2)
+    >>> model = MixedModel(Gaussian(), np.ones((3, 1)), np.array([1.0, 2.0, 3.0]), (term,), ("Intercept",))
+    >>> value = joint_log_prob(model.tensors(), [np.zeros((2, 1))], fixed_effects=np.array([2.0]),
+    ...                        random_scale_tril=[np.eye(1)], family=Gaussian(), family_params={"sigma": 1.0})
+    >>> round(float(value), 4)  # two N(0, 1) priors at 0 and three N(2, 1) densities of 1, 2, 3
+    -5.5947
     """
-    dtype = tensors.fixed_design.dtype
+    prior = prior_log_prob(effects, random_scale_tril=random_scale_tril, level_weight=tensors.level_weight,
+                           dtype=tensors.fixed_design.dtype)
+    return prior + response_log_prob(tensors, effects, fixed_effects=fixed_effects, family=family,
+                                     family_params=family_params)
+
+
+def prior_log_prob(effects, *, random_scale_tril, level_weight=None, dtype=tf.float64):
+    """``log p(b)``: each level's coefficients ``N(0, L L')`` per term, summed over levels.
+
+    ``level_weight`` (per term, a 0/1 mask or ``None``) leaves padded levels out.
+    Leading sample dimensions of ``effects`` carry through.
+    """
     total = 0.0
-    level_weight = tensors.level_weight or (None,) * len(effects)
+    level_weight = level_weight or (None,) * len(effects)
     for values, scale_tril, weight in zip(effects, random_scale_tril, level_weight):
         scale_tril = tf.convert_to_tensor(scale_tril, dtype=dtype)
         if scale_tril.shape[-1] == 1:
@@ -315,9 +341,16 @@ def joint_log_prob(tensors: ModelTensors, effects, *, fixed_effects, random_scal
             prior = tfd.MultivariateNormalTriL(tf.zeros(tf.shape(scale_tril)[-1:], dtype=dtype), scale_tril).log_prob(
                 values)
         total = total + tf.reduce_sum(prior if weight is None else prior * weight, axis=-1)
+    return total
+
+
+def response_log_prob(tensors: ModelTensors, effects, *, fixed_effects, family: Family, family_params):
+    """``log p(y | b)``: the response's log-likelihood summed over the rows of ``tensors``
+    (weighted by ``tensors.row_weight`` when it is set)."""
+    dtype = tensors.fixed_design.dtype
     eta = linear_predictor(tensors.fixed_design, tf.convert_to_tensor(fixed_effects, dtype=dtype), effects,
                            tensors.group_index, tensors.z, tensors.offset)
     likelihood = family.log_prob(eta, family_params, tensors.response, trials=tensors.trials)
     if tensors.row_weight is not None:
         likelihood = likelihood * tensors.row_weight
-    return total + tf.reduce_sum(likelihood, axis=-1)
+    return tf.reduce_sum(likelihood, axis=-1)
