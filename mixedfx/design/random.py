@@ -141,7 +141,12 @@ class GroupingFactor:
             return np.full(len(data), -1, dtype=np.int32)
         if len(self.columns) == 1:
             values = data[self.columns[0]]
-            codes = self.levels.get_indexer(pd.Index(_plain_values(values)))
+            if isinstance(values.dtype, pd.CategoricalDtype):
+                # map the categories (few), then take the rows' category codes: no hashing of rows
+                positions = np.append(self.levels.get_indexer(values.cat.categories), -1)
+                codes = positions[values.cat.codes.to_numpy()]  # code -1 (missing) -> -1
+            else:
+                codes = self.levels.get_indexer(pd.Index(_plain_values(values)))
         else:
             arrays = [_plain_values(data[c]) for c in self.columns]
             codes = self.levels.get_indexer(pd.MultiIndex.from_arrays(arrays))

@@ -33,12 +33,11 @@ def location_expansions(model: MixedModel) -> tuple[Expansion, ...]:
         if X.shape[1] == 0:
             expansions.append(Expansion((), None))
         elif term.z is None:
-            lo = np.full((q, X.shape[1]), np.inf)
-            hi = np.full((q, X.shape[1]), -np.inf)
-            np.minimum.at(lo, term.group_index, X)
-            np.maximum.at(hi, term.group_index, X)
-            columns = tuple(int(j) for j in np.flatnonzero(np.all(lo == hi, axis=0)))
-            values = lo[:, list(columns)]
+            # a column is constant within levels when every row equals a row of its level
+            some_row = _a_row_of_each_level(term.group_index, q)
+            constant = np.all(X == X[some_row[term.group_index]], axis=0)
+            columns = tuple(int(j) for j in np.flatnonzero(constant))
+            values = X[some_row][:, list(columns)]
             if columns and np.linalg.matrix_rank(values) == len(columns):
                 expansions.append(Expansion((columns,), values))
             else:
@@ -72,10 +71,10 @@ def nested_centering(model: MixedModel) -> Centering:
         for parent in intercepts:
             if terms[parent].num_levels >= terms[child].num_levels:
                 continue
-            pairs = np.unique(
-                terms[child].group_index.astype(np.int64) * terms[parent].num_levels + terms[parent].group_index
-            )
-            if len(pairs) != terms[child].num_levels:
+            # nested: every row's parent level is the one of another row of its level
+            some_row = _a_row_of_each_level(terms[child].group_index, terms[child].num_levels)
+            parent_index = terms[parent].group_index
+            if not np.array_equal(parent_index[some_row[terms[child].group_index]], parent_index):
                 continue
             if best is None or terms[parent].num_levels > terms[best].num_levels:
                 best = parent
@@ -93,3 +92,10 @@ def nested_centering(model: MixedModel) -> Centering:
         taken.add(p)
         parent[child], parent_level[child] = p, level_map
     return Centering(parent=tuple(parent), parent_level=tuple(parent_level))
+
+
+def _a_row_of_each_level(group_index: np.ndarray, num_levels: int) -> np.ndarray:
+    """One row of each level (any one: every level has rows at fit time)."""
+    row = np.zeros(num_levels, dtype=np.int64)
+    row[group_index] = np.arange(len(group_index))
+    return row
