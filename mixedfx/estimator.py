@@ -34,6 +34,7 @@ from mixedfx.model import (
     ModelParameters,
     Ordinal,
     build_joint_distribution,
+    gaussian_fixed_effects_iterative,
     gaussian_marginal,
     get_family,
     marginal_log_likelihood,
@@ -235,18 +236,29 @@ class _MixedEffectsModel(BaseEstimator):
                 # Given the variance parameters, the fixed effects and the conditional
                 # moments of the random effects have closed forms (lme4's, exactly).
                 exact = gaussian_marginal(model, params, profile_fixed_effects=True)
-                params = dataclasses.replace(params, fixed_effects=exact.gls_fixed_effects)
             except DenseBlockTooLarge as exc:
-                warnings.warn(f"exact Gaussian quantities not computed: {exc}", UserWarning, stacklevel=4)
+                # Too large to factor: the same solves by conjugate gradients, without the log-determinant.
+                try:
+                    exact = gaussian_fixed_effects_iterative(model, params)
+                    done = "the fixed effects, their standard errors and the conditional means are exact (solved " \
+                           "iteratively); the log-likelihood and the conditional sds are not computed"
+                except np.linalg.LinAlgError as failure:
+                    done = f"no exact quantities computed ({failure})"
+                warnings.warn(f"{exc}: {done}", UserWarning, stacklevel=4)
+            if exact is not None:
+                params = dataclasses.replace(params, fixed_effects=exact.gls_fixed_effects)
         self.model_parameters_ = params
         beta = np.asarray(params.fixed_effects, dtype=float)
         if exact is not None:
             reml = self._method() == "reml"
             self.log_likelihood_ = exact.reml_log_likelihood if reml else exact.log_likelihood
-            self.log_likelihood_se_ = 0.0
-            self.log_likelihood_method_ = "exact (REML criterion)" if reml else "exact"
+            computed = self.log_likelihood_ is not None
+            self.log_likelihood_se_ = 0.0 if computed else None
+            self.log_likelihood_method_ = ("exact (REML criterion)" if reml else "exact") if computed else None
             cov = exact.fixed_effects_cov
-            conditional_means, conditional_covs = exact.conditional_means, exact.conditional_covs
+            conditional_means = exact.conditional_means
+            if exact.conditional_covs:
+                conditional_covs = exact.conditional_covs
         else:
             try:
                 likelihood = marginal_log_likelihood(model, params, seed=seed, start=result.random_effects)

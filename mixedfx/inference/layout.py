@@ -17,7 +17,7 @@ from mixedfx._tf import tf
 from mixedfx.inference.stopping import monte_carlo_standard_error
 from mixedfx.model.blocks import BlockSystem, DenseBlockTooLarge
 from mixedfx.model.families import Family, Gaussian
-from mixedfx.model.gaussian import gaussian_marginal, term_z
+from mixedfx.model.gaussian import gaussian_fixed_effects_iterative, gaussian_marginal, term_z
 from mixedfx.model.joint import MixedModel, ModelParameters
 
 __all__ = ["ParameterLayout", "fixed_effects_covariance", "fixed_effects_scale"]
@@ -225,7 +225,10 @@ def fixed_effects_covariance(model: MixedModel, params: ModelParameters, random_
     if not X.shape[1]:
         return np.zeros((0, 0))
     if isinstance(model.family, Gaussian):
-        return gaussian_marginal(model, params).fixed_effects_cov
+        try:
+            return gaussian_marginal(model, params).fixed_effects_cov
+        except DenseBlockTooLarge:
+            return gaussian_fixed_effects_iterative(model, params).fixed_effects_cov
     eta = X @ params.fixed_effects + (0.0 if model.offset is None else model.offset)
     for term, effects in zip(model.random_terms, random_effects or ()):
         eta = eta + np.sum(np.asarray(effects)[term.group_index] * term_z(term, model.n_obs), axis=1)

@@ -24,6 +24,10 @@ from scipy import linalg, sparse
 __all__ = ["BlockSystem", "DenseBlockTooLarge"]
 
 
+#: Default bound on the entries of the dense Schur block (about 480 MB of float64).
+MAX_DENSE_ENTRIES = 60_000_000
+
+
 class DenseBlockTooLarge(RuntimeError):
     """The dense Schur block would not fit the memory bound."""
 
@@ -39,9 +43,9 @@ class BlockSystem:
         (shape ``(n_rows, dim)``).
     weights : numpy.ndarray of shape (n_rows,), optional
         Row weights ``w`` (all ones when omitted).
-    max_dense_entries : int
+    max_dense_entries : int, optional
         Bound on the entries of the dense Schur block (the remaining terms' columns,
-        squared).
+        squared); default :data:`MAX_DENSE_ENTRIES`.
 
     Raises
     ------
@@ -60,7 +64,7 @@ class BlockSystem:
     True
     """
 
-    def __init__(self, terms, scaled, weights=None, *, max_dense_entries: int = 60_000_000):
+    def __init__(self, terms, scaled, weights=None, *, max_dense_entries: int | None = None):
         self.terms = terms
         self.scaled = [np.asarray(u, dtype=np.float64) for u in scaled]
         n = self.scaled[0].shape[0]
@@ -74,6 +78,7 @@ class BlockSystem:
             self.offsets[k] = width
             width += terms[k].num_levels * self.dims[k]
         self.width = width
+        max_dense_entries = MAX_DENSE_ENTRIES if max_dense_entries is None else max_dense_entries
         if width * width > max_dense_entries:
             raise DenseBlockTooLarge(
                 f"exact computation needs a dense block of {width} x {width} entries (the columns of the random "

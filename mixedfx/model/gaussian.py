@@ -12,6 +12,11 @@ response is ``V = sigma^2 (I + U U')``, and
   ``Lambda A^-1 U'r / sigma`` and ``diag(Lambda A^-1 Lambda)``.
 
 ``A`` is handled by block elimination (:class:`mixedfx.model.blocks.BlockSystem`).
+When its dense Schur block would not fit in memory (two large crossed factors),
+:func:`gaussian_fixed_effects_iterative` solves the same systems by preconditioned
+conjugate gradients, matrix-free, in memory linear in the rows: the fixed effects'
+covariance, the GLS estimate and the conditional means stay exact (to the solver's
+tolerance); the log-determinant, and with it the log-likelihood, is not computed.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from scipy import linalg
 from mixedfx.model.blocks import BlockSystem, DenseBlockTooLarge
 from mixedfx.model.joint import MixedModel, ModelParameters
 
-__all__ = ["GaussianMarginal", "gaussian_marginal", "term_z", "DenseBlockTooLarge"]
+__all__ = ["GaussianMarginal", "gaussian_marginal", "gaussian_fixed_effects_iterative", "term_z",
+           "DenseBlockTooLarge"]
 
 
 @dataclass(frozen=True)
@@ -33,9 +39,10 @@ class GaussianMarginal:
 
     Attributes
     ----------
-    log_likelihood : float
+    log_likelihood : float or None
         Marginal log-likelihood of the response at the given fixed effects (the ML
-        criterion).
+        criterion); ``None`` (as the other likelihoods and the conditional sds and
+        covariances) when computed by :func:`gaussian_fixed_effects_iterative`.
     fixed_effects_cov : numpy.ndarray of shape (n_fixed, n_fixed)
         ``(X' V^-1 X)^-1``: the covariance of the fixed-effects estimate.
     conditional_means : tuple of numpy.ndarray
@@ -56,7 +63,7 @@ class GaussianMarginal:
         + p log(2 pi) / 2`` (lme4's ``-REMLcrit / 2``).
     """
 
-    log_likelihood: float
+    log_likelihood: float | None
     fixed_effects_cov: np.ndarray
     conditional_means: tuple[np.ndarray, ...]
     conditional_sds: tuple[np.ndarray, ...]
@@ -71,7 +78,7 @@ def gaussian_marginal(
     params: ModelParameters,
     *,
     profile_fixed_effects: bool = False,
-    max_dense_entries: int = 60_000_000,
+    max_dense_entries: int | None = None,
 ) -> GaussianMarginal:
     """Exact log-likelihood, fixed-effects covariance and conditional modes.
 
@@ -85,8 +92,9 @@ def gaussian_marginal(
         Evaluate ``log_likelihood`` and the conditional moments at the GLS estimate
         of the fixed effects instead of ``params.fixed_effects`` (one elimination
         serves both, since the solutions are linear in the residual).
-    max_dense_entries : int, default 60_000_000
-        Bound on the entries of the dense blocks (about 480 MB of float64).
+    max_dense_entries : int, optional
+        Bound on the entries of the dense block (default
+        :data:`mixedfx.model.blocks.MAX_DENSE_ENTRIES`, about 480 MB of float64).
 
     Returns
     -------
@@ -161,3 +169,133 @@ def gaussian_marginal(
 def term_z(term, n_rows: int) -> np.ndarray:
     """A term's per-row ``z`` as an ``(n_rows, dim)`` array (ones for an intercept)."""
     return np.ones((n_rows, 1)) if term.z is None else np.asarray(term.z, dtype=np.float64).reshape(n_rows, -1)
+
+
+def gaussian_fixed_effects_iterative(
+    model: MixedModel,
+    params: ModelParameters,
+    *,
+    tol: float = 1e-8,
+    max_iter: int = 1000,
+) -> GaussianMarginal:
+    """The fixed effects' covariance, GLS estimate and conditional means, matrix-free.
+
+    The same quantities as :func:`gaussian_marginal` (with
+    ``profile_fixed_effects=True``), from solves of ``A x = U'w`` by conjugate
+    gradients preconditioned by ``A``'s diagonal blocks (one ``dim x dim`` block per
+    level of each term), with ``A`` applied through gathers and sums over the rows:
+    no matrix with a dimension of levels times levels is formed.
+
+    Parameters
+    ----------
+    model : MixedModel
+    params : ModelParameters
+    tol : float, default 1e-8
+        Relative residual at which the solver stops.
+    max_iter : int, default 1000
+
+    Returns
+    -------
+    GaussianMarginal
+        With ``fixed_effects_cov``, ``gls_fixed_effects`` and ``conditional_means``;
+        the likelihoods and the conditional sds and covariances are ``None`` / empty.
+
+    Raises
+    ------
+    numpy.linalg.LinAlgError
+        When the solver does not reach ``tol`` in ``max_iter`` iterations.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedfx.design import RandomTermData
+    >>> from mixedfx.model import (Gaussian, MixedModel, ModelParameters, gaussian_marginal,
+    ...                            gaussian_fixed_effects_iterative)
+    >>> rng = np.random.default_rng(0)
+    >>> g, h = rng.integers(0, 20, 300), rng.integers(0, 15, 300)
+    >>> terms = (RandomTermData("g", g.astype(np.int32), None, 20), RandomTermData("h", h.astype(np.int32), None, 15))
+    >>> X = np.column_stack([np.ones(300), rng.normal(size=300)])
+    >>> model = MixedModel(Gaussian(), X, rng.normal(size=300), terms, ("Intercept", "x"))
+    >>> params = ModelParameters(np.zeros(2), np.array([0.7, 0.4]), {"sigma": 1.0})
+    >>> exact = gaussian_marginal(model, params, profile_fixed_effects=True)
+    >>> iterative = gaussian_fixed_effects_iterative(model, params)
+    >>> bool(np.allclose(iterative.fixed_effects_cov, exact.fixed_effects_cov, rtol=1e-6))
+    True
+    >>> bool(np.allclose(iterative.conditional_means[1], exact.conditional_means[1], atol=1e-6))
+    True
+    """
+    X = model.fixed_design
+    y = model.response - (0.0 if model.offset is None else model.offset)
+    sigma = float(params.family_params["sigma"])
+    beta = np.asarray(params.fixed_effects, dtype=np.float64)
+    terms = model.random_terms
+    n, p = X.shape
+    scaled = [term_z(term, n) @ L / sigma for term, L in zip(terms, params.random_scale_tril)]
+    index = [t.group_index.astype(np.intp) for t in terms]
+
+    def transpose_apply(columns):  # U' W, per term (num_levels, dim, m)
+        out = []
+        for term, u, g in zip(terms, scaled, index):
+            out.append(np.stack([np.stack([np.bincount(g, weights=u[:, a] * columns[:, j], minlength=term.num_levels)
+                                           for j in range(columns.shape[1])], axis=-1)
+                                 for a in range(u.shape[1])], axis=1))
+        return out
+
+    def apply(v):  # U v, (n, m)
+        return sum(np.einsum("nd,ndm->nm", u, x[g]) for u, g, x in zip(scaled, index, v))
+
+    # block-Jacobi preconditioner: each level's I + sum over its rows of u u'
+    inverse_blocks = []
+    for term, u, g in zip(terms, scaled, index):
+        d = u.shape[1]
+        block = np.zeros((term.num_levels, d, d))
+        for a in range(d):
+            for b in range(d):
+                block[:, a, b] = np.bincount(g, weights=u[:, a] * u[:, b], minlength=term.num_levels)
+        inverse_blocks.append(np.linalg.inv(block + np.eye(d)))
+
+    def precondition(v):
+        return [np.matmul(inv, x) for inv, x in zip(inverse_blocks, v)]
+
+    def dot(a, b):  # column-wise inner products
+        return sum(np.einsum("qdm,qdm->m", x, z) for x, z in zip(a, b))
+
+    W = np.column_stack([y - X @ beta, X])
+    rhs = transpose_apply(W)
+    solution = [np.zeros_like(r) for r in rhs]
+    residual = [r.copy() for r in rhs]
+    preconditioned = precondition(residual)
+    direction = [z.copy() for z in preconditioned]
+    rho = dot(residual, preconditioned)
+    scale = np.sqrt(np.maximum(dot(rhs, rhs), 1e-300))
+    for _ in range(max_iter):
+        if np.all(np.sqrt(dot(residual, residual)) <= tol * scale):
+            break
+        u_direction = apply(direction)
+        a_direction = [t + d for t, d in zip(transpose_apply(u_direction), direction)]
+        step = rho / np.maximum(dot(direction, a_direction), 1e-300)
+        solution = [x + step * d for x, d in zip(solution, direction)]
+        residual = [r - step * ad for r, ad in zip(residual, a_direction)]
+        preconditioned = precondition(residual)
+        rho, previous = dot(residual, preconditioned), rho
+        direction = [z + (rho / np.maximum(previous, 1e-300)) * d for z, d in zip(preconditioned, direction)]
+    else:
+        raise np.linalg.LinAlgError(f"conjugate gradients did not reach a relative residual of {tol} "
+                                    f"in {max_iter} iterations")
+    reduced = W.T @ W - _dot_matrix(rhs, solution)
+    if p:
+        xtvx = 0.5 * (reduced[1:, 1:] + reduced[1:, 1:].T) / sigma**2
+        cov = linalg.inv(xtvx)
+        step = cov @ (reduced[1:, 0] / sigma**2)
+        gls = beta + step
+    else:
+        cov, step, gls = np.zeros((0, 0)), np.zeros(0), beta
+    # b = L v per level, with v = A^-1 U'r / sigma at the GLS residual r - X step
+    means = tuple((((x[:, :, 0] - x[:, :, 1:] @ step) / sigma) @ L.T)
+                  for x, L in zip(solution, params.random_scale_tril))
+    return GaussianMarginal(None, cov, means, (), (), gls, None, None)
+
+
+def _dot_matrix(a, b) -> np.ndarray:
+    """``sum_blocks a' b`` for per-term ``(num_levels, dim, m)`` blocks: an ``(m, m)`` matrix."""
+    return sum(np.einsum("qdm,qdk->mk", x, z) for x, z in zip(a, b))

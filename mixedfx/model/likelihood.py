@@ -61,7 +61,7 @@ def marginal_log_likelihood(
     n_draws: int = 300,
     seed: int = 0,
     start=None,
-    max_dense_entries: int = 60_000_000,
+    max_dense_entries: int | None = None,
 ) -> MarginalLikelihood:
     """Marginal log-likelihood of ``model``'s response at ``params``.
 
