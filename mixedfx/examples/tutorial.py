@@ -39,9 +39,32 @@ __all__ = ["FIGURES", "N_ORDINAL_STUDENTS", "PARTS", "run", "lme4_comparison", "
 
 #: Students drawn at random for the ordinal model (about 6,500 training rows of the
 #: 58,737; the full-data ordinal fit takes about a minute on a 2-core CPU).
+#:
+#: Examples
+#: --------
+#: The subsample :func:`run` draws (with its default ``random_state=0``):
+#:
+#: >>> import numpy as np
+#: >>> import mixedfx
+#: >>> from mixedfx.examples.insteval import split
+#: >>> from mixedfx.examples.tutorial import N_ORDINAL_STUDENTS
+#: >>> data = mixedfx.datasets.load_insteval()
+#: >>> train, test = split(data, train_fraction=0.8, random_state=0)
+#: >>> rng = np.random.default_rng(0)
+#: >>> students = rng.choice(data["s"].cat.categories, size=N_ORDINAL_STUDENTS, replace=False)
+#: >>> N_ORDINAL_STUDENTS, int(train["s"].isin(students).sum()), len(train)
+#: (300, 6409, 58737)
 N_ORDINAL_STUDENTS = 300
 
 #: The PNG files :func:`run` writes, by what they show.
+#:
+#: Examples
+#: --------
+#: >>> from mixedfx.examples.tutorial import FIGURES
+#: >>> FIGURES["loss"], FIGURES["trace"]
+#: ('loss.png', 'trace_instructors.png')
+#: >>> sorted(FIGURES)
+#: ['loss', 'ordinal', 'random_effects', 'residuals', 'trace']
 FIGURES = {
     "loss": "loss.png",
     "trace": "trace_instructors.png",
@@ -51,7 +74,18 @@ FIGURES = {
 }
 
 
-#: The two halves of :func:`run`, which can run in separate processes.
+#: The two halves of :func:`run`, which can run in separate processes
+#: (``python -m mixedfx.examples.tutorial OUT_DIR --part gaussian``).
+#:
+#: Examples
+#: --------
+#: >>> from mixedfx.examples.tutorial import PARTS, run
+#: >>> PARTS
+#: ('gaussian', 'ordinal')
+#: >>> run("figures", parts=("poisson",))
+#: Traceback (most recent call last):
+#: ...
+#: ValueError: unknown parts ['poisson']; the parts are ('gaussian', 'ordinal')
 PARTS = ("gaussian", "ordinal")
 
 
@@ -92,14 +126,31 @@ def run(out_dir, *, reference=None, n_ordinal_students=N_ORDINAL_STUDENTS, rando
 
     Examples
     --------
-    The fits take about a minute on two CPU cores; the docs build runs them (see
-    ``docs/_ext/worked_example.py``), and so can a shell::
+    The fits take about a minute on two CPU cores, too long for a doctest (the lines
+    marked ``+SKIP`` are not run here); the documentation build runs them
+    (``docs/_ext/worked_example.py``), and ``tests/test_docs.py`` checks the page
+    they make, its figures and its comparison with lme4:
+
+    >>> import json
+    >>> from mixedfx.examples.tutorial import FIGURES, run
+    >>> with open("tests/fixtures/lme4_insteval_ml.json") as handle:  # doctest: +SKIP
+    ...     reference = json.load(handle)
+    >>> numbers = run("figures", reference=reference)  # doctest: +SKIP
+    >>> sorted(numbers)  # doctest: +SKIP
+    ['figures', 'fit', 'formula', 'lme4', 'ordinal', 'prediction', 'random_state', 'seconds', 'split', 'warnings']
+    >>> sorted(numbers["figures"]) == sorted(FIGURES.values())  # doctest: +SKIP
+    True
+
+    An unknown part is refused before any work:
+
+    >>> run("figures", parts=("poisson",))
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown parts ['poisson']; the parts are ('gaussian', 'ordinal')
+
+    From a shell, one part at a time::
 
         python -m mixedfx.examples.tutorial figures --part gaussian
-
-    which writes the figures and ``numbers`` (with keys ``figures``, ``fit``,
-    ``formula``, ``prediction``, ``random_state``, ``seconds``, ``split`` and
-    ``warnings``) into ``figures/``.
     """
     unknown = set(parts) - set(PARTS)
     if unknown:
