@@ -186,6 +186,44 @@ def test_examples_of_constants_run(dotted):
     assert runner.failures == 0, "".join(report)
 
 
+def test_lme4_fixture_of_the_worked_example_fits_its_training_rows():
+    """lme4 was fitted to the rows the worked example's split keeps (the fixture records a
+    digest of their positions; tests/fixtures/make_tutorial_fixture.py remakes it)."""
+    import hashlib
+
+    import mixedfx
+    from mixedfx.examples.insteval import split
+
+    fixture = json.loads((ROOT / "tests" / "fixtures" / "lme4_insteval_train.json").read_text())
+    data = mixedfx.datasets.load_insteval()
+    train, _ = split(data, train_fraction=fixture["split"]["train_fraction"],
+                     random_state=fixture["split"]["random_state"])
+    rows = sorted(int(r) for r in train.index)
+    assert len(rows) == fixture["split"]["n_rows"] == fixture["ml"]["n_obs"] == fixture["reml"]["n_obs"]
+    assert hashlib.sha256("".join(f"{r}\n" for r in rows).encode()).hexdigest() == fixture["split"]["rows_sha256"]
+    assert fixture["ml"]["method"] == "ML" and fixture["reml"]["method"] == "REML"
+    assert fixture["ml"]["n_levels"] == {"s": train["s"].nunique(), "d": train["d"].nunique(), "dept": 14}
+
+
+def test_worked_example_cache_key_ignores_docstrings_and_comments(tmp_path, monkeypatch):
+    """The worked example's cache key reads code, not prose: editing a docstring or a
+    comment keeps the cached fits, editing code does not."""
+    monkeypatch.syspath_prepend(str(DOCS / "_ext"))
+    from worked_example import _code_only
+
+    versions = {
+        "original": 'def f(x):\n    """Double x."""\n    return 2 * x\n',
+        "docstring": 'def f(x):\n    """Twice x, documented anew."""\n    return 2 * x  # a comment\n',
+        "code": 'def f(x):\n    """Double x."""\n    return 3 * x\n',
+    }
+    dumped = {}
+    for name, text in versions.items():
+        (tmp_path / f"{name}.py").write_text(text)
+        dumped[name] = _code_only(tmp_path / f"{name}.py")
+    assert dumped["original"] == dumped["docstring"]
+    assert dumped["original"] != dumped["code"]
+
+
 def test_readme_points_to_the_docs_and_how_to_build_them():
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Documentation", 1)[1].split("\n## ", 1)[0]
@@ -281,7 +319,7 @@ def test_worked_example_page_compares_with_lme4(built_site):
     by_name = {row[0]: row for row in rows}
     assert {"(Intercept)", "service", "sd(s)", "sd(d)", "sd(dept)", "sigma", "logLik"} <= set(by_name)
     lme4 = header.index(next(cell for cell in header if cell.startswith("lme4") and "(ML)" in cell))
-    fixture = json.loads((ROOT / "tests" / "fixtures" / "lme4_insteval_ml.json").read_text())
+    fixture = json.loads((ROOT / "tests" / "fixtures" / "lme4_insteval_train.json").read_text())["ml"]
     # The lme4 column is read from the fixture at build time.
     assert float(by_name["service"][lme4]) == pytest.approx(fixture["fixed_effects"]["service"], abs=1e-4)
     assert float(by_name["logLik"][lme4]) == pytest.approx(fixture["logLik"], abs=1e-3)
