@@ -536,8 +536,8 @@ def _without_rows(numbers: dict) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", help="folder for the figures and numbers.json")
-    parser.add_argument("--lme4", help="lme4's fit to the training rows as JSON (tests/fixtures/lme4_insteval_train.json; "
-                                       "its 'ml' entry is used)")
+    parser.add_argument("--lme4", help="lme4's fit to the training rows as JSON "
+                                       "(tests/fixtures/lme4_insteval_train.json; its 'ml' entry is used)")
     parser.add_argument("--ordinal-students", type=int, default=N_ORDINAL_STUDENTS)
     parser.add_argument("--random-state", type=int, default=0)
     parser.add_argument("--part", choices=PARTS, action="append",
