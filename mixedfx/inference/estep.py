@@ -54,6 +54,23 @@ class Centering:
         Per term, the index of the term it is centred on.
     parent_level : tuple of (numpy.ndarray or None)
         Per centred term, the parent level of each of its levels (int32).
+
+    Examples
+    --------
+    Three lecturers in two departments; the lecturers' coordinates become their
+    effects plus their department's:
+
+    >>> import numpy as np
+    >>> from mixedfx.inference.estep import Centering
+    >>> centering = Centering(parent=(1, None), parent_level=(np.array([0, 0, 1], dtype=np.int32), None))
+    >>> centering.roots, centering.children
+    (((1, 0),), (None, 0))
+    >>> effects = [np.array([[0.1], [0.2], [0.3]]), np.array([[1.0], [2.0]])]
+    >>> sampler = centering.to_sampler(effects, centering.parent_level)
+    >>> [np.asarray(s).ravel().round(4).tolist() for s in sampler]
+    [[1.1, 1.2, 2.3], [1.0, 2.0]]
+    >>> [np.asarray(b).ravel().round(4).tolist() for b in centering.to_model(sampler, centering.parent_level)]
+    [[0.1, 0.2, 0.3], [1.0, 2.0]]
     """
 
     parent: tuple
@@ -182,6 +199,21 @@ class JitteredLeapfrogSteps(tfp.mcmc.TransitionKernel):
     ----------
     inner_kernel : tfp.mcmc.HamiltonianMonteCarlo
     mean_leapfrog_steps : int
+
+    Examples
+    --------
+    With a mean of 6, each transition takes between 3 and 9 leapfrog steps:
+
+    >>> import numpy as np
+    >>> import tensorflow_probability as tfp
+    >>> from mixedfx.inference.estep import JitteredLeapfrogSteps
+    >>> target = tfp.distributions.Normal(np.float64(0.0), np.float64(1.0)).log_prob
+    >>> hmc = tfp.mcmc.HamiltonianMonteCarlo(target, step_size=np.float64(0.5), num_leapfrog_steps=6)
+    >>> draws, steps = tfp.mcmc.sample_chain(
+    ...     10, current_state=np.float64(0.0), kernel=JitteredLeapfrogSteps(hmc, 6),
+    ...     trace_fn=lambda _, results: results.accepted_results.num_leapfrog_steps, seed=(1, 2))
+    >>> bool(steps.numpy().min() >= 3), bool(steps.numpy().max() <= 9), len(set(steps.numpy().tolist())) > 1
+    (True, True, True)
     """
 
     def __init__(self, inner_kernel, mean_leapfrog_steps, name=None):
@@ -352,6 +384,27 @@ def hmc_e_step(
     Returns
     -------
     EStepResult
+
+    Examples
+    --------
+    Two chains over three standard normal "levels" (in the fit, the target is
+    ``log p(y, b | theta)`` and the statistics are those the M-step needs):
+
+    >>> import numpy as np
+    >>> import tensorflow as tf
+    >>> import tensorflow_probability as tfp
+    >>> from mixedfx.inference.estep import hmc_e_step
+    >>> normal = tfp.distributions.Normal(np.float64(0.0), np.float64(1.0))
+    >>> result = hmc_e_step(
+    ...     lambda effects: tf.reduce_sum(normal.log_prob(effects), axis=[-2, -1]),
+    ...     current_state=[tf.zeros([2, 3, 1], tf.float64)], scale=[tf.ones([3, 1], tf.float64)],
+    ...     step_size=tf.constant(0.5, tf.float64), num_draws=4, num_burnin=2, num_leapfrog_steps=4,
+    ...     target_accept_prob=0.75, seed=tf.constant([1, 2]),
+    ...     trace_fn=lambda effects: {"mean_square": tf.reduce_mean(tf.square(effects[0]), axis=[-2, -1])})
+    >>> result.draws[0].shape.as_list(), result.final_state[0].shape.as_list()  # [draws, chains, levels, dim]
+    ([4, 2, 3, 1], [2, 3, 1])
+    >>> sorted(result.statistics), bool(0.0 < result.acceptance_rate <= 1.0)
+    (['mean_square'], True)
     """
     centering = centering or Centering.none(len(current_state))
 

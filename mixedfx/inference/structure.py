@@ -25,6 +25,24 @@ def location_expansions(model: MixedModel) -> tuple[Expansion, ...]:
     * A term whose every ``z`` column is also a fixed-effect column (``(1 + x | g)``
       with ``x`` among the fixed effects): ``W`` is a column of ones.
     * Otherwise no expansion.
+
+    Examples
+    --------
+    A random intercept per department, with the intercept and a department-level
+    covariate among the fixed effects (constant within each department) and a
+    row-level ``x`` (not):
+
+    >>> import numpy as np
+    >>> from mixedfx.design import RandomTermData
+    >>> from mixedfx.model import Gaussian, MixedModel
+    >>> from mixedfx.inference import location_expansions
+    >>> dept = np.repeat(np.arange(3), 4).astype(np.int32)
+    >>> X = np.column_stack([np.ones(12), dept == 1, np.linspace(0.0, 1.0, 12)])
+    >>> model = MixedModel(Gaussian(), X, np.zeros(12), (RandomTermData("dept", dept, None, 3),),
+    ...                    ("Intercept", "dept1", "x"))
+    >>> expansion, = location_expansions(model)
+    >>> expansion.targets, expansion.level_values.tolist()
+    (((0, 1),), [[1.0, 0.0], [1.0, 1.0], [1.0, 0.0]])
     """
     X = model.fixed_design
     expansions = []
@@ -62,6 +80,21 @@ def nested_centering(model: MixedModel) -> Centering:
     Term ``l`` is nested in term ``k`` when each level of ``l`` occurs with a single
     level of ``k``.  Each term gets at most one parent (the nesting term with the most
     levels) and at most one child (the nested term with the most levels).
+
+    Examples
+    --------
+    Six lecturers, two per department, as in InstEval's ``(1 | d) + (1 | dept)``:
+
+    >>> import numpy as np
+    >>> from mixedfx.design import RandomTermData
+    >>> from mixedfx.model import Gaussian, MixedModel
+    >>> from mixedfx.inference import nested_centering
+    >>> d = np.repeat(np.arange(6), 2).astype(np.int32)
+    >>> dept = np.repeat(np.arange(3), 4).astype(np.int32)
+    >>> terms = (RandomTermData("d", d, None, 6), RandomTermData("dept", dept, None, 3))
+    >>> centering = nested_centering(MixedModel(Gaussian(), np.ones((12, 1)), np.zeros(12), terms, ("Intercept",)))
+    >>> centering.parent, centering.parent_level[0].tolist()  # d is centred on dept
+    ((1, None), [0, 0, 1, 1, 2, 2])
     """
     terms = model.random_terms
     intercepts = [k for k, t in enumerate(terms) if t.z is None]

@@ -29,7 +29,26 @@ MAX_DENSE_ENTRIES = 60_000_000
 
 
 class DenseBlockTooLarge(RuntimeError):
-    """The dense Schur block would not fit the memory bound."""
+    """The dense Schur block would not fit the memory bound.
+
+    The estimators catch it: Gaussian fits then solve the same systems iteratively
+    (:func:`~mixedfx.model.gaussian_fixed_effects_iterative`), without the
+    log-likelihood; the other families go without the exact quantities (with a
+    warning).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedfx.design import RandomTermData
+    >>> from mixedfx.model import BlockSystem, DenseBlockTooLarge
+    >>> g = RandomTermData("g", np.array([0, 1, 2, 0, 1, 2], dtype=np.int32), None, 3)
+    >>> h = RandomTermData("h", np.array([0, 0, 0, 1, 1, 1], dtype=np.int32), None, 2)
+    >>> try:
+    ...     BlockSystem([g, h], [np.ones((6, 1)), np.ones((6, 1))], max_dense_entries=3)
+    ... except DenseBlockTooLarge as error:
+    ...     print(error)
+    exact computation needs a dense block of 2 x 2 entries (the columns of the random terms other than the largest, 'g'); the bound is 3
+    """
 
 
 class BlockSystem:
@@ -53,14 +72,25 @@ class BlockSystem:
 
     Examples
     --------
+    Two crossed intercept terms on six rows; the log-determinant and a solve agree
+    with the dense ``A``:
+
     >>> import numpy as np
     >>> from mixedfx.design import RandomTermData
     >>> from mixedfx.model import BlockSystem
-    >>> g = RandomTermData("g", np.array([0, 0, 1, 1, 2], dtype=np.int32), None, 3)
-    >>> h = RandomTermData("h", np.array([0, 1, 0, 1, 1], dtype=np.int32), None, 2)
-    >>> system = BlockSystem([g, h], [np.ones((5, 1)), np.ones((5, 1))])
-    >>> dense = np.zeros((5, 5)); dense[np.arange(5), [0, 0, 1, 1, 2]] = 1; dense[np.arange(5), [3, 4, 3, 4, 4]] = 1
-    >>> bool(np.isclose(system.logdet, np.linalg.slogdet(dense.T @ dense + np.eye(5))[1]))
+    >>> g = RandomTermData("g", np.array([0, 1, 2, 0, 1, 2], dtype=np.int32), None, 3)
+    >>> h = RandomTermData("h", np.array([0, 0, 0, 1, 1, 1], dtype=np.int32), None, 2)
+    >>> system = BlockSystem([g, h], [np.full((6, 1), 0.8), np.full((6, 1), 0.5)])
+    >>> U = np.zeros((6, 5))
+    >>> U[np.arange(6), g.group_index] = 0.8
+    >>> U[np.arange(6), 3 + h.group_index] = 0.5
+    >>> A = U.T @ U + np.eye(5)
+    >>> bool(np.isclose(system.logdet, np.linalg.slogdet(A)[1]))
+    True
+    >>> y = np.arange(6.0)[:, None]
+    >>> x1, xr = system.solve(*system.project(y))
+    >>> x = np.concatenate([x1.ravel(), xr.ravel()])  # g's block first: it has the most columns
+    >>> bool(np.allclose(x, np.linalg.solve(A, U.T @ y).ravel()))
     True
     """
 
