@@ -210,6 +210,7 @@ def gaussian_fixed_effects_iterative(
     *,
     tol: float = 1e-8,
     max_iter: int = 1000,
+    chunk_rows: int = 1 << 20,
 ) -> GaussianMarginal:
     """The fixed effects' covariance, GLS estimate and conditional means, matrix-free.
 
@@ -226,6 +227,8 @@ def gaussian_fixed_effects_iterative(
     tol : float, default 1e-8
         Relative residual at which the solver stops.
     max_iter : int, default 1000
+    chunk_rows : int, default 2**20
+        Rows per pass of the products with ``U``: the memory beyond the data.
 
     Returns
     -------
@@ -258,34 +261,66 @@ def gaussian_fixed_effects_iterative(
     True
     """
     X = model.fixed_design
-    y = model.response - (0.0 if model.offset is None else model.offset)
     sigma = float(params.family_params["sigma"])
     beta = np.asarray(params.fixed_effects, dtype=np.float64)
     terms = model.random_terms
     n, p = X.shape
-    scaled = [term_z(term, n) @ L / sigma for term, L in zip(terms, params.random_scale_tril)]
-    index = [t.group_index.astype(np.intp) for t in terms]
+    chunks = [slice(start, min(n, start + chunk_rows)) for start in range(0, n, chunk_rows)]
+    # U's rows per term: z_i' L / sigma (a constant for a random intercept)
+    factors = [L / sigma for L in params.random_scale_tril]
 
-    def transpose_apply(columns):  # U' W, per term (num_levels, dim, m)
-        out = []
-        for term, u, g in zip(terms, scaled, index):
-            out.append(np.stack([np.stack([np.bincount(g, weights=u[:, a] * columns[:, j], minlength=term.num_levels)
-                                           for j in range(columns.shape[1])], axis=-1)
-                                 for a in range(u.shape[1])], axis=1))
-        return out
+    def rows_of_u(k, rows):
+        z = terms[k].z
+        return None if z is None else np.asarray(z[rows], dtype=np.float64).reshape(-1, terms[k].dim) @ factors[k]
 
-    def apply(v):  # U v, (n, m)
-        return sum(np.einsum("nd,ndm->nm", u, x[g]) for u, g, x in zip(scaled, index, v))
+    def columns_w(rows):  # W = [r, X] on a chunk of rows, r the residual at beta
+        y = model.response[rows] - (0.0 if model.offset is None else model.offset[rows])
+        return np.column_stack([y - X[rows] @ beta, X[rows]])
 
+    def accumulate_transpose(out, rows, values):  # out_k += U_k' values on a chunk of rows
+        for k, term in enumerate(terms):
+            g = term.group_index[rows]
+            u = rows_of_u(k, rows)
+            for a in range(term.dim):
+                weight = factors[k][0, 0] if u is None else u[:, a:a + 1]
+                for j in range(values.shape[1]):
+                    out[k][:, a, j] += np.bincount(g, weights=weight[:, 0] * values[:, j] if u is not None
+                                                   else weight * values[:, j], minlength=term.num_levels)
+
+    def new_blocks(m):
+        return [np.zeros((t.num_levels, t.dim, m)) for t in terms]
+
+    def apply_a(v):  # A v = U'(U v) + v, a chunk of rows at a time
+        out = new_blocks(v[0].shape[2])
+        for rows in chunks:
+            uv = 0.0
+            for k, term in enumerate(terms):
+                picked = v[k][term.group_index[rows]]  # (rows, dim, m)
+                u = rows_of_u(k, rows)
+                uv = uv + (factors[k][0, 0] * picked[:, 0, :] if u is None else np.einsum("nd,ndm->nm", u, picked))
+            accumulate_transpose(out, rows, uv)
+        return [o + x for o, x in zip(out, v)]
+
+    # right-hand sides U'W and W'W, a chunk at a time
+    rhs, wtw = new_blocks(p + 1), np.zeros((p + 1, p + 1))
+    for rows in chunks:
+        w = columns_w(rows)
+        wtw += w.T @ w
+        accumulate_transpose(rhs, rows, w)
     # block-Jacobi preconditioner: each level's I + sum over its rows of u u'
     inverse_blocks = []
-    for term, u, g in zip(terms, scaled, index):
-        d = u.shape[1]
-        block = np.zeros((term.num_levels, d, d))
-        for a in range(d):
-            for b in range(d):
-                block[:, a, b] = np.bincount(g, weights=u[:, a] * u[:, b], minlength=term.num_levels)
-        inverse_blocks.append(np.linalg.inv(block + np.eye(d)))
+    for k, term in enumerate(terms):
+        block = np.zeros((term.num_levels, term.dim, term.dim))
+        for rows in chunks:
+            g = term.group_index[rows]
+            u = rows_of_u(k, rows)
+            if u is None:
+                block[:, 0, 0] += factors[k][0, 0] ** 2 * np.bincount(g, minlength=term.num_levels)
+                continue
+            for a in range(term.dim):
+                for b in range(term.dim):
+                    block[:, a, b] += np.bincount(g, weights=u[:, a] * u[:, b], minlength=term.num_levels)
+        inverse_blocks.append(np.linalg.inv(block + np.eye(term.dim)))
 
     def precondition(v):
         return [np.matmul(inv, x) for inv, x in zip(inverse_blocks, v)]
@@ -293,8 +328,6 @@ def gaussian_fixed_effects_iterative(
     def dot(a, b):  # column-wise inner products
         return sum(np.einsum("qdm,qdm->m", x, z) for x, z in zip(a, b))
 
-    W = np.column_stack([y - X @ beta, X])
-    rhs = transpose_apply(W)
     solution = [np.zeros_like(r) for r in rhs]
     residual = [r.copy() for r in rhs]
     preconditioned = precondition(residual)
@@ -304,8 +337,7 @@ def gaussian_fixed_effects_iterative(
     for _ in range(max_iter):
         if np.all(np.sqrt(dot(residual, residual)) <= tol * scale):
             break
-        u_direction = apply(direction)
-        a_direction = [t + d for t, d in zip(transpose_apply(u_direction), direction)]
+        a_direction = apply_a(direction)
         step = rho / np.maximum(dot(direction, a_direction), 1e-300)
         solution = [x + step * d for x, d in zip(solution, direction)]
         residual = [r - step * ad for r, ad in zip(residual, a_direction)]
@@ -315,7 +347,7 @@ def gaussian_fixed_effects_iterative(
     else:
         raise np.linalg.LinAlgError(f"conjugate gradients did not reach a relative residual of {tol} "
                                     f"in {max_iter} iterations")
-    reduced = W.T @ W - _dot_matrix(rhs, solution)
+    reduced = wtw - _dot_matrix(rhs, solution)
     if p:
         xtvx = 0.5 * (reduced[1:, 1:] + reduced[1:, 1:].T) / sigma**2
         cov = linalg.inv(xtvx)
