@@ -270,14 +270,17 @@ def _compiled_iterations(config: _StaticConfig):
             seed, step_seed = tfp.random.split_seed(seed)
             family_params = family.constrain(free)
 
-            def target_log_prob(*effects):
+            def target_log_prob(*effects, differentiable=True):
                 # the value of build_joint_distribution(...).log_prob, computed directly;
                 # for REML at the fixed effects that maximize it (beta integrated out).
                 beta = profiled_fixed_effects(effects) if config.reml else fixed_effects
-                likelihood = rows.value_and_gradient(
-                    lambda chunk, *values: response_log_prob(row_tensors(chunk), list(values), fixed_effects=beta,
-                                                             family=family, family_params=family_params),
-                    effects)
+
+                def chunk_log_prob(chunk, *values):
+                    return response_log_prob(row_tensors(chunk), list(values), fixed_effects=beta, family=family,
+                                             family_params=family_params)
+
+                likelihood = (rows.value_and_gradient(chunk_log_prob, effects) if differentiable
+                              else rows.sum(lambda chunk: chunk_log_prob(chunk, *effects)))
                 return likelihood + prior_log_prob(effects, random_scale_tril=scale_tril, level_weight=level_weight,
                                                    dtype=dtype)
 
@@ -291,7 +294,7 @@ def _compiled_iterations(config: _StaticConfig):
                         level_weight=level_weight))
                 else:
                     stats = moment_statistics(current, expansions=expansions, level_weight=level_weight)
-                stats["log_joint"] = target_log_prob(*current)
+                stats["log_joint"] = target_log_prob(*current, differentiable=False)
                 return stats
 
             chain_means = [tf.reduce_mean(s, 0) for s in state]
