@@ -317,6 +317,7 @@ def fit_mcem(
     stopping_rule=None,
     seed=None,
     progress: bool = False,
+    distribute=None,
 ) -> MCEMResult:
     """Fit a mixed model by Monte Carlo EM.
 
@@ -336,6 +337,9 @@ def fit_mcem(
         Stateless seed; the same seed gives the same fit on the same machine.
     progress : bool, default False
         Show a tqdm progress bar (it appears only on fits longer than two seconds).
+    distribute : tf.distribute.Strategy, optional
+        Shard the rows across the strategy's replicas and all-reduce their sums
+        (:mod:`mixedfx.inference.distributed`; Gaussian family).
 
     Returns
     -------
@@ -370,6 +374,10 @@ def fit_mcem(
         <= 16 * 2**20,
     )
     run = _compiled_iterations(config)
+    if distribute is not None:
+        from mixedfx.inference.distributed import ShardedIterations
+
+        run = ShardedIterations(config, model, distribute)
     tensors = model.tensors()
     X = model.fixed_design
     # The Gaussian regression works on the response less any offset.

@@ -38,6 +38,8 @@ __all__ = [
     "expansion_columns",
     "moment_statistics",
     "gaussian_statistics",
+    "gaussian_row_statistics",
+    "reml_statistics",
     "gaussian_regression",
     "glm_regression",
     "covariance_update",
@@ -97,29 +99,53 @@ def moment_statistics(state, *, expansions):
     return statistics
 
 
+def gaussian_row_statistics(state, *, fixed_design, response, group_index, z, row_weight=None):
+    """The sums over rows in :func:`gaussian_statistics`, per chain: ``xtp`` (X'P),
+    ``ptp`` (P'P) and ``pty`` (P'y) for the regressors ``P`` of
+    :func:`expansion_columns`.
+
+    ``row_weight`` (0 or 1 per row, ``None`` for all ones) drops padding rows.  A
+    sharded fit computes these per shard and sums them across replicas.
+    """
+    parts = expansion_columns(state, group_index, z)
+    if row_weight is not None:
+        parts = parts * row_weight[:, None]
+    return {
+        "xtp": tf.einsum("np,cnk->cpk", fixed_design, parts),
+        "ptp": tf.einsum("cnk,cnl->ckl", parts, parts),
+        "pty": tf.einsum("cnk,n->ck", parts, response),
+    }
+
+
+def reml_statistics(statistics, *, dims, fixed_xtx_inv):
+    """``reml_ptu`` (``P'u``) and ``reml_utu`` (``u'u``) of :func:`gaussian_statistics`,
+    from its row sums."""
+    identity = identity_coefficients(dims, fixed_xtx_inv.dtype)
+    xtzb = tf.linalg.matvec(statistics["xtp"], identity)  # X'Zb per chain
+    projected = tf.linalg.matvec(fixed_xtx_inv, xtzb)  # (X'X)^-1 X'Zb
+    return {
+        "reml_ptu": tf.einsum("cpk,cp->ck", statistics["xtp"], projected),
+        "reml_utu": tf.reduce_sum(xtzb * projected, axis=-1),
+    }
+
+
 def gaussian_statistics(state, *, fixed_design, response, group_index, z, expansions, fixed_xtx_inv=None):
     """Per-chain sufficient statistics of one draw for :func:`gaussian_regression` (and
     :func:`covariance_update`).
 
     Returns a dict with, per chain, ``xtp`` (X'P), ``ptp`` (P'P), ``pty`` (P'y) for the
-    regressors ``P`` of :func:`expansion_columns`, and the moments of
-    :func:`moment_statistics`.  With ``fixed_xtx_inv`` (``(X'X)^-1``, for REML) also
-    ``reml_ptu`` (``P'u``) and ``reml_utu`` (``u'u``), where ``u = H Z b`` is the
-    projection of the draw's random part on the fixed design (``H`` the hat matrix of
-    ``X``): the part of the residual a REML E-step leaves to the fixed effects.
+    regressors ``P`` of :func:`expansion_columns` (:func:`gaussian_row_statistics`),
+    and the moments of :func:`moment_statistics`.  With ``fixed_xtx_inv``
+    (``(X'X)^-1``, for REML) also ``reml_ptu`` (``P'u``) and ``reml_utu`` (``u'u``),
+    where ``u = H Z b`` is the projection of the draw's random part on the fixed design
+    (``H`` the hat matrix of ``X``): the part of the residual a REML E-step leaves to
+    the fixed effects (:func:`reml_statistics`).
     """
-    parts = expansion_columns(state, group_index, z)
-    statistics = {
-        "xtp": tf.einsum("np,cnk->cpk", fixed_design, parts),
-        "ptp": tf.einsum("cnk,cnl->ckl", parts, parts),
-        "pty": tf.einsum("cnk,n->ck", parts, response),
-    }
+    statistics = gaussian_row_statistics(state, fixed_design=fixed_design, response=response,
+                                         group_index=group_index, z=z)
     if fixed_xtx_inv is not None:
-        identity = identity_coefficients([s.shape[-1] for s in state], fixed_design.dtype)
-        xtzb = tf.linalg.matvec(statistics["xtp"], identity)  # X'Zb per chain
-        projected = tf.linalg.matvec(fixed_xtx_inv, xtzb)  # (X'X)^-1 X'Zb
-        statistics["reml_ptu"] = tf.einsum("cpk,cp->ck", statistics["xtp"], projected)
-        statistics["reml_utu"] = tf.reduce_sum(xtzb * projected, axis=-1)
+        statistics.update(reml_statistics(statistics, dims=[s.shape[-1] for s in state],
+                                          fixed_xtx_inv=fixed_xtx_inv))
     statistics.update(moment_statistics(state, expansions=expansions))
     return statistics
 

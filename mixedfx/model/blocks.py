@@ -46,34 +46,67 @@ class BlockSystem:
         self.scaled = [np.asarray(u, dtype=np.float64) for u in scaled]
         n = self.scaled[0].shape[0]
         self.weights = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
-        self.dims = [u.shape[1] for u in self.scaled]
-        order = sorted(range(len(terms)), key=lambda k: -terms[k].num_levels * self.dims[k])
+        self._layout([t.num_levels for t in terms], [u.shape[1] for u in self.scaled], max_dense_entries)
+        self._factor(*self._cross_products())
+
+    @classmethod
+    def from_cross_products(cls, num_levels, dims, a11, a1r, arr, *, max_dense_entries: int = 60_000_000):
+        """The system from its sums over rows, computed elsewhere (per shard, then summed).
+
+        Parameters
+        ----------
+        num_levels, dims : sequence of int
+            Per term.
+        a11 : numpy.ndarray of shape (q1, d1, d1)
+            ``U_1' diag(w) U_1`` level by level, for the first term of :meth:`order`.
+        a1r : numpy.ndarray of shape (q1 * d1, width)
+            ``U_1' diag(w) U_rest``.
+        arr : numpy.ndarray of shape (width, width)
+            ``U_rest' diag(w) U_rest``.
+
+        Such a system solves and factors as one built from rows; it has no rows, so
+        :meth:`project` is not available.
+        """
+        system = cls.__new__(cls)
+        system.terms, system.scaled, system.weights = None, None, None
+        system._layout(list(num_levels), list(dims), max_dense_entries)
+        system._factor(np.asarray(a11, dtype=np.float64), np.asarray(a1r, dtype=np.float64),
+                       np.asarray(arr, dtype=np.float64))
+        return system
+
+    @staticmethod
+    def order(num_levels, dims) -> list[int]:
+        """Terms in elimination order: the one with the most columns first."""
+        return sorted(range(len(num_levels)), key=lambda k: -num_levels[k] * dims[k])
+
+    def _layout(self, num_levels, dims, max_dense_entries):
+        self.num_levels, self.dims = num_levels, dims
+        order = self.order(num_levels, dims)
         self.first, self.rest = order[0], order[1:]
-        self.q1, self.d1 = terms[self.first].num_levels, self.dims[self.first]
+        self.q1, self.d1 = num_levels[self.first], dims[self.first]
         self.offsets, width = {}, 0
         for k in self.rest:
             self.offsets[k] = width
-            width += terms[k].num_levels * self.dims[k]
+            width += num_levels[k] * dims[k]
         self.width = width
         if self.q1 * self.d1 * width + width * width > max_dense_entries:
             raise DenseBlockTooLarge(
                 f"exact computation needs dense blocks of {self.q1 * self.d1} x {width} and {width} x {width} entries"
             )
-        self._factor()
 
     def columns(self, k: int, c: int) -> np.ndarray:
         """Column of ``U`` holding coefficient ``c`` of term ``k``, per row (within its block)."""
         index = self.terms[k].group_index.astype(np.int64) * self.dims[k] + c
         return index if k == self.first else self.offsets[k] + index
 
-    def _factor(self):
+    def _cross_products(self):
+        """``A - I`` in blocks, from the rows: ``a11``, ``a1r``, ``arr``."""
         q1, d1, width, w = self.q1, self.d1, self.width, self.weights
         u1, g1 = self.scaled[self.first], self.terms[self.first].group_index.astype(np.int64)
         a11 = np.zeros((q1, d1, d1))
         for a in range(d1):
             for b in range(d1):
                 a11[:, a, b] = np.bincount(g1, weights=w * u1[:, a] * u1[:, b], minlength=q1)
-        a11 += np.eye(d1)
         a1r = np.zeros(q1 * d1 * width)
         arr = np.zeros(width * width)
         for k in self.rest:
@@ -87,12 +120,17 @@ class BlockSystem:
                     for e in range(self.dims[m]):
                         arr += np.bincount(col_k * width + self.columns(m, e), weights=uk * self.scaled[m][:, e],
                                            minlength=width * width)
+        return a11, a1r.reshape(q1 * d1, width), arr.reshape(width, width)
+
+    def _factor(self, a11, a1r, arr):
+        q1, d1, width = self.q1, self.d1, self.width
+        a11 = a11 + np.eye(d1)
         self.a11 = a11
         self.chol11 = np.linalg.cholesky(a11)
         self.inv11 = np.linalg.inv(a11)
-        self.a1r = a1r.reshape(q1 * d1, width)
+        self.a1r = a1r
         self.inv_a1r = np.matmul(self.inv11, self.a1r.reshape(q1, d1, width)).reshape(q1 * d1, width)
-        schur = arr.reshape(width, width) + np.eye(width) - self.a1r.T @ self.inv_a1r
+        schur = arr + np.eye(width) - self.a1r.T @ self.inv_a1r
         self.chol = linalg.cholesky(schur, lower=True) if width else np.zeros((0, 0))
         self.logdet = float(2.0 * np.sum(np.log(np.diagonal(self.chol11, axis1=1, axis2=2)))
                             + 2.0 * np.sum(np.log(np.diag(self.chol))))
@@ -145,10 +183,10 @@ class BlockSystem:
 
     def to_terms(self, x1, xr, column: int = 0):
         """Split a solution into per-term ``(num_levels, dim)`` arrays (whitened scale)."""
-        out = [None] * len(self.terms)
+        out = [None] * len(self.num_levels)
         out[self.first] = x1[:, :, column]
         for k in self.rest:
-            q, d = self.terms[k].num_levels, self.dims[k]
+            q, d = self.num_levels[k], self.dims[k]
             out[k] = xr[self.offsets[k]:self.offsets[k] + q * d, column].reshape(q, d)
         return out
 
@@ -157,12 +195,12 @@ class BlockSystem:
         width = self.width
         chol_inv = linalg.solve_triangular(self.chol, np.eye(width), lower=True) if width else np.zeros((0, 0))
         cross = (self.inv_a1r @ chol_inv.T).reshape(self.q1, self.d1, width)
-        out = [None] * len(self.terms)
+        out = [None] * len(self.num_levels)
         out[self.first] = self.inv11 + np.matmul(cross, cross.transpose(0, 2, 1))
         if width:
             inverse_rest = chol_inv.T @ chol_inv
         for k in self.rest:
-            q, d = self.terms[k].num_levels, self.dims[k]
+            q, d = self.num_levels[k], self.dims[k]
             block = slice(self.offsets[k], self.offsets[k] + q * d)
             sub = inverse_rest[block, block].reshape(q, d, q, d)
             out[k] = sub[np.arange(q), :, np.arange(q), :]

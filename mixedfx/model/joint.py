@@ -31,6 +31,8 @@ from mixedfx.model.families import Family
 __all__ = [
     "RESPONSE",
     "joint_log_prob",
+    "data_log_likelihood",
+    "random_effects_log_prior",
     "MixedModel",
     "ModelParameters",
     "ModelTensors",
@@ -164,6 +166,9 @@ class ModelTensors:
     dims: tuple[int, ...] = ()
     offset: tf.Tensor | None = None
     trials: tf.Tensor | None = None
+    #: Per-row weight of each row's log-likelihood term; ``None`` means all ones.  A
+    #: zero marks a padding row (rows padded to a multiple of the replica count).
+    row_weight: tf.Tensor | None = None
 
     @classmethod
     def from_model(cls, model: MixedModel, *, dtype=tf.float64) -> ModelTensors:
@@ -288,15 +293,11 @@ def build_joint_distribution(
     )
 
 
-def joint_log_prob(tensors: ModelTensors, effects, *, fixed_effects, random_scale_tril, family: Family, family_params):
-    """``log p(y, b)``: the value of :func:`build_joint_distribution`'s ``log_prob``.
+def random_effects_log_prior(effects, random_scale_tril, *, dtype):
+    """``log p(b)``: each level's coefficients ``MultivariateNormalTriL(0, scale_tril_k)``.
 
-    Computed directly from the same components, for the inference loop: a joint
-    distribution resolves its structure by tracing a sample of every component, and
-    some samplers (the negative binomial's gamma draws) cannot be compiled by XLA.
     ``effects`` may carry leading sample dimensions, which the result keeps.
     """
-    dtype = tensors.fixed_design.dtype
     total = 0.0
     for values, scale_tril in zip(effects, random_scale_tril):
         scale_tril = tf.convert_to_tensor(scale_tril, dtype=dtype)
@@ -306,7 +307,35 @@ def joint_log_prob(tensors: ModelTensors, effects, *, fixed_effects, random_scal
         else:
             prior = tfd.MultivariateNormalTriL(tf.zeros(tf.shape(scale_tril)[-1:], dtype=dtype), scale_tril)
             total = total + tf.reduce_sum(prior.log_prob(values), axis=-1)
+    return total
+
+
+def data_log_likelihood(tensors: ModelTensors, effects, *, fixed_effects, family: Family, family_params):
+    """``log p(y | b)``: the sum over rows of each row's log-likelihood (times its
+    ``row_weight`` when the tensors carry one).
+
+    The only part of :func:`joint_log_prob` that touches the rows, so the part a
+    sharded fit computes per shard and sums across replicas.
+    """
+    dtype = tensors.fixed_design.dtype
     eta = linear_predictor(tensors.fixed_design, tf.convert_to_tensor(fixed_effects, dtype=dtype), effects,
                            tensors.group_index, tensors.z, tensors.offset)
     likelihood = family.log_prob(eta, family_params, tensors.response, trials=tensors.trials)
-    return total + tf.reduce_sum(likelihood, axis=-1)
+    if tensors.row_weight is not None:
+        likelihood = likelihood * tensors.row_weight
+    return tf.reduce_sum(likelihood, axis=-1)
+
+
+def joint_log_prob(tensors: ModelTensors, effects, *, fixed_effects, random_scale_tril, family: Family, family_params):
+    """``log p(y, b)``: the value of :func:`build_joint_distribution`'s ``log_prob``.
+
+    Computed directly from the same components, for the inference loop: a joint
+    distribution resolves its structure by tracing a sample of every component, and
+    some samplers (the negative binomial's gamma draws) cannot be compiled by XLA.
+    ``effects`` may carry leading sample dimensions, which the result keeps.  It is
+    :func:`random_effects_log_prior` plus :func:`data_log_likelihood`.
+    """
+    dtype = tensors.fixed_design.dtype
+    prior = random_effects_log_prior(effects, random_scale_tril, dtype=dtype)
+    return prior + data_log_likelihood(tensors, effects, fixed_effects=fixed_effects, family=family,
+                                       family_params=family_params)
