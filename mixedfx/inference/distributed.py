@@ -181,13 +181,22 @@ class ShardedRows:
         all-reduce serves the whole nest.  With ``reuse``, the program is kept for
         later calls with the same ``fn`` (the call sites of a traced loop).
         """
-        compiled, layout = _packed(fn) if reuse else _packed.__wrapped__(fn)
-        per_replica = self.strategy.run(compiled, args=(self.shards, *args))
+        compiled = _compiled(fn) if reuse else _compiled.__wrapped__(fn)
+        layout = {}
+
+        def packed(shard, *rest):  # traced once per replica, with this call
+            out = compiled(shard, *rest)
+            flat = tf.nest.flatten(out)
+            layout.setdefault("nest", out)
+            layout.setdefault("shapes", [t.shape for t in flat])
+            return tf.concat([tf.reshape(t, [-1]) for t in flat], axis=0)
+
+        per_replica = self.strategy.run(packed, args=(self.shards, *args))
         total = self.strategy.reduce(_SUM, per_replica, axis=None)
         sizes = [int(np.prod(shape)) for shape in layout["shapes"]]
         parts = tf.split(total, sizes) if len(sizes) > 1 else [total]
         flat = [tf.reshape(part, shape) for part, shape in zip(parts, layout["shapes"])]
-        return tf.nest.pack_sequence_as(layout["structure"], flat)
+        return tf.nest.pack_sequence_as(layout["nest"], flat)
 
     def sum_with_gradient(self, fn, variables, *args):
         """``fn(shard, variables, *args)`` summed over shards, differentiable in ``variables``.
@@ -226,22 +235,10 @@ class ShardedRows:
 
 
 @functools.lru_cache(maxsize=64)
-def _packed(fn):
-    """``fn`` as an XLA program returning one flat vector, and the layout to unpack it.
-
-    Cached per function, so that every call site in a traced loop shares one program
-    (one XLA compilation per device).
-    """
-    layout = {}
-
-    def packed(shard, *args):
-        out = fn(shard, *args)
-        flat = tf.nest.flatten(out)
-        layout.setdefault("structure", out)
-        layout.setdefault("shapes", [t.shape for t in flat])
-        return tf.concat([tf.reshape(t, [-1]) for t in flat], axis=0)
-
-    return tf.function(packed, jit_compile=True, autograph=False), layout
+def _compiled(fn):
+    """``fn`` as an XLA program, kept per function so that every call site of a traced
+    loop shares it (one compilation per device and input shapes)."""
+    return tf.function(fn, jit_compile=True, autograph=False)
 
 
 @functools.lru_cache(maxsize=64)
@@ -525,14 +522,10 @@ def sharded_gaussian_marginal(model: MixedModel, params: ModelParameters, *, str
     """
     check_strategy(strategy, family=model.family)
     terms = model.random_terms
-    num_levels = [t.num_levels for t in terms]
-    dims = [t.dim for t in terms]
-    order = BlockSystem.order(num_levels, dims)
-    first, rest = order[0], order[1:]
-    offsets, width = {}, 0
-    for k in rest:
-        offsets[k] = width
-        width += num_levels[k] * dims[k]
+    num_levels = tuple(t.num_levels for t in terms)
+    dims = tuple(t.dim for t in terms)
+    first, width = BlockSystem.order(num_levels, dims)[0], sum(q * d for q, d in zip(num_levels, dims))
+    width -= num_levels[first] * dims[first]
     q1, d1 = num_levels[first], dims[first]
     if q1 * d1 * width + width * width > max_dense_entries:
         raise DenseBlockTooLarge(
@@ -541,6 +534,26 @@ def sharded_gaussian_marginal(model: MixedModel, params: ModelParameters, *, str
     scale_tril = [tf.constant(np.asarray(L, dtype=np.float64) / sigma) for L in params.random_scale_tril]
     beta = tf.constant(np.asarray(params.fixed_effects, dtype=np.float64))
     rows = ShardedRows(model, strategy)
+    sums = _marginal_sums(rows, num_levels, dims, beta, scale_tril)
+    sums = {name: value.numpy() for name, value in sums.items()}
+    system = BlockSystem.from_cross_products(num_levels, dims, sums["a11"], sums["a1r"], sums["arr"],
+                                             max_dense_entries=max_dense_entries)
+    return marginal_from_cross_products(system, sums["wtw"], sums["v1"], sums["vr"], params=params,
+                                        n_obs=model.n_obs, profile_fixed_effects=profile_fixed_effects)
+
+
+@functools.lru_cache(maxsize=16)
+def _marginal_cross_products(num_levels, dims):
+    """Per shard, the sums of :func:`sharded_gaussian_marginal`, for one term structure
+    (cached, so refits and repeated evaluations reuse the compiled program)."""
+    order = BlockSystem.order(num_levels, dims)
+    first, rest = order[0], order[1:]
+    offsets, width = {}, 0
+    for k in rest:
+        offsets[k] = width
+        width += num_levels[k] * dims[k]
+    q1, d1 = num_levels[first], dims[first]
+    terms = range(len(num_levels))
 
     def local(shard, beta, scale_tril):
         w = shard["row_weight"]
@@ -548,7 +561,7 @@ def sharded_gaussian_marginal(model: MixedModel, params: ModelParameters, *, str
         W = tf.concat([(shard["regression_response"] - tf.linalg.matvec(X, beta))[:, None], X], axis=1)
         m = W.shape[1]
         scaled, columns = {}, {}
-        for k in range(len(terms)):
+        for k in terms:
             z = shard.get(f"z_{k}")
             z = tf.ones_like(W[:, :1]) if z is None else z
             scaled[k] = tf.linalg.matmul(z, scale_tril[k])  # (rows, d_k)
@@ -581,9 +594,9 @@ def sharded_gaussian_marginal(model: MixedModel, params: ModelParameters, *, str
         out["vr"] = vr
         return out
 
-    sums = tf.function(lambda: rows.sum(local, beta, scale_tril, reuse=False), autograph=False)()
-    sums = {name: value.numpy() for name, value in sums.items()}
-    system = BlockSystem.from_cross_products(num_levels, dims, sums["a11"], sums["a1r"], sums["arr"],
-                                             max_dense_entries=max_dense_entries)
-    return marginal_from_cross_products(system, sums["wtw"], sums["v1"], sums["vr"], params=params,
-                                        n_obs=model.n_obs, profile_fixed_effects=profile_fixed_effects)
+    return local
+
+
+def _marginal_sums(rows, num_levels, dims, beta, scale_tril):
+    local = _marginal_cross_products(num_levels, dims)
+    return tf.function(lambda: rows.sum(local, beta, scale_tril), autograph=False)()
