@@ -2,13 +2,16 @@
 
 Logical devices must be configured before TensorFlow starts, and importing mixedfx
 starts it, so this script runs in its own process with ``MIXEDFX_CPU_DEVICES`` set
-(see mixedfx/_tf.py) and prints one JSON object.  The test makes the assertions.
+(see mixedfx/_tf.py) and prints one JSON object.  The test makes the assertions, and
+compares with the single-device fit of the same data and random_state that the suite
+shares (``crossed_small_fit``).
 
     MIXEDFX_CPU_DEVICES=4 python tests/distributed_check.py
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import tempfile
@@ -17,15 +20,29 @@ from pathlib import Path
 
 import numpy as np
 
-FORMULA = "y ~ x + (1 | g) + (1 | h)"
-TRUTH = {"Intercept": 1.0, "x": 0.5, "g": 0.8, "h": 0.5}
+FORMULA = "y ~ x + (1 | g1) + (1 | g2)"
+DATA = Path(__file__).parent / "fixtures" / "crossed_small.csv"  # lme4_crossed_small_ml.json is its lme4 fit
+
+
+def summary(fit) -> dict:
+    """What the test compares of a fit (tests/test_distributed.py calls it too)."""
+    return {"names": list(fit.fit_summary_.parameter_names), "estimate": fit.fit_summary_.estimate.tolist(),
+            "mcse": fit.fit_summary_.mcse.tolist(), "n_iter": int(fit.fit_summary_.n_iter),
+            "converged": bool(fit.fit_summary_.converged), "log_likelihood": float(fit.log_likelihood_),
+            "ranef_g1_index": [str(v) for v in fit.random_effects_["g1"].index],
+            "fixed_effects": fit.fixed_effects_.to_dict(),
+            "sds": fit.variance_components_.set_index("group")["sdcor"].to_dict()}
 
 
 def main() -> dict:
+    import pandas as pd
+
     import mixedfx
     from mixedfx._tf import tf
     from mixedfx.inference import distributed
+    from mixedfx.inference.mstep import gaussian_row_statistics
     from mixedfx.model import ModelParameters, gaussian_marginal
+    from mixedfx.model.joint import data_log_likelihood
 
     # a single-worker MultiWorkerMirroredStrategy sets up collective ops: first
     multi_worker = tf.distribute.MultiWorkerMirroredStrategy()
@@ -41,23 +58,12 @@ def main() -> dict:
 
     distributed.ShardedIterations.__call__ = counting_call
 
-    data = mixedfx.datasets.make_mixed_data(
-        2001, groups={"g": 30, "h": 8}, fixed_effects={"Intercept": TRUTH["Intercept"], "x": TRUTH["x"]},
-        random_sd={"g": TRUTH["g"], "h": TRUTH["h"]}, random_state=7)
+    data = pd.read_csv(DATA)
     out = {"devices": devices, "mirrored_replicas": mirrored.num_replicas_in_sync,
            "multi_worker_replicas": multi_worker.num_replicas_in_sync}
 
-    def summary(fit):
-        return {"names": list(fit.fit_summary_.parameter_names), "estimate": fit.fit_summary_.estimate.tolist(),
-                "mcse": fit.fit_summary_.mcse.tolist(), "n_iter": int(fit.fit_summary_.n_iter),
-                "converged": bool(fit.fit_summary_.converged), "log_likelihood": float(fit.log_likelihood_),
-                "ranef_g_index": [str(v) for v in fit.random_effects_["g"].index[:5]],
-                "ranef_g": fit.random_effects_["g"].iloc[:, 0].tolist()}
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the test reads convergence from the summaries
-        single = mixedfx.MixedEffectsRegressor(FORMULA, random_state=0, verbose=0).fit(data)
-        out["single"] = summary(single)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "data.parquet"
             data.assign(unused=0.0).to_parquet(path)
@@ -69,14 +75,18 @@ def main() -> dict:
         out["multi_worker"] = summary(worker)
         out["multi_worker_calls"] = list(replicas_used)
 
-    # The exact log-likelihood at given parameters: the fitted ones, and others away from them.
-    model = single.model_
-    fitted = single.model_parameters_
+    # The exact log-likelihood at given parameters: the fitted ones, and others away from
+    # them; on all rows, and without the last (rows padded to a multiple of the replicas).
+    model = sharded.model_
+    fitted = sharded.model_parameters_
     away = ModelParameters(fitted.fixed_effects + np.array([0.3, -0.2]),
                            tuple(L * f for L, f in zip(fitted.random_scale_tril, (1.7, 0.4))),
                            {"sigma": fitted.family_params["sigma"] * 1.3})
+    short = dataclasses.replace(
+        model, fixed_design=model.fixed_design[:-1], response=model.response[:-1],
+        random_terms=tuple(dataclasses.replace(t, group_index=t.group_index[:-1]) for t in model.random_terms))
     out["exact"] = []
-    for params in (fitted, away):
+    for model, params in ((model, fitted), (model, away), (short, away)):
         one = gaussian_marginal(model, params, profile_fixed_effects=False)
         row = {"single": [one.log_likelihood, one.profiled_log_likelihood, one.reml_log_likelihood]}
         for name, strategy in (("mirrored", mirrored), ("multi_worker", multi_worker)):
@@ -85,6 +95,51 @@ def main() -> dict:
             row[f"{name}_means_max_diff"] = float(max(np.max(np.abs(a - b)) for a, b in
                                                        zip(one.conditional_means, many.conditional_means)))
         out["exact"].append(row)
+
+    # The E-step's and M-step's sums on padded shards, against the same sums on all rows.
+    rows = distributed.ShardedRows(short, mirrored)
+    tensors = short.tensors()
+    effects = [tf.random.stateless_normal([2, t.num_levels, 1], [4, k], dtype=tf.float64) for k, t in
+               enumerate(short.random_terms)]
+    beta, free = tf.constant(fitted.fixed_effects), tf.constant([np.log(fitted.family_params["sigma"])])
+    family = short.family
+
+    def local(shard, effects, beta, free):
+        shard_tensors = distributed.ShardedRows.tensors(shard, [t.num_levels for t in short.random_terms],
+                                                        short.keys, [1, 1])
+        return data_log_likelihood(shard_tensors, effects, fixed_effects=beta, family=family,
+                                   family_params=family.constrain(free))
+
+    @tf.function(autograph=False)
+    def sharded_sums():
+        with tf.GradientTape() as tape:
+            tape.watch(effects)
+            value = rows.sum_with_gradient(local, effects, beta, free)
+        statistics = rows.sum(lambda shard, effects: gaussian_row_statistics(
+            effects, fixed_design=shard["fixed_design"], response=shard["regression_response"],
+            group_index=(shard["group_index_0"], shard["group_index_1"]), z=(None, None),
+            row_weight=shard["row_weight"]), effects)
+        return value, tape.gradient(value, effects), statistics
+
+    with tf.GradientTape() as tape:
+        tape.watch(effects)
+        value = data_log_likelihood(tensors, effects, fixed_effects=beta, family=family,
+                                    family_params=family.constrain(free))
+    gradient = tape.gradient(value, effects)
+    statistics = gaussian_row_statistics(effects, fixed_design=tensors.fixed_design, response=tensors.response,
+                                         group_index=tensors.group_index, z=tensors.z)
+    many_value, many_gradient, many_statistics = sharded_sums()
+
+    def relative(a, b):
+        a, b = np.asarray(a), np.asarray(b)
+        return float(np.max(np.abs(a - b)) / np.max(np.abs(a)))
+
+    out["padded"] = {
+        "rows_per_replica": rows.rows_per_replica, "n_rows": rows.n_rows,
+        "log_likelihood": relative(value, many_value),
+        "gradient": max(relative(a, b) for a, b in zip(gradient, many_gradient)),
+        "statistics": max(relative(statistics[k], many_statistics[k]) for k in statistics),
+    }
     return out
 
 

@@ -1,0 +1,170 @@
+"""Sharded fits on tf.distribute, and Parquet/Arrow input.
+
+The multi-device checks run tests/distributed_check.py in a subprocess with four logical
+CPU devices (``MIXEDFX_CPU_DEVICES=4``): logical devices must be configured before
+TensorFlow starts, which importing mixedfx does, so the rest of the suite keeps its
+single device.  The script fits crossed_small on a MirroredStrategy over the four
+devices (read from a Parquet file) and on a single-worker MultiWorkerMirroredStrategy,
+with the random_state of the suite's single-device fit (``crossed_small_fit``), and
+evaluates the exact log-likelihood both ways.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+import mixedfx
+from mixedfx import DataError, MixedEffectsRegressor, ParameterError
+from mixedfx._tf import tf
+from mixedfx.design import read_arrow
+
+from conftest import lme4_fixed_effects, lme4_fixed_effects_se, lme4_sds, load_lme4
+from distributed_check import summary
+
+HERE = Path(__file__).parent
+FORMULA = "y ~ x + (1 | g1) + (1 | g2)"
+
+#: Sharded and single-device fits with the same random_state draw the same random numbers,
+#: but sum in a different order (per shard, then across replicas), and HMC amplifies
+#: rounding differences: the two are equal within Monte Carlo error, not bitwise.  The
+#: tolerance is four combined Monte Carlo standard errors of the two fits' estimates.
+MC_ERRORS = 4.0
+
+
+@pytest.fixture(scope="module")
+def sharded():
+    env = {**os.environ, "MIXEDFX_CPU_DEVICES": "4", "PYTHONPATH": os.pathsep.join(
+        [str(HERE.parent)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
+    done = subprocess.run([sys.executable, str(HERE / "distributed_check.py")], env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_the_sharded_fits_ran_on_their_replicas(sharded):
+    assert sharded["devices"] == [f"/device:CPU:{k}" for k in range(4)]
+    assert sharded["mirrored_replicas"] == 4 and sharded["multi_worker_replicas"] == 1
+    # every compiled call of the EM loop went through the sharded path, on that many replicas
+    assert sharded["sharded_calls"] and set(sharded["sharded_calls"]) == {4}
+    assert sharded["multi_worker_calls"] and set(sharded["multi_worker_calls"]) == {1}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["sharded", "multi_worker"])
+def test_a_sharded_fit_matches_the_single_device_fit(sharded, strategy, crossed_small_fit):
+    one, many = summary(crossed_small_fit), sharded[strategy]
+    assert one["converged"] and many["converged"]
+    assert one["names"] == many["names"]
+    estimate, other = np.array(one["estimate"]), np.array(many["estimate"])
+    mc_error = np.hypot(one["mcse"], many["mcse"])
+    assert np.all(np.abs(estimate - other) <= MC_ERRORS * mc_error), dict(
+        zip(one["names"], (np.abs(estimate - other) / mc_error).round(2)))
+    # the ML log-likelihood is flat at its maximum: both fits sit within 0.01 of each other
+    assert many["log_likelihood"] == pytest.approx(one["log_likelihood"], abs=0.01)
+    # a model read from Parquet has the DataFrame's levels in the same order
+    assert many["ranef_g1_index"] == one["ranef_g1_index"]
+
+
+@pytest.mark.slow
+def test_the_sharded_fit_matches_lme4(sharded):
+    reference = load_lme4("crossed_small_ml")
+    fit = sharded["sharded"]
+    ref_sds = lme4_sds(reference)
+    for group in ("g1", "g2", "Residual"):
+        assert fit["sds"][group] == pytest.approx(ref_sds[group], rel=0.02), group
+    distance = (pd.Series(fit["fixed_effects"]) - lme4_fixed_effects(reference)) / lme4_fixed_effects_se(reference)
+    assert np.all(np.abs(distance) < 0.25), distance
+    assert fit["log_likelihood"] == pytest.approx(reference["logLik"], abs=0.5)
+
+
+@pytest.mark.slow
+def test_the_exact_log_likelihood_from_sharded_sums_equals_the_single_device_one(sharded):
+    # at the fitted parameters, away from them, and on 1,499 rows (the last shard padded)
+    assert len(sharded["exact"]) == 3
+    for row in sharded["exact"]:
+        for strategy in ("mirrored", "multi_worker"):
+            # ML, profiled ML and REML log-likelihoods
+            np.testing.assert_allclose(row[strategy], row["single"], rtol=1e-6, atol=0)
+            assert row[f"{strategy}_means_max_diff"] < 1e-9
+    assert sharded["exact"][0]["single"][0] != sharded["exact"][1]["single"][0]
+
+
+@pytest.mark.slow
+def test_padded_shards_leave_the_e_and_m_step_sums_unchanged(sharded):
+    padded = sharded["padded"]
+    assert padded["n_rows"] == 1499 and padded["rows_per_replica"] == 375  # one padding row
+    for name in ("log_likelihood", "gradient", "statistics"):
+        assert padded[name] < 1e-12, name
+
+
+# -- validation, in this process --------------------------------------------------------------
+def test_distribute_must_be_a_strategy(crossed_small):
+    with pytest.raises(ParameterError, match="distribute must be a tf.distribute.Strategy .* got 'gpu'"):
+        MixedEffectsRegressor(FORMULA, distribute="gpu", verbose=0).fit(crossed_small)
+
+
+def test_distribute_is_for_the_gaussian_family(crossed_small):
+    data = crossed_small.assign(count=(crossed_small["y"] > 2).astype(int))
+    with pytest.raises(ParameterError, match="distribute= fits the Gaussian family only for now .*'poisson'"):
+        MixedEffectsRegressor("count ~ x + (1 | g1)", family="poisson", distribute=tf.distribute.get_strategy(),
+                              verbose=0).fit(data)
+
+
+def test_a_strategy_is_not_pickled():
+    strategy = tf.distribute.get_strategy()
+    model = MixedEffectsRegressor(FORMULA, distribute=strategy)
+    restored = pickle.loads(pickle.dumps(model))
+    assert restored.distribute is None and model.distribute is strategy
+    assert restored.get_params()["formula"] == FORMULA
+
+
+# -- Parquet and Arrow input ------------------------------------------------------------------
+def test_read_arrow_reads_only_the_named_columns_with_sorted_levels(tmp_path):
+    table = pa.table({"y": [1.0, 2.0, 3.0, 4.0], "x": [0.1, 0.2, 0.3, 0.4], "xx": [9, 9, 9, 9],
+                      "g1": ["b", "c", "a", "b"], "g2": pa.array(["s2", "s1", "s2", "s1"]).dictionary_encode()})
+    path = tmp_path / "d.parquet"
+    import pyarrow.parquet as pq
+
+    pq.write_table(table, path)
+    frame = read_arrow(path, formula=FORMULA, grouping=["g1", "g2"])
+    assert list(frame.columns) == ["y", "x", "g1", "g2"]  # not xx, whose name contains x
+    assert list(frame["g1"].cat.categories) == ["a", "b", "c"]
+    assert frame["g1"].cat.codes.tolist() == [1, 2, 0, 1]
+    # a dictionary column keeps its dictionary's order (as a categorical keeps its categories')
+    assert list(frame["g2"].cat.categories) == ["s2", "s1"] and frame["g2"].cat.codes.tolist() == [0, 1, 0, 1]
+
+
+def test_fit_from_an_arrow_table_equals_the_dataframe_fit(crossed_small, crossed_small_fit):
+    table = pa.Table.from_pandas(crossed_small.assign(unused="z"), preserve_index=False)
+    model = MixedEffectsRegressor(FORMULA, random_state=0, verbose=0).fit(table)
+    pd.testing.assert_series_equal(model.fixed_effects_, crossed_small_fit.fixed_effects_)
+    pd.testing.assert_frame_equal(model.random_effects_["g1"], crossed_small_fit.random_effects_["g1"])
+    np.testing.assert_allclose(model.predict(table.slice(0, 5)), crossed_small_fit.predict(crossed_small.head()))
+
+
+def test_missing_grouping_values_in_arrow_input_name_the_column(crossed_small):
+    table = pa.Table.from_pandas(crossed_small, preserve_index=False)
+    g1 = table.column("g1").to_pylist()
+    g1[3] = None
+    table = table.set_column(table.column_names.index("g1"), "g1", pa.array(g1))
+    with pytest.raises(DataError, match="grouping column 'g1' has 1 missing value"):
+        MixedEffectsRegressor(FORMULA, verbose=0).fit(table)
+
+
+def test_an_unreadable_parquet_path_is_a_data_error(tmp_path):
+    bad = tmp_path / "not.parquet"
+    bad.write_text("not parquet")
+    with pytest.raises(DataError, match="cannot read .*not.parquet.* as Parquet"):
+        MixedEffectsRegressor(FORMULA, verbose=0).fit(str(bad))
+    assert mixedfx.design.is_arrow_source([str(bad)])
