@@ -88,7 +88,7 @@ class _MixedEffectsModel(BaseEstimator):
                 "as glmer does)"
             )
         if self._distribute() is not None:
-            check_strategy(self._distribute(), family=family)
+            check_strategy(self._distribute())
         if family.name not in self._families:
             other = "MixedEffectsClassifier" if family.is_classification else "MixedEffectsRegressor"
             raise ParameterError(
@@ -727,6 +727,14 @@ _PARAMETERS_DOC = """
     verbose : int, default 1
         ``0`` is silent; ``1`` shows a progress bar on fits that take more than two
         seconds.
+    distribute : tf.distribute.Strategy, optional
+        Fit on several devices: a :class:`tf.distribute.MirroredStrategy` (the GPUs of
+        one host) or a :class:`tf.distribute.MultiWorkerMirroredStrategy` (several
+        hosts).  The rows are sharded across the replicas, each computes its shard's
+        log-likelihood, gradient and M-step sums, and the sums are all-reduced; the
+        parameters and random effects are replicated (see :doc:`/scaling`).  ``None``
+        (the default) fits on one device.  A strategy is not pickled with the
+        estimator.
 """
 
 _ATTRIBUTES_DOC = """
@@ -807,14 +815,6 @@ class MixedEffectsRegressor(RegressorMixin, _MixedEffectsModel):
         (lme4's ``anova`` refits REML models with ML for that reason).  REML's
         variance estimates are less biased in small samples: the residual variance
         is divided by ``n - p`` instead of ``n``, in effect.
-    distribute : tf.distribute.Strategy, optional
-        Fit on several devices: a :class:`tf.distribute.MirroredStrategy` (the GPUs of
-        one host) or a :class:`tf.distribute.MultiWorkerMirroredStrategy` (several
-        hosts).  The rows are sharded across the replicas, each computes its shard's
-        log-likelihood, gradient and M-step sums, and the sums are all-reduced; the
-        parameters and random effects are replicated (see :doc:`/scaling`).  Gaussian
-        family only.  ``None`` (the default) fits on one device.  A strategy is not
-        pickled with the estimator.
     %(parameters)s
     Attributes
     ----------
@@ -1067,6 +1067,7 @@ class MixedEffectsClassifier(ClassifierMixin, _MixedEffectsModel):
         stopping_rule=None,
         random_state=None,
         verbose=1,
+        distribute=None,
     ):
         self.formula = formula
         self.family = family
@@ -1079,6 +1080,7 @@ class MixedEffectsClassifier(ClassifierMixin, _MixedEffectsModel):
         self.stopping_rule = stopping_rule
         self.random_state = random_state
         self.verbose = verbose
+        self.distribute = distribute
 
     def _prepare_response(self, family, raw, trials):
         values = pd.Series(raw)

@@ -6,7 +6,7 @@ starts it, so this script runs in its own process with ``MIXEDFX_CPU_DEVICES`` s
 compares with the single-device fit of the same data and random_state that the suite
 shares (``crossed_small_fit``).
 
-    MIXEDFX_CPU_DEVICES=4 python tests/distributed_check.py
+    MIXEDFX_CPU_DEVICES=3 python tests/distributed_check.py
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import numpy as np
 
 FORMULA = "y ~ x + (1 | g1) + (1 | g2)"
 DATA = Path(__file__).parent / "fixtures" / "crossed_small.csv"  # lme4_crossed_small_ml.json is its lme4 fit
+POISSON = Path(__file__).parent / "fixtures" / "poisson_crossed.csv"  # glmm_poisson_crossed.json: glmer's fit
 
 
 def summary(fit) -> dict:
@@ -74,6 +75,17 @@ def main() -> dict:
         worker = mixedfx.MixedEffectsRegressor(FORMULA, random_state=0, verbose=0, distribute=multi_worker).fit(data)
         out["multi_worker"] = summary(worker)
         out["multi_worker_calls"] = list(replicas_used)
+        # a GLM with an offset, on 2,000 rows: on three replicas the last shard is padded
+        replicas_used.clear()
+        counts = pd.read_csv(POISSON)
+        poisson = mixedfx.glmer("y ~ x + offset(np.log(exposure)) + (1 | g1) + (1 | g2)", counts, family="poisson",
+                                tol=0.05, random_state=0, verbose=0, distribute=mirrored)
+        out["poisson"] = {"fixed_effects": poisson.fixed_effects_.to_dict(),
+                          "fixed_effects_se": np.sqrt(np.diag(poisson.fixed_effects_cov_)).tolist(),
+                          "sds": poisson.variance_components_.set_index("group")["sdcor"].to_dict(),
+                          "converged": bool(poisson.fit_summary_.converged),
+                          "log_likelihood": float(poisson.log_likelihood_), "rows": len(counts)}
+        out["poisson_calls"] = list(replicas_used)
 
     # The exact log-likelihood at given parameters: the fitted ones, and others away from
     # them; on all rows, and without the last (rows padded to a multiple of the replicas).

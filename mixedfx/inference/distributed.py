@@ -25,8 +25,11 @@ flow *within* a replica function (MirroredStrategy's ``merge_call`` refuses it).
 the loop runs in cross-replica context and calls ``strategy.run`` at each evaluation,
 the pattern of TensorFlow's custom training loops.
 
-The sharded path covers the Gaussian family, by ML and by REML; the other families'
-Newton M-step is not sharded yet.
+Every family is sharded: the Gaussian M-step's cross-products, and the other families'
+Newton M-step, whose gradient, Hessian and objective are sums over rows and draws.
+After the fit, the Gaussian family's exact likelihood is computed from sharded sums
+(:func:`sharded_gaussian_marginal`); the other families' Laplace and importance-sampling
+likelihood still runs on the host, from all rows.
 """
 
 from __future__ import annotations
@@ -41,7 +44,9 @@ from mixedfx.inference.estep import Centering, hmc_e_step, prior_precision_diago
 from mixedfx.inference.mstep import (
     Expansion,
     covariance_update,
+    expansion_columns,
     gaussian_regression,
+    glm_regression,
     gaussian_row_statistics,
     moment_statistics,
     rao_blackwell_corrections,
@@ -65,15 +70,13 @@ __all__ = ["ShardedRows", "check_strategy", "sharded_gaussian_marginal"]
 _SUM = tf.distribute.ReduceOp.SUM
 
 
-def check_strategy(strategy, *, family=None) -> None:
+def check_strategy(strategy) -> None:
     """Raise :class:`~mixedfx.ParameterError` unless ``strategy`` can run a sharded fit.
 
     Parameters
     ----------
     strategy : object
         Should be a :class:`tf.distribute.Strategy`.
-    family : Family, optional
-        The model's family; the sharded path fits the Gaussian family.
 
     Examples
     --------
@@ -87,11 +90,6 @@ def check_strategy(strategy, *, family=None) -> None:
         raise ParameterError(
             "distribute must be a tf.distribute.Strategy (MirroredStrategy, MultiWorkerMirroredStrategy), "
             f"got {strategy!r}"
-        )
-    if family is not None and not isinstance(family, Gaussian):
-        raise ParameterError(
-            f"distribute= fits the Gaussian family only for now (family={family.name!r}): the Newton M-step of the "
-            "other families is not sharded; fit it on one device (distribute=None)"
         )
 
 
@@ -288,8 +286,7 @@ def _sharded_iterations(config, strategy):
 
     n_iter = config.iterations_per_call
     family = config.family
-    if not isinstance(family, Gaussian):
-        raise ParameterError(f"the sharded fit needs the Gaussian family, not {family.name!r}")
+    gaussian = isinstance(family, Gaussian)
     num_levels, keys, dims = config.num_levels, config.keys, config.dims
 
     def shard_tensors(shard):
@@ -355,7 +352,10 @@ def _sharded_iterations(config, strategy):
                 return prior + rows.sum_with_gradient(local_log_likelihood, effects, beta_for(effects), free)
 
             def statistics(current):
-                stats = rows.sum(local_statistics, list(current), beta_for(current), free)
+                if gaussian:
+                    stats = rows.sum(local_statistics, list(current), beta_for(current), free)
+                else:
+                    stats = {"log_likelihood": rows.sum(local_log_likelihood, list(current), fixed_effects, free)}
                 log_likelihood = stats.pop("log_likelihood")
                 if config.reml:
                     stats.update(reml_statistics(stats, dims=dims, fixed_xtx_inv=data["xtx_inv"]))
@@ -386,14 +386,26 @@ def _sharded_iterations(config, strategy):
                     stats, roots=centering.roots, variances=variances, rows_per_level=rows_per_level,
                     children_per_level=children_per_level, dims=dims,
                 )
-            reml = None
-            if config.reml:
-                reml = {"xtx_inv": data["xtx_inv"], "sigma": tf.reshape(family_params["sigma"], [])}
-            regression_beta, scale_matrix, sigma = gaussian_regression(
-                stats, fixed_xtx=data["xtx"], fixed_xty=data["xty"], response_ss=data["yty"], n_obs=n_obs,
-                dims=dims, reml=reml,
-            )
-            new_free = tf.math.log(sigma)[None]
+            if gaussian:
+                reml = None
+                if config.reml:
+                    reml = {"xtx_inv": data["xtx_inv"], "sigma": tf.reshape(family_params["sigma"], [])}
+                regression_beta, scale_matrix, sigma = gaussian_regression(
+                    stats, fixed_xtx=data["xtx"], fixed_xty=data["xty"], response_ss=data["yty"], n_obs=n_obs,
+                    dims=dims, reml=reml,
+                )
+                new_free = tf.math.log(sigma)[None]
+            else:
+                flat_draws = [tf.reshape(d, tf.concat([[-1], tf.shape(d)[2:]], 0)) for d in e_step.draws]
+
+                def newton_sums(fn, *args):
+                    return rows.sum(_newton_rows(fn, len(num_levels)), flat_draws, *args)
+
+                regression_beta, scale_matrix, new_free = glm_regression(
+                    None, fixed_design=None, response=None, trials=None, offset=None, family=family,
+                    fixed_effects=fixed_effects, free=free, dims=dims, sums=newton_sums,
+                    n_draws=config.n_draws * int(state[0].shape[0]),
+                )
             new_beta, new_scale_tril, location = covariance_update(
                 stats, fixed_effects=regression_beta, scale_matrix=scale_matrix, num_levels=num_levels,
                 dims=dims, expansions=expansions,
@@ -438,6 +450,22 @@ def _sharded_iterations(config, strategy):
     return run
 
 
+@functools.lru_cache(maxsize=64)
+def _newton_rows(fn, n_terms):
+    """A Newton-step sum of :func:`~mixedfx.inference.mstep.glm_regression` on a shard: the
+    expansion regressors of the draws built from the shard's rows."""
+
+    def local(shard, flat_draws, *args):
+        group_index = tuple(shard[f"group_index_{k}"] for k in range(n_terms))
+        z = tuple(shard.get(f"z_{k}") for k in range(n_terms))
+        rows = {"parts": expansion_columns(flat_draws, group_index, z), "fixed_design": shard["fixed_design"],
+                "response": shard["response"], "trials": shard.get("trials"), "offset": shard.get("offset"),
+                "row_weight": shard["row_weight"]}
+        return fn(rows, *args)
+
+    return local
+
+
 class _Rows:
     """:class:`ShardedRows`' sums inside the loop's graph, over the shards it was given."""
 
@@ -458,7 +486,7 @@ class ShardedIterations:
     """
 
     def __init__(self, config, model: MixedModel, strategy):
-        check_strategy(strategy, family=model.family)
+        check_strategy(strategy)
         self.rows = ShardedRows(model, strategy)
         self.run = _sharded_iterations(config, strategy)
         sums = {name: value.numpy() for name, value in _setup_sums(self.rows, config).items()}
@@ -520,7 +548,9 @@ def sharded_gaussian_marginal(model: MixedModel, params: ModelParameters, *, str
     >>> round(marginal.log_likelihood, 4)
     -6.7744
     """
-    check_strategy(strategy, family=model.family)
+    check_strategy(strategy)
+    if not isinstance(model.family, Gaussian):
+        raise ParameterError(f"the exact marginal likelihood is the Gaussian family's, not {model.family.name!r}'s")
     terms = model.random_terms
     num_levels = tuple(t.num_levels for t in terms)
     dims = tuple(t.dim for t in terms)

@@ -29,6 +29,7 @@ same for every family (:func:`covariance_update`): ``Sigma_k`` is the mean of
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from mixedfx._tf import tf
@@ -249,7 +250,7 @@ def gaussian_regression(statistics, *, fixed_xtx, fixed_xty, response_ss, n_obs,
 
 
 def glm_regression(parts, *, fixed_design, response, trials, offset, family, fixed_effects, free, dims,
-                   n_newton=2, max_halvings=20):
+                   n_newton=2, max_halvings=20, sums=None, n_draws=None):
     """Any family's part of the expanded M-step: Newton's method on the expected
     log-likelihood over the draws.
 
@@ -268,6 +269,14 @@ def glm_regression(parts, *, fixed_design, response, trials, offset, family, fix
         :func:`expansion_columns` of every draw.
     free : Tensor
         The family's unconstrained parameters.
+    sums : callable, optional
+        For a sharded fit: ``sums(fn, *args)`` returns ``fn(rows, *args)`` summed over
+        the shards, where ``rows`` is a shard's dict of ``parts``, ``fixed_design``,
+        ``response``, ``trials``, ``offset`` and ``row_weight``.  Every quantity of the
+        Newton steps is such a sum.  ``parts``, ``fixed_design``, ``response``,
+        ``trials`` and ``offset`` are then unused, and ``n_draws`` is required.
+    n_draws : int, optional
+        The draws in ``parts`` (by default its leading dimension).
 
     Returns
     -------
@@ -275,18 +284,22 @@ def glm_regression(parts, *, fixed_design, response, trials, offset, family, fix
     scale_matrix : list of Tensor
     free : Tensor
     """
-    dtype = fixed_design.dtype
-    p = fixed_design.shape[1]
-    base = tf.zeros_like(response) if offset is None else offset
-    n_draws = tf.cast(tf.shape(parts)[0], dtype)
+    dtype = fixed_effects.dtype
+    p = fixed_effects.shape[0]
+    if sums is None:
+        rows = {"parts": parts, "fixed_design": fixed_design, "response": response, "trials": trials,
+                "offset": offset, "row_weight": None}
 
-    def linear(theta):
-        beta, coefficients = theta[:p], theta[p:]
-        return tf.linalg.matvec(fixed_design, beta)[None, :] + base[None, :] + tf.einsum("snm,m->sn", parts, coefficients)
+        def sums(fn, *args):
+            return fn(rows, *args)
+
+        n_draws = tf.cast(tf.shape(parts)[0], dtype)
+    else:
+        n_draws = tf.cast(n_draws, dtype)
+    pieces = _newton_pieces(family, p)
 
     def objective(theta, u):
-        log_prob = family.log_prob(linear(theta), family.constrain(u), response, trials=trials)
-        return tf.reduce_sum(log_prob) / n_draws
+        return sums(pieces.objective, theta, u) / n_draws
 
     def improve(value, current, step, evaluate):
         """Halve ``step`` until ``evaluate(current + scale * step)`` is at least ``value``."""
@@ -315,30 +328,13 @@ def glm_regression(parts, *, fixed_design, response, trials, offset, family, fix
         return step
 
     def step_linear(theta, u):
-        eta = linear(theta)
-        natural = family.constrain(u)
-        with tf.GradientTape() as outer:
-            outer.watch(eta)
-            with tf.GradientTape() as inner:
-                inner.watch(eta)
-                total = tf.reduce_sum(family.log_prob(eta, natural, response, trials=trials))
-            score = inner.gradient(total, eta)  # each row's own derivative
-        curvature = outer.gradient(score, eta)
-        regressors = tf.concat([tf.broadcast_to(fixed_design[None], tf.concat([tf.shape(parts)[:2], [p]], 0)), parts],
-                               axis=-1)  # [draws, rows, p + m]
-        gradient = tf.einsum("sn,snk->k", score, regressors) / n_draws
-        hessian = tf.einsum("sn,snk,snl->kl", curvature, regressors, regressors) / n_draws
-        value = total / n_draws
+        total = sums(pieces.linear_sums, theta, u)
+        gradient, hessian, value = (total[name] / n_draws for name in ("gradient", "hessian", "value"))
         return improve(value, theta, newton_direction(gradient, hessian), lambda t: objective(t, u))
 
     def step_family(theta, u):
-        with tf.GradientTape() as outer:
-            outer.watch(u)
-            with tf.GradientTape() as inner:
-                inner.watch(u)
-                value = objective(theta, u)
-            gradient = inner.gradient(value, u)
-        hessian = outer.jacobian(gradient, u, experimental_use_pfor=True)
+        total = sums(pieces.family_sums, theta, u)
+        value, gradient, hessian = (total[name] / n_draws for name in ("value", "gradient", "hessian"))
         # the family's parameters are on an unconstrained (log-like) scale: at most one
         # unit per step, since the likelihood can flatten out far from the optimum
         return improve(value, u, newton_direction(gradient, hessian, max_step=1.0), lambda v: objective(theta, v))
@@ -352,6 +348,62 @@ def glm_regression(parts, *, fixed_design, response, trials, offset, family, fix
     theta0 = tf.concat([fixed_effects, identity_coefficients(dims, dtype)], axis=0)
     _, theta, u = tf.while_loop(lambda i, theta, u: i < n_newton, newton, (0, theta0, free))
     return theta[:p], _scale_matrices(theta[p:], dims), u
+
+
+@dataclass(frozen=True)
+class _NewtonPieces:
+    """The sums over rows (and draws) of :func:`glm_regression`, each ``fn(rows, theta, u)``."""
+
+    objective: object
+    linear_sums: object
+    family_sums: object
+
+
+@functools.lru_cache(maxsize=32)
+def _newton_pieces(family, p: int) -> _NewtonPieces:
+    """:func:`glm_regression`'s sums for one family and fixed-effect count (the same
+    functions every time, so that a sharded fit compiles each once)."""
+
+    def linear(rows, theta):
+        beta, coefficients = theta[:p], theta[p:]
+        base = tf.zeros_like(rows["response"]) if rows["offset"] is None else rows["offset"]
+        return (tf.linalg.matvec(rows["fixed_design"], beta)[None, :] + base[None, :]
+                + tf.einsum("snm,m->sn", rows["parts"], coefficients))
+
+    def log_prob(rows, eta, natural):
+        value = family.log_prob(eta, natural, rows["response"], trials=rows["trials"])
+        return value if rows["row_weight"] is None else value * rows["row_weight"]
+
+    def objective(rows, theta, u):
+        return tf.reduce_sum(log_prob(rows, linear(rows, theta), family.constrain(u)))
+
+    def linear_sums(rows, theta, u):
+        eta = linear(rows, theta)
+        natural = family.constrain(u)
+        with tf.GradientTape() as outer:
+            outer.watch(eta)
+            with tf.GradientTape() as inner:
+                inner.watch(eta)
+                total = tf.reduce_sum(log_prob(rows, eta, natural))
+            score = inner.gradient(total, eta)  # each row's own derivative
+        curvature = outer.gradient(score, eta)
+        parts = rows["parts"]
+        regressors = tf.concat(
+            [tf.broadcast_to(rows["fixed_design"][None], tf.concat([tf.shape(parts)[:2], [p]], 0)), parts],
+            axis=-1)  # [draws, rows, p + m]
+        return {"value": total, "gradient": tf.einsum("sn,snk->k", score, regressors),
+                "hessian": tf.einsum("sn,snk,snl->kl", curvature, regressors, regressors)}
+
+    def family_sums(rows, theta, u):
+        with tf.GradientTape() as outer:
+            outer.watch(u)
+            with tf.GradientTape() as inner:
+                inner.watch(u)
+                value = objective(rows, theta, u)
+            gradient = inner.gradient(value, u)
+        return {"value": value, "gradient": gradient, "hessian": outer.jacobian(gradient, u, experimental_use_pfor=True)}
+
+    return _NewtonPieces(objective, linear_sums, family_sums)
 
 
 def covariance_update(statistics, *, fixed_effects, scale_matrix, num_levels, dims, expansions):
