@@ -3,7 +3,8 @@
 Throughput: one synthetic data set, ``y ~ x + (1 | g1) + (1 | g2)`` on ``make_mixed_data``
 rows, fitted by a fixed number of EM iterations on one device (the single-device XLA
 program, ``distribute=None``) and on a ``MirroredStrategy`` over 1, 2 and 4 logical CPU
-devices (``MIXEDFX_CPU_DEVICES``), each in its own process.  After a first fit that
+devices (``MIXEDFX_CPU_DEVICES``), each in its own process; on a machine with GPUs, over
+its first 1, 2 and 4 GPUs instead (the table names the card).  After a first fit that
 compiles, the EM loop alone (:func:`~mixedfx.inference.fit_mcem`) is timed; throughput
 is rows x iterations / seconds, the rows each EM iteration processes per second (every
 iteration evaluates the log-likelihood and its gradient on every row about 140 times:
@@ -51,9 +52,13 @@ def throughput_child(n_rows: int, devices: int, sharded: bool, n_iter: int) -> d
     from mixedfx.inference import FixedIterations, MCEMOptions, fit_mcem
 
     data, groups = make_data(n_rows)
-    strategy = None
-    if sharded:
-        strategy = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:  # the first `devices` GPUs; otherwise the logical CPU devices
+        kind = tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
+        names = [d.name for d in tf.config.list_logical_devices("GPU")][:devices]
+    else:
+        kind, names = "logical CPU", [d.name for d in tf.config.list_logical_devices("CPU")]
+    strategy = tf.distribute.MirroredStrategy(names) if sharded else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         started = time.perf_counter()
@@ -67,7 +72,7 @@ def throughput_child(n_rows: int, devices: int, sharded: bool, n_iter: int) -> d
         result = fit_mcem(model.model_, options=options, stopping_rule=rule, seed=[repeat, 1], distribute=strategy)
         seconds.append(result.summary.elapsed_seconds)
     best = min(seconds)
-    return {"rows": n_rows, "levels": groups, "devices": devices, "sharded": sharded,
+    return {"rows": n_rows, "levels": groups, "devices": devices, "sharded": sharded, "kind": kind,
             "replicas": 1 if strategy is None else strategy.num_replicas_in_sync, "iterations": n_iter,
             "seconds": best, "seconds_per_iteration": best / n_iter, "row_iterations_per_second": n_rows * n_iter / best,
             "first_fit_seconds": first_fit, "estimate": result.summary.estimate.tolist()}
@@ -155,7 +160,8 @@ def main(argv=None):
         child = ["--child", "throughput", "--rows", str(args.rows), "--iterations", str(args.iterations)]
         result = run_child(child + (["--sharded"] if sharded else []), env={"MIXEDFX_CPU_DEVICES": str(devices)})
         results["throughput"].append(result)
-        name = f"MirroredStrategy, {devices} logical CPU" if sharded else "one device (XLA program, no strategy)"
+        kind = result.get("kind", "logical CPU")
+        name = f"MirroredStrategy, {devices} {kind}" if sharded else "one device (XLA program, no strategy)"
         if "error" in result:
             print(f"{name:<38} {result['error']}")
             continue
