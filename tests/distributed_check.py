@@ -7,12 +7,14 @@ compares with the single-device fit of the same data and random_state that the s
 shares (``crossed_small_fit``).
 
     MIXEDFX_CPU_DEVICES=3 python tests/distributed_check.py
+    python tests/distributed_check.py --worker 0 PORT0,PORT1 & python tests/distributed_check.py --worker 1 PORT0,PORT1
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import tempfile
 import warnings
@@ -23,6 +25,7 @@ import numpy as np
 FORMULA = "y ~ x + (1 | g1) + (1 | g2)"
 DATA = Path(__file__).parent / "fixtures" / "crossed_small.csv"  # lme4_crossed_small_ml.json is its lme4 fit
 POISSON = Path(__file__).parent / "fixtures" / "poisson_crossed.csv"  # glmm_poisson_crossed.json: glmer's fit
+SLEEPSTUDY = Path(__file__).parent / "fixtures" / "sleepstudy.csv"  # lme4_results.json: lmer's REML fit
 
 
 def summary(fit) -> dict:
@@ -45,8 +48,6 @@ def main() -> dict:
     from mixedfx.model import ModelParameters, gaussian_marginal
     from mixedfx.model.joint import data_log_likelihood
 
-    # a single-worker MultiWorkerMirroredStrategy sets up collective ops: first
-    multi_worker = tf.distribute.MultiWorkerMirroredStrategy()
     devices = [d.name for d in tf.config.list_logical_devices("CPU")]
     mirrored = tf.distribute.MirroredStrategy(devices)
 
@@ -60,8 +61,7 @@ def main() -> dict:
     distributed.ShardedIterations.__call__ = counting_call
 
     data = pd.read_csv(DATA)
-    out = {"devices": devices, "mirrored_replicas": mirrored.num_replicas_in_sync,
-           "multi_worker_replicas": multi_worker.num_replicas_in_sync}
+    out = {"devices": devices, "mirrored_replicas": mirrored.num_replicas_in_sync}
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the test reads convergence from the summaries
@@ -71,10 +71,6 @@ def main() -> dict:
             sharded = mixedfx.MixedEffectsRegressor(FORMULA, random_state=0, verbose=0, distribute=mirrored).fit(path)
         out["sharded"] = summary(sharded)
         out["sharded_calls"] = list(replicas_used)
-        replicas_used.clear()
-        worker = mixedfx.MixedEffectsRegressor(FORMULA, random_state=0, verbose=0, distribute=multi_worker).fit(data)
-        out["multi_worker"] = summary(worker)
-        out["multi_worker_calls"] = list(replicas_used)
         # a GLM with an offset, on 2,000 rows: on three replicas the last shard is padded
         replicas_used.clear()
         counts = pd.read_csv(POISSON)
@@ -86,6 +82,19 @@ def main() -> dict:
                           "converged": bool(poisson.fit_summary_.converged),
                           "log_likelihood": float(poisson.log_likelihood_), "rows": len(counts)}
         out["poisson_calls"] = list(replicas_used)
+        # REML, and a term with a random slope (two correlated coefficients per level)
+        replicas_used.clear()
+        sleepstudy = pd.read_csv(SLEEPSTUDY)
+        slopes = mixedfx.MixedEffectsRegressor("Reaction ~ Days + (Days | Subject)", method="reml", random_state=0,
+                                               verbose=0, distribute=mirrored).fit(sleepstudy)
+        frame = slopes.variance_components_
+        out["reml_slopes"] = {"fixed_effects": slopes.fixed_effects_.to_dict(),
+                              "fixed_effects_se": np.sqrt(np.diag(slopes.fixed_effects_cov_)).tolist(),
+                              "sds": frame[frame["var2"].isna()]["sdcor"].tolist(),
+                              "cor": frame[frame["var2"].notna()]["sdcor"].tolist(),
+                              "converged": bool(slopes.fit_summary_.converged),
+                              "log_likelihood": float(slopes.log_likelihood_), "method": slopes.fit_summary_.method}
+        out["reml_slopes_calls"] = list(replicas_used)
 
     # The exact log-likelihood at given parameters: the fitted ones, and others away from
     # them; on all rows, and without the last (rows padded to a multiple of the replicas).
@@ -101,11 +110,10 @@ def main() -> dict:
     for model, params in ((model, fitted), (model, away), (short, away)):
         one = gaussian_marginal(model, params, profile_fixed_effects=False)
         row = {"single": [one.log_likelihood, one.profiled_log_likelihood, one.reml_log_likelihood]}
-        for name, strategy in (("mirrored", mirrored), ("multi_worker", multi_worker)):
-            many = distributed.sharded_gaussian_marginal(model, params, strategy=strategy)
-            row[name] = [many.log_likelihood, many.profiled_log_likelihood, many.reml_log_likelihood]
-            row[f"{name}_means_max_diff"] = float(max(np.max(np.abs(a - b)) for a, b in
-                                                       zip(one.conditional_means, many.conditional_means)))
+        many = distributed.sharded_gaussian_marginal(model, params, strategy=mirrored)
+        row["mirrored"] = [many.log_likelihood, many.profiled_log_likelihood, many.reml_log_likelihood]
+        row["means_max_diff"] = float(max(np.max(np.abs(a - b)) for a, b in
+                                          zip(one.conditional_means, many.conditional_means)))
         out["exact"].append(row)
 
     # The E-step's and M-step's sums on padded shards, against the same sums on all rows.
@@ -155,6 +163,34 @@ def main() -> dict:
     return out
 
 
+def worker(index: int, ports: list[str]) -> dict:
+    """One worker of a two-worker MultiWorkerMirroredStrategy on this machine's loopback
+    (one CPU replica each): crossed_small sharded across the two processes."""
+    os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
+                                          "task": {"type": "worker", "index": index}})
+    import tensorflow as tf
+
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()  # before mixedfx starts TensorFlow's context
+
+    import pandas as pd
+
+    import mixedfx
+    from mixedfx.inference import distributed
+    from mixedfx.model import gaussian_marginal
+
+    data = pd.read_csv(DATA)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = mixedfx.MixedEffectsRegressor(FORMULA, random_state=0, verbose=0, distribute=strategy).fit(data)
+    one = gaussian_marginal(fit.model_, fit.model_parameters_)
+    many = distributed.sharded_gaussian_marginal(fit.model_, fit.model_parameters_, strategy=strategy)
+    return {"replicas": strategy.num_replicas_in_sync, "devices": list(strategy.extended.worker_devices),
+            "fit": summary(fit), "exact": [one.log_likelihood, many.log_likelihood]}
+
+
 if __name__ == "__main__":
-    result = main()
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        result = worker(int(sys.argv[2]), sys.argv[3].split(","))
+    else:
+        result = main()
     sys.stdout.write(json.dumps(result) + "\n")

@@ -1,13 +1,14 @@
 """Sharded fits on tf.distribute, and Parquet/Arrow input.
 
-The multi-device checks run tests/distributed_check.py in a subprocess with three logical
-CPU devices (``MIXEDFX_CPU_DEVICES=3``): logical devices must be configured before
-TensorFlow starts, which importing mixedfx does, so the rest of the suite keeps its
-single device.  The script fits crossed_small on a MirroredStrategy over the three
-devices (read from a Parquet file) and on a single-worker MultiWorkerMirroredStrategy,
-with the random_state of the suite's single-device fit (``crossed_small_fit``), and a
-Poisson model on the MirroredStrategy; and it evaluates the exact log-likelihood both
-ways.
+The multi-device checks run tests/distributed_check.py in subprocesses: one with three
+logical CPU devices (``MIXEDFX_CPU_DEVICES=3``; logical devices must be configured
+before TensorFlow starts, which importing mixedfx does, so the rest of the suite keeps
+its single device), and two that are the workers of a MultiWorkerMirroredStrategy on
+the loopback interface.  The script fits crossed_small on a MirroredStrategy over the three
+devices (read from a Parquet file) and on the two workers, with the random_state of the
+suite's single-device fit (``crossed_small_fit``), and a Poisson model and a REML model
+with random slopes on the MirroredStrategy; and it evaluates the exact log-likelihood
+both ways.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -47,29 +49,60 @@ FORMULA = "y ~ x + (1 | g1) + (1 | g2)"
 MC_ERRORS = 4.0
 
 
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 @pytest.fixture(scope="module")
-def sharded():
-    env = {**os.environ, "MIXEDFX_CPU_DEVICES": "3", "PYTHONPATH": os.pathsep.join(
-        [str(HERE.parent)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
-    done = subprocess.run([sys.executable, str(HERE / "distributed_check.py")], env=env, capture_output=True,
-                          text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def runs():
+    """The check script's three processes, started together: the logical-device checks,
+    and the two workers of a MultiWorkerMirroredStrategy on the loopback interface."""
+    path = os.pathsep.join([str(HERE.parent)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    script = [sys.executable, str(HERE / "distributed_check.py")]
+    ports = ",".join(str(port) for port in _free_ports(2))
+    env = {**os.environ, "PYTHONPATH": path}
+    env.pop("TF_CONFIG", None)
+    processes = {
+        "devices": subprocess.Popen(script, env={**env, "MIXEDFX_CPU_DEVICES": "3"}, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True),
+        **{f"worker{k}": subprocess.Popen(script + ["--worker", str(k), ports], env=env, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True) for k in (0, 1)},
+    }
+    out = {}
+    try:
+        for name, process in processes.items():
+            stdout, stderr = process.communicate(timeout=900)
+            assert process.returncode == 0, f"{name}: {stderr[-3000:]}"
+            out[name] = json.loads(stdout.strip().splitlines()[-1])
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+    return out
+
+
+@pytest.fixture(scope="module")
+def sharded(runs):
+    return runs["devices"]
 
 
 @pytest.mark.slow
 def test_the_sharded_fits_ran_on_their_replicas(sharded):
     assert sharded["devices"] == [f"/device:CPU:{k}" for k in range(3)]
-    assert sharded["mirrored_replicas"] == 3 and sharded["multi_worker_replicas"] == 1
+    assert sharded["mirrored_replicas"] == 3
     # every compiled call of the EM loop went through the sharded path, on that many replicas
     assert sharded["sharded_calls"] and set(sharded["sharded_calls"]) == {3}
-    assert sharded["multi_worker_calls"] and set(sharded["multi_worker_calls"]) == {1}
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["sharded", "multi_worker"])
-def test_a_sharded_fit_matches_the_single_device_fit(sharded, strategy, crossed_small_fit):
-    one, many = summary(crossed_small_fit), sharded[strategy]
+def assert_same_fit(one, many):
+    """Two fits agree within :data:`MC_ERRORS` combined Monte Carlo standard errors."""
     assert one["converged"] and many["converged"]
     assert one["names"] == many["names"]
     estimate, other = np.array(one["estimate"]), np.array(many["estimate"])
@@ -78,8 +111,27 @@ def test_a_sharded_fit_matches_the_single_device_fit(sharded, strategy, crossed_
         zip(one["names"], (np.abs(estimate - other) / mc_error).round(2)))
     # the ML log-likelihood is flat at its maximum: both fits sit within 0.01 of each other
     assert many["log_likelihood"] == pytest.approx(one["log_likelihood"], abs=0.01)
+
+
+@pytest.mark.slow
+def test_a_sharded_fit_matches_the_single_device_fit(sharded, crossed_small_fit):
+    assert_same_fit(summary(crossed_small_fit), sharded["sharded"])
     # a model read from Parquet has the DataFrame's levels in the same order
-    assert many["ranef_g1_index"] == one["ranef_g1_index"]
+    assert sharded["sharded"]["ranef_g1_index"] == summary(crossed_small_fit)["ranef_g1_index"]
+
+
+@pytest.mark.slow
+def test_a_fit_on_two_workers_matches_the_single_device_fit(runs, crossed_small_fit):
+    """MultiWorkerMirroredStrategy with two worker processes talking over the loopback
+    interface (collective ops over gRPC), one replica each: the rows split between them."""
+    workers = [runs["worker0"], runs["worker1"]]
+    for k, worker in enumerate(workers):
+        assert worker["replicas"] == 2 and worker["devices"] == [f"/job:worker/replica:0/task:{k}/device:CPU:0"]
+        one, many = worker["exact"]
+        assert many == pytest.approx(one, rel=1e-6)
+    # both workers hold the same replicated parameters, to the last bit
+    assert workers[0]["fit"] == workers[1]["fit"]
+    assert_same_fit(summary(crossed_small_fit), workers[0]["fit"])
 
 
 @pytest.mark.slow
@@ -113,14 +165,33 @@ def test_a_sharded_poisson_fit_with_an_offset_matches_glmer(sharded):
 
 
 @pytest.mark.slow
+def test_a_sharded_reml_fit_with_random_slopes_matches_lme4(sharded):
+    """REML's sharded sums (X'Z per level, the projected statistics) and a term of two
+    correlated coefficients: lmer's REML fit of sleepstudy, with test_results.py's
+    tolerances (the default tol here: sds within 3%, correlation within 0.1, fixed
+    effects within 0.25 SE, the REML criterion within 0.05)."""
+    assert sharded["reml_slopes_calls"] and set(sharded["reml_slopes_calls"]) == {3}
+    fit = sharded["reml_slopes"]
+    fixture = json.loads((HERE / "fixtures" / "lme4_results.json").read_text())["sleepstudy_slopes_reml"]
+    assert fit["converged"] and fit["method"] == "reml" == fixture["method"].lower()
+    sds = [row["sdcor"] for row in fixture["varcorr"] if row["var2"] is None]
+    cor = [row["sdcor"] for row in fixture["varcorr"] if row["var2"] is not None]
+    np.testing.assert_allclose(fit["sds"], sds, rtol=0.03)
+    np.testing.assert_allclose(fit["cor"], cor, atol=0.1)
+    distance = (pd.Series(fit["fixed_effects"]) - lme4_fixed_effects(fixture)) / lme4_fixed_effects_se(fixture)
+    assert np.all(np.abs(distance) < 0.25), distance
+    np.testing.assert_allclose(fit["fixed_effects_se"], lme4_fixed_effects_se(fixture).to_numpy(), rtol=0.05)
+    assert fit["log_likelihood"] == pytest.approx(fixture["logLik"], abs=0.05)
+
+
+@pytest.mark.slow
 def test_the_exact_log_likelihood_from_sharded_sums_equals_the_single_device_one(sharded):
     # at the fitted parameters, away from them, and on 1,499 rows (the last shard padded)
     assert len(sharded["exact"]) == 3
     for row in sharded["exact"]:
-        for strategy in ("mirrored", "multi_worker"):
-            # ML, profiled ML and REML log-likelihoods
-            np.testing.assert_allclose(row[strategy], row["single"], rtol=1e-6, atol=0)
-            assert row[f"{strategy}_means_max_diff"] < 1e-9
+        # ML, profiled ML and REML log-likelihoods, and the conditional means
+        np.testing.assert_allclose(row["mirrored"], row["single"], rtol=1e-6, atol=0)
+        assert row["means_max_diff"] < 1e-9
     assert sharded["exact"][0]["single"][0] != sharded["exact"][1]["single"][0]
 
 

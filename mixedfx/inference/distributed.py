@@ -169,7 +169,6 @@ class ShardedRows:
                         for name, a in arrays.items()}
 
         self.shards = strategy.experimental_distribute_values_from_function(shard)
-        self.num_terms = len(model.random_terms)
 
     def sum(self, fn, *args, reuse=True):
         """``fn(shard, *args)`` summed over the shards, on every replica.
