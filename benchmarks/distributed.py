@@ -74,7 +74,8 @@ def throughput_child(n_rows: int, devices: int, sharded: bool, n_iter: int) -> d
     best = min(seconds)
     return {"rows": n_rows, "levels": groups, "devices": devices, "sharded": sharded, "kind": kind,
             "replicas": 1 if strategy is None else strategy.num_replicas_in_sync, "iterations": n_iter,
-            "seconds": best, "seconds_per_iteration": best / n_iter, "row_iterations_per_second": n_rows * n_iter / best,
+            "seconds": best, "seconds_per_iteration": best / n_iter,
+            "row_iterations_per_second": n_rows * n_iter / best,
             "first_fit_seconds": first_fit, "estimate": result.summary.estimate.tolist()}
 
 

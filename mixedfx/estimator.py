@@ -21,7 +21,14 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from mixedfx import results
-from mixedfx.design import NEW_LEVEL_POLICIES, RandomDesign, ResponseDesign, build_fixed_design, is_arrow_source, read_arrow
+from mixedfx.design import (
+    NEW_LEVEL_POLICIES,
+    RandomDesign,
+    ResponseDesign,
+    build_fixed_design,
+    is_arrow_source,
+    read_arrow,
+)
 from mixedfx.exceptions import ConvergenceWarning, DataError, FormulaError, ParameterError, SamplerWarning
 from mixedfx.formula import parse_formula
 from mixedfx.inference import MCEMOptions, MonteCarloErrorRule, fit_mcem
@@ -99,6 +106,17 @@ class _MixedEffectsModel(BaseEstimator):
 
     def _distribute(self):
         return getattr(self, "distribute", None)
+
+    def __sklearn_clone__(self):
+        # A strategy names devices: a clone (a refit, a bootstrap replicate, a
+        # cross-validation fold) shares it, so that its compiled programs are reused,
+        # instead of deep-copying it into a new strategy over the same devices.
+        strategy = self._distribute()
+        if strategy is None:
+            return super().__sklearn_clone__()
+        params = {name: value if name == "distribute" else clone(value, safe=False)
+                  for name, value in self.get_params(deep=False).items()}
+        return type(self)(**params)
 
     def __getstate__(self):
         # A tf.distribute.Strategy holds devices and cannot be pickled; it is a setting of
@@ -403,7 +421,7 @@ class _MixedEffectsModel(BaseEstimator):
         (['g', 'response'], (30, 1), (600,))
         """
         check_is_fitted(self, "fixed_effects_")
-        data = _check_frame(X)
+        data = _check_frame(X, self.formula_spec_)
         X_fixed = self.fixed_design_.transform(data)
         terms = self.random_design_.materialize(data, new_levels="error")
         trials = None
@@ -549,7 +567,7 @@ class _MixedEffectsModel(BaseEstimator):
             trials = model.trials
             observed = model.response if trials is None else model.response / trials
         else:
-            data = _check_frame(X)
+            data = _check_frame(X, self.formula_spec_)
             eta = self._linear_predictor_for(data, None, True)
             observed, trials = self._observed_for(data, y)
         mean = self.family_.mean(eta, params.family_params)
@@ -654,7 +672,7 @@ class _MixedEffectsModel(BaseEstimator):
         if X is None:
             bound = self.model_
         else:
-            data = _check_frame(X)
+            data = _check_frame(X, self.formula_spec_)
             trials = None
             if self.response_design_ is not None and self.response_design_.is_cbind:
                 trials = self.response_design_.evaluate(data)[1]
@@ -1002,7 +1020,7 @@ class MixedEffectsRegressor(RegressorMixin, _MixedEffectsModel):
         on ``X`` (a proportion for ``cbind`` responses).
         """
         check_is_fitted(self, "fixed_effects_")
-        data = _check_frame(X)
+        data = _check_frame(X, self.formula_spec_)
         truth = np.asarray(self._response_for(data, y), dtype=np.float64)
         return r2_score(truth, self.predict(data), sample_weight=sample_weight)
 
@@ -1142,7 +1160,7 @@ class MixedEffectsClassifier(ClassifierMixin, _MixedEffectsModel):
         """Accuracy of :meth:`predict` on ``X`` (the response from the formula when ``y``
         is omitted)."""
         check_is_fitted(self, "fixed_effects_")
-        data = _check_frame(X)
+        data = _check_frame(X, self.formula_spec_)
         return accuracy_score(self._response_for(data, y), self.predict(data), sample_weight=sample_weight)
 
 

@@ -209,6 +209,17 @@ def test_distribute_must_be_a_strategy(crossed_small):
         MixedEffectsRegressor(FORMULA, distribute="gpu", verbose=0).fit(crossed_small)
 
 
+def test_a_clone_shares_the_strategy():
+    from sklearn.base import clone
+
+    strategy = tf.distribute.get_strategy()
+    model = MixedEffectsRegressor(FORMULA, distribute=strategy, tol=0.05, random_state=3)
+    copy = clone(model)
+    assert copy.distribute is strategy and copy is not model
+    assert copy.get_params() == model.get_params()
+    assert clone(MixedEffectsRegressor(FORMULA)).distribute is None
+
+
 def test_a_strategy_is_not_pickled():
     strategy = tf.distribute.get_strategy()
     model = MixedEffectsRegressor(FORMULA, distribute=strategy)

@@ -211,10 +211,9 @@ class ShardedRows:
         def total(*xs):
             value, gradients = self.sum(local, list(xs), *args)
 
-            def gradient(upstream):
-                return [tf.reshape(upstream, tf.concat([tf.shape(upstream), tf.ones([g.shape.rank - upstream.shape.rank],
-                                                                                   tf.int32)], 0)) * g
-                        for g in gradients]
+            def gradient(upstream):  # the value's (chain) dimensions lead each gradient's
+                return [tf.reshape(upstream, tf.concat([tf.shape(upstream), [1] * (g.shape.rank - upstream.shape.rank)],
+                                                       0)) * g for g in gradients]
 
             return value, gradient
 
@@ -421,11 +420,13 @@ def _sharded_iterations(config, strategy):
                 "draws": [array.write(i, draws if config.keep_all_draws else draws[-1:])
                           for array, draws in zip(traces["draws"], e_step.draws)],
             }
-            return i + 1, new_beta, new_scale_tril, new_free, new_state, e_step.step_size, seed, sums, outer_sums, traces
+            return (i + 1, new_beta, new_scale_tril, new_free, new_state, e_step.step_size, seed, sums, outer_sums,
+                    traces)
 
         sums = [tf.zeros([q, d], dtype) for q, d in zip(num_levels, dims)]
         outer_sums = [tf.zeros([q, d, d], dtype) for q, d in zip(num_levels, dims)]
-        traces = {name: tf.TensorArray(dtype, size=n_iter) for name in ("parameters", "objective", "acceptance", "step_size")}
+        traces = {name: tf.TensorArray(dtype, size=n_iter)
+                  for name in ("parameters", "objective", "acceptance", "step_size")}
         traces["draws"] = [tf.TensorArray(dtype, size=n_iter) for _ in num_levels]
         loop = tf.while_loop(
             lambda i, *_: i < n_iter,

@@ -401,7 +401,8 @@ def _newton_pieces(family, p: int) -> _NewtonPieces:
                 inner.watch(u)
                 value = objective(rows, theta, u)
             gradient = inner.gradient(value, u)
-        return {"value": value, "gradient": gradient, "hessian": outer.jacobian(gradient, u, experimental_use_pfor=True)}
+        hessian = outer.jacobian(gradient, u, experimental_use_pfor=True)
+        return {"value": value, "gradient": gradient, "hessian": hessian}
 
     return _NewtonPieces(objective, linear_sums, family_sums)
 
