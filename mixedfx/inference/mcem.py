@@ -339,7 +339,7 @@ def fit_mcem(
         Show a tqdm progress bar (it appears only on fits longer than two seconds).
     distribute : tf.distribute.Strategy, optional
         Shard the rows across the strategy's replicas and all-reduce their sums
-        (:mod:`mixedfx.inference.distributed`; Gaussian family).
+        (:mod:`mixedfx.inference.distributed`).
 
     Returns
     -------
