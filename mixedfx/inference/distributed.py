@@ -212,8 +212,11 @@ class ShardedRows:
             value, gradients = self.sum(local, list(xs), *args)
 
             def gradient(upstream):  # the value's (chain) dimensions lead each gradient's
-                return [tf.reshape(upstream, tf.concat([tf.shape(upstream), [1] * (g.shape.rank - upstream.shape.rank)],
-                                                       0)) * g for g in gradients]
+                out = []
+                for g in gradients:
+                    trailing = tf.ones([g.shape.rank - upstream.shape.rank], tf.int32)
+                    out.append(tf.reshape(upstream, tf.concat([tf.shape(upstream), trailing], 0)) * g)
+                return out
 
             return value, gradient
 
