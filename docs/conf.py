@@ -35,8 +35,11 @@ extensions = [
     "sphinx.ext.autosummary",
     "sphinx.ext.mathjax",
     "numpydoc",
+    "myst_parser",
     "worked_example",
 ]
+# reStructuredText pages, and Markdown ones (scaling.md) through MyST
+source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 autosummary_generate = True
 autodoc_default_options = {
     "members": True,

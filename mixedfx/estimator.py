@@ -21,11 +21,19 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from mixedfx import results
-from mixedfx.design import NEW_LEVEL_POLICIES, RandomDesign, ResponseDesign, build_fixed_design
+from mixedfx.design import (
+    NEW_LEVEL_POLICIES,
+    RandomDesign,
+    ResponseDesign,
+    build_fixed_design,
+    is_arrow_source,
+    read_arrow,
+)
 from mixedfx.exceptions import ConvergenceWarning, DataError, FormulaError, ParameterError, SamplerWarning
 from mixedfx.formula import parse_formula
 from mixedfx.inference import MCEMOptions, MonteCarloErrorRule, fit_mcem
 from mixedfx.inference.boundary import boundary_components, zero_components
+from mixedfx.inference.distributed import check_strategy, sharded_gaussian_marginal
 from mixedfx.inference.layout import fixed_effects_covariance
 from mixedfx.model import (
     DenseBlockTooLarge,
@@ -87,6 +95,8 @@ class _MixedEffectsModel(BaseEstimator):
                 f"method='reml' is defined for the Gaussian family only (family={family.name!r} is fitted by ML, "
                 "as glmer does)"
             )
+        if self._distribute() is not None:
+            check_strategy(self._distribute())
         if family.name not in self._families:
             other = "MixedEffectsClassifier" if family.is_classification else "MixedEffectsRegressor"
             raise ParameterError(
@@ -94,6 +104,28 @@ class _MixedEffectsModel(BaseEstimator):
                 f"use {other} for family={family.name!r}"
             )
         return family
+
+    def _distribute(self):
+        return getattr(self, "distribute", None)
+
+    def __sklearn_clone__(self):
+        # A strategy names devices: a clone (a refit, a bootstrap replicate, a
+        # cross-validation fold) shares it, so that its compiled programs are reused,
+        # instead of deep-copying it into a new strategy over the same devices.
+        strategy = self._distribute()
+        if strategy is None:
+            return super().__sklearn_clone__()
+        params = {name: value if name == "distribute" else clone(value, safe=False)
+                  for name, value in self.get_params(deep=False).items()}
+        return type(self)(**params)
+
+    def __getstate__(self):
+        # A tf.distribute.Strategy holds devices and cannot be pickled; it is a setting of
+        # the machine that fits, not of the model, so an unpickled estimator has none.
+        state = super().__getstate__()
+        if state.get("distribute") is not None:
+            state = {**state, "distribute": None}
+        return state
 
     def _method(self) -> str:
         method = getattr(self, "method", "ml")
@@ -109,8 +141,10 @@ class _MixedEffectsModel(BaseEstimator):
 
         Parameters
         ----------
-        X : pandas.DataFrame
-            The data: every column the formula names.
+        X : pandas.DataFrame, pyarrow.Table, or path(s) of Parquet files
+            The data: every column the formula names.  From Arrow or Parquet only
+            those columns are read, and the grouping columns become categoricals
+            through Arrow's dictionary encoding (:func:`~mixedfx.design.read_arrow`).
         y : array-like of shape (n_rows,), optional
             The response.  When omitted, it is the formula's left-hand side evaluated
             on ``X`` (``cbind(successes, failures)`` for a binomial response).
@@ -130,7 +164,7 @@ class _MixedEffectsModel(BaseEstimator):
                 "'(1 | g)' (for a model without random effects use a fixed-effects regressor)",
                 formula=spec.text,
             )
-        data = _check_frame(X)
+        data = _check_frame(X, spec)
         if y is None and spec.response is None:
             raise DataError("the formula has no response (left-hand side) and no y was given to fit")
         response_design = None if y is not None else ResponseDesign.from_text(spec.response)
@@ -190,7 +224,7 @@ class _MixedEffectsModel(BaseEstimator):
         )
         rule = self.stopping_rule if self.stopping_rule is not None else MonteCarloErrorRule(tol=float(self.tol))
         result = fit_mcem(model, method=self._method(), options=options, stopping_rule=rule, seed=seed,
-                          progress=self.verbose > 0 if progress is None else progress)
+                          progress=self.verbose > 0 if progress is None else progress, distribute=self._distribute())
         self.model_ = model
         self.n_obs_ = model.n_obs
         self.fit_summary_ = result.summary
@@ -235,7 +269,11 @@ class _MixedEffectsModel(BaseEstimator):
             try:
                 # Given the variance parameters, the fixed effects and the conditional
                 # moments of the random effects have closed forms (lme4's, exactly).
-                exact = gaussian_marginal(model, params, profile_fixed_effects=True)
+                if self._distribute() is None:
+                    exact = gaussian_marginal(model, params, profile_fixed_effects=True)
+                else:  # the same sums over rows, taken shard by shard
+                    exact = sharded_gaussian_marginal(model, params, strategy=self._distribute(),
+                                                      profile_fixed_effects=True)
             except DenseBlockTooLarge as exc:
                 # Too large to factor: the same solves by conjugate gradients, without the log-determinant.
                 try:
@@ -347,7 +385,7 @@ class _MixedEffectsModel(BaseEstimator):
         policy = self.new_levels if new_levels is None else new_levels
         if policy not in NEW_LEVEL_POLICIES:
             raise ParameterError(f"new_levels must be one of {NEW_LEVEL_POLICIES}, got {policy!r}")
-        data = _check_frame(X)
+        data = _check_frame(X, self.formula_spec_)
         X_fixed = self.fixed_design_.transform(data)
         offset = self.fixed_design_.offset(data)
         terms = self.random_design_.materialize(data, new_levels=policy) if include_random else ()
@@ -395,7 +433,7 @@ class _MixedEffectsModel(BaseEstimator):
         (['g', 'response'], (30, 1), (600,))
         """
         check_is_fitted(self, "fixed_effects_")
-        data = _check_frame(X)
+        data = _check_frame(X, self.formula_spec_)
         X_fixed = self.fixed_design_.transform(data)
         terms = self.random_design_.materialize(data, new_levels="error")
         trials = None
@@ -541,7 +579,7 @@ class _MixedEffectsModel(BaseEstimator):
             trials = model.trials
             observed = model.response if trials is None else model.response / trials
         else:
-            data = _check_frame(X)
+            data = _check_frame(X, self.formula_spec_)
             eta = self._linear_predictor_for(data, None, True)
             observed, trials = self._observed_for(data, y)
         mean = self.family_.mean(eta, params.family_params)
@@ -646,7 +684,7 @@ class _MixedEffectsModel(BaseEstimator):
         if X is None:
             bound = self.model_
         else:
-            data = _check_frame(X)
+            data = _check_frame(X, self.formula_spec_)
             trials = None
             if self.response_design_ is not None and self.response_design_.is_cbind:
                 trials = self.response_design_.evaluate(data)[1]
@@ -719,6 +757,14 @@ _PARAMETERS_DOC = """
     verbose : int, default 1
         ``0`` is silent; ``1`` shows a progress bar on fits that take more than two
         seconds.
+    distribute : tf.distribute.Strategy, optional
+        Fit on several devices: a :class:`tf.distribute.MirroredStrategy` (the GPUs of
+        one host) or a :class:`tf.distribute.MultiWorkerMirroredStrategy` (several
+        hosts).  The rows are sharded across the replicas, each computes its shard's
+        log-likelihood, gradient and M-step sums, and the sums are all-reduced; the
+        parameters and random effects are replicated (see :doc:`/scaling`).  ``None``
+        (the default) fits on one device.  A strategy is not pickled with the
+        estimator.
 """
 
 _ATTRIBUTES_DOC = """
@@ -844,6 +890,7 @@ class MixedEffectsRegressor(RegressorMixin, _MixedEffectsModel):
         stopping_rule=None,
         random_state=None,
         verbose=1,
+        distribute=None,
     ):
         self.formula = formula
         self.family = family
@@ -857,6 +904,7 @@ class MixedEffectsRegressor(RegressorMixin, _MixedEffectsModel):
         self.stopping_rule = stopping_rule
         self.random_state = random_state
         self.verbose = verbose
+        self.distribute = distribute
 
     def predict(self, X, *, new_levels=None, include_random=True, return_std=False):
         """Conditional mean of the response for new rows.
@@ -984,7 +1032,7 @@ class MixedEffectsRegressor(RegressorMixin, _MixedEffectsModel):
         on ``X`` (a proportion for ``cbind`` responses).
         """
         check_is_fitted(self, "fixed_effects_")
-        data = _check_frame(X)
+        data = _check_frame(X, self.formula_spec_)
         truth = np.asarray(self._response_for(data, y), dtype=np.float64)
         return r2_score(truth, self.predict(data), sample_weight=sample_weight)
 
@@ -1049,6 +1097,7 @@ class MixedEffectsClassifier(ClassifierMixin, _MixedEffectsModel):
         stopping_rule=None,
         random_state=None,
         verbose=1,
+        distribute=None,
     ):
         self.formula = formula
         self.family = family
@@ -1061,6 +1110,7 @@ class MixedEffectsClassifier(ClassifierMixin, _MixedEffectsModel):
         self.stopping_rule = stopping_rule
         self.random_state = random_state
         self.verbose = verbose
+        self.distribute = distribute
 
     def _prepare_response(self, family, raw, trials):
         values = pd.Series(raw)
@@ -1122,7 +1172,7 @@ class MixedEffectsClassifier(ClassifierMixin, _MixedEffectsModel):
         """Accuracy of :meth:`predict` on ``X`` (the response from the formula when ``y``
         is omitted)."""
         check_is_fitted(self, "fixed_effects_")
-        data = _check_frame(X)
+        data = _check_frame(X, self.formula_spec_)
         return accuracy_score(self._response_for(data, y), self.predict(data), sample_weight=sample_weight)
 
 
@@ -1208,9 +1258,15 @@ def _block_diagonal(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-def _check_frame(X) -> pd.DataFrame:
+def _check_frame(X, spec=None) -> pd.DataFrame:
+    """``X`` as a DataFrame: a DataFrame as it is; Parquet or Arrow input read through
+    :func:`~mixedfx.design.read_arrow`, only the columns the formula names, its grouping
+    columns as categoricals."""
     if isinstance(X, pd.DataFrame):
         return X
+    if spec is not None and is_arrow_source(X):
+        return read_arrow(X, formula=spec.text, grouping=spec.grouping_columns)
     raise DataError(
-        f"X must be a pandas DataFrame with the columns the formula names, got {type(X).__name__}"
+        "X must be a pandas DataFrame, a pyarrow Table or Parquet file(s) with the columns the formula names, "
+        f"got {type(X).__name__}"
     )

@@ -189,16 +189,17 @@ def test_row_chunks_sum_and_gradient_match_the_whole_rows():
             "x": tf.constant(rng.normal(size=(n, 2)))}
     effects = tf.constant(rng.normal(size=(3, q, 1)))  # three chains
 
-    def log_lik(chunk, b):
-        eta = tf.gather(b, chunk["g"], axis=-2)[..., 0] + tf.reduce_sum(chunk["x"], axis=-1)
+    def log_lik(chunk, variables, shift):
+        eta = tf.gather(variables[0], chunk["g"], axis=-2)[..., 0] + tf.reduce_sum(chunk["x"], axis=-1) + shift
         return -0.5 * tf.reduce_sum(tf.square(chunk["y"] - eta), axis=-1)
 
     values, gradients = [], []
     for chunk_rows in (n, 16, 8):
-        chunks = RowChunks(rows, chunk_rows=chunk_rows, n_chunks=n // chunk_rows)
+        chunks = RowChunks(rows, chunk_rows=chunk_rows)
+        assert chunks.n_chunks == n // chunk_rows
         with tf.GradientTape() as tape:
             tape.watch(effects)
-            value = chunks.value_and_gradient(log_lik, [effects])
+            value = chunks.sum_with_gradient(log_lik, [effects], tf.constant(0.5, tf.float64))
             weighted = tf.reduce_sum(value * tf.constant([1.0, 2.0, -1.0], tf.float64))
         values.append(value.numpy())
         gradients.append(tape.gradient(weighted, effects).numpy())

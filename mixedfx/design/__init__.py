@@ -3,6 +3,7 @@
 Nothing here imports TensorFlow.
 """
 
+from mixedfx.design.arrow import is_arrow_source, read_arrow
 from mixedfx.design.fixed import EVALUATION_CONTEXT, FixedDesign, build_fixed_design, evaluate_formula
 from mixedfx.design.response import ResponseDesign
 from mixedfx.design.random import (
@@ -24,4 +25,6 @@ __all__ = [
     "RandomDesign",
     "RandomTermData",
     "RandomTermDesign",
+    "is_arrow_source",
+    "read_arrow",
 ]

@@ -1,14 +1,27 @@
-"""Sums over the rows, a chunk of rows at a time.
+"""Sums over the rows: the one place where the inference loop touches the data.
 
-Inside the compiled loop every per-row quantity (the linear predictor of each chain,
-its gradient, the M-step's regressors) is an intermediate of ``rows x chains`` (or
-``rows x chains x coefficients``) numbers.  For large data :class:`RowChunks` streams
-the rows through a ``tf.while_loop`` in chunks and adds up the chunks' sums, so the
-working memory of the loop is that of one chunk, and only the data themselves grow
-with the rows.  The log-likelihood and its gradient are accumulated together
-(:meth:`RowChunks.value_and_gradient`), with the gradient handed to automatic
-differentiation through ``tf.custom_gradient``, so HMC sees an ordinary
-differentiable target.  With one chunk, everything runs on the whole rows as usual.
+A mixed model's data enter Monte Carlo EM only through sums over rows: the
+log-likelihood and its gradient in the random effects (every leapfrog step), the
+Gaussian M-step's cross-products (every kept draw), the preconditioner's per-level
+information (every iteration), the Newton M-step's gradient, Hessian and objective
+(other families).  The loop asks a *rows* object for them, with two methods:
+
+* ``sum(fn, *args)``: ``fn(rows, *args)`` summed over the rows, for any nest of
+  tensors ``fn`` returns;
+* ``sum_with_gradient(fn, variables, *args)``: the same for a value (one per chain),
+  differentiable in ``variables`` (the chains' random effects), with the gradient
+  accumulated alongside the value and attached by ``tf.custom_gradient``.
+
+Two kinds of rows implement them.  :class:`RowChunks` holds the rows on one device
+and streams them through a ``tf.while_loop`` a chunk at a time (for large data, so
+that the loop's working memory is that of one chunk), inside the fit's single XLA
+program.  :class:`mixedfx.inference.distributed.ShardedRows` splits them across the
+replicas of a :class:`tf.distribute.Strategy` and all-reduces the shards' sums.
+
+``rows`` is a dict of row tensors: ``fixed_design``, ``response``,
+``regression_response`` (the response less any offset), ``row_weight`` (0 for
+padding rows), ``offset`` and ``trials`` (``None`` when absent), and per term ``k``
+``group_index_k`` and ``z_k`` (``None`` for a random intercept).
 """
 
 from __future__ import annotations
@@ -16,10 +29,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mixedfx._tf import tf
+from mixedfx.model.joint import ModelTensors
 
-__all__ = ["RowChunks", "chunk_rows_for"]
+__all__ = ["RowChunks", "chunk_rows_for", "model_tensors"]
 
-#: Data with more (padded) rows than this are streamed in chunks.
+#: Data with more (padded) rows than twice this are streamed in chunks.
 MAX_ROWS_PER_CHUNK = 1 << 17
 
 
@@ -41,32 +55,91 @@ def chunk_rows_for(padded_rows: int, *, max_rows: int | None = None) -> int:
     return min(chunk, max_rows)
 
 
+def model_tensors(rows: dict, *, num_levels, keys, dims) -> ModelTensors:
+    """The row tensors of ``rows`` (a chunk or a shard) as :class:`ModelTensors`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedfx._tf import tf
+    >>> from mixedfx.inference.rows import model_tensors
+    >>> rows = {"fixed_design": tf.ones([4, 1], tf.float64), "response": tf.zeros([4], tf.float64),
+    ...         "row_weight": tf.ones([4], tf.float64), "group_index_0": tf.constant([0, 1, 0, 1])}
+    >>> tensors = model_tensors(rows, num_levels=(2,), keys=("g",), dims=(1,))
+    >>> tensors.z, tensors.offset, tensors.num_levels
+    ((None,), None, (2,))
+    """
+    terms = range(len(num_levels))
+    return ModelTensors(
+        rows["fixed_design"], rows["response"], tuple(rows[f"group_index_{k}"] for k in terms),
+        tuple(rows.get(f"z_{k}") for k in terms), tuple(num_levels), tuple(keys), tuple(dims),
+        offset=rows.get("offset"), trials=rows.get("trials"), row_weight=rows.get("row_weight"),
+    )
+
+
+def with_accumulated_gradient(compute, variables):
+    """``compute(*variables)``'s value, differentiable in ``variables`` by the gradients
+    that ``compute`` returns with it (``(value, gradients)``).
+
+    ``value`` may have leading (chain) dimensions: element ``c`` depends on the
+    ``c``-th slice of every variable only, so the gradient of ``sum_c u_c value_c``
+    is ``u_c`` times the ``c``-th slice of ``gradients``.  (For a sum over shards this
+    is also why TensorFlow's own gradient of an all-reduce, which all-reduces the
+    upstream gradients, cannot be used: it would count every replica's.)
+    """
+
+    @tf.custom_gradient
+    def attached(*xs):
+        value, gradients = compute(*xs)
+
+        def backward(upstream):
+            out = []
+            for g in gradients:
+                trailing = tf.ones([g.shape.rank - upstream.shape.rank], tf.int32)
+                out.append(tf.reshape(upstream, tf.concat([tf.shape(upstream), trailing], 0)) * g)
+            return out
+
+        return value, backward
+
+    return attached(*variables)
+
+
+def value_and_gradient(fn, rows, variables, *args):
+    """``fn(rows, variables, *args)`` and its gradient in ``variables`` (a list)."""
+    with tf.GradientTape() as tape:
+        tape.watch(variables)
+        value = fn(rows, variables, *args)
+    return value, tape.gradient(value, variables)
+
+
 @dataclass(frozen=True)
 class RowChunks:
-    """Per-row tensors, and sums of functions of them a chunk at a time.
+    """Rows on one device, summed a chunk at a time.
 
     Attributes
     ----------
     rows : dict
-        Tensors whose first dimension is the rows (nested tuples allowed, ``None``
-        leaves kept as they are).
+        Row tensors (see the module's docstring); ``None`` values stay ``None``.
     chunk_rows : int
         Rows per chunk; it divides the number of rows.
-    n_chunks : int
 
     Examples
     --------
     >>> import numpy as np
     >>> from mixedfx._tf import tf
     >>> from mixedfx.inference.rows import RowChunks
-    >>> chunks = RowChunks({"x": tf.constant(np.arange(8.0))}, chunk_rows=2, n_chunks=4)
-    >>> float(chunks.sum(lambda rows: {"total": tf.reduce_sum(rows["x"] ** 2)})["total"])
+    >>> chunks = RowChunks({"x": tf.constant(np.arange(8.0))}, chunk_rows=2)
+    >>> float(chunks.sum(lambda rows, power: {"total": tf.reduce_sum(rows["x"] ** power)}, 2.0)["total"])
     140.0
     """
 
     rows: dict
     chunk_rows: int
-    n_chunks: int
+
+    @property
+    def n_chunks(self) -> int:
+        n_rows = next(v for v in tf.nest.flatten(self.rows) if v is not None).shape[0]
+        return n_rows // self.chunk_rows
 
     def chunk(self, i):
         """The rows of chunk ``i`` (a tensor index), same structure as :attr:`rows`."""
@@ -81,10 +154,10 @@ class RowChunks:
             size = tf.concat([[self.chunk_rows], tf.shape(value)[1:]], 0)
             return tf.slice(value, begin, size)
 
-        return tf.nest.map_structure(take, self.rows)
+        return {name: take(value) for name, value in self.rows.items()}
 
-    def sum(self, fn):
-        """``sum_chunks fn(chunk_rows)`` for a function returning a structure of tensors."""
+    def _accumulate(self, fn):
+        """``sum_i fn(chunk_i)`` for ``fn`` returning a nest of tensors."""
         if self.n_chunks == 1:
             return fn(self.rows)
         first = fn(self.chunk(0))
@@ -95,41 +168,15 @@ class RowChunks:
         _, total = tf.while_loop(lambda i, total: i < self.n_chunks, body, (tf.constant(1), first))
         return total
 
-    def value_and_gradient(self, fn, variables):
-        """``sum_chunks fn(chunk, *variables)`` with its gradient in ``variables``.
+    def sum(self, fn, *args):
+        """``fn(rows, *args)`` summed over the chunks."""
+        return self._accumulate(lambda rows: fn(rows, *args))
 
-        ``fn`` returns a tensor (e.g. one value per chain); the result is differentiable
-        in ``variables``: its gradient, accumulated chunk by chunk, is attached with
-        ``tf.custom_gradient`` (the chunks' intermediates are never kept).
-        """
+    def sum_with_gradient(self, fn, variables, *args):
+        """``fn(rows, variables, *args)`` summed over the chunks, differentiable in
+        ``variables``; the chunks' intermediates are never kept."""
         variables = list(variables)
         if self.n_chunks == 1:
-            return fn(self.rows, *variables)
-
-        @tf.custom_gradient
-        def accumulated(*values):
-            def one(i):
-                with tf.GradientTape() as tape:
-                    tape.watch(values)
-                    value = fn(self.chunk(i), *values)
-                # each element of value depends on its own slice (e.g. a chain's state),
-                # so the gradient of the sum is the stack of the elements' gradients
-                return value, tape.gradient(value, values)
-
-            first_value, first_gradient = one(0)
-
-            def body(i, value, gradient):
-                chunk_value, chunk_gradient = one(i)
-                return i + 1, value + chunk_value, [a + b for a, b in zip(gradient, chunk_gradient)]
-
-            _, value, gradient = tf.while_loop(lambda i, *_: i < self.n_chunks, body,
-                                               (tf.constant(1), first_value, list(first_gradient)))
-
-            def backward(upstream):
-                extra = len(gradient[0].shape) - len(upstream.shape)
-                scale = tf.reshape(upstream, tf.concat([tf.shape(upstream), tf.ones([extra], tf.int32)], 0))
-                return [scale * g for g in gradient]
-
-            return value, backward
-
-        return accumulated(*variables)
+            return fn(self.rows, variables, *args)
+        return with_accumulated_gradient(
+            lambda *xs: self._accumulate(lambda rows: value_and_gradient(fn, rows, list(xs), *args)), variables)

@@ -29,8 +29,8 @@ from scipy import linalg
 from mixedfx.model.blocks import BlockSystem, DenseBlockTooLarge
 from mixedfx.model.joint import MixedModel, ModelParameters
 
-__all__ = ["GaussianMarginal", "gaussian_marginal", "gaussian_fixed_effects_iterative", "term_z",
-           "DenseBlockTooLarge"]
+__all__ = ["GaussianMarginal", "gaussian_marginal", "gaussian_fixed_effects_iterative", "marginal_from_cross_products",
+           "term_z", "DenseBlockTooLarge"]
 
 
 @dataclass(frozen=True)
@@ -154,10 +154,41 @@ def gaussian_marginal(
     system = BlockSystem(terms, scaled, max_dense_entries=max_dense_entries)
     W = np.column_stack([residual, X])
     v1, vr = system.project(W)
+    return marginal_from_cross_products(system, W.T @ W, v1, vr, params=params, n_obs=n,
+                                        profile_fixed_effects=profile_fixed_effects)
+
+
+def marginal_from_cross_products(system: BlockSystem, wtw, v1, vr, *, params: ModelParameters, n_obs,
+                                 profile_fixed_effects: bool = False) -> GaussianMarginal:
+    """:func:`gaussian_marginal` from its sums over rows.
+
+    With ``W = [r, X]`` (``r = y - offset - X beta`` at ``params``) and ``U`` the
+    scaled random-effects design of ``system``, everything follows from ``W'W``,
+    ``U'W`` (``v1``, ``vr`` in the block layout of :meth:`BlockSystem.project`) and
+    the blocks of ``U'U`` that ``system`` holds: sums over rows, which a sharded fit
+    computes per shard and adds up.
+
+    Parameters
+    ----------
+    system : BlockSystem
+    wtw : numpy.ndarray of shape (1 + n_fixed, 1 + n_fixed)
+    v1 : numpy.ndarray of shape (q1, d1, 1 + n_fixed)
+    vr : numpy.ndarray of shape (width, 1 + n_fixed)
+    params : ModelParameters
+    n_obs : int
+    profile_fixed_effects : bool, default False
+
+    Returns
+    -------
+    GaussianMarginal
+    """
+    n = n_obs
+    beta = np.asarray(params.fixed_effects, dtype=np.float64)
+    sigma = float(params.family_params["sigma"])
     x1, xr = system.solve(v1, vr)
-    reduced = W.T @ W - system.quadratic(v1, vr, x1, xr)
+    reduced = wtw - system.quadratic(v1, vr, x1, xr)
     loglik = -0.5 * (n * np.log(2 * np.pi * sigma**2) + system.logdet + reduced[0, 0] / sigma**2)
-    p = X.shape[1]
+    p = beta.shape[0]
     profiled, reml = float(loglik), float(loglik)
     gls = beta
     if p:
