@@ -181,6 +181,24 @@ def marginal_from_cross_products(system: BlockSystem, wtw, v1, vr, *, params: Mo
     Returns
     -------
     GaussianMarginal
+
+    Examples
+    --------
+    The same numbers as :func:`gaussian_marginal`, from the sums it would compute:
+
+    >>> import numpy as np
+    >>> from mixedfx.design import RandomTermData
+    >>> from mixedfx.model import BlockSystem, Gaussian, MixedModel, ModelParameters, gaussian_marginal
+    >>> from mixedfx.model.gaussian import marginal_from_cross_products
+    >>> term = RandomTermData("g", np.array([0, 0, 1, 1], dtype=np.int32), None, 2)
+    >>> model = MixedModel(Gaussian(), np.ones((4, 1)), np.array([1.0, 2.0, 4.0, 5.0]), (term,), ("Intercept",))
+    >>> params = ModelParameters(np.array([3.0]), np.array([1.0]), {"sigma": 1.0})
+    >>> system = BlockSystem([term], [np.ones((4, 1))])  # U = Z L / sigma
+    >>> W = np.column_stack([model.response - 3.0, model.fixed_design])
+    >>> v1, vr = system.project(W)
+    >>> sums = marginal_from_cross_products(system, W.T @ W, v1, vr, params=params, n_obs=4)
+    >>> round(sums.log_likelihood, 4), round(gaussian_marginal(model, params).log_likelihood, 4)
+    (-6.7744, -6.7744)
     """
     n = n_obs
     beta = np.asarray(params.fixed_effects, dtype=np.float64)
