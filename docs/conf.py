@@ -7,7 +7,8 @@ Build locally with::
 
 The build runs the worked example (``_ext/worked_example.py``): it fits InstEval,
 about a minute on 2 CPU cores, and caches its figures and numbers in
-``docs/_generated/`` until mixedfx's sources or the lme4 fixtures change.
+``docs/_generated/``, keyed on what they depend on (not on docstrings: editing the
+documentation does not refit).
 """
 
 import os
@@ -34,8 +35,11 @@ extensions = [
     "sphinx.ext.autosummary",
     "sphinx.ext.mathjax",
     "numpydoc",
+    "myst_parser",
     "worked_example",
 ]
+# reStructuredText pages, and Markdown ones (scaling.md) through MyST
+source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 autosummary_generate = True
 autodoc_default_options = {
     "members": True,

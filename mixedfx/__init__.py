@@ -28,6 +28,13 @@ from mixedfx.formula import FormulaSpec, RandomTermSpec, parse_formula
 from mixedfx.inference import FitSummary
 from mixedfx.results import anova
 
+#: The installed version of mixedfx.
+#:
+#: Examples
+#: --------
+#: >>> import mixedfx
+#: >>> mixedfx.__version__
+#: '0.1.0'
 __version__ = "0.1.0"
 
 __all__ = [

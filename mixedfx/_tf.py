@@ -6,6 +6,13 @@ to file descriptor 2 before Python can filter them, so the import, device discov
 and a first tiny XLA compile run with that descriptor pointed at ``/dev/null``.  Set
 ``MIXEDFX_TF_LOGS=1`` to see them.
 
+``MIXEDFX_CPU_DEVICES=N`` splits the CPU into ``N`` logical devices before
+TensorFlow starts (``tf.config.set_logical_device_configuration``, which must run
+before TensorFlow's first operation, and importing mixedfx runs one): enough to try a
+sharded fit (``distribute=tf.distribute.MirroredStrategy()``) on one machine.  The
+logical devices share the processor's cores, so this tests sharding, it does not speed
+anything up.
+
 TensorFloat-32 is switched off: on Ampere and Hopper GPUs it silently rounds float32
 matmuls to 10 mantissa bits, which breaks the exactness HMC's accept/reject step
 relies on.
@@ -19,6 +26,16 @@ import sys
 import warnings
 
 __all__ = ["tf", "tfp", "tfd", "tfb"]
+
+
+def _cpu_devices() -> int | None:
+    """The value of ``MIXEDFX_CPU_DEVICES``: a count of logical CPU devices, or None."""
+    value = os.environ.get("MIXEDFX_CPU_DEVICES", "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"MIXEDFX_CPU_DEVICES must be a positive integer (logical CPU devices), got {value!r}")
+    return int(value)
 
 
 @contextlib.contextmanager
@@ -53,6 +70,9 @@ with _silenced_stderr_fd(), warnings.catch_warnings():
 
     tf.get_logger().setLevel("ERROR")
     tf.config.experimental.enable_tensor_float_32_execution(False)
+    if _cpu_devices() is not None:
+        tf.config.set_logical_device_configuration(
+            tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * _cpu_devices())
     tf.config.list_physical_devices()
 
     @tf.function(jit_compile=True)

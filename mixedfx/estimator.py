@@ -31,7 +31,9 @@ from mixedfx.design import (
     build_fixed_design,
     clean_columns,
     formula_columns,
+    is_arrow_source,
     missing_rows,
+    read_arrow,
 )
 from mixedfx.design.frame import describe_counts
 from mixedfx.exceptions import (
@@ -47,6 +49,7 @@ from mixedfx.exceptions import (
 from mixedfx.formula import parse_formula
 from mixedfx.inference import MCEMOptions, MonteCarloErrorRule, fit_mcem
 from mixedfx.inference.boundary import boundary_components, zero_components
+from mixedfx.inference.distributed import check_strategy, sharded_gaussian_marginal
 from mixedfx.inference.layout import fixed_effects_covariance
 from mixedfx.model import (
     DenseBlockTooLarge,
@@ -55,6 +58,7 @@ from mixedfx.model import (
     ModelParameters,
     Ordinal,
     build_joint_distribution,
+    gaussian_fixed_effects_iterative,
     gaussian_marginal,
     get_family,
     marginal_log_likelihood,
@@ -111,6 +115,8 @@ class _MixedEffectsModel(BaseEstimator):
                 f"method='reml' is defined for the Gaussian family only (family={family.name!r} is fitted by ML, "
                 "as glmer does)"
             )
+        if self._distribute() is not None:
+            check_strategy(self._distribute())
         if family.name not in self._families:
             other = "MixedEffectsClassifier" if family.is_classification else "MixedEffectsRegressor"
             raise ParameterError(
@@ -119,15 +125,21 @@ class _MixedEffectsModel(BaseEstimator):
             )
         return family
 
-    def _input_frame(self, X, *, fitting: bool = False) -> pd.DataFrame:
-        """``X`` as a pandas DataFrame (converted from polars; from an array only
-        without a formula), with nullable dtypes made plain; never the caller's object
-        changed.  At fit, records ``n_features_in_`` and ``feature_names_in_``."""
+    def _input_frame(self, X, *, fitting: bool = False, spec=None) -> pd.DataFrame:
+        """``X`` as a pandas DataFrame (converted from polars; read from Arrow or
+        Parquet, only the formula's columns; from an array only without a formula),
+        with nullable dtypes made plain; never the caller's object changed.  At fit,
+        records ``n_features_in_`` and ``feature_names_in_``."""
         formula_less = self.formula is None
         if not fitting:
             check_is_fitted(self, "fixed_effects_")
-        data = as_frame(X, allow_array=formula_less)
-        named = data is X or type(X).__module__.split(".")[0] == "polars"
+            spec = self.formula_spec_
+        if not formula_less and is_arrow_source(X):
+            data = read_arrow(X, formula=spec.text, grouping=spec.grouping_columns)
+            named = True
+        else:
+            data = as_frame(X, allow_array=formula_less)
+            named = data is X or type(X).__module__.split(".")[0] == "polars"
         named = named and all(isinstance(c, str) for c in data.columns)
         if formula_less and data.shape[1] == 0:
             raise DataError(f"0 feature(s) (shape={data.shape}) while a minimum of 1 is required.")
@@ -208,6 +220,28 @@ class _MixedEffectsModel(BaseEstimator):
         data = clean_columns(data.loc[keep], columns, drop_unused_categories=True)
         return data, None if y is None else y[keep], None if sample_weight is None else sample_weight[keep]
 
+    def _distribute(self):
+        return getattr(self, "distribute", None)
+
+    def __sklearn_clone__(self):
+        # A strategy names devices: a clone (a refit, a bootstrap replicate, a
+        # cross-validation fold) shares it, so that its compiled programs are reused,
+        # instead of deep-copying it into a new strategy over the same devices.
+        strategy = self._distribute()
+        if strategy is None:
+            return super().__sklearn_clone__()
+        params = {name: value if name == "distribute" else clone(value, safe=False)
+                  for name, value in self.get_params(deep=False).items()}
+        return type(self)(**params)
+
+    def __getstate__(self):
+        # A tf.distribute.Strategy holds devices and cannot be pickled; it is a setting of
+        # the machine that fits, not of the model, so an unpickled estimator has none.
+        state = super().__getstate__()
+        if state.get("distribute") is not None:
+            state = {**state, "distribute": None}
+        return state
+
     def _method(self) -> str:
         method = getattr(self, "method", "ml")
         return method.lower() if isinstance(method, str) else method
@@ -222,10 +256,12 @@ class _MixedEffectsModel(BaseEstimator):
 
         Parameters
         ----------
-        X : pandas.DataFrame or polars.DataFrame
+        X : pandas.DataFrame, polars.DataFrame, pyarrow.Table, or path(s) of Parquet files
             The data: every column the formula names (a polars DataFrame is converted
-            to pandas).  Without a formula (``formula=None``), any 2-D table: every
-            column but the ``groups`` columns is a fixed effect.
+            to pandas).  From Arrow or Parquet only those columns are read, and the
+            grouping columns become categoricals through Arrow's dictionary encoding
+            (:func:`~mixedfx.design.read_arrow`).  Without a formula (``formula=None``),
+            any 2-D table: every column but the ``groups`` columns is a fixed effect.
         y : array-like of shape (n_rows,), optional
             The response.  When omitted, it is the formula's left-hand side evaluated
             on ``X`` (``cbind(successes, failures)`` for a binomial response).
@@ -247,8 +283,9 @@ class _MixedEffectsModel(BaseEstimator):
             ``fit_summary_.n_retries``); no estimates are returned then.
         """
         family = self._validate_params()
-        data = self._input_frame(X, fitting=True)
-        spec = parse_formula(self._formula_text(data))
+        spec = None if self.formula is None else parse_formula(self.formula)
+        data = self._input_frame(X, fitting=True, spec=spec)
+        spec = spec if spec is not None else parse_formula(self._formula_text(data))
         if not spec.random:
             raise FormulaError(
                 "No random effects terms specified in formula: add at least one term such as "
@@ -331,7 +368,7 @@ class _MixedEffectsModel(BaseEstimator):
         )
         rule = self.stopping_rule if self.stopping_rule is not None else MonteCarloErrorRule(tol=float(self.tol))
         result = fit_mcem(model, method=self._method(), options=options, stopping_rule=rule, seed=seed,
-                          progress=self.verbose > 0 if progress is None else progress)
+                          progress=self.verbose > 0 if progress is None else progress, distribute=self._distribute())
         self.model_ = model
         self.n_obs_ = model.n_obs
         self.n_iter_ = result.summary.n_iter
@@ -395,19 +432,34 @@ class _MixedEffectsModel(BaseEstimator):
             try:
                 # Given the variance parameters, the fixed effects and the conditional
                 # moments of the random effects have closed forms (lme4's, exactly).
-                exact = gaussian_marginal(model, params, profile_fixed_effects=True)
-                params = dataclasses.replace(params, fixed_effects=exact.gls_fixed_effects)
+                if self._distribute() is None:
+                    exact = gaussian_marginal(model, params, profile_fixed_effects=True)
+                else:  # the same sums over rows, taken shard by shard
+                    exact = sharded_gaussian_marginal(model, params, strategy=self._distribute(),
+                                                      profile_fixed_effects=True)
             except DenseBlockTooLarge as exc:
-                warnings.warn(f"exact Gaussian quantities not computed: {exc}", UserWarning, stacklevel=4)
+                # Too large to factor: the same solves by conjugate gradients, without the log-determinant.
+                try:
+                    exact = gaussian_fixed_effects_iterative(model, params)
+                    done = "the fixed effects, their standard errors and the conditional means are exact (solved " \
+                           "iteratively); the log-likelihood and the conditional sds are not computed"
+                except np.linalg.LinAlgError as failure:
+                    done = f"no exact quantities computed ({failure})"
+                warnings.warn(f"{exc}: {done}", UserWarning, stacklevel=4)
+            if exact is not None:
+                params = dataclasses.replace(params, fixed_effects=exact.gls_fixed_effects)
         self.model_parameters_ = params
         beta = np.asarray(params.fixed_effects, dtype=float)
         if exact is not None:
             reml = self._method() == "reml"
             self.log_likelihood_ = exact.reml_log_likelihood if reml else exact.log_likelihood
-            self.log_likelihood_se_ = 0.0
-            self.log_likelihood_method_ = "exact (REML criterion)" if reml else "exact"
+            computed = self.log_likelihood_ is not None
+            self.log_likelihood_se_ = 0.0 if computed else None
+            self.log_likelihood_method_ = ("exact (REML criterion)" if reml else "exact") if computed else None
             cov = exact.fixed_effects_cov
-            conditional_means, conditional_covs = exact.conditional_means, exact.conditional_covs
+            conditional_means = exact.conditional_means
+            if exact.conditional_covs:
+                conditional_covs = exact.conditional_covs
         else:
             try:
                 likelihood = marginal_log_likelihood(model, params, seed=seed, start=result.random_effects)
@@ -881,6 +933,14 @@ _PARAMETERS_DOC = """
     verbose : int, default 1
         ``0`` is silent; ``1`` shows a progress bar on fits that take more than two
         seconds.
+    distribute : tf.distribute.Strategy, optional
+        Fit on several devices: a :class:`tf.distribute.MirroredStrategy` (the GPUs of
+        one host) or a :class:`tf.distribute.MultiWorkerMirroredStrategy` (several
+        hosts).  The rows are sharded across the replicas, each computes its shard's
+        log-likelihood, gradient and M-step sums, and the sums are all-reduced; the
+        parameters and random effects are replicated (see :doc:`/scaling`).  ``None``
+        (the default) fits on one device.  A strategy is not pickled with the
+        estimator.
 """
 
 _ATTRIBUTES_DOC = """
@@ -1019,6 +1079,7 @@ class MixedEffectsRegressor(RegressorMixin, _MixedEffectsModel):
         stopping_rule=None,
         random_state=None,
         verbose=1,
+        distribute=None,
     ):
         self.formula = formula
         self.family = family
@@ -1034,6 +1095,7 @@ class MixedEffectsRegressor(RegressorMixin, _MixedEffectsModel):
         self.stopping_rule = stopping_rule
         self.random_state = random_state
         self.verbose = verbose
+        self.distribute = distribute
 
     def predict(self, X, *, new_levels=None, include_random=True, return_std=False):
         """Conditional mean of the response for new rows.
@@ -1236,6 +1298,7 @@ class MixedEffectsClassifier(ClassifierMixin, _MixedEffectsModel):
         stopping_rule=None,
         random_state=None,
         verbose=1,
+        distribute=None,
     ):
         self.formula = formula
         self.family = family
@@ -1250,6 +1313,7 @@ class MixedEffectsClassifier(ClassifierMixin, _MixedEffectsModel):
         self.stopping_rule = stopping_rule
         self.random_state = random_state
         self.verbose = verbose
+        self.distribute = distribute
 
     def _prepare_response(self, family, raw, trials):
         values = pd.Series(raw)

@@ -25,7 +25,20 @@ __all__ = [
 
 
 class MixedFXError(Exception):
-    """Base class of every exception mixedfx raises on purpose."""
+    """Base class of every exception mixedfx raises on purpose.
+
+    Examples
+    --------
+    >>> import mixedfx
+    >>> try:
+    ...     mixedfx.parse_formula("y ~ x + (1 | )")
+    ... except mixedfx.MixedFXError as error:
+    ...     print(type(error).__name__)
+    FormulaError
+    >>> [cls.__name__ for cls in (mixedfx.FormulaError, mixedfx.DataError, mixedfx.NewLevelError,
+    ...                           mixedfx.ParameterError, mixedfx.FitError) if issubclass(cls, mixedfx.MixedFXError)]
+    ['FormulaError', 'DataError', 'NewLevelError', 'ParameterError', 'FitError']
+    """
 
 
 class FormulaError(MixedFXError, ValueError):
@@ -76,19 +89,83 @@ def _rebuild_formula_error(message, formula, position):
 
 
 class DataError(MixedFXError, ValueError):
-    """The data do not fit the model: a missing column, bad values, too few levels."""
+    """The data do not fit the model: a missing column, bad values, too few levels.
+
+    Examples
+    --------
+    >>> import mixedfx
+    >>> data = mixedfx.datasets.make_mixed_data(
+    ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
+    ...     random_sd={"g": 0.8}, random_state=2)
+    >>> mixedfx.MixedEffectsRegressor("y ~ xx + (1 | g)", verbose=0).fit(data)
+    Traceback (most recent call last):
+    ...
+    mixedfx.exceptions.DataError: column 'xx' used in the formula 'xx' is not in the data. Did you mean 'x'?
+    """
 
 
 class NewLevelError(DataError):
-    """A grouping or categorical level at predict time that was not seen in ``fit``."""
+    """A grouping or categorical level at predict time that was not seen in ``fit``.
+
+    Raised for a grouping level only when asked, with ``new_levels="error"``
+    (lme4's ``allow.new.levels = FALSE``); by default such a level gets a zero random
+    effect.
+
+    Examples
+    --------
+    >>> import mixedfx
+    >>> data = mixedfx.datasets.make_mixed_data(
+    ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
+    ...     random_sd={"g": 0.8}, random_state=2)
+    >>> model = mixedfx.lmer("y ~ x + (1 | g)", data, random_state=0, verbose=0)
+    >>> new = data.head(1).assign(g="a new group")
+    >>> model.predict(new, new_levels="error")
+    Traceback (most recent call last):
+    ...
+    mixedfx.exceptions.NewLevelError: 1 row(s) have level(s) of grouping factor 'g' not seen in fit (e.g. 'a new group'); use new_levels='population' to predict them with a zero random effect
+    >>> bool(model.predict(new)[0] == model.predict(new, include_random=False)[0])  # the default
+    True
+    """
 
 
 class ParameterError(MixedFXError, ValueError):
-    """An estimator or function argument with an invalid value."""
+    """An estimator or function argument with an invalid value.
+
+    Estimators check their arguments in ``fit``, as scikit-learn's do.
+
+    Examples
+    --------
+    >>> import mixedfx
+    >>> data = mixedfx.datasets.make_mixed_data(
+    ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
+    ...     random_sd={"g": 0.8}, random_state=2)
+    >>> mixedfx.MixedEffectsRegressor("y ~ x + (1 | g)", n_chains=0).fit(data)
+    Traceback (most recent call last):
+    ...
+    mixedfx.exceptions.ParameterError: n_chains must be an integer >= 1, got 0
+    """
 
 
 class FitError(MixedFXError, RuntimeError):
-    """The fit broke down numerically (non-finite values); no estimates are returned."""
+    """The fit broke down numerically (non-finite values); no estimates are returned.
+
+    Examples
+    --------
+    An E-step whose HMC step size is far too large keeps diverging; once its retries
+    (chains at the conditional modes, then smaller steps) are used up, the fit stops:
+
+    >>> import mixedfx
+    >>> from mixedfx.inference import MCEMOptions, fit_mcem
+    >>> data = mixedfx.datasets.make_mixed_data(
+    ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
+    ...     random_sd={"g": 0.8}, random_state=2)
+    >>> model = mixedfx.lmer("y ~ x + (1 | g)", data, random_state=0, verbose=0)
+    >>> try:
+    ...     fit_mcem(model.model_, options=MCEMOptions(initial_step_size=1e4, max_retries=1), seed=0)
+    ... except mixedfx.FitError as error:
+    ...     print(str(error).split(" (")[0])
+    Monte Carlo EM broke down in iterations 1-5
+    """
 
 
 class ConvergenceWarning(_SklearnConvergenceWarning):
@@ -96,6 +173,24 @@ class ConvergenceWarning(_SklearnConvergenceWarning):
 
     A subclass of :class:`sklearn.exceptions.ConvergenceWarning`, so scikit-learn's
     warning filters apply to it too.
+
+    Examples
+    --------
+    Ten EM iterations are too few for the stopping rule; the fit still returns,
+    with the estimates averaged over the last iterations:
+
+    >>> import mixedfx
+    >>> data = mixedfx.datasets.make_mixed_data(
+    ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
+    ...     random_sd={"g": 0.8}, random_state=2)
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     model = mixedfx.lmer("y ~ x + (1 | g)", data, max_iter=10, random_state=0, verbose=0)
+    >>> [warning.category.__name__ for warning in caught]
+    ['ConvergenceWarning']
+    >>> model.fit_summary_.converged, model.fit_summary_.n_iter
+    (False, 10)
     """
 
 
@@ -114,6 +209,22 @@ class SamplerWarning(UserWarning):
     many EM iterations and are judged by the Monte Carlo error rule; this warning
     concerns the draws themselves: the conditional means and sds of the random
     effects, :meth:`~mixedfx.MixedEffectsRegressor.to_arviz` and the intervals.
+
+    Examples
+    --------
+    Turn it into an error where the draws matter; this fit's chains agree:
+
+    >>> import mixedfx
+    >>> data = mixedfx.datasets.make_mixed_data(
+    ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
+    ...     random_sd={"g": 0.8}, random_state=2)
+    >>> import warnings
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("error", mixedfx.SamplerWarning)
+    ...     model = mixedfx.lmer("y ~ x + (1 | g)", data, random_state=0, verbose=0)
+    >>> summary = model.fit_summary_
+    >>> bool(summary.rhat <= 1.05 + summary.rhat_noise)
+    True
     """
 
 

@@ -38,7 +38,19 @@ __all__ = [
 def count_parameters(model) -> int:
     """Parameters counted as lme4 counts them for AIC, BIC and ``anova``'s ``npar``:
     fixed effects, every variance-covariance entry (the residual's included), the
-    cutpoints and the dispersion."""
+    cutpoints and the dispersion.
+
+    Examples
+    --------
+    >>> import mixedfx
+    >>> data = mixedfx.datasets.make_mixed_data(
+    ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
+    ...     random_sd={"g": 0.8}, random_state=2)
+    >>> model = mixedfx.lmer("y ~ x + (1 | g)", data, random_state=0, verbose=0)
+    >>> from mixedfx.results import count_parameters
+    >>> count_parameters(model)  # Intercept, x, sd(g), sigma
+    4
+    """
     cutpoints = getattr(model, "cutpoints_", None)
     return (len(model.fixed_effects_) + len(model.variance_components_)
             + (0 if cutpoints is None else len(cutpoints)) + (1 if hasattr(model, "dispersion_") else 0))
@@ -50,6 +62,20 @@ def fixed_effects_table(model) -> pd.DataFrame:
     The p-values are two-sided, from the normal distribution (the Wald test lme4's
     ``confint(method = "Wald")`` also uses; for a Gaussian model lme4 prints the
     statistic as a ``t value`` without a p-value).
+
+    Examples
+    --------
+    >>> import mixedfx
+    >>> data = mixedfx.datasets.make_mixed_data(
+    ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
+    ...     random_sd={"g": 0.8}, random_state=2)
+    >>> model = mixedfx.lmer("y ~ x + (1 | g)", data, random_state=0, verbose=0)
+    >>> from mixedfx.results import fixed_effects_table
+    >>> table = fixed_effects_table(model)
+    >>> table.columns.tolist()
+    ['Estimate', 'Std. Error', 't value', 'Pr(>|t|)']
+    >>> table["Estimate"].round(1).tolist(), bool((table["Pr(>|t|)"] < 1e-6).all())
+    ([1.0, 0.5], True)
     """
     estimate = model.fixed_effects_.to_numpy()
     se = np.sqrt(np.clip(np.diag(model.fixed_effects_cov_.to_numpy()), 0.0, None))
@@ -63,7 +89,22 @@ def fixed_effects_table(model) -> pd.DataFrame:
 
 
 def ranef_frame(model) -> pd.DataFrame:
-    """``as.data.frame(ranef(m, condVar = TRUE))``: one row per (group, term, level)."""
+    """``as.data.frame(ranef(m, condVar = TRUE))``: one row per (group, term, level).
+
+    Examples
+    --------
+    >>> import mixedfx
+    >>> data = mixedfx.datasets.make_mixed_data(
+    ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
+    ...     random_sd={"g": 0.8}, random_state=2)
+    >>> model = mixedfx.lmer("y ~ x + (1 | g)", data, random_state=0, verbose=0)
+    >>> from mixedfx.results import ranef_frame
+    >>> frame = ranef_frame(model)
+    >>> frame.columns.tolist(), len(frame)  # 30 levels of g, one coefficient each
+    (['group', 'term', 'level', 'condval', 'condsd'], 30)
+    >>> frame.loc[0, ["group", "term", "level"]].tolist()
+    ['g', '(Intercept)', 'g00']
+    """
     frames = []
     for group, means in model.random_effects_.items():
         covs = model.random_effects_cov_[group]
@@ -81,7 +122,19 @@ def ranef_frame(model) -> pd.DataFrame:
 def parameter_vector(model) -> pd.Series:
     """Every estimated parameter, named as in :attr:`FitSummary.parameter_names`:
     fixed effects (internal: an ordinal model's intercept included), sds,
-    correlations, then the family's parameters."""
+    correlations, then the family's parameters.
+
+    Examples
+    --------
+    >>> import mixedfx
+    >>> data = mixedfx.datasets.make_mixed_data(
+    ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
+    ...     random_sd={"g": 0.8}, random_state=2)
+    >>> model = mixedfx.lmer("y ~ x + (1 | g)", data, random_state=0, verbose=0)
+    >>> from mixedfx.results import parameter_vector
+    >>> parameter_vector(model).round(1).to_dict()
+    {'Intercept': 1.0, 'x': 0.5, 'sd(g)': 0.8, 'sigma': 1.0}
+    """
     summary = model.fit_summary_
     values = pd.Series(np.asarray(summary.estimate, dtype=float), index=list(summary.parameter_names))
     fixed = np.asarray(model.model_parameters_.fixed_effects, dtype=float)
@@ -90,7 +143,29 @@ def parameter_vector(model) -> pd.Series:
 
 
 def confidence_intervals(model, *, method="wald", level=0.95, n_boot=200, random_state=None) -> pd.DataFrame:
-    """Confidence intervals for every parameter: see :meth:`MixedEffectsRegressor.confint`."""
+    """Confidence intervals for every parameter: see :meth:`MixedEffectsRegressor.confint`.
+
+    Examples
+    --------
+    Wald intervals cover the fixed effects only (lme4's ``confint(m, method =
+    "Wald")`` too); ``method="bootstrap"`` covers every parameter:
+
+    >>> import mixedfx
+    >>> data = mixedfx.datasets.make_mixed_data(
+    ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
+    ...     random_sd={"g": 0.8}, random_state=2)
+    >>> model = mixedfx.lmer("y ~ x + (1 | g)", data, random_state=0, verbose=0)
+    >>> from mixedfx.results import confidence_intervals
+    >>> intervals = confidence_intervals(model, level=0.9)
+    >>> intervals.columns.tolist()
+    ['5 %', '95 %']
+    >>> intervals.round(1)  # doctest: +NORMALIZE_WHITESPACE
+               5 %  95 %
+    Intercept  0.8   1.2
+    x          0.4   0.6
+    sd(g)      NaN   NaN
+    sigma      NaN   NaN
+    """
     if not isinstance(level, (int, float)) or not 0.0 < level < 1.0:
         raise ParameterError(f"level must be a number between 0 and 1, got {level!r}")
     tail = (1.0 - level) / 2.0
@@ -156,6 +231,21 @@ def simulate_responses(model, bound: MixedModel, *, n, rng, posterior=False) -> 
     Random effects come from their fitted distribution ``N(0, Sigma)`` (lme4's
     ``simulate``), or, with ``posterior=True``, from the E-step's kept draws (the
     posterior predictive distribution given the fitted parameters).
+
+    Examples
+    --------
+    >>> import mixedfx
+    >>> data = mixedfx.datasets.make_mixed_data(
+    ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
+    ...     random_sd={"g": 0.8}, random_state=2)
+    >>> model = mixedfx.lmer("y ~ x + (1 | g)", data, random_state=0, verbose=0)
+    >>> import numpy as np
+    >>> from mixedfx.results import simulate_responses
+    >>> y = simulate_responses(model, model.model_, n=200, rng=np.random.default_rng(0))
+    >>> y.shape  # 200 simulations of the 600 training rows
+    (200, 600)
+    >>> bool(abs(y.mean() - data["y"].mean()) < 0.2)
+    True
     """
     params = model.model_parameters_
     effects = _random_effect_values(model, n=n, rng=rng, posterior=posterior)
@@ -177,7 +267,31 @@ def linear_predictor_variance(model, X_fixed, terms, *, include_random) -> np.nd
     covariance, plus each row's random effects' conditional covariance (their prior
     covariance for a level not seen in fit).  The covariance between the fixed and the
     random effects' estimates is left out, as in lme4-based prediction intervals
-    (merTools' ``predictInterval``)."""
+    (merTools' ``predictInterval``).
+
+    Examples
+    --------
+    A row of a group seen in the fit, and one of a new group (whose random effect is
+    only known to follow its prior):
+
+    >>> import mixedfx
+    >>> data = mixedfx.datasets.make_mixed_data(
+    ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
+    ...     random_sd={"g": 0.8}, random_state=2)
+    >>> model = mixedfx.lmer("y ~ x + (1 | g)", data, random_state=0, verbose=0)
+    >>> import numpy as np
+    >>> import pandas as pd
+    >>> from mixedfx.results import linear_predictor_variance
+    >>> new = pd.DataFrame({"x": [0.0, 0.0], "g": ["g01", "a new group"]})
+    >>> X_new, terms = model.fixed_design_.transform(new), model.random_design_.materialize(new)
+    >>> fixed_only = linear_predictor_variance(model, X_new, terms, include_random=False)
+    >>> total = linear_predictor_variance(model, X_new, terms, include_random=True)
+    >>> bool(np.allclose(fixed_only, model.fixed_effects_cov_.iloc[0, 0]))  # at x = 0: Var(Intercept)
+    True
+    >>> sd_g = model.variance_components_["sdcor"].iloc[0]
+    >>> bool(np.isclose(total[1], fixed_only[1] + sd_g**2)), bool(fixed_only[0] < total[0] < total[1])
+    (True, True)
+    """
     cov = model.fixed_effects_cov_.to_numpy()
     names = list(model.fixed_effects_.index)
     internal = list(model.model_.fixed_names)
@@ -280,7 +394,22 @@ def anova(*models, refit=True, names=None) -> pd.DataFrame:
 
 def to_arviz(model):
     """The E-step's kept draws of the random effects as ArviZ ``InferenceData``: see
-    :meth:`MixedEffectsRegressor.to_arviz`."""
+    :meth:`MixedEffectsRegressor.to_arviz`.
+
+    Examples
+    --------
+    >>> import mixedfx
+    >>> data = mixedfx.datasets.make_mixed_data(
+    ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
+    ...     random_sd={"g": 0.8}, random_state=2)
+    >>> model = mixedfx.lmer("y ~ x + (1 | g)", data, random_state=0, verbose=0)
+    >>> from mixedfx.results import to_arviz
+    >>> posterior = to_arviz(model).posterior
+    >>> posterior["g"].dims
+    ('chain', 'draw', 'g_level', 'g_coef')
+    >>> posterior.sizes["chain"], posterior.sizes["g_level"]
+    (2, 30)
+    """
     try:
         import arviz as az
     except ImportError as exc:  # pragma: no cover - arviz is a dependency

@@ -157,7 +157,8 @@ BAD_INPUT = [
      DataError, "the fixed effects reproduce the response 'y' exactly (zero residuals)", None),
     # -- wrong types ----------------------------------------------------------------------
     ("numpy array with a formula", _regressor(), lambda d: d.to_numpy(), None, DataError,
-     "X must be a pandas DataFrame with the columns the formula names, got ndarray", None),
+     "X must be a pandas DataFrame (or a polars DataFrame, a pyarrow Table or Parquet file(s)) with the columns "
+     "the formula names, got ndarray", None),
     ("sparse matrix", _regressor(), lambda d: scipy.sparse.csr_matrix(d[["x", "y"]].to_numpy()), None, DataError,
      "X is a sparse matrix; sparse input is not supported", None),
     ("polars LazyFrame", _regressor(), lambda d: pl.from_pandas(d).lazy(), None, DataError,

@@ -1,11 +1,15 @@
-"""The documentation: every public name in the API reference, the README's pointers, and
-the Sphinx site built with warnings as errors, its worked example's figures and tables
-included."""
+"""The documentation: every public name in the API reference with a runnable example, the
+README's pointers, and the Sphinx site built with warnings as errors, its worked example's
+figures and tables included."""
 
 from __future__ import annotations
 
+import doctest
+import functools
 import importlib
+import inspect
 import json
+import pkgutil
 import re
 import struct
 from html.parser import HTMLParser
@@ -72,6 +76,152 @@ def test_every_public_name_is_in_the_api_reference():
                 continue
             missing.append(qualified)
     assert not missing, "public names missing from docs/api.rst: " + ", ".join(missing)
+
+
+# -- every public name has a runnable example -------------------------------------------------
+def _public_names() -> dict[str, object]:
+    """Every public name: the ``__all__`` of :data:`PUBLIC_MODULES` and every class, function
+    and constant docs/api.rst documents, each once (under the first name it is found by)."""
+    candidates = []
+    for module_name in PUBLIC_MODULES:
+        module = importlib.import_module(module_name)
+        candidates += [(f"{module_name}.{name}", getattr(module, name)) for name in module.__all__]
+    for dotted in sorted(_documented_names((DOCS / "api.rst").read_text())):
+        obj = _resolve(dotted)
+        if not inspect.ismodule(obj):  # api.rst's module directives only set the current module
+            candidates.append((dotted, obj))
+    unique: dict[object, tuple[str, object]] = {}
+    for dotted, obj in candidates:
+        # A constant is identified by where it is defined (equal strings or ints may be
+        # one object), anything else by identity.
+        key = _data_documentation(dotted)[0] if _is_data(obj) else id(obj)
+        unique.setdefault(key, (dotted, obj))
+    return dict(unique.values())
+
+
+@functools.lru_cache(maxsize=1)
+def _package_modules() -> tuple[str, ...]:
+    package = importlib.import_module("mixedfx")
+    names = ["mixedfx"] + [info.name for info in pkgutil.walk_packages(package.__path__, "mixedfx.")]
+    return tuple(name for name in names if not name.endswith("__main__"))
+
+
+def _is_data(obj) -> bool:
+    """A constant (a dict, tuple, str, int ...): it cannot carry a docstring of its own."""
+    return not (inspect.ismodule(obj) or inspect.isclass(obj) or inspect.isroutine(obj))
+
+
+def _data_documentation(dotted: str) -> tuple[str, str]:
+    """Where a constant is documented, and the text: the ``#:`` comment (or string) at its
+    assignment in the module that defines it, which is what Sphinx's ``autodata`` shows."""
+    from sphinx.pycode import ModuleAnalyzer
+
+    name = dotted.rsplit(".", 1)[1]
+    obj = _resolve(dotted)
+    for module_name in _package_modules():
+        module = importlib.import_module(module_name)
+        if getattr(module, name, None) is not obj:
+            continue
+        documented = ModuleAnalyzer.for_module(module_name).find_attr_docs().get(("", name))
+        if documented:
+            return f"{module_name}.{name}", "\n".join(documented)
+    return dotted, ""
+
+
+def _documentation(dotted: str, obj) -> tuple[str, str]:
+    if _is_data(obj):
+        return _data_documentation(dotted)
+    return dotted, inspect.getdoc(obj) or ""
+
+
+def _runnable_examples(text: str) -> list[doctest.Example]:
+    """The doctest examples of ``text`` that run (those not marked ``+SKIP``)."""
+    examples = doctest.DocTestParser().get_examples(text)
+    return [example for example in examples if not example.options.get(doctest.SKIP)]
+
+
+def test_every_public_name_has_a_runnable_example():
+    """Each public name's docstring (a constant's documentation comment) holds at least one
+    doctest example that runs: pytest's ``--doctest-modules`` runs the docstrings, and
+    :func:`test_examples_of_constants_run` the comments."""
+    missing = []
+    for dotted, obj in _public_names().items():
+        where, text = _documentation(dotted, obj)
+        if not _runnable_examples(text):
+            missing.append(where)
+    assert not missing, "public names without a runnable example (a '>>>' line): " + ", ".join(sorted(missing))
+
+
+_CONSTANTS = sorted(dotted for dotted, obj in _public_names().items() if _is_data(obj))
+
+
+def test_constants_are_found():
+    documented = {_data_documentation(dotted)[0] for dotted in _CONSTANTS}
+    assert documented == {
+        "mixedfx.__version__", "mixedfx.design.fixed.EVALUATION_CONTEXT", "mixedfx.design.random.NEW_LEVEL_POLICIES",
+        "mixedfx.model.families.FAMILIES", "mixedfx.model.joint.RESPONSE", "mixedfx.examples.tutorial.FIGURES",
+        "mixedfx.examples.tutorial.N_ORDINAL_STUDENTS", "mixedfx.examples.tutorial.PARTS",
+    }
+    assert len(_CONSTANTS) == len(documented)  # each once
+
+
+def test_the_example_rule_can_fail():
+    """The checks above see a missing or skipped example, in a docstring or a comment."""
+    assert not _runnable_examples("No example.\n\n    >>> run()  # doctest: +SKIP\n")
+    assert len(_runnable_examples("Example.\n\n>>> 1 + 1\n2\n")) == 1
+    assert _data_documentation("mixedfx.model.FAMILIES")[0] == "mixedfx.model.families.FAMILIES"
+    assert ">>> " in _data_documentation("mixedfx.model.FAMILIES")[1]
+
+
+@pytest.mark.parametrize("dotted", _CONSTANTS)
+def test_examples_of_constants_run(dotted):
+    """A constant's example lives in its documentation comment, which doctest does not
+    collect: run it here, as pytest runs the docstrings."""
+    where, text = _data_documentation(dotted)
+    test = doctest.DocTestParser().get_doctest(text, {}, where, where, 0)
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    report = []
+    runner.run(test, out=report.append)
+    assert runner.tries > 0, f"{where} has no example in its documentation comment"
+    assert runner.failures == 0, "".join(report)
+
+
+def test_lme4_fixture_of_the_worked_example_fits_its_training_rows():
+    """lme4 was fitted to the rows the worked example's split keeps (the fixture records a
+    digest of their positions; tests/fixtures/make_tutorial_fixture.py remakes it)."""
+    import hashlib
+
+    import mixedfx
+    from mixedfx.examples.insteval import split
+
+    fixture = json.loads((ROOT / "tests" / "fixtures" / "lme4_insteval_train.json").read_text())
+    data = mixedfx.datasets.load_insteval()
+    train, _ = split(data, train_fraction=fixture["split"]["train_fraction"],
+                     random_state=fixture["split"]["random_state"])
+    rows = sorted(int(r) for r in train.index)
+    assert len(rows) == fixture["split"]["n_rows"] == fixture["ml"]["n_obs"] == fixture["reml"]["n_obs"]
+    assert hashlib.sha256("".join(f"{r}\n" for r in rows).encode()).hexdigest() == fixture["split"]["rows_sha256"]
+    assert fixture["ml"]["method"] == "ML" and fixture["reml"]["method"] == "REML"
+    assert fixture["ml"]["n_levels"] == {"s": train["s"].nunique(), "d": train["d"].nunique(), "dept": 14}
+
+
+def test_worked_example_cache_key_ignores_docstrings_and_comments(tmp_path, monkeypatch):
+    """The worked example's cache key reads code, not prose: editing a docstring or a
+    comment keeps the cached fits, editing code does not."""
+    monkeypatch.syspath_prepend(str(DOCS / "_ext"))
+    from worked_example import _code_only
+
+    versions = {
+        "original": 'def f(x):\n    """Double x."""\n    return 2 * x\n',
+        "docstring": 'def f(x):\n    """Twice x, documented anew."""\n    return 2 * x  # a comment\n',
+        "code": 'def f(x):\n    """Double x."""\n    return 3 * x\n',
+    }
+    dumped = {}
+    for name, text in versions.items():
+        (tmp_path / f"{name}.py").write_text(text)
+        dumped[name] = _code_only(tmp_path / f"{name}.py")
+    assert dumped["original"] == dumped["docstring"]
+    assert dumped["original"] != dumped["code"]
 
 
 def test_readme_points_to_the_docs_and_how_to_build_them():
@@ -169,7 +319,7 @@ def test_worked_example_page_compares_with_lme4(built_site):
     by_name = {row[0]: row for row in rows}
     assert {"(Intercept)", "service", "sd(s)", "sd(d)", "sd(dept)", "sigma", "logLik"} <= set(by_name)
     lme4 = header.index(next(cell for cell in header if cell.startswith("lme4") and "(ML)" in cell))
-    fixture = json.loads((ROOT / "tests" / "fixtures" / "lme4_insteval_ml.json").read_text())
+    fixture = json.loads((ROOT / "tests" / "fixtures" / "lme4_insteval_train.json").read_text())["ml"]
     # The lme4 column is read from the fixture at build time.
     assert float(by_name["service"][lme4]) == pytest.approx(fixture["fixed_effects"]["service"], abs=1e-4)
     assert float(by_name["logLik"][lme4]) == pytest.approx(fixture["logLik"], abs=1e-3)

@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+
+import mixedfx
 from conftest import load_lme4, lme4_fixed_effects, lme4_fixed_effects_se, lme4_sds
 from scipy import stats
 
@@ -200,3 +202,40 @@ def test_levels_equal_to_rows_are_refused_like_lmer():
     model = MixedModel(Gaussian(), np.ones((n, 1)), np.arange(n, dtype=float), terms, ("Intercept",))
     with pytest.raises(ValueError, match=r"number of levels of each grouping factor must be < number of observations \(problems: id\)"):
         model.check_identifiable()
+
+
+@pytest.mark.parametrize("formula", ["y ~ x + (1 | g1) + (1 | g2)"])
+def test_iterative_solves_match_the_block_elimination_at_lme4s_estimates(formula, crossed_small):
+    """Past the dense-block bound (two large crossed factors), conjugate gradients give
+    the same fixed-effect covariance, GLS estimate and conditional means."""
+    from mixedfx.model import gaussian_fixed_effects_iterative
+
+    fixture = load_lme4("crossed_small_ml")
+    model = build_model(crossed_small, formula)
+    sds = lme4_sds(fixture)
+    params = ModelParameters(lme4_fixed_effects(fixture)[list(model.fixed_names)].to_numpy(),
+                             np.array([sds[t.name] for t in model.random_terms]), {"sigma": sds["Residual"]})
+    exact = gaussian_marginal(model, params, profile_fixed_effects=True)
+    iterative = gaussian_fixed_effects_iterative(model, params, tol=1e-10, chunk_rows=256)  # 6 chunks
+    np.testing.assert_allclose(iterative.fixed_effects_cov, exact.fixed_effects_cov, rtol=1e-7)
+    np.testing.assert_allclose(iterative.gls_fixed_effects, exact.gls_fixed_effects, rtol=1e-8, atol=1e-10)
+    for ours, theirs in zip(iterative.conditional_means, exact.conditional_means):
+        np.testing.assert_allclose(ours, theirs, atol=1e-8)
+    # and lme4's own standard errors, which the exact elimination reproduces
+    se = np.sqrt(np.diag(iterative.fixed_effects_cov))
+    np.testing.assert_allclose(se, lme4_fixed_effects_se(fixture)[list(model.fixed_names)].to_numpy(), rtol=1e-6)
+
+
+def test_fit_beyond_the_dense_bound_keeps_exact_standard_errors(crossed_small, crossed_small_fit, monkeypatch):
+    import mixedfx.model.blocks as blocks
+
+    monkeypatch.setattr(blocks, "MAX_DENSE_ENTRIES", 10)
+    with pytest.warns(UserWarning, match="solved iteratively"):
+        large = mixedfx.MixedEffectsRegressor("y ~ x + (1 | g1) + (1 | g2)", random_state=0, verbose=0).fit(crossed_small)
+    assert large.log_likelihood_ is None and large.aic_ is None
+    np.testing.assert_allclose(large.fixed_effects_cov_.to_numpy(), crossed_small_fit.fixed_effects_cov_.to_numpy(),
+                               rtol=1e-6)
+    np.testing.assert_allclose(large.fixed_effects_.to_numpy(), crossed_small_fit.fixed_effects_.to_numpy(), rtol=1e-6)
+    for name in ("g1", "g2"):
+        np.testing.assert_allclose(large.random_effects_[name].to_numpy(),
+                                   crossed_small_fit.random_effects_[name].to_numpy(), atol=1e-6)

@@ -1,6 +1,12 @@
 """Data sets: InstEval, shipped inside the package, and a simulator.
 
 Nothing is downloaded.
+
+>>> import mixedfx
+>>> mixedfx.datasets.load_insteval().columns.tolist()
+['s', 'd', 'studage', 'lectage', 'service', 'dept', 'y']
+>>> mixedfx.datasets.make_mixed_data(50, groups={"g": 5}, random_state=0).columns.tolist()
+['y', 'g']
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 Nothing here imports TensorFlow.
 """
 
+from mixedfx.design.arrow import is_arrow_source, read_arrow
 from mixedfx.design.fixed import EVALUATION_CONTEXT, FixedDesign, build_fixed_design, evaluate_formula
 from mixedfx.design.frame import MISSING_POLICIES, as_frame, clean_columns, formula_columns, missing_rows
 from mixedfx.design.response import ResponseDesign
@@ -30,4 +31,6 @@ __all__ = [
     "RandomDesign",
     "RandomTermData",
     "RandomTermDesign",
+    "is_arrow_source",
+    "read_arrow",
 ]

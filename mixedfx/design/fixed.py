@@ -32,6 +32,16 @@ __all__ = ["FixedDesign", "build_fixed_design", "evaluate_formula", "evaluate_nu
 #: Names available inside formula expressions besides the data columns and formulaic's
 #: own transforms (``C``, ``center``, ``scale``, ``bs``, ``poly``, ...).  The context
 #: is curated on purpose: formulaic's default would capture the caller's stack frame.
+#:
+#: Examples
+#: --------
+#: >>> import pandas as pd
+#: >>> from mixedfx.design import EVALUATION_CONTEXT, evaluate_formula
+#: >>> sorted(EVALUATION_CONTEXT)
+#: ['abs', 'exp', 'log', 'log1p', 'np', 'numpy', 'sqrt']
+#: >>> matrix, _ = evaluate_formula("0 + log(t) + np.sqrt(t)", pd.DataFrame({"t": [1.0, 4.0]}))
+#: >>> matrix.round(4).tolist()
+#: [[0.0, 1.0], [1.3863, 2.0]]
 EVALUATION_CONTEXT = {
     "np": np,
     "numpy": np,
@@ -65,6 +75,24 @@ class FixedDesign:
         Expressions of the formula's ``offset(...)`` terms.
     offset_specs : tuple of formulaic.ModelSpec
         Their encoding state, replayed by :meth:`offset`.
+
+    Examples
+    --------
+    :func:`build_fixed_design` learns it from the training rows; ``transform`` replays
+    it on new rows, and refuses a categorical level it never saw:
+
+    >>> import pandas as pd
+    >>> from mixedfx.design import build_fixed_design
+    >>> train = pd.DataFrame({"x": [1.0, 2.0, 4.0], "f": ["a", "b", "a"]})
+    >>> design, X = build_fixed_design("x + f", train)
+    >>> design.column_names, design.has_intercept
+    (('Intercept', 'x', 'f[T.b]'), True)
+    >>> design.transform(pd.DataFrame({"x": [3.0], "f": ["b"]})).tolist()
+    [[1.0, 3.0, 1.0]]
+    >>> design.transform(pd.DataFrame({"x": [3.0], "f": ["c"]}))
+    Traceback (most recent call last):
+    ...
+    mixedfx.exceptions.NewLevelError: unseen categorical level(s) in 'x + f': column 'f' has level(s) 'c'. A coefficient has no estimate for a level it never saw; refit with that level present or recode it.
     """
 
     formula: str
@@ -213,6 +241,16 @@ def evaluate_formula(formula: str | ModelSpec, data: pd.DataFrame) -> tuple[np.n
     matrix : numpy.ndarray of shape (n_rows, n_columns)
     spec : formulaic.ModelSpec
         The spec to replay on new data (``spec.column_names`` names the columns).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from mixedfx.design import evaluate_formula
+    >>> matrix, spec = evaluate_formula("0 + log(x)", pd.DataFrame({"x": [1.0, 2.0]}))
+    >>> matrix.round(4).tolist(), spec.column_names
+    ([[0.0], [0.6931]], ('log(x)',))
+    >>> evaluate_formula(spec, pd.DataFrame({"x": [3.0]}))[0].round(4).tolist()  # replayed
+    [[1.0986]]
     """
     if isinstance(formula, ModelSpec):
         matrix = _materialize(lambda: formula.get_model_matrix(data, context=EVALUATION_CONTEXT),

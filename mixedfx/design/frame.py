@@ -65,7 +65,7 @@ def as_frame(X, *, allow_array: bool = False, what: str = "X") -> pd.DataFrame:
     >>> as_frame(np.array([[1.0, 2.0]]))
     Traceback (most recent call last):
     ...
-    mixedfx.exceptions.DataError: X must be a pandas DataFrame with the columns the formula names, got ndarray
+    mixedfx.exceptions.DataError: X must be a pandas DataFrame (or a polars DataFrame, a pyarrow Table or Parquet file(s)) with the columns the formula names, got ndarray
     """
     if isinstance(X, pd.DataFrame):
         return X
@@ -77,7 +77,8 @@ def as_frame(X, *, allow_array: bool = False, what: str = "X") -> pd.DataFrame:
     if hasattr(X, "toarray") and hasattr(X, "nnz"):
         raise DataError(f"{what} is a sparse matrix; sparse input is not supported: pass a DataFrame, or X.toarray()")
     if not allow_array or isinstance(X, (str, bytes, dict)):
-        raise DataError(f"{what} must be a pandas DataFrame with the columns the formula names, got {type(X).__name__}")
+        raise DataError(f"{what} must be a pandas DataFrame (or a polars DataFrame, a pyarrow Table or Parquet "
+                        f"file(s)) with the columns the formula names, got {type(X).__name__}")
     try:
         array = np.asarray(X)
     except Exception as exc:  # noqa: BLE001 - anything numpy cannot read is refused the same way

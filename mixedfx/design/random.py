@@ -31,9 +31,20 @@ __all__ = [
     "RandomDesign",
 ]
 
-#: Policies for grouping levels that were not seen at fit time.
+#: Policies for grouping levels that were not seen at fit time (the estimators'
+#: ``new_levels=``, lme4's ``allow.new.levels``).
 #: ``"population"``: the level's random effect is zero (the population mean);
 #: ``"error"``: raise :class:`~mixedfx.NewLevelError`.
+#:
+#: Examples
+#: --------
+#: >>> import pandas as pd
+#: >>> from mixedfx.design import NEW_LEVEL_POLICIES, GroupingFactor
+#: >>> NEW_LEVEL_POLICIES
+#: ('population', 'error')
+#: >>> factor = GroupingFactor.from_data(pd.DataFrame({"g": ["a", "b"]}), ("g",))
+#: >>> factor.encode(pd.DataFrame({"g": ["b", "new"]}), new_levels="population").tolist()
+#: [1, -1]
 NEW_LEVEL_POLICIES = ("population", "error")
 
 
@@ -51,6 +62,26 @@ class GroupingFactor:
     levels : pandas.Index
         The levels seen at fit time, in model order.  A :class:`pandas.MultiIndex`
         for an interaction; its entries are the combinations present in the data.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from mixedfx.design import GroupingFactor
+    >>> data = pd.DataFrame({"s": ["s2", "s1", "s2"], "d": [1, 1, 2]})
+    >>> factor = GroupingFactor.from_data(data, ("s",))
+    >>> factor.levels.tolist(), factor.num_levels
+    (['s1', 's2'], 2)
+    >>> factor.encode(pd.DataFrame({"s": ["s2", "s9"]})).tolist()  # unseen: -1
+    [1, -1]
+    >>> factor.encode(pd.DataFrame({"s": ["s9"]}), new_levels="error")
+    Traceback (most recent call last):
+    ...
+    mixedfx.exceptions.NewLevelError: 1 row(s) have level(s) of grouping factor 's' not seen in fit (e.g. 's9'); use new_levels='population' to predict them with a zero random effect
+
+    An interaction (lme4's ``(1 | s:d)``) has the combinations present as levels:
+
+    >>> GroupingFactor.from_data(data, ("s", "d")).labels.tolist()
+    ['s1:1', 's2:1', 's2:2']
     """
 
     name: str
@@ -157,7 +188,12 @@ class GroupingFactor:
                                 "infinite value(s); a level must be a label or a finite number")
         if len(self.columns) == 1:
             values = data[self.columns[0]]
-            codes = self.levels.get_indexer(pd.Index(_plain_values(values)))
+            if isinstance(values.dtype, pd.CategoricalDtype):
+                # map the categories (few), then take the rows' category codes: no hashing of rows
+                positions = np.append(self.levels.get_indexer(values.cat.categories), -1)
+                codes = positions[values.cat.codes.to_numpy()]  # code -1 (missing) -> -1
+            else:
+                codes = self.levels.get_indexer(pd.Index(_plain_values(values)))
         else:
             arrays = [_plain_values(data[c]) for c in self.columns]
             codes = self.levels.get_indexer(pd.MultiIndex.from_arrays(arrays))
@@ -166,21 +202,22 @@ class GroupingFactor:
             missing = np.zeros(len(data), dtype=bool)
             for c in self.columns:
                 missing |= np.asarray(pd.isna(data[c]), dtype=bool)
-            if missing.any():
+            unseen = np.flatnonzero((codes < 0) & ~missing)
+            if not len(unseen):
                 raise NewLevelError(
-                    f"{int(missing.sum())} row(s) have a missing value (NaN/None) in grouping factor {self.name!r}: NAs are not "
-                    "allowed in prediction data for grouping variables unless new levels are (use "
+                    f"{int(missing.sum())} row(s) have a missing value (NaN/None) in grouping factor {self.name!r}: "
+                    "NAs are not allowed in prediction data for grouping variables unless new levels are (use "
                     "new_levels='population' to predict them with a zero random effect, as lme4's "
                     "allow.new.levels = TRUE does)"
                 )
-            bad_rows = np.flatnonzero(codes < 0)
             examples = []
-            for row in bad_rows[:5]:
+            for row in unseen[:5]:
                 value = tuple(_python_scalar(data[c].iloc[row]) for c in self.columns)
                 examples.append(repr(value[0] if len(value) == 1 else value))
+            also = f", and {int(missing.sum())} have a missing value (NaN/None)" if missing.any() else ""
             raise NewLevelError(
-                f"{len(bad_rows)} row(s) have level(s) of grouping factor {self.name!r} not seen in "
-                f"fit (e.g. {', '.join(examples)}); use new_levels='population' to predict them "
+                f"{len(unseen)} row(s) have level(s) of grouping factor {self.name!r} not seen in "
+                f"fit (e.g. {', '.join(examples)}){also}; use new_levels='population' to predict them "
                 "with a zero random effect"
             )
         return codes
@@ -205,6 +242,18 @@ class RandomTermDesign:
     columns : tuple of int
         Which columns of ``z_spec``'s matrix this term uses (a double-bar term is split
         into one term per column, as lme4 does).
+
+    Examples
+    --------
+    The double bar splits ``(x || g)`` into two terms on one factor:
+
+    >>> import pandas as pd
+    >>> from mixedfx.formula import parse_formula
+    >>> from mixedfx.design import RandomDesign
+    >>> frame = pd.DataFrame({"y": [1.0, 2, 3, 4], "x": [0.0, 1, 0, 2], "g": ["b", "a", "b", "c"]})
+    >>> design = RandomDesign.from_spec(parse_formula("y ~ x + (x || g)"), frame)
+    >>> [(term.factor, term.coef_names, term.columns) for term in design.terms]
+    [('g', ('(Intercept)',), (0,)), ('g', ('x',), (1,))]
     """
 
     spec: RandomTermSpec
@@ -240,6 +289,20 @@ class RandomTermData:
         Number of levels of the grouping factor.
     coef_names : tuple of str
         Names of the coefficients (``dim`` of them).
+
+    Examples
+    --------
+    :meth:`RandomDesign.materialize` makes one per term; a level unseen at fit time
+    gets index ``-1``:
+
+    >>> import pandas as pd
+    >>> from mixedfx.formula import parse_formula
+    >>> from mixedfx.design import RandomDesign
+    >>> train = pd.DataFrame({"y": [1.0, 2, 3, 4], "g": ["b", "a", "b", "c"]})
+    >>> design = RandomDesign.from_spec(parse_formula("y ~ (1 | g)"), train)
+    >>> term, = design.materialize(pd.DataFrame({"g": ["c", "new"]}))
+    >>> term.name, term.group_index.tolist(), term.z, term.num_levels, term.dim
+    ('g', [2, -1], None, 3, 1)
     """
 
     name: str
@@ -263,6 +326,21 @@ class RandomDesign:
         Grouping factors by name; the single home of each factor's level order.
     terms : tuple of RandomTermDesign
         One entry per random-effect term, in formula order (double-bar terms split).
+
+    Examples
+    --------
+    Two terms on one grouping factor share its levels:
+
+    >>> import pandas as pd
+    >>> from mixedfx.formula import parse_formula
+    >>> from mixedfx.design import RandomDesign
+    >>> frame = pd.DataFrame({"y": [1.0, 2, 3, 4], "x": [0.0, 1, 0, 2], "g": ["b", "a", "b", "c"],
+    ...                       "h": [1, 1, 2, 2]})
+    >>> design = RandomDesign.from_spec(parse_formula("y ~ (1 | g) + (0 + x | g) + (1 | h)"), frame)
+    >>> list(design.factors), [term.coef_names for term in design.terms]
+    (['g', 'h'], [('(Intercept)',), ('x',), ('(Intercept)',)])
+    >>> [term.group_index.tolist() for term in design.materialize(frame)]
+    [[1, 0, 1, 2], [1, 0, 1, 2], [0, 0, 1, 1]]
     """
 
     factors: Mapping[str, GroupingFactor]

@@ -25,7 +25,17 @@ LME4_FULL_DATA = {"sd(s)": 0.325528, "sd(d)": 0.514983, "sd(dept)": 0.078519, "s
 
 
 def split(data, *, train_fraction=0.8, random_state=0):
-    """Random train/test split of the rows, as the TFP tutorial's ``sample(frac=0.8)``."""
+    """Random train/test split of the rows, as the TFP tutorial's ``sample(frac=0.8)``.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from mixedfx.examples.insteval import split
+    >>> frame = pd.DataFrame({"y": range(10)})
+    >>> train, test = split(frame, train_fraction=0.8, random_state=0)
+    >>> len(train), len(test), sorted(train["y"].tolist() + test["y"].tolist()) == list(range(10))
+    (8, 2, True)
+    """
     rng = np.random.default_rng(random_state)
     in_train = rng.permutation(len(data)) < int(round(train_fraction * len(data)))
     return data[in_train], data[~in_train]
@@ -52,6 +62,21 @@ def run(*, random_state=0, verbose=1, ordinal=True) -> dict:
         ``unseen_instructors``, ``fit_seconds``, the fitted ``model``, and with
         ``ordinal=True`` the mean held-out log predictive densities ``lpd_gaussian``
         and ``lpd_ordinal`` and the ``ordinal_model``.
+
+    Examples
+    --------
+    The fits take a minute or more on two CPU cores, too long for a doctest (the
+    lines marked ``+SKIP`` are not run here); ``tests/test_insteval.py`` runs them
+    and checks what is shown:
+
+    >>> from mixedfx.examples.insteval import FORMULA, run
+    >>> FORMULA
+    'y ~ service + (1 | s) + (1 | d) + (1 | dept)'
+    >>> result = run(random_state=0, verbose=0)  # doctest: +SKIP
+    >>> result["rmse_mixed"] < result["rmse_fixed_only"]  # doctest: +SKIP
+    True
+    >>> result["lpd_ordinal"] > result["lpd_gaussian"]  # doctest: +SKIP
+    True
     """
     import mixedfx
 

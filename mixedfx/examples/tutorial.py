@@ -6,18 +6,20 @@ trace plot of some lecturers' effects, a histogram of the held-out residuals, an
 histograms of the student, lecturer and department effects; it closes by suggesting an
 ordinal model for the ratings.  :func:`run` does all of it with mixedfx, writes every
 figure as a PNG, and returns the numbers the documentation prints.  It adds what the
-tutorial leaves out: a fit to all the rows, compared with lme4's estimates, and the
-ordinal model (on the training rows of a random subsample of students, to keep the
-documentation build short).
+tutorial leaves out: the comparison of the fit with lme4's fit to the same training
+rows, and the ordinal model (on the training rows of a random subsample of students,
+to keep the documentation build short), compared with a Gaussian model fitted to the
+same rows.
 
 From the shell (progress bars and a digest of the numbers; ``numbers.json`` and the
 figures land in ``OUT_DIR``)::
 
-    python -m mixedfx.examples.tutorial OUT_DIR --lme4 tests/fixtures/lme4_insteval_ml.json
+    python -m mixedfx.examples.tutorial OUT_DIR --lme4 tests/fixtures/lme4_insteval_train.json
 
 The documentation build (``docs/_ext/worked_example.py``) runs the same command twice,
-side by side, once with ``--part gaussian`` and once with ``--part ordinal``.  The
-split, the subsample and every fit are seeded.
+side by side, once with ``--part gaussian`` and once with ``--part ordinal``, and
+combines the two (:func:`compare_ordinal`).  The split, the subsample and every fit
+are seeded.
 """
 
 from __future__ import annotations
@@ -35,13 +37,37 @@ import pandas as pd
 
 from mixedfx.examples.insteval import FORMULA, gaussian_log_density, split
 
-__all__ = ["FIGURES", "N_ORDINAL_STUDENTS", "PARTS", "run", "lme4_comparison", "class_shares"]
+__all__ = ["FIGURES", "N_ORDINAL_STUDENTS", "PARTS", "run", "compare_ordinal", "lme4_comparison", "class_shares"]
 
-#: Students drawn at random for the ordinal model (about 6,500 training rows of the
-#: 58,737; the full-data ordinal fit takes about a minute on a 2-core CPU).
+#: Students drawn at random for the ordinal model and the Gaussian model it is compared
+#: with: about 6,400 of the 58,737 training rows, which keeps the documentation build
+#: short (an ordinal fit is slower than a Gaussian one: ``benchmarks/RESULTS.md``).
+#:
+#: Examples
+#: --------
+#: The subsample :func:`run` draws (with its default ``random_state=0``):
+#:
+#: >>> import numpy as np
+#: >>> import mixedfx
+#: >>> from mixedfx.examples.insteval import split
+#: >>> from mixedfx.examples.tutorial import N_ORDINAL_STUDENTS
+#: >>> data = mixedfx.datasets.load_insteval()
+#: >>> train, test = split(data, train_fraction=0.8, random_state=0)
+#: >>> rng = np.random.default_rng(0)
+#: >>> students = rng.choice(data["s"].cat.categories, size=N_ORDINAL_STUDENTS, replace=False)
+#: >>> N_ORDINAL_STUDENTS, int(train["s"].isin(students).sum()), len(train)
+#: (300, 6409, 58737)
 N_ORDINAL_STUDENTS = 300
 
 #: The PNG files :func:`run` writes, by what they show.
+#:
+#: Examples
+#: --------
+#: >>> from mixedfx.examples.tutorial import FIGURES
+#: >>> FIGURES["loss"], FIGURES["trace"]
+#: ('loss.png', 'trace_instructors.png')
+#: >>> sorted(FIGURES)
+#: ['loss', 'ordinal', 'random_effects', 'residuals', 'trace']
 FIGURES = {
     "loss": "loss.png",
     "trace": "trace_instructors.png",
@@ -51,7 +77,18 @@ FIGURES = {
 }
 
 
-#: The two halves of :func:`run`, which can run in separate processes.
+#: The two halves of :func:`run`, which can run in separate processes
+#: (``python -m mixedfx.examples.tutorial OUT_DIR --part gaussian``).
+#:
+#: Examples
+#: --------
+#: >>> from mixedfx.examples.tutorial import PARTS, run
+#: >>> PARTS
+#: ('gaussian', 'ordinal')
+#: >>> run("figures", parts=("poisson",))
+#: Traceback (most recent call last):
+#: ...
+#: ValueError: unknown parts ['poisson']; the parts are ('gaussian', 'ordinal')
 PARTS = ("gaussian", "ordinal")
 
 
@@ -65,10 +102,11 @@ def run(out_dir, *, reference=None, n_ordinal_students=N_ORDINAL_STUDENTS, rando
         Folder for the figures (created if missing; the file names are
         :data:`FIGURES`) and ``summary.txt``, the 80% fit's ``summary()``.
     reference : dict, optional
-        lme4's full-data ML fit of the same model, in the layout of
-        ``tests/fixtures/lme4_insteval_ml.json`` (``fixed_effects``,
-        ``fixed_effects_se``, ``varcorr``, ``logLik``).  Without it the full-data fit
-        and the comparison are skipped.
+        lme4's ML fit of the same model to the same training rows: the ``"ml"`` entry
+        of ``tests/fixtures/lme4_insteval_train.json`` (``fixed_effects``,
+        ``fixed_effects_se``, ``varcorr``, ``logLik``), made by
+        ``tests/fixtures/make_tutorial_fixture.py`` for ``random_state=0``.  Without it
+        the comparison is skipped.
     n_ordinal_students : int, default 300
         Students in the ordinal model's subsample.
     random_state : int, default 0
@@ -76,30 +114,53 @@ def run(out_dir, *, reference=None, n_ordinal_students=N_ORDINAL_STUDENTS, rando
     verbose : int, default 0
         Passed to the estimators (``1`` shows progress bars).
     parts : sequence of {"gaussian", "ordinal"}, default both
-        ``"gaussian"``: the tutorial's fit to 80% of the rows, its four figures, and the
-        full-data fit compared with ``reference``.  ``"ordinal"``: the ordinal model and
-        a Gaussian model fitted to the same subsample of students, compared on their
-        held-out rows.  The two are independent (the documentation build runs them in
-        two processes, side by side).
+        ``"gaussian"``: the tutorial's fit to 80% of the rows, its four figures, its
+        comparison with ``reference``, and a Gaussian model fitted to the training
+        rows of a random subsample of students.  ``"ordinal"``: the ordinal model
+        fitted to the same rows.  The two parts are independent, and of about equal
+        cost (the documentation build runs them in two processes, side by side); with
+        both, the two models are compared on the subsample's held-out rows
+        (:func:`compare_ordinal`).
 
     Returns
     -------
     dict
-        JSON-serializable numbers: ``split``, ``fit`` (the 80% fit), ``prediction``
-        and ``lme4`` (the comparison table as records) from the Gaussian part,
-        ``ordinal`` from the other; ``warnings`` lists every warning a fit raised and
-        ``seconds`` the wall time of each fit, ``figures`` the files written.
+        JSON-serializable numbers: ``split``, ``subsample``, ``fit`` (the 80% fit),
+        ``prediction``, ``lme4`` (the comparison table as records) and
+        ``ordinal_gaussian`` from the Gaussian part, ``ordinal_fit`` from the other,
+        and ``ordinal`` (:func:`compare_ordinal`) with both; ``warnings`` lists every
+        warning a fit raised, ``seconds`` the wall time of each fit, ``figures`` the
+        files written.
 
     Examples
     --------
-    The fits take about a minute on two CPU cores; the docs build runs them (see
-    ``docs/_ext/worked_example.py``), and so can a shell::
+    The fits take about a minute on two CPU cores, too long for a doctest (the lines
+    marked ``+SKIP`` are not run here); the documentation build runs them
+    (``docs/_ext/worked_example.py``), and ``tests/test_docs.py`` checks the page
+    they make, its figures and its comparison with lme4:
 
-        python -m mixedfx.examples.tutorial figures --part gaussian
+    >>> import json
+    >>> from mixedfx.examples.tutorial import FIGURES, run
+    >>> with open("tests/fixtures/lme4_insteval_train.json") as handle:  # doctest: +SKIP
+    ...     reference = json.load(handle)["ml"]
+    >>> numbers = run("figures", reference=reference)  # doctest: +SKIP
+    >>> sorted(numbers)  # doctest: +SKIP
+    ['figures', 'fit', 'formula', 'lme4', 'ordinal', 'ordinal_fit', 'ordinal_gaussian', 'prediction', 'random_state', 'seconds', 'split', 'subsample', 'warnings']
+    >>> sorted(numbers["figures"]) == sorted(FIGURES.values())  # doctest: +SKIP
+    True
 
-    which writes the figures and ``numbers`` (with keys ``figures``, ``fit``,
-    ``formula``, ``prediction``, ``random_state``, ``seconds``, ``split`` and
-    ``warnings``) into ``figures/``.
+    An unknown part is refused before any work:
+
+    >>> run("figures", parts=("poisson",))
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown parts ['poisson']; the parts are ('gaussian', 'ordinal')
+
+    From a shell, one part at a time, then the comparison of the two::
+
+        python -m mixedfx.examples.tutorial figures --part gaussian --lme4 tests/fixtures/lme4_insteval_train.json
+        python -m mixedfx.examples.tutorial figures --part ordinal
+        python -m mixedfx.examples.tutorial figures --combine
     """
     unknown = set(parts) - set(PARTS)
     if unknown:
@@ -128,6 +189,14 @@ def run(out_dir, *, reference=None, n_ordinal_students=N_ORDINAL_STUDENTS, rando
         "unseen_students": int((~test["s"].isin(set(train["s"]))).sum()),
         "unseen_instructors": int((~test["d"].isin(set(train["d"]))).sum()),
     }
+    # [subsample]
+    rng = np.random.default_rng(random_state)
+    students = rng.choice(data["s"].cat.categories, size=n_ordinal_students, replace=False)
+    sub_train = train[train["s"].isin(students)]
+    sub_test = test[test["s"].isin(students)]
+    # [/subsample]
+    numbers["subsample"] = {"n_students": int(n_ordinal_students), "n_train": len(sub_train),
+                            "n_test": len(sub_test), "y_test": sub_test["y"].astype(int).tolist()}
 
     if "gaussian" in parts:
         with _recorded_warnings(numbers, "80% fit"):
@@ -171,26 +240,11 @@ def run(out_dir, *, reference=None, n_ordinal_students=N_ORDINAL_STUDENTS, rando
         save(axes[0].figure, "random_effects")
 
         if reference is not None:
-            with _recorded_warnings(numbers, "full-data fit"):
-                # [lme4]
-                full = mixedfx.MixedEffectsRegressor(FORMULA, random_state=random_state, verbose=verbose)
-                full.fit(data)
-                table = lme4_comparison(full, reference)
-                # [/lme4]
-            numbers["lme4"] = {"table": table.reset_index().to_dict("records"), "full_fit": _fit_record(full)}
+            # [lme4]
+            table = lme4_comparison(model, reference)  # lme4 fitted to the same training rows
+            # [/lme4]
+            numbers["lme4"] = {"table": table.reset_index().to_dict("records")}
 
-    if "ordinal" in parts:
-        with _recorded_warnings(numbers, "ordinal fit"):
-            # [ordinal]
-            rng = np.random.default_rng(random_state)
-            students = rng.choice(data["s"].cat.categories, size=n_ordinal_students, replace=False)
-            sub_train = train[train["s"].isin(students)]
-            sub_test = test[test["s"].isin(students)]
-            ordinal = mixedfx.MixedEffectsClassifier(FORMULA, family="ordinal", random_state=random_state,
-                                                     verbose=verbose)
-            ordinal.fit(sub_train)
-            proba = ordinal.predict_proba(sub_test)  # one column per rating, 1 to 5
-            # [/ordinal]
         with _recorded_warnings(numbers, "Gaussian fit to the subsample"):
             # [ordinal_gaussian]
             gaussian = mixedfx.MixedEffectsRegressor(FORMULA, random_state=random_state, verbose=verbose)
@@ -198,24 +252,101 @@ def run(out_dir, *, reference=None, n_ordinal_students=N_ORDINAL_STUDENTS, rando
             gaussian_mean = gaussian.predict(sub_test)
             sigma = gaussian.variance_components_.set_index("group").loc["Residual", "sdcor"]
             # [/ordinal_gaussian]
-        truth = sub_test["y"].to_numpy()
-        column = np.searchsorted(ordinal.classes_, truth)
-        lpd_ordinal = float(np.mean(np.log(np.maximum(proba[np.arange(len(truth)), column], 1e-300))))
-        lpd_gaussian = float(np.mean(gaussian_log_density(truth, gaussian_mean, sigma)))
-        shares = class_shares(truth, proba, ordinal.classes_, gaussian_mean=gaussian_mean, sigma=sigma)
-        save(_class_share_figure(shares), "ordinal")
-        numbers["ordinal"] = {
-            "n_students": int(n_ordinal_students), "n_train": len(sub_train), "n_test": len(sub_test),
-            "fit": _fit_record(ordinal), "gaussian_fit": _fit_record(gaussian),
+        numbers["ordinal_gaussian"] = {"fit": _fit_record(gaussian), "mean": gaussian_mean.tolist(),
+                                       "sigma": float(sigma)}
+
+    if "ordinal" in parts:
+        with _recorded_warnings(numbers, "ordinal fit"):
+            # [ordinal]
+            ordinal = mixedfx.MixedEffectsClassifier(FORMULA, family="ordinal", random_state=random_state,
+                                                     verbose=verbose)
+            ordinal.fit(sub_train)
+            proba = ordinal.predict_proba(sub_test)  # one column per rating, 1 to 5
+            # [/ordinal]
+        numbers["ordinal_fit"] = {
+            "fit": _fit_record(ordinal), "classes": [int(c) for c in ordinal.classes_],
             "cutpoints": {str(k): float(v) for k, v in ordinal.cutpoints_.items()},
             "fixed_effects": {str(k): float(v) for k, v in ordinal.fixed_effects_.items()},
             "variance_components": ordinal.variance_components_[["group", "sdcor"]].to_dict("records"),
-            "lpd_ordinal": lpd_ordinal, "lpd_gaussian": lpd_gaussian,
-            "accuracy_ordinal": float(np.mean(ordinal.predict(sub_test) == truth)),
-            "accuracy_gaussian": float(np.mean(np.clip(np.round(gaussian_mean), 1, 5) == truth)),
-            "class_shares": shares.reset_index().to_dict("records"),
+            "proba": proba.tolist(), "predicted": [int(c) for c in ordinal.predict(sub_test)],
         }
+
+    if "ordinal_gaussian" in numbers and "ordinal_fit" in numbers:
+        numbers["ordinal"] = compare_ordinal(numbers, out)
+        numbers["figures"].append(FIGURES["ordinal"])
     return numbers
+
+
+def compare_ordinal(numbers: dict, out_dir) -> dict:
+    """Compare the ordinal and the Gaussian model on the subsample's held-out ratings.
+
+    Run by :func:`run` when it runs both parts; when the parts run in two processes,
+    their numbers are merged and passed here (the documentation build does that).
+    Writes the figure ``FIGURES["ordinal"]`` into ``out_dir``.
+
+    Parameters
+    ----------
+    numbers : dict
+        With ``subsample`` (``y_test``: the held-out ratings, and the subsample's
+        sizes), ``ordinal_fit`` (the ordinal model's ``classes``, ``proba`` and
+        ``predicted`` for those rows, its fit record and estimates) and
+        ``ordinal_gaussian`` (the Gaussian model's predicted ``mean`` and residual
+        ``sigma``, its fit record), as :func:`run` records them.
+    out_dir : str or pathlib.Path
+        Folder for the figure.
+
+    Returns
+    -------
+    dict
+        The subsample's sizes, both fit records, the ordinal model's estimates, the
+        mean held-out log predictive density of each model (``lpd_ordinal``,
+        ``lpd_gaussian``: the Gaussian's on each rating's unit interval), the share
+        of exactly predicted ratings (``accuracy_ordinal``; ``accuracy_gaussian``
+        rounds the Gaussian mean) and ``class_shares`` (see :func:`class_shares`).
+
+    Examples
+    --------
+    Four held-out ratings on a scale of three:
+
+    >>> import tempfile
+    >>> from mixedfx.examples.tutorial import compare_ordinal
+    >>> numbers = {
+    ...     "subsample": {"n_students": 2, "n_train": 10, "n_test": 4, "y_test": [1, 2, 2, 3]},
+    ...     "ordinal_fit": {"fit": {}, "classes": [1, 2, 3], "cutpoints": {}, "fixed_effects": {},
+    ...                     "variance_components": [], "predicted": [1, 2, 2, 3],
+    ...                     "proba": [[0.6, 0.3, 0.1], [0.2, 0.5, 0.3], [0.1, 0.6, 0.3], [0.1, 0.2, 0.7]]},
+    ...     "ordinal_gaussian": {"fit": {}, "mean": [1.4, 2.2, 2.6, 2.6], "sigma": 0.6}}
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     result = compare_ordinal(numbers, folder)
+    >>> round(result["lpd_ordinal"], 3), round(result["lpd_gaussian"], 3)
+    (-0.518, -0.685)
+    >>> result["accuracy_ordinal"], result["accuracy_gaussian"]
+    (1.0, 0.75)
+    """
+    subsample, ordinal, gaussian = numbers["subsample"], numbers["ordinal_fit"], numbers["ordinal_gaussian"]
+    truth = np.asarray(subsample["y_test"])
+    classes = np.asarray(ordinal["classes"])
+    proba = np.asarray(ordinal["proba"], dtype=float)
+    mean, sigma = np.asarray(gaussian["mean"], dtype=float), float(gaussian["sigma"])
+    column = np.searchsorted(classes, truth)
+    lpd_ordinal = float(np.mean(np.log(np.maximum(proba[np.arange(len(truth)), column], 1e-300))))
+    lpd_gaussian = float(np.mean(gaussian_log_density(truth, mean, sigma)))
+    shares = class_shares(truth, proba, classes, gaussian_mean=mean, sigma=sigma)
+    import matplotlib.pyplot as plt
+
+    figure = _class_share_figure(shares)
+    figure.savefig(Path(out_dir) / FIGURES["ordinal"], dpi=100)
+    plt.close(figure)
+    return {
+        "n_students": subsample["n_students"], "n_train": subsample["n_train"], "n_test": subsample["n_test"],
+        "fit": ordinal["fit"], "gaussian_fit": gaussian["fit"],
+        "cutpoints": ordinal["cutpoints"], "fixed_effects": ordinal["fixed_effects"],
+        "variance_components": ordinal["variance_components"],
+        "lpd_ordinal": lpd_ordinal, "lpd_gaussian": lpd_gaussian,
+        "accuracy_ordinal": float(np.mean(np.asarray(ordinal["predicted"]) == truth)),
+        "accuracy_gaussian": float(np.mean(np.clip(np.round(mean), classes.min(), classes.max()) == truth)),
+        "class_shares": shares.reset_index().to_dict("records"),
+    }
 
 
 def lme4_comparison(model, reference) -> pd.DataFrame:
@@ -375,24 +506,62 @@ def _recorded_warnings(numbers: dict, what: str):
     numbers["seconds"][what] = time.perf_counter() - started
 
 
+def _combine(out_dir) -> dict:
+    """Merge the two parts' numbers (``numbers-gaussian.json``, ``numbers-ordinal.json``),
+    compare the ordinal and the Gaussian model (:func:`compare_ordinal`), and leave out
+    the per-row arrays the comparison needed."""
+    out = Path(out_dir)
+    numbers: dict = {"warnings": [], "seconds": {}, "figures": []}
+    for part in PARTS:
+        piece = json.loads((out / f"numbers-{part}.json").read_text())
+        numbers["warnings"] += piece.pop("warnings")
+        numbers["seconds"].update(piece.pop("seconds"))
+        numbers["figures"] += piece.pop("figures")
+        numbers.update(piece)
+    numbers["ordinal"] = compare_ordinal(numbers, out)
+    numbers["figures"].append(FIGURES["ordinal"])
+    return _without_rows(numbers)
+
+
+def _without_rows(numbers: dict) -> dict:
+    """``numbers`` without the held-out rows' values and predictions (kept in the parts' files)."""
+    slim = dict(numbers)
+    for key, fields in (("subsample", ("y_test",)), ("ordinal_fit", ("proba", "predicted")),
+                        ("ordinal_gaussian", ("mean",))):
+        if key in slim:
+            slim[key] = {k: v for k, v in slim[key].items() if k not in fields}
+    return slim
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", help="folder for the figures and numbers.json")
-    parser.add_argument("--lme4", help="lme4's fit as JSON (tests/fixtures/lme4_insteval_ml.json)")
+    parser.add_argument("--lme4", help="lme4's fit to the training rows as JSON "
+                                       "(tests/fixtures/lme4_insteval_train.json; its 'ml' entry is used)")
     parser.add_argument("--ordinal-students", type=int, default=N_ORDINAL_STUDENTS)
     parser.add_argument("--random-state", type=int, default=0)
     parser.add_argument("--part", choices=PARTS, action="append",
                         help="run only this part (repeatable); default both")
+    parser.add_argument("--combine", action="store_true",
+                        help="fit nothing: combine the numbers the two parts wrote into OUT_DIR into numbers.json")
     parser.add_argument("--quiet", action="store_true", help="no progress bars, no printed summary")
     args = parser.parse_args(argv)
-    reference = None
-    if args.lme4:
-        with open(args.lme4) as handle:
-            reference = json.load(handle)
-    parts = tuple(args.part or PARTS)
-    numbers = run(args.out_dir, reference=reference, n_ordinal_students=args.ordinal_students,
-                  random_state=args.random_state, verbose=0 if args.quiet else 1, parts=parts)
-    name = "numbers.json" if parts == PARTS else f"numbers-{'-'.join(parts)}.json"
+    if args.combine:
+        numbers = _combine(args.out_dir)
+        name = "numbers.json"
+    else:
+        reference = None
+        if args.lme4:
+            with open(args.lme4) as handle:
+                reference = json.load(handle)
+            reference = reference.get("ml", reference)
+        parts = tuple(args.part or PARTS)
+        numbers = run(args.out_dir, reference=reference, n_ordinal_students=args.ordinal_students,
+                      random_state=args.random_state, verbose=0 if args.quiet else 1, parts=parts)
+        if set(parts) == set(PARTS):
+            name, numbers = "numbers.json", _without_rows(numbers)
+        else:
+            name = f"numbers-{'-'.join(parts)}.json"
     with open(Path(args.out_dir) / name, "w") as handle:
         json.dump(numbers, handle, indent=2, default=float)
     if not args.quiet:

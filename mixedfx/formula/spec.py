@@ -32,6 +32,22 @@ class RandomTermSpec:
         The term as written in the formula, e.g. ``"(1 | s)"``.
     position : int
         Offset of the term in the formula text, for error messages.
+
+    Examples
+    --------
+    The parser makes them; lme4's nesting ``a/b`` expands into two terms:
+
+    >>> import mixedfx
+    >>> spec = mixedfx.parse_formula("y ~ x + (1 + x | g) + (1 | a/b)")
+    >>> [str(term) for term in spec.random]
+    ['(1 + x | g)', '(1 | a)', '(1 | a:b)']
+    >>> slope, _, nested = spec.random
+    >>> slope.expr, slope.grouping, slope.intercept_only
+    ('1 + x', ('g',), False)
+    >>> nested.grouping, nested.group_name, nested.text
+    (('a', 'b'), 'a:b', '(1 | a/b)')
+    >>> mixedfx.parse_formula("y ~ (x || g)").random[0].correlated
+    False
     """
 
     expr: str
@@ -69,6 +85,17 @@ class FormulaSpec:
     offsets : tuple of str
         Expressions inside ``offset(...)`` terms, added to the linear predictor with a
         fixed coefficient of one (lme4's ``offset(log(exposure))``).
+
+    Examples
+    --------
+    >>> import mixedfx
+    >>> spec = mixedfx.parse_formula("y ~ x + offset(log(t)) + (1 | a/b)")
+    >>> spec.response, spec.fixed, spec.offsets
+    ('y', 'x', ('log(t)',))
+    >>> len(spec.random), spec.grouping_columns
+    (2, ('a', 'b'))
+    >>> print(spec)  # lme4's expansions written out
+    y ~ x + offset(log(t)) + (1 | a) + (1 | a:b)
     """
 
     text: str

@@ -63,6 +63,22 @@ def boundary_components(model: MixedModel, params: ModelParameters, *, reml: boo
         ``(term, coefficient)`` of each standard deviation at zero.
     names : list of str
         Their names in :attr:`FitSummary.parameter_names`.
+
+    Examples
+    --------
+    Two groups with the same mean: the likelihood is highest at a group sd of zero,
+    so a small estimate is moved there; a large one is left alone:
+
+    >>> import numpy as np
+    >>> from mixedfx.design import RandomTermData
+    >>> from mixedfx.model import Gaussian, MixedModel, ModelParameters
+    >>> from mixedfx.inference.boundary import boundary_components
+    >>> term = RandomTermData("g", np.array([0, 0, 1, 1], dtype=np.int32), None, 2)
+    >>> model = MixedModel(Gaussian(), np.ones((4, 1)), np.array([1.0, 2.0, 1.0, 2.0]), (term,), ("Intercept",))
+    >>> boundary_components(model, ModelParameters(np.array([1.5]), np.array([0.01]), {"sigma": 0.5}))
+    ([(0, 0)], ['sd(g)'])
+    >>> boundary_components(model, ModelParameters(np.array([1.5]), np.array([1.0]), {"sigma": 0.5}))
+    ([], [])
     """
     layout = ParameterLayout.from_model(model)
     sd_names = [name for name, kind in zip(layout.names, layout.kinds) if kind == "sd"]

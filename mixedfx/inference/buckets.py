@@ -85,7 +85,7 @@ class ShapeBuckets:
     >>> buckets = ShapeBuckets.for_sizes(600, (30, 5), unpadded_terms=(1,))
     >>> buckets.padded_rows, buckets.padded_levels
     (1024, (32, 5))
-    >>> buckets.row_weight().sum(), buckets.level_weight(0)[28:].tolist()
+    >>> float(buckets.row_weight().sum()), buckets.level_weight(0)[28:].tolist()
     (600.0, [1.0, 1.0, 0.0, 0.0])
     """
 

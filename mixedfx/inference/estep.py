@@ -32,6 +32,7 @@ __all__ = [
     "EStepResult",
     "JitteredLeapfrogSteps",
     "hmc_e_step",
+    "data_precision_diagonal",
     "preconditioner_scale",
     "prior_precision_diagonal",
 ]
@@ -59,6 +60,23 @@ class Centering:
         Per term, the index of the term it is centred on.
     parent_level : tuple of (numpy.ndarray or None)
         Per centred term, the parent level of each of its levels (int32).
+
+    Examples
+    --------
+    Three lecturers in two departments; the lecturers' coordinates become their
+    effects plus their department's:
+
+    >>> import numpy as np
+    >>> from mixedfx.inference.estep import Centering
+    >>> centering = Centering(parent=(1, None), parent_level=(np.array([0, 0, 1], dtype=np.int32), None))
+    >>> centering.roots, centering.children
+    (((1, 0),), (None, 0))
+    >>> effects = [np.array([[0.1], [0.2], [0.3]]), np.array([[1.0], [2.0]])]
+    >>> sampler = centering.to_sampler(effects, centering.parent_level)
+    >>> [np.asarray(s).ravel().round(4).tolist() for s in sampler]
+    [[1.1, 1.2, 2.3], [1.0, 2.0]]
+    >>> [np.asarray(b).ravel().round(4).tolist() for b in centering.to_model(sampler, centering.parent_level)]
+    [[0.1, 0.2, 0.3], [1.0, 2.0]]
     """
 
     parent: tuple
@@ -187,6 +205,21 @@ class JitteredLeapfrogSteps(tfp.mcmc.TransitionKernel):
     ----------
     inner_kernel : tfp.mcmc.HamiltonianMonteCarlo
     mean_leapfrog_steps : int
+
+    Examples
+    --------
+    With a mean of 6, each transition takes between 3 and 9 leapfrog steps:
+
+    >>> import numpy as np
+    >>> import tensorflow_probability as tfp
+    >>> from mixedfx.inference.estep import JitteredLeapfrogSteps
+    >>> target = tfp.distributions.Normal(np.float64(0.0), np.float64(1.0)).log_prob
+    >>> hmc = tfp.mcmc.HamiltonianMonteCarlo(target, step_size=np.float64(0.5), num_leapfrog_steps=6)
+    >>> draws, steps = tfp.mcmc.sample_chain(
+    ...     10, current_state=np.float64(0.0), kernel=JitteredLeapfrogSteps(hmc, 6),
+    ...     trace_fn=lambda _, results: results.accepted_results.num_leapfrog_steps, seed=(1, 2))
+    >>> bool(steps.numpy().min() >= 3), bool(steps.numpy().max() <= 9), len(set(steps.numpy().tolist())) > 1
+    (True, True, True)
     """
 
     def __init__(self, inner_kernel, mean_leapfrog_steps, name=None):
@@ -274,21 +307,32 @@ def prior_precision_diagonal(random_scale_tril):
     return out
 
 
-def preconditioner_scale(*, weight, group_index, z, num_levels, random_scale_tril, centering=None, parent_level=None):
-    """Conditional sd of each sampler coordinate under a Gaussian approximation.
-
-    Without centring, coefficient ``c`` of a level gets
-    ``1 / sqrt(sum_{rows in level} weight * z_c^2 + (Sigma^-1)_cc)``, where
-    ``weight`` is the family's Fisher weight of each row and ``Sigma`` the term's
-    covariance.  With centring, see :meth:`Centering.scale`.  Returns one
-    ``[num_levels, dim]`` tensor per term.
-    """
+def data_precision_diagonal(*, weight, group_index, z, num_levels):
+    """Per term, ``sum_{rows in level} weight * z_c^2`` for each level and coefficient,
+    ``[num_levels, dim]``: the data's share of the diagonal of the posterior precision
+    (``weight`` the family's Fisher weight of each row).  A sum over rows."""
     data_precision = []
     for index, term_z, q in zip(group_index, z, num_levels):
         if term_z is None:
             data_precision.append(tf.math.unsorted_segment_sum(weight, index, q)[:, None])
         else:
             data_precision.append(tf.math.unsorted_segment_sum(weight[:, None] * tf.square(term_z), index, q))
+    return data_precision
+
+
+def preconditioner_scale(*, weight=None, group_index=None, z=None, num_levels, random_scale_tril, centering=None,
+                         parent_level=None, data_precision=None):
+    """Conditional sd of each sampler coordinate under a Gaussian approximation.
+
+    Without centring, coefficient ``c`` of a level gets
+    ``1 / sqrt(sum_{rows in level} weight * z_c^2 + (Sigma^-1)_cc)``, where
+    ``weight`` is the family's Fisher weight of each row and ``Sigma`` the term's
+    covariance.  With centring, see :meth:`Centering.scale`.  Returns one
+    ``[num_levels, dim]`` tensor per term.  ``data_precision`` (from
+    :func:`data_precision_diagonal`) replaces ``weight``, ``group_index`` and ``z``.
+    """
+    if data_precision is None:
+        data_precision = data_precision_diagonal(weight=weight, group_index=group_index, z=z, num_levels=num_levels)
     prior_precision = prior_precision_diagonal(random_scale_tril)
     centering = centering or Centering.none(len(data_precision))
     return centering.scale(data_precision, prior_precision, parent_level, num_levels)
@@ -350,6 +394,27 @@ def hmc_e_step(
     Returns
     -------
     EStepResult
+
+    Examples
+    --------
+    Two chains over three standard normal "levels" (in the fit, the target is
+    ``log p(y, b | theta)`` and the statistics are those the M-step needs):
+
+    >>> import numpy as np
+    >>> import tensorflow as tf
+    >>> import tensorflow_probability as tfp
+    >>> from mixedfx.inference.estep import hmc_e_step
+    >>> normal = tfp.distributions.Normal(np.float64(0.0), np.float64(1.0))
+    >>> result = hmc_e_step(
+    ...     lambda effects: tf.reduce_sum(normal.log_prob(effects), axis=[-2, -1]),
+    ...     current_state=[tf.zeros([2, 3, 1], tf.float64)], scale=[tf.ones([3, 1], tf.float64)],
+    ...     step_size=tf.constant(0.5, tf.float64), num_draws=4, num_burnin=2, num_leapfrog_steps=4,
+    ...     target_accept_prob=0.75, seed=tf.constant([1, 2]),
+    ...     trace_fn=lambda effects: {"mean_square": tf.reduce_mean(tf.square(effects[0]), axis=[-2, -1])})
+    >>> result.draws[0].shape.as_list(), result.final_state[0].shape.as_list()  # [draws, chains, levels, dim]
+    ([4, 2, 3, 1], [2, 3, 1])
+    >>> sorted(result.statistics), bool(0.0 < result.acceptance_rate <= 1.0)
+    (['mean_square'], True)
     """
     centering = centering or Centering.none(len(current_state))
 

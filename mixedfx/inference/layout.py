@@ -17,7 +17,7 @@ from mixedfx._tf import tf
 from mixedfx.inference.stopping import monte_carlo_standard_error
 from mixedfx.model.blocks import BlockSystem, DenseBlockTooLarge
 from mixedfx.model.families import Family, Gaussian
-from mixedfx.model.gaussian import gaussian_marginal, term_z
+from mixedfx.model.gaussian import gaussian_fixed_effects_iterative, gaussian_marginal, term_z
 from mixedfx.model.joint import MixedModel, ModelParameters
 
 __all__ = ["ParameterLayout", "fixed_effects_covariance", "fixed_effects_scale"]
@@ -40,6 +40,29 @@ class ParameterLayout:
     n_fixed : int
     dims : tuple of int
         Coefficients per level of each random term.
+
+    Examples
+    --------
+    A correlated random intercept and slope:
+
+    >>> import numpy as np
+    >>> from mixedfx.design import RandomTermData
+    >>> from mixedfx.model import Gaussian, MixedModel, ModelParameters
+    >>> from mixedfx.inference import ParameterLayout
+    >>> term = RandomTermData("g", np.array([0, 0, 1, 1], dtype=np.int32),
+    ...                       np.array([[1.0, 0.0], [1.0, 1.0], [1.0, 0.0], [1.0, 2.0]]), 2, ("(Intercept)", "Days"))
+    >>> model = MixedModel(Gaussian(), np.ones((4, 1)), np.array([1.0, 2.0, 1.0, 2.0]), (term,), ("Intercept",))
+    >>> layout = ParameterLayout.from_model(model)
+    >>> layout.names
+    ('Intercept', 'sd(g, (Intercept))', 'sd(g, Days)', 'cor(g, (Intercept), Days)', 'sigma')
+    >>> layout.kinds
+    ('fixed', 'sd', 'sd', 'cor', 'family')
+    >>> params = ModelParameters(np.array([1.5]), (np.array([[2.0, 0.0], [0.5, 1.0]]),), {"sigma": 0.5})
+    >>> row = layout.row(params)  # sds sqrt(4) and sqrt(1.25), correlation 1 / (2 sqrt(1.25))
+    >>> row.round(4).tolist()
+    [1.5, 2.0, 1.118, 0.4472, 0.5]
+    >>> layout.parameters(row).random_cov[0].round(4).tolist()
+    [[4.0, 1.0], [1.0, 1.25]]
     """
 
     names: tuple[str, ...]
@@ -225,7 +248,10 @@ def fixed_effects_covariance(model: MixedModel, params: ModelParameters, random_
     if not X.shape[1]:
         return np.zeros((0, 0))
     if isinstance(model.family, Gaussian):
-        return gaussian_marginal(model, params).fixed_effects_cov
+        try:
+            return gaussian_marginal(model, params).fixed_effects_cov
+        except DenseBlockTooLarge:
+            return gaussian_fixed_effects_iterative(model, params).fixed_effects_cov
     eta = X @ params.fixed_effects + (0.0 if model.offset is None else model.offset)
     for term, effects in zip(model.random_terms, random_effects or ()):
         eta = eta + np.sum(np.asarray(effects)[term.group_index] * term_z(term, model.n_obs), axis=1)

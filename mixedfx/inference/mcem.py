@@ -26,25 +26,27 @@ from tqdm.auto import tqdm
 from mixedfx._tf import tf, tfp
 from mixedfx.exceptions import FitError
 from mixedfx.inference.buckets import ShapeBuckets
-from mixedfx.inference.estep import Centering, hmc_e_step, preconditioner_scale, prior_precision_diagonal
+from mixedfx.inference.estep import Centering, data_precision_diagonal, hmc_e_step, prior_precision_diagonal
 from mixedfx.inference.initial import conditional_modes, initial_parameters
 from mixedfx.inference.layout import ParameterLayout, fixed_effects_scale
 from mixedfx.inference.mstep import (
     Expansion,
     covariance_update,
-    expansion_columns,
     gaussian_regression,
-    gaussian_statistics,
+    gaussian_row_statistics,
     glm_regression,
     moment_statistics,
+    newton_rows,
     rao_blackwell_corrections,
     reduce_state,
+    reml_statistics,
 )
+from mixedfx.inference.rows import RowChunks, chunk_rows_for, model_tensors
 from mixedfx.inference.stopping import Decision, MonteCarloErrorRule
 from mixedfx.inference.structure import location_expansions, nested_centering
 from mixedfx.inference.summary import FitSummary
 from mixedfx.model.families import Family, Gaussian
-from mixedfx.model.joint import MixedModel, ModelParameters, ModelTensors, joint_log_prob, linear_predictor
+from mixedfx.model.joint import MixedModel, ModelParameters, linear_predictor, prior_log_prob, response_log_prob
 
 __all__ = ["MCEMOptions", "MCEMResult", "fit_mcem"]
 
@@ -79,8 +81,22 @@ class MCEMOptions:
         the step size each time.  Past that, the fit raises :class:`~mixedfx.FitError`.
     max_kept_draws : int, default 1000
         Draws kept per chain for diagnostics (the latest of the averaging window).
-    draws_memory_bytes : int, default 256 MiB
-        Bound on the memory of the kept draws; fewer are kept when it binds.
+    draws_memory_bytes : int, default 64 MiB
+        Bound on the memory of the kept draws; fewer are kept when it binds (their
+        diagnostics need a few times as much, briefly).
+
+    Examples
+    --------
+    The estimators build it from their ``n_chains``, ``n_draws``,
+    ``n_leapfrog_steps`` and ``max_iter``; :func:`fit_mcem` takes it directly:
+
+    >>> import dataclasses
+    >>> from mixedfx.inference import MCEMOptions
+    >>> options = MCEMOptions()
+    >>> options.n_chains, options.n_draws, options.n_leapfrog_steps, options.max_iter
+    (2, 5, 8, 500)
+    >>> dataclasses.replace(options, n_chains=4).n_chains
+    4
     """
 
     n_chains: int = 2
@@ -94,7 +110,7 @@ class MCEMOptions:
     max_iter: int = 500
     max_retries: int = 6
     max_kept_draws: int = 1000
-    draws_memory_bytes: int = 256 * 2**20
+    draws_memory_bytes: int = 64 * 2**20
 
 
 @dataclass(frozen=True, eq=False)
@@ -115,6 +131,30 @@ class MCEMResult:
         draws of the E-steps in the averaging window (the latest ``max_kept_draws``
         per chain at most, and within ``draws_memory_bytes``).
     summary : FitSummary
+
+    Examples
+    --------
+    :func:`fit_mcem` returns one; the estimators turn it into their fitted attributes:
+
+    >>> import mixedfx
+    >>> data = mixedfx.datasets.make_mixed_data(
+    ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
+    ...     random_sd={"g": 0.8}, random_state=2)
+    >>> from mixedfx.design import RandomDesign, build_fixed_design
+    >>> from mixedfx.model import Gaussian, MixedModel
+    >>> spec = mixedfx.parse_formula("y ~ x + (1 | g)")
+    >>> fixed, X = build_fixed_design(spec.fixed, data)
+    >>> terms = RandomDesign.from_spec(spec, data).materialize(data)
+    >>> model = MixedModel(Gaussian(), X, data["y"].to_numpy(), terms, fixed.column_names)
+    >>> from mixedfx.inference import fit_mcem
+    >>> result = fit_mcem(model, seed=[1, 2])
+    >>> result.parameters.fixed_effects.round(1).tolist()
+    [1.0, 0.5]
+    >>> result.random_effects[0].shape, result.random_effects_cov[0].shape  # 30 levels, 1 coefficient
+    ((30, 1), (30, 1, 1))
+    >>> draws = result.draws[0]  # (chains, kept draws, levels, coefficients)
+    >>> draws.shape[0], draws.shape[2:], result.summary.converged
+    (2, (30, 1), True)
     """
 
     parameters: ModelParameters
@@ -141,6 +181,7 @@ class _StaticConfig:
     centering_parent: tuple
     reml: bool = False
     keep_all_draws: bool = True
+    chunk_rows: int = 0  # rows per chunk of the sums over rows (all of them when 0)
 
 
 def _trace_row(fixed_effects, scale_tril, family, free):
@@ -161,84 +202,126 @@ def _trace_row(fixed_effects, scale_tril, family, free):
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled_iterations(config: _StaticConfig):
+def _iterations(config: _StaticConfig, strategy=None):
+    """The EM iterations of one compiled call, for a configuration.
+
+    Every sum over the rows goes through a *rows* object (:mod:`mixedfx.inference.rows`):
+    on one device the rows are summed a chunk at a time inside one XLA program
+    (``tf.function(jit_compile=True)``); with a ``strategy`` the rows are sharded
+    across its replicas (:class:`~mixedfx.inference.distributed.ShardedRows`), each
+    shard's sums run as an XLA program on its replica, and the loop around them is a
+    ``tf.function`` graph (XLA cannot hold the cross-replica reductions).  The
+    functions summed over rows are made here, once per configuration, so that a
+    sharded fit compiles each of them once.
+    """
     n_iter = config.iterations_per_call
     family = config.family
     gaussian = isinstance(family, Gaussian)
+    num_levels, keys, dims = config.num_levels, config.keys, config.dims
+    n_terms = len(num_levels)
 
-    @tf.function(jit_compile=True, autograph=False)
-    def run(fixed_effects, scale_tril, free, state, step_size, seed, num_burnin, data):
-        fixed_design, response = data["fixed_design"], data["response"]
-        group_index, z = data["group_index"], data["z"]
-        offset, trials = data["offset"], data["trials"]
-        row_weight, level_weight = data["row_weight"], data["level_weight"]
-        dtype = fixed_design.dtype
-        tensors = ModelTensors(fixed_design, response, group_index, z, config.num_levels, config.keys, config.dims,
-                               offset=offset, trials=trials, row_weight=row_weight, level_weight=level_weight)
+    def tensors_of(rows):
+        return model_tensors(rows, num_levels=num_levels, keys=keys, dims=dims)
+
+    # -- the sums over rows ----------------------------------------------------------------
+    def log_likelihood(rows, effects, fixed_effects, free):
+        return response_log_prob(tensors_of(rows), effects, fixed_effects=fixed_effects, family=family,
+                                 family_params=family.constrain(free))
+
+    def gaussian_sums(rows, effects, fixed_effects, free):
+        tensors = tensors_of(rows)
+        out = gaussian_row_statistics(effects, fixed_design=tensors.fixed_design, response=rows["regression_response"],
+                                      group_index=tensors.group_index, z=tensors.z, row_weight=tensors.row_weight)
+        out["log_likelihood"] = log_likelihood(rows, effects, fixed_effects, free)
+        return out
+
+    def information(rows, mean_effects, fixed_effects, free):
+        tensors = tensors_of(rows)
+        eta = linear_predictor(tensors.fixed_design, fixed_effects, mean_effects, tensors.group_index, tensors.z,
+                               tensors.offset)
+        weight = family.fisher_weight(eta, family.constrain(free), trials=tensors.trials) * tensors.row_weight
+        return data_precision_diagonal(weight=weight, group_index=tensors.group_index, z=tensors.z,
+                                       num_levels=num_levels)
+
+    def level_sums(rows):
+        """Per level: its rows, and for REML the sums of x z' (X'Z b without the rows)."""
+        tensors = tensors_of(rows)
+        w = tensors.row_weight
+        out = {"rows_per_level": [tf.math.unsorted_segment_sum(w, index, q)
+                                  for index, q in zip(tensors.group_index, num_levels)]}
+        if config.reml:
+            X = tensors.fixed_design
+            out["level_xz"] = [
+                tf.math.unsorted_segment_sum(
+                    (w[:, None] * (tf.ones_like(X[:, :1]) if z is None else z))[:, :, None] * X[:, None, :], index, q)
+                for index, z, q in zip(tensors.group_index, tensors.z, num_levels)]
+        return out
+
+    def run(fixed_effects, scale_tril, free, state, step_size, seed, num_burnin, data, row_data):
+        if strategy is None:
+            rows = RowChunks(row_data, chunk_rows=config.chunk_rows)
+        else:
+            from mixedfx.inference.distributed import ShardedRows
+
+            rows = ShardedRows.of_shards(strategy, row_data)
+        dtype = fixed_effects.dtype
+        level_weight = data["level_weight"]
         expansions = tuple(
             Expansion(targets, values) for targets, values in zip(config.expansion_targets, data["level_values"])
         )
         n_obs = data["n_obs"]  # the data's rows, not the padded ones
         centering = Centering(parent=config.centering_parent, parent_level=data["parent_level"])
         parent_level = data["parent_level"]
+        per_level = rows.sum(level_sums)
         if config.reml:
-            # Per level, the sums of x_i z_i' over its rows: X'Z b without touching the rows.
-            level_xz = [
-                tf.math.unsorted_segment_sum(
-                    (tf.ones_like(fixed_design[:, :1]) if w is None else w)[:, :, None] * fixed_design[:, None, :],
-                    index, q)
-                for index, w, q in zip(group_index, z, config.num_levels)
-            ]
-
             def profiled_fixed_effects(effects):
                 # beta_hat(b) = (X'X)^-1 X'(y - Zb), per chain.  The log density's gradient
                 # in beta vanishes there, so stop_gradient leaves its gradient in b exact.
-                xtzb = tf.add_n([tf.einsum("qdp,cqd->cp", xz, b) for xz, b in zip(level_xz, effects)])
-                beta = tf.linalg.matvec(data["xtx_inv"], data["xty"] - xtzb)
-                return tf.stop_gradient(beta)
+                xtzb = tf.add_n([tf.einsum("qdp,cqd->cp", xz, b) for xz, b in zip(per_level["level_xz"], effects)])
+                return tf.stop_gradient(tf.linalg.matvec(data["xtx_inv"], data["xty"] - xtzb))
 
         rows_per_level, children_per_level = {}, {}
         for root, child in centering.roots:
-            rows_per_level[root] = tf.math.unsorted_segment_sum(row_weight, group_index[root], config.num_levels[root])
+            rows_per_level[root] = per_level["rows_per_level"][root]
             children_per_level[root] = tf.math.unsorted_segment_sum(
-                tf.ones_like(parent_level[child], dtype=dtype), parent_level[child], config.num_levels[root])
+                tf.ones_like(parent_level[child], dtype=dtype), parent_level[child], num_levels[root])
 
         def body(i, fixed_effects, scale_tril, free, state, step_size, seed, sums, outer_sums, traces):
             seed, step_seed = tfp.random.split_seed(seed)
             family_params = family.constrain(free)
 
+            def beta_for(effects):
+                # for REML at the fixed effects that maximize the density (beta integrated out)
+                return profiled_fixed_effects(effects) if config.reml else fixed_effects
+
+            def prior(effects):
+                return prior_log_prob(effects, random_scale_tril=scale_tril, level_weight=level_weight, dtype=dtype)
+
             def target_log_prob(*effects):
-                # the value of build_joint_distribution(...).log_prob, computed directly;
-                # for REML at the fixed effects that maximize it (beta integrated out).
-                beta = profiled_fixed_effects(effects) if config.reml else fixed_effects
-                return joint_log_prob(tensors, list(effects), fixed_effects=beta,
-                                      random_scale_tril=scale_tril, family=family, family_params=family_params)
+                # the value of build_joint_distribution(...).log_prob, computed directly
+                effects = list(effects)
+                return prior(effects) + rows.sum_with_gradient(log_likelihood, effects, beta_for(effects), free)
 
             def statistics(current):
+                current = list(current)
                 if gaussian:
-                    stats = gaussian_statistics(
-                        current, fixed_design=fixed_design, response=data["regression_response"],
-                        group_index=group_index, z=z, expansions=expansions,
-                        fixed_xtx_inv=data["xtx_inv"] if config.reml else None,
-                        row_weight=row_weight, level_weight=level_weight,
-                    )
+                    stats = rows.sum(gaussian_sums, current, beta_for(current), free)
+                    if config.reml:
+                        stats.update(reml_statistics(stats, dims=dims, fixed_xtx_inv=data["xtx_inv"]))
                 else:
-                    stats = moment_statistics(current, expansions=expansions, level_weight=level_weight)
-                stats["log_joint"] = target_log_prob(*current)
+                    stats = {"log_likelihood": rows.sum(log_likelihood, current, fixed_effects, free)}
+                stats["log_joint"] = prior(current) + stats.pop("log_likelihood")
+                stats.update(moment_statistics(current, expansions=expansions, level_weight=level_weight))
                 return stats
 
-            eta = linear_predictor(fixed_design, fixed_effects, [tf.reduce_mean(s, 0) for s in state], group_index, z,
-                                   offset)
-            scale = preconditioner_scale(
-                weight=family.fisher_weight(eta, family_params, trials=trials) * row_weight, group_index=group_index, z=z,
-                num_levels=config.num_levels, random_scale_tril=scale_tril, centering=centering,
-                parent_level=parent_level,
-            )
-            # Nested roots are Rao-Blackwellized in the M-step statistics.
             prior_precision = prior_precision_diagonal(scale_tril)
+            scale = centering.scale(
+                rows.sum(information, [tf.reduce_mean(s, 0) for s in state], fixed_effects, free),
+                prior_precision, parent_level, num_levels)
 
             def rao_blackwellized(coordinates):
-                return centering.conditional_means(coordinates, parent_level, config.num_levels, prior_precision)
+                # nested roots are Rao-Blackwellized in the M-step statistics
+                return centering.conditional_means(coordinates, parent_level, num_levels, prior_precision)
 
             # The first E-step of a call may burn in longer (chains starting at zero).
             burnin = tf.where(i == 0, num_burnin, config.n_burnin)
@@ -251,10 +334,10 @@ def _compiled_iterations(config: _StaticConfig):
             )
             stats = e_step.statistics
             if centering.roots:
-                variances = centering.conditional_variances(parent_level, config.num_levels, prior_precision)
+                variances = centering.conditional_variances(parent_level, num_levels, prior_precision)
                 stats = rao_blackwell_corrections(
                     stats, roots=centering.roots, variances=variances, rows_per_level=rows_per_level,
-                    children_per_level=children_per_level, dims=config.dims,
+                    children_per_level=children_per_level, dims=dims,
                 )
             if gaussian:
                 reml = None
@@ -262,19 +345,23 @@ def _compiled_iterations(config: _StaticConfig):
                     reml = {"xtx_inv": data["xtx_inv"], "sigma": tf.reshape(family_params["sigma"], [])}
                 regression_beta, scale_matrix, sigma = gaussian_regression(
                     stats, fixed_xtx=data["xtx"], fixed_xty=data["xty"], response_ss=data["yty"], n_obs=n_obs,
-                    dims=config.dims, reml=reml,
+                    dims=dims, reml=reml,
                 )
                 new_free = tf.math.log(sigma)[None]
             else:
                 flat_draws = [tf.reshape(d, tf.concat([[-1], tf.shape(d)[2:]], 0)) for d in e_step.draws]
-                parts = expansion_columns(flat_draws, group_index, z)
+
+                def newton_sums(fn, *args):
+                    return rows.sum(newton_rows(fn, n_terms), flat_draws, *args)
+
                 regression_beta, scale_matrix, new_free = glm_regression(
-                    parts, fixed_design=fixed_design, response=response, trials=trials, offset=offset,
-                    family=family, fixed_effects=fixed_effects, free=free, dims=config.dims, row_weight=row_weight,
+                    None, fixed_design=None, response=None, trials=None, offset=None, family=family,
+                    fixed_effects=fixed_effects, free=free, dims=dims, sums=newton_sums,
+                    n_draws=config.n_draws * int(state[0].shape[0]),
                 )
             new_beta, new_scale_tril, location = covariance_update(
                 stats, fixed_effects=regression_beta, scale_matrix=scale_matrix, num_levels=data["level_count"],
-                dims=config.dims, expansions=expansions,
+                dims=dims, expansions=expansions,
             )
             # Carry the chains into the reduced parametrization of the new estimate.
             new_state = reduce_state(e_step.final_state, scale_matrix=scale_matrix, location=location,
@@ -294,11 +381,11 @@ def _compiled_iterations(config: _StaticConfig):
             }
             return i + 1, new_beta, new_scale_tril, new_free, new_state, e_step.step_size, seed, sums, outer_sums, traces
 
-        sums = [tf.zeros([q, d], dtype) for q, d in zip(config.num_levels, config.dims)]
-        outer_sums = [tf.zeros([q, d, d], dtype) for q, d in zip(config.num_levels, config.dims)]
+        sums = [tf.zeros([q, d], dtype) for q, d in zip(num_levels, dims)]
+        outer_sums = [tf.zeros([q, d, d], dtype) for q, d in zip(num_levels, dims)]
         traces = {name: tf.TensorArray(dtype, size=n_iter) for name in ("parameters", "objective", "acceptance", "step_size",
                                                                    "divergences")}
-        traces["draws"] = [tf.TensorArray(dtype, size=n_iter) for _ in config.num_levels]
+        traces["draws"] = [tf.TensorArray(dtype, size=n_iter) for _ in num_levels]
         loop = tf.while_loop(
             lambda i, *_: i < n_iter,
             body,
@@ -318,7 +405,7 @@ def _compiled_iterations(config: _StaticConfig):
             **{f"trace_{name}": array.stack() for name, array in traces.items()},
         }
 
-    return run
+    return tf.function(run, jit_compile=strategy is None, autograph=False)
 
 
 def fit_mcem(
@@ -330,6 +417,7 @@ def fit_mcem(
     stopping_rule=None,
     seed=None,
     progress: bool = False,
+    distribute=None,
 ) -> MCEMResult:
     """Fit a mixed model by Monte Carlo EM.
 
@@ -349,10 +437,38 @@ def fit_mcem(
         Stateless seed; the same seed gives the same fit on the same machine.
     progress : bool, default False
         Show a tqdm progress bar (it appears only on fits longer than two seconds).
+    distribute : tf.distribute.Strategy, optional
+        Shard the rows across the strategy's replicas and all-reduce their sums
+        (:mod:`mixedfx.inference.distributed`).
 
     Returns
     -------
     MCEMResult
+
+    Examples
+    --------
+    The estimators call it on the model they bind; the layers below the estimator
+    can also be used directly (formula, designs, model, then this):
+
+    >>> import mixedfx
+    >>> data = mixedfx.datasets.make_mixed_data(
+    ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
+    ...     random_sd={"g": 0.8}, random_state=2)
+    >>> from mixedfx.design import RandomDesign, build_fixed_design
+    >>> from mixedfx.model import Gaussian, MixedModel
+    >>> spec = mixedfx.parse_formula("y ~ x + (1 | g)")
+    >>> fixed, X = build_fixed_design(spec.fixed, data)
+    >>> terms = RandomDesign.from_spec(spec, data).materialize(data)
+    >>> model = MixedModel(Gaussian(), X, data["y"].to_numpy(), terms, fixed.column_names)
+    >>> from mixedfx.inference import fit_mcem
+    >>> result = fit_mcem(model, seed=[1, 2])
+    >>> result.summary.converged
+    True
+    >>> result.parameters.fixed_effects.round(1).tolist(), round(float(result.parameters.family_params["sigma"]), 1)
+    ([1.0, 0.5], 1.0)
+    >>> sd = result.parameters.random_scale_tril[0][0, 0]
+    >>> bool(0.6 < sd < 1.0)  # simulated with sd 0.8
+    True
     """
     options = options or MCEMOptions()
     if method not in ("ml", "reml"):
@@ -384,25 +500,23 @@ def fit_mcem(
         reml=reml,
         keep_all_draws=8 * options.n_chains * options.n_draws * sum(q * d for q, d in zip(buckets.padded_levels, dims))
         <= 16 * 2**20,
+        chunk_rows=chunk_rows_for(buckets.padded_rows),
     )
-    run = _compiled_iterations(config)
+    run = _iterations(config, distribute)
     X = model.fixed_design
     # The Gaussian regression works on the response less any offset.
     y = model.response - (0.0 if model.offset is None else model.offset)
-    pad = buckets.pad_rows
 
     def constant(values, dtype=tf.float64):
         return None if values is None else tf.constant(values, dtype)
 
+    if distribute is None:
+        row_data = _padded_rows(model, buckets)
+    else:
+        from mixedfx.inference.distributed import ShardedRows
+
+        row_data = ShardedRows(model, distribute).shards
     data = {
-        "fixed_design": constant(pad(X)),
-        "response": constant(pad(model.response)),
-        "regression_response": constant(pad(y)),
-        "offset": constant(pad(model.offset)),
-        "trials": constant(pad(model.trials, fill=1.0)),
-        "group_index": tuple(constant(pad(t.group_index), tf.int32) for t in model.random_terms),
-        "z": tuple(constant(pad(t.z)) for t in model.random_terms),
-        "row_weight": constant(buckets.row_weight()),
         "level_weight": tuple(constant(buckets.level_weight(k)) for k in range(len(dims))),
         "n_obs": tf.constant(float(model.n_obs), tf.float64),
         "level_count": tuple(tf.constant(float(q), tf.float64) for q in num_levels),
@@ -438,7 +552,7 @@ def fit_mcem(
     try:
         while len(rows) < options.max_iter:
             num_burnin = options.n_initial_burnin if not rows else options.n_burnin
-            out = run(fixed_effects, scale_tril, free, state, step_size, seed, tf.constant(num_burnin), data)
+            out = run(fixed_effects, scale_tril, free, state, step_size, seed, tf.constant(num_burnin), data, row_data)
             if not rows:
                 first_call_seconds = time.perf_counter() - start_time
             chunk = out["trace_parameters"].numpy()
@@ -583,6 +697,28 @@ def _block_fault(out, chunk: np.ndarray, names, *, transitions: int) -> str | No
     if divergent.sum() > 0.5 * transitions * len(divergent):
         return record
     return None
+
+
+def _padded_rows(model: MixedModel, buckets: ShapeBuckets) -> dict:
+    """The model's rows as tensors, padded to the bucket (see :mod:`mixedfx.inference.rows`)."""
+    pad = buckets.pad_rows
+    response = tf.constant(pad(model.response), tf.float64)
+    rows = {
+        "fixed_design": tf.constant(pad(model.fixed_design), tf.float64),
+        "response": response,
+        "regression_response": response if model.offset is None else tf.constant(pad(model.response - model.offset),
+                                                                                  tf.float64),
+        "row_weight": tf.constant(buckets.row_weight(), tf.float64),
+    }
+    if model.offset is not None:
+        rows["offset"] = tf.constant(pad(model.offset), tf.float64)
+    if model.trials is not None:
+        rows["trials"] = tf.constant(pad(model.trials, fill=1.0), tf.float64)
+    for k, term in enumerate(model.random_terms):
+        rows[f"group_index_{k}"] = tf.constant(pad(term.group_index), tf.int32)
+        if term.z is not None:
+            rows[f"z_{k}"] = tf.constant(pad(term.z), tf.float64)
+    return rows
 
 
 def sampler_diagnostics(draws) -> dict:

@@ -29,6 +29,7 @@ same for every family (:func:`covariance_update`): ``Sigma_k`` is the mean of
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from mixedfx._tf import tf
@@ -38,6 +39,9 @@ __all__ = [
     "expansion_columns",
     "moment_statistics",
     "gaussian_statistics",
+    "gaussian_row_statistics",
+    "reml_statistics",
+    "newton_rows",
     "gaussian_regression",
     "glm_regression",
     "covariance_update",
@@ -101,35 +105,55 @@ def moment_statistics(state, *, expansions, level_weight=None):
     return statistics
 
 
-def gaussian_statistics(state, *, fixed_design, response, group_index, z, expansions, fixed_xtx_inv=None,
-                        row_weight=None, level_weight=None):
-    """Per-chain sufficient statistics of one draw for :func:`gaussian_regression` (and
-    :func:`covariance_update`).
+def gaussian_row_statistics(state, *, fixed_design, response, group_index, z, row_weight=None):
+    """The sums over rows in :func:`gaussian_statistics`, per chain: ``xtp`` (X'P),
+    ``ptp`` (P'P) and ``pty`` (P'y) for the regressors ``P`` of
+    :func:`expansion_columns`.
 
-    Returns a dict with, per chain, ``xtp`` (X'P), ``ptp`` (P'P), ``pty`` (P'y) for the
-    regressors ``P`` of :func:`expansion_columns`, and the moments of
-    :func:`moment_statistics`.  With ``fixed_xtx_inv`` (``(X'X)^-1``, for REML) also
-    ``reml_ptu`` (``P'u``) and ``reml_utu`` (``u'u``), where ``u = H Z b`` is the
-    projection of the draw's random part on the fixed design (``H`` the hat matrix of
-    ``X``): the part of the residual a REML E-step leaves to the fixed effects.
-    ``row_weight`` and ``level_weight`` (0/1 masks, see
-    :class:`~mixedfx.inference.buckets.ShapeBuckets`) leave padding out.
+    ``row_weight`` (0 or 1 per row, ``None`` for all ones) drops padding rows (of
+    shape buckets or shards).  These are sums over rows: large data add them up a chunk
+    of rows at a time, a sharded fit shard by shard.
     """
     parts = expansion_columns(state, group_index, z)
     if row_weight is not None:
         parts = parts * row_weight[:, None]
-    statistics = {
+    return {
         "xtp": tf.einsum("np,cnk->cpk", fixed_design, parts),
         "ptp": tf.einsum("cnk,cnl->ckl", parts, parts),
         "pty": tf.einsum("cnk,n->ck", parts, response),
     }
+
+
+def reml_statistics(statistics, *, dims, fixed_xtx_inv):
+    """``reml_ptu`` (``P'u``) and ``reml_utu`` (``u'u``) of :func:`gaussian_statistics`,
+    from its row sums."""
+    identity = identity_coefficients(dims, fixed_xtx_inv.dtype)
+    xtzb = tf.linalg.matvec(statistics["xtp"], identity)  # X'Zb per chain
+    projected = tf.linalg.matvec(fixed_xtx_inv, xtzb)  # (X'X)^-1 X'Zb
+    return {
+        "reml_ptu": tf.einsum("cpk,cp->ck", statistics["xtp"], projected),
+        "reml_utu": tf.reduce_sum(xtzb * projected, axis=-1),
+    }
+
+
+def gaussian_statistics(state, *, fixed_design, response, group_index, z, expansions, fixed_xtx_inv=None):
+    """Per-chain sufficient statistics of one draw for :func:`gaussian_regression` (and
+    :func:`covariance_update`).
+
+    Returns a dict with, per chain, ``xtp`` (X'P), ``ptp`` (P'P), ``pty`` (P'y) for the
+    regressors ``P`` of :func:`expansion_columns` (:func:`gaussian_row_statistics`),
+    and the moments of :func:`moment_statistics`.  With ``fixed_xtx_inv``
+    (``(X'X)^-1``, for REML) also ``reml_ptu`` (``P'u``) and ``reml_utu`` (``u'u``),
+    where ``u = H Z b`` is the projection of the draw's random part on the fixed design
+    (``H`` the hat matrix of ``X``): the part of the residual a REML E-step leaves to
+    the fixed effects (:func:`reml_statistics`).
+    """
+    statistics = gaussian_row_statistics(state, fixed_design=fixed_design, response=response,
+                                         group_index=group_index, z=z)
     if fixed_xtx_inv is not None:
-        identity = identity_coefficients([s.shape[-1] for s in state], fixed_design.dtype)
-        xtzb = tf.linalg.matvec(statistics["xtp"], identity)  # X'Zb per chain
-        projected = tf.linalg.matvec(fixed_xtx_inv, xtzb)  # (X'X)^-1 X'Zb
-        statistics["reml_ptu"] = tf.einsum("cpk,cp->ck", statistics["xtp"], projected)
-        statistics["reml_utu"] = tf.reduce_sum(xtzb * projected, axis=-1)
-    statistics.update(moment_statistics(state, expansions=expansions, level_weight=level_weight))
+        statistics.update(reml_statistics(statistics, dims=[s.shape[-1] for s in state],
+                                          fixed_xtx_inv=fixed_xtx_inv))
+    statistics.update(moment_statistics(state, expansions=expansions))
     return statistics
 
 
@@ -232,7 +256,7 @@ def gaussian_regression(statistics, *, fixed_xtx, fixed_xty, response_ss, n_obs,
 
 
 def glm_regression(parts, *, fixed_design, response, trials, offset, family, fixed_effects, free, dims,
-                   row_weight=None, n_newton=2, max_halvings=20):
+                   row_weight=None, n_newton=2, max_halvings=20, sums=None, n_draws=None):
     """Any family's part of the expanded M-step: Newton's method on the expected
     log-likelihood over the draws.
 
@@ -253,6 +277,15 @@ def glm_regression(parts, *, fixed_design, response, trials, offset, family, fix
         The family's unconstrained parameters.
     row_weight : Tensor, optional
         A 0/1 mask of the rows (padded rows are 0).
+    sums : callable, optional
+        ``sums(fn, *args)`` returns ``fn(rows, *args)`` summed over a split of the rows
+        (chunks of large data, or a sharded fit's shards), where ``rows`` is a dict of
+        ``parts``, ``fixed_design``, ``response``, ``trials``, ``offset`` and
+        ``row_weight``.  Every quantity of the Newton steps is such a sum.  ``parts``,
+        ``fixed_design``, ``response``, ``trials``, ``offset`` and ``row_weight`` are
+        then unused, and ``n_draws`` is required.
+    n_draws : int, optional
+        The draws in ``parts`` (by default its leading dimension).
 
     Returns
     -------
@@ -260,21 +293,22 @@ def glm_regression(parts, *, fixed_design, response, trials, offset, family, fix
     scale_matrix : list of Tensor
     free : Tensor
     """
-    dtype = fixed_design.dtype
-    p = fixed_design.shape[1]
-    base = tf.zeros_like(response) if offset is None else offset
-    n_draws = tf.cast(tf.shape(parts)[0], dtype)
+    dtype = fixed_effects.dtype
+    p = fixed_effects.shape[0]
+    if sums is None:
+        rows = {"parts": parts, "fixed_design": fixed_design, "response": response, "trials": trials,
+                "offset": offset, "row_weight": row_weight}
 
-    def linear(theta):
-        beta, coefficients = theta[:p], theta[p:]
-        return tf.linalg.matvec(fixed_design, beta)[None, :] + base[None, :] + tf.einsum("snm,m->sn", parts, coefficients)
+        def sums(fn, *args):
+            return fn(rows, *args)
 
-    def row_log_prob(eta, natural):
-        log_prob = family.log_prob(eta, natural, response, trials=trials)
-        return log_prob if row_weight is None else log_prob * row_weight
+        n_draws = tf.cast(tf.shape(parts)[0], dtype)
+    else:
+        n_draws = tf.cast(n_draws, dtype)
+    pieces = _newton_pieces(family, p)
 
     def objective(theta, u):
-        return tf.reduce_sum(row_log_prob(linear(theta), family.constrain(u))) / n_draws
+        return sums(pieces.objective, theta, u) / n_draws
 
     def improve(value, current, step, evaluate):
         """Halve ``step`` until ``evaluate(current + scale * step)`` is at least ``value``."""
@@ -303,30 +337,13 @@ def glm_regression(parts, *, fixed_design, response, trials, offset, family, fix
         return step
 
     def step_linear(theta, u):
-        eta = linear(theta)
-        natural = family.constrain(u)
-        with tf.GradientTape() as outer:
-            outer.watch(eta)
-            with tf.GradientTape() as inner:
-                inner.watch(eta)
-                total = tf.reduce_sum(row_log_prob(eta, natural))
-            score = inner.gradient(total, eta)  # each row's own derivative
-        curvature = outer.gradient(score, eta)
-        regressors = tf.concat([tf.broadcast_to(fixed_design[None], tf.concat([tf.shape(parts)[:2], [p]], 0)), parts],
-                               axis=-1)  # [draws, rows, p + m]
-        gradient = tf.einsum("sn,snk->k", score, regressors) / n_draws
-        hessian = tf.einsum("sn,snk,snl->kl", curvature, regressors, regressors) / n_draws
-        value = total / n_draws
+        total = sums(pieces.linear_sums, theta, u)
+        gradient, hessian, value = (total[name] / n_draws for name in ("gradient", "hessian", "value"))
         return improve(value, theta, newton_direction(gradient, hessian), lambda t: objective(t, u))
 
     def step_family(theta, u):
-        with tf.GradientTape() as outer:
-            outer.watch(u)
-            with tf.GradientTape() as inner:
-                inner.watch(u)
-                value = objective(theta, u)
-            gradient = inner.gradient(value, u)
-        hessian = outer.jacobian(gradient, u, experimental_use_pfor=True)
+        total = sums(pieces.family_sums, theta, u)
+        value, gradient, hessian = (total[name] / n_draws for name in ("value", "gradient", "hessian"))
         # the family's parameters are on an unconstrained (log-like) scale: at most one
         # unit per step, since the likelihood can flatten out far from the optimum
         return improve(value, u, newton_direction(gradient, hessian, max_step=1.0), lambda v: objective(theta, v))
@@ -340,6 +357,82 @@ def glm_regression(parts, *, fixed_design, response, trials, offset, family, fix
     theta0 = tf.concat([fixed_effects, identity_coefficients(dims, dtype)], axis=0)
     _, theta, u = tf.while_loop(lambda i, theta, u: i < n_newton, newton, (0, theta0, free))
     return theta[:p], _scale_matrices(theta[p:], dims), u
+
+
+@dataclass(frozen=True)
+class _NewtonPieces:
+    """The sums over rows (and draws) of :func:`glm_regression`, each ``fn(rows, theta, u)``."""
+
+    objective: object
+    linear_sums: object
+    family_sums: object
+
+
+@functools.lru_cache(maxsize=32)
+def _newton_pieces(family, p: int) -> _NewtonPieces:
+    """:func:`glm_regression`'s sums for one family and fixed-effect count (the same
+    functions every time, so that a sharded fit compiles each once)."""
+
+    def linear(rows, theta):
+        beta, coefficients = theta[:p], theta[p:]
+        base = tf.zeros_like(rows["response"]) if rows["offset"] is None else rows["offset"]
+        return (tf.linalg.matvec(rows["fixed_design"], beta)[None, :] + base[None, :]
+                + tf.einsum("snm,m->sn", rows["parts"], coefficients))
+
+    def log_prob(rows, eta, natural):
+        value = family.log_prob(eta, natural, rows["response"], trials=rows["trials"])
+        return value if rows["row_weight"] is None else value * rows["row_weight"]
+
+    def objective(rows, theta, u):
+        return tf.reduce_sum(log_prob(rows, linear(rows, theta), family.constrain(u)))
+
+    def linear_sums(rows, theta, u):
+        eta = linear(rows, theta)
+        natural = family.constrain(u)
+        with tf.GradientTape() as outer:
+            outer.watch(eta)
+            with tf.GradientTape() as inner:
+                inner.watch(eta)
+                total = tf.reduce_sum(log_prob(rows, eta, natural))
+            score = inner.gradient(total, eta)  # each row's own derivative
+        curvature = outer.gradient(score, eta)
+        parts = rows["parts"]
+        regressors = tf.concat(
+            [tf.broadcast_to(rows["fixed_design"][None], tf.concat([tf.shape(parts)[:2], [p]], 0)), parts],
+            axis=-1)  # [draws, rows, p + m]
+        return {"value": total, "gradient": tf.einsum("sn,snk->k", score, regressors),
+                "hessian": tf.einsum("sn,snk,snl->kl", curvature, regressors, regressors)}
+
+    def family_sums(rows, theta, u):
+        with tf.GradientTape() as outer:
+            outer.watch(u)
+            with tf.GradientTape() as inner:
+                inner.watch(u)
+                value = objective(rows, theta, u)
+            gradient = inner.gradient(value, u)
+        hessian = outer.jacobian(gradient, u, experimental_use_pfor=True)
+        return {"value": value, "gradient": gradient, "hessian": hessian}
+
+    return _NewtonPieces(objective, linear_sums, family_sums)
+
+
+@functools.lru_cache(maxsize=64)
+def newton_rows(fn, n_terms: int):
+    """One of :func:`glm_regression`'s sums (``fn(rows, *args)``) as a function of row
+    tensors and the draws: ``local(rows, flat_draws, *args)`` builds the draws' expansion
+    regressors from the rows (``group_index_k``, ``z_k`` per term; see
+    :mod:`mixedfx.inference.rows`), so they exist a chunk or a shard at a time.  The
+    same function object every time, so that a sharded fit compiles it once."""
+
+    def local(rows, flat_draws, *args):
+        group_index = tuple(rows[f"group_index_{k}"] for k in range(n_terms))
+        z = tuple(rows.get(f"z_{k}") for k in range(n_terms))
+        newton = {"parts": expansion_columns(flat_draws, group_index, z), "fixed_design": rows["fixed_design"],
+                  "response": rows["response"], "trials": rows.get("trials"), "offset": rows.get("offset"),
+                  "row_weight": rows.get("row_weight")}
+        return fn(newton, *args)
+
+    return local
 
 
 def covariance_update(statistics, *, fixed_effects, scale_matrix, num_levels, dims, expansions):

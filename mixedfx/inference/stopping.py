@@ -39,6 +39,18 @@ class Decision:
         What the rule requires of ``mcse``.
     message : str
         The verdict in words.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedfx.inference import MonteCarloErrorRule
+    >>> rule = MonteCarloErrorRule()
+    >>> rule.assess(np.zeros((5, 2)), window_start=None, scale=np.ones(2))
+    Decision(window_start=None, converged=False, mcse=None, tolerance=None, message='warming up')
+    >>> trace = 1.0 + 0.001 * np.random.default_rng(0).standard_normal((30, 2))
+    >>> decision = rule.assess(trace, window_start=10, scale=np.ones(2))
+    >>> decision.converged, decision.window_start, decision.message
+    (True, 10, 'Monte Carlo error within tolerance over 20 iterations')
     """
 
     window_start: int | None
@@ -52,6 +64,23 @@ def monte_carlo_standard_error(series: np.ndarray) -> np.ndarray:
     """Standard error of the mean of each column of an autocorrelated series.
 
     Uses the effective sample size from :func:`tfp.mcmc.effective_sample_size`.
+
+    Examples
+    --------
+    Independent draws give ``sd / sqrt(n)``; positively autocorrelated ones (an
+    AR(1) series with coefficient 0.9 has about ``1/19`` as many effective draws) a
+    larger error:
+
+    >>> import numpy as np
+    >>> from mixedfx.inference import monte_carlo_standard_error
+    >>> rng = np.random.default_rng(0)
+    >>> independent = rng.standard_normal(1000)
+    >>> correlated = np.zeros(1000)
+    >>> for i in range(1, 1000):
+    ...     correlated[i] = 0.9 * correlated[i - 1] + np.sqrt(1 - 0.81) * rng.standard_normal()
+    >>> mcse = monte_carlo_standard_error(np.column_stack([independent, correlated]))
+    >>> bool(abs(mcse[0] - independent.std() / np.sqrt(1000)) < 0.005), bool(mcse[1] > 3 * mcse[0])
+    (True, True)
     """
     series = np.asarray(series, dtype=np.float64)
     if series.shape[0] < 2:

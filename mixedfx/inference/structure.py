@@ -25,6 +25,24 @@ def location_expansions(model: MixedModel) -> tuple[Expansion, ...]:
     * A term whose every ``z`` column is also a fixed-effect column (``(1 + x | g)``
       with ``x`` among the fixed effects): ``W`` is a column of ones.
     * Otherwise no expansion.
+
+    Examples
+    --------
+    A random intercept per department, with the intercept and a department-level
+    covariate among the fixed effects (constant within each department) and a
+    row-level ``x`` (not):
+
+    >>> import numpy as np
+    >>> from mixedfx.design import RandomTermData
+    >>> from mixedfx.model import Gaussian, MixedModel
+    >>> from mixedfx.inference import location_expansions
+    >>> dept = np.repeat(np.arange(3), 4).astype(np.int32)
+    >>> X = np.column_stack([np.ones(12), dept == 1, np.linspace(0.0, 1.0, 12)])
+    >>> model = MixedModel(Gaussian(), X, np.zeros(12), (RandomTermData("dept", dept, None, 3),),
+    ...                    ("Intercept", "dept1", "x"))
+    >>> expansion, = location_expansions(model)
+    >>> expansion.targets, expansion.level_values.tolist()
+    (((0, 1),), [[1.0, 0.0], [1.0, 1.0], [1.0, 0.0]])
     """
     X = model.fixed_design
     expansions = []
@@ -33,12 +51,11 @@ def location_expansions(model: MixedModel) -> tuple[Expansion, ...]:
         if X.shape[1] == 0:
             expansions.append(Expansion((), None))
         elif term.z is None:
-            lo = np.full((q, X.shape[1]), np.inf)
-            hi = np.full((q, X.shape[1]), -np.inf)
-            np.minimum.at(lo, term.group_index, X)
-            np.maximum.at(hi, term.group_index, X)
-            columns = tuple(int(j) for j in np.flatnonzero(np.all(lo == hi, axis=0)))
-            values = lo[:, list(columns)]
+            # a column is constant within levels when every row equals a row of its level
+            some_row = _a_row_of_each_level(term.group_index, q)
+            constant = np.all(X == X[some_row[term.group_index]], axis=0)
+            columns = tuple(int(j) for j in np.flatnonzero(constant))
+            values = X[some_row][:, list(columns)]
             if columns and np.linalg.matrix_rank(values) == len(columns):
                 expansions.append(Expansion((columns,), values))
             else:
@@ -63,6 +80,21 @@ def nested_centering(model: MixedModel) -> Centering:
     Term ``l`` is nested in term ``k`` when each level of ``l`` occurs with a single
     level of ``k``.  Each term gets at most one parent (the nesting term with the most
     levels) and at most one child (the nested term with the most levels).
+
+    Examples
+    --------
+    Six lecturers, two per department, as in InstEval's ``(1 | d) + (1 | dept)``:
+
+    >>> import numpy as np
+    >>> from mixedfx.design import RandomTermData
+    >>> from mixedfx.model import Gaussian, MixedModel
+    >>> from mixedfx.inference import nested_centering
+    >>> d = np.repeat(np.arange(6), 2).astype(np.int32)
+    >>> dept = np.repeat(np.arange(3), 4).astype(np.int32)
+    >>> terms = (RandomTermData("d", d, None, 6), RandomTermData("dept", dept, None, 3))
+    >>> centering = nested_centering(MixedModel(Gaussian(), np.ones((12, 1)), np.zeros(12), terms, ("Intercept",)))
+    >>> centering.parent, centering.parent_level[0].tolist()  # d is centred on dept
+    ((1, None), [0, 0, 1, 1, 2, 2])
     """
     terms = model.random_terms
     intercepts = [k for k, t in enumerate(terms) if t.z is None]
@@ -72,10 +104,10 @@ def nested_centering(model: MixedModel) -> Centering:
         for parent in intercepts:
             if terms[parent].num_levels >= terms[child].num_levels:
                 continue
-            pairs = np.unique(
-                terms[child].group_index.astype(np.int64) * terms[parent].num_levels + terms[parent].group_index
-            )
-            if len(pairs) != terms[child].num_levels:
+            # nested: every row's parent level is the one of another row of its level
+            some_row = _a_row_of_each_level(terms[child].group_index, terms[child].num_levels)
+            parent_index = terms[parent].group_index
+            if not np.array_equal(parent_index[some_row[terms[child].group_index]], parent_index):
                 continue
             if best is None or terms[parent].num_levels > terms[best].num_levels:
                 best = parent
@@ -93,3 +125,10 @@ def nested_centering(model: MixedModel) -> Centering:
         taken.add(p)
         parent[child], parent_level[child] = p, level_map
     return Centering(parent=tuple(parent), parent_level=tuple(parent_level))
+
+
+def _a_row_of_each_level(group_index: np.ndarray, num_levels: int) -> np.ndarray:
+    """One row of each level (any one: every level has rows at fit time)."""
+    row = np.zeros(num_levels, dtype=np.int64)
+    row[group_index] = np.arange(len(group_index))
+    return row

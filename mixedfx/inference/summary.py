@@ -89,6 +89,24 @@ class FitSummary:
         The failed iterations are not in the trace.
     recoveries : tuple of str
         One line per retry: the iterations, what went wrong, what was changed.
+
+    Examples
+    --------
+    Every fitted estimator keeps one as ``fit_summary_``:
+
+    >>> import mixedfx
+    >>> data = mixedfx.datasets.make_mixed_data(
+    ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
+    ...     random_sd={"g": 0.8}, random_state=2)
+    >>> model = mixedfx.lmer("y ~ x + (1 | g)", data, random_state=0, verbose=0)
+    >>> summary = model.fit_summary_
+    >>> summary.converged, summary.method, summary.parameter_names
+    (True, 'ml', ('Intercept', 'x', 'sd(g)', 'sigma'))
+    >>> table = summary.table()  # one row per parameter
+    >>> table.columns.tolist(), bool((table["mcse"] <= table["tolerance"]).all())
+    (['initial', 'estimate', 'mcse', 'tolerance'], True)
+    >>> summary.parameter_trace().shape == (summary.n_iter, 4), summary.n_averaged <= summary.n_iter
+    (True, True)
     """
 
     converged: bool

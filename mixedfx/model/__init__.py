@@ -15,7 +15,7 @@ from mixedfx.model.families import (
     Poisson,
     get_family,
 )
-from mixedfx.model.gaussian import GaussianMarginal, gaussian_marginal, term_z
+from mixedfx.model.gaussian import GaussianMarginal, gaussian_fixed_effects_iterative, gaussian_marginal, term_z
 from mixedfx.model.likelihood import MarginalLikelihood, marginal_log_likelihood
 from mixedfx.model.joint import (
     RESPONSE,
@@ -42,6 +42,7 @@ __all__ = [
     "DenseBlockTooLarge",
     "GaussianMarginal",
     "gaussian_marginal",
+    "gaussian_fixed_effects_iterative",
     "term_z",
     "MarginalLikelihood",
     "marginal_log_likelihood",

@@ -24,8 +24,31 @@ from scipy import linalg, sparse
 __all__ = ["BlockSystem", "DenseBlockTooLarge"]
 
 
+#: Default bound on the entries of the dense Schur block (about 480 MB of float64).
+MAX_DENSE_ENTRIES = 60_000_000
+
+
 class DenseBlockTooLarge(RuntimeError):
-    """The dense Schur block would not fit the memory bound."""
+    """The dense Schur block would not fit the memory bound.
+
+    The estimators catch it: Gaussian fits then solve the same systems iteratively
+    (:func:`~mixedfx.model.gaussian_fixed_effects_iterative`), without the
+    log-likelihood; the other families go without the exact quantities (with a
+    warning).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedfx.design import RandomTermData
+    >>> from mixedfx.model import BlockSystem, DenseBlockTooLarge
+    >>> g = RandomTermData("g", np.array([0, 1, 2, 0, 1, 2], dtype=np.int32), None, 3)
+    >>> h = RandomTermData("h", np.array([0, 0, 0, 1, 1, 1], dtype=np.int32), None, 2)
+    >>> try:
+    ...     BlockSystem([g, h], [np.ones((6, 1)), np.ones((6, 1))], max_dense_entries=3)
+    ... except DenseBlockTooLarge as error:
+    ...     print(error)
+    exact computation needs a dense block of 2 x 2 entries (the columns of the random terms other than the largest, 'g'); the bound is 3
+    """
 
 
 class BlockSystem:
@@ -39,9 +62,9 @@ class BlockSystem:
         (shape ``(n_rows, dim)``).
     weights : numpy.ndarray of shape (n_rows,), optional
         Row weights ``w`` (all ones when omitted).
-    max_dense_entries : int
+    max_dense_entries : int, optional
         Bound on the entries of the dense Schur block (the remaining terms' columns,
-        squared).
+        squared); default :data:`MAX_DENSE_ENTRIES`.
 
     Raises
     ------
@@ -49,44 +72,108 @@ class BlockSystem:
 
     Examples
     --------
+    Two crossed intercept terms on six rows; the log-determinant and a solve agree
+    with the dense ``A``:
+
     >>> import numpy as np
     >>> from mixedfx.design import RandomTermData
     >>> from mixedfx.model import BlockSystem
-    >>> g = RandomTermData("g", np.array([0, 0, 1, 1, 2], dtype=np.int32), None, 3)
-    >>> h = RandomTermData("h", np.array([0, 1, 0, 1, 1], dtype=np.int32), None, 2)
-    >>> system = BlockSystem([g, h], [np.ones((5, 1)), np.ones((5, 1))])
-    >>> dense = np.zeros((5, 5)); dense[np.arange(5), [0, 0, 1, 1, 2]] = 1; dense[np.arange(5), [3, 4, 3, 4, 4]] = 1
-    >>> bool(np.isclose(system.logdet, np.linalg.slogdet(dense.T @ dense + np.eye(5))[1]))
+    >>> g = RandomTermData("g", np.array([0, 1, 2, 0, 1, 2], dtype=np.int32), None, 3)
+    >>> h = RandomTermData("h", np.array([0, 0, 0, 1, 1, 1], dtype=np.int32), None, 2)
+    >>> system = BlockSystem([g, h], [np.full((6, 1), 0.8), np.full((6, 1), 0.5)])
+    >>> U = np.zeros((6, 5))
+    >>> U[np.arange(6), g.group_index] = 0.8
+    >>> U[np.arange(6), 3 + h.group_index] = 0.5
+    >>> A = U.T @ U + np.eye(5)
+    >>> bool(np.isclose(system.logdet, np.linalg.slogdet(A)[1]))
+    True
+    >>> y = np.arange(6.0)[:, None]
+    >>> x1, xr = system.solve(*system.project(y))
+    >>> x = np.concatenate([x1.ravel(), xr.ravel()])  # g's block first: it has the most columns
+    >>> bool(np.allclose(x, np.linalg.solve(A, U.T @ y).ravel()))
     True
     """
 
-    def __init__(self, terms, scaled, weights=None, *, max_dense_entries: int = 60_000_000):
+    def __init__(self, terms, scaled, weights=None, *, max_dense_entries: int | None = None):
         self.terms = terms
         self.scaled = [np.asarray(u, dtype=np.float64) for u in scaled]
         n = self.scaled[0].shape[0]
         self.weights = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
-        self.dims = [u.shape[1] for u in self.scaled]
-        order = sorted(range(len(terms)), key=lambda k: -terms[k].num_levels * self.dims[k])
+        self._layout([t.num_levels for t in terms], [u.shape[1] for u in self.scaled], max_dense_entries)
+        self._factor(*self._cross_products())
+
+    @classmethod
+    def from_cross_products(cls, num_levels, dims, a11, a1r, arr, *, max_dense_entries: int | None = None):
+        """The system from its sums over rows, computed elsewhere (per shard, then summed).
+
+        Parameters
+        ----------
+        num_levels, dims : sequence of int
+            Per term.
+        a11 : numpy.ndarray of shape (q1, d1, d1)
+            ``U_1' diag(w) U_1`` level by level, for the first term of :meth:`order`.
+        a1r : numpy.ndarray or scipy.sparse matrix of shape (q1 * d1, width)
+            ``U_1' diag(w) U_rest``.
+        arr : numpy.ndarray of shape (width, width)
+            ``U_rest' diag(w) U_rest``.
+        max_dense_entries : int, optional
+
+        Returns
+        -------
+        BlockSystem
+            It solves and factors as one built from rows; it has no rows, so
+            :meth:`project` is not available.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from mixedfx.design import RandomTermData
+        >>> from mixedfx.model import BlockSystem
+        >>> g = RandomTermData("g", np.array([0, 1, 2, 0, 1, 2], dtype=np.int32), None, 3)
+        >>> h = RandomTermData("h", np.array([0, 0, 0, 1, 1, 1], dtype=np.int32), None, 2)
+        >>> rows = BlockSystem([g, h], [np.full((6, 1), 0.8), np.full((6, 1), 0.5)])
+        >>> a11, a1r, arr = rows._cross_products()
+        >>> sums = BlockSystem.from_cross_products([3, 2], [1, 1], a11, a1r.toarray(), arr.toarray())
+        >>> bool(np.isclose(sums.logdet, rows.logdet))
+        True
+        """
+        system = cls.__new__(cls)
+        system.terms, system.scaled, system.weights = None, None, None
+        system._layout(list(num_levels), list(dims), max_dense_entries)
+        system._factor(np.asarray(a11, dtype=np.float64), sparse.csr_matrix(a1r, dtype=np.float64),
+                       sparse.csr_matrix(arr, dtype=np.float64))
+        return system
+
+    @staticmethod
+    def order(num_levels, dims) -> list[int]:
+        """Terms in elimination order: the one with the most columns first."""
+        return sorted(range(len(num_levels)), key=lambda k: -num_levels[k] * dims[k])
+
+    def _layout(self, num_levels, dims, max_dense_entries):
+        self.num_levels, self.dims = list(num_levels), list(dims)
+        order = self.order(self.num_levels, self.dims)
         self.first, self.rest = order[0], order[1:]
-        self.q1, self.d1 = terms[self.first].num_levels, self.dims[self.first]
+        self.q1, self.d1 = self.num_levels[self.first], self.dims[self.first]
         self.offsets, width = {}, 0
         for k in self.rest:
             self.offsets[k] = width
-            width += terms[k].num_levels * self.dims[k]
+            width += self.num_levels[k] * self.dims[k]
         self.width = width
+        max_dense_entries = MAX_DENSE_ENTRIES if max_dense_entries is None else max_dense_entries
         if width * width > max_dense_entries:
+            largest = self.terms[self.first].name if self.terms is not None else f"term {self.first}"
             raise DenseBlockTooLarge(
                 f"exact computation needs a dense block of {width} x {width} entries (the columns of the random "
-                f"terms other than the largest, {terms[self.first].name!r}); the bound is {max_dense_entries:,}"
+                f"terms other than the largest, {largest!r}); the bound is {max_dense_entries:,}"
             )
-        self._factor()
 
     def columns(self, k: int, c: int) -> np.ndarray:
         """Column of ``U`` holding coefficient ``c`` of term ``k``, per row (within its block)."""
         index = self.terms[k].group_index.astype(np.int64) * self.dims[k] + c
         return index if k == self.first else self.offsets[k] + index
 
-    def _factor(self):
+    def _cross_products(self):
+        """``A - I`` in blocks, from the rows: ``a11`` (per level), ``a1r`` and ``arr`` (sparse)."""
         q1, d1, width, w = self.q1, self.d1, self.width, self.weights
         u1 = self.scaled[self.first]
         g1 = self.terms[self.first].group_index.astype(np.int64)
@@ -94,7 +181,6 @@ class BlockSystem:
         for a in range(d1):
             for b in range(d1):
                 a11[:, a, b] = np.bincount(g1, weights=w * u1[:, a] * u1[:, b], minlength=q1)
-        a11 += np.eye(d1)
         # U_1' W U_rest and U_rest' W U_rest, one sparse matrix each (duplicates summed)
         first_rows = [self.columns(self.first, a) for a in range(d1)]
         rest_cols = [(self.columns(k, c), self.scaled[k][:, c]) for k in self.rest for c in range(self.dims[k])]
@@ -106,6 +192,11 @@ class BlockSystem:
                 a1r = a1r + sparse.coo_matrix((uk * u1[:, a], (first_rows[a], col_k)), shape=(q1 * d1, width)).tocsr()
             for col_m, um in rest_cols:
                 arr = arr + sparse.coo_matrix((uk * um, (col_k, col_m)), shape=(width, width)).tocsr()
+        return a11, a1r, arr
+
+    def _factor(self, a11, a1r, arr):
+        width = self.width
+        a11 = a11 + np.eye(self.d1)
         self.a11 = a11
         self.chol11 = np.linalg.cholesky(a11)
         self.inv11 = np.linalg.inv(a11)
@@ -165,10 +256,10 @@ class BlockSystem:
 
     def to_terms(self, x1, xr, column: int = 0):
         """Split a solution into per-term ``(num_levels, dim)`` arrays (whitened scale)."""
-        out = [None] * len(self.terms)
+        out = [None] * len(self.num_levels)
         out[self.first] = x1[:, :, column]
         for k in self.rest:
-            q, d = self.terms[k].num_levels, self.dims[k]
+            q, d = self.num_levels[k], self.dims[k]
             out[k] = xr[self.offsets[k]:self.offsets[k] + q * d, column].reshape(q, d)
         return out
 
@@ -181,7 +272,7 @@ class BlockSystem:
         """
         width = self.width
         chol_inv = linalg.solve_triangular(self.chol, np.eye(width), lower=True) if width else np.zeros((0, 0))
-        out = [None] * len(self.terms)
+        out = [None] * len(self.num_levels)
         first = self.inv11.copy()
         if width:
             per_chunk = max(1, chunk_entries // (self.d1 * width))
@@ -193,7 +284,7 @@ class BlockSystem:
         out[self.first] = first
         for k in self.rest:
             # the diagonal blocks of S^-1 = C^-T C^-1, from the columns of C^-1 alone
-            q, d = self.terms[k].num_levels, self.dims[k]
+            q, d = self.num_levels[k], self.dims[k]
             columns = chol_inv[:, self.offsets[k]:self.offsets[k] + q * d].reshape(width, q, d)
             out[k] = np.einsum("iqa,iqb->qab", columns, columns)
         return out

@@ -46,6 +46,21 @@ class Family:
     :meth:`distribution`, :meth:`mean`, :meth:`fisher_weight` and
     :meth:`validate_response`; families with parameters of their own also implement
     :meth:`constrain`, :meth:`initial_free` and :meth:`parameter_scale`.
+
+    Examples
+    --------
+    Every family answers the same questions:
+
+    >>> from mixedfx.model import FAMILIES
+    >>> for name, cls in FAMILIES.items():
+    ...     family = cls()
+    ...     print(f"{name:18} {family.link:9} {family.parameter_names}")
+    gaussian           identity  ('sigma',)
+    bernoulli          logit     ()
+    binomial           logit     ()
+    poisson            log       ()
+    negative_binomial  log       ('dispersion',)
+    ordinal            logit     ('cutpoints',)
     """
 
     name: ClassVar[str] = "family"
@@ -270,7 +285,22 @@ class Binomial(Family):
 
 @dataclass(frozen=True)
 class Bernoulli(Binomial):
-    """Binary response (0/1), logit (default) or probit link: a binomial with one trial."""
+    """Binary response (0/1), logit (default) or probit link: a binomial with one trial.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedfx.model import Bernoulli
+    >>> family = Bernoulli()
+    >>> family.validate_response(np.array([0, 1, 1]), name="y")  # values and trials
+    (array([0., 1., 1.]), array([1., 1., 1.]))
+    >>> family.mean(np.array([0.0, np.log(3.0)])).round(4).tolist()  # inverse logit
+    [0.5, 0.75]
+    >>> family.validate_response(np.array([0, 2]), name="y")
+    Traceback (most recent call last):
+    ...
+    mixedfx.exceptions.DataError: the bernoulli response 'y' must be coded 0/1
+    """
 
     name: ClassVar[str] = "bernoulli"
     is_classification: ClassVar[bool] = True
@@ -321,6 +351,19 @@ class NegativeBinomial(Family):
     """Counts with a log link and variance ``mu + mu^2 / dispersion`` (glmmTMB's nbinom2).
 
     The dispersion (the "size" of R's ``rnbinom``) is estimated in the M-step.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedfx.model import NegativeBinomial
+    >>> family = NegativeBinomial()
+    >>> family.parameter_names, family.link
+    (('dispersion',), 'log')
+    >>> mean = family.mean(np.log([2.0, 10.0]))
+    >>> family.variance(mean, {"dispersion": 5.0}).round(6).tolist()  # mu + mu**2 / 5
+    [2.8, 30.0]
+    >>> family.distribution(np.log([2.0, 10.0]), {"dispersion": np.float64(5.0)}).variance().numpy().round(6).tolist()
+    [2.8, 30.0]
     """
 
     name: ClassVar[str] = "negative_binomial"
@@ -378,6 +421,20 @@ class Ordinal(Family):
     ----------
     n_categories : int
         ``K``; set from the data when the model is fitted.
+
+    Examples
+    --------
+    Three ratings and two cutpoints; the larger the linear predictor, the higher the
+    rating:
+
+    >>> import numpy as np
+    >>> from mixedfx.model import Ordinal
+    >>> family = Ordinal(n_categories=3, labels=(1, 2, 3))
+    >>> family.parameter_labels()
+    ('1|2', '2|3')
+    >>> family.probabilities(np.array([0.0, 2.0]), np.array([-1.0, 1.0])).round(3)
+    array([[0.269, 0.462, 0.269],
+           [0.047, 0.222, 0.731]])
     """
 
     name: ClassVar[str] = "ordinal"
@@ -484,6 +541,16 @@ class Ordinal(Family):
         return values, None
 
 
+#: The families by name, as the estimators' ``family=`` accepts them;
+#: :func:`get_family` looks them up.
+#:
+#: Examples
+#: --------
+#: >>> from mixedfx.model import FAMILIES
+#: >>> sorted(FAMILIES)
+#: ['bernoulli', 'binomial', 'gaussian', 'negative_binomial', 'ordinal', 'poisson']
+#: >>> FAMILIES["poisson"]().link
+#: 'log'
 FAMILIES: dict[str, type[Family]] = {
     "gaussian": Gaussian,
     "bernoulli": Bernoulli,

@@ -12,6 +12,11 @@ response is ``V = sigma^2 (I + U U')``, and
   ``Lambda A^-1 U'r / sigma`` and ``diag(Lambda A^-1 Lambda)``.
 
 ``A`` is handled by block elimination (:class:`mixedfx.model.blocks.BlockSystem`).
+When its dense Schur block would not fit in memory (two large crossed factors),
+:func:`gaussian_fixed_effects_iterative` solves the same systems by preconditioned
+conjugate gradients, matrix-free, in memory linear in the rows: the fixed effects'
+covariance, the GLS estimate and the conditional means stay exact (to the solver's
+tolerance); the log-determinant, and with it the log-likelihood, is not computed.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from scipy import linalg
 from mixedfx.model.blocks import BlockSystem, DenseBlockTooLarge
 from mixedfx.model.joint import MixedModel, ModelParameters
 
-__all__ = ["GaussianMarginal", "gaussian_marginal", "term_z", "DenseBlockTooLarge"]
+__all__ = ["GaussianMarginal", "gaussian_marginal", "gaussian_fixed_effects_iterative", "marginal_from_cross_products",
+           "term_z", "DenseBlockTooLarge"]
 
 
 @dataclass(frozen=True)
@@ -33,9 +39,10 @@ class GaussianMarginal:
 
     Attributes
     ----------
-    log_likelihood : float
+    log_likelihood : float or None
         Marginal log-likelihood of the response at the given fixed effects (the ML
-        criterion).
+        criterion); ``None`` (as the other likelihoods and the conditional sds and
+        covariances) when computed by :func:`gaussian_fixed_effects_iterative`.
     fixed_effects_cov : numpy.ndarray of shape (n_fixed, n_fixed)
         ``(X' V^-1 X)^-1``: the covariance of the fixed-effects estimate.
     conditional_means : tuple of numpy.ndarray
@@ -54,9 +61,29 @@ class GaussianMarginal:
     reml_log_likelihood : float
         The restricted log-likelihood, ``profiled_log_likelihood - log|X'V^-1X| / 2
         + p log(2 pi) / 2`` (lme4's ``-REMLcrit / 2``).
+
+    Examples
+    --------
+    Two groups of two rows, group means 1.5 and 4.5 around an intercept of 3; with
+    ``sd = sigma = 1`` each group's deviation of 1.5 shrinks by ``2 / (2 + 1)``:
+
+    >>> import numpy as np
+    >>> from mixedfx.design import RandomTermData
+    >>> from mixedfx.model import Gaussian, MixedModel, ModelParameters
+    >>> term = RandomTermData("g", np.array([0, 0, 1, 1], dtype=np.int32), None, 2)
+    >>> model = MixedModel(Gaussian(), np.ones((4, 1)), np.array([1.0, 2.0, 4.0, 5.0]), (term,), ("Intercept",))
+    >>> params = ModelParameters(np.array([3.0]), np.array([1.0]), {"sigma": 1.0})
+    >>> from mixedfx.model import gaussian_marginal
+    >>> marginal = gaussian_marginal(model, params)
+    >>> round(marginal.log_likelihood, 4), marginal.gls_fixed_effects.round(4).tolist()
+    (-6.7744, [3.0])
+    >>> marginal.conditional_means[0].ravel().round(4).tolist(), marginal.conditional_sds[0].ravel().round(4).tolist()
+    ([-1.0, 1.0], [0.5774, 0.5774])
+    >>> marginal.fixed_effects_cov.round(4).tolist()
+    [[0.75]]
     """
 
-    log_likelihood: float
+    log_likelihood: float | None
     fixed_effects_cov: np.ndarray
     conditional_means: tuple[np.ndarray, ...]
     conditional_sds: tuple[np.ndarray, ...]
@@ -71,7 +98,7 @@ def gaussian_marginal(
     params: ModelParameters,
     *,
     profile_fixed_effects: bool = False,
-    max_dense_entries: int = 60_000_000,
+    max_dense_entries: int | None = None,
 ) -> GaussianMarginal:
     """Exact log-likelihood, fixed-effects covariance and conditional modes.
 
@@ -85,8 +112,9 @@ def gaussian_marginal(
         Evaluate ``log_likelihood`` and the conditional moments at the GLS estimate
         of the fixed effects instead of ``params.fixed_effects`` (one elimination
         serves both, since the solutions are linear in the residual).
-    max_dense_entries : int, default 60_000_000
-        Bound on the entries of the dense blocks (about 480 MB of float64).
+    max_dense_entries : int, optional
+        Bound on the entries of the dense block (default
+        :data:`mixedfx.model.blocks.MAX_DENSE_ENTRIES`, about 480 MB of float64).
 
     Returns
     -------
@@ -126,10 +154,59 @@ def gaussian_marginal(
     system = BlockSystem(terms, scaled, max_dense_entries=max_dense_entries)
     W = np.column_stack([residual, X])
     v1, vr = system.project(W)
+    return marginal_from_cross_products(system, W.T @ W, v1, vr, params=params, n_obs=n,
+                                        profile_fixed_effects=profile_fixed_effects)
+
+
+def marginal_from_cross_products(system: BlockSystem, wtw, v1, vr, *, params: ModelParameters, n_obs,
+                                 profile_fixed_effects: bool = False) -> GaussianMarginal:
+    """:func:`gaussian_marginal` from its sums over rows.
+
+    With ``W = [r, X]`` (``r = y - offset - X beta`` at ``params``) and ``U`` the
+    scaled random-effects design of ``system``, everything follows from ``W'W``,
+    ``U'W`` (``v1``, ``vr`` in the block layout of :meth:`BlockSystem.project`) and
+    the blocks of ``U'U`` that ``system`` holds: sums over rows, which a sharded fit
+    computes per shard and adds up.
+
+    Parameters
+    ----------
+    system : BlockSystem
+    wtw : numpy.ndarray of shape (1 + n_fixed, 1 + n_fixed)
+    v1 : numpy.ndarray of shape (q1, d1, 1 + n_fixed)
+    vr : numpy.ndarray of shape (width, 1 + n_fixed)
+    params : ModelParameters
+    n_obs : int
+    profile_fixed_effects : bool, default False
+
+    Returns
+    -------
+    GaussianMarginal
+
+    Examples
+    --------
+    The same numbers as :func:`gaussian_marginal`, from the sums it would compute:
+
+    >>> import numpy as np
+    >>> from mixedfx.design import RandomTermData
+    >>> from mixedfx.model import BlockSystem, Gaussian, MixedModel, ModelParameters, gaussian_marginal
+    >>> from mixedfx.model.gaussian import marginal_from_cross_products
+    >>> term = RandomTermData("g", np.array([0, 0, 1, 1], dtype=np.int32), None, 2)
+    >>> model = MixedModel(Gaussian(), np.ones((4, 1)), np.array([1.0, 2.0, 4.0, 5.0]), (term,), ("Intercept",))
+    >>> params = ModelParameters(np.array([3.0]), np.array([1.0]), {"sigma": 1.0})
+    >>> system = BlockSystem([term], [np.ones((4, 1))])  # U = Z L / sigma
+    >>> W = np.column_stack([model.response - 3.0, model.fixed_design])
+    >>> v1, vr = system.project(W)
+    >>> sums = marginal_from_cross_products(system, W.T @ W, v1, vr, params=params, n_obs=4)
+    >>> round(sums.log_likelihood, 4), round(gaussian_marginal(model, params).log_likelihood, 4)
+    (-6.7744, -6.7744)
+    """
+    n = n_obs
+    beta = np.asarray(params.fixed_effects, dtype=np.float64)
+    sigma = float(params.family_params["sigma"])
     x1, xr = system.solve(v1, vr)
-    reduced = W.T @ W - system.quadratic(v1, vr, x1, xr)
+    reduced = wtw - system.quadratic(v1, vr, x1, xr)
     loglik = -0.5 * (n * np.log(2 * np.pi * sigma**2) + system.logdet + reduced[0, 0] / sigma**2)
-    p = X.shape[1]
+    p = beta.shape[0]
     profiled, reml = float(loglik), float(loglik)
     gls = beta
     if p:
@@ -159,5 +236,180 @@ def gaussian_marginal(
 
 
 def term_z(term, n_rows: int) -> np.ndarray:
-    """A term's per-row ``z`` as an ``(n_rows, dim)`` array (ones for an intercept)."""
+    """A term's per-row ``z`` as an ``(n_rows, dim)`` array (ones for an intercept).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedfx.design import RandomTermData
+    >>> from mixedfx.model import term_z
+    >>> index = np.array([0, 0, 1], dtype=np.int32)
+    >>> term_z(RandomTermData("g", index, None, 2), 3).tolist()
+    [[1.0], [1.0], [1.0]]
+    >>> slope = RandomTermData("g", index, np.array([[1.0, 0.5], [1.0, 2.0], [1.0, 1.0]]), 2, ("(Intercept)", "x"))
+    >>> term_z(slope, 3).tolist()
+    [[1.0, 0.5], [1.0, 2.0], [1.0, 1.0]]
+    """
     return np.ones((n_rows, 1)) if term.z is None else np.asarray(term.z, dtype=np.float64).reshape(n_rows, -1)
+
+
+def gaussian_fixed_effects_iterative(
+    model: MixedModel,
+    params: ModelParameters,
+    *,
+    tol: float = 1e-8,
+    max_iter: int = 1000,
+    chunk_rows: int = 1 << 20,
+) -> GaussianMarginal:
+    """The fixed effects' covariance, GLS estimate and conditional means, matrix-free.
+
+    The same quantities as :func:`gaussian_marginal` (with
+    ``profile_fixed_effects=True``), from solves of ``A x = U'w`` by conjugate
+    gradients preconditioned by ``A``'s diagonal blocks (one ``dim x dim`` block per
+    level of each term), with ``A`` applied through gathers and sums over the rows:
+    no matrix with a dimension of levels times levels is formed.
+
+    Parameters
+    ----------
+    model : MixedModel
+    params : ModelParameters
+    tol : float, default 1e-8
+        Relative residual at which the solver stops.
+    max_iter : int, default 1000
+    chunk_rows : int, default 2**20
+        Rows per pass of the products with ``U``: the memory beyond the data.
+
+    Returns
+    -------
+    GaussianMarginal
+        With ``fixed_effects_cov``, ``gls_fixed_effects`` and ``conditional_means``;
+        the likelihoods and the conditional sds and covariances are ``None`` / empty.
+
+    Raises
+    ------
+    numpy.linalg.LinAlgError
+        When the solver does not reach ``tol`` in ``max_iter`` iterations.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedfx.design import RandomTermData
+    >>> from mixedfx.model import (Gaussian, MixedModel, ModelParameters, gaussian_marginal,
+    ...                            gaussian_fixed_effects_iterative)
+    >>> rng = np.random.default_rng(0)
+    >>> g, h = rng.integers(0, 20, 300), rng.integers(0, 15, 300)
+    >>> terms = (RandomTermData("g", g.astype(np.int32), None, 20), RandomTermData("h", h.astype(np.int32), None, 15))
+    >>> X = np.column_stack([np.ones(300), rng.normal(size=300)])
+    >>> model = MixedModel(Gaussian(), X, rng.normal(size=300), terms, ("Intercept", "x"))
+    >>> params = ModelParameters(np.zeros(2), np.array([0.7, 0.4]), {"sigma": 1.0})
+    >>> exact = gaussian_marginal(model, params, profile_fixed_effects=True)
+    >>> iterative = gaussian_fixed_effects_iterative(model, params)
+    >>> bool(np.allclose(iterative.fixed_effects_cov, exact.fixed_effects_cov, rtol=1e-6))
+    True
+    >>> bool(np.allclose(iterative.conditional_means[1], exact.conditional_means[1], atol=1e-6))
+    True
+    """
+    X = model.fixed_design
+    sigma = float(params.family_params["sigma"])
+    beta = np.asarray(params.fixed_effects, dtype=np.float64)
+    terms = model.random_terms
+    n, p = X.shape
+    chunks = [slice(start, min(n, start + chunk_rows)) for start in range(0, n, chunk_rows)]
+    # U's rows per term: z_i' L / sigma (a constant for a random intercept)
+    factors = [L / sigma for L in params.random_scale_tril]
+
+    def rows_of_u(k, rows):
+        z = terms[k].z
+        return None if z is None else np.asarray(z[rows], dtype=np.float64).reshape(-1, terms[k].dim) @ factors[k]
+
+    def columns_w(rows):  # W = [r, X] on a chunk of rows, r the residual at beta
+        y = model.response[rows] - (0.0 if model.offset is None else model.offset[rows])
+        return np.column_stack([y - X[rows] @ beta, X[rows]])
+
+    def accumulate_transpose(out, rows, values):  # out_k += U_k' values on a chunk of rows
+        for k, term in enumerate(terms):
+            g = term.group_index[rows]
+            u = rows_of_u(k, rows)
+            for a in range(term.dim):
+                weight = factors[k][0, 0] if u is None else u[:, a:a + 1]
+                for j in range(values.shape[1]):
+                    out[k][:, a, j] += np.bincount(g, weights=weight[:, 0] * values[:, j] if u is not None
+                                                   else weight * values[:, j], minlength=term.num_levels)
+
+    def new_blocks(m):
+        return [np.zeros((t.num_levels, t.dim, m)) for t in terms]
+
+    def apply_a(v):  # A v = U'(U v) + v, a chunk of rows at a time
+        out = new_blocks(v[0].shape[2])
+        for rows in chunks:
+            uv = 0.0
+            for k, term in enumerate(terms):
+                picked = v[k][term.group_index[rows]]  # (rows, dim, m)
+                u = rows_of_u(k, rows)
+                uv = uv + (factors[k][0, 0] * picked[:, 0, :] if u is None else np.einsum("nd,ndm->nm", u, picked))
+            accumulate_transpose(out, rows, uv)
+        return [o + x for o, x in zip(out, v)]
+
+    # right-hand sides U'W and W'W, a chunk at a time
+    rhs, wtw = new_blocks(p + 1), np.zeros((p + 1, p + 1))
+    for rows in chunks:
+        w = columns_w(rows)
+        wtw += w.T @ w
+        accumulate_transpose(rhs, rows, w)
+    # block-Jacobi preconditioner: each level's I + sum over its rows of u u'
+    inverse_blocks = []
+    for k, term in enumerate(terms):
+        block = np.zeros((term.num_levels, term.dim, term.dim))
+        for rows in chunks:
+            g = term.group_index[rows]
+            u = rows_of_u(k, rows)
+            if u is None:
+                block[:, 0, 0] += factors[k][0, 0] ** 2 * np.bincount(g, minlength=term.num_levels)
+                continue
+            for a in range(term.dim):
+                for b in range(term.dim):
+                    block[:, a, b] += np.bincount(g, weights=u[:, a] * u[:, b], minlength=term.num_levels)
+        inverse_blocks.append(np.linalg.inv(block + np.eye(term.dim)))
+
+    def precondition(v):
+        return [np.matmul(inv, x) for inv, x in zip(inverse_blocks, v)]
+
+    def dot(a, b):  # column-wise inner products
+        return sum(np.einsum("qdm,qdm->m", x, z) for x, z in zip(a, b))
+
+    solution = [np.zeros_like(r) for r in rhs]
+    residual = [r.copy() for r in rhs]
+    preconditioned = precondition(residual)
+    direction = [z.copy() for z in preconditioned]
+    rho = dot(residual, preconditioned)
+    scale = np.sqrt(np.maximum(dot(rhs, rhs), 1e-300))
+    for _ in range(max_iter):
+        if np.all(np.sqrt(dot(residual, residual)) <= tol * scale):
+            break
+        a_direction = apply_a(direction)
+        step = rho / np.maximum(dot(direction, a_direction), 1e-300)
+        solution = [x + step * d for x, d in zip(solution, direction)]
+        residual = [r - step * ad for r, ad in zip(residual, a_direction)]
+        preconditioned = precondition(residual)
+        rho, previous = dot(residual, preconditioned), rho
+        direction = [z + (rho / np.maximum(previous, 1e-300)) * d for z, d in zip(preconditioned, direction)]
+    else:
+        raise np.linalg.LinAlgError(f"conjugate gradients did not reach a relative residual of {tol} "
+                                    f"in {max_iter} iterations")
+    reduced = wtw - _dot_matrix(rhs, solution)
+    if p:
+        xtvx = 0.5 * (reduced[1:, 1:] + reduced[1:, 1:].T) / sigma**2
+        cov = linalg.inv(xtvx)
+        step = cov @ (reduced[1:, 0] / sigma**2)
+        gls = beta + step
+    else:
+        cov, step, gls = np.zeros((0, 0)), np.zeros(0), beta
+    # b = L v per level, with v = A^-1 U'r / sigma at the GLS residual r - X step
+    means = tuple((((x[:, :, 0] - x[:, :, 1:] @ step) / sigma) @ L.T)
+                  for x, L in zip(solution, params.random_scale_tril))
+    return GaussianMarginal(None, cov, means, (), (), gls, None, None)
+
+
+def _dot_matrix(a, b) -> np.ndarray:
+    """``sum_blocks a' b`` for per-term ``(num_levels, dim, m)`` blocks: an ``(m, m)`` matrix."""
+    return sum(np.einsum("qdm,qdk->mk", x, z) for x, z in zip(a, b))

@@ -31,6 +31,8 @@ from mixedfx.model.families import Family
 __all__ = [
     "RESPONSE",
     "joint_log_prob",
+    "prior_log_prob",
+    "response_log_prob",
     "MixedModel",
     "ModelParameters",
     "ModelTensors",
@@ -40,6 +42,18 @@ __all__ = [
 ]
 
 #: Name of the response in the joint distribution.
+#:
+#: Examples
+#: --------
+#: >>> import numpy as np
+#: >>> from mixedfx.design import RandomTermData
+#: >>> from mixedfx.model import RESPONSE, Gaussian, MixedModel, build_joint_distribution
+#: >>> term = RandomTermData("g", np.array([0, 0, 1, 1], dtype=np.int32), None, 2)
+#: >>> model = MixedModel(Gaussian(), np.ones((4, 1)), np.array([1.0, 2.0, 4.0, 5.0]), (term,), ("Intercept",))
+#: >>> joint = build_joint_distribution(model.tensors(), fixed_effects=[3.0], random_scale_tril=[[[1.0]]],
+#: ...                                  family=Gaussian(), family_params={"sigma": 1.0})
+#: >>> RESPONSE, sorted(joint.sample(seed=(1, 2)))
+#: ('response', ['g', 'response'])
 RESPONSE = "response"
 
 
@@ -102,6 +116,27 @@ class MixedModel:
         Added to the linear predictor with coefficient one (``offset(...)`` terms).
     trials : numpy.ndarray of shape (n_rows,) or None
         Binomial trials per row.
+
+    Examples
+    --------
+    Four rows in two groups (the estimators build it from the designs):
+
+    >>> import numpy as np
+    >>> from mixedfx.design import RandomTermData
+    >>> from mixedfx.model import Gaussian, MixedModel
+    >>> term = RandomTermData("g", np.array([0, 0, 1, 1], dtype=np.int32), None, 2)
+    >>> model = MixedModel(Gaussian(), np.ones((4, 1)), np.array([1.0, 2.0, 4.0, 5.0]), (term,), ("Intercept",))
+    >>> model.n_obs, model.keys
+    (4, ('g',))
+
+    Like lme4, it refuses a grouping factor with a level per row when the family has a
+    residual sd:
+
+    >>> one_per_row = RandomTermData("h", np.arange(4, dtype=np.int32), None, 4)
+    >>> MixedModel(Gaussian(), np.ones((4, 1)), model.response, (one_per_row,), ("Intercept",)).check_identifiable()
+    Traceback (most recent call last):
+    ...
+    mixedfx.exceptions.DataError: number of levels of each grouping factor must be < number of observations (problems: h)
     """
 
     family: Family
@@ -159,6 +194,19 @@ class ModelTensors:
     ``None``) are optional 0/1 masks: the inference layer pads rows and levels up to
     shape buckets, so that data of similar sizes share one compiled program, and
     masks the padding out of every sum.  ``None`` means every row (level) counts.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedfx.design import RandomTermData
+    >>> from mixedfx.model import Gaussian, MixedModel
+    >>> term = RandomTermData("g", np.array([0, 0, 1, 1], dtype=np.int32), None, 2)
+    >>> model = MixedModel(Gaussian(), np.ones((4, 1)), np.array([1.0, 2.0, 4.0, 5.0]), (term,), ("Intercept",))
+    >>> tensors = model.tensors()  # ModelTensors.from_model(model)
+    >>> tensors.keys, tensors.num_levels, tensors.dims
+    (('g',), (2,), (1,))
+    >>> tensors.group_index[0].dtype.name, tensors.response.dtype.name, tensors.z
+    ('int32', 'float64', (None,))
     """
 
     fixed_design: tf.Tensor
@@ -218,6 +266,23 @@ def linear_predictor(fixed_design, fixed_effects, random_effects, group_index, z
     Each ``random_effects_k`` has shape ``sample_shape + [num_levels, dim]``; leading
     sample dimensions (chains, draws) carry through to the result, which has shape
     ``sample_shape + [n_rows]``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedfx.design import RandomTermData
+    >>> from mixedfx.model import Gaussian, MixedModel
+    >>> term = RandomTermData("g", np.array([0, 0, 1, 1], dtype=np.int32), None, 2)
+    >>> model = MixedModel(Gaussian(), np.ones((4, 1)), np.array([1.0, 2.0, 4.0, 5.0]), (term,), ("Intercept",))
+    >>> from mixedfx.model import linear_predictor
+    >>> tensors = model.tensors()
+    >>> effects = np.array([[-1.0], [1.0]])  # one intercept per level
+    >>> linear_predictor(tensors.fixed_design, np.array([3.0]), [effects], tensors.group_index, tensors.z).numpy()
+    array([2., 2., 4., 4.])
+    >>> draws = np.stack([effects, 2 * effects])  # a leading sample dimension
+    >>> linear_predictor(tensors.fixed_design, np.array([3.0]), [draws], tensors.group_index, tensors.z).numpy()
+    array([[2., 2., 4., 4.],
+           [1., 1., 5., 5.]])
     """
     eta = tf.linalg.matvec(fixed_design, fixed_effects)
     if offset is not None:
@@ -257,6 +322,21 @@ def build_joint_distribution(
         event shape ``[num_levels, dim]`` (each level's coefficients are
         ``MultivariateNormalTriL(0, scale_tril)``), and ``"response"`` with event
         shape ``[n_rows]``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedfx.design import RandomTermData
+    >>> from mixedfx.model import Gaussian, MixedModel
+    >>> term = RandomTermData("g", np.array([0, 0, 1, 1], dtype=np.int32), None, 2)
+    >>> model = MixedModel(Gaussian(), np.ones((4, 1)), np.array([1.0, 2.0, 4.0, 5.0]), (term,), ("Intercept",))
+    >>> from mixedfx.model import build_joint_distribution
+    >>> joint = build_joint_distribution(model.tensors(), fixed_effects=[3.0], random_scale_tril=[[[1.0]]],
+    ...                                  family=Gaussian(), family_params={"sigma": 1.0})
+    >>> {name: value.shape.as_list() for name, value in joint.sample(seed=(1, 2)).items()}
+    {'g': [2, 1], 'response': [4]}
+    >>> round(float(joint.log_prob({"g": np.array([[-1.0], [1.0]]), "response": model.response})), 4)
+    -7.5136
     """
     dtype = tensors.fixed_design.dtype
     fixed_effects = tf.convert_to_tensor(fixed_effects, dtype=dtype)
@@ -302,11 +382,41 @@ def joint_log_prob(tensors: ModelTensors, effects, *, fixed_effects, random_scal
     Computed directly from the same components, for the inference loop: a joint
     distribution resolves its structure by tracing a sample of every component, and
     some samplers (the negative binomial's gamma draws) cannot be compiled by XLA.
-    ``effects`` may carry leading sample dimensions, which the result keeps.
+    ``effects`` may carry leading sample dimensions, which the result keeps.  It is
+    :func:`prior_log_prob` plus :func:`response_log_prob`.
+
+
+    Examples
+    --------
+    The same number as :func:`build_joint_distribution`'s ``log_prob``:
+
+    >>> import numpy as np
+    >>> from mixedfx.design import RandomTermData
+    >>> from mixedfx.model import Gaussian, MixedModel
+    >>> term = RandomTermData("g", np.array([0, 0, 1, 1], dtype=np.int32), None, 2)
+    >>> model = MixedModel(Gaussian(), np.ones((4, 1)), np.array([1.0, 2.0, 4.0, 5.0]), (term,), ("Intercept",))
+    >>> from mixedfx.model import joint_log_prob
+    >>> effects = np.array([[-1.0], [1.0]])
+    >>> value = joint_log_prob(model.tensors(), [effects], fixed_effects=np.array([3.0]),
+    ...                        random_scale_tril=[np.array([[1.0]])], family=Gaussian(),
+    ...                        family_params={"sigma": np.float64(1.0)})
+    >>> round(float(value), 4)
+    -7.5136
     """
-    dtype = tensors.fixed_design.dtype
+    prior = prior_log_prob(effects, random_scale_tril=random_scale_tril, level_weight=tensors.level_weight,
+                           dtype=tensors.fixed_design.dtype)
+    return prior + response_log_prob(tensors, effects, fixed_effects=fixed_effects, family=family,
+                                     family_params=family_params)
+
+
+def prior_log_prob(effects, *, random_scale_tril, level_weight=None, dtype=tf.float64):
+    """``log p(b)``: each level's coefficients ``N(0, L L')`` per term, summed over levels.
+
+    ``level_weight`` (per term, a 0/1 mask or ``None``) leaves padded levels out.
+    Leading sample dimensions of ``effects`` carry through.
+    """
     total = 0.0
-    level_weight = tensors.level_weight or (None,) * len(effects)
+    level_weight = level_weight or (None,) * len(effects)
     for values, scale_tril, weight in zip(effects, random_scale_tril, level_weight):
         scale_tril = tf.convert_to_tensor(scale_tril, dtype=dtype)
         if scale_tril.shape[-1] == 1:
@@ -315,9 +425,16 @@ def joint_log_prob(tensors: ModelTensors, effects, *, fixed_effects, random_scal
             prior = tfd.MultivariateNormalTriL(tf.zeros(tf.shape(scale_tril)[-1:], dtype=dtype), scale_tril).log_prob(
                 values)
         total = total + tf.reduce_sum(prior if weight is None else prior * weight, axis=-1)
+    return total
+
+
+def response_log_prob(tensors: ModelTensors, effects, *, fixed_effects, family: Family, family_params):
+    """``log p(y | b)``: the response's log-likelihood summed over the rows of ``tensors``
+    (weighted by ``tensors.row_weight`` when it is set)."""
+    dtype = tensors.fixed_design.dtype
     eta = linear_predictor(tensors.fixed_design, tf.convert_to_tensor(fixed_effects, dtype=dtype), effects,
                            tensors.group_index, tensors.z, tensors.offset)
     likelihood = family.log_prob(eta, family_params, tensors.response, trials=tensors.trials)
     if tensors.row_weight is not None:
         likelihood = likelihood * tensors.row_weight
-    return total + tf.reduce_sum(likelihood, axis=-1)
+    return tf.reduce_sum(likelihood, axis=-1)

@@ -45,6 +45,23 @@ class MarginalLikelihood:
         The Laplace approximation (equal to ``log_likelihood`` when exact).
     conditional_modes : tuple of numpy.ndarray
         Per term, the mode of the random effects given the data, ``(num_levels, dim)``.
+
+    Examples
+    --------
+    :func:`marginal_log_likelihood` returns one; for a Gaussian model it is exact:
+
+    >>> import numpy as np
+    >>> from mixedfx.design import RandomTermData
+    >>> from mixedfx.model import Gaussian, MixedModel, ModelParameters
+    >>> term = RandomTermData("g", np.array([0, 0, 1, 1], dtype=np.int32), None, 2)
+    >>> model = MixedModel(Gaussian(), np.ones((4, 1)), np.array([1.0, 2.0, 4.0, 5.0]), (term,), ("Intercept",))
+    >>> params = ModelParameters(np.array([3.0]), np.array([1.0]), {"sigma": 1.0})
+    >>> from mixedfx.model import marginal_log_likelihood
+    >>> result = marginal_log_likelihood(model, params)
+    >>> result.method, round(result.log_likelihood, 4), result.standard_error
+    ('exact', -6.7744, 0.0)
+    >>> result.conditional_modes[0].ravel().round(4).tolist()
+    [-1.0, 1.0]
     """
 
     log_likelihood: float
@@ -61,7 +78,7 @@ def marginal_log_likelihood(
     n_draws: int = 300,
     seed: int = 0,
     start=None,
-    max_dense_entries: int = 60_000_000,
+    max_dense_entries: int | None = None,
 ) -> MarginalLikelihood:
     """Marginal log-likelihood of ``model``'s response at ``params``.
 
