@@ -341,6 +341,12 @@ def test_singular_fit_is_detected_and_reported():
     assert model.log_likelihood_ == pytest.approx(-585.6587, abs=0.05)
     assert model.fit_summary_.at_boundary == ("sd(h)",) and model.fit_summary_.is_singular
     assert "singular" in _summary(model)
+    # Converged to the boundary and flagged, with every output finite (no 0/0 from the zero sd).
+    data = _crossed(False)
+    assert model.fit_summary_.converged and model.fit_summary_.n_retries == 0
+    assert np.all(np.isfinite(model.fixed_effects_)) and np.all(np.isfinite(model.fixed_effects_cov_.to_numpy()))
+    assert np.all(model.random_effects_["h"].to_numpy() == 0.0)
+    assert np.all(np.isfinite(model.predict(data))) and np.all(np.isfinite(model.ranef(condvar=True)["condsd"]))
 
 
 def test_small_but_positive_variance_is_not_singular():
