@@ -159,6 +159,7 @@ def test_constants_are_found():
     documented = {_data_documentation(dotted)[0] for dotted in _CONSTANTS}
     assert documented == {
         "mixedfx.__version__", "mixedfx.design.fixed.EVALUATION_CONTEXT", "mixedfx.design.random.NEW_LEVEL_POLICIES",
+        "mixedfx.design.frame.MISSING_POLICIES",
         "mixedfx.model.families.FAMILIES", "mixedfx.model.joint.RESPONSE", "mixedfx.examples.tutorial.FIGURES",
         "mixedfx.examples.tutorial.N_ORDINAL_STUDENTS", "mixedfx.examples.tutorial.PARTS",
     }

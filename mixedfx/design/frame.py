@@ -25,9 +25,20 @@ from mixedfx.formula.tokens import TokenKind, tokenize
 
 __all__ = ["MISSING_POLICIES", "as_frame", "formula_columns", "clean_columns", "missing_rows"]
 
-#: Policies for rows with missing values (NaN, None, pandas.NA) at fit time:
-#: ``"drop"`` leaves them out with a warning that counts them (lme4's ``na.omit``);
-#: ``"raise"`` raises :class:`~mixedfx.DataError`.
+#: Policies for rows with missing values (NaN, None, pandas.NA) at fit time (the
+#: estimators' ``missing=``, R's ``na.action``): ``"drop"`` leaves them out with a
+#: warning that counts them (lme4's ``na.omit``); ``"raise"`` raises
+#: :class:`~mixedfx.DataError` (``na.fail``).
+#:
+#: Examples
+#: --------
+#: >>> import pandas as pd
+#: >>> from mixedfx.design import MISSING_POLICIES, missing_rows
+#: >>> MISSING_POLICIES
+#: ('drop', 'raise')
+#: >>> mask, counts = missing_rows(pd.DataFrame({"x": [1.0, None]}), ["x"])
+#: >>> mask.tolist(), counts
+#: ([False, True], {'x': 1})
 MISSING_POLICIES = ("drop", "raise")
 
 
