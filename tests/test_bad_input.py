@@ -406,3 +406,24 @@ def test_a_fit_that_cannot_recover_raises_instead_of_returning_nan(small_fit, sm
     exact = small_frame.assign(y=small_frame["g"].str[1:].astype(float))
     with pytest.raises(FitError, match="Monte Carlo EM broke down"):
         _regressor(**small_settings()).fit(exact)
+
+
+def test_non_finite_estimates_are_never_returned(small_frame, monkeypatch):
+    """Whatever the inference layer hands back, fit never stores a NaN estimate."""
+    import dataclasses
+
+    import mixedfx.estimator
+
+    real = mixedfx.estimator.fit_mcem
+
+    def broken(model, **kwargs):
+        result = real(model, **kwargs)
+        fixed = np.array(result.parameters.fixed_effects, dtype=float)
+        fixed[1] = np.nan
+        return dataclasses.replace(result, parameters=dataclasses.replace(result.parameters, fixed_effects=fixed))
+
+    monkeypatch.setattr(mixedfx.estimator, "fit_mcem", broken)
+    with pytest.raises(FitError, match=re.escape(
+            "the fit produced non-finite estimates (fixed effect Intercept, fixed effect x, fixed effect f[T.b], "
+            "random effects of g); no estimates are returned")):
+        _regressor(**small_settings()).fit(small_frame)
