@@ -238,7 +238,16 @@ class DataWarning(UserWarning):
     Examples
     --------
     >>> import warnings
-    >>> from mixedfx import DataWarning
-    >>> issubclass(DataWarning, UserWarning)
-    True
+    >>> import mixedfx
+    >>> data = mixedfx.datasets.make_mixed_data(
+    ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
+    ...     random_sd={"g": 0.8}, random_state=2)
+    >>> data.loc[[3, 7], "x"] = None
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     model = mixedfx.lmer("y ~ x + (1 | g)", data, random_state=0, verbose=0)
+    >>> [str(w.message).split(",")[0] for w in caught if issubclass(w.category, mixedfx.DataWarning)]
+    ["dropped 2 of 600 rows with missing values ('x': 2)"]
+    >>> model.n_obs_, model.dropped_rows_.tolist()
+    (598, [3, 7])
     """

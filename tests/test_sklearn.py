@@ -15,7 +15,6 @@ import sys
 
 import joblib
 import numpy as np
-import pandas as pd
 import pytest
 from conftest import SMALL_FORMULA, small_settings
 from sklearn.base import clone
