@@ -221,3 +221,16 @@ def test_fit_streaming_rows_in_chunks_matches_the_whole_rows_fit(crossed_small, 
     chunked = mixedfx.MixedEffectsRegressor("y ~ x + (1 | g1) + (1 | g2)", random_state=5, verbose=0).fit(crossed_small)
     assert chunked.fit_summary_.n_iter == whole.fit_summary_.n_iter
     np.testing.assert_allclose(chunked.fit_summary_.estimate, whole.fit_summary_.estimate, rtol=1e-6)
+
+
+def test_one_hot_products_give_the_same_fit_as_gathers(crossed_small, monkeypatch):
+    """On a GPU, factors with few levels are applied by one-hot products (their gradient a
+    matrix product, not a scatter-add); forcing that path here must give the same fit."""
+    import mixedfx.inference.mcem as mcem
+
+    gathers = mixedfx.MixedEffectsRegressor("y ~ x + (1 | g1) + (1 | g2)", random_state=5, verbose=0).fit(crossed_small)
+    monkeypatch.setattr(mcem, "one_hot_terms", lambda num_levels: tuple(q <= 64 for q in num_levels))
+    assert mcem.one_hot_terms((30, 20)) == (True, True)
+    products = mixedfx.MixedEffectsRegressor("y ~ x + (1 | g1) + (1 | g2)", random_state=5, verbose=0).fit(crossed_small)
+    assert products.fit_summary_.n_iter == gathers.fit_summary_.n_iter
+    np.testing.assert_allclose(products.fit_summary_.estimate, gathers.fit_summary_.estimate, rtol=1e-6)

@@ -182,6 +182,7 @@ class _StaticConfig:
     reml: bool = False
     keep_all_draws: bool = True
     chunk_rows: int = 0  # rows per chunk of the sums over rows (all of them when 0)
+    one_hot: tuple = ()  # per term: one-hot products instead of gathers (few levels, on a GPU)
 
 
 def _trace_row(fixed_effects, scale_tril, family, free):
@@ -221,7 +222,7 @@ def _iterations(config: _StaticConfig, strategy=None):
     n_terms = len(num_levels)
 
     def tensors_of(rows):
-        return model_tensors(rows, num_levels=num_levels, keys=keys, dims=dims)
+        return model_tensors(rows, num_levels=num_levels, keys=keys, dims=dims, one_hot=config.one_hot or None)
 
     # -- the sums over rows ----------------------------------------------------------------
     def log_likelihood(rows, effects, fixed_effects, free):
@@ -238,7 +239,7 @@ def _iterations(config: _StaticConfig, strategy=None):
     def information(rows, mean_effects, fixed_effects, free):
         tensors = tensors_of(rows)
         eta = linear_predictor(tensors.fixed_design, fixed_effects, mean_effects, tensors.group_index, tensors.z,
-                               tensors.offset)
+                               tensors.offset, one_hot=tensors.one_hot)
         weight = family.fisher_weight(eta, family.constrain(free), trials=tensors.trials) * tensors.row_weight
         return data_precision_diagonal(weight=weight, group_index=tensors.group_index, z=tensors.z,
                                        num_levels=num_levels)
@@ -501,6 +502,7 @@ def fit_mcem(
         keep_all_draws=8 * options.n_chains * options.n_draws * sum(q * d for q, d in zip(buckets.padded_levels, dims))
         <= 16 * 2**20,
         chunk_rows=chunk_rows_for(buckets.padded_rows),
+        one_hot=one_hot_terms(buckets.padded_levels),
     )
     run = _iterations(config, distribute)
     X = model.fixed_design
@@ -697,6 +699,36 @@ def _block_fault(out, chunk: np.ndarray, names, *, transitions: int) -> str | No
     if divergent.sum() > 0.5 * transitions * len(divergent):
         return record
     return None
+
+
+#: Terms with at most this many (padded) levels are applied by one-hot products on a GPU.
+ONE_HOT_MAX_LEVELS = 64
+
+
+def one_hot_terms(num_levels, *, devices=None) -> tuple[bool, ...]:
+    """Per term, whether the compiled loop applies it by a one-hot product.
+
+    On a GPU, a factor with few levels (at most :data:`ONE_HOT_MAX_LEVELS`) is applied
+    as a product of the rows' one-hot indicators with its coefficients, whose gradient
+    is another matrix product, instead of a gather, whose gradient is a scatter-add
+    that many rows crowd onto few levels.  On a CPU, gathers are as fast and lighter.
+
+    Parameters
+    ----------
+    num_levels : sequence of int
+    devices : sequence of str, optional
+        Device types to decide for (default: the logical devices TensorFlow sees).
+
+    Examples
+    --------
+    >>> from mixedfx.inference.mcem import one_hot_terms
+    >>> one_hot_terms([3072, 1152, 16], devices=["CPU", "GPU"]), one_hot_terms([16], devices=["CPU"])
+    ((False, False, True), (False,))
+    """
+    if devices is None:
+        devices = [d.device_type for d in tf.config.list_logical_devices()]
+    gpu = "GPU" in devices
+    return tuple(bool(gpu and q <= ONE_HOT_MAX_LEVELS) for q in num_levels)
 
 
 def _padded_rows(model: MixedModel, buckets: ShapeBuckets) -> dict:

@@ -55,7 +55,7 @@ def chunk_rows_for(padded_rows: int, *, max_rows: int | None = None) -> int:
     return min(chunk, max_rows)
 
 
-def model_tensors(rows: dict, *, num_levels, keys, dims) -> ModelTensors:
+def model_tensors(rows: dict, *, num_levels, keys, dims, one_hot=None) -> ModelTensors:
     """The row tensors of ``rows`` (a chunk or a shard) as :class:`ModelTensors`.
 
     Examples
@@ -73,7 +73,7 @@ def model_tensors(rows: dict, *, num_levels, keys, dims) -> ModelTensors:
     return ModelTensors(
         rows["fixed_design"], rows["response"], tuple(rows[f"group_index_{k}"] for k in terms),
         tuple(rows.get(f"z_{k}") for k in terms), tuple(num_levels), tuple(keys), tuple(dims),
-        offset=rows.get("offset"), trials=rows.get("trials"), row_weight=rows.get("row_weight"),
+        offset=rows.get("offset"), trials=rows.get("trials"), row_weight=rows.get("row_weight"), one_hot=one_hot,
     )
 
 

@@ -194,6 +194,8 @@ class ModelTensors:
     ``None``) are optional 0/1 masks: the inference layer pads rows and levels up to
     shape buckets, so that data of similar sizes share one compiled program, and
     masks the padding out of every sum.  ``None`` means every row (level) counts.
+    ``one_hot`` flags, per term, the terms whose coefficients
+    :func:`linear_predictor` multiplies by one-hot indicators instead of gathering.
 
     Examples
     --------
@@ -220,6 +222,7 @@ class ModelTensors:
     trials: tf.Tensor | None = None
     row_weight: tf.Tensor | None = None
     level_weight: tuple[tf.Tensor | None, ...] | None = None
+    one_hot: tuple[bool, ...] | None = None
 
     @classmethod
     def from_model(cls, model: MixedModel, *, dtype=tf.float64) -> ModelTensors:
@@ -260,12 +263,16 @@ def random_effect_keys(names: Sequence[str]) -> tuple[str, ...]:
     return tuple(keys)
 
 
-def linear_predictor(fixed_design, fixed_effects, random_effects, group_index, z, offset=None):
+def linear_predictor(fixed_design, fixed_effects, random_effects, group_index, z, offset=None, *, one_hot=None):
     """``X @ fixed_effects + offset + sum_k sum_c z_kc * random_effects_k[..., group_index_k, c]``.
 
     Each ``random_effects_k`` has shape ``sample_shape + [num_levels, dim]``; leading
     sample dimensions (chains, draws) carry through to the result, which has shape
-    ``sample_shape + [n_rows]``.
+    ``sample_shape + [n_rows]``.  A term's coefficients are gathered by its group
+    index; a term flagged in ``one_hot`` (a tuple of bools, per term) is instead
+    multiplied by the rows' one-hot level indicators, so that its gradient is a
+    matrix product rather than a scatter-add, which GPUs run slowly when many rows
+    share few levels.  Both give the same numbers.
 
     Examples
     --------
@@ -287,8 +294,13 @@ def linear_predictor(fixed_design, fixed_effects, random_effects, group_index, z
     eta = tf.linalg.matvec(fixed_design, fixed_effects)
     if offset is not None:
         eta = eta + offset
-    for effects, index, weight in zip(random_effects, group_index, z):
-        part = tf.gather(effects, index, axis=-2)  # [..., n_rows, dim]
+    one_hot = one_hot or (False,) * len(random_effects)
+    for effects, index, weight, dense in zip(random_effects, group_index, z, one_hot):
+        if dense:
+            indicators = tf.one_hot(index, tf.shape(effects)[-2], dtype=effects.dtype)  # [n_rows, num_levels]
+            part = tf.einsum("nq,...qd->...nd", indicators, effects)
+        else:
+            part = tf.gather(effects, index, axis=-2)  # [..., n_rows, dim]
         eta = eta + (part[..., 0] if weight is None else tf.reduce_sum(part * weight, axis=-1))
     return eta
 
@@ -433,7 +445,7 @@ def response_log_prob(tensors: ModelTensors, effects, *, fixed_effects, family: 
     (weighted by ``tensors.row_weight`` when it is set)."""
     dtype = tensors.fixed_design.dtype
     eta = linear_predictor(tensors.fixed_design, tf.convert_to_tensor(fixed_effects, dtype=dtype), effects,
-                           tensors.group_index, tensors.z, tensors.offset)
+                           tensors.group_index, tensors.z, tensors.offset, one_hot=tensors.one_hot)
     likelihood = family.log_prob(eta, family_params, tensors.response, trials=tensors.trials)
     if tensors.row_weight is not None:
         likelihood = likelihood * tensors.row_weight
