@@ -257,8 +257,12 @@ def test_missing_grouping_values_in_arrow_input_name_the_column(crossed_small):
     g1 = table.column("g1").to_pylist()
     g1[3] = None
     table = table.set_column(table.column_names.index("g1"), "g1", pa.array(g1))
-    with pytest.raises(DataError, match="grouping column 'g1' has 1 missing value"):
-        MixedEffectsRegressor(FORMULA, verbose=0).fit(table)
+    with pytest.raises(DataError, match=r"1 of 1500 rows have missing values .* \('g1': 1\)"):
+        MixedEffectsRegressor(FORMULA, verbose=0, missing="raise").fit(table)
+    # by default the row is dropped, as from a DataFrame (lme4's na.omit), and said so
+    with pytest.warns(mixedfx.DataWarning, match="'g1': 1"):
+        dropped = MixedEffectsRegressor(FORMULA, verbose=0, random_state=0).fit(table)
+    assert dropped.n_obs_ == 1499 and list(dropped.dropped_rows_) == [3]
 
 
 def test_an_unreadable_parquet_path_is_a_data_error(tmp_path):
