@@ -314,7 +314,7 @@ def main(argv=None):
         kind, case = args.child
         print(json.dumps(child_mixedfx(case) if kind == "mixedfx" else child_tutorial(case)))
         return
-    import tensorflow as tf
+    from mixedfx._tf import tf  # quiet start-up (mixedfx silences TensorFlow's C++ logs)
 
     print(f"mixedfx benchmark suite: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"TensorFlow {tf.__version__}, devices {[d.device_type for d in tf.config.list_physical_devices()]}")
