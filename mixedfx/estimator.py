@@ -444,7 +444,8 @@ class _MixedEffectsModel(BaseEstimator):
                     done = "the fixed effects, their standard errors and the conditional means are exact (solved " \
                            "iteratively); the log-likelihood and the conditional sds are not computed"
                 except np.linalg.LinAlgError as failure:
-                    done = f"no exact quantities computed ({failure})"
+                    done = (f"no exact quantities computed ({failure}); the fixed effects are the Monte Carlo EM "
+                            "averages, whose Monte Carlo error the stopping rule does not judge for a Gaussian fit")
                 warnings.warn(f"{exc}: {done}", UserWarning, stacklevel=4)
             if exact is not None:
                 params = dataclasses.replace(params, fixed_effects=exact.gls_fixed_effects)

@@ -218,10 +218,18 @@ def fixed_effects_scale(model: MixedModel, params: ModelParameters) -> np.ndarra
     try:
         cov = fixed_effects_covariance(model, params)
     except (DenseBlockTooLarge, np.linalg.LinAlgError):
-        X = model.fixed_design
-        eta = X @ params.fixed_effects + (0.0 if model.offset is None else model.offset)
-        weight = _fisher_weight(model, params, eta)
-        cov = np.linalg.pinv(X.T @ (weight[:, None] * X))
+        return complete_data_scale(model, params)
+    return np.sqrt(np.clip(np.diag(cov), 0.0, None))
+
+
+def complete_data_scale(model: MixedModel, params: ModelParameters) -> np.ndarray:
+    """Standard errors of the fixed effects with the random effects known, ``diag(X'WX)^-1/2``
+    (``W`` the Fisher weights at the fixed part of the linear predictor): one pass over
+    the rows, a lower bound of the marginal ones for the Gaussian family."""
+    X = model.fixed_design
+    eta = X @ params.fixed_effects + (0.0 if model.offset is None else model.offset)
+    weight = _fisher_weight(model, params, eta)
+    cov = np.linalg.pinv(X.T @ (weight[:, None] * X))
     return np.sqrt(np.clip(np.diag(cov), 0.0, None))
 
 

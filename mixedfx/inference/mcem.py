@@ -28,7 +28,7 @@ from mixedfx.exceptions import FitError
 from mixedfx.inference.buckets import ShapeBuckets
 from mixedfx.inference.estep import Centering, data_precision_diagonal, hmc_e_step, prior_precision_diagonal
 from mixedfx.inference.initial import conditional_modes, initial_parameters
-from mixedfx.inference.layout import ParameterLayout, fixed_effects_scale
+from mixedfx.inference.layout import ParameterLayout, complete_data_scale, fixed_effects_scale
 from mixedfx.inference.mstep import (
     Expansion,
     covariance_update,
@@ -547,6 +547,8 @@ def fit_mcem(
     kept = collections.deque(maxlen=max(1, min(options.max_kept_draws, options.draws_memory_bytes // bytes_per_draw)))
     decision = Decision(None, False, message="not started")
     fixed_scale = None
+    gaussian = isinstance(model.family, Gaussian)
+    unjudged = np.arange(layout.size) < (layout.n_fixed if gaussian else 0)
     start_time = time.perf_counter()
     first_call_seconds = 0.0
     bar = tqdm(desc="MCEM", unit="it", disable=not progress, delay=2.0, leave=False, dynamic_ncols=True)
@@ -604,9 +606,13 @@ def fit_mcem(
             if fixed_scale is None:
                 # Exact standard errors cost about one EM iteration: computed once, after
                 # the first (parameter-expanded) iterations brought the estimate close.
-                fixed_scale = fixed_effects_scale(model, layout.parameters(trace[-1]))
+                # Gaussian fits report the exact GLS fixed effects at the variance
+                # estimates, so their Monte Carlo error is not judged (below) and the
+                # complete-data standard errors only label the trace.
+                fixed_scale = (complete_data_scale(model, layout.parameters(trace[-1])) if gaussian
+                               else fixed_effects_scale(model, layout.parameters(trace[-1])))
             scale = layout.statistical_scale(model, trace[-1], fixed_scale=fixed_scale, posterior_var=posterior_var)
-            frozen = layout.at_boundary(trace[-1], residual_sd=layout.residual_sd(trace[-1]))
+            frozen = layout.at_boundary(trace[-1], residual_sd=layout.residual_sd(trace[-1])) | unjudged
             decision = rule.assess(layout.working(trace), window_start=window_start, scale=scale, frozen=frozen)
             if decision.window_start != window_start:
                 # The conditional means average the draws from the window's start on.
@@ -753,6 +759,9 @@ def _padded_rows(model: MixedModel, buckets: ShapeBuckets) -> dict:
     return rows
 
 
+_DIAGNOSTIC_ENTRIES = 1 << 20  # draws per slice of levels in sampler_diagnostics (8 MiB of float64)
+
+
 def sampler_diagnostics(draws) -> dict:
     """R-hat and effective sample sizes of kept draws (:mod:`tfp.mcmc.diagnostic`).
 
@@ -790,11 +799,21 @@ def sampler_diagnostics(draws) -> dict:
     worst, levels_rhat, ess = None, [], []
     chi2_95 = {1: 3.841, 2: 5.991, 3: 7.815}.get(n_chains - 1, 3.841 + 1.645 * np.sqrt(2 * (n_chains - 1)))
     for d in draws:
-        samples = tf.constant(np.swapaxes(d, 0, 1))  # (draw, chain, level, coefficient)
-        ess.append(tfp.mcmc.effective_sample_size(samples, cross_chain_dims=1 if n_chains > 1 else None).numpy())
+        # The per-level diagnostics a slice of levels at a time: their FFTs take several
+        # times the draws' memory.
+        num_levels = d.shape[2]
+        step = max(1, _DIAGNOSTIC_ENTRIES // max(1, n_chains * n_kept * d.shape[3]))
+        slices = [slice(start, min(num_levels, start + step)) for start in range(0, num_levels, step)]
+        square_sum = 0.0
+        for levels in slices:
+            samples = tf.constant(np.swapaxes(d[:, :, levels], 0, 1))  # (draw, chain, level, coefficient)
+            ess.append(tfp.mcmc.effective_sample_size(samples, cross_chain_dims=1 if n_chains > 1 else None).numpy())
+            if n_chains > 1:
+                levels_rhat.append(tfp.mcmc.potential_scale_reduction(samples, independent_chain_ndims=1).numpy())
+                square_sum = square_sum + tf.reduce_sum(tf.square(samples), axis=2)
         if n_chains < 2:
             continue
-        mean_square = tf.reduce_mean(tf.square(samples), axis=2)
+        mean_square = square_sum / num_levels
         rhat = tfp.mcmc.potential_scale_reduction(mean_square, independent_chain_ndims=1).numpy()
         ess_per_chain = tfp.mcmc.effective_sample_size(mean_square, cross_chain_dims=1).numpy() / n_chains
         # R-hat^2 - 1 is about the between-chain variance over the within-chain one:
@@ -803,7 +822,6 @@ def sampler_diagnostics(draws) -> dict:
         j = int(np.nanargmax(rhat - noise))
         if worst is None or rhat[j] - noise[j] > worst[0] - worst[1]:
             worst = (float(rhat[j]), float(noise[j]))
-        levels_rhat.append(tfp.mcmc.potential_scale_reduction(samples, independent_chain_ndims=1).numpy())
     if worst is not None:
         out["rhat"], out["rhat_noise"] = worst
         out["rhat_max"] = float(max(np.nanmax(r) for r in levels_rhat))
