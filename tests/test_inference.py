@@ -234,3 +234,63 @@ def test_one_hot_products_give_the_same_fit_as_gathers(crossed_small, monkeypatc
     products = mixedfx.MixedEffectsRegressor("y ~ x + (1 | g1) + (1 | g2)", random_state=5, verbose=0).fit(crossed_small)
     assert products.fit_summary_.n_iter == gathers.fit_summary_.n_iter
     np.testing.assert_allclose(products.fit_summary_.estimate, gathers.fit_summary_.estimate, rtol=1e-6)
+
+
+def test_float32_e_step_log_likelihood_and_gradient_match_float64():
+    """The Gaussian E-step's per-row random part runs in float32; its log-likelihood and
+    gradient must match float64 closely, also for a response far from zero, slopes,
+    per-chain fixed effects (REML) and padded rows."""
+    from mixedfx.inference.mcem import gaussian_log_likelihood_float32
+    from mixedfx.model.joint import ModelTensors, response_log_prob
+
+    rng = np.random.default_rng(11)
+    n, q1, q2 = 5000, 40, 7
+    g1, g2 = rng.integers(0, q1, n).astype(np.int32), rng.integers(0, q2, n).astype(np.int32)
+    x = rng.normal(size=n) * 30.0
+    X = np.column_stack([np.ones(n), x])
+    effects = [rng.normal(size=(2, q1, 2)) * [1.0, 0.05], rng.normal(size=(2, q2, 1))]  # two chains
+    beta = np.array([[2e5, 0.5], [2e5 + 0.1, 0.49]])  # per chain, as REML's profiled fixed effects
+    y = (2e5 + 0.5 * x + effects[0][0, g1, 0] + effects[0][0, g1, 1] * x + effects[1][0, g2, 0]
+         + rng.normal(size=n))
+    weight = np.ones(n)
+    weight[-300:] = 0.0  # padding rows
+    tensors = ModelTensors(
+        fixed_design=tf.constant(X), response=tf.constant(y),
+        group_index=(tf.constant(g1), tf.constant(g2)),
+        z=(tf.constant(np.column_stack([np.ones(n), x])), None),
+        num_levels=(q1, q2), keys=("g1", "g2"), dims=(2, 1), row_weight=tf.constant(weight))
+    sigma = tf.constant(1.3, tf.float64)
+    variables = [tf.constant(e) for e in effects]
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(variables)
+        # float64 reference, chain by chain (response_log_prob takes one fixed-effect vector)
+        exact = tf.stack([response_log_prob(tensors, [v[c] for v in variables], fixed_effects=tf.constant(beta[c]),
+                                            family=Gaussian(), family_params={"sigma": sigma}) for c in range(2)])
+        mixed = gaussian_log_likelihood_float32(tensors, variables, fixed_effects=tf.constant(beta), sigma=sigma,
+                                                regression_response=tensors.response)
+        exact_total, mixed_total = tf.reduce_sum(exact), tf.reduce_sum(mixed)
+    assert mixed.dtype == tf.float64 and mixed.shape == (2,)
+    np.testing.assert_allclose(mixed.numpy(), exact.numpy(), rtol=1e-7)
+    # what HMC uses: differences between states, here between the two chains
+    assert abs(float(mixed[0] - mixed[1]) - float(exact[0] - exact[1])) < 0.01
+    for exact_gradient, mixed_gradient in zip(tape.gradient(exact_total, variables), tape.gradient(mixed_total, variables)):
+        scale = np.max(np.abs(exact_gradient.numpy()))
+        np.testing.assert_allclose(mixed_gradient.numpy(), exact_gradient.numpy(), atol=1e-5 * scale)
+
+
+def test_float32_e_step_fit_matches_the_float64_fit(crossed_small):
+    from mixedfx.design import RandomTermData
+    from mixedfx.inference import MCEMOptions, fit_mcem
+
+    data = crossed_small
+    codes = [data[g].astype("category").cat.codes.to_numpy().astype(np.int32) for g in ("g1", "g2")]
+    terms = tuple(RandomTermData(g, c, None, int(c.max()) + 1) for g, c in zip(("g1", "g2"), codes))
+    X = np.column_stack([np.ones(len(data)), data["x"].to_numpy()])
+    model = MixedModel(Gaussian(), X, data["y"].to_numpy(dtype=float), terms, ("Intercept", "x"))
+    fits = [fit_mcem(model, options=MCEMOptions(float32_e_step=flag), seed=[3, 4]).summary for flag in (False, True)]
+    assert all(f.converged for f in fits)
+    variance = [i for i, name in enumerate(fits[0].parameter_names) if name.startswith("sd(") or name == "sigma"]
+    difference = np.abs(fits[1].estimate - fits[0].estimate)[variance]
+    allowed = 5.0 * np.hypot(fits[0].tolerance, fits[1].tolerance)[variance]
+    assert np.all(difference <= allowed), (difference, allowed)
+    assert not np.array_equal(fits[1].estimate, fits[0].estimate)  # the float32 path did run
