@@ -215,10 +215,11 @@ def gaussian_log_likelihood_float32(tensors, effects, *, fixed_effects, sigma, r
     """The Gaussian log-likelihood of rows given the random effects, with the per-row
     random part in float32.
 
-    ``y - offset - X beta`` is formed in float64 and only then rounded to float32, so
-    a response far from zero (a large mean, carried by the intercept) loses nothing;
-    the random effects are rounded to float32, gathered per row and subtracted, and each
-    row's weighted squared residual is summed in float64.  The gradient in the random
+    ``(y - offset - X beta) / sigma`` is formed in float64 and only then rounded to
+    float32, so a response far from zero (a large mean, carried by the intercept) loses
+    nothing, and a response of any magnitude neither overflows nor underflows; the
+    random effects over ``sigma`` are rounded to float32, gathered per row and
+    subtracted, and each row's weighted squared residual is summed in float64.  The gradient in the random
     effects, a scatter-add of the residuals to the levels, runs in float32 too.  The
     residuals are of the order of the random effects and the noise, so the rounding
     error per row is about ``1e-7`` of them, and the sum's about ``1e-7 sqrt(n)``:
@@ -270,9 +271,11 @@ def gaussian_log_likelihood_float32(tensors, effects, *, fixed_effects, sigma, r
     True
     """
     low = tf.float32
+    sigma = tf.convert_to_tensor(sigma, tf.float64)
     fixed_effects = tf.convert_to_tensor(fixed_effects, tf.float64)
-    fixed_residual = regression_response - tf.linalg.matvec(tensors.fixed_design, fixed_effects)  # [..., n]
-    effects = [tf.cast(e, low) for e in effects]
+    # In units of sigma: whatever the response's magnitude, float32 neither overflows nor underflows.
+    fixed_residual = (regression_response - tf.linalg.matvec(tensors.fixed_design, fixed_effects)) / sigma  # [..., n]
+    effects = [tf.cast(e / sigma, low) for e in effects]
     z = tuple(None if w is None else tf.cast(w, low) for w in tensors.z)
     if any(tensors.one_hot or ()):
         random_part = linear_predictor(tf.zeros_like(tensors.fixed_design[:, :0], dtype=low), tf.zeros([0], low),
@@ -300,8 +303,7 @@ def gaussian_log_likelihood_float32(tensors, effects, *, fixed_effects, sigma, r
         n_rows = tf.reduce_sum(tensors.row_weight)
     else:
         n_rows = tf.cast(tf.shape(residual)[row_axis], tf.float64)
-    sigma = tf.convert_to_tensor(sigma, tf.float64)
-    return (-0.5 * tf.reduce_sum(tf.cast(squares, tf.float64), axis=row_axis) / tf.square(sigma)
+    return (-0.5 * tf.reduce_sum(tf.cast(squares, tf.float64), axis=row_axis)
             - n_rows * (tf.math.log(sigma) + 0.5 * np.log(2.0 * np.pi)))
 
 
