@@ -247,7 +247,7 @@ def gaussian_log_likelihood_float32(tensors, effects, *, fixed_effects, sigma, r
 
     Examples
     --------
-    Equal to the float64 log-likelihood to about 1e-10 of its size, even for a response
+    Equal to the float64 log-likelihood to within 1e-7 of its size, even for a response
     of the order of a million:
 
     >>> import numpy as np
@@ -267,7 +267,7 @@ def gaussian_log_likelihood_float32(tensors, effects, *, fixed_effects, sigma, r
     >>> mixed = gaussian_log_likelihood_float32(tensors, [tf.constant(effects)],
     ...                                         fixed_effects=tf.constant([1e6], tf.float64),
     ...                                         sigma=tf.constant(1.0, tf.float64), regression_response=tensors.response)
-    >>> bool(abs(float(mixed) / float(exact) - 1) < 1e-9)
+    >>> bool(abs(float(mixed) / float(exact) - 1) < 1e-7)
     True
     """
     low = tf.float32
