@@ -219,13 +219,13 @@ def gaussian_log_likelihood_float32(tensors, effects, *, fixed_effects, sigma, r
     float32, so a response far from zero (a large mean, carried by the intercept) loses
     nothing, and a response of any magnitude neither overflows nor underflows; the
     random effects over ``sigma`` are rounded to float32, gathered per row and
-    subtracted, and each row's weighted squared residual is summed in float64.  The gradient in the random
-    effects, a scatter-add of the residuals to the levels, runs in float32 too.  The
-    residuals are of the order of the random effects and the noise, so the rounding
-    error per row is about ``1e-7`` of them, and the sum's about ``1e-7 sqrt(n)``:
-    Hamiltonian Monte Carlo only needs the differences of the log density between two
-    states to a few hundredths, and the Metropolis correction keeps the draws exact
-    for the density computed.
+    subtracted, and each row's weighted squared residual is summed in float64.  The
+    gradient in the random effects, a scatter-add of the residuals to the levels, runs
+    in float32 too.  The residuals are of the order of the random effects and the
+    noise, so the rounding error per row is about ``1e-7`` of them, and the sum's about
+    ``1e-7 sqrt(n)``: Hamiltonian Monte Carlo only needs the differences of the log
+    density between two states to a few hundredths, and the Metropolis correction keeps
+    the draws exact for the density computed.
 
     Parameters
     ----------
