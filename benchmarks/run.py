@@ -134,12 +134,10 @@ def run_child(*args: str) -> dict:
     """Run ``run.py --child ARGS`` in a fresh process; its JSON result and peak memory."""
     process = subprocess.Popen([sys.executable, __file__, "--child", *args], stdout=subprocess.PIPE, text=True)
     output = process.stdout.read()
-    _, status, usage = os.wait4(process.pid, 0)
+    _, status, _ = os.wait4(process.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         return {"error": f"exit status {os.waitstatus_to_exitcode(status)}"}
-    result = json.loads(output.strip().splitlines()[-1])
-    result["peak_memory_gb"] = usage.ru_maxrss / 2**20  # KiB on Linux
-    return result
+    return json.loads(output.strip().splitlines()[-1])  # with the child's own peak memory
 
 
 # -- R baselines ---------------------------------------------------------------------------------
@@ -312,7 +310,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.child:
         kind, case = args.child
-        print(json.dumps(child_mixedfx(case) if kind == "mixedfx" else child_tutorial(case)))
+        from scale import own_peak_memory_gb
+
+        result = child_mixedfx(case) if kind == "mixedfx" else child_tutorial(case)
+        print(json.dumps({**result, "peak_memory_gb": own_peak_memory_gb()}))
         return
     from mixedfx._tf import tf  # quiet start-up (mixedfx silences TensorFlow's C++ logs)
 
