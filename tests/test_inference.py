@@ -240,8 +240,8 @@ def test_float32_e_step_log_likelihood_and_gradient_match_float64():
     """The Gaussian E-step's per-row random part runs in float32; its log-likelihood and
     gradient must match float64 closely, also for a response far from zero, slopes,
     per-chain fixed effects (REML) and padded rows."""
-    from mixedfx.inference.mcem import gaussian_log_likelihood_float32
-    from mixedfx.model.joint import ModelTensors, response_log_prob
+    from mixedfx.model import ModelTensors, gaussian_log_likelihood_float32
+    from mixedfx.model.joint import response_log_prob
 
     rng = np.random.default_rng(11)
     n, q1, q2 = 5000, 40, 7

@@ -46,9 +46,16 @@ from mixedfx.inference.stopping import Decision, MonteCarloErrorRule
 from mixedfx.inference.structure import location_expansions, nested_centering
 from mixedfx.inference.summary import FitSummary
 from mixedfx.model.families import Family, Gaussian
-from mixedfx.model.joint import MixedModel, ModelParameters, linear_predictor, prior_log_prob, response_log_prob
+from mixedfx.model.joint import (
+    MixedModel,
+    ModelParameters,
+    gaussian_log_likelihood_float32,
+    linear_predictor,
+    prior_log_prob,
+    response_log_prob,
+)
 
-__all__ = ["MCEMOptions", "MCEMResult", "fit_mcem", "gaussian_log_likelihood_float32"]
+__all__ = ["MCEMOptions", "MCEMResult", "fit_mcem"]
 
 
 @dataclass(frozen=True)
@@ -88,7 +95,7 @@ class MCEMOptions:
         Gaussian family: the E-step's per-row work on the random effects (gathering
         each row's coefficients, the residual, and the scatter of its gradient back to
         the levels) in float32, the fixed part ``y - X beta`` and every sum over rows in
-        float64 (see :func:`gaussian_log_likelihood_float32`).  The M-step, the stopping
+        float64 (see :func:`mixedfx.model.gaussian_log_likelihood_float32`).  The M-step, the stopping
         rule and the reported log-likelihood stay float64.  The other families are
         float64 throughout.
 
@@ -209,102 +216,6 @@ def _trace_row(fixed_effects, scale_tril, family, free):
     natural = family.constrain(free)
     parts += [tf.reshape(natural[name], [-1]) for name in family.parameter_names]
     return tf.concat(parts, axis=0)
-
-
-def gaussian_log_likelihood_float32(tensors, effects, *, fixed_effects, sigma, regression_response):
-    """The Gaussian log-likelihood of rows given the random effects, with the per-row
-    random part in float32.
-
-    ``(y - offset - X beta) / sigma`` is formed in float64 and only then rounded to
-    float32, so a response far from zero (a large mean, carried by the intercept) loses
-    nothing, and a response of any magnitude neither overflows nor underflows; the
-    random effects over ``sigma`` are rounded to float32, gathered per row and
-    subtracted, and each row's weighted squared residual is summed in float64.  The
-    gradient in the random effects, a scatter-add of the residuals to the levels, runs
-    in float32 too.  The residuals are of the order of the random effects and the
-    noise, so the rounding error per row is about ``1e-7`` of them, and the sum's about
-    ``1e-7 sqrt(n)``: Hamiltonian Monte Carlo only needs the differences of the log
-    density between two states to a few hundredths, and the Metropolis correction keeps
-    the draws exact for the density computed.
-
-    Parameters
-    ----------
-    tensors : ModelTensors
-        The rows (float64), with ``row_weight``.
-    effects : sequence of tf.Tensor
-        Per term, ``[..., num_levels, dim]`` (float64; leading chain dimensions).
-    fixed_effects : tf.Tensor
-        ``[p]``, or ``[..., p]`` per chain.
-    sigma : tf.Tensor
-        The residual sd.
-    regression_response : tf.Tensor
-        ``y - offset`` per row (float64).
-
-    Returns
-    -------
-    tf.Tensor
-        float64, shape ``[...]``.
-
-    Examples
-    --------
-    Equal to the float64 log-likelihood to within 1e-7 of its size, even for a response
-    of the order of a million:
-
-    >>> import numpy as np
-    >>> from mixedfx._tf import tf
-    >>> from mixedfx.design import RandomTermData
-    >>> from mixedfx.model import Gaussian, MixedModel
-    >>> from mixedfx.model.joint import response_log_prob
-    >>> from mixedfx.inference.mcem import gaussian_log_likelihood_float32
-    >>> rng = np.random.default_rng(0)
-    >>> g = rng.integers(0, 50, 2000).astype(np.int32)
-    >>> effects = rng.normal(size=(50, 1))
-    >>> y = 1e6 + effects[g, 0] + rng.normal(size=2000)
-    >>> model = MixedModel(Gaussian(), np.ones((2000, 1)), y, (RandomTermData("g", g, None, 50),), ("Intercept",))
-    >>> tensors = model.tensors()
-    >>> exact = response_log_prob(tensors, [tf.constant(effects)], fixed_effects=tf.constant([1e6], tf.float64),
-    ...                           family=Gaussian(), family_params={"sigma": tf.constant(1.0, tf.float64)})
-    >>> mixed = gaussian_log_likelihood_float32(tensors, [tf.constant(effects)],
-    ...                                         fixed_effects=tf.constant([1e6], tf.float64),
-    ...                                         sigma=tf.constant(1.0, tf.float64), regression_response=tensors.response)
-    >>> bool(abs(float(mixed) / float(exact) - 1) < 1e-7)
-    True
-    """
-    low = tf.float32
-    sigma = tf.convert_to_tensor(sigma, tf.float64)
-    fixed_effects = tf.convert_to_tensor(fixed_effects, tf.float64)
-    # In units of sigma: whatever the response's magnitude, float32 neither overflows nor underflows.
-    fixed_residual = (regression_response - tf.linalg.matvec(tensors.fixed_design, fixed_effects)) / sigma  # [..., n]
-    effects = [tf.cast(e / sigma, low) for e in effects]
-    z = tuple(None if w is None else tf.cast(w, low) for w in tensors.z)
-    if any(tensors.one_hot or ()):
-        random_part = linear_predictor(tf.zeros_like(tensors.fixed_design[:, :0], dtype=low), tf.zeros([0], low),
-                                       effects, tensors.group_index, z, one_hot=tensors.one_hot)
-        residual = tf.cast(fixed_residual, low) - random_part
-        row_axis = -1
-    else:
-        # Rows first, chains last: each row gathers (and its gradient scatters) the
-        # chains' coefficients of its level as one contiguous block.
-        chain_rank = len(effects[0].shape) - 2
-        residual = tf.cast(tf.experimental.numpy.moveaxis(fixed_residual, -1, 0) if fixed_residual.shape.rank > 1
-                           else tf.reshape(fixed_residual, [-1] + [1] * chain_rank), low)
-        for e, index, w in zip(effects, tensors.group_index, z):
-            part = tf.gather(tf.experimental.numpy.moveaxis(e, -2, 0), index)  # [n, ..., dim]
-            if w is None:
-                part = part[..., 0]
-            else:
-                part = tf.reduce_sum(part * tf.reshape(w, [-1] + [1] * chain_rank + [w.shape[-1]]), axis=-1)
-            residual = residual - part
-        row_axis = 0
-    squares = tf.square(residual)
-    if tensors.row_weight is not None:
-        weight = tf.cast(tensors.row_weight, low)
-        squares = squares * (weight if row_axis == -1 else tf.reshape(weight, [-1] + [1] * (squares.shape.rank - 1)))
-        n_rows = tf.reduce_sum(tensors.row_weight)
-    else:
-        n_rows = tf.cast(tf.shape(residual)[row_axis], tf.float64)
-    return (-0.5 * tf.reduce_sum(tf.cast(squares, tf.float64), axis=row_axis)
-            - n_rows * (tf.math.log(sigma) + 0.5 * np.log(2.0 * np.pi)))
 
 
 @functools.lru_cache(maxsize=16)

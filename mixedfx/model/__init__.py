@@ -23,6 +23,7 @@ from mixedfx.model.joint import (
     ModelParameters,
     ModelTensors,
     build_joint_distribution,
+    gaussian_log_likelihood_float32,
     joint_log_prob,
     linear_predictor,
     random_effect_keys,
@@ -52,6 +53,7 @@ __all__ = [
     "ModelTensors",
     "build_joint_distribution",
     "joint_log_prob",
+    "gaussian_log_likelihood_float32",
     "linear_predictor",
     "random_effect_keys",
 ]
