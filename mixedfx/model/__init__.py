@@ -26,6 +26,7 @@ from mixedfx.model.joint import (
     gaussian_log_likelihood_float32,
     joint_log_prob,
     linear_predictor,
+    numpy_linear_predictor,
     random_effect_keys,
 )
 
@@ -55,5 +56,6 @@ __all__ = [
     "joint_log_prob",
     "gaussian_log_likelihood_float32",
     "linear_predictor",
+    "numpy_linear_predictor",
     "random_effect_keys",
 ]

@@ -71,6 +71,10 @@ class Family:
     has_dispersion: ClassVar[bool] = False
     #: Whether the response is a class label (a classifier's family).
     is_classification: ClassVar[bool] = False
+    #: Whether the response given the random effects is normal with an identity link,
+    #: so that the marginal likelihood, REML, the M-step and the conditional moments of
+    #: the random effects have closed forms.
+    conjugate_gaussian: ClassVar[bool] = False
 
     @property
     def link(self) -> str:
@@ -185,6 +189,7 @@ class Gaussian(Family):
     name: ClassVar[str] = "gaussian"
     parameter_names: ClassVar[tuple[str, ...]] = ("sigma",)
     has_dispersion: ClassVar[bool] = True
+    conjugate_gaussian: ClassVar[bool] = True
 
     def distribution(self, linear_predictor, parameters, *, trials=None):
         return tfd.Normal(loc=linear_predictor, scale=parameters["sigma"])

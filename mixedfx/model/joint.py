@@ -39,6 +39,7 @@ __all__ = [
     "ModelTensors",
     "build_joint_distribution",
     "linear_predictor",
+    "numpy_linear_predictor",
     "random_effect_keys",
 ]
 
@@ -262,6 +263,49 @@ def random_effect_keys(names: Sequence[str]) -> tuple[str, ...]:
         taken.add(key)
         keys.append(key)
     return tuple(keys)
+
+
+def numpy_linear_predictor(fixed_design, fixed_effects, random_effects, terms, *, offset=None) -> np.ndarray:
+    """The linear predictor in numpy: ``X @ fixed_effects + offset + sum_k z_k . random_effects_k[group_index_k]``.
+
+    The one numpy implementation, used wherever the fitted linear predictor of rows is
+    needed outside a compiled program (prediction, residuals, starting values,
+    standard errors).  A row whose level has index ``-1`` (unseen at fit time) gets a
+    zero random effect for that term.
+
+    Parameters
+    ----------
+    fixed_design : numpy.ndarray of shape (n_rows, n_fixed)
+    fixed_effects : numpy.ndarray of shape (n_fixed,)
+    random_effects : sequence of numpy.ndarray
+        Per term, ``(num_levels, dim)``; may be shorter than ``terms`` only if both
+        are empty.
+    terms : sequence of RandomTermData
+        Per term, the rows' ``group_index`` and ``z``.
+    offset : numpy.ndarray of shape (n_rows,), optional
+
+    Returns
+    -------
+    numpy.ndarray of shape (n_rows,)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedfx.design import RandomTermData
+    >>> from mixedfx.model import numpy_linear_predictor
+    >>> term = RandomTermData("g", np.array([0, 1, -1], dtype=np.int32), None, 2)
+    >>> numpy_linear_predictor(np.ones((3, 1)), np.array([3.0]), [np.array([[-1.0], [1.0]])], [term]).tolist()
+    [2.0, 4.0, 3.0]
+    """
+    eta = np.asarray(fixed_design, dtype=np.float64) @ np.asarray(fixed_effects, dtype=np.float64)
+    if offset is not None:
+        eta = eta + np.asarray(offset, dtype=np.float64)
+    for effects, term in zip(random_effects, terms):
+        effects = np.asarray(effects, dtype=np.float64)
+        index = np.asarray(term.group_index)
+        rows = np.where(index[:, None] >= 0, effects[np.maximum(index, 0)], 0.0)
+        eta = eta + (rows[:, 0] if term.z is None else np.sum(rows * term.z, axis=1))
+    return eta
 
 
 def linear_predictor(fixed_design, fixed_effects, random_effects, group_index, z, offset=None, *, one_hot=None):
