@@ -98,6 +98,17 @@ class MCEMOptions:
         float64 (see :func:`mixedfx.model.gaussian_log_likelihood_float32`).  The M-step, the stopping
         rule and the reported log-likelihood stay float64.  The other families are
         float64 throughout.
+    max_rows_per_chunk : int, default 131072
+        Rows per chunk of the sums over rows inside the compiled loop (bounds the
+        memory of the per-row intermediates; see :mod:`mixedfx.inference.rows`).
+    max_dense_entries : int, default 60,000,000
+        Largest dense block (entries) of the exact Gaussian computations, about
+        480 MB of float64; past it the conjugate-gradient path is used.
+    diagnostic_entries : int, default 1,048,576
+        Draws per slice of levels in the sampler diagnostics (8 MiB of float64).
+    rhat_warning : float, default 1.05
+        R-hat of the random effects' mean squares, beyond its chance level (see
+        ``FitSummary.rhat``), above which the estimators warn.
 
     Examples
     --------
@@ -126,6 +137,10 @@ class MCEMOptions:
     max_kept_draws: int = 1000
     draws_memory_bytes: int = 64 * 2**20
     float32_e_step: bool = True
+    max_rows_per_chunk: int = 1 << 17
+    max_dense_entries: int = 60_000_000
+    diagnostic_entries: int = 1 << 20
+    rhat_warning: float = 1.05
 
 
 @dataclass(frozen=True, eq=False)
