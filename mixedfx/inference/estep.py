@@ -83,6 +83,7 @@ class Centering:
 
     @classmethod
     def none(cls, n_terms: int) -> Centering:
+        """No term centred."""
         return cls(parent=(None,) * n_terms, parent_level=(None,) * n_terms)
 
     @property

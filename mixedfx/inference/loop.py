@@ -192,6 +192,7 @@ def _row_functions(config: LoopConfig) -> _RowFunctions:
                                                regression_response=row_data["regression_response"])
 
     def information(row_data, mean_effects, fixed_effects, free):
+        """The data's share of each level's precision (the preconditioner)."""
         tensors = tensors_of(row_data)
         eta = linear_predictor(tensors.fixed_design, fixed_effects, mean_effects, tensors.group_index, tensors.z,
                                tensors.offset, one_hot=tensors.one_hot)
@@ -284,6 +285,7 @@ def _e_step(ctx: _CallContext, em: EMState, *, step_seed, prior_precision, num_b
             ctx.functions.e_step_log_likelihood, effects, ctx.fixed_effects_for(effects, em.fixed_effects), em.free)
 
     def statistics(current):
+        """Per chain, what the M-step averages over the draws."""
         current = list(current)
         stats = ctx.functions.m_step.statistics(
             ctx.row_sums, current, fixed_effects=ctx.fixed_effects_for(current, em.fixed_effects), free=em.free,
@@ -400,6 +402,7 @@ def compiled_iterations(config: LoopConfig, strategy=None):
     functions = _row_functions(config)
 
     def run(em, num_burnin, data, row_data):
+        """``iterations_per_call`` EM iterations from ``em`` (a ``tf.while_loop``)."""
         ctx = _call_context(config, functions, strategy, data, row_data)
         loop = tf.while_loop(
             lambda loop: loop.iteration < config.iterations_per_call,

@@ -511,6 +511,7 @@ def sampler_diagnostics(draws, *, diagnostic_entries: int = 1 << 20) -> dict:
 
 
 def _seed_pair(seed) -> list[int]:
+    """A stateless seed pair from ``seed`` (None: fresh entropy; an int: drawn from it)."""
     if seed is None:
         return [int(x) for x in np.random.default_rng().integers(0, 2**31 - 1, size=2)]
     if np.ndim(seed) == 0:

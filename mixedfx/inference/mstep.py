@@ -72,6 +72,7 @@ class Expansion:
 
     @property
     def active(self) -> bool:
+        """Whether the term has an expansion."""
         return bool(self.targets)
 
 
@@ -383,6 +384,7 @@ def _newton_pieces(family, p: int) -> _NewtonPieces:
         return tf.reduce_sum(log_prob(rows, linear(rows, theta), family.constrain(u)))
 
     def linear_sums(rows, theta, u):
+        """Value, gradient and Hessian in ``theta`` (fixed effects and ``C_k``)."""
         eta = linear(rows, theta)
         natural = family.constrain(u)
         with tf.GradientTape() as outer:
@@ -400,6 +402,7 @@ def _newton_pieces(family, p: int) -> _NewtonPieces:
                 "hessian": tf.einsum("sn,snk,snl->kl", curvature, regressors, regressors)}
 
     def family_sums(rows, theta, u):
+        """Value, gradient and Hessian in ``u`` (the family's parameters)."""
         with tf.GradientTape() as outer:
             outer.watch(u)
             with tf.GradientTape() as inner:

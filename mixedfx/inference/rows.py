@@ -136,6 +136,7 @@ class RowChunks:
 
     @property
     def n_chunks(self) -> int:
+        """How many chunks the rows make."""
         n_rows = next(v for v in tf.nest.flatten(self.rows) if v is not None).shape[0]
         return n_rows // self.chunk_rows
 
