@@ -88,6 +88,14 @@ class LoopState(NamedTuple):
     traces : dict
         ``TensorArray`` per traced quantity (:data:`TRACE_NAMES`), and ``draws``: per
         term, each iteration's draws.
+
+    Examples
+    --------
+    ``tf.while_loop`` carries it as one structure; an iteration returns a new one:
+
+    >>> from mixedfx.inference.loop import LoopState
+    >>> LoopState._fields
+    ('iteration', 'em', 'effects_sum', 'effects_outer_sum', 'traces')
     """
 
     iteration: tf.Tensor
@@ -398,6 +406,19 @@ def compiled_iterations(config: LoopConfig, strategy=None):
     ``tf.function`` graph (XLA cannot hold the cross-replica reductions).  The
     functions summed over rows are made here, once per configuration, so that a
     sharded fit compiles each of them once.
+
+    Examples
+    --------
+    One compiled function per configuration (:func:`~mixedfx.inference.fit_mcem` makes
+    the configuration from the model and :class:`~mixedfx.inference.MCEMOptions`):
+
+    >>> from mixedfx.inference.loop import LoopConfig, compiled_iterations
+    >>> from mixedfx.model import Gaussian
+    >>> config = LoopConfig(family=Gaussian(), n_draws=5, n_burnin=3, n_leapfrog_steps=8, target_accept_prob=0.75,
+    ...                     iterations_per_call=5, num_levels=(32,), dims=(1,), keys=("g",),
+    ...                     expansion_targets=(((0,),),), centering_parent=(None,))
+    >>> compiled_iterations(config) is compiled_iterations(config)
+    True
     """
     functions = _row_functions(config)
 
