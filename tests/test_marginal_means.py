@@ -1,0 +1,179 @@
+"""emmeans and performance: marginal means, contrasts, R² and ICC against R.
+
+References: tests/fixtures/make_emmeans_fixtures.R (emmeans 1.8.4, performance 0.10.2,
+lme4 ML fits).  Each quantity is checked twice: at lme4's own parameter values (a
+stand-in estimator built from the fixture, no fit: the formulas must agree to rounding),
+and at mixedfx's fitted values (Monte Carlo EM; the issue's tolerances).
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import EMMEANS_FITS, FIXTURES
+
+from mixedfx.design import RandomDesign, build_fixed_design
+from mixedfx.exceptions import ParameterError
+from mixedfx.explained_variance import icc, r2, variance_decomposition
+from mixedfx.formula import parse_formula
+from mixedfx.marginal_means import contrast, emmeans, p_adjust
+from mixedfx.model import get_family
+
+
+def lme4_stand_in(name: str, reference: dict):
+    """An object with the fitted attributes emmeans and r2 read, at lme4's values."""
+    path, formula, family_name = EMMEANS_FITS[name]
+    data, fit = pd.read_csv(FIXTURES / path), reference[name]
+    spec = parse_formula(formula)
+    design, X = build_fixed_design(spec.fixed, data)
+    random_design = RandomDesign.from_spec(spec, data)
+    terms = random_design.materialize(data, new_levels="error")
+    assert len(design.column_names) == len(fit["fixed_names"])
+    beta = np.array([fit["fixed_effects"][n] for n in fit["fixed_names"]])
+    covs = tuple(np.array(fit["random_cov"][t.name], dtype=float).reshape(t.dim, t.dim)
+                 for t in random_design.terms)
+    family_params = {} if fit["sigma"] is None else {"sigma": fit["sigma"]}
+    return SimpleNamespace(
+        fixed_design_=design, family_=get_family(family_name),
+        fixed_effects_=pd.Series(beta, index=design.column_names),
+        fixed_effects_cov_=pd.DataFrame(np.array(fit["fixed_effects_cov"], dtype=float)),
+        random_cov_=covs, model_=SimpleNamespace(fixed_design=X, random_terms=terms, n_obs=len(data)),
+        model_parameters_=SimpleNamespace(fixed_effects=beta, family_params=family_params),
+    )
+
+
+def df_from(means: list, contrasts: list | None = None):
+    """The pluggable df source returning emmeans' own df: the means' rows (intercept
+    coefficient 1) get ``means``, the pairwise contrasts' rows (coefficient 0)
+    ``contrasts``; another family of contrasts (trt.vs.ctrl) gets the first pair's df."""
+    def df(model, L):
+        values = means if L[0, 0] == 1.0 else contrasts
+        if len(values) != L.shape[0]:
+            values = [values[0]] * L.shape[0]
+        return np.array([np.inf if v is None else v for v in values], dtype=float)
+    return df
+
+
+def column(rows: list, name: str) -> np.ndarray:
+    return np.array([np.inf if row[name] is None else row[name] for row in rows], dtype=float)
+
+
+CASES = [("cake", "recipe"), ("cake", "temperature"), ("cake_interaction", "recipe"), ("crossed", "trt"),
+         ("cbpp01", "period")]
+
+
+@pytest.mark.parametrize("name, spec", CASES)
+def test_emmeans_at_lme4_values(name, spec, emmeans_reference):
+    ref = emmeans_reference[name][spec]
+    fit = lme4_stand_in(name, emmeans_reference)
+    emm = emmeans(fit, spec, df=df_from([r["df"] for r in ref["emmeans"]], [r["df"] for r in ref["pairs_tukey"]]))
+    table = emm.table
+    assert list(table[spec]) == [r[spec] for r in ref["emmeans"]]
+    np.testing.assert_allclose(table["emmean"], column(ref["emmeans"], "emmean"), rtol=1e-6)
+    np.testing.assert_allclose(table["SE"], column(ref["emmeans"], "SE"), rtol=1e-5)
+    low = "lower.CL" if "lower.CL" in table else "asymp.LCL"
+    np.testing.assert_allclose(table[low], column(ref["emmeans"], low), rtol=1e-5)
+    for adjust in ("tukey", "holm", "bonferroni", "none"):
+        pairs = emm.pairs(adjust=adjust)
+        expected = ref[f"pairs_{adjust}"]
+        assert list(pairs["contrast"]) == [r["contrast"] for r in expected]
+        np.testing.assert_allclose(pairs["estimate"], column(expected, "estimate"), rtol=1e-6, atol=1e-9)
+        # R's ptukey is accurate to about 1e-12 absolute: below that, only the magnitude is checked
+        np.testing.assert_allclose(pairs["p.value"], column(expected, "p.value"), rtol=1e-4, atol=1e-11)
+    control = contrast(emm, "trt.vs.ctrl", adjust="none")
+    np.testing.assert_allclose(control["estimate"], column(ref["trt_vs_ctrl"], "estimate"), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(control["SE"], column(ref["trt_vs_ctrl"], "SE"), rtol=1e-5)
+
+
+def test_emmeans_response_scale_at_lme4_values(emmeans_reference):
+    """cbpp 0/1 on the response scale: probabilities, delta-method SEs, odds ratios."""
+    ref = emmeans_reference["cbpp01"]["period"]
+    emm = emmeans(lme4_stand_in("cbpp01", emmeans_reference), "period", type="response")
+    for key in ("prob", "SE", "asymp.LCL", "asymp.UCL"):
+        np.testing.assert_allclose(emm.table[key], column(ref["emmeans_response"], key), rtol=1e-5)
+    assert np.isinf(emm.table["df"]).all()
+    pairs = emm.pairs()
+    assert list(pairs["contrast"]) == [r["contrast"] for r in ref["pairs_ratio"]]
+    for key in ("odds.ratio", "SE", "z.ratio", "p.value"):
+        np.testing.assert_allclose(pairs[key], column(ref["pairs_ratio"], key), rtol=1e-4)
+
+
+def test_emmeans_at_and_by_at_lme4_values(emmeans_reference):
+    """A covariate given by at= and a by= variable (recipe | temp at 180 and 220)."""
+    ref = emmeans_reference["cake_interaction"]["recipe_by_temp"]
+    fit = lme4_stand_in("cake_interaction", emmeans_reference)
+    emm = emmeans(fit, "recipe", by="temp", at={"temp": [180, 220]},
+                  df=df_from([r["df"] for r in ref["emmeans"]], [r["df"] for r in ref["pairs_tukey"]]))
+    assert list(emm.table["temp"]) == [r["temp"] for r in ref["emmeans"]]
+    np.testing.assert_allclose(emm.table["emmean"], column(ref["emmeans"], "emmean"), rtol=1e-6)
+    np.testing.assert_allclose(emm.table["SE"], column(ref["emmeans"], "SE"), rtol=1e-5)
+    pairs = emm.pairs()
+    np.testing.assert_allclose(pairs["p.value"], column(ref["pairs_tukey"], "p.value"), rtol=1e-4)
+
+
+def test_emmeans_numeric_grid_sleepstudy_at_lme4_values(emmeans_reference):
+    ref = emmeans_reference["sleepstudy"]["days"]
+    fit = lme4_stand_in("sleepstudy", emmeans_reference)
+    emm = emmeans(fit, "Days", at={"Days": [0, 4.5, 9]},
+                  df=df_from([r["df"] for r in ref["emmeans"]], [r["df"] for r in ref["pairs_tukey"]]))
+    np.testing.assert_allclose(emm.table["emmean"], column(ref["emmeans"], "emmean"), rtol=1e-6)
+    np.testing.assert_allclose(emm.table["SE"], column(ref["emmeans"], "SE"), rtol=1e-5)
+    pairs = emm.pairs()
+    assert list(pairs["contrast"]) == [r["contrast"] for r in ref["pairs_tukey"]]
+    np.testing.assert_allclose(pairs["p.value"], column(ref["pairs_tukey"], "p.value"), rtol=1e-4)
+    np.testing.assert_allclose(emm.pairs(adjust="holm")["p.value"], column(ref["pairs_holm"], "p.value"), rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["cake", "sleepstudy", "crossed", "cbpp01", "poisson"])
+def test_r2_icc_at_lme4_values(name, emmeans_reference):
+    ref = emmeans_reference[name]
+    fit = lme4_stand_in(name, emmeans_reference)
+    parts = variance_decomposition(fit, null_intercept=ref.get("null_intercept"))
+    for key in ("var_fixed", "var_random", "var_residual", "var_distribution"):
+        assert parts[key] == pytest.approx(ref[key], rel=1e-5)
+    null = {"null_intercept": ref.get("null_intercept")}
+    np.testing.assert_allclose(r2(fit, **null), [ref["r2_conditional"], ref["r2_marginal"]], rtol=1e-5)
+    np.testing.assert_allclose(icc(fit, **null), [ref["icc_adjusted"], ref["icc_unadjusted"]], rtol=1e-5)
+
+
+def test_p_adjust_matches_r():
+    """Values printed by R 4's ``p.adjust(c(0.01, 0.04, 0.03, 0.02, 0.05), method)``."""
+    p = [0.01, 0.04, 0.03, 0.02, 0.05]
+    np.testing.assert_allclose(p_adjust(p, "holm"), [0.05, 0.09, 0.09, 0.08, 0.09])
+    np.testing.assert_allclose(p_adjust(p, "bonferroni"), [0.05, 0.2, 0.15, 0.1, 0.25])
+    np.testing.assert_allclose(p_adjust(p, "fdr"), [0.05, 0.05, 0.05, 0.05, 0.05])
+
+
+def test_bad_input_names_the_variable(emmeans_reference):
+    fit = lme4_stand_in("cake", emmeans_reference)
+    with pytest.raises(ParameterError, match="'recipee'"):
+        emmeans(fit, "recipee", df=10.0)
+    with pytest.raises(ParameterError, match="'Z'"):
+        emmeans(fit, "recipe", at={"recipe": ["A", "Z"]}, df=10.0)
+    with pytest.raises(ParameterError, match="type"):
+        emmeans(fit, "recipe", type="probability", df=10.0)
+    with pytest.raises(ParameterError, match="Tukey"):
+        contrast(emmeans(fit, "recipe", df=10.0), "trt.vs.ctrl", adjust="tukey")
+
+
+# -- at mixedfx's own fits (Monte Carlo EM): the issue's tolerances ---------------------------
+@pytest.mark.parametrize("name, spec", [("cake", "recipe"), ("crossed", "trt"), ("cbpp01", "period")])
+def test_emmeans_fitted(name, spec, emmeans_reference, emmeans_fits):
+    ref = emmeans_reference[name][spec]
+    fit = emmeans_fits(name)
+    emm = emmeans(fit, spec, df=df_from([r["df"] for r in ref["emmeans"]], [r["df"] for r in ref["pairs_tukey"]]))
+    np.testing.assert_allclose(emm.table["emmean"], column(ref["emmeans"], "emmean"), rtol=0.01)
+    np.testing.assert_allclose(emm.table["SE"], column(ref["emmeans"], "SE"), rtol=0.01)
+    pairs = emm.pairs(adjust="tukey")
+    np.testing.assert_allclose(pairs["p.value"], column(ref["pairs_tukey"], "p.value"), rtol=0.02)
+
+
+@pytest.mark.parametrize("name", ["cake", "sleepstudy", "crossed", "cbpp01"])
+def test_r2_icc_fitted(name, emmeans_reference, emmeans_fits):
+    ref = emmeans_reference[name]
+    fit = emmeans_fits(name)
+    np.testing.assert_allclose(r2(fit), [ref["r2_conditional"], ref["r2_marginal"]], atol=0.01)
+    np.testing.assert_allclose(icc(fit), [ref["icc_adjusted"], ref["icc_unadjusted"]], atol=0.01)
