@@ -486,8 +486,9 @@ def contrast(emm: EMMeans, method="pairwise", *, adjust=None, ref=0, type=None) 
         raise ParameterError(f"adjust must be one of {_ADJUSTMENTS}, got {adjust!r}")
     if adjust == "tukey" and not pairwise:
         raise ParameterError("the Tukey adjustment applies to pairwise comparisons only; choose another adjust")
-    groups = [np.arange(len(emm.grid))] if not emm.by else \
-        [idx.to_numpy() for _, idx in emm.grid.groupby(list(emm.by), sort=False).groups.items()]
+    codes = np.zeros(len(emm.grid), dtype=int) if not emm.by else \
+        emm.grid.groupby(list(emm.by), sort=False).ngroup().to_numpy()
+    groups = [np.flatnonzero(codes == code) for code in range(int(codes.max()) + 1)]
     pieces = []
     for rows in groups:
         labels = [_label(emm.grid, emm.specs, r) for r in rows]
