@@ -115,6 +115,7 @@ EMMEANS_FITS = {
     "crossed": ("emmeans_crossed.csv", "y ~ trt + x + (1 | g1) + (1 | g2)", "gaussian"),
     "cbpp01": ("emmeans_cbpp01.csv", "y ~ period + (1 | herd)", "bernoulli"),
     "poisson": ("poisson_crossed.csv", "y ~ x + (1 | g1) + (1 | g2)", "poisson"),
+    "wine": ("emmeans_wine.csv", "rating ~ temp + contact + (1 | judge)", "ordinal"),
 }
 
 
