@@ -140,6 +140,28 @@ def variance_decomposition(model, *, null_intercept=None) -> pd.Series:
         ``var_fixed``, ``var_random``, ``var_residual`` (distribution-specific plus
         observation-level random effects) and ``var_distribution``, as
         ``insight::get_variance`` names them.
+
+    Examples
+    --------
+    A Poisson model (a stand-in for a fitted estimator: the attributes read), with the
+    null model's intercept given, ``log(4)``, so that no null model is fitted:
+
+    >>> import numpy as np, pandas as pd
+    >>> from types import SimpleNamespace
+    >>> from mixedfx.design import RandomTermData
+    >>> from mixedfx.model import Poisson
+    >>> X = np.column_stack([np.ones(4), [0.0, 1.0, 2.0, 3.0]])
+    >>> term = RandomTermData("g", np.array([0, 0, 1, 1], dtype=np.int32), None, 2)
+    >>> fit = SimpleNamespace(
+    ...     fixed_effects_=pd.Series([1.0, 0.3]), family_=Poisson(), random_cov_=(np.array([[0.5]]),),
+    ...     model_=SimpleNamespace(fixed_design=X, random_terms=(term,), n_obs=4),
+    ...     model_parameters_=SimpleNamespace(fixed_effects=np.array([1.0, 0.3]), family_params={}))
+    >>> variance_decomposition(fit, null_intercept=np.log(4.0)).round(4)  # 0.09 * 5/3, 0.5, log1p(1/4)
+    var_fixed           0.1500
+    var_random          0.5000
+    var_residual        0.2231
+    var_distribution    0.2231
+    dtype: float64
     """
     if not hasattr(model, "fixed_effects_"):
         raise NotFittedError(f"this {type(model).__name__} is not fitted yet; call fit before r2 or icc")

@@ -103,7 +103,26 @@ class EMMeans:
 
     Examples
     --------
-    See :func:`emmeans`.
+    A logit model's means on the response scale (a stand-in for a fitted
+    :class:`~mixedfx.MixedEffectsClassifier`: the attributes emmeans reads):
+
+    >>> import numpy as np, pandas as pd
+    >>> from types import SimpleNamespace
+    >>> from mixedfx.design import build_fixed_design
+    >>> from mixedfx.model import Bernoulli
+    >>> frame = pd.DataFrame({"f": ["a", "b", "c", "a", "b", "c"]})
+    >>> design, X = build_fixed_design("f", frame)
+    >>> fit = SimpleNamespace(fixed_design_=design, family_=Bernoulli(),
+    ...     fixed_effects_=pd.Series([-1.0, 0.5, 1.0], index=design.column_names),
+    ...     fixed_effects_cov_=pd.DataFrame(np.diag([0.04, 0.08, 0.08])), model_=SimpleNamespace(fixed_design=X))
+    >>> emm = emmeans(fit, "f", type="response")
+    >>> emm.L.tolist()
+    [[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [1.0, 0.0, 1.0]]
+    >>> emm.table.round(4)
+       f    prob      SE   df  asymp.LCL  asymp.UCL
+    0  a  0.2689  0.0393  inf     0.1991     0.3525
+    1  b  0.3775  0.0814  inf     0.2352     0.5446
+    2  c  0.5000  0.0866  inf     0.3365     0.6635
     """
 
     grid: pd.DataFrame
@@ -477,7 +496,28 @@ def contrast(emm: EMMeans, method="pairwise", *, adjust=None, ref=0, type=None) 
 
     Examples
     --------
-    See :func:`emmeans`.
+    The model of :class:`EMMeans`' example: odds ratios against the first level, and
+    Tukey-adjusted pairwise differences on the logit scale.
+
+    >>> import numpy as np, pandas as pd
+    >>> from types import SimpleNamespace
+    >>> from mixedfx.design import build_fixed_design
+    >>> from mixedfx.model import Bernoulli
+    >>> frame = pd.DataFrame({"f": ["a", "b", "c", "a", "b", "c"]})
+    >>> design, X = build_fixed_design("f", frame)
+    >>> fit = SimpleNamespace(fixed_design_=design, family_=Bernoulli(),
+    ...     fixed_effects_=pd.Series([-1.0, 0.5, 1.0], index=design.column_names),
+    ...     fixed_effects_cov_=pd.DataFrame(np.diag([0.04, 0.08, 0.08])), model_=SimpleNamespace(fixed_design=X))
+    >>> emm = emmeans(fit, "f")
+    >>> contrast(emm, "trt.vs.ctrl", adjust="none", type="response").round(4)
+      contrast  odds.ratio      SE   df  null  z.ratio  p.value
+    0    b / a      1.6487  0.4663  inf   1.0   1.7678   0.0771
+    1    c / a      2.7183  0.7688  inf   1.0   3.5355   0.0004
+    >>> contrast(emm)[["contrast", "estimate", "z.ratio", "p.value"]].round(4)
+      contrast  estimate  z.ratio  p.value
+    0    a - b      -0.5  -1.7678   0.1805
+    1    a - c      -1.0  -3.5355   0.0012
+    2    b - c      -0.5  -1.2500   0.4237
     """
     type = emm.type if type is None else type
     pairwise = method in ("pairwise", "revpairwise")
