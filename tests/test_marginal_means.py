@@ -218,3 +218,19 @@ def test_r2_icc_ordinal_fitted(emmeans_reference, emmeans_fits):
     fit = emmeans_fits("wine")
     np.testing.assert_allclose(r2(fit), [ref["r2_conditional"], ref["r2_marginal"]], atol=0.02)
     np.testing.assert_allclose(icc(fit), [ref["icc_adjusted"], ref["icc_unadjusted"]], atol=0.02)
+
+
+def test_covariate_through_a_transform_needs_data():
+    """emmeans takes the covariate's mean, then transforms it: log(mean(x)), not the mean
+    of log(x); a mean that the design cannot give is asked for by name."""
+    frame = pd.DataFrame({"f": ["a", "b"] * 3, "x": [1.0, 2.0, 4.0, 8.0, 16.0, 32.0]})
+    design, X = build_fixed_design("f + np.log(x)", frame)
+    fit = SimpleNamespace(fixed_design_=design, family_=get_family("gaussian"),
+                          fixed_effects_=pd.Series([1.0, 2.0, 0.5], index=design.column_names),
+                          fixed_effects_cov_=pd.DataFrame(np.eye(3)), model_=SimpleNamespace(fixed_design=X))
+    with pytest.raises(ParameterError, match="'x'.*data="):
+        emmeans(fit, "f", df=5.0)
+    table = emmeans(fit, "f", df=5.0, data=frame).table
+    np.testing.assert_allclose(table["emmean"], [1.0 + 0.5 * np.log(10.5), 3.0 + 0.5 * np.log(10.5)])
+    at = emmeans(fit, "f", df=5.0, at={"x": 10.5}).table
+    np.testing.assert_allclose(at["emmean"], table["emmean"])
