@@ -98,3 +98,28 @@ def small_frame() -> pd.DataFrame:
 @pytest.fixture(scope="session")
 def small_fit(small_frame):
     return mixedfx.MixedEffectsRegressor(SMALL_FORMULA, **small_settings()).fit(small_frame)
+
+
+@pytest.fixture(scope="session")
+def sleepstudy() -> pd.DataFrame:
+    return pd.read_csv(FIXTURES / "sleepstudy.csv")
+
+
+@pytest.fixture(scope="session")
+def sleepstudy_reml_fit(sleepstudy):
+    """sleepstudy, ``Reaction ~ Days + (Days | Subject)``, REML, default settings."""
+    return mixedfx.MixedEffectsRegressor("Reaction ~ Days + (Days | Subject)", method="reml", random_state=0,
+                                         verbose=0).fit(sleepstudy)
+
+
+@pytest.fixture(scope="session")
+def cake() -> pd.DataFrame:
+    """lme4's cake, unbalanced (written by tests/fixtures/make_lmertest_fixtures.R)."""
+    return pd.read_csv(FIXTURES / "cake.csv")
+
+
+@pytest.fixture(scope="session")
+def cake_heat_reml_fit(cake):
+    """cake, ``angle ~ recipe * heat + (1 | batch)``, REML, default settings."""
+    return mixedfx.MixedEffectsRegressor("angle ~ recipe * heat + (1 | batch)", method="reml", random_state=0,
+                                         verbose=0).fit(cake)
