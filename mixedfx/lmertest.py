@@ -208,14 +208,16 @@ def fixed_effects_table(model, *, ddf: str = "satterthwaite") -> pd.DataFrame:
     Examples
     --------
     >>> import mixedfx
-    >>> data = mixedfx.datasets.load_sleepstudy()
-    >>> fit = mixedfx.MixedEffectsRegressor("Reaction ~ Days + (Days | Subject)", method="reml",
-    ...                                     random_state=0, verbose=0).fit(data)
+    >>> data = mixedfx.datasets.make_mixed_data(300, groups={"g": 12}, fixed_effects={"Intercept": 1.0, "x": 0.5},
+    ...                                         random_sd={"g": 0.8}, random_state=2)
+    >>> fit = mixedfx.MixedEffectsRegressor("y ~ x + (1 | g)", method="reml", random_state=0, verbose=0).fit(data)
     >>> table = fixed_effects_table(fit)
     >>> list(table.columns)
     ['Estimate', 'Std. Error', 'df', 't value', 'Pr(>|t|)']
-    >>> [round(df) for df in table["df"]]  # lmerTest: 17.0, 17.0
-    [17, 17]
+    >>> [round(df) for df in table["df"]]  # the intercept's df near the 12 groups, x's near the 300 rows
+    [11, 289]
+    >>> [round(df) for df in fixed_effects_table(fit, ddf="kenward-roger")["df"]]
+    [11, 288]
     """
     context = _Context(model, ddf)
     return _t_table(context, np.eye(context.p), context.names)
@@ -247,12 +249,12 @@ def contrast_df(model, L, *, ddf: str = "satterthwaite") -> pd.DataFrame:
     Examples
     --------
     >>> import mixedfx
-    >>> data = mixedfx.datasets.load_sleepstudy()
-    >>> fit = mixedfx.MixedEffectsRegressor("Reaction ~ Days + (Days | Subject)", method="reml",
-    ...                                     random_state=0, verbose=0).fit(data)
-    >>> day5 = contrast_df(fit, [[1.0, 5.0]])  # the mean reaction on day 5
-    >>> round(float(day5["df"].iloc[0]))
-    17
+    >>> data = mixedfx.datasets.make_mixed_data(300, groups={"g": 12}, fixed_effects={"Intercept": 1.0, "x": 0.5},
+    ...                                         random_sd={"g": 0.8}, random_state=2)
+    >>> fit = mixedfx.MixedEffectsRegressor("y ~ x + (1 | g)", method="reml", random_state=0, verbose=0).fit(data)
+    >>> at_one = contrast_df(fit, [[1.0, 1.0]])  # the mean response at x = 1
+    >>> round(float(at_one["df"].iloc[0]))
+    12
     """
     context = _Context(model, ddf)
     if isinstance(L, pd.DataFrame):
@@ -293,12 +295,12 @@ def anova_type3(model, *, ddf: str = "satterthwaite") -> pd.DataFrame:
     Examples
     --------
     >>> import mixedfx
-    >>> data = mixedfx.datasets.load_sleepstudy()
-    >>> fit = mixedfx.MixedEffectsRegressor("Reaction ~ Days + (Days | Subject)", method="reml",
-    ...                                     random_state=0, verbose=0).fit(data)
+    >>> data = mixedfx.datasets.make_mixed_data(300, groups={"g": 12}, fixed_effects={"Intercept": 1.0, "x": 0.5},
+    ...                                         random_sd={"g": 0.8}, random_state=2)
+    >>> fit = mixedfx.MixedEffectsRegressor("y ~ x + (1 | g)", method="reml", random_state=0, verbose=0).fit(data)
     >>> table = anova_type3(fit)
     >>> list(table.index), list(table.columns)
-    (['Days'], ['Sum Sq', 'Mean Sq', 'NumDF', 'DenDF', 'F value', 'Pr(>F)'])
+    (['x'], ['Sum Sq', 'Mean Sq', 'NumDF', 'DenDF', 'F value', 'Pr(>F)'])
     """
     context = _Context(model, ddf)
     hypotheses = type3_hypotheses(model.fixed_design_)

@@ -122,8 +122,8 @@ def deviance_and_fixed_cov(model: MixedModel, varpar, *, reml: bool, dense_terms
     >>> model = MixedModel(Gaussian(), np.ones((4, 1)), np.array([1.0, 2.0, 4.0, 5.0]), (term,), ("Intercept",))
     >>> params = ModelParameters(np.array([3.0]), np.array([1.0]), {"sigma": 1.0})
     >>> dev, cov = deviance_and_fixed_cov(model, variance_parameters(params), reml=True)
-    >>> round(float(dev), 6), round(-2 * gaussian_marginal(model, params).reml_log_likelihood, 6)
-    (14.164286, 14.164286)
+    >>> round(float(dev), 6), round(float(-2 * gaussian_marginal(model, params).reml_log_likelihood), 6)
+    (11.998538, 11.998538)
     >>> np.round(cov.numpy(), 4).tolist()
     [[0.75]]
     """
