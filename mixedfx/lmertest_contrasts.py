@@ -11,9 +11,11 @@ basis by least squares on a reference grid (every combination of factor levels,
 numeric variables at random positive values), which gives the same exact linear
 relation as lmerTest's use of the data.
 
-What is matched: the default treatment coding (formulaic's, R's ``contr.treatment``).
-Other codings (``C(f, contr.sum)`` ...) and stateful transforms that re-learn on new
-rows (``center``, ``scale``) are refused with a clear error.
+What is matched: the default treatment coding (formulaic's, R's ``contr.treatment``) of
+plain columns; a factor coded otherwise (``C(f, contr.sum)`` ...) raises
+``NotImplementedError`` naming it.  Not handled: stateful transforms that re-learn their
+state on new rows (``center``, ``scale``) inside a term, whose over-parametrized columns
+would be centred on the grid rather than on the training rows.
 """
 
 from __future__ import annotations
