@@ -132,3 +132,28 @@ def emmeans_fits():
         return cache[name]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def sleepstudy() -> pd.DataFrame:
+    return pd.read_csv(FIXTURES / "sleepstudy.csv")
+
+
+@pytest.fixture(scope="session")
+def sleepstudy_reml_fit(sleepstudy):
+    """sleepstudy, ``Reaction ~ Days + (Days | Subject)``, REML, default settings."""
+    return mixedfx.MixedEffectsRegressor("Reaction ~ Days + (Days | Subject)", method="reml", random_state=0,
+                                         verbose=0).fit(sleepstudy)
+
+
+@pytest.fixture(scope="session")
+def cake() -> pd.DataFrame:
+    """lme4's cake, unbalanced (written by tests/fixtures/make_lmertest_fixtures.R)."""
+    return pd.read_csv(FIXTURES / "cake.csv")
+
+
+@pytest.fixture(scope="session")
+def cake_heat_reml_fit(cake):
+    """cake, ``angle ~ recipe * heat + (1 | batch)``, REML, default settings."""
+    return mixedfx.MixedEffectsRegressor("angle ~ recipe * heat + (1 | batch)", method="reml", random_state=0,
+                                         verbose=0).fit(cake)
