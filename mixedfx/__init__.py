@@ -21,6 +21,7 @@ from mixedfx.exceptions import (
     FormulaError,
     MixedFXError,
     NewLevelError,
+    NewLevelWarning,
     ParameterError,
     SamplerWarning,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "ConvergenceWarning",
     "SamplerWarning",
     "DataWarning",
+    "NewLevelWarning",
     "datasets",
     "__version__",
 ]

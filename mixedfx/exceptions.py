@@ -21,6 +21,7 @@ __all__ = [
     "ConvergenceWarning",
     "SamplerWarning",
     "DataWarning",
+    "NewLevelWarning",
 ]
 
 
@@ -250,4 +251,31 @@ class DataWarning(UserWarning):
     ["dropped 2 of 600 rows with missing values ('x': 2)"]
     >>> model.n_obs_, model.dropped_rows_.tolist()
     (598, [3, 7])
+    """
+
+
+class NewLevelWarning(DataWarning):
+    """Most rows of a prediction have a grouping level that ``fit`` did not see.
+
+    Raised by ``predict`` (and the other methods that take new data) when more than
+    half of the rows have a level of a grouping factor not seen in fit, whatever the
+    ``new_levels`` policy: those rows get the population prediction (or raise
+    :class:`NewLevelError`), which is rarely what was meant.  Levels are matched by
+    value, not dtype (``7``, ``7.0``, ``"7"`` and a categorical ``"7"`` are one level),
+    so the usual cause is another column or recoded values.  A subclass of
+    :class:`DataWarning`.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> import mixedfx
+    >>> data = mixedfx.datasets.make_mixed_data(
+    ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
+    ...     random_sd={"g": 0.8}, random_state=2)
+    >>> model = mixedfx.lmer("y ~ x + (1 | g)", data, random_state=0, verbose=0)
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     _ = model.predict(data.head(4).assign(g=["new", "new", "new", data.g[0]]))
+    >>> [str(w.message).split(";")[0] for w in caught if issubclass(w.category, mixedfx.NewLevelWarning)]
+    ["3 of 4 rows have a level of grouping factor 'g' not seen in fit (e.g. 'new')"]
     """

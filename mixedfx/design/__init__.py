@@ -5,6 +5,7 @@ Nothing here imports TensorFlow.
 
 from mixedfx.design.arrow import is_arrow_source, read_arrow
 from mixedfx.design.fixed import EVALUATION_CONTEXT, FixedDesign, build_fixed_design, evaluate_formula
+from mixedfx.design.levels import LevelMatcher, canonical_level, check_distinct_categories, conform_levels
 from mixedfx.design.frame import MISSING_POLICIES, as_frame, clean_columns, formula_columns, missing_rows
 from mixedfx.design.response import ResponseDesign
 from mixedfx.design.random import (
@@ -33,4 +34,8 @@ __all__ = [
     "RandomTermDesign",
     "is_arrow_source",
     "read_arrow",
+    "canonical_level",
+    "LevelMatcher",
+    "conform_levels",
+    "check_distinct_categories",
 ]

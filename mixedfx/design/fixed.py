@@ -24,6 +24,7 @@ from formulaic.errors import DataMismatchWarning, FormulaicError
 from formulaic.materializers import PandasMaterializer
 from formulaic.transforms import TRANSFORMS
 
+from mixedfx.design.levels import check_distinct_categories, conform_levels
 from mixedfx.exceptions import DataError, DataWarning, FormulaError, NewLevelError, did_you_mean
 from mixedfx.formula.tokens import TokenKind, tokenize
 
@@ -127,6 +128,7 @@ class FixedDesign:
         DataError
             If a column is missing or holds missing values.
         """
+        data = conform_levels(data, self.model_spec)  # levels matched by value, not dtype
         matrix = _materialize(lambda: self.model_spec.get_model_matrix(data, context=EVALUATION_CONTEXT),
                               data=data, formula=self.formula, spec=self.model_spec)
         return np.asarray(matrix, dtype=np.float64)[:, list(self.kept_columns)]
@@ -186,6 +188,7 @@ def build_fixed_design(
         )
 
     rhs = _materialize(materialize, data=data, formula=fixed, spec=None)
+    check_distinct_categories(rhs.model_spec, data)
     names = tuple(str(c) for c in rhs.columns)
     X = np.asarray(rhs, dtype=np.float64)
     kept = _independent_columns(X)
@@ -253,6 +256,7 @@ def evaluate_formula(formula: str | ModelSpec, data: pd.DataFrame) -> tuple[np.n
     [[1.0986]]
     """
     if isinstance(formula, ModelSpec):
+        data = conform_levels(data, formula)  # levels matched by value, not dtype
         matrix = _materialize(lambda: formula.get_model_matrix(data, context=EVALUATION_CONTEXT),
                               data=data, formula=str(formula.formula), spec=formula)
         return np.asarray(matrix, dtype=np.float64), formula
@@ -265,6 +269,7 @@ def evaluate_formula(formula: str | ModelSpec, data: pd.DataFrame) -> tuple[np.n
                                         na_action="raise"),
         data=data, formula=formula, spec=None,
     )
+    check_distinct_categories(matrix.model_spec, data)
     return np.asarray(matrix, dtype=np.float64), matrix.model_spec
 
 

@@ -15,11 +15,13 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
 
 from mixedfx.design.fixed import evaluate_formula
+from mixedfx.design.levels import LevelMatcher, warn_unseen
 from mixedfx.exceptions import DataError, FormulaError, NewLevelError, did_you_mean
 from mixedfx.formula.spec import FormulaSpec, RandomTermSpec
 
@@ -138,6 +140,7 @@ class GroupingFactor:
                         stacklevel=4,
                     )
             per_column.append(_observed_levels(values))
+            LevelMatcher(per_column[-1], column=column).check_distinct()
         if len(columns) == 1:
             levels = per_column[0]
         else:
@@ -186,23 +189,17 @@ class GroupingFactor:
             if data[column].dtype.kind == "f" and np.isinf(data[column].to_numpy(dtype=float)).any():
                 raise DataError(f"grouping column {column!r} has {int(np.isinf(data[column].to_numpy(dtype=float)).sum())} "
                                 "infinite value(s); a level must be a label or a finite number")
-        if len(self.columns) == 1:
-            values = data[self.columns[0]]
-            if isinstance(values.dtype, pd.CategoricalDtype):
-                # map the categories (few), then take the rows' category codes: no hashing of rows
-                positions = np.append(self.levels.get_indexer(values.cat.categories), -1)
-                codes = positions[values.cat.codes.to_numpy()]  # code -1 (missing) -> -1
-            else:
-                codes = self.levels.get_indexer(pd.Index(_plain_values(values)))
-        else:
-            arrays = [_plain_values(data[c]) for c in self.columns]
-            codes = self.levels.get_indexer(pd.MultiIndex.from_arrays(arrays))
+        codes = self._codes(data)
+        missing = np.zeros(len(data), dtype=bool)
+        for c in self.columns:
+            missing |= np.asarray(pd.isna(data[c]), dtype=bool)
+        unseen = np.flatnonzero((codes < 0) & ~missing)
+        if len(unseen):
+            example = tuple(_python_scalar(data[c].iloc[unseen[0]]) for c in self.columns)
+            warn_unseen(self.name, unseen=len(unseen), total=len(data), policy=new_levels,
+                        example=example[0] if len(example) == 1 else example)
         codes = codes.astype(np.int32)
         if new_levels == "error" and (codes < 0).any():
-            missing = np.zeros(len(data), dtype=bool)
-            for c in self.columns:
-                missing |= np.asarray(pd.isna(data[c]), dtype=bool)
-            unseen = np.flatnonzero((codes < 0) & ~missing)
             if not len(unseen):
                 raise NewLevelError(
                     f"{int(missing.sum())} row(s) have a missing value (NaN/None) in grouping factor {self.name!r}: "
@@ -221,6 +218,24 @@ class GroupingFactor:
                 "with a zero random effect"
             )
         return codes
+
+    @cached_property
+    def _matchers(self) -> tuple[LevelMatcher, ...]:
+        """One :class:`~mixedfx.design.levels.LevelMatcher` per column (built once)."""
+        if isinstance(self.levels, pd.MultiIndex):
+            return tuple(LevelMatcher(self.levels.levels[k], column=c) for k, c in enumerate(self.columns))
+        return (LevelMatcher(self.levels, column=self.columns[0]),)
+
+    def _codes(self, data: pd.DataFrame) -> np.ndarray:
+        """Each row's level position (``-1``: unseen or missing), matched by value."""
+        positions = [matcher.positions(data[c]) for matcher, c in zip(self._matchers, self.columns)]
+        if len(positions) == 1:
+            return positions[0].astype(np.int32)
+        sizes = [len(level) for level in self.levels.levels]
+        fitted = pd.Index(np.ravel_multi_index(tuple(np.asarray(c) for c in self.levels.codes), sizes))
+        seen = np.all(np.stack(positions) >= 0, axis=0)
+        given = np.ravel_multi_index(tuple(np.maximum(p, 0) for p in positions), sizes)
+        return np.where(seen, fitted.get_indexer(given), -1).astype(np.int32)
 
 
 @dataclass(frozen=True, eq=False)
