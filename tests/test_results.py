@@ -300,10 +300,10 @@ def test_sampler_diagnostics_by_slices_of_levels_match_all_at_once(monkeypatch):
         assert sliced[key] == pytest.approx(value, rel=1e-12), key
 
 
-def test_fit_warns_when_rhat_exceeds_the_threshold(monkeypatch, sleepstudy):
-    monkeypatch.setattr(mixedfx.estimator, "RHAT_WARNING", 0.5)  # every fit exceeds it
+def test_fit_warns_when_rhat_exceeds_the_threshold(sleepstudy):
+    options = mixedfx.inference.MCEMOptions(rhat_warning=0.5)  # every fit exceeds it
     with pytest.warns(mixedfx.SamplerWarning, match="R-hat"):
-        mixedfx.MixedEffectsRegressor(SLOPES, random_state=0, verbose=0).fit(sleepstudy)
+        mixedfx.MixedEffectsRegressor(SLOPES, random_state=0, verbose=0, options=options).fit(sleepstudy)
 
 
 def test_reml_rejected_for_other_families():
