@@ -49,6 +49,18 @@ class BoundData:
         The training rows' group indices (every level seen).
     dropped_rows : pandas.Index
         Index labels of the rows left out for missing values.
+
+    Examples
+    --------
+    :func:`bind_data` makes one; a cbind response carries its trials:
+
+    >>> import pandas as pd
+    >>> from mixedfx.formula import parse_formula
+    >>> from mixedfx.design import bind_data
+    >>> frame = pd.DataFrame({"k": [1, 3, 0, 2], "n": [4, 4, 2, 5], "g": list("abab")})
+    >>> bound = bind_data(parse_formula("cbind(k, n - k) ~ 1 + (1 | g)"), frame)
+    >>> bound.response.tolist(), bound.trials.tolist(), bound.response_name
+    ([1.0, 3.0, 0.0, 2.0], [4.0, 4.0, 2.0, 5.0], 'cbind(k, n - k)')
     """
 
     spec: FormulaSpec

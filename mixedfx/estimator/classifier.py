@@ -9,13 +9,15 @@ from sklearn.metrics import accuracy_score
 from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted
 
-from mixedfx.estimator.base import ATTRIBUTES_DOC, PARAMETERS_DOC, MixedEffectsModel
+from mixedfx.estimator.base import MixedEffectsModel
+from mixedfx.estimator.docstrings import fill_docstring
 from mixedfx.exceptions import DataError, ParameterError
 from mixedfx.model import get_family
 
 __all__ = ["MixedEffectsClassifier"]
 
 
+@fill_docstring
 class MixedEffectsClassifier(ClassifierMixin, MixedEffectsModel):
     """Mixed-effects classification from an lme4 formula: bernoulli or ordinal.
 
@@ -157,7 +159,3 @@ class MixedEffectsClassifier(ClassifierMixin, MixedEffectsModel):
         check_is_fitted(self, "fixed_effects_")
         data = self._input_frame(X)
         return accuracy_score(self._response_for(data, y), self.predict(data), sample_weight=sample_weight)
-
-
-MixedEffectsClassifier.__doc__ = MixedEffectsClassifier.__doc__.replace(
-    "%(parameters)s", PARAMETERS_DOC.strip()).replace("%(attributes)s", ATTRIBUTES_DOC.strip())

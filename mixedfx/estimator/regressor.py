@@ -10,12 +10,14 @@ from sklearn.metrics import r2_score
 from sklearn.utils.validation import check_is_fitted
 
 from mixedfx import results
-from mixedfx.estimator.base import ATTRIBUTES_DOC, PARAMETERS_DOC, MixedEffectsModel
+from mixedfx.estimator.base import MixedEffectsModel
+from mixedfx.estimator.docstrings import fill_docstring
 from mixedfx.exceptions import ParameterError
 
 __all__ = ["MixedEffectsRegressor"]
 
 
+@fill_docstring
 class MixedEffectsRegressor(RegressorMixin, MixedEffectsModel):
     """Mixed-effects regression from an lme4 formula, fitted by Monte Carlo EM.
 
@@ -245,7 +247,3 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsModel):
         data = self._input_frame(X)
         truth = np.asarray(self._response_for(data, y), dtype=np.float64)
         return r2_score(truth, self.predict(data), sample_weight=sample_weight)
-
-
-MixedEffectsRegressor.__doc__ = MixedEffectsRegressor.__doc__.replace("%(parameters)s", PARAMETERS_DOC.strip()).replace(
-    "%(attributes)s", ATTRIBUTES_DOC.strip())
