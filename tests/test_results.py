@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -303,6 +304,11 @@ def test_sampler_diagnostics_by_slices_of_levels_match_all_at_once(monkeypatch):
 def test_fit_warns_when_rhat_exceeds_the_threshold(sleepstudy):
     options = mixedfx.inference.MCEMOptions(rhat_warning=0.5)  # every fit exceeds it
     with pytest.warns(mixedfx.SamplerWarning, match="R-hat"):
+        mixedfx.MixedEffectsRegressor(SLOPES, random_state=0, verbose=0, options=options).fit(sleepstudy)
+    # and the threshold is the option's: no fit exceeds this one
+    options = mixedfx.inference.MCEMOptions(rhat_warning=1e6)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*R-hat", category=mixedfx.SamplerWarning)
         mixedfx.MixedEffectsRegressor(SLOPES, random_state=0, verbose=0, options=options).fit(sleepstudy)
 
 
