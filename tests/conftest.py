@@ -98,3 +98,62 @@ def small_frame() -> pd.DataFrame:
 @pytest.fixture(scope="session")
 def small_fit(small_frame):
     return mixedfx.MixedEffectsRegressor(SMALL_FORMULA, **small_settings()).fit(small_frame)
+
+
+# -- emmeans / performance references (tests/fixtures/make_emmeans_fixtures.R) ----------------
+@pytest.fixture(scope="session")
+def emmeans_reference() -> dict:
+    with open(FIXTURES / "emmeans_fixtures.json") as handle:
+        return json.load(handle)
+
+
+#: The fits the emmeans / R² tests compare with R: name -> (data file, formula, family).
+EMMEANS_FITS = {
+    "cake": ("emmeans_cake.csv", "angle ~ recipe + temperature + (1 | rr)", "gaussian"),
+    "cake_interaction": ("emmeans_cake.csv", "angle ~ recipe * temp + (1 | rr)", "gaussian"),
+    "sleepstudy": ("sleepstudy.csv", "Reaction ~ Days + (Days | Subject)", "gaussian"),
+    "crossed": ("emmeans_crossed.csv", "y ~ trt + x + (1 | g1) + (1 | g2)", "gaussian"),
+    "cbpp01": ("emmeans_cbpp01.csv", "y ~ period + (1 | herd)", "bernoulli"),
+    "poisson": ("poisson_crossed.csv", "y ~ x + (1 | g1) + (1 | g2)", "poisson"),
+    "wine": ("emmeans_wine.csv", "rating ~ temp + contact + (1 | judge)", "ordinal"),
+}
+
+
+@pytest.fixture(scope="session")
+def emmeans_fits():
+    """Fitted estimators of EMMEANS_FITS, fitted on first use (ML, default settings)."""
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            path, formula, family = EMMEANS_FITS[name]
+            cache[name] = mixedfx.glmer(formula, pd.read_csv(FIXTURES / path), family=family,
+                                        random_state=0, verbose=0)
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def sleepstudy() -> pd.DataFrame:
+    return pd.read_csv(FIXTURES / "sleepstudy.csv")
+
+
+@pytest.fixture(scope="session")
+def sleepstudy_reml_fit(sleepstudy):
+    """sleepstudy, ``Reaction ~ Days + (Days | Subject)``, REML, default settings."""
+    return mixedfx.MixedEffectsRegressor("Reaction ~ Days + (Days | Subject)", method="reml", random_state=0,
+                                         verbose=0).fit(sleepstudy)
+
+
+@pytest.fixture(scope="session")
+def cake() -> pd.DataFrame:
+    """lme4's cake, unbalanced (written by tests/fixtures/make_lmertest_fixtures.R)."""
+    return pd.read_csv(FIXTURES / "cake.csv")
+
+
+@pytest.fixture(scope="session")
+def cake_heat_reml_fit(cake):
+    """cake, ``angle ~ recipe * heat + (1 | batch)``, REML, default settings."""
+    return mixedfx.MixedEffectsRegressor("angle ~ recipe * heat + (1 | batch)", method="reml", random_state=0,
+                                         verbose=0).fit(cake)

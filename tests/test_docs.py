@@ -31,6 +31,8 @@ PUBLIC_MODULES = (
     "mixedfx.plotting",
     "mixedfx.datasets",
     "mixedfx.examples.tutorial",
+    "mixedfx.marginal_means",
+    "mixedfx.explained_variance",
 )
 
 _DOCUMENTING = re.compile(
@@ -162,6 +164,7 @@ def test_constants_are_found():
         "mixedfx.design.frame.MISSING_POLICIES",
         "mixedfx.model.families.FAMILIES", "mixedfx.model.joint.RESPONSE", "mixedfx.examples.tutorial.FIGURES",
         "mixedfx.examples.tutorial.N_ORDINAL_STUDENTS", "mixedfx.examples.tutorial.PARTS",
+        "mixedfx.marginal_means.DF_METHODS",
     }
     assert len(_CONSTANTS) == len(documented)  # each once
 

@@ -211,16 +211,36 @@ def test_row_chunks_sum_and_gradient_match_the_whole_rows():
         np.testing.assert_allclose(gradient, gradients[0], rtol=1e-10, atol=1e-12)
 
 
-def test_fit_streaming_rows_in_chunks_matches_the_whole_rows_fit(crossed_small, monkeypatch):
-    """Large data stream their rows through the compiled loop in chunks; forcing small
-    chunks on a small data set must give the same fit (up to summation order)."""
-    import mixedfx.inference.rows as rows_module
+def _crossed_small_model(data):
+    """``y ~ x + (1 | g1) + (1 | g2)`` on ``data``, bound without the estimator."""
+    codes = [data[g].astype("category").cat.codes.to_numpy().astype(np.int32) for g in ("g1", "g2")]
+    terms = tuple(RandomTermData(g, c, None, int(c.max()) + 1) for g, c in zip(("g1", "g2"), codes))
+    X = np.column_stack([np.ones(len(data)), data["x"].to_numpy()])
+    return MixedModel(Gaussian(), X, data["y"].to_numpy(dtype=float), terms, ("Intercept", "x"))
 
-    whole = mixedfx.MixedEffectsRegressor("y ~ x + (1 | g1) + (1 | g2)", random_state=5, verbose=0).fit(crossed_small)
-    monkeypatch.setattr(rows_module, "MAX_ROWS_PER_CHUNK", 256)
-    chunked = mixedfx.MixedEffectsRegressor("y ~ x + (1 | g1) + (1 | g2)", random_state=5, verbose=0).fit(crossed_small)
-    assert chunked.fit_summary_.n_iter == whole.fit_summary_.n_iter
-    np.testing.assert_allclose(chunked.fit_summary_.estimate, whole.fit_summary_.estimate, rtol=1e-6)
+
+def test_fit_streaming_rows_in_chunks_matches_the_whole_rows_fit(crossed_small, monkeypatch):
+    """Large data stream their rows through the compiled loop in chunks; small chunks
+    (``MCEMOptions.max_rows_per_chunk``) on a small data set must give the same fit (up
+    to summation order), and the rows must really have been summed in chunks."""
+    import mixedfx.inference.loop as loop
+    from mixedfx.inference import MCEMOptions, fit_mcem
+    from mixedfx.inference.rows import RowChunks
+
+    built = []
+
+    class RecordedChunks(RowChunks):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self.n_chunks)
+
+    monkeypatch.setattr(loop, "RowChunks", RecordedChunks)
+    model = _crossed_small_model(crossed_small)
+    whole = fit_mcem(model, seed=[5, 6]).summary
+    chunked = fit_mcem(model, options=MCEMOptions(max_rows_per_chunk=256), seed=[5, 6]).summary
+    assert 8 in built  # 1,500 rows padded to 2,048: 8 chunks of 256 rows were traced
+    assert chunked.n_iter == whole.n_iter
+    np.testing.assert_allclose(chunked.estimate, whole.estimate, rtol=1e-6)
 
 
 def test_one_hot_products_give_the_same_fit_as_gathers(crossed_small, monkeypatch):
@@ -279,14 +299,9 @@ def test_float32_e_step_log_likelihood_and_gradient_match_float64():
 
 
 def test_float32_e_step_fit_matches_the_float64_fit(crossed_small):
-    from mixedfx.design import RandomTermData
     from mixedfx.inference import MCEMOptions, fit_mcem
 
-    data = crossed_small
-    codes = [data[g].astype("category").cat.codes.to_numpy().astype(np.int32) for g in ("g1", "g2")]
-    terms = tuple(RandomTermData(g, c, None, int(c.max()) + 1) for g, c in zip(("g1", "g2"), codes))
-    X = np.column_stack([np.ones(len(data)), data["x"].to_numpy()])
-    model = MixedModel(Gaussian(), X, data["y"].to_numpy(dtype=float), terms, ("Intercept", "x"))
+    model = _crossed_small_model(crossed_small)
     fits = [fit_mcem(model, options=MCEMOptions(float32_e_step=flag), seed=[3, 4]).summary for flag in (False, True)]
     assert all(f.converged for f in fits)
     variance = [i for i, name in enumerate(fits[0].parameter_names) if name.startswith("sd(") or name == "sigma"]

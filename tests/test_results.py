@@ -290,15 +290,28 @@ def test_sampler_diagnostics_flag_chains_that_disagree():
 
 
 def test_sampler_diagnostics_by_slices_of_levels_match_all_at_once(monkeypatch):
+    """``diagnostic_entries`` bounds the draws per slice of levels; the slices' results
+    must be those of all levels at once, for the term alone and among others."""
+    from mixedfx._tf import tfp
+
     rng = np.random.default_rng(1)
     draws = [rng.standard_normal((2, 40, 37, 2)) * np.linspace(0.5, 2.0, 37)[:, None],
              rng.standard_normal((2, 40, 5, 1)) + np.array([[[[0.0]]], [[[0.3]]]])]
-    whole = sampler_diagnostics(draws)
-    monkeypatch.setattr(mixedfx.inference.mcem, "_DIAGNOSTIC_ENTRIES", 2 * 40 * 2 * 4)  # slices of 4 levels
-    sliced = sampler_diagnostics(draws)
-    assert sliced.keys() == whole.keys()
-    for key, value in whole.items():
-        assert sliced[key] == pytest.approx(value, rel=1e-12), key
+    real_ess, calls = tfp.mcmc.effective_sample_size, []
+
+    def counted(samples, **kwargs):
+        calls.append(samples.shape[2] if samples.shape.rank == 4 else None)  # levels per slice
+        return real_ess(samples, **kwargs)
+
+    monkeypatch.setattr(tfp.mcmc, "effective_sample_size", counted)
+    for terms in (draws[:1], draws):
+        whole = sampler_diagnostics(terms)
+        calls.clear()
+        sliced = sampler_diagnostics(terms, diagnostic_entries=2 * 40 * 2 * 4)  # slices of 4 levels of term 0
+        assert [n for n in calls if n is not None][:10] == [4] * 9 + [1]  # 37 levels did go by slices
+        assert sliced.keys() == whole.keys()
+        for key, value in whole.items():
+            assert sliced[key] == pytest.approx(value, rel=1e-12), key
 
 
 def test_fit_warns_when_rhat_exceeds_the_threshold(sleepstudy):

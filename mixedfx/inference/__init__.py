@@ -2,8 +2,13 @@
 
 * :mod:`~mixedfx.inference.estep`: HMC over the random effects;
 * :mod:`~mixedfx.inference.mstep`: the parameter-expanded M-step;
+* :mod:`~mixedfx.inference.msteps`: its two regression strategies (closed-form
+  Gaussian, Newton) behind one interface;
 * :mod:`~mixedfx.inference.stopping`: swappable stopping rules;
-* :mod:`~mixedfx.inference.mcem`: the compiled loop that ties them together;
+* :mod:`~mixedfx.inference.loop`: the compiled EM iterations and their named state;
+* :mod:`~mixedfx.inference.driver`: between compiled calls: traces, draws, the
+  averaging window and recovery from breakdowns;
+* :mod:`~mixedfx.inference.mcem`: :func:`fit_mcem`, which ties them together;
 * :class:`FitSummary`: what every fit records.
 """
 

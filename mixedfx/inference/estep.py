@@ -33,7 +33,6 @@ __all__ = [
     "JitteredLeapfrogSteps",
     "hmc_e_step",
     "data_precision_diagonal",
-    "preconditioner_scale",
     "prior_precision_diagonal",
 ]
 
@@ -84,6 +83,7 @@ class Centering:
 
     @classmethod
     def none(cls, n_terms: int) -> Centering:
+        """No term centred."""
         return cls(parent=(None,) * n_terms, parent_level=(None,) * n_terms)
 
     @property
@@ -318,24 +318,6 @@ def data_precision_diagonal(*, weight, group_index, z, num_levels):
         else:
             data_precision.append(tf.math.unsorted_segment_sum(weight[:, None] * tf.square(term_z), index, q))
     return data_precision
-
-
-def preconditioner_scale(*, weight=None, group_index=None, z=None, num_levels, random_scale_tril, centering=None,
-                         parent_level=None, data_precision=None):
-    """Conditional sd of each sampler coordinate under a Gaussian approximation.
-
-    Without centring, coefficient ``c`` of a level gets
-    ``1 / sqrt(sum_{rows in level} weight * z_c^2 + (Sigma^-1)_cc)``, where
-    ``weight`` is the family's Fisher weight of each row and ``Sigma`` the term's
-    covariance.  With centring, see :meth:`Centering.scale`.  Returns one
-    ``[num_levels, dim]`` tensor per term.  ``data_precision`` (from
-    :func:`data_precision_diagonal`) replaces ``weight``, ``group_index`` and ``z``.
-    """
-    if data_precision is None:
-        data_precision = data_precision_diagonal(weight=weight, group_index=group_index, z=z, num_levels=num_levels)
-    prior_precision = prior_precision_diagonal(random_scale_tril)
-    centering = centering or Centering.none(len(data_precision))
-    return centering.scale(data_precision, prior_precision, parent_level, num_levels)
 
 
 def hmc_e_step(

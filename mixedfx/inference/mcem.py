@@ -1,10 +1,13 @@
-"""Monte Carlo EM: the fitting loop.
+"""Monte Carlo EM: the fitting loop's entry point, :func:`fit_mcem`.
 
 One compiled call runs ``iterations_per_call`` EM iterations inside a
-``tf.while_loop`` under ``tf.function(jit_compile=True)``: each iteration is an HMC
-E-step (:mod:`mixedfx.inference.estep`) followed by the parameter-expanded M-step
-(:mod:`mixedfx.inference.mstep`).  Python runs only between calls, to consult the
-stopping rule (:mod:`mixedfx.inference.stopping`) and to update the progress bar.
+``tf.while_loop`` under ``tf.function(jit_compile=True)``
+(:mod:`mixedfx.inference.loop`): each iteration is an HMC E-step
+(:mod:`mixedfx.inference.estep`) followed by the parameter-expanded M-step, whose
+regression is one of two strategies (:mod:`mixedfx.inference.msteps`).  Python runs
+only between calls (:mod:`mixedfx.inference.driver`), to recover from breakdowns,
+keep the traces and draws, consult the stopping rule
+(:mod:`mixedfx.inference.stopping`) and update the progress bar.
 
 Compiled functions are cached per static configuration (family, sampler settings,
 term structure) and tensor shapes, and the rows and levels are padded up to shape
@@ -15,45 +18,22 @@ ever stored on an estimator.
 
 from __future__ import annotations
 
-import collections
-import functools
 import time
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from mixedfx._tf import tf, tfp
-from mixedfx.exceptions import FitError
 from mixedfx.inference.buckets import ShapeBuckets
-from mixedfx.inference.estep import Centering, data_precision_diagonal, hmc_e_step, prior_precision_diagonal
-from mixedfx.inference.initial import conditional_modes, initial_parameters
-from mixedfx.inference.layout import ParameterLayout, complete_data_scale, fixed_effects_scale
-from mixedfx.inference.mstep import (
-    Expansion,
-    covariance_update,
-    gaussian_regression,
-    gaussian_row_statistics,
-    glm_regression,
-    moment_statistics,
-    newton_rows,
-    rao_blackwell_corrections,
-    reduce_state,
-    reml_statistics,
-)
-from mixedfx.inference.rows import RowChunks, chunk_rows_for, model_tensors
-from mixedfx.inference.stopping import Decision, MonteCarloErrorRule
+from mixedfx.inference.driver import MCEMDriver
+from mixedfx.inference.initial import initial_parameters
+from mixedfx.inference.layout import ParameterLayout
+from mixedfx.inference.loop import EMState, LoopConfig, compiled_iterations
+from mixedfx.inference.rows import chunk_rows_for
+from mixedfx.inference.stopping import MonteCarloErrorRule
 from mixedfx.inference.structure import location_expansions, nested_centering
 from mixedfx.inference.summary import FitSummary
-from mixedfx.model.families import Family, Gaussian
-from mixedfx.model.joint import (
-    MixedModel,
-    ModelParameters,
-    gaussian_log_likelihood_float32,
-    linear_predictor,
-    prior_log_prob,
-    response_log_prob,
-)
+from mixedfx.model.joint import MixedModel, ModelParameters
 
 __all__ = ["MCEMOptions", "MCEMResult", "fit_mcem"]
 
@@ -194,260 +174,6 @@ class MCEMResult:
     summary: FitSummary
 
 
-@dataclass(frozen=True)
-class _StaticConfig:
-    """What a compiled function depends on besides tensor shapes (the cache key)."""
-
-    family: Family
-    n_draws: int
-    n_burnin: int
-    n_leapfrog_steps: int
-    target_accept_prob: float
-    iterations_per_call: int
-    num_levels: tuple[int, ...]  # padded (see ShapeBuckets)
-    dims: tuple[int, ...]
-    keys: tuple[str, ...]
-    expansion_targets: tuple
-    centering_parent: tuple
-    reml: bool = False
-    keep_all_draws: bool = True
-    chunk_rows: int = 0  # rows per chunk of the sums over rows (all of them when 0)
-    one_hot: tuple = ()  # per term: one-hot products instead of gathers (few levels, on a GPU)
-    float32_e_step: bool = False  # Gaussian: the E-step's random part in float32
-
-
-def _trace_row(fixed_effects, scale_tril, family, free):
-    """The trace row of the parameters: fixed effects, then each term's sds and
-    correlations (lme4's order), then the family's parameters."""
-    parts = [fixed_effects]
-    for L in scale_tril:
-        cov = tf.linalg.matmul(L, L, transpose_b=True)
-        sds = tf.sqrt(tf.linalg.diag_part(cov))
-        parts.append(sds)
-        dim = L.shape[-1]
-        pairs = [(a, b) for a in range(dim) for b in range(a + 1, dim)]
-        if pairs:
-            parts.append(tf.stack([cov[a, b] / (sds[a] * sds[b]) for a, b in pairs]))
-    natural = family.constrain(free)
-    parts += [tf.reshape(natural[name], [-1]) for name in family.parameter_names]
-    return tf.concat(parts, axis=0)
-
-
-@functools.lru_cache(maxsize=16)
-def _iterations(config: _StaticConfig, strategy=None):
-    """The EM iterations of one compiled call, for a configuration.
-
-    Every sum over the rows goes through a *rows* object (:mod:`mixedfx.inference.rows`):
-    on one device the rows are summed a chunk at a time inside one XLA program
-    (``tf.function(jit_compile=True)``); with a ``strategy`` the rows are sharded
-    across its replicas (:class:`~mixedfx.inference.distributed.ShardedRows`), each
-    shard's sums run as an XLA program on its replica, and the loop around them is a
-    ``tf.function`` graph (XLA cannot hold the cross-replica reductions).  The
-    functions summed over rows are made here, once per configuration, so that a
-    sharded fit compiles each of them once.
-    """
-    n_iter = config.iterations_per_call
-    family = config.family
-    gaussian = isinstance(family, Gaussian)
-    num_levels, keys, dims = config.num_levels, config.keys, config.dims
-    n_terms = len(num_levels)
-
-    def tensors_of(rows):
-        return model_tensors(rows, num_levels=num_levels, keys=keys, dims=dims, one_hot=config.one_hot or None)
-
-    # -- the sums over rows ----------------------------------------------------------------
-    def log_likelihood(rows, effects, fixed_effects, free):
-        return response_log_prob(tensors_of(rows), effects, fixed_effects=fixed_effects, family=family,
-                                 family_params=family.constrain(free))
-
-    def e_step_log_likelihood(rows, effects, fixed_effects, free):
-        if not config.float32_e_step:
-            return log_likelihood(rows, effects, fixed_effects, free)
-        return gaussian_log_likelihood_float32(tensors_of(rows), effects, fixed_effects=fixed_effects,
-                                               sigma=family.constrain(free)["sigma"],
-                                               regression_response=rows["regression_response"])
-
-    def gaussian_sums(rows, effects, fixed_effects, free):
-        tensors = tensors_of(rows)
-        out = gaussian_row_statistics(effects, fixed_design=tensors.fixed_design, response=rows["regression_response"],
-                                      group_index=tensors.group_index, z=tensors.z, row_weight=tensors.row_weight)
-        out["log_likelihood"] = log_likelihood(rows, effects, fixed_effects, free)
-        return out
-
-    def information(rows, mean_effects, fixed_effects, free):
-        tensors = tensors_of(rows)
-        eta = linear_predictor(tensors.fixed_design, fixed_effects, mean_effects, tensors.group_index, tensors.z,
-                               tensors.offset, one_hot=tensors.one_hot)
-        weight = family.fisher_weight(eta, family.constrain(free), trials=tensors.trials) * tensors.row_weight
-        return data_precision_diagonal(weight=weight, group_index=tensors.group_index, z=tensors.z,
-                                       num_levels=num_levels)
-
-    def level_sums(rows):
-        """Per level: its rows, and for REML the sums of x z' (X'Z b without the rows)."""
-        tensors = tensors_of(rows)
-        w = tensors.row_weight
-        out = {"rows_per_level": [tf.math.unsorted_segment_sum(w, index, q)
-                                  for index, q in zip(tensors.group_index, num_levels)]}
-        if config.reml:
-            X = tensors.fixed_design
-            out["level_xz"] = [
-                tf.math.unsorted_segment_sum(
-                    (w[:, None] * (tf.ones_like(X[:, :1]) if z is None else z))[:, :, None] * X[:, None, :], index, q)
-                for index, z, q in zip(tensors.group_index, tensors.z, num_levels)]
-        return out
-
-    def run(fixed_effects, scale_tril, free, state, step_size, seed, num_burnin, data, row_data):
-        if strategy is None:
-            rows = RowChunks(row_data, chunk_rows=config.chunk_rows)
-        else:
-            from mixedfx.inference.distributed import ShardedRows
-
-            rows = ShardedRows.of_shards(strategy, row_data)
-        dtype = fixed_effects.dtype
-        level_weight = data["level_weight"]
-        expansions = tuple(
-            Expansion(targets, values) for targets, values in zip(config.expansion_targets, data["level_values"])
-        )
-        n_obs = data["n_obs"]  # the data's rows, not the padded ones
-        centering = Centering(parent=config.centering_parent, parent_level=data["parent_level"])
-        parent_level = data["parent_level"]
-        per_level = rows.sum(level_sums)
-        if config.reml:
-            def profiled_fixed_effects(effects):
-                # beta_hat(b) = (X'X)^-1 X'(y - Zb), per chain.  The log density's gradient
-                # in beta vanishes there, so stop_gradient leaves its gradient in b exact.
-                xtzb = tf.add_n([tf.einsum("qdp,cqd->cp", xz, b) for xz, b in zip(per_level["level_xz"], effects)])
-                return tf.stop_gradient(tf.linalg.matvec(data["xtx_inv"], data["xty"] - xtzb))
-
-        rows_per_level, children_per_level = {}, {}
-        for root, child in centering.roots:
-            rows_per_level[root] = per_level["rows_per_level"][root]
-            children_per_level[root] = tf.math.unsorted_segment_sum(
-                tf.ones_like(parent_level[child], dtype=dtype), parent_level[child], num_levels[root])
-
-        def body(i, fixed_effects, scale_tril, free, state, step_size, seed, sums, outer_sums, traces):
-            seed, step_seed = tfp.random.split_seed(seed)
-            family_params = family.constrain(free)
-
-            def beta_for(effects):
-                # for REML at the fixed effects that maximize the density (beta integrated out)
-                return profiled_fixed_effects(effects) if config.reml else fixed_effects
-
-            def prior(effects):
-                return prior_log_prob(effects, random_scale_tril=scale_tril, level_weight=level_weight, dtype=dtype)
-
-            def target_log_prob(*effects):
-                # the value of build_joint_distribution(...).log_prob, computed directly
-                effects = list(effects)
-                return prior(effects) + rows.sum_with_gradient(e_step_log_likelihood, effects, beta_for(effects),
-                                                               free)
-
-            def statistics(current):
-                current = list(current)
-                if gaussian:
-                    stats = rows.sum(gaussian_sums, current, beta_for(current), free)
-                    if config.reml:
-                        stats.update(reml_statistics(stats, dims=dims, fixed_xtx_inv=data["xtx_inv"]))
-                else:
-                    stats = {"log_likelihood": rows.sum(log_likelihood, current, fixed_effects, free)}
-                stats["log_joint"] = prior(current) + stats.pop("log_likelihood")
-                stats.update(moment_statistics(current, expansions=expansions, level_weight=level_weight))
-                return stats
-
-            prior_precision = prior_precision_diagonal(scale_tril)
-            scale = centering.scale(
-                rows.sum(information, [tf.reduce_mean(s, 0) for s in state], fixed_effects, free),
-                prior_precision, parent_level, num_levels)
-
-            def rao_blackwellized(coordinates):
-                # nested roots are Rao-Blackwellized in the M-step statistics
-                return centering.conditional_means(coordinates, parent_level, num_levels, prior_precision)
-
-            # The first E-step of a call may burn in longer (chains starting at zero).
-            burnin = tf.where(i == 0, num_burnin, config.n_burnin)
-            e_step = hmc_e_step(
-                target_log_prob, current_state=state, scale=scale, step_size=step_size,
-                num_draws=config.n_draws, num_burnin=burnin, num_leapfrog_steps=config.n_leapfrog_steps,
-                target_accept_prob=config.target_accept_prob, trace_fn=statistics, seed=step_seed,
-                centering=centering, parent_level=parent_level,
-                statistics_coordinates=rao_blackwellized if centering.roots else None,
-            )
-            stats = e_step.statistics
-            if centering.roots:
-                variances = centering.conditional_variances(parent_level, num_levels, prior_precision)
-                stats = rao_blackwell_corrections(
-                    stats, roots=centering.roots, variances=variances, rows_per_level=rows_per_level,
-                    children_per_level=children_per_level, dims=dims,
-                )
-            if gaussian:
-                reml = None
-                if config.reml:
-                    reml = {"xtx_inv": data["xtx_inv"], "sigma": tf.reshape(family_params["sigma"], [])}
-                regression_beta, scale_matrix, sigma = gaussian_regression(
-                    stats, fixed_xtx=data["xtx"], fixed_xty=data["xty"], response_ss=data["yty"], n_obs=n_obs,
-                    dims=dims, reml=reml,
-                )
-                new_free = tf.math.log(sigma)[None]
-            else:
-                flat_draws = [tf.reshape(d, tf.concat([[-1], tf.shape(d)[2:]], 0)) for d in e_step.draws]
-
-                def newton_sums(fn, *args):
-                    return rows.sum(newton_rows(fn, n_terms), flat_draws, *args)
-
-                regression_beta, scale_matrix, new_free = glm_regression(
-                    None, fixed_design=None, response=None, trials=None, offset=None, family=family,
-                    fixed_effects=fixed_effects, free=free, dims=dims, sums=newton_sums,
-                    n_draws=config.n_draws * int(state[0].shape[0]),
-                )
-            new_beta, new_scale_tril, location = covariance_update(
-                stats, fixed_effects=regression_beta, scale_matrix=scale_matrix, num_levels=data["level_count"],
-                dims=dims, expansions=expansions,
-            )
-            # Carry the chains into the reduced parametrization of the new estimate.
-            new_state = reduce_state(e_step.final_state, scale_matrix=scale_matrix, location=location,
-                                     expansions=expansions)
-            sums = [a + b for a, b in zip(sums, e_step.effects_sum)]
-            outer_sums = [a + b for a, b in zip(outer_sums, e_step.effects_outer_sum)]
-            traces = {
-                "parameters": traces["parameters"].write(i, _trace_row(new_beta, new_scale_tril, family, new_free)),
-                "objective": traces["objective"].write(i, e_step.statistics["log_joint"]),
-                "acceptance": traces["acceptance"].write(i, e_step.acceptance_rate),
-                "step_size": traces["step_size"].write(i, e_step.step_size),
-                "divergences": traces["divergences"].write(i, e_step.divergences),
-                # each E-step's draws (before the M-step's reparametrization), for diagnostics;
-                # only the last one of each when the model is large
-                "draws": [array.write(i, draws if config.keep_all_draws else draws[-1:])
-                          for array, draws in zip(traces["draws"], e_step.draws)],
-            }
-            return i + 1, new_beta, new_scale_tril, new_free, new_state, e_step.step_size, seed, sums, outer_sums, traces
-
-        sums = [tf.zeros([q, d], dtype) for q, d in zip(num_levels, dims)]
-        outer_sums = [tf.zeros([q, d, d], dtype) for q, d in zip(num_levels, dims)]
-        traces = {name: tf.TensorArray(dtype, size=n_iter) for name in ("parameters", "objective", "acceptance", "step_size",
-                                                                   "divergences")}
-        traces["draws"] = [tf.TensorArray(dtype, size=n_iter) for _ in num_levels]
-        loop = tf.while_loop(
-            lambda i, *_: i < n_iter,
-            body,
-            (tf.constant(0), fixed_effects, scale_tril, free, state, step_size, seed, sums, outer_sums, traces),
-        )
-        _, fixed_effects, scale_tril, free, state, step_size, seed, sums, outer_sums, traces = loop
-        return {
-            "fixed_effects": fixed_effects,
-            "scale_tril": scale_tril,
-            "free": free,
-            "state": state,
-            "step_size": step_size,
-            "seed": seed,
-            "effects_sum": sums,
-            "effects_outer_sum": outer_sums,
-            "draws": [array.stack() for array in traces.pop("draws")],
-            **{f"trace_{name}": array.stack() for name, array in traces.items()},
-        }
-
-    return tf.function(run, jit_compile=strategy is None, autograph=False)
-
-
 def fit_mcem(
     model: MixedModel,
     *,
@@ -514,18 +240,45 @@ def fit_mcem(
     if method not in ("ml", "reml"):
         raise ValueError(f"method must be 'ml' or 'reml', got {method!r}")
     reml = method == "reml"
-    if reml and not isinstance(model.family, Gaussian):
+    if reml and not model.family.conjugate_gaussian:
         raise ValueError(f"REML is defined for the Gaussian family only, not {model.family.name!r}")
     rule = stopping_rule if stopping_rule is not None else MonteCarloErrorRule()
     initial = initial or initial_parameters(model)
     layout = ParameterLayout.from_model(model)
     expansions = location_expansions(model)
     centering = nested_centering(model)
-    dims = tuple(t.dim for t in model.random_terms)
     num_levels = tuple(t.num_levels for t in model.random_terms)
     centred = {k for k, parent in enumerate(centering.parent) if parent is not None} | set(centering.parent)
     buckets = ShapeBuckets.for_sizes(model.n_obs, num_levels, unpadded_terms=centred)
-    config = _StaticConfig(
+    config = _loop_config(model, options, buckets=buckets, expansions=expansions, centering=centering, reml=reml)
+    run = compiled_iterations(config, distribute)
+    if distribute is None:
+        row_data = _padded_rows(model, buckets)
+    else:
+        from mixedfx.inference.distributed import ShardedRows
+
+        row_data = ShardedRows(model, distribute).shards
+    data = _fit_tensors(model, buckets=buckets, expansions=expansions, centering=centering, reml=reml)
+    em = EMState(
+        fixed_effects=tf.constant(initial.fixed_effects, tf.float64),
+        scale_tril=[tf.constant(L, tf.float64) for L in initial.random_scale_tril],
+        free=tf.constant(model.family.free_from_parameters(initial.family_params), tf.float64),
+        chains=[tf.zeros([options.n_chains, q, d], tf.float64) for q, d in zip(config.num_levels, config.dims)],
+        step_size=tf.constant(options.initial_step_size, tf.float64),
+        seed=tf.constant(_seed_pair(seed), tf.int32),
+    )
+    driver = MCEMDriver(lambda em, num_burnin: run(em, num_burnin, data, row_data), em=em, model=model,
+                        layout=layout, options=options, rule=rule, buckets=buckets, progress=progress)
+    start_time = time.perf_counter()
+    driver.run()
+    return _result(driver, initial=layout.row(initial), method=method, start_time=start_time)
+
+
+def _loop_config(model, options, *, buckets, expansions, centering, reml) -> LoopConfig:
+    """The static configuration of the compiled loop (its cache key)."""
+    dims = tuple(t.dim for t in model.random_terms)
+    draw_bytes = 8 * options.n_chains * options.n_draws * sum(q * d for q, d in zip(buckets.padded_levels, dims))
+    return LoopConfig(
         family=model.family,
         n_draws=options.n_draws,
         n_burnin=options.n_burnin,
@@ -538,30 +291,28 @@ def fit_mcem(
         expansion_targets=tuple(e.targets for e in expansions),
         centering_parent=centering.parent,
         reml=reml,
-        keep_all_draws=8 * options.n_chains * options.n_draws * sum(q * d for q, d in zip(buckets.padded_levels, dims))
-        <= 16 * 2**20,
-        chunk_rows=chunk_rows_for(buckets.padded_rows),
+        keep_all_draws=draw_bytes <= 16 * 2**20,
+        chunk_rows=chunk_rows_for(buckets.padded_rows, max_rows=options.max_rows_per_chunk),
         one_hot=one_hot_terms(buckets.padded_levels),
-        float32_e_step=options.float32_e_step and isinstance(model.family, Gaussian),
+        float32_e_step=options.float32_e_step and model.family.conjugate_gaussian,
     )
-    run = _iterations(config, distribute)
+
+
+def _fit_tensors(model, *, buckets, expansions, centering, reml) -> dict:
+    """The per-fit tensors of the compiled loop besides the rows (see
+    :func:`~mixedfx.inference.loop.compiled_iterations`)."""
     X = model.fixed_design
     # The Gaussian regression works on the response less any offset.
     y = model.response - (0.0 if model.offset is None else model.offset)
+    n_terms = len(model.random_terms)
 
-    def constant(values, dtype=tf.float64):
-        return None if values is None else tf.constant(values, dtype)
+    def constant(values):
+        return None if values is None else tf.constant(values, tf.float64)
 
-    if distribute is None:
-        row_data = _padded_rows(model, buckets)
-    else:
-        from mixedfx.inference.distributed import ShardedRows
-
-        row_data = ShardedRows(model, distribute).shards
-    data = {
-        "level_weight": tuple(constant(buckets.level_weight(k)) for k in range(len(dims))),
+    return {
+        "level_weight": tuple(constant(buckets.level_weight(k)) for k in range(n_terms)),
         "n_obs": tf.constant(float(model.n_obs), tf.float64),
-        "level_count": tuple(tf.constant(float(q), tf.float64) for q in num_levels),
+        "level_count": tuple(tf.constant(float(t.num_levels), tf.float64) for t in model.random_terms),
         "level_values": tuple(constant(buckets.pad_levels(k, e.level_values)) for k, e in enumerate(expansions)),
         "parent_level": tuple(None if m is None else tf.constant(m, tf.int32) for m in centering.parent_level),
         "xtx": tf.constant(X.T @ X),
@@ -569,106 +320,16 @@ def fit_mcem(
         "xty": tf.constant(X.T @ y),
         "yty": tf.constant(float(y @ y), tf.float64),
     }
-    fixed_effects = tf.constant(initial.fixed_effects, tf.float64)
-    scale_tril = [tf.constant(L, tf.float64) for L in initial.random_scale_tril]
-    free = tf.constant(model.family.free_from_parameters(initial.family_params), tf.float64)
-    state = [tf.zeros([options.n_chains, q, d], tf.float64) for q, d in zip(config.num_levels, dims)]
-    real = [slice(0, q) for q in num_levels]  # the data's levels among the padded ones
-    step_size = tf.constant(options.initial_step_size, tf.float64)
-    seed = tf.constant(_seed_pair(seed), tf.int32)
-    draws_per_call = options.iterations_per_call * options.n_draws * options.n_chains
 
-    rows, objective, acceptance, step_sizes, divergences = [], [], [], [], []
-    recoveries, restarted_at = [], None
-    window_start, draws_summed = None, 0
-    sums = [np.zeros((q, d)) for q, d in zip(num_levels, dims)]
-    outer_sums = [np.zeros((q, d, d)) for q, d in zip(num_levels, dims)]
-    bytes_per_draw = 8 * options.n_chains * sum(q * d for q, d in zip(num_levels, dims))
-    kept = collections.deque(maxlen=max(1, min(options.max_kept_draws, options.draws_memory_bytes // bytes_per_draw)))
-    decision = Decision(None, False, message="not started")
-    fixed_scale = None
-    gaussian = isinstance(model.family, Gaussian)
-    unjudged = np.arange(layout.size) < (layout.n_fixed if gaussian else 0)
-    start_time = time.perf_counter()
-    first_call_seconds = 0.0
-    bar = tqdm(desc="MCEM", unit="it", disable=not progress, delay=2.0, leave=False, dynamic_ncols=True)
-    bar.set_postfix_str("tracing and compiling (XLA)", refresh=False)
-    try:
-        while len(rows) < options.max_iter:
-            num_burnin = options.n_initial_burnin if not rows else options.n_burnin
-            out = run(fixed_effects, scale_tril, free, state, step_size, seed, tf.constant(num_burnin), data, row_data)
-            if not rows:
-                first_call_seconds = time.perf_counter() - start_time
-            chunk = out["trace_parameters"].numpy()
-            fault = _block_fault(out, chunk, layout.names, transitions=options.n_chains * options.n_draws)
-            if fault is not None:
-                # Start the block again from where it started, with a smaller step size.
-                block = f"iterations {len(rows) + 1}-{len(rows) + len(chunk)}"
-                if len(recoveries) >= options.max_retries:
-                    raise FitError(
-                        f"Monte Carlo EM broke down in {block} ({fault}) and {len(recoveries)} retries with "
-                        f"smaller HMC step sizes did not help; check the data for extreme values or rescale them, and "
-                        "whether the model fits the response exactly (a residual variance of zero)"
-                    )
-                if restarted_at != len(rows):
-                    # First, move the chains to where the random effects' mass is.
-                    state = _chains_at_modes(model, fixed_effects, scale_tril, free, n_chains=options.n_chains,
-                                             buckets=buckets)
-                    restarted_at, action = len(rows), "retried from the random effects' conditional modes"
-                else:
-                    smaller = float(step_size) / 10.0
-                    action = f"retried with step size {float(step_size):.3g} -> {smaller:.3g}"
-                    step_size = tf.constant(smaller, tf.float64)
-                recoveries.append(f"{block}: {fault}; {action}")
-                seed = out["seed"]
-                continue
-            fixed_effects, scale_tril, free = out["fixed_effects"], out["scale_tril"], out["free"]
-            state, step_size, seed = out["state"], out["step_size"], out["seed"]
-            divergences.extend(out["trace_divergences"].numpy())
-            rows.extend(chunk)
-            objective.extend(out["trace_objective"].numpy())
-            acceptance.extend(out["trace_acceptance"].numpy())
-            step_sizes.extend(out["trace_step_size"].numpy())
-            chunk_draws = [d.numpy()[:, :, :, levels] for d, levels in zip(out["draws"], real)]
-            kept.extend((len(rows) - len(chunk) + j, [d[j, t] for d in chunk_draws])
-                        for j in range(len(chunk)) for t in range(chunk_draws[0].shape[1]))
-            if window_start is not None:
-                for k, (s, o) in enumerate(zip(out["effects_sum"], out["effects_outer_sum"])):
-                    sums[k] += s.numpy()[real[k]]
-                    outer_sums[k] += o.numpy()[real[k]]
-                draws_summed += draws_per_call
-            trace = np.asarray(rows)
-            posterior_var = [
-                np.maximum(np.diagonal(o.numpy()[levels], axis1=1, axis2=2) / draws_per_call
-                           - (m.numpy()[levels] / draws_per_call) ** 2, 0.0)
-                for m, o, levels in zip(out["effects_sum"], out["effects_outer_sum"], real)
-            ]
-            if fixed_scale is None:
-                # Exact standard errors cost about one EM iteration: computed once, after
-                # the first (parameter-expanded) iterations brought the estimate close.
-                # Gaussian fits report the exact GLS fixed effects at the variance
-                # estimates, so their Monte Carlo error is not judged (below) and the
-                # complete-data standard errors only label the trace.
-                fixed_scale = (complete_data_scale(model, layout.parameters(trace[-1])) if gaussian
-                               else fixed_effects_scale(model, layout.parameters(trace[-1])))
-            scale = layout.statistical_scale(model, trace[-1], fixed_scale=fixed_scale, posterior_var=posterior_var)
-            frozen = layout.at_boundary(trace[-1], residual_sd=layout.residual_sd(trace[-1])) | unjudged
-            decision = rule.assess(layout.working(trace), window_start=window_start, scale=scale, frozen=frozen)
-            if decision.window_start != window_start:
-                # The conditional means average the draws from the window's start on.
-                window_start = decision.window_start
-                sums = [np.zeros_like(s) for s in sums]
-                outer_sums = [np.zeros_like(o) for o in outer_sums]
-                draws_summed = 0
-            bar.update(len(chunk))
-            bar.set_postfix_str(decision.message, refresh=False)
-            if decision.converged:
-                break
-    finally:
-        bar.close()
 
-    trace = np.asarray(rows)
+def _result(driver: MCEMDriver, *, initial: np.ndarray, method: str, start_time: float) -> MCEMResult:
+    """The estimates, the random effects' moments and draws, and the fit record, from a
+    driver that has run: the estimate is the trace's average over the averaging window
+    (the last block's iterations if the rule never set one)."""
+    layout, options, acc, decision = driver.layout, driver.options, driver.accumulators, driver.decision
+    trace = np.asarray(acc.trace_rows)
     n_iter = trace.shape[0]
+    window_start = acc.window_start
     if window_start is None or window_start >= n_iter:
         window_start = max(n_iter - options.iterations_per_call, 0)
     window = trace[window_start:]
@@ -677,16 +338,12 @@ def fit_mcem(
         tolerance = layout.natural_spread(decision.tolerance, estimate)
     else:
         tolerance = np.full(layout.size, np.nan)
-    if draws_summed == 0:  # never reached a window: use the last call's draws
-        sums = [s.numpy()[levels] for s, levels in zip(out["effects_sum"], real)]
-        outer_sums = [o.numpy()[levels] for o, levels in zip(out["effects_outer_sum"], real)]
-        draws_summed = draws_per_call
-    window_draws = [draw for iteration, draw in kept if iteration >= window_start] or [kept[-1][1]]
-    # (n_chains, n_kept, num_levels, dim) per term, ArviZ's (chain, draw, ...) order
-    draws = tuple(np.stack([d[k] for d in window_draws], axis=1) for k in range(len(dims)))
-    diagnostics = sampler_diagnostics(draws)
+    random_effects, random_effects_cov, draws_summed = acc.moments(driver.last, real=driver.real,
+                                                                   draws_per_call=driver.draws_per_call)
+    draws = acc.window_draws(window_start)
+    diagnostics = sampler_diagnostics(draws, diagnostic_entries=options.diagnostic_entries)
     frozen = layout.at_boundary(estimate, residual_sd=layout.residual_sd(estimate))
-    initial_row = layout.row(initial)
+    recoveries = driver.recovery.recoveries
     summary = FitSummary(
         converged=bool(decision.converged),
         message=decision.message if decision.converged else f"stopped at max_iter={options.max_iter}: {decision.message}",
@@ -695,56 +352,28 @@ def fit_mcem(
         n_averaged=n_iter - window_start,
         n_draws_averaged=draws_summed,
         parameter_names=layout.names,
-        initial=initial_row,
+        initial=initial,
         estimate=estimate,
         mcse=layout.monte_carlo_error(window, estimate),
         tolerance=tolerance,
         trace=trace,
-        objective=np.asarray(objective),
-        acceptance=np.asarray(acceptance),
-        step_size=np.asarray(step_sizes),
+        objective=np.asarray(acc.objective),
+        acceptance=np.asarray(acc.acceptance),
+        step_size=np.asarray(acc.step_sizes),
         n_chains=options.n_chains,
         n_draws=options.n_draws,
         n_leapfrog_steps=options.n_leapfrog_steps,
         at_boundary=tuple(name for name, flag in zip(layout.names, frozen) if flag),
         elapsed_seconds=time.perf_counter() - start_time,
-        first_call_seconds=first_call_seconds,
+        first_call_seconds=driver.first_call_seconds,
         method=method,
-        divergences=np.asarray(divergences, dtype=np.int64),
+        divergences=np.asarray(acc.divergences, dtype=np.int64),
         n_retries=len(recoveries),
         recoveries=tuple(recoveries),
         **diagnostics,
     )
-    random_effects = tuple(s / draws_summed for s in sums)
-    random_effects_cov = tuple(o / draws_summed - m[:, :, None] * m[:, None, :] for o, m in zip(outer_sums, random_effects))
     return MCEMResult(parameters=layout.parameters(estimate), random_effects=random_effects,
                       random_effects_cov=random_effects_cov, draws=draws, summary=summary)
-
-
-def _chains_at_modes(model, fixed_effects, scale_tril, free, *, n_chains: int, buckets: ShapeBuckets):
-    """Every chain's state at the random effects' conditional modes (see
-    :func:`conditional_modes`); padded levels at zero."""
-    params = ModelParameters(fixed_effects.numpy(), tuple(L.numpy() for L in scale_tril),
-                             {k: v.numpy() for k, v in model.family.constrain(free).items()})
-    modes = [buckets.pad_levels(k, m) for k, m in enumerate(conditional_modes(model, params))]
-    return [tf.constant(np.broadcast_to(m, (n_chains,) + m.shape).copy(), tf.float64) for m in modes]
-
-
-def _block_fault(out, chunk: np.ndarray, names, *, transitions: int) -> str | None:
-    """What went wrong in a block of iterations, or None: non-finite parameters, log
-    densities or chains, or more than half of the kept HMC transitions divergent."""
-    divergent = out["trace_divergences"].numpy()
-    record = f"{int(divergent.sum())} of {transitions * len(divergent)} kept HMC transitions diverged"
-    if not np.all(np.isfinite(chunk)):
-        bad = [names[j] for j in np.flatnonzero(~np.all(np.isfinite(chunk), axis=0))]
-        return f"non-finite values of {', '.join(bad)}; {record}"
-    if not np.all(np.isfinite(out["trace_objective"].numpy())):
-        return f"non-finite log densities in the E-step; {record}"
-    if not all(np.all(np.isfinite(s.numpy())) for s in out["state"]):
-        return f"non-finite random effects in the E-step's chains; {record}"
-    if divergent.sum() > 0.5 * transitions * len(divergent):
-        return record
-    return None
 
 
 #: Terms with at most this many (padded) levels are applied by one-hot products on a GPU.
@@ -799,16 +428,17 @@ def _padded_rows(model: MixedModel, buckets: ShapeBuckets) -> dict:
     return rows
 
 
-_DIAGNOSTIC_ENTRIES = 1 << 20  # draws per slice of levels in sampler_diagnostics (8 MiB of float64)
-
-
-def sampler_diagnostics(draws) -> dict:
+def sampler_diagnostics(draws, *, diagnostic_entries: int = 1 << 20) -> dict:
     """R-hat and effective sample sizes of kept draws (:mod:`tfp.mcmc.diagnostic`).
 
     Parameters
     ----------
     draws : sequence of numpy.ndarray
         Per term, ``(n_chains, n_draws, num_levels, dim)``.
+    diagnostic_entries : int, default 1,048,576
+        Draws per slice of levels (8 MiB of float64): the per-level diagnostics run a
+        slice of levels at a time, since their FFTs take several times the draws'
+        memory (:attr:`MCEMOptions.diagnostic_entries`).
 
     Returns
     -------
@@ -830,6 +460,17 @@ def sampler_diagnostics(draws) -> dict:
     averaging window the parameters still move by their Monte Carlo error, which
     shifts both chains' draws alike and would make a chain's halves differ even
     when the chains agree.
+
+    Examples
+    --------
+    Two chains of independent draws agree; R-hat stays within its chance level:
+
+    >>> import numpy as np
+    >>> from mixedfx.inference.mcem import sampler_diagnostics
+    >>> draws = np.random.default_rng(0).standard_normal((2, 200, 30, 1))
+    >>> out = sampler_diagnostics([draws], diagnostic_entries=2 * 200 * 8)  # slices of 8 levels
+    >>> out["n_kept_draws"], bool(out["rhat"] < 1.0 + out["rhat_noise"] + 0.05)
+    (200, True)
     """
     n_chains, n_kept = draws[0].shape[:2]
     nan = float("nan")
@@ -842,7 +483,7 @@ def sampler_diagnostics(draws) -> dict:
         # The per-level diagnostics a slice of levels at a time: their FFTs take several
         # times the draws' memory.
         num_levels = d.shape[2]
-        step = max(1, _DIAGNOSTIC_ENTRIES // max(1, n_chains * n_kept * d.shape[3]))
+        step = max(1, diagnostic_entries // max(1, n_chains * n_kept * d.shape[3]))
         slices = [slice(start, min(num_levels, start + step)) for start in range(0, num_levels, step)]
         square_sum = 0.0
         for levels in slices:
@@ -870,6 +511,7 @@ def sampler_diagnostics(draws) -> dict:
 
 
 def _seed_pair(seed) -> list[int]:
+    """A stateless seed pair from ``seed`` (None: fresh entropy; an int: drawn from it)."""
     if seed is None:
         return [int(x) for x in np.random.default_rng().integers(0, 2**31 - 1, size=2)]
     if np.ndim(seed) == 0:

@@ -22,7 +22,8 @@ The M-step has two parts.  The regression part fits ``beta``, the ``C_k`` and th
 family's own parameters: for the Gaussian family in closed form, least squares of
 ``y`` on ``X`` and on every ``z_ikj b_k[g_ik, l]`` averaged over the E-step draws
 (:func:`gaussian_regression`); for any other family by Newton's method on the expected
-log-likelihood over the draws (:func:`glm_regression`).  The covariance part is the
+log-likelihood over the draws (:func:`glm_regression`).  The two strategies behind
+one interface are in :mod:`mixedfx.inference.msteps`.  The covariance part is the
 same for every family (:func:`covariance_update`): ``Sigma_k`` is the mean of
 ``(b - W alpha)'(b - W alpha)`` over levels and draws.
 """
@@ -38,7 +39,6 @@ __all__ = [
     "Expansion",
     "expansion_columns",
     "moment_statistics",
-    "gaussian_statistics",
     "gaussian_row_statistics",
     "reml_statistics",
     "newton_rows",
@@ -72,6 +72,7 @@ class Expansion:
 
     @property
     def active(self) -> bool:
+        """Whether the term has an expansion."""
         return bool(self.targets)
 
 
@@ -106,9 +107,10 @@ def moment_statistics(state, *, expansions, level_weight=None):
 
 
 def gaussian_row_statistics(state, *, fixed_design, response, group_index, z, row_weight=None):
-    """The sums over rows in :func:`gaussian_statistics`, per chain: ``xtp`` (X'P),
-    ``ptp`` (P'P) and ``pty`` (P'y) for the regressors ``P`` of
-    :func:`expansion_columns`.
+    """Per-chain sufficient statistics of one draw for :func:`gaussian_regression`:
+    ``xtp`` (X'P), ``ptp`` (P'P) and ``pty`` (P'y) for the regressors ``P`` of
+    :func:`expansion_columns` (the E-step adds the moments of
+    :func:`moment_statistics`, and for REML those of :func:`reml_statistics`).
 
     ``row_weight`` (0 or 1 per row, ``None`` for all ones) drops padding rows (of
     shape buckets or shards).  These are sums over rows: large data add them up a chunk
@@ -125,8 +127,11 @@ def gaussian_row_statistics(state, *, fixed_design, response, group_index, z, ro
 
 
 def reml_statistics(statistics, *, dims, fixed_xtx_inv):
-    """``reml_ptu`` (``P'u``) and ``reml_utu`` (``u'u``) of :func:`gaussian_statistics`,
-    from its row sums."""
+    """``reml_ptu`` (``P'u``) and ``reml_utu`` (``u'u``) from the row sums of
+    :func:`gaussian_row_statistics`, where ``u = H Z b`` is the projection of the
+    draw's random part on the fixed design (``H`` the hat matrix of ``X``): the part of
+    the residual a REML E-step leaves to the fixed effects.  ``fixed_xtx_inv`` is
+    ``(X'X)^-1``."""
     identity = identity_coefficients(dims, fixed_xtx_inv.dtype)
     xtzb = tf.linalg.matvec(statistics["xtp"], identity)  # X'Zb per chain
     projected = tf.linalg.matvec(fixed_xtx_inv, xtzb)  # (X'X)^-1 X'Zb
@@ -134,27 +139,6 @@ def reml_statistics(statistics, *, dims, fixed_xtx_inv):
         "reml_ptu": tf.einsum("cpk,cp->ck", statistics["xtp"], projected),
         "reml_utu": tf.reduce_sum(xtzb * projected, axis=-1),
     }
-
-
-def gaussian_statistics(state, *, fixed_design, response, group_index, z, expansions, fixed_xtx_inv=None):
-    """Per-chain sufficient statistics of one draw for :func:`gaussian_regression` (and
-    :func:`covariance_update`).
-
-    Returns a dict with, per chain, ``xtp`` (X'P), ``ptp`` (P'P), ``pty`` (P'y) for the
-    regressors ``P`` of :func:`expansion_columns` (:func:`gaussian_row_statistics`),
-    and the moments of :func:`moment_statistics`.  With ``fixed_xtx_inv``
-    (``(X'X)^-1``, for REML) also ``reml_ptu`` (``P'u``) and ``reml_utu`` (``u'u``),
-    where ``u = H Z b`` is the projection of the draw's random part on the fixed design
-    (``H`` the hat matrix of ``X``): the part of the residual a REML E-step leaves to
-    the fixed effects (:func:`reml_statistics`).
-    """
-    statistics = gaussian_row_statistics(state, fixed_design=fixed_design, response=response,
-                                         group_index=group_index, z=z)
-    if fixed_xtx_inv is not None:
-        statistics.update(reml_statistics(statistics, dims=[s.shape[-1] for s in state],
-                                          fixed_xtx_inv=fixed_xtx_inv))
-    statistics.update(moment_statistics(state, expansions=expansions))
-    return statistics
 
 
 def _least_squares(gram, rhs, ridge=1e-10):
@@ -214,7 +198,8 @@ def gaussian_regression(statistics, *, fixed_xtx, fixed_xty, response_ss, n_obs,
     """The Gaussian family's part of the expanded M-step, in closed form.
 
     Least squares of ``y`` on ``X`` and the expansion regressors, averaged over the
-    draws through the sufficient statistics of :func:`gaussian_statistics`.
+    draws through the sufficient statistics of :func:`gaussian_row_statistics`
+    (and :func:`reml_statistics`).
 
     For REML (``reml`` a dict with ``xtx_inv``, ``(X'X)^-1``, and ``sigma``, the
     current residual sd), the fixed effects are missing data with a flat prior, as in
@@ -255,8 +240,7 @@ def gaussian_regression(statistics, *, fixed_xtx, fixed_xty, response_ss, n_obs,
     return fixed_effects, _scale_matrices(theta[p:], dims), sigma
 
 
-def glm_regression(parts, *, fixed_design, response, trials, offset, family, fixed_effects, free, dims,
-                   row_weight=None, n_newton=2, max_halvings=20, sums=None, n_draws=None):
+def glm_regression(sums, *, n_draws, family, fixed_effects, free, dims, n_newton=2, max_halvings=20):
     """Any family's part of the expanded M-step: Newton's method on the expected
     log-likelihood over the draws.
 
@@ -271,40 +255,53 @@ def glm_regression(parts, *, fixed_design, response, trials, offset, family, fix
 
     Parameters
     ----------
-    parts : Tensor of shape [draws, rows, n_coefficients]
-        :func:`expansion_columns` of every draw.
-    free : Tensor
-        The family's unconstrained parameters.
-    row_weight : Tensor, optional
-        A 0/1 mask of the rows (padded rows are 0).
-    sums : callable, optional
+    sums : callable
         ``sums(fn, *args)`` returns ``fn(rows, *args)`` summed over a split of the rows
         (chunks of large data, or a sharded fit's shards), where ``rows`` is a dict of
-        ``parts``, ``fixed_design``, ``response``, ``trials``, ``offset`` and
-        ``row_weight``.  Every quantity of the Newton steps is such a sum.  ``parts``,
-        ``fixed_design``, ``response``, ``trials``, ``offset`` and ``row_weight`` are
-        then unused, and ``n_draws`` is required.
-    n_draws : int, optional
-        The draws in ``parts`` (by default its leading dimension).
+        ``parts`` (:func:`expansion_columns` of every draw, ``[draws, rows,
+        n_coefficients]``), ``fixed_design``, ``response``, ``trials``, ``offset`` and
+        ``row_weight`` (see :func:`newton_rows`).  Every quantity of the Newton steps
+        is such a sum.
+    n_draws : int
+        The draws that ``parts`` holds.
+    family : Family
+    fixed_effects : Tensor
+    free : Tensor
+        The family's unconstrained parameters.
+    dims : sequence of int
+        Coefficients per random term.
+    n_newton : int, default 2
+        Newton iterations.
+    max_halvings : int, default 20
+        Step halvings before a step is given up.
 
     Returns
     -------
     fixed_effects : Tensor
     scale_matrix : list of Tensor
     free : Tensor
+
+    Examples
+    --------
+    One Poisson level, no random part left to fit (a 1 x 1 ``C`` over a zero
+    regressor): the fixed intercept moves towards ``log(mean(y))``:
+
+    >>> import numpy as np
+    >>> from mixedfx._tf import tf
+    >>> from mixedfx.inference.mstep import glm_regression
+    >>> from mixedfx.model import Poisson
+    >>> rows = {"parts": tf.zeros([1, 4, 1], tf.float64), "fixed_design": tf.ones([4, 1], tf.float64),
+    ...         "response": tf.constant([1.0, 2.0, 3.0, 6.0], tf.float64), "trials": None, "offset": None,
+    ...         "row_weight": None}
+    >>> beta, (C,), free = glm_regression(lambda fn, *args: fn(rows, *args), n_draws=1, family=Poisson(),
+    ...                                   fixed_effects=tf.zeros([1], tf.float64), free=tf.zeros([0], tf.float64),
+    ...                                   dims=(1,), n_newton=5)
+    >>> round(float(beta[0]), 4) == round(float(np.log(3.0)), 4)
+    True
     """
     dtype = fixed_effects.dtype
     p = fixed_effects.shape[0]
-    if sums is None:
-        rows = {"parts": parts, "fixed_design": fixed_design, "response": response, "trials": trials,
-                "offset": offset, "row_weight": row_weight}
-
-        def sums(fn, *args):
-            return fn(rows, *args)
-
-        n_draws = tf.cast(tf.shape(parts)[0], dtype)
-    else:
-        n_draws = tf.cast(n_draws, dtype)
+    n_draws = tf.cast(n_draws, dtype)
     pieces = _newton_pieces(family, p)
 
     def objective(theta, u):
@@ -387,6 +384,7 @@ def _newton_pieces(family, p: int) -> _NewtonPieces:
         return tf.reduce_sum(log_prob(rows, linear(rows, theta), family.constrain(u)))
 
     def linear_sums(rows, theta, u):
+        """Value, gradient and Hessian in ``theta`` (fixed effects and ``C_k``)."""
         eta = linear(rows, theta)
         natural = family.constrain(u)
         with tf.GradientTape() as outer:
@@ -404,6 +402,7 @@ def _newton_pieces(family, p: int) -> _NewtonPieces:
                 "hessian": tf.einsum("sn,snk,snl->kl", curvature, regressors, regressors)}
 
     def family_sums(rows, theta, u):
+        """Value, gradient and Hessian in ``u`` (the family's parameters)."""
         with tf.GradientTape() as outer:
             outer.watch(u)
             with tf.GradientTape() as inner:

@@ -33,22 +33,20 @@ from mixedfx.model.joint import ModelTensors
 
 __all__ = ["RowChunks", "chunk_rows_for", "model_tensors"]
 
-#: Data with more (padded) rows than twice this are streamed in chunks.
-MAX_ROWS_PER_CHUNK = 1 << 17
-
-
-def chunk_rows_for(padded_rows: int, *, max_rows: int | None = None) -> int:
+def chunk_rows_for(padded_rows: int, *, max_rows: int = 1 << 17) -> int:
     """Rows per chunk: all of them up to ``2 * max_rows``, else the largest power of two
-    that divides ``padded_rows`` and is at most ``max_rows`` (default
-    :data:`MAX_ROWS_PER_CHUNK`).
+    that divides ``padded_rows`` and is at most ``max_rows`` (default 131,072;
+    :func:`~mixedfx.inference.fit_mcem` passes
+    :attr:`~mixedfx.inference.MCEMOptions.max_rows_per_chunk`).
 
     Examples
     --------
     >>> from mixedfx.inference.rows import chunk_rows_for
     >>> chunk_rows_for(73728), chunk_rows_for(10 * 2**20), chunk_rows_for(9 * 2**15)
     (73728, 131072, 32768)
+    >>> chunk_rows_for(1024, max_rows=256)
+    256
     """
-    max_rows = MAX_ROWS_PER_CHUNK if max_rows is None else max_rows
     if padded_rows <= 2 * max_rows:
         return padded_rows
     chunk = padded_rows & -padded_rows  # the largest power of two dividing it
@@ -138,6 +136,7 @@ class RowChunks:
 
     @property
     def n_chunks(self) -> int:
+        """How many chunks the rows make."""
         n_rows = next(v for v in tf.nest.flatten(self.rows) if v is not None).shape[0]
         return n_rows // self.chunk_rows
 

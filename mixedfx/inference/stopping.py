@@ -183,6 +183,7 @@ class MonteCarloErrorRule:
         return Decision(window_start, converged, mcse=mcse, tolerance=tolerance, message=message)
 
     def _stationary(self, first, second, tolerance, active) -> bool:
+        """Whether the trace's two halves agree within the noise and ``tolerance``."""
         # The noise level comes from the pooled series with its linear trend removed: an
         # effective sample size from a handful of iterates per half would be unreliable,
         # and a trend left in would pass for noise.
@@ -224,6 +225,7 @@ class FixedIterations:
     block_size: int = 5
 
     def assess(self, trace, *, window_start, scale, frozen=None) -> Decision:
+        """Average the last ``n_average`` iterations; converged after ``n_iter``."""
         trace = np.asarray(trace, dtype=np.float64)
         n_iter = trace.shape[0]
         start = max(self.n_iter - self.n_average, 0)

@@ -164,6 +164,7 @@ class FitSummary:
 
     @property
     def is_singular(self) -> bool:
+        """Whether some parameter ended at a boundary (see :attr:`at_boundary`)."""
         return bool(self.at_boundary)
 
     def parameter_trace(self) -> pd.DataFrame:
