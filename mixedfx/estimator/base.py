@@ -392,7 +392,7 @@ class MixedEffectsModel(BaseEstimator):
 
 
     # -- after the fit: lme4's toolkit ------------------------------------------------------
-    def refitted(self, *, response=None, method=None, random_state=None):
+    def refitted(self, *, response=None, method=None, random_state=None, bound_model=None):
         """A copy fitted again to the training rows, silently.
 
         The interface of :mod:`mixedfx.results` to refitting (the parametric bootstrap,
@@ -408,6 +408,12 @@ class MixedEffectsModel(BaseEstimator):
             Another estimation method; by default this fit's.
         random_state : int, optional
             The copy's seed.
+        bound_model : MixedModel, optional
+            Another model of the training rows to fit instead of ``model_`` (a null
+            model's fixed design, say); its random terms must be those of
+            ``random_design_``.  Not with ``response``.  The copy keeps this fit's
+            designs, so that with another fixed design only its estimates are
+            meaningful, not its predictions.
 
         Returns
         -------
@@ -433,8 +439,11 @@ class MixedEffectsModel(BaseEstimator):
         kept = ("formula_spec_", "family_", "response_design_", "fixed_design_", "random_design_", "classes_",
                 "n_features_in_", "feature_names_in_", "dropped_rows_")
         fitted = {name: getattr(self, name) for name in kept if hasattr(self, name)}
-        model = self.model_ if response is None else dataclasses.replace(
-            self.model_, response=np.asarray(response, dtype=np.float64))
+        if bound_model is not None and response is not None:
+            raise ParameterError("give refitted either response or bound_model, not both")
+        model = self.model_ if bound_model is None else bound_model
+        if response is not None:
+            model = dataclasses.replace(model, response=np.asarray(response, dtype=np.float64))
         fitted.update(new._fit_model(model, self.random_design_, progress=False))
         new._set_fitted(fitted)
         return new
