@@ -29,7 +29,6 @@ import dataclasses
 
 import numpy as np
 import pandas as pd
-from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
 from mixedfx.exceptions import ParameterError
@@ -115,11 +114,7 @@ def _null_intercept(model) -> float:
     alone, fitted with the estimator's own settings."""
     bound = model.model_
     null = dataclasses.replace(bound, fixed_design=np.ones((bound.n_obs, 1)), fixed_names=("Intercept",))
-    refit = clone(model).set_params(verbose=0)
-    for name in ("formula_spec_", "family_", "response_design_", "fixed_design_", "random_design_", "classes_"):
-        if hasattr(model, name):
-            setattr(refit, name, getattr(model, name))
-    refit._fit_model(null, progress=False)
+    refit = model.refitted(bound_model=null, random_state=model.random_state)
     return float(np.asarray(refit.model_parameters_.fixed_effects).reshape(-1)[0])
 
 

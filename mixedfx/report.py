@@ -15,7 +15,7 @@ def format_summary(model) -> str:
     fit = model.fit_summary_
     spec = model.formula_spec_
     family = model.family_
-    gaussian = family.name == "gaussian"
+    gaussian = family.conjugate_gaussian  # lmer's layout: a residual row, t statistics
     kind = "Linear" if gaussian else "Generalized linear"
     reml = fit.method == "reml"
     criterion = "REML" if reml else "maximum likelihood"

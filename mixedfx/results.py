@@ -6,7 +6,9 @@ simulation (``simulate``, from the prior of the random effects or from the E-ste
 draws), prediction uncertainty, and the E-step draws as ArviZ ``InferenceData``.
 
 The functions take a fitted estimator; the estimators' methods of the same names call
-them.  Nothing here imports the estimator module (it sits above this one).
+them.  Nothing here imports the estimator module (it sits above this one): what they
+need of an estimator is its fitted attributes (``method_`` among them) and its public
+:meth:`~mixedfx.MixedEffectsRegressor.refitted`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from scipy import stats
 
 from mixedfx._tf import tf
 from mixedfx.exceptions import ConvergenceWarning, DataError, ParameterError, SamplerWarning
-from mixedfx.model import MixedModel, Ordinal
+from mixedfx.model import MixedModel, numpy_linear_predictor
 from mixedfx.model.gaussian import term_z
 
 __all__ = [
@@ -80,7 +82,7 @@ def fixed_effects_table(model) -> pd.DataFrame:
     estimate = model.fixed_effects_.to_numpy()
     se = np.sqrt(np.clip(np.diag(model.fixed_effects_cov_.to_numpy()), 0.0, None))
     statistic = estimate / se
-    label = "t" if model.family_.name == "gaussian" else "z"
+    label = "t" if model.family_.conjugate_gaussian else "z"  # lme4 prints t for lmer fits
     return pd.DataFrame(
         {"Estimate": estimate, "Std. Error": se, f"{label} value": statistic,
          f"Pr(>|{label}|)": 2.0 * stats.norm.sf(np.abs(statistic))},
@@ -191,7 +193,7 @@ def confidence_intervals(model, *, method="wald", level=0.95, n_boot=200, random
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 warnings.simplefilter("ignore", SamplerWarning)
-                refit = model._refit(response=response, random_state=int(rng.integers(2**31 - 1)))
+                refit = model.refitted(response=response, random_state=int(rng.integers(2**31 - 1)))
             if not refit.fit_summary_.converged:
                 failed += 1
             replicates.append(parameter_vector(refit).to_numpy())
@@ -251,12 +253,8 @@ def simulate_responses(model, bound: MixedModel, *, n, rng, posterior=False) -> 
     """
     params = model.model_parameters_
     effects = _random_effect_values(model, n=n, rng=rng, posterior=posterior)
-    eta = np.tile(bound.fixed_design @ params.fixed_effects, (n, 1))
-    if bound.offset is not None:
-        eta = eta + bound.offset
-    for term, values in zip(bound.random_terms, effects):
-        z = term_z(term, bound.n_obs)
-        eta = eta + np.einsum("snd,nd->sn", values[:, term.group_index], z)
+    eta = np.stack([numpy_linear_predictor(bound.fixed_design, params.fixed_effects, [values[s] for values in effects],
+                                           bound.random_terms, offset=bound.offset) for s in range(n)])
     family_params = {k: tf.constant(np.asarray(v, dtype=np.float64)) for k, v in params.family_params.items()}
     trials = None if bound.trials is None else tf.constant(bound.trials, tf.float64)
     distribution = model.family_.distribution(tf.constant(eta), family_params, trials=trials)
@@ -369,10 +367,10 @@ def anova(*models, refit=True, names=None) -> pd.DataFrame:
     rows = []
     for label, model in zip(labels, models):
         refitted = False
-        if refit and model._method() == "reml":
+        if refit and model.method_ == "reml":
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", SamplerWarning)
-                model = model._refit(method="ml", random_state=model.random_state)
+                model = model.refitted(method="ml", random_state=model.random_state)
             refitted = True
         if model.log_likelihood_ is None:
             raise DataError(f"the log-likelihood of {label!r} was not computed (the model is too large)")
@@ -433,5 +431,6 @@ def to_arviz(model):
 
 
 def check_family_for_residuals(family) -> None:
-    if isinstance(family, Ordinal):
+    """Refuse residuals of a family that has none (an ordinal response)."""
+    if not family.has_residuals:
         raise ParameterError("residuals are not defined for an ordinal response; use predict_proba")

@@ -412,9 +412,9 @@ def test_non_finite_estimates_are_never_returned(small_frame, monkeypatch):
     """Whatever the inference layer hands back, fit never stores a NaN estimate."""
     import dataclasses
 
-    import mixedfx.estimator
+    import mixedfx.estimator.base
 
-    real = mixedfx.estimator.fit_mcem
+    real = mixedfx.estimator.base.fit_mcem
 
     def broken(model, **kwargs):
         result = real(model, **kwargs)
@@ -422,7 +422,7 @@ def test_non_finite_estimates_are_never_returned(small_frame, monkeypatch):
         fixed[1] = np.nan
         return dataclasses.replace(result, parameters=dataclasses.replace(result.parameters, fixed_effects=fixed))
 
-    monkeypatch.setattr(mixedfx.estimator, "fit_mcem", broken)
+    monkeypatch.setattr(mixedfx.estimator.base, "fit_mcem", broken)
     with pytest.raises(FitError, match=re.escape(
             "the fit produced non-finite estimates (fixed effect Intercept, fixed effect x, fixed effect f[T.b], "
             "random effects of g); no estimates are returned")):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -313,10 +314,15 @@ def test_sampler_diagnostics_by_slices_of_levels_match_all_at_once(monkeypatch):
             assert sliced[key] == pytest.approx(value, rel=1e-12), key
 
 
-def test_fit_warns_when_rhat_exceeds_the_threshold(monkeypatch, sleepstudy):
-    monkeypatch.setattr(mixedfx.estimator, "RHAT_WARNING", 0.5)  # every fit exceeds it
+def test_fit_warns_when_rhat_exceeds_the_threshold(sleepstudy):
+    options = mixedfx.inference.MCEMOptions(rhat_warning=0.5)  # every fit exceeds it
     with pytest.warns(mixedfx.SamplerWarning, match="R-hat"):
-        mixedfx.MixedEffectsRegressor(SLOPES, random_state=0, verbose=0).fit(sleepstudy)
+        mixedfx.MixedEffectsRegressor(SLOPES, random_state=0, verbose=0, options=options).fit(sleepstudy)
+    # and the threshold is the option's: no fit exceeds this one
+    options = mixedfx.inference.MCEMOptions(rhat_warning=1e6)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*R-hat", category=mixedfx.SamplerWarning)
+        mixedfx.MixedEffectsRegressor(SLOPES, random_state=0, verbose=0, options=options).fit(sleepstudy)
 
 
 def test_reml_rejected_for_other_families():

@@ -15,7 +15,6 @@ import numpy as np
 
 from mixedfx.inference.layout import ParameterLayout
 from mixedfx.model.blocks import DenseBlockTooLarge
-from mixedfx.model.families import Gaussian
 from mixedfx.model.gaussian import gaussian_marginal
 from mixedfx.model.joint import MixedModel, ModelParameters
 from mixedfx.model.likelihood import marginal_log_likelihood
@@ -33,7 +32,7 @@ def zero_components(params: ModelParameters, components) -> ModelParameters:
 
 
 def _log_likelihood(model: MixedModel, params: ModelParameters, *, reml: bool, seed: int) -> float:
-    if isinstance(model.family, Gaussian):
+    if model.family.conjugate_gaussian:
         exact = gaussian_marginal(model, params)
         return exact.reml_log_likelihood if reml else exact.profiled_log_likelihood
     return marginal_log_likelihood(model, params, seed=seed, n_draws=2).laplace
@@ -82,7 +81,8 @@ def boundary_components(model: MixedModel, params: ModelParameters, *, reml: boo
     """
     layout = ParameterLayout.from_model(model)
     sd_names = [name for name, kind in zip(layout.names, layout.kinds) if kind == "sd"]
-    unit = float(params.family_params["sigma"]) if isinstance(model.family, Gaussian) else 1.0
+    residual_sd = model.family.residual_sd(params.family_params)
+    unit = 1.0 if residual_sd is None else residual_sd
     candidates, position = [], 0
     for k, L in enumerate(params.random_scale_tril):
         sds = np.sqrt(np.diag(L @ L.T))

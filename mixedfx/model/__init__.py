@@ -29,8 +29,10 @@ from mixedfx.model.joint import (
     numpy_linear_predictor,
     random_effect_keys,
 )
+from mixedfx.model.binding import bind_model
 
 __all__ = [
+    "bind_model",
     "FAMILIES",
     "Family",
     "Gaussian",

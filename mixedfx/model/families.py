@@ -21,7 +21,7 @@ import numpy as np
 from scipy import special, stats
 
 from mixedfx._tf import tf, tfb, tfd
-from mixedfx.exceptions import DataError, ParameterError
+from mixedfx.exceptions import DataError, FormulaError, ParameterError
 
 __all__ = [
     "Family",
@@ -36,6 +36,9 @@ __all__ = [
 ]
 
 _LINKS = ("logit", "probit")
+
+#: Gaussian responses are fitted on scales (standard deviations) between these bounds.
+RESPONSE_SCALE_LIMITS = (1e-50, 1e50)
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,12 @@ class Family:
     #: so that the marginal likelihood, REML, the M-step and the conditional moments of
     #: the random effects have closed forms.
     conjugate_gaussian: ClassVar[bool] = False
+    #: Whether response residuals (and Pearson residuals) are defined.
+    has_residuals: ClassVar[bool] = True
+    #: A classifier's family: whether it takes more than two classes.
+    is_multiclass: ClassVar[bool] = False
+    #: Whether ``sample_weight`` may give the trials of a proportion response.
+    takes_trial_weights: ClassVar[bool] = False
 
     @property
     def link(self) -> str:
@@ -148,6 +157,62 @@ class Family:
         """Check and convert the response; returns ``(values, trials)`` as float64."""
         raise NotImplementedError
 
+    # -- questions the layers above ask ------------------------------------------------------
+    def trials_from_weights(self, response, trials, weights):
+        """``(response, trials)`` from a proportion response and its ``sample_weight``
+        (glmer's ``weights=``): only families with :attr:`takes_trial_weights`."""
+        if not self.takes_trial_weights:
+            raise ParameterError(
+                "sample_weight is supported for the binomial family only (as the trials of a proportion response)"
+            )
+        if trials is not None:
+            raise DataError("give the trials either by cbind(successes, failures) or by sample_weight, not both")
+        return np.round(np.asarray(response, dtype=np.float64) * weights, 8), weights
+
+    def for_classes(self, classes) -> "Family":
+        """The family for a classifier's sorted classes (raises if it cannot take them)."""
+        return self
+
+    def check_response_values(self, values: np.ndarray, name: str) -> None:
+        """Refuse a constant response (lme4's "Response is constant")."""
+        values = np.asarray(values, dtype=np.float64)
+        if values.size and np.all(values == values[0]):
+            raise DataError(
+                f"Response is constant: every value of {name!r} is {values[0]:g}, so there is no variation for "
+                "the model to explain (lme4 refuses this too)"
+            )
+
+    def check_fixed_design(self, *, has_intercept: bool, formula: str) -> None:
+        """Refuse a fixed part the family cannot fit (see :class:`Ordinal`)."""
+
+    def check_fit(self, fixed_design: np.ndarray, response: np.ndarray, offset, *, name: str) -> None:
+        """Refuse bound arrays whose likelihood has no maximum (see :class:`Gaussian`)."""
+
+    def residual_sd(self, parameters: Mapping[str, object]) -> float | None:
+        """The residual standard deviation, for families that have one; else ``None``."""
+        return None
+
+    def response_quantile(self, mean: np.ndarray, q: float, parameters: Mapping[str, object]) -> np.ndarray:
+        """Quantile ``q`` of a response with mean ``mean`` (for prediction intervals).
+
+        Raises ``NotImplementedError`` where it depends on more than the mean (trials).
+        """
+        raise NotImplementedError(f"response quantiles of the {self.name} family depend on each row's trials")
+
+    def decision_values(self, linear_predictor: np.ndarray, fixed_effects, fixed_names) -> np.ndarray:
+        """A classifier's decision function from the internal linear predictor."""
+        return linear_predictor
+
+    def class_probabilities(self, linear_predictor: np.ndarray, parameters: Mapping[str, object]) -> np.ndarray:
+        """A classifier's class probabilities, shape ``(n_rows, n_classes)``: here two."""
+        positive = self.mean(linear_predictor, parameters)
+        return np.column_stack([1.0 - positive, positive])
+
+    def report_fixed_effects(self, names, estimates, cov, parameters: Mapping[str, object]):
+        """The fixed effects as reported, from the internal ones: ``(names, estimates,
+        cov, thresholds)``; ``thresholds`` is ``None`` except for :class:`Ordinal`."""
+        return list(names), np.asarray(estimates, dtype=float), cov, None
+
     def __str__(self) -> str:
         return f"{self.name} ({self.link} link)"
 
@@ -216,6 +281,35 @@ class Gaussian(Family):
     def validate_response(self, response, *, trials=None, name):
         return _numeric(response, name, self.name), None
 
+    def residual_sd(self, parameters):
+        return float(parameters["sigma"])
+
+    def check_response_values(self, values, name):
+        """Also refuse a response on a scale that float64 sums of squares cannot hold."""
+        super().check_response_values(values, name)
+        values = np.asarray(values, dtype=np.float64)
+        peak = float(np.max(np.abs(values)))
+        scale = peak * float(np.std(values / peak)) if peak > 0 else 0.0  # no overflow
+        low, high = RESPONSE_SCALE_LIMITS
+        if not low <= scale <= high:
+            raise DataError(
+                f"the response {name!r} has standard deviation {scale:.3g}, outside the {low:g} to {high:g} that "
+                "a float64 fit handles; rescale it (multiply by a power of ten: the estimates scale with it)"
+            )
+
+    def check_fit(self, fixed_design, response, offset, *, name):
+        """Refuse a response that the fixed effects reproduce exactly: its residual
+        variance is zero and the likelihood grows without bound."""
+        y = response - (0.0 if offset is None else offset)
+        coefficients = np.linalg.lstsq(fixed_design, y, rcond=None)[0]
+        residual = y - fixed_design @ coefficients
+        total = np.sum((y - y.mean()) ** 2)
+        if np.sum(residual**2) <= 1e-20 * max(total, np.finfo(float).tiny):
+            raise DataError(
+                f"the fixed effects reproduce the response {name!r} exactly (zero residuals): the residual "
+                "variance is zero and the likelihood has no maximum; is the response also a predictor?"
+            )
+
 
 @dataclass(frozen=True)
 class Binomial(Family):
@@ -235,6 +329,7 @@ class Binomial(Family):
     """
 
     name: ClassVar[str] = "binomial"
+    takes_trial_weights: ClassVar[bool] = True
     link_name: str = "logit"
 
     def __post_init__(self):
@@ -309,6 +404,18 @@ class Bernoulli(Binomial):
 
     name: ClassVar[str] = "bernoulli"
     is_classification: ClassVar[bool] = True
+    takes_trial_weights: ClassVar[bool] = False
+
+    def for_classes(self, classes):
+        if len(classes) != 2:
+            shown = ", ".join(map(str, classes[:6])) + (", ..." if len(classes) > 6 else "")
+            raise DataError(
+                f"a bernoulli response needs exactly 2 classes, found {len(classes)}"
+                + (f" ({shown})" if len(classes) else "")
+                + ("; use family='ordinal' for ordered categories. Only binary classification is supported by "
+                   "the bernoulli family (the type of the target is multiclass)" if len(classes) > 2 else "")
+            )
+        return self
 
     def validate_response(self, response, *, trials=None, name):
         values = _numeric(response, name, self.name)
@@ -349,6 +456,9 @@ class Poisson(Family):
 
     def validate_response(self, response, *, trials=None, name):
         return _counts(response, name, self.name), None
+
+    def response_quantile(self, mean, q, parameters):
+        return stats.poisson.ppf(q, mean)
 
 
 @dataclass(frozen=True)
@@ -411,6 +521,10 @@ class NegativeBinomial(Family):
     def validate_response(self, response, *, trials=None, name):
         return _counts(response, name, self.name), None
 
+    def response_quantile(self, mean, q, parameters):
+        size = float(parameters["dispersion"])
+        return stats.nbinom.ppf(q, size, size / (size + mean))
+
 
 @dataclass(frozen=True)
 class Ordinal(Family):
@@ -445,6 +559,8 @@ class Ordinal(Family):
     name: ClassVar[str] = "ordinal"
     parameter_names: ClassVar[tuple[str, ...]] = ("cutpoints",)
     is_classification: ClassVar[bool] = True
+    is_multiclass: ClassVar[bool] = True
+    has_residuals: ClassVar[bool] = False
     n_categories: int = 0
     labels: tuple = field(default=(), compare=False)
 
@@ -544,6 +660,38 @@ class Ordinal(Family):
         if np.any(values < 0) or np.any(values >= self.n_categories) or np.any(values != np.round(values)):
             raise DataError(f"the ordinal response {name!r} must be coded 0..{self.n_categories - 1}")
         return values, None
+
+    # -- the cutpoints take the intercept's place -------------------------------------------
+    def for_classes(self, classes):
+        if len(classes) < 3:
+            raise DataError(
+                f"an ordinal response needs at least 3 classes, found {len(classes)} "
+                f"({', '.join(map(str, classes))}); use family='bernoulli' for two"
+            )
+        return Ordinal(n_categories=len(classes), labels=tuple(str(c) for c in classes))
+
+    def check_fixed_design(self, *, has_intercept, formula):
+        if not has_intercept:
+            raise FormulaError(
+                "an ordinal model's cutpoints take the place of the intercept; keep the intercept in the formula "
+                "(it is reported as the cutpoints, not as a fixed effect)",
+                formula=formula,
+            )
+
+    def decision_values(self, linear_predictor, fixed_effects, fixed_names):
+        """The latent location that the reported cutpoints cut: without the internal intercept."""
+        return linear_predictor - np.asarray(fixed_effects)[list(fixed_names).index("Intercept")]
+
+    def class_probabilities(self, linear_predictor, parameters):
+        return self.probabilities(linear_predictor, np.asarray(parameters["cutpoints"]))
+
+    def report_fixed_effects(self, names, estimates, cov, parameters):
+        """Drop the internal intercept; the thresholds are the cutpoints shifted by it (clmm's)."""
+        names, beta = list(names), np.asarray(estimates, dtype=float)
+        intercept = names.index("Intercept")
+        thresholds = np.asarray(parameters["cutpoints"], dtype=float) - beta[intercept]
+        keep = [j for j in range(len(names)) if j != intercept]
+        return [names[j] for j in keep], beta[keep], cov[np.ix_(keep, keep)], thresholds
 
 
 #: The families by name, as the estimators' ``family=`` accepts them;

@@ -1,0 +1,238 @@
+"""Binding a data set to a formula: the response, the trials and both designs, in one call.
+
+:func:`bind_data` is the middle of every fit: it picks the formula's columns, applies
+the missing-row policy, reads the response (or takes ``y``), and builds the fixed and
+random designs.  It knows nothing of families: the model layer
+(:func:`mixedfx.model.bind_model`) asks the family to check the response it returns.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.utils.validation import column_or_1d
+
+from mixedfx.design.fixed import FixedDesign, build_fixed_design
+from mixedfx.design.frame import MISSING_POLICIES, clean_columns, describe_counts, formula_columns, missing_rows
+from mixedfx.design.random import RandomDesign, RandomTermData
+from mixedfx.design.response import ResponseDesign
+from mixedfx.exceptions import DataError, DataWarning, FormulaError, ParameterError
+from mixedfx.formula import FormulaSpec
+
+__all__ = ["BoundData", "bind_data"]
+
+
+@dataclass(frozen=True, eq=False)
+class BoundData:
+    """A data set bound to a formula: the arrays a model is built from, and how they were read.
+
+    Attributes
+    ----------
+    spec : FormulaSpec
+    response_design : ResponseDesign or None
+        How the response is read from data; ``None`` when ``y`` was given.
+    response_name : str
+        The response's name in messages (``"y"`` when given as ``y``).
+    response : numpy.ndarray or pandas array of shape (n_rows,)
+        The response as read, before any family looked at it (labels stay labels).
+    trials : numpy.ndarray of shape (n_rows,) or None
+        From ``cbind(successes, failures)``.
+    sample_weight : numpy.ndarray of shape (n_rows,) or None
+    fixed_design : FixedDesign
+    fixed_matrix : numpy.ndarray of shape (n_rows, n_fixed)
+    offset : numpy.ndarray of shape (n_rows,) or None
+    random_design : RandomDesign
+    random_terms : tuple of RandomTermData
+        The training rows' group indices (every level seen).
+    dropped_rows : pandas.Index
+        Index labels of the rows left out for missing values.
+
+    Examples
+    --------
+    :func:`bind_data` makes one; a cbind response carries its trials:
+
+    >>> import pandas as pd
+    >>> from mixedfx.formula import parse_formula
+    >>> from mixedfx.design import bind_data
+    >>> frame = pd.DataFrame({"k": [1, 3, 0, 2], "n": [4, 4, 2, 5], "g": list("abab")})
+    >>> bound = bind_data(parse_formula("cbind(k, n - k) ~ 1 + (1 | g)"), frame)
+    >>> bound.response.tolist(), bound.trials.tolist(), bound.response_name
+    ([1.0, 3.0, 0.0, 2.0], [4.0, 4.0, 2.0, 5.0], 'cbind(k, n - k)')
+    """
+
+    spec: FormulaSpec
+    response_design: ResponseDesign | None
+    response_name: str
+    response: object
+    trials: np.ndarray | None
+    sample_weight: np.ndarray | None
+    fixed_design: FixedDesign
+    fixed_matrix: np.ndarray
+    offset: np.ndarray | None
+    random_design: RandomDesign
+    random_terms: tuple[RandomTermData, ...]
+    dropped_rows: pd.Index
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.fixed_matrix.shape[0])
+
+
+def bind_data(spec: FormulaSpec, data: pd.DataFrame, *, y=None, sample_weight=None,
+              missing: str = "drop") -> BoundData:
+    """Bind ``data`` to the formula ``spec``: the response, the trials and the designs.
+
+    Parameters
+    ----------
+    spec : FormulaSpec
+        With at least one random term.
+    data : pandas.DataFrame
+        Never changed.
+    y : array-like of shape (n_rows,), optional
+        The response; by default the formula's left-hand side evaluated on ``data``.
+    sample_weight : array-like of shape (n_rows,), optional
+    missing : {"drop", "raise"}, default "drop"
+        Rows with a missing value in a column the model uses, in ``y`` or in
+        ``sample_weight``: left out with a :class:`~mixedfx.DataWarning`, or refused.
+
+    Returns
+    -------
+    BoundData
+
+    Raises
+    ------
+    FormulaError, DataError
+        Naming the term, the column or the rows at fault.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from mixedfx.formula import parse_formula
+    >>> from mixedfx.design import bind_data
+    >>> frame = pd.DataFrame({"y": [1.0, 2.0, 4.0, None], "x": [0.0, 1.0, 2.0, 3.0], "g": list("abab")})
+    >>> import warnings
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("ignore")
+    ...     bound = bind_data(parse_formula("y ~ x + (1 | g)"), frame)
+    >>> bound.n_rows, bound.dropped_rows.tolist(), bound.fixed_design.column_names
+    (3, [3], ('Intercept', 'x'))
+    >>> bound.random_terms[0].group_index.tolist()
+    [0, 1, 0]
+    """
+    if missing not in MISSING_POLICIES:
+        raise ParameterError(f"missing must be one of {MISSING_POLICIES}, got {missing!r}")
+    if not spec.random:
+        raise FormulaError(
+            "No random effects terms specified in formula: add at least one term such as "
+            "'(1 | g)' (for a model without random effects use a fixed-effects regressor)",
+            formula=spec.text,
+        )
+    if len(data) < 2:
+        raise DataError(f"X has {len(data)} sample(s) (shape={data.shape}) while a minimum of 2 is required "
+                        "(a mixed model needs more rows than parameters)")
+    columns = formula_columns(spec, data)
+    data = clean_columns(data, columns, drop_unused_categories=True)
+    y, sample_weight = _response_array(y, len(data)), _weight_array(sample_weight, len(data))
+    data, y, sample_weight, dropped = _drop_missing(data, columns, y, sample_weight, missing=missing)
+    response_design = None if y is not None else ResponseDesign.from_text(spec.response)
+    if y is not None:
+        raw, trials, response_name = y, None, "y"
+    else:
+        try:
+            raw, trials = response_design.evaluate(data)
+        except FormulaError as exc:
+            raise _in_formula(exc, spec.text) from None
+        response_name = spec.response
+    try:
+        fixed_design, fixed_matrix = build_fixed_design(spec.fixed, data, offsets=spec.offsets)
+        random_design = RandomDesign.from_spec(spec, data)
+    except FormulaError as exc:
+        raise _in_formula(exc, spec.text) from None
+    return BoundData(
+        spec=spec, response_design=response_design, response_name=response_name, response=raw, trials=trials,
+        sample_weight=sample_weight, fixed_design=fixed_design, fixed_matrix=fixed_matrix,
+        offset=fixed_design.offset(data), random_design=random_design,
+        random_terms=random_design.materialize(data, new_levels="error"), dropped_rows=dropped,
+    )
+
+
+def _drop_missing(data, columns, y, sample_weight, *, missing):
+    """Apply the ``missing`` policy to rows with a missing value in ``columns``, ``y``
+    or ``sample_weight``; returns the kept data, y, weights and the dropped index."""
+    mask, counts = missing_rows(data, columns)
+    for name, values in (("y", y), ("sample_weight", sample_weight)):
+        if values is not None:
+            isna = np.asarray(pd.isna(values), dtype=bool)
+            if isna.any():
+                counts[name] = int(isna.sum())
+                mask = mask | isna
+    dropped = data.index[mask]
+    n_missing = int(mask.sum())
+    if not n_missing:
+        return data, y, sample_weight, dropped
+    where = describe_counts(counts)
+    if missing == "raise":
+        raise DataError(
+            f"{n_missing} of {len(mask)} rows have missing values (NaN/None) in the columns the model uses "
+            f"({where}); drop or impute them, or use missing='drop'"
+        )
+    if n_missing == len(mask):
+        raise DataError(f"every row has a missing value in the columns the model uses ({where}); nothing is left to fit")
+    warnings.warn(
+        f"dropped {n_missing} of {len(mask)} rows with missing values ({where}), as lme4's na.omit does; "
+        f"the fit uses the other {len(mask) - n_missing} (dropped_rows_ lists them; missing='raise' refuses them)",
+        DataWarning,
+        stacklevel=4,
+    )
+    keep = ~mask
+    data = clean_columns(data.loc[keep], columns, drop_unused_categories=True)
+    return (data, None if y is None else y[keep], None if sample_weight is None else sample_weight[keep],
+            dropped)
+
+
+def _in_formula(error: FormulaError, text: str) -> FormulaError:
+    """A design-layer FormulaError about a piece of the formula, pointed at in the whole."""
+    if error.position is not None or not error.formula or error.formula == text:
+        return error
+    position = text.find(error.formula)
+    if position < 0:
+        return error
+    return FormulaError(error.message, formula=text, position=position)
+
+
+def _response_array(y, n_rows: int):
+    """``y`` as a 1-D array (a pandas Categorical keeps its category order), or None."""
+    if y is None:
+        return None
+    if isinstance(y, pd.Series) and isinstance(y.dtype, pd.CategoricalDtype):
+        raw = y.array
+    elif isinstance(y, pd.Series) and pd.api.types.is_extension_array_dtype(y.dtype) and y.dtype.kind in "biuf":
+        raw = y.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        raw = np.asarray(y)
+        if raw.ndim == 2 and raw.shape[1] == 1:
+            raw = column_or_1d(raw, warn=True)  # with scikit-learn's DataConversionWarning
+        if raw.dtype.kind == "c":
+            raise DataError("Complex data not supported: y holds complex numbers")
+        if raw.dtype == object and raw.ndim == 1 and pd.api.types.infer_dtype(raw, skipna=True) in (
+                "integer", "floating", "mixed-integer-float", "decimal"):
+            raw = pd.to_numeric(pd.Series(raw)).to_numpy(dtype=np.float64)  # numbers stored as objects
+    if raw.ndim != 1 or raw.shape[0] != n_rows:
+        raise DataError(f"y must be one-dimensional with {n_rows} values, got shape {raw.shape}")
+    return raw
+
+
+def _weight_array(sample_weight, n_rows: int):
+    """``sample_weight`` as a float64 array of ``n_rows`` values, or None."""
+    if sample_weight is None:
+        return None
+    try:
+        weights = np.asarray(sample_weight, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"sample_weight must be numeric: {exc}") from None
+    if weights.shape != (n_rows,):
+        raise DataError(f"sample_weight must hold {n_rows} values, got shape {weights.shape}")
+    return weights

@@ -1,0 +1,770 @@
+"""What the regressor and the classifier share: reading the input, fitting, the
+fitted attributes and lme4's toolkit after the fit.
+
+``fit`` parses the formula, binds the data to it (:func:`mixedfx.design.bind_data`),
+binds the family (:func:`mixedfx.model.bind_model`), runs
+:func:`~mixedfx.inference.fit_mcem`, finishes the fit
+(:func:`mixedfx.inference.finish.finish_fit`) and stores the tables of
+:mod:`mixedfx.tables`; nothing is set on the estimator until all of that succeeded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+import warnings
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, clone
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted
+
+from mixedfx import results, tables
+from mixedfx.design import (
+    MISSING_POLICIES,
+    NEW_LEVEL_POLICIES,
+    as_frame,
+    bind_data,
+    clean_columns,
+    formula_columns,
+    is_arrow_source,
+    read_arrow,
+)
+from mixedfx.exceptions import (
+    ConvergenceWarning,
+    DataError,
+    FitError,
+    ParameterError,
+    SamplerWarning,
+    did_you_mean,
+)
+from mixedfx.formula import parse_formula
+from mixedfx.inference import MCEMOptions, MonteCarloErrorRule, fit_mcem
+from mixedfx.inference.distributed import check_strategy
+from mixedfx.inference.finish import finish_fit
+from mixedfx.model import (
+    MixedModel,
+    ModelParameters,
+    bind_model,
+    build_joint_distribution,
+    get_family,
+    numpy_linear_predictor,
+)
+from mixedfx.report import format_summary
+
+__all__ = ["MixedEffectsModel"]
+
+
+class MixedEffectsModel(BaseEstimator):
+    """What the regressor and the classifier share: fitting, designs and outputs.
+
+    Not an estimator on its own: :class:`~mixedfx.MixedEffectsRegressor` and
+    :class:`~mixedfx.MixedEffectsClassifier` add their parameters and predictions.
+    """
+
+    #: Family names this estimator accepts (for messages).
+    _families: tuple[str, ...] = ()
+    #: Whether this estimator fits the families whose response is a class label.
+    _classifier: bool = False
+
+    # -- scikit-learn plumbing ---------------------------------------------------------
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = self.formula is None  # else the response can come from the formula
+        tags.input_tags.categorical = True
+        tags.input_tags.string = True
+        tags.non_deterministic = self.random_state is None
+        return tags
+
+    def _validate_params(self):
+        if self.formula is not None and not isinstance(self.formula, str):
+            raise ParameterError(
+                f"formula must be an lme4 formula string such as 'y ~ x + (1 | g)', or None, got {self.formula!r}"
+            )
+        if self.formula is not None and self.groups is not None:
+            raise ParameterError("groups= is for formula=None; with a formula, name the grouping in it: '(1 | g)'")
+        if self.missing not in MISSING_POLICIES:
+            raise ParameterError(f"missing must be one of {MISSING_POLICIES}, got {self.missing!r}")
+        if self.new_levels not in NEW_LEVEL_POLICIES:
+            raise ParameterError(f"new_levels must be one of {NEW_LEVEL_POLICIES}, got {self.new_levels!r}")
+        for name, low in (("max_iter", 1), ("n_chains", 1), ("n_draws", 1), ("n_leapfrog_steps", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
+                raise ParameterError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not isinstance(self.tol, numbers.Real) or isinstance(self.tol, bool) or not self.tol > 0:
+            raise ParameterError(f"tol must be a positive number, got {self.tol!r}")
+        if self.stopping_rule is not None and not callable(getattr(self.stopping_rule, "assess", None)):
+            raise ParameterError("stopping_rule must have an assess(trace, *, window_start, scale, frozen) method")
+        if not isinstance(self.verbose, numbers.Integral):
+            raise ParameterError(f"verbose must be an integer, got {self.verbose!r}")
+        if self.options is not None and not isinstance(self.options, MCEMOptions):
+            raise ParameterError(f"options must be a mixedfx.inference.MCEMOptions or None, got {self.options!r}")
+        family = get_family(self.family)
+        if self._method() not in ("ml", "reml"):
+            raise ParameterError(f"method must be 'ml' or 'reml', got {self._method()!r}")
+        if self._method() == "reml" and not family.conjugate_gaussian:
+            raise ParameterError(
+                f"method='reml' is defined for the Gaussian family only (family={family.name!r} is fitted by ML, "
+                "as glmer does)"
+            )
+        if self._distribute() is not None:
+            check_strategy(self._distribute())
+        if family.is_classification is not self._classifier:
+            other = "MixedEffectsClassifier" if family.is_classification else "MixedEffectsRegressor"
+            raise ParameterError(
+                f"{type(self).__name__} fits the families {', '.join(self._families)}; "
+                f"use {other} for family={family.name!r}"
+            )
+        return family
+
+    def _input_frame(self, X, *, fitting: bool = False, spec=None, into: dict | None = None) -> pd.DataFrame:
+        """``X`` as a pandas DataFrame (converted from polars; read from Arrow or
+        Parquet, only the formula's columns; from an array only without a formula),
+        with nullable dtypes made plain; never the caller's object changed.  At fit,
+        records ``n_features_in_`` and ``feature_names_in_`` in ``into``."""
+        formula_less = self.formula is None
+        if not fitting:
+            check_is_fitted(self, "fixed_effects_")
+            spec = self.formula_spec_
+        if not formula_less and is_arrow_source(X):
+            data = read_arrow(X, formula=spec.text, grouping=spec.grouping_columns)
+            named = True
+        else:
+            data = as_frame(X, allow_array=formula_less)
+            named = data is X or type(X).__module__.split(".")[0] == "polars"
+        named = named and all(isinstance(c, str) for c in data.columns)
+        if formula_less and data.shape[1] == 0:
+            raise DataError(f"0 feature(s) (shape={data.shape}) while a minimum of 1 is required.")
+        if fitting:
+            into["n_features_in_"] = data.shape[1]
+            if named:
+                into["feature_names_in_"] = np.asarray(data.columns, dtype=object)
+        elif formula_less and data.shape[1] != self.n_features_in_:
+            raise DataError(
+                f"X has {data.shape[1]} features, but {type(self).__name__} is expecting "
+                f"{self.n_features_in_} features as input"
+            )
+        if formula_less and not named:
+            # Columns by position: the names seen in fit, or x0, x1, ...
+            names = getattr(self, "feature_names_in_", None) if not fitting else None
+            data = data.set_axis(list(names) if names is not None else [f"x{j}" for j in range(data.shape[1])], axis=1)
+        if fitting:
+            return data
+        return clean_columns(data, formula_columns(self.formula_spec_, data), drop_unused_categories=False)
+
+    def _formula_text(self, data: pd.DataFrame) -> str:
+        """The formula, or without one (``formula=None``) ``~ <other columns> + (1 | groups)``."""
+        if self.formula is not None:
+            return self.formula
+        groups = self.groups
+        if groups is None:
+            raise ParameterError(
+                "formula=None fits every column of X as a fixed effect with a random intercept per level of "
+                "the groups= column(s); give groups= (a column name or position) or a formula"
+            )
+        chosen = []
+        for group in ([groups] if isinstance(groups, (str, numbers.Integral)) else list(groups)):
+            if isinstance(group, numbers.Integral) and not isinstance(group, bool):
+                if not -data.shape[1] <= group < data.shape[1]:
+                    raise ParameterError(f"groups={group} is not a column position of X ({data.shape[1]} columns)")
+                group = data.columns[group]
+            if group not in data.columns:
+                raise DataError(f"groups column {group!r} is not in X." + did_you_mean(group, data.columns))
+            chosen.append(group)
+        for column in data.columns:
+            if "`" in column:
+                raise DataError(f"column {column!r} cannot be named in a formula (it holds a back-quote)")
+        fixed = [f"`{c}`" for c in data.columns if c not in chosen]
+        random = [f"(1 | `{g}`)" for g in dict.fromkeys(chosen)]
+        return "~ " + " + ".join(["1", *fixed, *random])
+
+    def _distribute(self):
+        return getattr(self, "distribute", None)
+
+    def __sklearn_clone__(self):
+        # A strategy names devices: a clone (a refit, a bootstrap replicate, a
+        # cross-validation fold) shares it, so that its compiled programs are reused,
+        # instead of deep-copying it into a new strategy over the same devices.
+        strategy = self._distribute()
+        if strategy is None:
+            return super().__sklearn_clone__()
+        params = {name: value if name == "distribute" else clone(value, safe=False)
+                  for name, value in self.get_params(deep=False).items()}
+        return type(self)(**params)
+
+    def __getstate__(self):
+        # A tf.distribute.Strategy holds devices and cannot be pickled; it is a setting of
+        # the machine that fits, not of the model, so an unpickled estimator has none.
+        state = super().__getstate__()
+        if state.get("distribute") is not None:
+            state = {**state, "distribute": None}
+        return state
+
+    def _method(self) -> str:
+        method = getattr(self, "method", "ml")
+        return method.lower() if isinstance(method, str) else method
+
+    # -- fitting ------------------------------------------------------------------------
+    def _encode_response(self, family, raw, into: dict):
+        """Hook for the classifier's label encoding (it records ``classes_`` in ``into``);
+        returns ``(family, values)``."""
+        return family, raw
+
+    def fit(self, X, y=None, sample_weight=None):
+        """Fit the model.
+
+        Parameters
+        ----------
+        X : pandas.DataFrame, polars.DataFrame, pyarrow.Table, or path(s) of Parquet files
+            The data: every column the formula names (a polars DataFrame is converted
+            to pandas).  From Arrow or Parquet only those columns are read, and the
+            grouping columns become categoricals through Arrow's dictionary encoding
+            (:func:`~mixedfx.design.read_arrow`).  Without a formula (``formula=None``),
+            any 2-D table: every column but the ``groups`` columns is a fixed effect.
+        y : array-like of shape (n_rows,), optional
+            The response.  When omitted, it is the formula's left-hand side evaluated
+            on ``X`` (``cbind(successes, failures)`` for a binomial response).
+        sample_weight : array-like of shape (n_rows,), optional
+            Binomial family only: the number of trials of each row, with the response
+            given as a proportion (glmer's ``weights=``).
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        FormulaError, DataError, ParameterError
+            For a formula, data or parameter that cannot be fitted, naming the term,
+            column or parameter.
+        FitError
+            If the fit breaks down numerically even after the E-step's recovery (see
+            ``fit_summary_.n_retries``); no estimates are returned then, and an
+            estimator fitted before keeps its fitted attributes.
+        """
+        family = self._validate_params()
+        fitted = {}
+        spec = None if self.formula is None else parse_formula(self.formula)
+        data = self._input_frame(X, fitting=True, spec=spec, into=fitted)
+        spec = spec if spec is not None else parse_formula(self._formula_text(data))
+        if y is None and spec.response is None:
+            raise DataError(f"{type(self).__name__} requires y to be passed, but the target y is None, and the "
+                            "formula has no response (left-hand side) to evaluate instead")
+        bound = bind_data(spec, data, y=y, sample_weight=sample_weight, missing=self.missing)
+        model = bind_model(family, bound, encode=lambda family, raw: self._encode_response(family, raw, fitted))
+        fitted.update(formula_spec_=spec, family_=model.family, response_design_=bound.response_design,
+                      fixed_design_=bound.fixed_design, random_design_=bound.random_design,
+                      dropped_rows_=bound.dropped_rows)
+        fitted.update(self._fit_model(model, bound.random_design))
+        self._set_fitted(fitted)
+        return self
+
+    def _options(self) -> MCEMOptions:
+        """The ``options`` record with the estimator's own ``n_chains``, ``n_draws``,
+        ``n_leapfrog_steps`` and ``max_iter``."""
+        base = self.options if self.options is not None else MCEMOptions()
+        return dataclasses.replace(base, n_chains=self.n_chains, n_draws=self.n_draws,
+                                   n_leapfrog_steps=self.n_leapfrog_steps, max_iter=self.max_iter)
+
+    def _fit_model(self, model: MixedModel, random_design, *, progress: bool | None = None) -> dict:
+        """Run Monte Carlo EM on a bound model and finish it; returns the fitted
+        attributes (nothing is set on the estimator)."""
+        seed = check_random_state(self.random_state).randint(0, 2**31 - 1, size=2)
+        options = self._options()
+        rule = self.stopping_rule if self.stopping_rule is not None else MonteCarloErrorRule(tol=float(self.tol))
+        method = self._method()
+        result = fit_mcem(model, method=method, options=options, stopping_rule=rule, seed=seed,
+                          progress=self.verbose > 0 if progress is None else progress, distribute=self._distribute())
+        finished = finish_fit(model, result, reml=method == "reml", seed=int(seed[0]), distribute=self._distribute(),
+                              max_dense_entries=options.max_dense_entries, stacklevel=4)
+        fitted = _estimates(model, random_design, finished)
+        fitted.update(model_=model, method_=method, n_obs_=model.n_obs, n_iter_=finished.summary.n_iter,
+                      fit_summary_=finished.summary)
+        _check_finite_estimates(fitted)
+        _warn_about_fit(finished.summary, model.family, options.rhat_warning)
+        return fitted
+
+    def _set_fitted(self, fitted: dict) -> None:
+        """Set the fitted attributes at once; drop those of an earlier fit that this one lacks."""
+        for name in ("feature_names_in_", "cutpoints_", "dispersion_"):
+            if name not in fitted and name in self.__dict__:
+                delattr(self, name)
+        for name, value in fitted.items():
+            setattr(self, name, value)
+
+    # -- prediction ---------------------------------------------------------------------
+    def _term_effects(self) -> list:
+        """Per random term, its levels' conditional means, ``(num_levels, dim)``."""
+        return [self.random_effects_[term.name][list(term.coef_names)].to_numpy()
+                for term in self.random_design_.terms]
+
+    def _internal_linear_predictor(self, X_fixed, offset, terms) -> np.ndarray:
+        """The linear predictor with the fitted (internal) parameters, numpy."""
+        return numpy_linear_predictor(X_fixed, self.model_parameters_.fixed_effects, self._term_effects(), terms,
+                                      offset=offset)
+
+    def _design_for(self, X, new_levels, include_random):
+        """``(X_fixed, offset, terms)`` of new rows."""
+        check_is_fitted(self, "fixed_effects_")
+        policy = self.new_levels if new_levels is None else new_levels
+        if policy not in NEW_LEVEL_POLICIES:
+            raise ParameterError(f"new_levels must be one of {NEW_LEVEL_POLICIES}, got {policy!r}")
+        data = self._input_frame(X)
+        X_fixed = self.fixed_design_.transform(data)
+        offset = self.fixed_design_.offset(data)
+        terms = self.random_design_.materialize(data, new_levels=policy) if include_random else ()
+        return X_fixed, offset, terms
+
+    def _linear_predictor_for(self, X, new_levels, include_random) -> np.ndarray:
+        return self._internal_linear_predictor(*self._design_for(X, new_levels, include_random))
+
+    def _response_for(self, data: pd.DataFrame, y):
+        if y is not None:
+            return np.asarray(y)
+        if self.response_design_ is None:
+            raise DataError("the formula has no response (left-hand side) to evaluate; pass y explicitly")
+        values, trials = self.response_design_.evaluate(data)
+        return values if trials is None else values / trials
+
+    # -- model access ---------------------------------------------------------------------
+    def joint_distribution(self, X):
+        """The fitted model as a TensorFlow Probability joint distribution over ``X``'s rows.
+
+        Parameters
+        ----------
+        X : pandas.DataFrame
+            Rows whose grouping levels were all seen in ``fit`` (with the trials
+            column of a ``cbind`` response, and the offset columns, if any).
+
+        Returns
+        -------
+        tfp.distributions.JointDistributionNamedAutoBatched
+            One component per random term (named after its grouping factor, event
+            shape ``[num_levels, n_coefficients]``) and ``"response"`` (event shape
+            ``[n_rows]``), at the fitted parameters.  ``sample`` draws new random
+            effects and responses; ``log_prob`` scores them.
+
+        Examples
+        --------
+        >>> import mixedfx
+        >>> data = mixedfx.datasets.make_mixed_data(
+        ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
+        ...     random_sd={"g": 0.8}, random_state=2)
+        >>> model = mixedfx.MixedEffectsRegressor("y ~ x + (1 | g)", random_state=0, verbose=0).fit(data)
+        >>> joint = model.joint_distribution(data)
+        >>> draw = joint.sample(seed=(1, 2))
+        >>> sorted(draw), tuple(draw["g"].shape), tuple(draw["response"].shape)
+        (['g', 'response'], (30, 1), (600,))
+        """
+        check_is_fitted(self, "fixed_effects_")
+        data = self._input_frame(X)
+        X_fixed = self.fixed_design_.transform(data)
+        terms = self.random_design_.materialize(data, new_levels="error")
+        trials = None
+        if self.response_design_ is not None and self.response_design_.is_cbind:
+            trials = self.response_design_.evaluate(data)[1]
+        model = MixedModel(self.family_, X_fixed, None, terms, self.fixed_design_.column_names,
+                           offset=self.fixed_design_.offset(data), trials=trials)
+        params = self.model_parameters_
+        return build_joint_distribution(
+            model.tensors(),
+            fixed_effects=params.fixed_effects,
+            random_scale_tril=params.random_scale_tril,
+            family=self.family_,
+            family_params=dict(params.family_params),
+        )
+
+    def _parameters(self) -> ModelParameters:
+        check_is_fitted(self, "fixed_effects_")
+        return self.model_parameters_
+
+    def summary(self, file=None) -> None:
+        """Print an lme4-style summary of the fit.
+
+        Parameters
+        ----------
+        file : file-like, optional
+            Where to print; defaults to standard output.
+        """
+        check_is_fitted(self, "fixed_effects_")
+        print(format_summary(self), file=file)
+
+
+    # -- after the fit: lme4's toolkit ------------------------------------------------------
+    def refitted(self, *, response=None, method=None, random_state=None, bound_model=None):
+        """A copy fitted again to the training rows, silently.
+
+        The interface of :mod:`mixedfx.results` to refitting (the parametric bootstrap,
+        anova's ML refit): the designs are reused, nothing is read from data again.
+
+        Parameters
+        ----------
+        response : array-like of shape (n_obs_,), optional
+            Another response, in the family's internal coding (as
+            :func:`~mixedfx.results.simulate_responses` returns it); by default the
+            training response.
+        method : {"ml", "reml"}, optional
+            Another estimation method; by default this fit's.
+        random_state : int, optional
+            The copy's seed.
+        bound_model : MixedModel, optional
+            Another model of the training rows to fit instead of ``model_`` (a null
+            model's fixed design, say); its random terms must be those of
+            ``random_design_``.  Not with ``response``.  The copy keeps this fit's
+            designs, so that with another fixed design only its estimates are
+            meaningful, not its predictions.
+
+        Returns
+        -------
+        MixedEffectsRegressor or MixedEffectsClassifier
+            A new fitted estimator; this one is unchanged.
+
+        Examples
+        --------
+        >>> import mixedfx
+        >>> data = mixedfx.datasets.make_mixed_data(
+        ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
+        ...     random_sd={"g": 0.8}, random_state=2)
+        >>> model = mixedfx.lmer("y ~ x + (1 | g)", data, method="reml", random_state=0, verbose=0)
+        >>> ml = model.refitted(method="ml", random_state=0)
+        >>> model.method_, ml.method_, ml.n_obs_
+        ('reml', 'ml', 600)
+        """
+        check_is_fitted(self, "fixed_effects_")
+        new = clone(self)
+        new.set_params(verbose=0, random_state=random_state)
+        if method is not None:
+            new.set_params(method=method)
+        kept = ("formula_spec_", "family_", "response_design_", "fixed_design_", "random_design_", "classes_",
+                "n_features_in_", "feature_names_in_", "dropped_rows_")
+        fitted = {name: getattr(self, name) for name in kept if hasattr(self, name)}
+        if bound_model is not None and response is not None:
+            raise ParameterError("give refitted either response or bound_model, not both")
+        model = self.model_ if bound_model is None else bound_model
+        if response is not None:
+            model = dataclasses.replace(model, response=np.asarray(response, dtype=np.float64))
+        fitted.update(new._fit_model(model, self.random_design_, progress=False))
+        new._set_fitted(fitted)
+        return new
+
+    @property
+    def aic_(self) -> float | None:
+        """Akaike's information criterion, ``-2 logLik + 2 npar`` (lme4's count of
+        parameters; the REML criterion for a REML fit, as lme4's ``AIC``)."""
+        check_is_fitted(self, "fixed_effects_")
+        if self.log_likelihood_ is None:
+            return None
+        return -2.0 * self.log_likelihood_ + 2.0 * results.count_parameters(self)
+
+    @property
+    def bic_(self) -> float | None:
+        """Bayesian information criterion, ``-2 logLik + log(n) npar``."""
+        check_is_fitted(self, "fixed_effects_")
+        if self.log_likelihood_ is None:
+            return None
+        return -2.0 * self.log_likelihood_ + np.log(self.n_obs_) * results.count_parameters(self)
+
+    def fixed_effects_table(self) -> pd.DataFrame:
+        """The fixed-effects table of :meth:`summary` (lme4's ``coef(summary(m))``).
+
+        Returns
+        -------
+        pandas.DataFrame
+            Columns ``Estimate``, ``Std. Error``, ``t value`` (Gaussian) or ``z value``,
+            and the two-sided normal p-value ``Pr(>|t|)`` or ``Pr(>|z|)``; one row per
+            fixed effect.  The standard errors come from :attr:`fixed_effects_cov_`.
+        """
+        check_is_fitted(self, "fixed_effects_")
+        return results.fixed_effects_table(self)
+
+    def ranef(self, condvar=False):
+        """Conditional means of the random effects, as lme4's ``ranef``.
+
+        Parameters
+        ----------
+        condvar : bool, default False
+            ``True`` returns lme4's ``as.data.frame(ranef(m, condVar = TRUE))``
+            layout, with each level's conditional standard deviation: exact for the
+            Gaussian family (given the estimated parameters, as lme4's), from the
+            E-step draws for the others.
+
+        Returns
+        -------
+        dict of str to pandas.DataFrame, or pandas.DataFrame
+            ``condvar=False``: per grouping factor, one row per level and one column
+            per coefficient (a copy of :attr:`random_effects_`).  ``condvar=True``: a
+            long table with columns ``group``, ``term``, ``level``, ``condval`` and
+            ``condsd``.  Each level's full conditional covariance is in
+            :attr:`random_effects_cov_`.
+
+        Examples
+        --------
+        >>> import mixedfx
+        >>> data = mixedfx.datasets.make_mixed_data(
+        ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
+        ...     random_sd={"g": 0.8}, random_state=2)
+        >>> model = mixedfx.lmer("y ~ x + (1 | g)", data, random_state=0, verbose=0)
+        >>> table = model.ranef(condvar=True)
+        >>> list(table.columns), len(table)
+        (['group', 'term', 'level', 'condval', 'condsd'], 30)
+        """
+        check_is_fitted(self, "fixed_effects_")
+        if condvar:
+            return results.ranef_frame(self)
+        return {name: frame.copy() for name, frame in self.random_effects_.items()}
+
+    def residuals(self, X=None, y=None, *, scaled=False) -> np.ndarray:
+        """Response residuals: observed minus fitted, random effects included.
+
+        Parameters
+        ----------
+        X : pandas.DataFrame, optional
+            Rows to compute them on (held-out data, say); by default the training rows.
+        y : array-like, optional
+            The response of ``X``; by default the formula's left-hand side on ``X``.
+        scaled : bool, default False
+            Divide by the response's standard deviation at the fitted mean: the
+            residual sd for the Gaussian family (lme4's ``resid(m, scaled = TRUE)``),
+            Pearson residuals for the others.
+
+        Returns
+        -------
+        numpy.ndarray of shape (n_rows,)
+            On the scale of :meth:`predict` (proportions for binomial responses, 0/1
+            for bernoulli ones).
+        """
+        check_is_fitted(self, "fixed_effects_")
+        results.check_family_for_residuals(self.family_)
+        params = self.model_parameters_
+        if X is None:
+            if y is not None:
+                raise ParameterError("y needs the rows X it belongs to")
+            model = self.model_
+            eta = self._internal_linear_predictor(model.fixed_design, model.offset, model.random_terms)
+            trials = model.trials
+            observed = model.response if trials is None else model.response / trials
+        else:
+            data = self._input_frame(X)
+            eta = self._linear_predictor_for(data, None, True)
+            observed, trials = self._observed_for(data, y)
+        mean = self.family_.mean(eta, params.family_params)
+        residual = observed - mean
+        if scaled:
+            variance = self.family_.variance(mean, params.family_params, trials=trials)
+            per_unit = variance if trials is None else variance / trials**2
+            residual = residual / np.sqrt(np.maximum(per_unit, 1e-300))
+        return residual
+
+    def _observed_for(self, data, y):
+        """The observed response of ``data`` on the scale of :meth:`predict`, and the trials."""
+        if y is not None:
+            return np.asarray(y, dtype=np.float64), None
+        if self.response_design_ is None:
+            raise DataError("the formula has no response (left-hand side) to evaluate; pass y explicitly")
+        values, trials = self.response_design_.evaluate(data)
+        values = np.asarray(values, dtype=np.float64)
+        return (values, None) if trials is None else (values / trials, np.asarray(trials, dtype=np.float64))
+
+    def confint(self, *, method="wald", level=0.95, n_boot=200, random_state=None) -> pd.DataFrame:
+        """Confidence intervals, as lme4's ``confint``.
+
+        Parameters
+        ----------
+        method : {"wald", "bootstrap"}, default "wald"
+            ``"wald"``: estimate +- z SE for the fixed effects (the variance
+            parameters get NaN, as in lme4).  ``"bootstrap"``: parametric bootstrap
+            percentile intervals for every parameter: ``n_boot`` responses simulated
+            from the fitted model on the training rows, each refitted (lme4's
+            ``confint(method = "boot")``).  ``"profile"`` is not available.
+        level : float, default 0.95
+        n_boot : int, default 200
+            Bootstrap replicates (each a full fit).
+        random_state : int, optional
+            Seed of the bootstrap.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per parameter (named as in ``fit_summary_.parameter_names``:
+            fixed effects, ``sd(group)``, ``sd(group, coef)``, ``cor(...)``,
+            ``sigma``), columns ``"2.5 %"`` and ``"97.5 %"`` for ``level=0.95``.
+            A bootstrap table records ``attrs["n_boot"]`` and
+            ``attrs["n_not_converged"]``.
+
+        Examples
+        --------
+        >>> import mixedfx
+        >>> data = mixedfx.datasets.make_mixed_data(
+        ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
+        ...     random_sd={"g": 0.8}, random_state=2)
+        >>> model = mixedfx.lmer("y ~ x + (1 | g)", data, random_state=0, verbose=0)
+        >>> model.confint().round(2)
+                   2.5 %  97.5 %
+        Intercept   0.72    1.30
+        x           0.42    0.58
+        sd(g)        NaN     NaN
+        sigma        NaN     NaN
+        """
+        check_is_fitted(self, "fixed_effects_")
+        return results.confidence_intervals(self, method=method, level=level, n_boot=n_boot,
+                                            random_state=random_state)
+
+    def simulate(self, n=1, *, X=None, posterior=False, random_state=None) -> pd.DataFrame:
+        """New responses from the fitted model, as lme4's ``simulate``.
+
+        Parameters
+        ----------
+        n : int, default 1
+            Number of simulated responses per row.
+        X : pandas.DataFrame, optional
+            Rows to simulate for; by default the training rows.  Their grouping
+            levels must have been seen in fit.
+        posterior : bool, default False
+            ``False`` draws new random effects from their fitted distribution
+            (lme4's default, ``use.u = FALSE``).  ``True`` draws them from the
+            E-step's kept draws: the posterior predictive distribution of the rows'
+            own levels (given the estimated parameters).
+        random_state : int, optional
+
+        Returns
+        -------
+        pandas.DataFrame
+            One column per simulation (``sim_1``, ...), one row per row of ``X``:
+            responses on the scale of ``y`` (success counts for a binomial response,
+            class labels for a classifier).
+
+        Examples
+        --------
+        >>> import mixedfx
+        >>> data = mixedfx.datasets.make_mixed_data(
+        ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
+        ...     random_sd={"g": 0.8}, random_state=2)
+        >>> model = mixedfx.lmer("y ~ x + (1 | g)", data, random_state=0, verbose=0)
+        >>> model.simulate(3, random_state=0).shape
+        (600, 3)
+        """
+        check_is_fitted(self, "fixed_effects_")
+        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+            raise ParameterError(f"n must be a positive integer, got {n!r}")
+        if X is None:
+            bound = self.model_
+        else:
+            data = self._input_frame(X)
+            trials = None
+            if self.response_design_ is not None and self.response_design_.is_cbind:
+                trials = self.response_design_.evaluate(data)[1]
+            bound = MixedModel(self.family_, self.fixed_design_.transform(data), None,
+                               self.random_design_.materialize(data, new_levels="error"),
+                               self.fixed_design_.column_names, offset=self.fixed_design_.offset(data),
+                               trials=trials)
+        rng = np.random.default_rng(random_state)
+        simulated = results.simulate_responses(self, bound, n=int(n), rng=rng, posterior=posterior)
+        if hasattr(self, "classes_"):
+            simulated = np.asarray(self.classes_)[simulated.astype(int)]
+        frame = pd.DataFrame(simulated.T, columns=[f"sim_{k + 1}" for k in range(int(n))])
+        if X is not None:
+            frame.index = data.index
+        return frame
+
+    def to_arviz(self):
+        """The E-step's kept draws of the random effects as ArviZ ``InferenceData``.
+
+        Returns
+        -------
+        arviz.InferenceData
+            A ``posterior`` group with one variable per grouping factor, dimensions
+            ``(chain, draw, <group>_level, <group>_coef)``, coordinates named by level
+            and coefficient.  The draws are those of the E-steps in the averaging
+            window (see ``fit_summary_.n_kept_draws``), so ``arviz.summary`` gives
+            their R-hat and effective sample size.
+
+        Examples
+        --------
+        >>> import mixedfx
+        >>> data = mixedfx.datasets.make_mixed_data(
+        ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
+        ...     random_sd={"g": 0.8}, random_state=2)
+        >>> model = mixedfx.lmer("y ~ x + (1 | g)", data, random_state=0, verbose=0)
+        >>> idata = model.to_arviz()
+        >>> dict(idata.posterior["g"].sizes)["g_level"]
+        30
+        """
+        check_is_fitted(self, "fixed_effects_")
+        return results.to_arviz(self)
+
+
+
+def _estimates(model: MixedModel, random_design, finished) -> dict:
+    """The fitted attributes of the estimates: the family reports its fixed effects
+    (an ordinal model's internal intercept becomes its thresholds), the tables are
+    built by :mod:`mixedfx.tables`."""
+    params, family = finished.parameters, model.family
+    names, beta, cov, thresholds = family.report_fixed_effects(
+        model.fixed_names, params.fixed_effects, finished.fixed_effects_cov, params.family_params)
+    terms = random_design.terms
+    effects, covariances, draws = tables.random_effects_frames(
+        random_design, finished.conditional_means, finished.conditional_covs, finished.draws)
+    eta = numpy_linear_predictor(model.fixed_design, params.fixed_effects, finished.conditional_means,
+                                 model.random_terms, offset=model.offset)
+    fitted = {
+        "model_parameters_": params,
+        "log_likelihood_": finished.log_likelihood,
+        "log_likelihood_se_": finished.log_likelihood_se,
+        "log_likelihood_method_": finished.log_likelihood_method,
+        "fixed_effects_": pd.Series(beta, index=names, name="estimate", dtype=float),
+        "fixed_effects_cov_": pd.DataFrame(cov, index=names, columns=names),
+        "random_cov_": tables.random_cov_frames(terms, params.random_cov),
+        "variance_components_": tables.variance_components_frame(
+            terms, params.random_cov, residual_sd=family.residual_sd(params.family_params)),
+        "random_effects_": effects,
+        "random_effects_cov_": covariances,
+        "random_effect_draws_": draws,
+        "residual_quantiles_": tables.residual_quantiles(family, model, params.family_params, eta),
+    }
+    if thresholds is not None:
+        fitted["cutpoints_"] = tables.thresholds_series(family, thresholds)
+    if "dispersion" in family.parameter_names:
+        fitted["dispersion_"] = float(params.family_params["dispersion"])
+    return fitted
+
+
+def _check_finite_estimates(fitted: dict) -> None:
+    """Never hand out a NaN estimate: raise instead (the E-step's recovery failed)."""
+    components = fitted["variance_components_"]
+    pieces = {"fixed effect": fitted["fixed_effects_"],
+              "variance": components.loc[components["var2"].isna()].set_index("var1", drop=False)["vcov"]}
+    if "cutpoints_" in fitted:
+        pieces["cutpoint"] = fitted["cutpoints_"]
+    if "dispersion_" in fitted:
+        pieces["dispersion"] = pd.Series([fitted["dispersion_"]], index=["dispersion"])
+    bad = [f"{kind} {name}" for kind, values in pieces.items()
+           for name, value in values.items() if not np.isfinite(value)]
+    bad += [f"random effects of {name}" for name, frame in fitted["random_effects_"].items()
+            if not np.isfinite(frame.to_numpy()).all()]
+    if bad:
+        raise FitError(f"the fit produced non-finite estimates ({', '.join(bad[:5])}); no estimates are returned. "
+                       "Check the data for extreme values, or rescale them")
+
+
+def _warn_about_fit(summary, family, rhat_warning: float) -> None:
+    """Warn when Monte Carlo EM did not converge, or its chains disagree."""
+    if not summary.converged:
+        warnings.warn(
+            f"Monte Carlo EM did not converge in {summary.n_iter} iterations "
+            f"({summary.message}); the estimates average the last "
+            f"{summary.n_averaged} iterations. Increase max_iter or tol.",
+            ConvergenceWarning,
+            stacklevel=4,
+        )
+    if summary.rhat > rhat_warning + summary.rhat_noise:
+        affected = ("the kept draws (to_arviz, simulate(posterior=True)) are uncertain; the estimates and the "
+                    "exact conditional means and sds are not" if family.conjugate_gaussian else
+                    "the conditional means and sds of the random effects, and the intervals, are uncertain")
+        warnings.warn(
+            f"the E-step's chains disagree: R-hat of the random effects' mean squares {summary.rhat:.3f} > "
+            f"{rhat_warning} + {summary.rhat_noise:.3f} (its chance level) over {summary.n_kept_draws} kept draws "
+            f"per chain: {affected} (increase n_chains, n_draws or n_leapfrog_steps)",
+            SamplerWarning,
+            stacklevel=4,
+        )

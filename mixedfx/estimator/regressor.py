@@ -1,0 +1,249 @@
+"""The mixed-effects regressor: Gaussian, Poisson, negative binomial and binomial responses."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from sklearn.base import RegressorMixin
+from sklearn.metrics import r2_score
+from sklearn.utils.validation import check_is_fitted
+
+from mixedfx import results
+from mixedfx.estimator.base import MixedEffectsModel
+from mixedfx.estimator.docstrings import fill_docstring
+from mixedfx.exceptions import ParameterError
+
+__all__ = ["MixedEffectsRegressor"]
+
+
+@fill_docstring
+class MixedEffectsRegressor(RegressorMixin, MixedEffectsModel):
+    """Mixed-effects regression from an lme4 formula, fitted by Monte Carlo EM.
+
+    The formula's fixed part is encoded by formulaic.  Each random term adds, per level
+    of its grouping factor, coefficients with a full covariance matrix: ``(1 | g)`` a
+    random intercept, ``(1 + x | g)`` or ``(x | g)`` an intercept and slope,
+    ``(0 + x | g)`` a slope alone; ``(x || g)`` splits into uncorrelated terms,
+    ``(1 | a/b)`` into ``(1 | a) + (1 | a:b)``, and ``(1 | a:b)`` groups by the
+    combinations of ``a`` and ``b`` present in the data.  ``offset(expr)`` terms add
+    to the linear predictor with coefficient one.
+
+    Estimation is by maximum likelihood with Monte Carlo EM: an HMC E-step over the
+    random effects and a parameter-expanded M-step (closed form for the Gaussian
+    family, Newton's method for the others), run as compiled XLA loops (see
+    :mod:`mixedfx.inference`).
+
+    Parameters
+    ----------
+    formula : str or None
+        An lme4 formula, e.g. ``"y ~ service + (1 | s) + (1 | d) + (1 | dept)"``.
+        The left-hand side may be omitted when ``y`` is passed to :meth:`fit`; a
+        binomial response is written ``cbind(successes, failures) ~ ...``.  ``None``
+        fits ``y`` on every column of ``X`` with a random intercept per level of
+        ``groups`` (see below).
+    family : {"gaussian", "poisson", "negative_binomial", "binomial"} or Family, default "gaussian"
+        Response family (a :class:`~mixedfx.model.Binomial` instance chooses the
+        probit link).
+    method : {"ml", "reml"}, default "ml"
+        Maximum likelihood, or restricted maximum likelihood (Gaussian family only;
+        lme4's ``REML=TRUE``, its ``lmer`` default).  ML is the default here because
+        it is defined for every family, and because likelihood-ratio tests, AIC and
+        BIC between models with different fixed effects are valid for ML fits only
+        (lme4's ``anova`` refits REML models with ML for that reason).  REML's
+        variance estimates are less biased in small samples: the residual variance
+        is divided by ``n - p`` instead of ``n``, in effect.
+    %(parameters)s
+    Attributes
+    ----------
+    %(attributes)s
+    dispersion_ : float
+        Negative binomial family only: the dispersion (glmmTMB's nbinom2 ``sigma``).
+
+    See Also
+    --------
+    lmer, glmer : fit in one call.
+    MixedEffectsClassifier : bernoulli and ordinal responses.
+
+    Examples
+    --------
+    >>> import mixedfx
+    >>> data = mixedfx.datasets.make_mixed_data(
+    ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
+    ...     random_sd={"g": 0.8}, random_state=2)
+    >>> model = mixedfx.MixedEffectsRegressor("y ~ x + (1 | g)", random_state=0, verbose=0)
+    >>> model = model.fit(data)
+    >>> model.fixed_effects_.round(1).to_dict()
+    {'Intercept': 1.0, 'x': 0.5}
+    >>> model.variance_components_[["group", "sdcor"]].round(1).to_dict("list")
+    {'group': ['g', 'Residual'], 'sdcor': [0.8, 1.0]}
+    >>> model.predict(data.head(2)).shape
+    (2,)
+    """
+
+    _families = ("gaussian", "poisson", "negative_binomial", "binomial")
+    _classifier = False
+
+    def __init__(
+        self,
+        formula=None,
+        *,
+        family="gaussian",
+        method="ml",
+        groups=None,
+        missing="drop",
+        new_levels="population",
+        max_iter=500,
+        tol=0.1,
+        n_chains=2,
+        n_draws=5,
+        n_leapfrog_steps=8,
+        stopping_rule=None,
+        random_state=None,
+        verbose=1,
+        options=None,
+        distribute=None,
+    ):
+        self.formula = formula
+        self.family = family
+        self.method = method
+        self.groups = groups
+        self.missing = missing
+        self.new_levels = new_levels
+        self.max_iter = max_iter
+        self.tol = tol
+        self.n_chains = n_chains
+        self.n_draws = n_draws
+        self.n_leapfrog_steps = n_leapfrog_steps
+        self.stopping_rule = stopping_rule
+        self.random_state = random_state
+        self.verbose = verbose
+        self.options = options
+        self.distribute = distribute
+
+    def predict(self, X, *, new_levels=None, include_random=True, return_std=False):
+        """Conditional mean of the response for new rows.
+
+        Parameters
+        ----------
+        X : pandas.DataFrame
+            Rows with the columns the formula uses (the response is not needed;
+            offset columns are).
+        new_levels : {"population", "error"}, optional
+            Overrides the estimator's ``new_levels`` policy for this call.
+        include_random : bool, default True
+            ``False`` gives the population-level prediction, from the fixed part alone
+            (lme4's ``predict(m, re.form = NA)``); the grouping columns are then not
+            needed.
+        return_std : bool, default False
+            Also return the standard error of each prediction (see
+            :meth:`predict_interval`).
+
+        Returns
+        -------
+        numpy.ndarray of shape (n_rows,)
+            The mean on the response scale (a proportion for the binomial family),
+            given the conditional means of the random effects of each row's levels; a
+            level not seen in ``fit`` contributes zero for all its coefficients under
+            ``"population"``.
+        std : numpy.ndarray of shape (n_rows,)
+            With ``return_std=True``: the standard error of the mean, by the delta
+            method through the inverse link.
+        """
+        X_fixed, offset, terms = self._design_for(X, new_levels, include_random)
+        eta = self._internal_linear_predictor(X_fixed, offset, terms)
+        mean = self.family_.mean(eta, self.model_parameters_.family_params)
+        if not return_std:
+            return mean
+        variance = results.linear_predictor_variance(self, X_fixed, terms, include_random=include_random)
+        slope = np.abs(self._mean_slope(eta))
+        return mean, slope * np.sqrt(variance)
+
+    def _mean_slope(self, eta):
+        """d mean / d eta, numerically (exact enough for the delta method)."""
+        step = 1e-5 * np.maximum(1.0, np.abs(eta))
+        family_params = self.model_parameters_.family_params
+        return (self.family_.mean(eta + step, family_params) - self.family_.mean(eta - step, family_params)) / (2 * step)
+
+    def predict_interval(self, X, *, alpha=0.05, kind="prediction", new_levels=None, include_random=True):
+        """Prediction or confidence intervals that include the random effects' uncertainty.
+
+        The linear predictor's variance adds the fixed effects' covariance to each
+        row's random effects' conditional covariance (exact for the Gaussian family,
+        from the E-step draws otherwise), or to their fitted covariance for a level
+        not seen in fit; the covariance between the two estimates is left out, as in
+        merTools' ``predictInterval`` for lme4.
+
+        Parameters
+        ----------
+        X : pandas.DataFrame
+        alpha : float, default 0.05
+            One minus the coverage.
+        kind : {"prediction", "mean"}, default "prediction"
+            ``"mean"``: an interval for the conditional mean, on the linear
+            predictor's scale and mapped through the inverse link.
+            ``"prediction"``: for a new observation; for the Gaussian family it adds
+            the residual variance; for the others, the ``alpha/2`` and ``1-alpha/2``
+            quantiles of the response at the ends of the mean's interval.
+        new_levels, include_random
+            As in :meth:`predict`.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Columns ``fit`` (as :meth:`predict`), ``lower`` and ``upper``, indexed
+            like ``X``.
+
+        Examples
+        --------
+        >>> import mixedfx
+        >>> data = mixedfx.datasets.make_mixed_data(
+        ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
+        ...     random_sd={"g": 0.8}, random_state=2)
+        >>> model = mixedfx.lmer("y ~ x + (1 | g)", data, random_state=0, verbose=0)
+        >>> table = model.predict_interval(data.head(3))
+        >>> list(table.columns), bool((table["lower"] < table["fit"]).all())
+        (['fit', 'lower', 'upper'], True)
+        """
+        if not isinstance(alpha, (int, float)) or not 0.0 < alpha < 1.0:
+            raise ParameterError(f"alpha must be a number between 0 and 1, got {alpha!r}")
+        if kind not in ("prediction", "mean"):
+            raise ParameterError(f"kind must be 'prediction' or 'mean', got {kind!r}")
+        X_fixed, offset, terms = self._design_for(X, new_levels, include_random)
+        eta = self._internal_linear_predictor(X_fixed, offset, terms)
+        variance = results.linear_predictor_variance(self, X_fixed, terms, include_random=include_random)
+        family_params = self.model_parameters_.family_params
+        z = stats.norm.ppf(1.0 - alpha / 2.0)
+        fit = self.family_.mean(eta, family_params)
+        if self.family_.conjugate_gaussian:
+            if kind == "prediction":
+                variance = variance + self.family_.residual_sd(family_params) ** 2
+            lower, upper = fit - z * np.sqrt(variance), fit + z * np.sqrt(variance)
+        else:
+            ends = [self.family_.mean(eta + sign * z * np.sqrt(variance), family_params) for sign in (-1.0, 1.0)]
+            lower, upper = np.minimum(*ends), np.maximum(*ends)
+            if kind == "prediction":
+                lower = self._response_quantiles(lower, alpha / 2.0)
+                upper = self._response_quantiles(upper, 1.0 - alpha / 2.0)
+        return pd.DataFrame({"fit": fit, "lower": lower, "upper": upper}, index=self._input_frame(X).index)
+
+    def _response_quantiles(self, mean, q):
+        """Quantile ``q`` of a response with mean ``mean`` (the family's; scipy's discrete quantiles)."""
+        try:
+            return self.family_.response_quantile(mean, q, self.model_parameters_.family_params)
+        except NotImplementedError:
+            raise ParameterError(
+                f"kind='prediction' is not available for family {self.family_.name!r} (it depends on each row's "
+                "trials); use kind='mean', or simulate()"
+            ) from None
+
+    def score(self, X, y=None, sample_weight=None):
+        """Coefficient of determination R^2 of :meth:`predict` on ``X``.
+
+        When ``y`` is omitted, the response is the formula's left-hand side evaluated
+        on ``X`` (a proportion for ``cbind`` responses).
+        """
+        check_is_fitted(self, "fixed_effects_")
+        data = self._input_frame(X)
+        truth = np.asarray(self._response_for(data, y), dtype=np.float64)
+        return r2_score(truth, self.predict(data), sample_weight=sample_weight)

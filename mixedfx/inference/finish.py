@@ -1,0 +1,180 @@
+"""Finishing a fit: from the Monte Carlo EM result to the estimates an estimator stores.
+
+:func:`finish_fit` moves the standard deviations whose ML estimate is zero onto the
+boundary, computes the exact Gaussian quantities (dense, sharded across devices, or by
+conjugate gradients when the dense blocks are too large) or, for the other families,
+the importance-sampling log-likelihood and the Laplace standard errors, and returns one
+:class:`FinishedFit` record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import numpy as np
+
+from mixedfx.inference.boundary import boundary_components, zero_components
+from mixedfx.inference.distributed import sharded_gaussian_marginal
+from mixedfx.inference.layout import fixed_effects_covariance
+from mixedfx.inference.mcem import MCEMResult
+from mixedfx.inference.summary import FitSummary
+from mixedfx.model import (
+    DenseBlockTooLarge,
+    MixedModel,
+    ModelParameters,
+    gaussian_fixed_effects_iterative,
+    gaussian_marginal,
+    marginal_log_likelihood,
+)
+
+__all__ = ["FinishedFit", "finish_fit"]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FinishedFit:
+    """What a fit hands the estimator: the final estimates and everything computed from them.
+
+    Attributes
+    ----------
+    parameters : ModelParameters
+        The estimates: boundary sds at zero; for the Gaussian family the fixed effects
+        are the generalized least squares estimate given the variance parameters.
+    summary : FitSummary
+        The Monte Carlo EM record, with the boundary estimates set to zero.
+    fixed_effects_cov : numpy.ndarray of shape (n_fixed, n_fixed)
+        Internal fixed effects (the model's ``fixed_names``); NaN when too large.
+    log_likelihood, log_likelihood_se : float or None
+        ``None`` when not computed; the standard error is 0 when exact.
+    log_likelihood_method : str or None
+    conditional_means, conditional_covs : tuple of numpy.ndarray
+        Per term, ``(num_levels, dim)`` and ``(num_levels, dim, dim)``: exact for the
+        Gaussian family where computed, from the E-step draws otherwise.
+    draws : tuple of numpy.ndarray
+        Per term, the kept E-step draws.
+    boundary_names : tuple of str
+        The parameters moved onto the boundary.
+    """
+
+    parameters: ModelParameters
+    summary: FitSummary
+    fixed_effects_cov: np.ndarray
+    log_likelihood: float | None
+    log_likelihood_se: float | None
+    log_likelihood_method: str | None
+    conditional_means: tuple
+    conditional_covs: tuple
+    draws: tuple
+    boundary_names: tuple[str, ...]
+
+
+def finish_fit(model: MixedModel, result: MCEMResult, *, reml: bool = False, seed: int = 0, distribute=None,
+               max_dense_entries: int | None = None, stacklevel: int = 2) -> FinishedFit:
+    """The estimates of a Monte Carlo EM fit, finished.
+
+    Parameters
+    ----------
+    model : MixedModel
+    result : MCEMResult
+        From :func:`~mixedfx.inference.fit_mcem`.
+    reml : bool, default False
+        A REML fit: judge the boundary and report the log-likelihood by the
+        restricted likelihood (``family.conjugate_gaussian`` only).
+    seed : int, default 0
+        Seed of the importance-sampling log-likelihood.
+    distribute : tf.distribute.Strategy, optional
+        Take the exact Gaussian sums over rows shard by shard.
+    max_dense_entries : int, optional
+        Bound on the dense blocks of the exact Gaussian computations; past it, the
+        conjugate-gradient path (without log-likelihood and conditional sds).
+    stacklevel : int, default 2
+        Of the warnings issued when a quantity could not be computed, counted from
+        this function (2: its caller).
+
+    Returns
+    -------
+    FinishedFit
+
+    Examples
+    --------
+    >>> import mixedfx
+    >>> from mixedfx.design import bind_data
+    >>> from mixedfx.model import Gaussian, bind_model
+    >>> from mixedfx.inference import MCEMOptions, fit_mcem
+    >>> from mixedfx.inference.finish import finish_fit
+    >>> data = mixedfx.datasets.make_mixed_data(
+    ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
+    ...     random_sd={"g": 0.8}, random_state=2)
+    >>> model = bind_model(Gaussian(), bind_data(mixedfx.parse_formula("y ~ x + (1 | g)"), data))
+    >>> finished = finish_fit(model, fit_mcem(model, options=MCEMOptions(), seed=(0, 1), progress=False))
+    >>> finished.log_likelihood_method, finished.log_likelihood_se, finished.fixed_effects_cov.shape
+    ('exact', 0.0, (2, 2))
+    >>> finished.parameters.fixed_effects.round(1).tolist()
+    [1.0, 0.5]
+    """
+    params, summary = result.parameters, result.summary
+    components, names = boundary_components(model, params, reml=reml, seed=seed)
+    if components:
+        # Singular fit: these sds' ML estimate is zero, which Monte Carlo EM only approaches.
+        params = zero_components(params, components)
+        estimate = summary.estimate.copy()
+        estimate[[summary.parameter_names.index(name) for name in names]] = 0.0
+        summary = dataclasses.replace(
+            summary, estimate=estimate, at_boundary=tuple(dict.fromkeys(summary.at_boundary + tuple(names))))
+    common = dict(summary=summary, draws=tuple(result.draws), boundary_names=tuple(names))
+    exact = None
+    if model.family.conjugate_gaussian:
+        exact = _exact_gaussian(model, params, distribute=distribute, max_dense_entries=max_dense_entries,
+                                stacklevel=stacklevel + 1)
+    if exact is not None:
+        log_likelihood = exact.reml_log_likelihood if reml else exact.log_likelihood
+        computed = log_likelihood is not None
+        return FinishedFit(
+            parameters=dataclasses.replace(params, fixed_effects=exact.gls_fixed_effects),
+            fixed_effects_cov=exact.fixed_effects_cov, log_likelihood=log_likelihood,
+            log_likelihood_se=0.0 if computed else None,
+            log_likelihood_method=("exact (REML criterion)" if reml else "exact") if computed else None,
+            conditional_means=tuple(exact.conditional_means),
+            conditional_covs=tuple(exact.conditional_covs) if exact.conditional_covs else tuple(
+                result.random_effects_cov),
+            **common,
+        )
+    likelihood = (None, None, None)
+    try:
+        estimate = marginal_log_likelihood(model, params, seed=seed, start=result.random_effects,
+                                           max_dense_entries=max_dense_entries)
+        likelihood = (estimate.log_likelihood, estimate.standard_error, estimate.method)
+    except DenseBlockTooLarge as exc:
+        warnings.warn(f"log-likelihood not computed: {exc}", UserWarning, stacklevel=stacklevel)
+    try:
+        cov = fixed_effects_covariance(model, params, result.random_effects)
+    except DenseBlockTooLarge:
+        cov = np.full((len(model.fixed_names),) * 2, np.nan)
+    return FinishedFit(parameters=params, fixed_effects_cov=cov, log_likelihood=likelihood[0],
+                       log_likelihood_se=likelihood[1], log_likelihood_method=likelihood[2],
+                       conditional_means=tuple(result.random_effects),
+                       conditional_covs=tuple(result.random_effects_cov), **common)
+
+
+def _exact_gaussian(model, params, *, distribute, max_dense_entries, stacklevel):
+    """Given the variance parameters, the fixed effects and the conditional moments of
+    the random effects in closed form (lme4's, exactly): dense, sharded, or by
+    conjugate gradients when too large to factor; ``None`` if even that fails."""
+    try:
+        if distribute is None:
+            return gaussian_marginal(model, params, profile_fixed_effects=True, max_dense_entries=max_dense_entries)
+        # the same sums over rows, taken shard by shard
+        return sharded_gaussian_marginal(model, params, strategy=distribute, profile_fixed_effects=True,
+                                         max_dense_entries=max_dense_entries)
+    except DenseBlockTooLarge as exc:
+        # Too large to factor: the same solves by conjugate gradients, without the log-determinant.
+        exact = None
+        try:
+            exact = gaussian_fixed_effects_iterative(model, params)
+            done = "the fixed effects, their standard errors and the conditional means are exact (solved " \
+                   "iteratively); the log-likelihood and the conditional sds are not computed"
+        except np.linalg.LinAlgError as failure:
+            done = (f"no exact quantities computed ({failure}); the fixed effects are the Monte Carlo EM "
+                    "averages, whose Monte Carlo error the stopping rule does not judge for a Gaussian fit")
+        warnings.warn(f"{exc}: {done}", UserWarning, stacklevel=stacklevel)
+        return exact

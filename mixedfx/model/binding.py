@@ -1,0 +1,80 @@
+"""A family bound to a data set: :func:`bind_model` turns the design layer's
+:class:`~mixedfx.design.BoundData` into a :class:`MixedModel`, asking the family to
+check the response and the design."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from mixedfx.design.bind import BoundData
+from mixedfx.exceptions import DataError
+from mixedfx.model.families import Family
+from mixedfx.model.joint import MixedModel
+
+__all__ = ["bind_model"]
+
+
+def bind_model(family: Family, bound: BoundData, *, encode: Callable | None = None) -> MixedModel:
+    """The model of ``family`` on the bound data, after the family's checks.
+
+    In order: ``sample_weight`` becomes the trials (families that take them), ``encode``
+    recodes the response (a classifier's labels), the family validates the response
+    and refuses a constant one, and a fixed part or a design it cannot fit; then the
+    grouping factors and the number of parameters are checked against the rows.
+
+    Parameters
+    ----------
+    family : Family
+    bound : BoundData
+        From :func:`mixedfx.design.bind_data`.
+    encode : callable, optional
+        ``encode(family, response) -> (family, values)``: for a classifier, the
+        family fitted to its classes and the response as class codes.
+
+    Returns
+    -------
+    MixedModel
+        Its ``family`` is the one ``encode`` returned.
+
+    Raises
+    ------
+    DataError, FormulaError, ParameterError
+        Naming the response, the term or the parameter.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from mixedfx.formula import parse_formula
+    >>> from mixedfx.design import bind_data
+    >>> from mixedfx.model import Gaussian, bind_model
+    >>> frame = pd.DataFrame({"y": [1.0, 2.0, 4.0, 3.0, 0.5], "x": [0.0, 1.0, 2.0, 3.0, 1.0], "g": list("ababa")})
+    >>> model = bind_model(Gaussian(), bind_data(parse_formula("y ~ x + (1 | g)"), frame))
+    >>> model.n_obs, model.fixed_names
+    (5, ('Intercept', 'x'))
+    >>> bind_model(Gaussian(), bind_data(parse_formula("y ~ x + (1 | g)"), frame.assign(y=1.0)))
+    Traceback (most recent call last):
+    ...
+    mixedfx.exceptions.DataError: Response is constant: every value of 'y' is 1, so there is no variation for the model to explain (lme4 refuses this too)
+    """
+    raw, trials, name = bound.response, bound.trials, bound.response_name
+    if bound.sample_weight is not None:
+        raw, trials = family.trials_from_weights(raw, trials, bound.sample_weight)
+    if encode is not None:
+        family, raw = encode(family, raw)
+    response, trials = family.validate_response(raw, trials=trials, name=name)
+    family.check_response_values(response if trials is None else response / trials, name)
+    family.check_fixed_design(has_intercept=bound.fixed_design.has_intercept, formula=bound.spec.text)
+    model = MixedModel(family, bound.fixed_matrix, response, bound.random_terms, bound.fixed_design.column_names,
+                       offset=bound.offset, trials=trials)
+    model.check_identifiable()
+    family.check_fit(model.fixed_design, model.response, model.offset, name=name)
+    n_fixed = model.fixed_design.shape[1]
+    n_variance = sum(t.dim * (t.dim + 1) // 2 for t in model.random_terms)
+    n_family = len(family.parameter_labels())
+    n_params = n_fixed + n_variance + n_family
+    if model.n_obs <= n_params:
+        raise DataError(
+            f"{model.n_obs} rows are too few to estimate {n_params} parameters ({n_fixed} fixed "
+            f"effects, {n_variance} variance parameters, {n_family} of the family)"
+        )
+    return model
