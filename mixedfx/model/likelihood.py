@@ -24,7 +24,7 @@ import numpy as np
 from mixedfx._tf import tf
 from mixedfx.exceptions import ParameterError
 from mixedfx.model.blocks import BlockSystem, DenseBlockTooLarge
-from mixedfx.model.gaussian import gaussian_marginal, term_z
+from mixedfx.model.gaussian import _conjugate_gradients, gaussian_marginal, term_z
 from mixedfx.model.joint import MixedModel, ModelParameters, numpy_linear_predictor
 
 __all__ = ["LaplaceMode", "MarginalLikelihood", "laplace_mode", "marginal_log_likelihood"]
@@ -204,9 +204,8 @@ def laplace_mode(
     Newton system ``A = U' diag(w) U + I`` solved by block elimination
     (:class:`~mixedfx.model.blocks.BlockSystem`), halving each step until the
     objective does not fall.  When the dense block of ``A`` would exceed
-    ``max_dense_entries`` (two large crossed factors), the direction uses ``A``'s
-    diagonal blocks (one ``dim x dim`` block per level) instead: still an ascent
-    direction, so the search still converges, in more iterations.  It stops when the
+    ``max_dense_entries`` (two large crossed factors), the same direction is solved
+    by preconditioned conjugate gradients, matrix-free.  It stops when the
     Newton decrement falls below ``1e-8``.
 
     Parameters
@@ -338,30 +337,46 @@ def _newton_direction(problem: _NewtonProblem, v, score, weight, *, max_dense_en
     """The Newton step ``A^-1 g`` for the whitened effects ``v`` and its decrement ``g' A^-1 g``.
 
     ``g = U' score - v`` is the objective's gradient and ``A = U' diag(weight) U + I``;
-    it is solved by block elimination, or with ``A``'s per-level diagonal blocks when
-    the dense block would exceed ``max_dense_entries``.
+    it is solved by block elimination, or by conjugate gradients when the dense block
+    would exceed ``max_dense_entries``.
     """
     try:
         system = BlockSystem(problem.terms, problem.scaled, weight, max_dense_entries=max_dense_entries)
     except DenseBlockTooLarge:
-        step, decrement = [], 0.0
-        for term, u, x in zip(problem.terms, problem.scaled, v):
-            index = term.group_index
-            gradient = np.zeros((term.num_levels, term.dim))
-            np.add.at(gradient, index, score[:, None] * u)
-            gradient -= x
-            hessian = np.zeros((term.num_levels, term.dim, term.dim))
-            np.add.at(hessian, index, weight[:, None, None] * u[:, :, None] * u[:, None, :])
-            hessian += np.eye(term.dim)
-            step.append(np.linalg.solve(hessian, gradient[..., None])[..., 0])
-            decrement += float(np.sum(gradient * step[-1]))
-        return step, decrement
+        return _matrix_free_direction(problem, v, score, weight)
     g1, gr = system.project(score[:, None], weighted=False)
     flat = _flatten(system, v)
     g1 = g1 - flat[0]
     gr = gr - flat[1]
     d1, dr = system.solve(g1, gr)
     return system.to_terms(d1, dr), float(np.sum(g1 * d1) + np.sum(gr * dr))
+
+
+def _matrix_free_direction(problem: _NewtonProblem, v, score, weight):
+    """:func:`_newton_direction` without the dense block: ``A d = g`` by the conjugate
+    gradients of :func:`mixedfx.model.gaussian_marginal`, preconditioned by ``A``'s
+    per-level diagonal blocks, with ``A`` applied through gathers and sums over rows."""
+    terms, scaled = problem.terms, problem.scaled
+
+    def transpose(values):  # per term, U_k' values: (num_levels, dim, m)
+        return [np.stack([np.stack([np.bincount(t.group_index, weights=u[:, a] * values[:, j], minlength=t.num_levels)
+                                    for j in range(values.shape[1])], axis=-1) for a in range(t.dim)], axis=1)
+                for t, u in zip(terms, scaled)]
+
+    def apply_a(x):  # U' diag(w) U x + x
+        ux = sum(np.einsum("nd,ndm->nm", u, xk[t.group_index]) for t, u, xk in zip(terms, scaled, x))
+        return [o + xk for o, xk in zip(transpose(weight[:, None] * ux), x)]
+
+    inverse_blocks = []
+    for t, u in zip(terms, scaled):
+        block = np.zeros((t.num_levels, t.dim, t.dim))
+        np.add.at(block, t.group_index, weight[:, None, None] * u[:, :, None] * u[:, None, :])
+        inverse_blocks.append(np.linalg.inv(block + np.eye(t.dim)))
+    gradient = [g - x[:, :, None] for g, x in zip(transpose(score[:, None]), v)]
+    step = _conjugate_gradients(gradient, apply_a, lambda r: [np.matmul(inv, x) for inv, x in zip(inverse_blocks, r)],
+                                tol=1e-10, max_iter=1000)
+    decrement = float(sum(np.sum(g * d) for g, d in zip(gradient, step)))
+    return [d[:, :, 0] for d in step], decrement
 
 
 def _flatten(system: BlockSystem, per_term):
