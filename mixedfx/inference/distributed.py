@@ -30,8 +30,9 @@ single-device one (:func:`mixedfx.inference.mcem.fit_mcem`), given
 Every family is sharded: the Gaussian M-step's cross-products, and the other families'
 Newton M-step, whose gradient, Hessian and objective are sums over rows and draws.
 After the fit, the Gaussian family's exact likelihood is computed from sharded sums
-(:func:`mixedfx.model.gaussian_marginal` with :func:`sharded_cross_products`); the other families' Laplace and importance-sampling
-likelihood still runs on the host, from all rows.
+(:func:`mixedfx.model.gaussian_marginal` with :func:`sharded_cross_products`); the
+other families' Laplace and importance-sampling likelihood still runs on the host,
+from all rows.
 """
 
 from __future__ import annotations

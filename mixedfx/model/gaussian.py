@@ -397,8 +397,8 @@ def gaussian_fixed_effects_iterative(
     """The fixed effects' covariance, GLS estimate and conditional means, matrix-free.
 
     ``gaussian_marginal(model, params, profile_fixed_effects=True,
-    solver="conjugate_gradients", ...)``: the same quantities as the dense solver, from solves of ``A x = U'w`` by conjugate
-    gradients preconditioned by ``A``'s diagonal blocks (one ``dim x dim`` block per
+    solver="conjugate_gradients", ...)``: the same quantities as the dense solver,
+    from solves of ``A x = U'w`` by conjugate gradients preconditioned by ``A``'s diagonal blocks (one ``dim x dim`` block per
     level of each term), with ``A`` applied through gathers and sums over the rows:
     no matrix with a dimension of levels times levels is formed.
 
