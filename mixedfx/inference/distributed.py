@@ -30,8 +30,9 @@ single-device one (:func:`mixedfx.inference.mcem.fit_mcem`), given
 Every family is sharded: the Gaussian M-step's cross-products, and the other families'
 Newton M-step, whose gradient, Hessian and objective are sums over rows and draws.
 After the fit, the Gaussian family's exact likelihood is computed from sharded sums
-(:func:`sharded_gaussian_marginal`); the other families' Laplace and importance-sampling
-likelihood still runs on the host, from all rows.
+(:func:`mixedfx.model.gaussian_marginal` with :func:`sharded_cross_products`); the
+other families' Laplace and importance-sampling likelihood still runs on the host,
+from all rows.
 """
 
 from __future__ import annotations
@@ -44,11 +45,10 @@ from mixedfx._tf import tf
 from mixedfx.exceptions import ParameterError
 from mixedfx.inference.rows import model_tensors, value_and_gradient, with_accumulated_gradient
 from mixedfx.model.blocks import BlockSystem, DenseBlockTooLarge, MAX_DENSE_ENTRIES
-from mixedfx.model.families import Gaussian
-from mixedfx.model.gaussian import GaussianMarginal, marginal_from_cross_products
+from mixedfx.model.gaussian import CrossProducts, GaussianMarginal, RowSums, gaussian_marginal
 from mixedfx.model.joint import MixedModel, ModelParameters, ModelTensors
 
-__all__ = ["ShardedRows", "check_strategy", "sharded_gaussian_marginal"]
+__all__ = ["ShardedRows", "check_strategy", "sharded_cross_products", "sharded_gaussian_marginal"]
 
 _SUM = tf.distribute.ReduceOp.SUM
 
@@ -225,12 +225,8 @@ def sharded_gaussian_marginal(model: MixedModel, params: ModelParameters, *, str
                               max_dense_entries: int | None = None) -> GaussianMarginal:
     """:func:`mixedfx.model.gaussian_marginal` with its sums over rows taken shard by shard.
 
-    Every input of the block elimination is a sum over rows: with ``U`` the scaled
-    random-effects design (row ``i``: ``z_i' L_k / sigma`` in the columns of its levels)
-    and ``W = [y - offset - X beta, X]``, the blocks of ``U'U``, ``U'W`` and ``W'W``.
-    Each replica computes them on its shard, they are all-reduced, and the dense
-    factorization (level counts squared, independent of the rows) runs once on the
-    host, as in the single-device computation.
+    ``gaussian_marginal(model, params, row_sums=sharded_cross_products(strategy), ...)``:
+    see :func:`sharded_cross_products`.
 
     Parameters
     ----------
@@ -262,34 +258,76 @@ def sharded_gaussian_marginal(model: MixedModel, params: ModelParameters, *, str
     >>> round(marginal.log_likelihood, 4)
     -6.7744
     """
+    return gaussian_marginal(model, params, profile_fixed_effects=profile_fixed_effects,
+                             max_dense_entries=max_dense_entries, row_sums=sharded_cross_products(strategy))
+
+
+def sharded_cross_products(strategy) -> RowSums:
+    """The ``row_sums`` of :func:`mixedfx.model.gaussian_marginal` for a sharded fit.
+
+    Every input of the block elimination is a sum over rows: with ``U`` the scaled
+    random-effects design (row ``i``: ``z_i' L_k / sigma`` in the columns of its levels)
+    and ``W = [y - offset - X beta, X]``, the blocks of ``U'U``, ``U'W`` and ``W'W``.
+    Each replica computes them on its shard, they are all-reduced, and the dense
+    factorization (level counts squared, independent of the rows) runs once on the
+    host, as in the single-device computation.  ``max_dense_entries`` bounds the
+    coupling block too, which each replica sums densely.
+
+    Parameters
+    ----------
+    strategy : tf.distribute.Strategy
+
+    Returns
+    -------
+    callable
+        ``row_sums(model, params, *, max_dense_entries=None) -> CrossProducts``.
+
+    Raises
+    ------
+    ParameterError
+        Unless ``strategy`` is a :class:`tf.distribute.Strategy`.
+
+    Examples
+    --------
+    >>> import numpy as np, tensorflow as tf
+    >>> from mixedfx.design import RandomTermData
+    >>> from mixedfx.model import Gaussian, MixedModel, ModelParameters, gaussian_marginal
+    >>> from mixedfx.inference.distributed import sharded_cross_products
+    >>> term = RandomTermData("g", np.array([0, 0, 1, 1], dtype=np.int32), None, 2)
+    >>> model = MixedModel(Gaussian(), np.ones((4, 1)), np.array([1.0, 2.0, 4.0, 5.0]), (term,), ("Intercept",))
+    >>> params = ModelParameters(np.array([3.0]), np.array([1.0]), {"sigma": 1.0})
+    >>> row_sums = sharded_cross_products(tf.distribute.get_strategy())
+    >>> round(gaussian_marginal(model, params, row_sums=row_sums).log_likelihood, 4)
+    -6.7744
+    """
     check_strategy(strategy)
-    if not isinstance(model.family, Gaussian):
-        raise ParameterError(f"the exact marginal likelihood is the Gaussian family's, not {model.family.name!r}'s")
-    terms = model.random_terms
-    num_levels = tuple(t.num_levels for t in terms)
-    dims = tuple(t.dim for t in terms)
-    first, width = BlockSystem.order(num_levels, dims)[0], sum(q * d for q, d in zip(num_levels, dims))
-    width -= num_levels[first] * dims[first]
-    q1, d1 = num_levels[first], dims[first]
-    max_dense_entries = MAX_DENSE_ENTRIES if max_dense_entries is None else max_dense_entries
-    if q1 * d1 * width + width * width > max_dense_entries:
-        raise DenseBlockTooLarge(
-            f"exact computation needs dense blocks of {q1 * d1} x {width} and {width} x {width} entries")
-    sigma = float(params.family_params["sigma"])
-    scale_tril = [tf.constant(np.asarray(L, dtype=np.float64) / sigma) for L in params.random_scale_tril]
-    beta = tf.constant(np.asarray(params.fixed_effects, dtype=np.float64))
-    rows = ShardedRows(model, strategy)
-    sums = _marginal_sums(rows, num_levels, dims, beta, scale_tril)
-    sums = {name: value.numpy() for name, value in sums.items()}
-    system = BlockSystem.from_cross_products(num_levels, dims, sums["a11"], sums["a1r"], sums["arr"],
-                                             max_dense_entries=max_dense_entries)
-    return marginal_from_cross_products(system, sums["wtw"], sums["v1"], sums["vr"], params=params,
-                                        n_obs=model.n_obs, profile_fixed_effects=profile_fixed_effects)
+
+    def row_sums(model: MixedModel, params: ModelParameters, *, max_dense_entries: int | None = None):
+        terms = model.random_terms
+        num_levels = tuple(t.num_levels for t in terms)
+        dims = tuple(t.dim for t in terms)
+        first, width = BlockSystem.order(num_levels, dims)[0], sum(q * d for q, d in zip(num_levels, dims))
+        width -= num_levels[first] * dims[first]
+        q1, d1 = num_levels[first], dims[first]
+        bound = MAX_DENSE_ENTRIES if max_dense_entries is None else max_dense_entries
+        if q1 * d1 * width + width * width > bound:
+            raise DenseBlockTooLarge(
+                f"exact computation needs dense blocks of {q1 * d1} x {width} and {width} x {width} entries")
+        sigma = float(params.family_params["sigma"])
+        scale_tril = [tf.constant(np.asarray(L, dtype=np.float64) / sigma) for L in params.random_scale_tril]
+        beta = tf.constant(np.asarray(params.fixed_effects, dtype=np.float64))
+        sums = _marginal_sums(ShardedRows(model, strategy), num_levels, dims, beta, scale_tril)
+        sums = {name: value.numpy() for name, value in sums.items()}
+        system = BlockSystem.from_cross_products(num_levels, dims, sums["a11"], sums["a1r"], sums["arr"],
+                                                 max_dense_entries=bound)
+        return CrossProducts(system, sums["wtw"], sums["v1"], sums["vr"])
+
+    return row_sums
 
 
 @functools.lru_cache(maxsize=16)
 def _marginal_cross_products(num_levels, dims):
-    """Per shard, the sums of :func:`sharded_gaussian_marginal`, for one term structure
+    """Per shard, the sums of :func:`sharded_cross_products`, for one term structure
     (cached, so refits and repeated evaluations reuse the compiled program)."""
     order = BlockSystem.order(num_levels, dims)
     first, rest = order[0], order[1:]
@@ -343,5 +381,6 @@ def _marginal_cross_products(num_levels, dims):
 
 
 def _marginal_sums(rows, num_levels, dims, beta, scale_tril):
+    """The cross-products of :func:`_marginal_cross_products`, summed over ``rows``' shards."""
     local = _marginal_cross_products(num_levels, dims)
     return tf.function(lambda: rows.sum(local, beta, scale_tril), autograph=False)()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from mixedfx._tf import tf
-from mixedfx.model.families import Gaussian
-from mixedfx.model.joint import MixedModel, ModelParameters
+from mixedfx.model.joint import MixedModel, ModelParameters, family_tensors, numpy_linear_predictor
+from mixedfx.model.likelihood import laplace_mode
 
 __all__ = ["initial_parameters", "conditional_modes"]
 
@@ -36,17 +36,17 @@ def initial_parameters(model: MixedModel) -> ModelParameters:
     >>> bool(np.isclose(start.fixed_effects[0], np.log(y.mean()))), start.random_scale_tril[0].tolist()
     (True, [[0.5]])
     """
-    if isinstance(model.family, Gaussian):
+    if model.family.conjugate_gaussian:
         return gaussian_initial_parameters(model)
     family, X, y = model.family, model.fixed_design, model.response
     offset = np.zeros(model.n_obs) if model.offset is None else model.offset
     trials = None if model.trials is None else tf.constant(model.trials)
     free = family.initial_free(y, offset, trials=model.trials)
-    natural = {k: tf.constant(v) for k, v in family.constrain(tf.constant(free, tf.float64)).items()}
+    natural = family_tensors(family.constrain(tf.constant(free, tf.float64)))
     response = tf.constant(y)
 
     def evaluate(beta):
-        eta = tf.constant(X @ beta + offset)
+        eta = tf.constant(numpy_linear_predictor(X, beta, (), (), offset=offset))
         with tf.GradientTape() as tape:
             tape.watch(eta)
             total = tf.reduce_sum(family.log_prob(eta, natural, response, trials=trials))
@@ -142,13 +142,11 @@ def gaussian_initial_parameters(model: MixedModel) -> ModelParameters:
 
 
 def conditional_modes(model: MixedModel, params: ModelParameters, *, max_sweeps: int = 100) -> tuple[np.ndarray, ...]:
-    """The random effects' conditional modes given ``params``, by damped Newton backfitting.
+    """The random effects' conditional modes given ``params``, by damped Newton's method.
 
-    Each sweep takes, term by term, a Newton step for every level's coefficients on
-    ``log p(y | b) + log p(b)`` with the family's expected information (one small
-    ``dim x dim`` system per level), halving it until the objective improves.  The
-    E-step restarts its chains here when, started elsewhere, they produced non-finite
-    values or only divergent transitions: with very informative data (counts in the
+    :func:`mixedfx.model.laplace_mode` with the family's expected information as the
+    curvature, from zero.  The E-step restarts its chains here when, started
+    elsewhere, they produced non-finite values or only divergent transitions: with very informative data (counts in the
     millions, say) the conditional distribution of the random effects is so narrow
     that HMC cannot travel to it from zero.
 
@@ -157,6 +155,7 @@ def conditional_modes(model: MixedModel, params: ModelParameters, *, max_sweeps:
     model : MixedModel
     params : ModelParameters
     max_sweeps : int, default 100
+        Newton iterations at most.
 
     Returns
     -------
@@ -176,58 +175,4 @@ def conditional_modes(model: MixedModel, params: ModelParameters, *, max_sweeps:
     >>> (np.round(modes[0][:, 0], 3) + 0.0).tolist()
     [-0.693, 0.0, 0.693]
     """
-    family, terms = model.family, model.random_terms
-    fixed = model.fixed_design @ np.asarray(params.fixed_effects, dtype=np.float64)
-    if model.offset is not None:
-        fixed = fixed + model.offset
-    natural = {k: tf.constant(np.asarray(v, dtype=np.float64)) for k, v in params.family_params.items()}
-    response = tf.constant(np.asarray(model.response, dtype=np.float64))
-    trials = None if model.trials is None else tf.constant(np.asarray(model.trials, dtype=np.float64))
-    zs = [np.ones((model.n_obs, 1)) if t.z is None else np.asarray(t.z, dtype=np.float64) for t in terms]
-    precisions = []
-    for L in params.random_scale_tril:
-        L = np.asarray(L, dtype=np.float64)
-        # A zero sd (singular fit) pins its coefficient at zero: a large precision.
-        covariance = L @ L.T + 1e-12 * np.eye(L.shape[0])
-        precisions.append(np.linalg.inv(covariance))
-    effects = [np.zeros((t.num_levels, t.dim)) for t in terms]
-
-    def evaluate(effects):
-        eta = fixed.copy()
-        for term, z, b in zip(terms, zs, effects):
-            eta += np.sum(z * b[term.group_index], axis=1)
-        eta_t = tf.constant(eta)
-        with tf.GradientTape() as tape:
-            tape.watch(eta_t)
-            loglik = tf.reduce_sum(family.log_prob(eta_t, natural, response, trials=trials))
-        score = tape.gradient(loglik, eta_t).numpy()
-        weight = family.fisher_weight(eta_t, natural, trials=trials).numpy()
-        prior = sum(-0.5 * float(np.einsum("qa,ab,qb->", b, P, b)) for b, P in zip(effects, precisions))
-        return float(loglik) + prior, score, weight
-
-    value, score, weight = evaluate(effects)
-    for _ in range(max_sweeps):
-        start = value
-        for k, (term, z, P) in enumerate(zip(terms, zs, precisions)):
-            index = term.group_index
-            gradient = np.zeros((term.num_levels, term.dim))
-            np.add.at(gradient, index, score[:, None] * z)
-            gradient -= effects[k] @ P
-            hessian = np.zeros((term.num_levels, term.dim, term.dim))
-            np.add.at(hessian, index, weight[:, None, None] * z[:, :, None] * z[:, None, :])
-            hessian += P
-            step = np.linalg.solve(hessian, gradient[..., None])[..., 0]
-            if float(np.sum(gradient * step)) < 1e-8:  # Newton decrement: this term is at its mode
-                continue
-            scale = 1.0
-            for _ in range(40):
-                trial = list(effects)
-                trial[k] = effects[k] + scale * step
-                trial_value, trial_score, trial_weight = evaluate(trial)
-                if np.isfinite(trial_value) and trial_value >= value:
-                    effects, value, score, weight = trial, trial_value, trial_score, trial_weight
-                    break
-                scale /= 2.0
-        if value - start <= 1e-10 * max(1.0, abs(value)):
-            break
-    return tuple(effects)
+    return laplace_mode(model, params, curvature="expected", max_iterations=max_sweeps).modes

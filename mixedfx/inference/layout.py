@@ -16,9 +16,9 @@ import numpy as np
 from mixedfx._tf import tf
 from mixedfx.inference.stopping import monte_carlo_standard_error
 from mixedfx.model.blocks import BlockSystem, DenseBlockTooLarge
-from mixedfx.model.families import Family, Gaussian
-from mixedfx.model.gaussian import gaussian_fixed_effects_iterative, gaussian_marginal, term_z
-from mixedfx.model.joint import MixedModel, ModelParameters
+from mixedfx.model.families import Family
+from mixedfx.model.gaussian import gaussian_marginal, term_z
+from mixedfx.model.joint import MixedModel, ModelParameters, numpy_linear_predictor
 
 __all__ = ["ParameterLayout", "fixed_effects_covariance", "fixed_effects_scale"]
 
@@ -227,16 +227,16 @@ def complete_data_scale(model: MixedModel, params: ModelParameters) -> np.ndarra
     (``W`` the Fisher weights at the fixed part of the linear predictor): one pass over
     the rows, a lower bound of the marginal ones for the Gaussian family."""
     X = model.fixed_design
-    eta = X @ params.fixed_effects + (0.0 if model.offset is None else model.offset)
+    eta = numpy_linear_predictor(X, params.fixed_effects, (), (), offset=model.offset)
     weight = _fisher_weight(model, params, eta)
     cov = np.linalg.pinv(X.T @ (weight[:, None] * X))
     return np.sqrt(np.clip(np.diag(cov), 0.0, None))
 
 
 def _fisher_weight(model: MixedModel, params: ModelParameters, eta: np.ndarray) -> np.ndarray:
-    natural = {k: tf.constant(np.asarray(v, dtype=np.float64)) for k, v in params.family_params.items()}
+    """The family's Fisher weight of each row at linear predictor ``eta`` (numpy)."""
     trials = None if model.trials is None else tf.constant(model.trials)
-    return model.family.fisher_weight(tf.constant(eta), natural, trials=trials).numpy()
+    return model.family.fisher_weight(tf.constant(eta), params.family_tensors(), trials=trials).numpy()
 
 
 def fixed_effects_covariance(model: MixedModel, params: ModelParameters, random_effects=None) -> np.ndarray:
@@ -255,14 +255,10 @@ def fixed_effects_covariance(model: MixedModel, params: ModelParameters, random_
     X = model.fixed_design
     if not X.shape[1]:
         return np.zeros((0, 0))
-    if isinstance(model.family, Gaussian):
-        try:
-            return gaussian_marginal(model, params).fixed_effects_cov
-        except DenseBlockTooLarge:
-            return gaussian_fixed_effects_iterative(model, params).fixed_effects_cov
-    eta = X @ params.fixed_effects + (0.0 if model.offset is None else model.offset)
-    for term, effects in zip(model.random_terms, random_effects or ()):
-        eta = eta + np.sum(np.asarray(effects)[term.group_index] * term_z(term, model.n_obs), axis=1)
+    if model.family.conjugate_gaussian:
+        return gaussian_marginal(model, params, solver="auto").fixed_effects_cov
+    eta = numpy_linear_predictor(X, params.fixed_effects, random_effects or (), model.random_terms,
+                                 offset=model.offset)
     weight = _fisher_weight(model, params, eta)
     scaled = [term_z(t, model.n_obs) @ L for t, L in zip(model.random_terms, params.random_scale_tril)]
     system = BlockSystem(model.random_terms, scaled, weight)

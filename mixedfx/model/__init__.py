@@ -16,13 +16,14 @@ from mixedfx.model.families import (
     get_family,
 )
 from mixedfx.model.gaussian import GaussianMarginal, gaussian_fixed_effects_iterative, gaussian_marginal, term_z
-from mixedfx.model.likelihood import MarginalLikelihood, marginal_log_likelihood
+from mixedfx.model.likelihood import LaplaceMode, MarginalLikelihood, laplace_mode, marginal_log_likelihood
 from mixedfx.model.joint import (
     RESPONSE,
     MixedModel,
     ModelParameters,
     ModelTensors,
     build_joint_distribution,
+    family_tensors,
     gaussian_log_likelihood_float32,
     joint_log_prob,
     linear_predictor,
@@ -48,6 +49,8 @@ __all__ = [
     "gaussian_marginal",
     "gaussian_fixed_effects_iterative",
     "term_z",
+    "LaplaceMode",
+    "laplace_mode",
     "MarginalLikelihood",
     "marginal_log_likelihood",
     "RESPONSE",
@@ -55,6 +58,7 @@ __all__ = [
     "ModelParameters",
     "ModelTensors",
     "build_joint_distribution",
+    "family_tensors",
     "joint_log_prob",
     "gaussian_log_likelihood_float32",
     "linear_predictor",

@@ -32,7 +32,8 @@ class DenseBlockTooLarge(RuntimeError):
     """The dense Schur block would not fit the memory bound.
 
     The estimators catch it: Gaussian fits then solve the same systems iteratively
-    (:func:`~mixedfx.model.gaussian_fixed_effects_iterative`), without the
+    (:func:`~mixedfx.model.gaussian_marginal` with ``solver="conjugate_gradients"``,
+    or ``solver="auto"``), without the
     log-likelihood; the other families go without the exact quantities (with a
     warning).
 

@@ -11,26 +11,33 @@ response is ``V = sigma^2 (I + U U')``, and
 * the conditional means and variances of the random effects are
   ``Lambda A^-1 U'r / sigma`` and ``diag(Lambda A^-1 Lambda)``.
 
-``A`` is handled by block elimination (:class:`mixedfx.model.blocks.BlockSystem`).
-When its dense Schur block would not fit in memory (two large crossed factors),
-:func:`gaussian_fixed_effects_iterative` solves the same systems by preconditioned
-conjugate gradients, matrix-free, in memory linear in the rows: the fixed effects'
-covariance, the GLS estimate and the conditional means stay exact (to the solver's
-tolerance); the log-determinant, and with it the log-likelihood, is not computed.
+One computation, :func:`gaussian_marginal`, gives them all; its variants are
+parameters.  ``A`` is handled by block elimination
+(:class:`mixedfx.model.blocks.BlockSystem`) from sums over rows (:class:`CrossProducts`)
+that a pluggable ``row_sums`` computes: in memory by default
+(:func:`local_cross_products`), shard by shard in a sharded fit
+(:func:`mixedfx.inference.distributed.sharded_cross_products`).  When its dense Schur
+block would not fit in memory (two large crossed factors), ``solver="conjugate_gradients"``
+solves the same systems by preconditioned conjugate gradients, matrix-free, in memory
+linear in the rows: the fixed effects' covariance, the GLS estimate and the
+conditional means stay exact (to the solver's tolerance); the log-determinant, and
+with it the log-likelihood, is not computed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import linalg
 
+from mixedfx.exceptions import ParameterError
 from mixedfx.model.blocks import BlockSystem, DenseBlockTooLarge
 from mixedfx.model.joint import MixedModel, ModelParameters
 
-__all__ = ["GaussianMarginal", "gaussian_marginal", "gaussian_fixed_effects_iterative", "marginal_from_cross_products",
-           "term_z", "DenseBlockTooLarge"]
+__all__ = ["GaussianMarginal", "gaussian_marginal", "gaussian_fixed_effects_iterative", "CrossProducts", "RowSums",
+           "local_cross_products", "term_z", "DenseBlockTooLarge"]
 
 
 @dataclass(frozen=True)
@@ -98,9 +105,29 @@ def gaussian_marginal(
     params: ModelParameters,
     *,
     profile_fixed_effects: bool = False,
+    solver: str = "dense",
+    row_sums: RowSums | None = None,
     max_dense_entries: int | None = None,
+    tol: float = 1e-8,
+    max_iter: int = 1000,
+    chunk_rows: int = 1 << 20,
 ) -> GaussianMarginal:
     """Exact log-likelihood, fixed-effects covariance and conditional modes.
+
+    The one computation of the exact Gaussian quantities.  Everything follows from
+    ``W'W``, ``U'W`` and solves ``A x = U'W`` (module docstring); its variants are
+    parameters:
+
+    * ``solver="dense"``: ``A`` by block elimination, with the sums over rows from
+      ``row_sums`` (default :func:`local_cross_products`; a sharded fit passes
+      :func:`mixedfx.inference.distributed.sharded_cross_products`);
+    * ``solver="conjugate_gradients"``: the solves by preconditioned conjugate
+      gradients, matrix-free, ``chunk_rows`` rows at a time (memory linear in the
+      rows): the fixed effects' covariance, the GLS estimate and the conditional means
+      (to ``tol``); no log-determinant, so the likelihoods and the conditional sds and
+      covariances are ``None`` / empty;
+    * ``solver="auto"``: dense, or conjugate gradients when the dense block would
+      exceed ``max_dense_entries``.
 
     Parameters
     ----------
@@ -112,9 +139,20 @@ def gaussian_marginal(
         Evaluate ``log_likelihood`` and the conditional moments at the GLS estimate
         of the fixed effects instead of ``params.fixed_effects`` (one elimination
         serves both, since the solutions are linear in the residual).
+    solver : {"dense", "conjugate_gradients", "auto"}, default "dense"
+    row_sums : callable, optional
+        ``row_sums(model, params, max_dense_entries=...)`` returning
+        :class:`CrossProducts` (dense solver only); default
+        :func:`local_cross_products`.
     max_dense_entries : int, optional
         Bound on the entries of the dense block (default
         :data:`mixedfx.model.blocks.MAX_DENSE_ENTRIES`, about 480 MB of float64).
+    tol : float, default 1e-8
+        Conjugate gradients: relative residual at which the solver stops.
+    max_iter : int, default 1000
+        Conjugate gradients: iterations before giving up.
+    chunk_rows : int, default 2**20
+        Conjugate gradients: rows per pass of the products with ``U``.
 
     Returns
     -------
@@ -123,7 +161,11 @@ def gaussian_marginal(
     Raises
     ------
     DenseBlockTooLarge
-        If the dense blocks would exceed ``max_dense_entries``.
+        If ``solver="dense"`` and the dense blocks would exceed ``max_dense_entries``.
+    numpy.linalg.LinAlgError
+        When conjugate gradients do not reach ``tol`` in ``max_iter`` iterations.
+    ParameterError
+        For a family other than the Gaussian, or an unknown ``solver``.
 
     Examples
     --------
@@ -137,102 +179,193 @@ def gaussian_marginal(
     >>> params = ModelParameters(np.array([3.0]), np.array([1.0]), {"sigma": 1.0})
     >>> round(gaussian_marginal(model, params).log_likelihood, 4)
     -6.7744
+    >>> iterative = gaussian_marginal(model, params, solver="conjugate_gradients")
+    >>> iterative.log_likelihood, iterative.conditional_means[0].ravel().round(4).tolist()
+    (None, [-1.0, 1.0])
     """
-    X = model.fixed_design
-    y = model.response - (0.0 if model.offset is None else model.offset)
-    n = model.n_obs
-    beta = np.asarray(params.fixed_effects, dtype=np.float64)
-    sigma = float(params.family_params["sigma"])
-    residual = y - X @ beta
-    terms = model.random_terms
-    if not terms:
-        xtx = X.T @ X / sigma**2
-        cov = np.linalg.inv(xtx) if X.shape[1] else np.zeros((0, 0))
-        loglik = -0.5 * (n * np.log(2 * np.pi * sigma**2) + residual @ residual / sigma**2)
-        return GaussianMarginal(float(loglik), cov, (), ())  # no random terms: the GLS extras are not needed
-    scaled = [term_z(term, n) @ L / sigma for term, L in zip(terms, params.random_scale_tril)]
-    system = BlockSystem(terms, scaled, max_dense_entries=max_dense_entries)
-    W = np.column_stack([residual, X])
-    v1, vr = system.project(W)
-    return marginal_from_cross_products(system, W.T @ W, v1, vr, params=params, n_obs=n,
-                                        profile_fixed_effects=profile_fixed_effects)
+    if not model.family.conjugate_gaussian:
+        raise ParameterError(f"the exact marginal likelihood is the Gaussian family's, not {model.family.name!r}'s")
+    if solver not in ("dense", "conjugate_gradients", "auto"):
+        raise ParameterError(f"solver must be 'dense', 'conjugate_gradients' or 'auto', got {solver!r}")
+    options = dict(profile_fixed_effects=profile_fixed_effects, row_sums=row_sums, max_dense_entries=max_dense_entries,
+                   tol=tol, max_iter=max_iter, chunk_rows=chunk_rows)
+    if solver == "auto":
+        try:
+            return gaussian_marginal(model, params, solver="dense", **options)
+        except DenseBlockTooLarge:
+            return gaussian_marginal(model, params, solver="conjugate_gradients", **options)
+    if not model.random_terms:
+        return _without_random_terms(model, params)
+    if solver == "dense":
+        sums = (local_cross_products if row_sums is None else row_sums)(model, params,
+                                                                        max_dense_entries=max_dense_entries)
+        system = sums.system
+        x1, xr = system.solve(sums.v1, sums.vr)
+        reduced = sums.wtw - system.quadratic(sums.v1, sums.vr, x1, xr)
+        return _marginal(params, model.n_obs, reduced, _term_blocks(system, x1, xr), logdet=system.logdet,
+                         inverse_blocks=system.inverse_diagonal_blocks, profile_fixed_effects=profile_fixed_effects)
+    if row_sums is not None:
+        raise ParameterError("row_sums serves the dense solver; conjugate gradients sum over local chunks of rows")
+    rhs, wtw, apply_a, precondition = _chunked_operator(model, params, chunk_rows=chunk_rows)
+    solution = _conjugate_gradients(rhs, apply_a, precondition, tol=tol, max_iter=max_iter)
+    reduced = wtw - _dot_matrix(rhs, solution)
+    return _marginal(params, model.n_obs, reduced, solution, logdet=None, inverse_blocks=None,
+                     profile_fixed_effects=profile_fixed_effects)
 
 
-def marginal_from_cross_products(system: BlockSystem, wtw, v1, vr, *, params: ModelParameters, n_obs,
-                                 profile_fixed_effects: bool = False) -> GaussianMarginal:
-    """:func:`gaussian_marginal` from its sums over rows.
+@dataclass(frozen=True)
+class CrossProducts:
+    """The sums over rows behind the dense exact Gaussian quantities.
 
-    With ``W = [r, X]`` (``r = y - offset - X beta`` at ``params``) and ``U`` the
-    scaled random-effects design of ``system``, everything follows from ``W'W``,
-    ``U'W`` (``v1``, ``vr`` in the block layout of :meth:`BlockSystem.project`) and
-    the blocks of ``U'U`` that ``system`` holds: sums over rows, which a sharded fit
-    computes per shard and adds up.
+    With ``U`` the scaled random-effects design (row ``i``: ``z_i' L_k / sigma`` in the
+    columns of its level of term ``k``) and ``W = [y - offset - X beta, X]`` at the
+    given parameters.
 
-    Parameters
+    Attributes
     ----------
     system : BlockSystem
+        ``A = U'U + I``, factored.
     wtw : numpy.ndarray of shape (1 + n_fixed, 1 + n_fixed)
+        ``W'W``.
     v1 : numpy.ndarray of shape (q1, d1, 1 + n_fixed)
     vr : numpy.ndarray of shape (width, 1 + n_fixed)
-    params : ModelParameters
-    n_obs : int
-    profile_fixed_effects : bool, default False
-
-    Returns
-    -------
-    GaussianMarginal
+        ``U'W`` in the block layout of :meth:`BlockSystem.project`.
 
     Examples
     --------
-    The same numbers as :func:`gaussian_marginal`, from the sums it would compute:
+    :func:`local_cross_products` makes one from the rows:
 
     >>> import numpy as np
     >>> from mixedfx.design import RandomTermData
-    >>> from mixedfx.model import BlockSystem, Gaussian, MixedModel, ModelParameters, gaussian_marginal
-    >>> from mixedfx.model.gaussian import marginal_from_cross_products
+    >>> from mixedfx.model import Gaussian, MixedModel, ModelParameters
+    >>> from mixedfx.model.gaussian import local_cross_products
     >>> term = RandomTermData("g", np.array([0, 0, 1, 1], dtype=np.int32), None, 2)
     >>> model = MixedModel(Gaussian(), np.ones((4, 1)), np.array([1.0, 2.0, 4.0, 5.0]), (term,), ("Intercept",))
-    >>> params = ModelParameters(np.array([3.0]), np.array([1.0]), {"sigma": 1.0})
-    >>> system = BlockSystem([term], [np.ones((4, 1))])  # U = Z L / sigma
-    >>> W = np.column_stack([model.response - 3.0, model.fixed_design])
-    >>> v1, vr = system.project(W)
-    >>> sums = marginal_from_cross_products(system, W.T @ W, v1, vr, params=params, n_obs=4)
-    >>> round(sums.log_likelihood, 4), round(gaussian_marginal(model, params).log_likelihood, 4)
-    (-6.7744, -6.7744)
+    >>> sums = local_cross_products(model, ModelParameters(np.array([3.0]), np.array([1.0]), {"sigma": 1.0}))
+    >>> sums.wtw.tolist(), sums.v1[:, 0, :].tolist()
+    ([[10.0, 0.0], [0.0, 4.0]], [[-3.0, 2.0], [3.0, 2.0]])
+    """
+
+    system: BlockSystem
+    wtw: np.ndarray
+    v1: np.ndarray
+    vr: np.ndarray
+
+
+#: What :func:`gaussian_marginal` calls for its sums over rows:
+#: ``row_sums(model, params, *, max_dense_entries=None) -> CrossProducts``.
+RowSums = Callable[..., CrossProducts]
+
+
+def local_cross_products(model: MixedModel, params: ModelParameters, *,
+                         max_dense_entries: int | None = None) -> CrossProducts:
+    """:class:`CrossProducts` from all of ``model``'s rows, in memory (the default ``row_sums``).
+
+    Parameters
+    ----------
+    model : MixedModel
+    params : ModelParameters
+    max_dense_entries : int, optional
+
+    Returns
+    -------
+    CrossProducts
+
+    Raises
+    ------
+    DenseBlockTooLarge
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedfx.design import RandomTermData
+    >>> from mixedfx.model import Gaussian, MixedModel, ModelParameters
+    >>> from mixedfx.model.gaussian import local_cross_products
+    >>> term = RandomTermData("g", np.array([0, 0, 1, 1], dtype=np.int32), None, 2)
+    >>> model = MixedModel(Gaussian(), np.ones((4, 1)), np.array([1.0, 2.0, 4.0, 5.0]), (term,), ("Intercept",))
+    >>> sums = local_cross_products(model, ModelParameters(np.array([3.0]), np.array([2.0]), {"sigma": 1.0}))
+    >>> round(sums.system.logdet, 4)  # log(1 + 2 * 2^2) per level
+    4.3944
+    """
+    n = model.n_obs
+    sigma = float(params.family_params["sigma"])
+    scaled = [term_z(term, n) @ L / sigma for term, L in zip(model.random_terms, params.random_scale_tril)]
+    system = BlockSystem(model.random_terms, scaled, max_dense_entries=max_dense_entries)
+    W = np.column_stack([_residual(model, params), model.fixed_design])
+    v1, vr = system.project(W)
+    return CrossProducts(system, W.T @ W, v1, vr)
+
+
+def _residual(model: MixedModel, params: ModelParameters, rows=slice(None)) -> np.ndarray:
+    """``y - offset - X beta`` on ``rows``."""
+    y = model.response[rows] - (0.0 if model.offset is None else model.offset[rows])
+    return y - model.fixed_design[rows] @ np.asarray(params.fixed_effects, dtype=np.float64)
+
+
+def _without_random_terms(model: MixedModel, params: ModelParameters) -> GaussianMarginal:
+    """The exact quantities of a linear model (no random terms; the GLS extras are not needed)."""
+    X, n = model.fixed_design, model.n_obs
+    sigma = float(params.family_params["sigma"])
+    residual = _residual(model, params)
+    xtx = X.T @ X / sigma**2
+    cov = np.linalg.inv(xtx) if X.shape[1] else np.zeros((0, 0))
+    loglik = -0.5 * (n * np.log(2 * np.pi * sigma**2) + residual @ residual / sigma**2)
+    return GaussianMarginal(float(loglik), cov, (), ())
+
+
+def _term_blocks(system: BlockSystem, x1, xr) -> list[np.ndarray]:
+    """A solution in the block layout of :meth:`BlockSystem.project` as per-term
+    ``(num_levels, dim, m)`` arrays (all columns)."""
+    out = [None] * len(system.num_levels)
+    out[system.first] = x1
+    for k in system.rest:
+        q, d = system.num_levels[k], system.dims[k]
+        out[k] = xr[system.offsets[k]:system.offsets[k] + q * d].reshape(q, d, -1)
+    return out
+
+
+def _marginal(params: ModelParameters, n_obs: int, reduced, solution, *, logdet, inverse_blocks,
+              profile_fixed_effects: bool) -> GaussianMarginal:
+    """The exact quantities from ``W'V^-1W`` (times sigma^2) and the solves ``A^-1 U'W``.
+
+    ``reduced`` is ``W'W - (U'W)' A^-1 (U'W)``; ``solution`` holds, per term,
+    ``A^-1 U'W`` as ``(num_levels, dim, 1 + n_fixed)``; ``logdet`` is ``log|A|`` and
+    ``inverse_blocks`` a callable returning ``A^-1``'s diagonal blocks per term (both
+    ``None`` when the solver does not provide them: then so are the likelihoods and
+    the conditional sds and covariances).
     """
     n = n_obs
     beta = np.asarray(params.fixed_effects, dtype=np.float64)
     sigma = float(params.family_params["sigma"])
-    x1, xr = system.solve(v1, vr)
-    reduced = wtw - system.quadratic(v1, vr, x1, xr)
-    loglik = -0.5 * (n * np.log(2 * np.pi * sigma**2) + system.logdet + reduced[0, 0] / sigma**2)
+    loglik = None
+    if logdet is not None:
+        loglik = float(-0.5 * (n * np.log(2 * np.pi * sigma**2) + logdet + reduced[0, 0] / sigma**2))
     p = beta.shape[0]
-    profiled, reml = float(loglik), float(loglik)
-    gls = beta
+    profiled, reml, gls = loglik, loglik, beta
     if p:
         xtvx = 0.5 * (reduced[1:, 1:] + reduced[1:, 1:].T) / sigma**2
         cov = linalg.inv(xtvx)
         xtvr = reduced[1:, 0] / sigma**2
         step = cov @ xtvr
         gls = beta + step
-        profiled = float(loglik + 0.5 * xtvr @ step)
-        reml = profiled - 0.5 * float(np.linalg.slogdet(xtvx)[1]) + 0.5 * p * np.log(2 * np.pi)
+        if loglik is not None:
+            profiled = float(loglik + 0.5 * xtvr @ step)
+            reml = profiled - 0.5 * float(np.linalg.slogdet(xtvx)[1]) + 0.5 * p * np.log(2 * np.pi)
     else:
         cov = np.zeros((0, 0))
-    if profile_fixed_effects and p:
-        # the residual at the GLS estimate is r - X step: so are its solutions
-        x1 = (x1[:, :, 0] - x1[:, :, 1:] @ step)[:, :, None]
-        xr = (xr[:, 0] - xr[:, 1:] @ step)[:, None]
+    at_gls = profile_fixed_effects and p
+    if at_gls:
         loglik = profiled
-    # b = L v per level, v | y ~ N(A^-1 U'r / sigma, A^-1).
-    whitened = system.to_terms(x1, xr)
-    blocks = system.inverse_diagonal_blocks()
-    means, sds, covs = [], [], []
-    for v, block, L in zip(whitened, blocks, params.random_scale_tril):
-        means.append((v / sigma) @ L.T)
-        covs.append(np.einsum("ab,jbc,dc->jad", L, block, L))
-        sds.append(np.sqrt(np.einsum("jaa->ja", covs[-1])))
-    return GaussianMarginal(float(loglik), cov, tuple(means), tuple(sds), tuple(covs), gls, profiled, reml)
+    # b = L v per level, v | y ~ N(A^-1 U'r / sigma, A^-1); at the GLS estimate the
+    # residual is r - X step, and so are its solutions.
+    means = tuple((((x[:, :, 0] - x[:, :, 1:] @ step) if at_gls else x[:, :, 0]) / sigma) @ L.T
+                  for x, L in zip(solution, params.random_scale_tril))
+    sds, covs = [], []
+    if inverse_blocks is not None:
+        for block, L in zip(inverse_blocks(), params.random_scale_tril):
+            covs.append(np.einsum("ab,jbc,dc->jad", L, block, L))
+            sds.append(np.sqrt(np.einsum("jaa->ja", covs[-1])))
+    return GaussianMarginal(loglik, cov, means, tuple(sds), tuple(covs), gls, profiled, reml)
 
 
 def term_z(term, n_rows: int) -> np.ndarray:
@@ -263,9 +396,9 @@ def gaussian_fixed_effects_iterative(
 ) -> GaussianMarginal:
     """The fixed effects' covariance, GLS estimate and conditional means, matrix-free.
 
-    The same quantities as :func:`gaussian_marginal` (with
-    ``profile_fixed_effects=True``), from solves of ``A x = U'w`` by conjugate
-    gradients preconditioned by ``A``'s diagonal blocks (one ``dim x dim`` block per
+    ``gaussian_marginal(model, params, profile_fixed_effects=True,
+    solver="conjugate_gradients", ...)``: the same quantities as the dense solver,
+    from solves of ``A x = U'w`` by conjugate gradients preconditioned by ``A``'s diagonal blocks (one ``dim x dim`` block per
     level of each term), with ``A`` applied through gathers and sums over the rows:
     no matrix with a dimension of levels times levels is formed.
 
@@ -309,9 +442,19 @@ def gaussian_fixed_effects_iterative(
     >>> bool(np.allclose(iterative.conditional_means[1], exact.conditional_means[1], atol=1e-6))
     True
     """
+    return gaussian_marginal(model, params, profile_fixed_effects=True, solver="conjugate_gradients", tol=tol,
+                             max_iter=max_iter, chunk_rows=chunk_rows)
+
+
+def _chunked_operator(model: MixedModel, params: ModelParameters, *, chunk_rows: int):
+    """The conjugate-gradient solver's sums over rows, ``chunk_rows`` rows at a time.
+
+    Returns ``U'W`` (per term ``(num_levels, dim, 1 + n_fixed)``), ``W'W``, a function
+    applying ``A = U'U + I`` to per-term blocks, and one applying the block-Jacobi
+    preconditioner (each level's ``(I + sum over its rows of u u')^-1``).
+    """
     X = model.fixed_design
     sigma = float(params.family_params["sigma"])
-    beta = np.asarray(params.fixed_effects, dtype=np.float64)
     terms = model.random_terms
     n, p = X.shape
     chunks = [slice(start, min(n, start + chunk_rows)) for start in range(0, n, chunk_rows)]
@@ -321,10 +464,6 @@ def gaussian_fixed_effects_iterative(
     def rows_of_u(k, rows):
         z = terms[k].z
         return None if z is None else np.asarray(z[rows], dtype=np.float64).reshape(-1, terms[k].dim) @ factors[k]
-
-    def columns_w(rows):  # W = [r, X] on a chunk of rows, r the residual at beta
-        y = model.response[rows] - (0.0 if model.offset is None else model.offset[rows])
-        return np.column_stack([y - X[rows] @ beta, X[rows]])
 
     def accumulate_transpose(out, rows, values):  # out_k += U_k' values on a chunk of rows
         for k, term in enumerate(terms):
@@ -350,13 +489,11 @@ def gaussian_fixed_effects_iterative(
             accumulate_transpose(out, rows, uv)
         return [o + x for o, x in zip(out, v)]
 
-    # right-hand sides U'W and W'W, a chunk at a time
     rhs, wtw = new_blocks(p + 1), np.zeros((p + 1, p + 1))
     for rows in chunks:
-        w = columns_w(rows)
+        w = np.column_stack([_residual(model, params, rows), X[rows]])
         wtw += w.T @ w
         accumulate_transpose(rhs, rows, w)
-    # block-Jacobi preconditioner: each level's I + sum over its rows of u u'
     inverse_blocks = []
     for k, term in enumerate(terms):
         block = np.zeros((term.num_levels, term.dim, term.dim))
@@ -374,6 +511,17 @@ def gaussian_fixed_effects_iterative(
     def precondition(v):
         return [np.matmul(inv, x) for inv, x in zip(inverse_blocks, v)]
 
+    return rhs, wtw, apply_a, precondition
+
+
+def _conjugate_gradients(rhs, apply_a, precondition, *, tol: float, max_iter: int) -> list[np.ndarray]:
+    """Preconditioned conjugate gradients for ``A x = rhs``, every column at once.
+
+    ``rhs`` and the solution are per-term ``(num_levels, dim, m)`` blocks; the solver
+    stops when every column's residual is below ``tol`` times its right-hand side's
+    norm, and raises :class:`numpy.linalg.LinAlgError` after ``max_iter`` iterations.
+    """
+
     def dot(a, b):  # column-wise inner products
         return sum(np.einsum("qdm,qdm->m", x, z) for x, z in zip(a, b))
 
@@ -385,7 +533,7 @@ def gaussian_fixed_effects_iterative(
     scale = np.sqrt(np.maximum(dot(rhs, rhs), 1e-300))
     for _ in range(max_iter):
         if np.all(np.sqrt(dot(residual, residual)) <= tol * scale):
-            break
+            return solution
         a_direction = apply_a(direction)
         step = rho / np.maximum(dot(direction, a_direction), 1e-300)
         solution = [x + step * d for x, d in zip(solution, direction)]
@@ -393,21 +541,8 @@ def gaussian_fixed_effects_iterative(
         preconditioned = precondition(residual)
         rho, previous = dot(residual, preconditioned), rho
         direction = [z + (rho / np.maximum(previous, 1e-300)) * d for z, d in zip(preconditioned, direction)]
-    else:
-        raise np.linalg.LinAlgError(f"conjugate gradients did not reach a relative residual of {tol} "
-                                    f"in {max_iter} iterations")
-    reduced = wtw - _dot_matrix(rhs, solution)
-    if p:
-        xtvx = 0.5 * (reduced[1:, 1:] + reduced[1:, 1:].T) / sigma**2
-        cov = linalg.inv(xtvx)
-        step = cov @ (reduced[1:, 0] / sigma**2)
-        gls = beta + step
-    else:
-        cov, step, gls = np.zeros((0, 0)), np.zeros(0), beta
-    # b = L v per level, with v = A^-1 U'r / sigma at the GLS residual r - X step
-    means = tuple((((x[:, :, 0] - x[:, :, 1:] @ step) / sigma) @ L.T)
-                  for x, L in zip(solution, params.random_scale_tril))
-    return GaussianMarginal(None, cov, means, (), (), gls, None, None)
+    raise np.linalg.LinAlgError(f"conjugate gradients did not reach a relative residual of {tol} "
+                                f"in {max_iter} iterations")
 
 
 def _dot_matrix(a, b) -> np.ndarray:

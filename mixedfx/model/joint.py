@@ -38,6 +38,7 @@ __all__ = [
     "ModelParameters",
     "ModelTensors",
     "build_joint_distribution",
+    "family_tensors",
     "linear_predictor",
     "numpy_linear_predictor",
     "random_effect_keys",
@@ -99,6 +100,51 @@ class ModelParameters:
     def random_cov(self) -> tuple[np.ndarray, ...]:
         """Covariance matrix of each term's per-level coefficients."""
         return tuple(L @ L.T for L in self.random_scale_tril)
+
+    def family_tensors(self, *, dtype=tf.float64) -> dict[str, tf.Tensor]:
+        """``family_params`` as tensors of ``dtype``: what :meth:`Family.log_prob` takes.
+
+        See :func:`family_tensors`.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from mixedfx.model import ModelParameters
+        >>> params = ModelParameters(np.array([1.0]), np.array([0.5]), {"sigma": 2.0})
+        >>> {name: float(value) for name, value in params.family_tensors().items()}
+        {'sigma': 2.0}
+        """
+        return family_tensors(self.family_params, dtype=dtype)
+
+
+def family_tensors(family_params: Mapping, *, dtype=tf.float64) -> dict[str, tf.Tensor]:
+    """A family's parameters (numbers, arrays or tensors) as a dict of tensors of ``dtype``.
+
+    The one conversion of family parameters for :meth:`Family.log_prob`,
+    :meth:`Family.fisher_weight` and :meth:`Family.distribution`; tensors are cast,
+    so it also serves inside a traced function.
+
+    Parameters
+    ----------
+    family_params : Mapping[str, float or numpy.ndarray or tf.Tensor]
+    dtype : tf.DType, default tf.float64
+
+    Returns
+    -------
+    dict of str to tf.Tensor
+        A new dict; ``family_params`` is not changed.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedfx.model import family_tensors
+    >>> tensors = family_tensors({"sigma": 1.5, "cutpoints": np.array([-1.0, 1.0])})
+    >>> {name: (value.dtype.name, value.numpy().tolist()) for name, value in tensors.items()}
+    {'sigma': ('float64', 1.5), 'cutpoints': ('float64', [-1.0, 1.0])}
+    """
+    return {name: tf.cast(value, dtype) if tf.is_tensor(value)
+            else tf.constant(np.asarray(value, dtype=dtype.as_numpy_dtype), dtype)
+            for name, value in family_params.items()}
 
 
 @dataclass(frozen=True, eq=False)
@@ -397,7 +443,7 @@ def build_joint_distribution(
     """
     dtype = tensors.fixed_design.dtype
     fixed_effects = tf.convert_to_tensor(fixed_effects, dtype=dtype)
-    family_params = {k: tf.convert_to_tensor(v, dtype=dtype) for k, v in family_params.items()}
+    family_params = family_tensors(family_params, dtype=dtype)
     components: dict[str, object] = {}
     if not tensors.keys:
         raise ValueError("a mixed model needs at least one random term")

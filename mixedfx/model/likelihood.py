@@ -17,17 +17,17 @@ proposal, and reported with its Monte Carlo standard error:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from mixedfx._tf import tf
-from mixedfx.model.blocks import BlockSystem
-from mixedfx.model.families import Gaussian
-from mixedfx.model.gaussian import gaussian_marginal, term_z
-from mixedfx.model.joint import MixedModel, ModelParameters
+from mixedfx.exceptions import ParameterError
+from mixedfx.model.blocks import BlockSystem, DenseBlockTooLarge
+from mixedfx.model.gaussian import _conjugate_gradients, gaussian_marginal, term_z
+from mixedfx.model.joint import MixedModel, ModelParameters, numpy_linear_predictor
 
-__all__ = ["MarginalLikelihood", "marginal_log_likelihood"]
+__all__ = ["LaplaceMode", "MarginalLikelihood", "laplace_mode", "marginal_log_likelihood"]
 
 
 @dataclass(frozen=True)
@@ -112,88 +112,14 @@ def marginal_log_likelihood(
     >>> bool(abs(result.log_likelihood - result.laplace) < 1.0), bool(result.standard_error < 0.05)
     (True, True)
     """
-    if isinstance(model.family, Gaussian):
+    if model.family.conjugate_gaussian:
         exact = gaussian_marginal(model, params, max_dense_entries=max_dense_entries)
         return MarginalLikelihood(exact.log_likelihood, 0.0, "exact", exact.log_likelihood, exact.conditional_means)
-
-    n = model.n_obs
-    terms = model.random_terms
-    scaled = [term_z(term, n) @ L for term, L in zip(terms, params.random_scale_tril)]
-    fixed = model.fixed_design @ np.asarray(params.fixed_effects, dtype=np.float64)
-    if model.offset is not None:
-        fixed = fixed + model.offset
-    family_params = {k: tf.constant(np.asarray(v, dtype=np.float64)) for k, v in params.family_params.items()}
-    response = tf.constant(model.response, tf.float64)
-    trials = None if model.trials is None else tf.constant(model.trials, tf.float64)
-
-    def linear(v):
-        eta = fixed.copy()
-        for term, u, effects in zip(terms, scaled, v):
-            eta += np.sum(u * effects[term.group_index], axis=1)
-        return eta
-
-    def log_lik_and_derivatives(eta):
-        """The log-likelihood, its gradient in eta and minus its second derivative (each
-        row's log-likelihood depends on its own eta only, so the Hessian is diagonal)."""
-        eta_t = tf.constant(eta)
-        with tf.GradientTape() as outer:
-            outer.watch(eta_t)
-            with tf.GradientTape() as inner:
-                inner.watch(eta_t)
-                total = tf.reduce_sum(model.family.log_prob(eta_t, family_params, response, trials=trials))
-            score = inner.gradient(total, eta_t)
-        curvature = outer.gradient(score, eta_t)
-        weight = np.maximum(-curvature.numpy(), 1e-12)  # log-concave families: positive
-        return float(total), score.numpy(), weight
-
-    if start is None:
-        v = [np.zeros((t.num_levels, t.dim)) for t in terms]
-    else:
-        # pinv: a singular fit's factor has zero rows
-        v = [(np.linalg.pinv(L) @ np.asarray(b, dtype=np.float64).T).T
-             for b, L in zip(start, params.random_scale_tril)]
-
-    def objective(v, loglik):
-        return loglik - 0.5 * sum(float(np.sum(x**2)) for x in v)
-
-    loglik, score, weight = log_lik_and_derivatives(linear(v))
-    current = objective(v, loglik)
-    system = None
-    for _ in range(50):
-        # Changes below float64's resolution of the objective are noise (counts in the
-        # millions give log-likelihoods near 1e9).
-        tolerance = 1e-10 + 1e-13 * abs(current)
-        system = BlockSystem(terms, scaled, weight, max_dense_entries=max_dense_entries)
-        g1, gr = system.project(score[:, None], weighted=False)
-        flat = _flatten(system, v)
-        g1 = g1 - flat[0]
-        gr = gr - flat[1]
-        d1, dr = system.solve(g1, gr)
-        # Newton decrement g' A^-1 g: twice the objective's expected gain.  Below 1e-8
-        # the mode is found, whatever rounding does to the objective itself (counts in
-        # the millions make it a small difference of terms near 1e9).
-        if float(np.sum(g1 * d1) + np.sum(gr * dr)) < 1e-8:
-            break
-        step = system.to_terms(d1, dr)
-        scale, improved = 1.0, False
-        for _ in range(30):
-            trial = [x + scale * s for x, s in zip(v, step)]
-            trial_loglik, trial_score, trial_weight = log_lik_and_derivatives(linear(trial))
-            value = objective(trial, trial_loglik)
-            if value >= current - tolerance:
-                improved = True
-                break
-            scale /= 2.0
-        if not improved:
-            break
-        change = value - current
-        v, current, score, weight = trial, value, trial_score, trial_weight
-        if change < max(1e-8, tolerance) and scale == 1.0:
-            break
-    system = BlockSystem(terms, scaled, weight, max_dense_entries=max_dense_entries)
-    laplace = current - 0.5 * system.logdet
-    modes = tuple(x @ L.T for x, L in zip(v, params.random_scale_tril))
-
+    mode = laplace_mode(model, params, start=start, max_dense_entries=max_dense_entries)
+    problem = _NewtonProblem(model, params)
+    system = BlockSystem(problem.terms, problem.scaled, mode.weight, max_dense_entries=max_dense_entries)
+    laplace = mode.objective - 0.5 * system.logdet
+    v = list(mode.whitened)
     rng = np.random.default_rng(seed)
     log_weights = []
     batch = 50
@@ -203,17 +129,8 @@ def marginal_log_likelihood(
         epsr = rng.standard_normal((system.width, m))
         x1, xr = system.inverse_square_root(eps1, epsr)
         squared = np.sum(eps1**2, axis=(0, 1)) + np.sum(epsr**2, axis=0)
-        etas = []
-        draws_v = []
-        for j in range(m):
-            offsets = system.to_terms(x1, xr, column=j)
-            draw = [x + o for x, o in zip(v, offsets)]
-            draws_v.append(draw)
-            etas.append(linear(draw))
-        eta_t = tf.constant(np.stack(etas))
-        values = tf.reduce_sum(
-            model.family.log_prob(eta_t, family_params, response, trials=trials), axis=-1
-        ).numpy()
+        draws_v = [[x + o for x, o in zip(v, system.to_terms(x1, xr, column=j))] for j in range(m)]
+        values = problem.log_likelihood(np.stack([problem.linear(draw) for draw in draws_v]))
         for j in range(m):
             prior = -0.5 * sum(float(np.sum(x**2)) for x in draws_v[j])
             log_weights.append(values[j] + prior + 0.5 * squared[j] - 0.5 * system.logdet)
@@ -227,8 +144,239 @@ def marginal_log_likelihood(
         standard_error=standard_error,
         method=f"importance sampling (Laplace proposal, {len(weights)} draws)",
         laplace=float(laplace),
-        conditional_modes=modes,
+        conditional_modes=mode.modes,
     )
+
+
+@dataclass(frozen=True)
+class LaplaceMode:
+    """The mode of the random effects given the data, found by :func:`laplace_mode`.
+
+    Attributes
+    ----------
+    modes : tuple of numpy.ndarray
+        Per term, the conditional mode ``b = L v`` of each level's coefficients,
+        ``(num_levels, dim)``.
+    whitened : tuple of numpy.ndarray
+        The same on the whitened scale ``v``, ``(num_levels, dim)``.
+    objective : float
+        ``log p(y | v) - |v|^2 / 2`` at the mode.
+    weight : numpy.ndarray of shape (n_rows,)
+        Each row's curvature at the mode (the ``w`` of ``A = U' diag(w) U + I``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedfx.design import RandomTermData
+    >>> from mixedfx.model import MixedModel, ModelParameters, Poisson
+    >>> from mixedfx.model.likelihood import laplace_mode
+    >>> g = np.array([0, 0, 1, 1], dtype=np.int32)
+    >>> model = MixedModel(Poisson(), np.ones((4, 1)), np.array([1.0, 1.0, 4.0, 4.0]),
+    ...                    (RandomTermData("g", g, None, 2),), ("Intercept",))
+    >>> mode = laplace_mode(model, ModelParameters(np.array([np.log(2.0)]), np.array([1.0]), {}))
+    >>> b = mode.modes[0].ravel()
+    >>> b.round(4).tolist(), mode.weight.round(4).tolist()  # the weight is the mean count 2 exp(b)
+    ([-0.4786, 0.6134], [1.2393, 1.2393, 3.6933, 3.6933])
+    >>> bool(np.abs(2 * (np.array([1.0, 4.0]) - 2 * np.exp(b)) - b).max() < 1e-6)  # score = prior's pull
+    True
+    """
+
+    modes: tuple[np.ndarray, ...]
+    whitened: tuple[np.ndarray, ...]
+    objective: float
+    weight: np.ndarray
+
+
+def laplace_mode(
+    model: MixedModel,
+    params: ModelParameters,
+    *,
+    start=None,
+    curvature: str = "observed",
+    max_iterations: int = 50,
+    max_dense_entries: int | None = None,
+) -> LaplaceMode:
+    """The random effects' conditional mode given ``params``, by damped Newton's method.
+
+    The one Newton solver for the random effects.  It maximizes
+    ``log p(y | v) - |v|^2 / 2`` over the whitened random effects ``v`` (``b = L v``
+    per level, so a singular fit's zero sds pin their coefficients at zero) with the
+    Newton system ``A = U' diag(w) U + I`` solved by block elimination
+    (:class:`~mixedfx.model.blocks.BlockSystem`), halving each step until the
+    objective does not fall.  When the dense block of ``A`` would exceed
+    ``max_dense_entries`` (two large crossed factors), the same direction is solved
+    by preconditioned conjugate gradients, matrix-free.  It stops when the
+    Newton decrement falls below ``1e-8``.
+
+    Parameters
+    ----------
+    model : MixedModel
+    params : ModelParameters
+    start : sequence of numpy.ndarray, optional
+        Starting random effects, per term ``(num_levels, dim)``; zero when omitted.
+    curvature : {"observed", "expected"}, default "observed"
+        The row weights ``w``: minus the second derivative of each row's
+        log-likelihood in its linear predictor (the Laplace approximation's), or the
+        family's Fisher weight (always positive: the E-step's restarts use it).
+    max_iterations : int, default 50
+    max_dense_entries : int, optional
+        Memory bound of the dense block (see :class:`BlockSystem`).
+
+    Returns
+    -------
+    LaplaceMode
+
+    Examples
+    --------
+    Counts in the millions: the mode is where each level's mean matches its counts.
+
+    >>> import numpy as np
+    >>> from mixedfx.design import RandomTermData
+    >>> from mixedfx.model import MixedModel, ModelParameters, Poisson, laplace_mode
+    >>> g = np.repeat(np.arange(3), 4).astype(np.int32)
+    >>> model = MixedModel(Poisson(), np.ones((12, 1)), np.repeat([1e6, 2e6, 4e6], 4),
+    ...                    (RandomTermData("g", g, None, 3),), ("Intercept",))
+    >>> params = ModelParameters(np.array([np.log(2e6)]), np.array([1.0]), {})
+    >>> (np.round(laplace_mode(model, params, curvature="expected").modes[0][:, 0], 3) + 0.0).tolist()
+    [-0.693, 0.0, 0.693]
+    """
+    if curvature not in ("observed", "expected"):
+        raise ParameterError(f"curvature must be 'observed' or 'expected', got {curvature!r}")
+    problem = _NewtonProblem(model, params, expected=curvature == "expected")
+    if start is None:
+        v = [np.zeros((t.num_levels, t.dim)) for t in problem.terms]
+    else:
+        # pinv: a singular fit's factor has zero rows
+        v = [(np.linalg.pinv(L) @ np.asarray(b, dtype=np.float64).T).T
+             for b, L in zip(start, params.random_scale_tril)]
+
+    def objective(v, loglik):
+        return loglik - 0.5 * sum(float(np.sum(x**2)) for x in v)
+
+    loglik, score, weight = problem.derivatives(problem.linear(v))
+    current = objective(v, loglik)
+    for _ in range(max_iterations):
+        # Changes below float64's resolution of the objective are noise (counts in the
+        # millions give log-likelihoods near 1e9).
+        tolerance = 1e-10 + 1e-13 * abs(current)
+        step, decrement = _newton_direction(problem, v, score, weight, max_dense_entries=max_dense_entries)
+        # Newton decrement g' A^-1 g: twice the objective's expected gain.  Below 1e-8
+        # the mode is found, whatever rounding does to the objective itself (counts in
+        # the millions make it a small difference of terms near 1e9).
+        if decrement < 1e-8:
+            break
+        scale, improved = 1.0, False
+        for _ in range(30):
+            trial = [x + scale * s for x, s in zip(v, step)]
+            trial_loglik, trial_score, trial_weight = problem.derivatives(problem.linear(trial))
+            value = objective(trial, trial_loglik)
+            if value >= current - tolerance:
+                improved = True
+                break
+            scale /= 2.0
+        if not improved:
+            break
+        change = value - current
+        v, current, score, weight = trial, value, trial_score, trial_weight
+        if change < max(1e-8, tolerance) and scale == 1.0:
+            break
+    modes = tuple(x @ L.T for x, L in zip(v, params.random_scale_tril))
+    return LaplaceMode(modes, tuple(v), float(current), weight)
+
+
+class _NewtonProblem:
+    """The pieces of the Newton search over whitened random effects ``v`` (``b = L v``).
+
+    ``scaled`` holds per term the rows of ``U`` (``z_i' L_k``); :meth:`linear` is the
+    linear predictor of ``v`` (by :func:`~mixedfx.model.numpy_linear_predictor`, with
+    ``U``'s rows as the terms' ``z``); :meth:`derivatives` the log-likelihood, its
+    gradient in the linear predictor and each row's curvature (observed or expected);
+    :meth:`log_likelihood` the per-draw totals for a stack of linear predictors.
+    """
+
+    def __init__(self, model: MixedModel, params: ModelParameters, *, expected: bool = False):
+        n = model.n_obs
+        self.model, self.params, self.expected = model, params, expected
+        self.terms = model.random_terms
+        self.scaled = [term_z(term, n) @ L for term, L in zip(self.terms, params.random_scale_tril)]
+        self.whitened_terms = [replace(term, z=u) for term, u in zip(self.terms, self.scaled)]
+        self.family_params = params.family_tensors()
+        self.response = tf.constant(model.response, tf.float64)
+        self.trials = None if model.trials is None else tf.constant(model.trials, tf.float64)
+
+    def linear(self, v) -> np.ndarray:
+        """The linear predictor at whitened random effects ``v`` (per term ``(num_levels, dim)``)."""
+        return numpy_linear_predictor(self.model.fixed_design, self.params.fixed_effects, v, self.whitened_terms,
+                                      offset=self.model.offset)
+
+    def log_likelihood(self, eta) -> np.ndarray:
+        """``log p(y | eta)`` summed over rows (over the last axis of ``eta``)."""
+        eta_t = tf.constant(eta)
+        return tf.reduce_sum(self.model.family.log_prob(eta_t, self.family_params, self.response,
+                                                        trials=self.trials), axis=-1).numpy()
+
+    def derivatives(self, eta):
+        """The log-likelihood, its gradient in eta and each row's curvature weight (each
+        row's log-likelihood depends on its own eta only, so the Hessian is diagonal)."""
+        family, eta_t = self.model.family, tf.constant(eta)
+        with tf.GradientTape() as outer:
+            outer.watch(eta_t)
+            with tf.GradientTape() as inner:
+                inner.watch(eta_t)
+                total = tf.reduce_sum(family.log_prob(eta_t, self.family_params, self.response, trials=self.trials))
+            score = inner.gradient(total, eta_t)
+        if self.expected:
+            weight = family.fisher_weight(eta_t, self.family_params, trials=self.trials).numpy()
+        else:
+            curvature = outer.gradient(score, eta_t)
+            weight = np.maximum(-curvature.numpy(), 1e-12)  # log-concave families: positive
+        return float(total), score.numpy(), weight
+
+
+def _newton_direction(problem: _NewtonProblem, v, score, weight, *, max_dense_entries=None):
+    """The Newton step ``A^-1 g`` for the whitened effects ``v`` and its decrement ``g' A^-1 g``.
+
+    ``g = U' score - v`` is the objective's gradient and ``A = U' diag(weight) U + I``;
+    it is solved by block elimination, or by conjugate gradients when the dense block
+    would exceed ``max_dense_entries``.
+    """
+    try:
+        system = BlockSystem(problem.terms, problem.scaled, weight, max_dense_entries=max_dense_entries)
+    except DenseBlockTooLarge:
+        return _matrix_free_direction(problem, v, score, weight)
+    g1, gr = system.project(score[:, None], weighted=False)
+    flat = _flatten(system, v)
+    g1 = g1 - flat[0]
+    gr = gr - flat[1]
+    d1, dr = system.solve(g1, gr)
+    return system.to_terms(d1, dr), float(np.sum(g1 * d1) + np.sum(gr * dr))
+
+
+def _matrix_free_direction(problem: _NewtonProblem, v, score, weight):
+    """:func:`_newton_direction` without the dense block: ``A d = g`` by the conjugate
+    gradients of :func:`mixedfx.model.gaussian_marginal`, preconditioned by ``A``'s
+    per-level diagonal blocks, with ``A`` applied through gathers and sums over rows."""
+    terms, scaled = problem.terms, problem.scaled
+
+    def transpose(values):  # per term, U_k' values: (num_levels, dim, m)
+        return [np.stack([np.stack([np.bincount(t.group_index, weights=u[:, a] * values[:, j], minlength=t.num_levels)
+                                    for j in range(values.shape[1])], axis=-1) for a in range(t.dim)], axis=1)
+                for t, u in zip(terms, scaled)]
+
+    def apply_a(x):  # U' diag(w) U x + x
+        ux = sum(np.einsum("nd,ndm->nm", u, xk[t.group_index]) for t, u, xk in zip(terms, scaled, x))
+        return [o + xk for o, xk in zip(transpose(weight[:, None] * ux), x)]
+
+    inverse_blocks = []
+    for t, u in zip(terms, scaled):
+        block = np.zeros((t.num_levels, t.dim, t.dim))
+        np.add.at(block, t.group_index, weight[:, None, None] * u[:, :, None] * u[:, None, :])
+        inverse_blocks.append(np.linalg.inv(block + np.eye(t.dim)))
+    gradient = [g - x[:, :, None] for g, x in zip(transpose(score[:, None]), v)]
+    step = _conjugate_gradients(gradient, apply_a, lambda r: [np.matmul(inv, x) for inv, x in zip(inverse_blocks, r)],
+                                tol=1e-10, max_iter=1000)
+    decrement = float(sum(np.sum(g * d) for g, d in zip(gradient, step)))
+    return [d[:, :, 0] for d in step], decrement
 
 
 def _flatten(system: BlockSystem, per_term):
