@@ -12,6 +12,7 @@ token level,
   layer's evaluation context provides, and R's dotted argument names
   (``Boundary.knots``) to Python ones;
 * dotted column names (``Sepal.Length``, legal bare names in R) to back-quoted names;
+* R's namespace prefixes (``splines::ns(x, 3)``) are dropped;
 
 and refuses R constructs mixedfx has no equivalent for with a :class:`FormulaError` naming
 the construct and the mixedfx spelling.  Python's spellings (``I(x**2)``, ``C(f)``,
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from mixedfx.exceptions import FormulaError
 from mixedfx.formula.tokens import Token, TokenKind, tokenize
 
-__all__ = ["RTranslation", "translate_r", "R_FUNCTION_NAMES", "R_CONSTRUCTS_WITHOUT_EQUIVALENT"]
+__all__ = ["RTranslation", "translate_r", "r_deparse", "R_FUNCTION_NAMES", "R_CONSTRUCTS_WITHOUT_EQUIVALENT"]
 
 #: R's dotted function (and argument) names, and the Python names the evaluation context
 #: gives them.
@@ -113,10 +114,13 @@ def translate_r(expression: str, *, code: bool = False) -> RTranslation:
     '(a + b)^2 + log(x**2) + as_factor(f) + `Petal.Width`'
     >>> translate_r("I(x**2) + C(f) + np.log(x) + {x ^ 2}").text  # Python's spellings pass unchanged
     'I(x**2) + C(f) + np.log(x) + {x ^ 2}'
+    >>> translate_r("splines::ns(Days, 3)").text
+    'ns(Days, 3)'
     >>> translate_r("y^2", code=True).text
     'y**2'
     """
     tokens = tokenize(expression)
+    namespaces = _namespace_prefixes(tokens)
     pieces: list[str] = []
     renamed: list[tuple[str, str]] = []
     cursor = 0
@@ -126,6 +130,8 @@ def translate_r(expression: str, *, code: bool = False) -> RTranslation:
     for i, token in enumerate(tokens):
         pieces.append(expression[cursor:token.start])
         cursor = token.end
+        if i in namespaces:  # R's splines::ns(...) is ns(...)
+            continue
         nxt = tokens[i + 1] if i + 1 < len(tokens) else None
         in_code = code or bool(calls)
         text = token.text
@@ -138,7 +144,8 @@ def translate_r(expression: str, *, code: bool = False) -> RTranslation:
         elif token.kind is TokenKind.NAME and nxt is not None and nxt.kind is TokenKind.LPAREN:
             _refuse_construct(token, expression)
             if not calls and not code:
-                call_start = (token.start, len(pieces), token.text in _R_NAMED_CALLS)
+                start = tokens[i - 3].start if i - 1 in namespaces else token.start
+                call_start = (start, len(pieces), token.text in _R_NAMED_CALLS)
             calls.append(depth)
             text = R_FUNCTION_NAMES.get(text, text)
         elif token.kind is TokenKind.LPAREN:
@@ -148,7 +155,7 @@ def translate_r(expression: str, *, code: bool = False) -> RTranslation:
             if calls and calls[-1] == depth:
                 calls.pop()
                 if not calls and call_start is not None:
-                    original = expression[call_start[0]:token.end]
+                    original = r_deparse(expression[call_start[0]:token.end])
                     rewritten = "".join(pieces[call_start[1]:]) + text
                     if rewritten != original or call_start[2]:
                         renamed.append((rewritten, original))
@@ -160,6 +167,52 @@ def translate_r(expression: str, *, code: bool = False) -> RTranslation:
         pieces.append(text)
     pieces.append(expression[cursor:])
     return RTranslation(text="".join(pieces), renamed=tuple(renamed))
+
+
+_UNSPACED = {"^", ":", "/", "::", "$", "@"}
+
+
+def r_deparse(expression: str) -> str:
+    """``expression`` spaced as R's ``deparse`` writes it, which names R's columns.
+
+    Binary operators get a space on each side except ``^``, ``:`` and ``/``; commas are
+    followed by one space; strings take double quotes.
+
+    Examples
+    --------
+    >>> from mixedfx.formula.r_syntax import r_deparse
+    >>> r_deparse("poly(Days,2,raw=TRUE)"), r_deparse("I(1+Days^3)"), r_deparse("relevel(f,ref='b')")
+    ('poly(Days, 2, raw = TRUE)', 'I(1 + Days^3)', 'relevel(f, ref = "b")')
+    >>> r_deparse("I(-x * 2) + splines::ns(x, 3)")
+    'I(-x * 2) + splines::ns(x, 3)'
+    """
+    out: list[str] = []
+    previous: Token | None = None
+    for token in tokenize(expression):
+        text = token.text
+        unary = previous is None or previous.kind in (TokenKind.OPERATOR, TokenKind.LPAREN, TokenKind.COMMA)
+        if token.kind is TokenKind.STRING and text.startswith("'"):
+            text = '"' + text[1:-1].replace('"', '\\"') + '"'
+        if token.kind is TokenKind.OPERATOR and not (text in _UNSPACED or (text in "+-" and unary)):
+            out.append(f" {text} ")
+        elif token.kind is TokenKind.COMMA:
+            out.append(", ")
+        else:
+            out.append(text)
+        previous = token
+    return "".join(out)
+
+
+def _namespace_prefixes(tokens: list[Token]) -> set[int]:
+    """Positions of the tokens of R's ``pkg::`` prefixes (``splines::ns``, ``stats::poly``)."""
+    dropped: set[int] = set()
+    for i in range(len(tokens) - 4):
+        name, first, second, called, paren = tokens[i:i + 5]
+        if (name.kind is TokenKind.NAME and first.is_op(":") and second.is_op(":")
+                and first.end == second.start and called.kind is TokenKind.NAME
+                and paren.kind is TokenKind.LPAREN):
+            dropped.update((i, i + 1, i + 2))
+    return dropped
 
 
 def _rewrite_name(token: Token, following: Token | None, *, in_code: bool) -> str:
