@@ -88,6 +88,7 @@ def _design(formula: str, frame: pd.DataFrame):
         # Python's spellings pass unchanged, and {...} is never touched
         ("I(x**2) + C(f) + np.log(x) + center(x) + {x ^ 2}", "I(x**2) + C(f) + np.log(x) + center(x) + {x ^ 2}"),
         ("0 + x - 1", "0 + x - 1"),
+        ("C(f, contr.sum)", "C(f, contr.sum)"),
     ],
 )
 def test_r_spellings_are_rewritten_for_formulaic(r_text, formulaic_text):

@@ -54,7 +54,7 @@ R_CONSTRUCTS_WITHOUT_EQUIVALENT = {
 #: R's function names whose calls keep their text as written in column names (R's
 #: ``ns(x, df = 3)``, not formulaic's normalized ``ns(x, df=3)``).
 _R_NAMED_CALLS = frozenset({"factor", "relevel", "poly", "ns", "scale"}) | frozenset(R_FUNCTION_NAMES)
-_NUMPY_PREFIXES = ("np.", "numpy.")
+_NUMPY_PREFIXES = ("np.", "numpy.", "contr.")  # attributes of namespaces in the context
 _R_CONSTANTS = {"TRUE": "True", "FALSE": "False", "NULL": "None"}
 
 
@@ -155,10 +155,10 @@ def translate_r(expression: str, *, code: bool = False) -> RTranslation:
             if calls and calls[-1] == depth:
                 calls.pop()
                 if not calls and call_start is not None:
-                    original = r_deparse(expression[call_start[0]:token.end])
+                    original = expression[call_start[0]:token.end]
                     rewritten = "".join(pieces[call_start[1]:]) + text
                     if rewritten != original or call_start[2]:
-                        renamed.append((rewritten, original))
+                        renamed.append((rewritten, r_deparse(original)))
                     call_start = None
         elif token.is_op("^") and in_code:
             text = "**"
