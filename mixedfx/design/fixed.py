@@ -395,7 +395,9 @@ def _translate(exc: Exception, data: pd.DataFrame, formula: str) -> Exception:
         r"AttributeError: module '(?:numpy)' has no attribute '([^']+)'", message)
     if unknown is not None:
         function = unknown.group(1) if "NameError" in unknown.group(0) else f"np.{unknown.group(1)}"
-        known = sorted((set(EVALUATION_CONTEXT) | set(TRANSFORMS)) - {"np", "numpy"}, key=str.lower)
+        # as_factor and as_numeric are reached by R's as.factor and as.numeric, not by name
+        known = sorted((set(EVALUATION_CONTEXT) | set(TRANSFORMS)) - {"np", "numpy", "as_factor", "as_numeric"},
+                       key=str.lower)
         suggestion = did_you_mean(function.removeprefix("np."), known).strip()
         return FormulaError(
             f"unknown function {function!r} in {factor!r}{'; ' + suggestion[0].lower() + suggestion[1:] if suggestion else ''}"
