@@ -236,3 +236,10 @@ def test_user_frame_is_not_mutated():
     frame = SLEEPSTUDY.copy()
     build_fixed_design('poly(Days, 2) + scale(Reaction) + relevel(factor(Subject), ref = "309")', frame)
     pd.testing.assert_frame_equal(frame, SLEEPSTUDY)
+
+
+def test_power_on_the_left_of_a_bar_is_a_power():
+    """The random side is evaluated through the same rewrite: (0 + I(Days^2) | Subject)."""
+    design = RandomDesign.from_spec(parse_formula("Reaction ~ (0 + I(Days^2) | Subject)"), SLEEPSTUDY)
+    (term,) = design.materialize(SLEEPSTUDY, new_levels="error")
+    np.testing.assert_array_equal(np.asarray(term.z).reshape(-1), SLEEPSTUDY["Days"].to_numpy(dtype=float) ** 2)
