@@ -23,23 +23,29 @@ from formulaic import Formula, ModelSpec
 from formulaic.errors import DataMismatchWarning, FormulaicError
 from formulaic.materializers import PandasMaterializer
 from formulaic.transforms import TRANSFORMS
+from formulaic.utils.code import format_expr
 
 from mixedfx.design.levels import check_distinct_categories, conform_levels
+from mixedfx.design.r_functions import R_FUNCTIONS
 from mixedfx.exceptions import DataError, DataWarning, FormulaError, NewLevelError, did_you_mean
+from mixedfx.formula.r_syntax import RTranslation, translate_r
 from mixedfx.formula.tokens import TokenKind, tokenize
 
 __all__ = ["FixedDesign", "build_fixed_design", "evaluate_formula", "evaluate_numeric", "EVALUATION_CONTEXT"]
 
 #: Names available inside formula expressions besides the data columns and formulaic's
-#: own transforms (``C``, ``center``, ``scale``, ``bs``, ``poly``, ...).  The context
-#: is curated on purpose: formulaic's default would capture the caller's stack frame.
+#: own transforms (``C``, ``center``, ``scale``, ``bs``, ``cr``, ...): numpy, and R's
+#: formula functions (:mod:`mixedfx.design.r_functions`: ``factor``, ``relevel``, R's
+#: ``poly`` and ``ns``, ...).  The context is curated on purpose: formulaic's default
+#: would capture the caller's stack frame.
 #:
 #: Examples
 #: --------
 #: >>> import pandas as pd
 #: >>> from mixedfx.design import EVALUATION_CONTEXT, evaluate_formula
-#: >>> sorted(EVALUATION_CONTEXT)
-#: ['abs', 'exp', 'log', 'log1p', 'np', 'numpy', 'sqrt']
+#: >>> sorted(EVALUATION_CONTEXT)  # doctest: +NORMALIZE_WHITESPACE
+#: ['abs', 'as_factor', 'as_numeric', 'exp', 'factor', 'log', 'log10', 'log1p', 'log2', 'np',
+#:  'ns', 'numpy', 'poly', 'relevel', 'sqrt']
 #: >>> matrix, _ = evaluate_formula("0 + log(t) + np.sqrt(t)", pd.DataFrame({"t": [1.0, 4.0]}))
 #: >>> matrix.round(4).tolist()
 #: [[0.0, 1.0], [1.3863, 2.0]]
@@ -47,10 +53,10 @@ EVALUATION_CONTEXT = {
     "np": np,
     "numpy": np,
     "log": np.log,
-    "log1p": np.log1p,
     "exp": np.exp,
     "sqrt": np.sqrt,
     "abs": np.abs,
+    **R_FUNCTIONS,
 }
 
 
@@ -177,8 +183,9 @@ def build_fixed_design(
     >>> design.offset(frame).round(4).tolist()
     [0.0, 0.6931, 1.3863]
     """
+    translation = translate_r(fixed)
     try:
-        formula = Formula(fixed)
+        formula = Formula(translation.text)
     except FormulaicError as exc:
         raise FormulaError(f"formulaic cannot parse the fixed part: {_first_line(exc)}", formula=fixed) from exc
 
@@ -189,7 +196,7 @@ def build_fixed_design(
 
     rhs = _materialize(materialize, data=data, formula=fixed, spec=None)
     check_distinct_categories(rhs.model_spec, data)
-    names = tuple(str(c) for c in rhs.columns)
+    names = r_column_names(rhs.columns, translation)
     X = np.asarray(rhs, dtype=np.float64)
     kept = _independent_columns(X)
     dropped = tuple(names[j] for j in range(len(names)) if j not in kept)
@@ -224,7 +231,7 @@ def evaluate_numeric(expression: str, data: pd.DataFrame, *, role: str) -> tuple
     DataError
         If the expression does not give one numeric value per row.
     """
-    matrix, spec = evaluate_formula(f"0 + {{{expression}}}", data)
+    matrix, spec = evaluate_formula(f"0 + {{{translate_r(expression, code=True).text}}}", data)
     if matrix.shape[1] != 1:
         raise DataError(
             f"the {role} {expression!r} must be numeric, but it gave {matrix.shape[1]} columns "
@@ -261,7 +268,7 @@ def evaluate_formula(formula: str | ModelSpec, data: pd.DataFrame) -> tuple[np.n
                               data=data, formula=str(formula.formula), spec=formula)
         return np.asarray(matrix, dtype=np.float64), formula
     try:
-        parsed = Formula(formula)
+        parsed = Formula(translate_r(formula).text)
     except FormulaicError as exc:
         raise FormulaError(f"formulaic cannot parse {formula!r}: {_first_line(exc)}") from exc
     matrix = _materialize(
@@ -271,6 +278,25 @@ def evaluate_formula(formula: str | ModelSpec, data: pd.DataFrame) -> tuple[np.n
     )
     check_distinct_categories(matrix.model_spec, data)
     return np.asarray(matrix, dtype=np.float64), matrix.model_spec
+
+
+def r_column_names(columns, translation: RTranslation) -> tuple[str, ...]:
+    """Formulaic's column names, with each call R-spelled in the formula named as written.
+
+    Examples
+    --------
+    >>> from mixedfx.formula import translate_r
+    >>> from mixedfx.design.fixed import r_column_names
+    >>> r_column_names(["Intercept", "I(Days ** 2)", "as_factor(f)[T.b]"],
+    ...                translate_r("I(Days^2) + as.factor(f)"))
+    ('Intercept', 'I(Days^2)', 'as.factor(f)[T.b]')
+    """
+    names = [str(column) for column in columns]
+    pairs = sorted(((format_expr(rewritten), original) for rewritten, original in translation.renamed),
+                   key=lambda pair: -len(pair[0]))
+    for formulaic_name, original in pairs:
+        names = [name.replace(formulaic_name, original) for name in names]
+    return tuple(names)
 
 
 def _warn_on_scales(X: np.ndarray, names: list[str], *, tol: float = 1e3) -> None:
@@ -374,7 +400,9 @@ def _translate(exc: Exception, data: pd.DataFrame, formula: str) -> Exception:
         r"AttributeError: module '(?:numpy)' has no attribute '([^']+)'", message)
     if unknown is not None:
         function = unknown.group(1) if "NameError" in unknown.group(0) else f"np.{unknown.group(1)}"
-        known = sorted((set(EVALUATION_CONTEXT) | set(TRANSFORMS)) - {"np", "numpy"}, key=str.lower)
+        # as_factor and as_numeric are reached by R's as.factor and as.numeric, not by name
+        known = sorted((set(EVALUATION_CONTEXT) | set(TRANSFORMS)) - {"np", "numpy", "as_factor", "as_numeric"},
+                       key=str.lower)
         suggestion = did_you_mean(function.removeprefix("np."), known).strip()
         return FormulaError(
             f"unknown function {function!r} in {factor!r}{'; ' + suggestion[0].lower() + suggestion[1:] if suggestion else ''}"

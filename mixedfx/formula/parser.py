@@ -29,6 +29,11 @@ __all__ = ["parse_formula"]
 _OPEN = {TokenKind.LPAREN: TokenKind.RPAREN, TokenKind.LBRACKET: TokenKind.RBRACKET,
          TokenKind.LBRACE: TokenKind.RBRACE}
 _CLOSE = {v: k for k, v in _OPEN.items()}
+# glmmTMB's covariance structures: the lme4 spelling where mixedfx has one ("|": lme4's
+# unstructured covariance, "||": independent effects), else None.
+_GLMMTMB_STRUCTURES = {"us": "|", "diag": "||", "cs": None, "ar1": None, "ou": None, "exp": None,
+                       "gau": None, "mat": None, "toep": None, "rr": None, "homdiag": None,
+                       "hetar1": None, "homcs": None, "propto": None, "equalto": None}
 
 
 def parse_formula(formula: str) -> FormulaSpec:
@@ -208,6 +213,8 @@ class _Parser:
             and all(self.depth[i] >= 1 for i in range(a + 1, b - 1))
         )
         top_bars = [i for i in bars if self.depth[i] == 1]
+        if not wrapped:
+            self.refuse_covariance_structure(a, b)
         if not wrapped or not top_bars:
             raise self.error(
                 "a random-effect term '(... | g)' cannot be combined with other terms by "
@@ -249,6 +256,25 @@ class _Parser:
             )
             for grouping in groupings
         ]
+
+    def refuse_covariance_structure(self, a: int, b: int) -> None:
+        """glmmTMB's ``ar1(times + 0 | g)`` and friends: name the structure and its spelling."""
+        first = self.tokens[a]
+        called = (first.kind is TokenKind.NAME and a + 1 < b and self.tokens[a + 1].kind is TokenKind.LPAREN
+                  and self.tokens[b - 1].kind is TokenKind.RPAREN
+                  and all(self.depth[i] > self.depth[a] for i in range(a + 2, b - 1)))
+        if not called or first.text not in _GLMMTMB_STRUCTURES:
+            return
+        inner = self.span_text(a + 2, b - 1)
+        spelling = _GLMMTMB_STRUCTURES[first.text]
+        if spelling is not None:
+            double = spelling == "||"
+            raise self.error(
+                f"glmmTMB's covariance structure {first.text}(...) is written ({inner.replace('|', '||') if double else inner})"
+                f" in mixedfx", first.start)
+        raise self.error(
+            f"glmmTMB's covariance structure {first.text}(...) is not available in mixedfx, which fits "
+            f"lme4's unstructured covariance ({inner}) and the independent one with '||'", first.start)
 
     def parse_grouping(self, lo: int, hi: int) -> list[tuple[str, ...]]:
         """``a``, ``a:b``, ``a/b`` (nested: a, a:b), ``a/b/c`` and ``a:b/c``."""
