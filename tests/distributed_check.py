@@ -110,7 +110,7 @@ def main() -> dict:
     for model, params in ((model, fitted), (model, away), (short, away)):
         one = gaussian_marginal(model, params, profile_fixed_effects=False)
         row = {"single": [one.log_likelihood, one.profiled_log_likelihood, one.reml_log_likelihood]}
-        many = distributed.sharded_gaussian_marginal(model, params, strategy=mirrored)
+        many = gaussian_marginal(model, params, row_sums=distributed.sharded_cross_products(mirrored))
         row["mirrored"] = [many.log_likelihood, many.profiled_log_likelihood, many.reml_log_likelihood]
         row["means_max_diff"] = float(max(np.max(np.abs(a - b)) for a, b in
                                           zip(one.conditional_means, many.conditional_means)))
@@ -183,7 +183,8 @@ def worker(index: int, ports: list[str]) -> dict:
         warnings.simplefilter("ignore")
         fit = mixedfx.MixedEffectsRegressor(FORMULA, random_state=0, verbose=0, distribute=strategy).fit(data)
     one = gaussian_marginal(fit.model_, fit.model_parameters_)
-    many = distributed.sharded_gaussian_marginal(fit.model_, fit.model_parameters_, strategy=strategy)
+    many = gaussian_marginal(fit.model_, fit.model_parameters_,
+                             row_sums=distributed.sharded_cross_products(strategy))
     return {"replicas": strategy.num_replicas_in_sync, "devices": list(strategy.extended.worker_devices),
             "fit": summary(fit), "exact": [one.log_likelihood, many.log_likelihood]}
 

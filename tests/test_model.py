@@ -208,15 +208,14 @@ def test_levels_equal_to_rows_are_refused_like_lmer():
 def test_iterative_solves_match_the_block_elimination_at_lme4s_estimates(formula, crossed_small):
     """Past the dense-block bound (two large crossed factors), conjugate gradients give
     the same fixed-effect covariance, GLS estimate and conditional means."""
-    from mixedfx.model import gaussian_fixed_effects_iterative
-
     fixture = load_lme4("crossed_small_ml")
     model = build_model(crossed_small, formula)
     sds = lme4_sds(fixture)
     params = ModelParameters(lme4_fixed_effects(fixture)[list(model.fixed_names)].to_numpy(),
                              np.array([sds[t.name] for t in model.random_terms]), {"sigma": sds["Residual"]})
     exact = gaussian_marginal(model, params, profile_fixed_effects=True)
-    iterative = gaussian_fixed_effects_iterative(model, params, tol=1e-10, chunk_rows=256)  # 6 chunks
+    iterative = gaussian_marginal(model, params, profile_fixed_effects=True, solver="conjugate_gradients",
+                                  tol=1e-10, chunk_rows=256)  # 6 chunks
     np.testing.assert_allclose(iterative.fixed_effects_cov, exact.fixed_effects_cov, rtol=1e-7)
     np.testing.assert_allclose(iterative.gls_fixed_effects, exact.gls_fixed_effects, rtol=1e-8, atol=1e-10)
     for ours, theirs in zip(iterative.conditional_means, exact.conditional_means):

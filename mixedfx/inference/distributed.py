@@ -48,7 +48,7 @@ from mixedfx.model.blocks import BlockSystem, DenseBlockTooLarge, MAX_DENSE_ENTR
 from mixedfx.model.gaussian import CrossProducts, GaussianMarginal, RowSums, gaussian_marginal
 from mixedfx.model.joint import MixedModel, ModelParameters, ModelTensors
 
-__all__ = ["ShardedRows", "check_strategy", "sharded_cross_products", "sharded_gaussian_marginal"]
+__all__ = ["ShardedRows", "check_strategy", "sharded_cross_products"]
 
 _SUM = tf.distribute.ReduceOp.SUM
 
@@ -220,48 +220,6 @@ def _with_gradient(fn):
 
 
 # -- the exact Gaussian likelihood from sharded sums ---------------------------------------
-def sharded_gaussian_marginal(model: MixedModel, params: ModelParameters, *, strategy,
-                              profile_fixed_effects: bool = False,
-                              max_dense_entries: int | None = None) -> GaussianMarginal:
-    """:func:`mixedfx.model.gaussian_marginal` with its sums over rows taken shard by shard.
-
-    ``gaussian_marginal(model, params, row_sums=sharded_cross_products(strategy), ...)``:
-    see :func:`sharded_cross_products`.
-
-    Parameters
-    ----------
-    model : MixedModel
-        A Gaussian model with its response.
-    params : ModelParameters
-    strategy : tf.distribute.Strategy
-    profile_fixed_effects : bool, default False
-    max_dense_entries : int, optional
-        Default :data:`mixedfx.model.blocks.MAX_DENSE_ENTRIES`; here it bounds the
-        coupling block too, which each replica sums densely.
-
-    Returns
-    -------
-    GaussianMarginal
-
-    Examples
-    --------
-    >>> import numpy as np, tensorflow as tf
-    >>> from mixedfx.design import RandomTermData
-    >>> from mixedfx.model import Gaussian, MixedModel, ModelParameters
-    >>> from mixedfx.inference.distributed import sharded_gaussian_marginal
-    >>> term = RandomTermData(name="g", group_index=np.array([0, 0, 1, 1], dtype=np.int32),
-    ...                       z=None, num_levels=2)
-    >>> model = MixedModel(Gaussian(), np.ones((4, 1)), np.array([1.0, 2.0, 4.0, 5.0]),
-    ...                    (term,), ("Intercept",))
-    >>> params = ModelParameters(np.array([3.0]), np.array([1.0]), {"sigma": 1.0})
-    >>> marginal = sharded_gaussian_marginal(model, params, strategy=tf.distribute.get_strategy())
-    >>> round(marginal.log_likelihood, 4)
-    -6.7744
-    """
-    return gaussian_marginal(model, params, profile_fixed_effects=profile_fixed_effects,
-                             max_dense_entries=max_dense_entries, row_sums=sharded_cross_products(strategy))
-
-
 def sharded_cross_products(strategy) -> RowSums:
     """The ``row_sums`` of :func:`mixedfx.model.gaussian_marginal` for a sharded fit.
 

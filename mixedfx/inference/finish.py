@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 
 from mixedfx.inference.boundary import boundary_components, zero_components
-from mixedfx.inference.distributed import sharded_gaussian_marginal
+from mixedfx.inference.distributed import sharded_cross_products
 from mixedfx.inference.layout import fixed_effects_covariance
 from mixedfx.inference.mcem import MCEMResult
 from mixedfx.inference.summary import FitSummary
@@ -23,7 +23,6 @@ from mixedfx.model import (
     DenseBlockTooLarge,
     MixedModel,
     ModelParameters,
-    gaussian_fixed_effects_iterative,
     gaussian_marginal,
     marginal_log_likelihood,
 )
@@ -158,19 +157,18 @@ def finish_fit(model: MixedModel, result: MCEMResult, *, reml: bool = False, see
 
 def _exact_gaussian(model, params, *, distribute, max_dense_entries, stacklevel):
     """Given the variance parameters, the fixed effects and the conditional moments of
-    the random effects in closed form (lme4's, exactly): dense, sharded, or by
-    conjugate gradients when too large to factor; ``None`` if even that fails."""
+    the random effects in closed form (lme4's, exactly), by the one implementation
+    :func:`~mixedfx.model.gaussian_marginal`: its sums over rows local or shard by
+    shard, its solves dense, or by conjugate gradients when too large to factor;
+    ``None`` if even that fails."""
+    row_sums = None if distribute is None else sharded_cross_products(distribute)
     try:
-        if distribute is None:
-            return gaussian_marginal(model, params, profile_fixed_effects=True, max_dense_entries=max_dense_entries)
-        # the same sums over rows, taken shard by shard
-        return sharded_gaussian_marginal(model, params, strategy=distribute, profile_fixed_effects=True,
-                                         max_dense_entries=max_dense_entries)
+        return gaussian_marginal(model, params, profile_fixed_effects=True, row_sums=row_sums,
+                                 max_dense_entries=max_dense_entries)
     except DenseBlockTooLarge as exc:
-        # Too large to factor: the same solves by conjugate gradients, without the log-determinant.
         exact = None
         try:
-            exact = gaussian_fixed_effects_iterative(model, params)
+            exact = gaussian_marginal(model, params, profile_fixed_effects=True, solver="conjugate_gradients")
             done = "the fixed effects, their standard errors and the conditional means are exact (solved " \
                    "iteratively); the log-likelihood and the conditional sds are not computed"
         except np.linalg.LinAlgError as failure:

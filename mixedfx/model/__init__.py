@@ -15,7 +15,7 @@ from mixedfx.model.families import (
     Poisson,
     get_family,
 )
-from mixedfx.model.gaussian import GaussianMarginal, gaussian_fixed_effects_iterative, gaussian_marginal, term_z
+from mixedfx.model.gaussian import GaussianMarginal, gaussian_marginal, term_z
 from mixedfx.model.likelihood import LaplaceMode, MarginalLikelihood, laplace_mode, marginal_log_likelihood
 from mixedfx.model.joint import (
     RESPONSE,
@@ -47,7 +47,6 @@ __all__ = [
     "DenseBlockTooLarge",
     "GaussianMarginal",
     "gaussian_marginal",
-    "gaussian_fixed_effects_iterative",
     "term_z",
     "LaplaceMode",
     "laplace_mode",

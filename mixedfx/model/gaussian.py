@@ -36,7 +36,7 @@ from mixedfx.exceptions import ParameterError
 from mixedfx.model.blocks import BlockSystem, DenseBlockTooLarge
 from mixedfx.model.joint import MixedModel, ModelParameters
 
-__all__ = ["GaussianMarginal", "gaussian_marginal", "gaussian_fixed_effects_iterative", "CrossProducts", "RowSums",
+__all__ = ["GaussianMarginal", "gaussian_marginal", "CrossProducts", "RowSums",
            "local_cross_products", "term_z", "DenseBlockTooLarge"]
 
 
@@ -49,7 +49,7 @@ class GaussianMarginal:
     log_likelihood : float or None
         Marginal log-likelihood of the response at the given fixed effects (the ML
         criterion); ``None`` (as the other likelihoods and the conditional sds and
-        covariances) when computed by :func:`gaussian_fixed_effects_iterative`.
+        covariances) when computed by ``solver="conjugate_gradients"``.
     fixed_effects_cov : numpy.ndarray of shape (n_fixed, n_fixed)
         ``(X' V^-1 X)^-1``: the covariance of the fixed-effects estimate.
     conditional_means : tuple of numpy.ndarray
@@ -384,66 +384,6 @@ def term_z(term, n_rows: int) -> np.ndarray:
     [[1.0, 0.5], [1.0, 2.0], [1.0, 1.0]]
     """
     return np.ones((n_rows, 1)) if term.z is None else np.asarray(term.z, dtype=np.float64).reshape(n_rows, -1)
-
-
-def gaussian_fixed_effects_iterative(
-    model: MixedModel,
-    params: ModelParameters,
-    *,
-    tol: float = 1e-8,
-    max_iter: int = 1000,
-    chunk_rows: int = 1 << 20,
-) -> GaussianMarginal:
-    """The fixed effects' covariance, GLS estimate and conditional means, matrix-free.
-
-    ``gaussian_marginal(model, params, profile_fixed_effects=True,
-    solver="conjugate_gradients", ...)``: the same quantities as the dense solver,
-    from solves of ``A x = U'w`` by conjugate gradients preconditioned by ``A``'s diagonal blocks (one ``dim x dim`` block per
-    level of each term), with ``A`` applied through gathers and sums over the rows:
-    no matrix with a dimension of levels times levels is formed.
-
-    Parameters
-    ----------
-    model : MixedModel
-    params : ModelParameters
-    tol : float, default 1e-8
-        Relative residual at which the solver stops.
-    max_iter : int, default 1000
-    chunk_rows : int, default 2**20
-        Rows per pass of the products with ``U``: the memory beyond the data.
-
-    Returns
-    -------
-    GaussianMarginal
-        With ``fixed_effects_cov``, ``gls_fixed_effects`` and ``conditional_means``;
-        the likelihoods and the conditional sds and covariances are ``None`` / empty.
-
-    Raises
-    ------
-    numpy.linalg.LinAlgError
-        When the solver does not reach ``tol`` in ``max_iter`` iterations.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from mixedfx.design import RandomTermData
-    >>> from mixedfx.model import (Gaussian, MixedModel, ModelParameters, gaussian_marginal,
-    ...                            gaussian_fixed_effects_iterative)
-    >>> rng = np.random.default_rng(0)
-    >>> g, h = rng.integers(0, 20, 300), rng.integers(0, 15, 300)
-    >>> terms = (RandomTermData("g", g.astype(np.int32), None, 20), RandomTermData("h", h.astype(np.int32), None, 15))
-    >>> X = np.column_stack([np.ones(300), rng.normal(size=300)])
-    >>> model = MixedModel(Gaussian(), X, rng.normal(size=300), terms, ("Intercept", "x"))
-    >>> params = ModelParameters(np.zeros(2), np.array([0.7, 0.4]), {"sigma": 1.0})
-    >>> exact = gaussian_marginal(model, params, profile_fixed_effects=True)
-    >>> iterative = gaussian_fixed_effects_iterative(model, params)
-    >>> bool(np.allclose(iterative.fixed_effects_cov, exact.fixed_effects_cov, rtol=1e-6))
-    True
-    >>> bool(np.allclose(iterative.conditional_means[1], exact.conditional_means[1], atol=1e-6))
-    True
-    """
-    return gaussian_marginal(model, params, profile_fixed_effects=True, solver="conjugate_gradients", tol=tol,
-                             max_iter=max_iter, chunk_rows=chunk_rows)
 
 
 def _chunked_operator(model: MixedModel, params: ModelParameters, *, chunk_rows: int):
