@@ -166,6 +166,7 @@ class _Problem:
     minimum: float
     scale: np.ndarray
     criterion: str
+    step: float = 1e-6
     cache: dict = dataclasses.field(default_factory=dict)
 
 
@@ -187,7 +188,9 @@ def _problem(bound, params: ModelParameters, layout: ParameterLayout) -> _Proble
         deviance, free = _laplace_deviance(bound, params, dims, p), _all_free(len(names))
         criterion = "Laplace deviance at the conditional modes"
     scale = np.array([_step(k, v) for k, v in zip(kinds, start)])
-    problem = _Problem(names, names, bounds, deviance, free, start, np.inf, scale, criterion)
+    # a Laplace deviance is smooth only to the mode search's tolerance: larger finite-difference steps
+    problem = _Problem(names, names, bounds, deviance, free, start, np.inf, scale, criterion,
+                       1e-6 if gaussian else 1e-4)
     estimate, minimum = _optimize(problem, start, None)
     if gaussian:  # the fixed effects at their GLS estimate given the variance parameters
         estimate[:p] = deviance.gls(estimate)
@@ -340,7 +343,8 @@ def _optimize(problem: _Problem, start: np.ndarray, focal):
         return x, objective(np.zeros(0))
     bounds = list(zip((lower - origin) / scale, (upper - origin) / scale))
     result = optimize.minimize(objective, np.zeros(len(free)), method="L-BFGS-B", bounds=bounds,
-                               options={"ftol": 1e-12, "gtol": 1e-6, "eps": 1e-6, "maxiter": 500})
+                               options={"ftol": 1e-12 if problem.step < 1e-5 else 1e-10, "gtol": 1e-6 if problem.step < 1e-5 else 1e-4,
+                                        "eps": problem.step, "maxiter": 500})
     x[free] = origin + scale * result.x
     return x, float(result.fun)
 
