@@ -34,10 +34,11 @@ import dataclasses
 import numpy as np
 import pandas as pd
 from scipy import optimize, stats
+from sklearn.utils.validation import check_is_fitted
 
 from mixedfx.exceptions import ParameterError
 from mixedfx.inference.layout import ParameterLayout
-from mixedfx.model import ModelParameters, gaussian_marginal
+from mixedfx.model import ModelParameters, gaussian_marginal, term_z
 from mixedfx.model.likelihood import marginal_log_likelihood
 
 __all__ = ["profile_intervals", "profile_intervals_at"]
@@ -69,6 +70,8 @@ def profile_intervals(model, *, level: float = 0.95, which=None) -> pd.DataFrame
     ------
     ParameterError
         If ``level`` is not in (0, 1) or ``which`` names an unknown parameter.
+    sklearn.exceptions.NotFittedError
+        If ``model`` is not fitted.
 
     Examples
     --------
@@ -85,6 +88,7 @@ def profile_intervals(model, *, level: float = 0.95, which=None) -> pd.DataFrame
     >>> bool(((intervals["2.5 %"] < truth) & (truth < intervals["97.5 %"])).all())
     True
     """
+    check_is_fitted(model, "model_parameters_")
     return profile_intervals_at(model.model_, model.model_parameters_, level=level, which=which)
 
 
@@ -248,6 +252,34 @@ def _scale_trils(values: np.ndarray, dims) -> tuple | None:
     return tuple(out)
 
 
+def _tril(dim: int):
+    """Row and column indices of a lower triangle, column by column (lme4's order of theta)."""
+    cols, rows = np.triu_indices(dim)
+    return rows, cols
+
+
+def _theta(trils, sigma: float) -> np.ndarray:
+    """lme4's theta: each term's relative factor ``L / sigma``, its lower triangle column by column."""
+    return np.concatenate([(L / sigma)[_tril(L.shape[0])] for L in trils])
+
+
+def _theta_diagonal(dims) -> np.ndarray:
+    """Which entries of theta are diagonals (bounded below by 0, as lme4's ``lower``)."""
+    return np.concatenate([np.equal(*_tril(d)) for d in dims])
+
+
+def _from_theta(theta: np.ndarray, dims) -> tuple:
+    """Inverse of :func:`_theta` (with ``sigma = 1``)."""
+    out, start = [], 0
+    for d in dims:
+        factor = np.zeros((d, d))
+        rows, cols = _tril(d)
+        factor[rows, cols] = theta[start:start + len(rows)]
+        out.append(factor)
+        start += len(rows)
+    return tuple(out)
+
+
 def _gaussian_free(p: int, size: int):
     """The optimized indices of a Gaussian profile: the variance parameters other than the focal one."""
     def free(focal):
@@ -267,8 +299,8 @@ def _gaussian_deviance(bound, dims, p: int):
     With ``focal`` a fixed effect's index, that fixed effect is held at ``x[focal]``
     (its column moved into the offset) and the others are profiled out.
     """
-    X = bound.fixed_design
-    offset = np.zeros(bound.n_obs) if bound.offset is None else bound.offset
+    X, n = bound.fixed_design, bound.n_obs
+    offset = np.zeros(n) if bound.offset is None else bound.offset
     reduced = {}
 
     def model_for(focal):
@@ -294,6 +326,43 @@ def _gaussian_deviance(bound, dims, p: int):
         result = marginal(x, focal)
         return _BIG if result is None else -2.0 * result.profiled_log_likelihood
 
+    def sigma_profiled(theta, x, focal):
+        """The ML deviance at relative factors ``theta`` with ``sigma`` profiled out (lme4's ``devfun``), and
+        the penalized residual sum of squares that gives ``sigma``."""
+        model, held = model_for(focal)
+        model = dataclasses.replace(model, offset=offset + X[:, held] * x[held])
+        params = ModelParameters(np.zeros(model.fixed_design.shape[1]), _from_theta(theta, dims), {"sigma": 1.0})
+        result = gaussian_marginal(model, params, profile_fixed_effects=True)
+        residual = model.response - model.offset - model.fixed_design @ result.gls_fixed_effects
+        # with sigma = 1, V^-1 r = r - Z b at the conditional means b: r' V^-1 r is the penalized RSS
+        fitted = sum(np.sum(term_z(t, n) * b[t.group_index], axis=1)
+                     for t, b in zip(model.random_terms, result.conditional_means))
+        pwrss = float(residual @ (residual - fitted))
+        if not pwrss > 0:
+            return _BIG, pwrss
+        logdet = -2.0 * result.profiled_log_likelihood - n * np.log(2 * np.pi) - pwrss
+        return logdet + n * (1.0 + np.log(2 * np.pi * pwrss / n)), pwrss
+
+    def fixed_effect_profile(start, focal):
+        """Hold fixed effect ``focal`` at ``start[focal]``; optimize lme4's theta (L-BFGS-B, diagonals >= 0),
+        ``sigma`` and the other fixed effects profiled out, as lme4 profiles a fixed effect."""
+        if focal is None or focal >= p:
+            return None
+        trils = _scale_trils(start[p:-1], dims)
+        diagonal = _theta_diagonal(dims)
+        theta0 = _theta(trils, start[-1]) if trils is not None else diagonal.astype(np.float64)
+        bounds = [(0.0, None) if d else (None, None) for d in diagonal]
+        result = optimize.minimize(lambda t: sigma_profiled(t, start, focal)[0], np.where(diagonal, np.abs(theta0), theta0),
+                                   method="L-BFGS-B", bounds=bounds,
+                                   options={"ftol": 1e-12, "gtol": 1e-6, "eps": 1e-6, "maxiter": 500})
+        dev, pwrss = sigma_profiled(result.x, start, focal)
+        sigma = np.sqrt(pwrss / n)
+        x = np.array(start, dtype=np.float64)
+        x[p:-1] = _sdcor(tuple(sigma * L for L in _from_theta(result.x, dims)))
+        x[-1] = sigma
+        return x, float(dev)
+
+    deviance.fixed_effect_profile = fixed_effect_profile
     deviance.gls = lambda x: marginal(x).gls_fixed_effects
     deviance.standard_errors = lambda x: np.sqrt(np.diag(marginal(x).fixed_effects_cov))
     return deviance
@@ -361,7 +430,9 @@ def _zeta(problem: _Problem, focal: int, value: float) -> float:
     if len(done) > 1 and done[0][1] != done[1][1]:  # the path of the other parameters, extrapolated
         start += (value - done[0][1]) / (done[0][1] - done[1][1]) * (done[0][2] - done[1][2])
     start[focal] = value
-    x, dev = _optimize(problem, start, focal)
+    special = getattr(problem.deviance, "fixed_effect_profile", None)  # a Gaussian fixed effect: on lme4's theta
+    found = None if special is None else special(start, focal)
+    x, dev = found if found is not None else _optimize(problem, start, focal)
     difference = max(dev - problem.minimum, 0.0)
     zeta = float(np.sign(value - problem.estimate[focal]) * np.sqrt(difference))
     problem.cache[key] = (zeta, x)

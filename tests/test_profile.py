@@ -161,3 +161,10 @@ def test_lower_limit_zero_and_levels():
 def test_bad_arguments(crossed_small_fit, kwargs, message):
     with pytest.raises(ParameterError, match=message):
         profile_intervals(crossed_small_fit, **kwargs)
+
+
+def test_unfitted_estimator():
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        profile_intervals(mixedfx.MixedEffectsRegressor("y ~ x + (1 | g)"))
