@@ -10,18 +10,20 @@ each point by L-BFGS-B, warm-started from the nearest point already profiled.
 What is profiled follows lme4 (1.1-31's ``profile.merMod`` and ``devfun2``):
 
 * Gaussian fits: the exact marginal (ML) deviance as a function of the sds,
-  correlations and ``sigma`` (lme4's ``.sigNN`` and ``.sigma`` scale), with the fixed
-  effects at their GLS estimate given them.  A fixed effect is profiled by holding it
-  at each value (its column moved into the offset), the other fixed effects at their
-  GLS estimate and the variance parameters optimized.  **A REML fit is profiled on
-  the ML deviance**, as lme4 does (``devfun2`` starts with ``refitML``): lme4's
-  profile intervals of a REML fit equal those of the ML fit, and so do these.
+  correlations and ``sigma`` (lme4's ``.sigNN`` and ``.sigma`` scale, on which lme4's
+  ``devfun2`` profiles them too), with the fixed effects at their GLS estimate given
+  them.  A fixed effect is profiled by holding it at each value (its column moved
+  into the offset), the other fixed effects at their GLS estimate, ``sigma`` profiled
+  out in closed form, and lme4's theta (the relative Cholesky factors, diagonals
+  bounded below by 0) optimized, as lme4 does.  **A REML fit is profiled on the ML
+  deviance**, as lme4 does (``devfun2`` starts with ``refitML``): lme4's profile
+  intervals of a REML fit equal those of the ML fit, and so do these.
 * GLMMs: the Laplace deviance at the conditional modes, a function of the fixed
   effects and the sds and correlations, every other parameter optimized.  A family's
   own parameters (a negative binomial's dispersion, an ordinal model's cutpoints) are
   held at their estimates and get no interval (NaN).
 
-The estimate itself is re-optimized on the exact criterion first, so a Monte Carlo
+The estimate itself is re-optimized on the profiled criterion first, so a Monte Carlo
 EM fit's small error in the optimum does not shift the profile's zero.  An sd whose
 profile does not reach the level before 0 gets the lower limit 0, a correlation
 that does not reach it before -1 or 1 gets that bound.
