@@ -231,7 +231,10 @@ def _sdcor(scale_trils) -> np.ndarray:
 
 
 def _scale_trils(values: np.ndarray, dims) -> tuple | None:
-    """Inverse of :func:`_sdcor`: each term's ``L = diag(sd) chol(R)``; ``None`` if some ``R`` is not positive definite."""
+    """Inverse of :func:`_sdcor`: each term's ``L = diag(sd) chol(R)``.
+
+    ``None`` if some correlation matrix ``R`` is not positive definite.
+    """
     out, i = [], 0
     for d in dims:
         sd, i = values[i:i + d], i + d
@@ -354,7 +357,8 @@ def _gaussian_deviance(bound, dims, p: int):
         diagonal = _theta_diagonal(dims)
         theta0 = _theta(trils, start[-1]) if trils is not None else diagonal.astype(np.float64)
         bounds = [(0.0, None) if d else (None, None) for d in diagonal]
-        result = optimize.minimize(lambda t: sigma_profiled(t, start, focal)[0], np.where(diagonal, np.abs(theta0), theta0),
+        theta0 = np.where(diagonal, np.abs(theta0), theta0)
+        result = optimize.minimize(lambda t: sigma_profiled(t, start, focal)[0], theta0,
                                    method="L-BFGS-B", bounds=bounds,
                                    options={"ftol": 1e-12, "gtol": 1e-6, "eps": 1e-6, "maxiter": 500})
         dev, pwrss = sigma_profiled(result.x, start, focal)
@@ -413,8 +417,9 @@ def _optimize(problem: _Problem, start: np.ndarray, focal):
     if not free:
         return x, objective(np.zeros(0))
     bounds = list(zip((lower - origin) / scale, (upper - origin) / scale))
+    smooth = problem.step < 1e-5  # an exact deviance; a Laplace one is smooth only to its mode search
     result = optimize.minimize(objective, np.zeros(len(free)), method="L-BFGS-B", bounds=bounds,
-                               options={"ftol": 1e-12 if problem.step < 1e-5 else 1e-10, "gtol": 1e-6 if problem.step < 1e-5 else 1e-4,
+                               options={"ftol": 1e-12 if smooth else 1e-10, "gtol": 1e-6 if smooth else 1e-4,
                                         "eps": problem.step, "maxiter": 500})
     x[free] = origin + scale * result.x
     return x, float(result.fun)
