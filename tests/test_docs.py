@@ -33,6 +33,7 @@ PUBLIC_MODULES = (
     "mixedfx.examples.tutorial",
     "mixedfx.marginal_means",
     "mixedfx.explained_variance",
+    "mixedfx.profile",
 )
 
 _DOCUMENTING = re.compile(
