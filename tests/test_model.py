@@ -225,12 +225,11 @@ def test_iterative_solves_match_the_block_elimination_at_lme4s_estimates(formula
     np.testing.assert_allclose(se, lme4_fixed_effects_se(fixture)[list(model.fixed_names)].to_numpy(), rtol=1e-6)
 
 
-def test_fit_beyond_the_dense_bound_keeps_exact_standard_errors(crossed_small, crossed_small_fit, monkeypatch):
-    import mixedfx.model.blocks as blocks
-
-    monkeypatch.setattr(blocks, "MAX_DENSE_ENTRIES", 10)
+def test_fit_beyond_the_dense_bound_keeps_exact_standard_errors(crossed_small, crossed_small_fit):
+    options = mixedfx.inference.MCEMOptions(max_dense_entries=10)  # every dense block is over the bound
     with pytest.warns(UserWarning, match="solved iteratively"):
-        large = mixedfx.MixedEffectsRegressor("y ~ x + (1 | g1) + (1 | g2)", random_state=0, verbose=0).fit(crossed_small)
+        large = mixedfx.MixedEffectsRegressor("y ~ x + (1 | g1) + (1 | g2)", random_state=0, verbose=0,
+                                              options=options).fit(crossed_small)
     assert large.log_likelihood_ is None and large.aic_ is None
     np.testing.assert_allclose(large.fixed_effects_cov_.to_numpy(), crossed_small_fit.fixed_effects_cov_.to_numpy(),
                                rtol=1e-6)
