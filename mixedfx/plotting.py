@@ -8,9 +8,8 @@ TRUE))`` and a normal QQ plot of the scaled residuals).
 Every function draws into the ``ax`` (or ``axes``) it is given, or into a new
 figure when none is, and returns what it drew into: one
 :class:`matplotlib.axes.Axes`, or a numpy array of them for multi-panel plots.
-matplotlib is imported only when a plot is drawn; an installation without it gets
-an ``ImportError`` saying what to install (matplotlib is a dependency of mixedfx, so
-this happens only in an environment where it was removed).
+matplotlib (a dependency of mixedfx) is imported only when a plot is drawn, so that
+``import mixedfx`` stays quick.
 """
 
 from __future__ import annotations
@@ -403,23 +402,17 @@ def plot_qq(model, X=None, y=None, *, ax=None):
 
 
 # -- helpers -----------------------------------------------------------------------------
-_NO_MATPLOTLIB = "mixedfx.plotting needs matplotlib: pip install matplotlib"
-
-
 def _pyplot():
-    try:
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise ImportError(_NO_MATPLOTLIB) from exc
+    """``matplotlib.pyplot``, imported when the first plot is drawn."""
+    import matplotlib.pyplot as plt
+
     return plt
 
 
 def _figure(**kwargs):
     """A new :class:`matplotlib.figure.Figure` with constrained layout, outside pyplot."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(_NO_MATPLOTLIB) from exc
+    from matplotlib.figure import Figure
+
     return Figure(layout="constrained", **kwargs)
 
 

@@ -200,7 +200,7 @@ def test_regressor_passes_scikit_learns_checks(estimator, check):
 
 
 @pytest.mark.filterwarnings("ignore")
-@parametrize_with_checks([MixedEffectsClassifier(**_check_settings())], legacy=False,
+@parametrize_with_checks([MixedEffectsClassifier(**_check_settings())],
                          expected_failed_checks=lambda estimator: EXPECTED_FAILED_CHECKS[type(estimator).__name__])
 def test_classifier_passes_scikit_learns_checks(estimator, check):
     check(estimator)
