@@ -55,10 +55,6 @@ def plot_objective(model, *, ax=None):
     >>> import matplotlib.pyplot as plt
     >>> import mixedfx
     >>> from mixedfx.plotting import plot_objective
-    >>> data = mixedfx.datasets.make_mixed_data(
-    ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
-    ...     random_sd={"g": 0.8}, random_state=2)
-    >>> model = mixedfx.MixedEffectsRegressor("y ~ x + (1 | g)", random_state=0, verbose=0).fit(data)
     >>> ax = plot_objective(model)
     >>> len(ax.lines[0].get_xdata()) == model.fit_summary_.n_iter
     True
@@ -114,10 +110,6 @@ def plot_trace(model, group, *, levels=None, coef=None, ax=None):
     >>> import matplotlib.pyplot as plt
     >>> import mixedfx
     >>> from mixedfx.plotting import plot_trace
-    >>> data = mixedfx.datasets.make_mixed_data(
-    ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
-    ...     random_sd={"g": 0.8}, random_state=2)
-    >>> model = mixedfx.MixedEffectsRegressor("y ~ x + (1 | g)", random_state=0, verbose=0).fit(data)
     >>> ax = plot_trace(model, "g", levels=["g00", "g01", "g02"])
     >>> len(ax.lines) == 3 * model.random_effect_draws_["g"].shape[0]
     True
@@ -171,10 +163,6 @@ def plot_residuals(model, X=None, y=None, *, bins=50, ax=None):
     >>> import matplotlib.pyplot as plt
     >>> import mixedfx
     >>> from mixedfx.plotting import plot_residuals
-    >>> data = mixedfx.datasets.make_mixed_data(
-    ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
-    ...     random_sd={"g": 0.8}, random_state=2)
-    >>> model = mixedfx.MixedEffectsRegressor("y ~ x + (1 | g)", random_state=0, verbose=0).fit(data)
     >>> ax = plot_residuals(model, data.tail(100), bins=20)
     >>> int(sum(bar.get_height() for bar in ax.patches))
     100
@@ -225,10 +213,6 @@ def plot_random_effects(model, *, groups=None, all_coefs=False, bins=40, axes=No
     >>> import matplotlib.pyplot as plt
     >>> import mixedfx
     >>> from mixedfx.plotting import plot_random_effects
-    >>> data = mixedfx.datasets.make_mixed_data(
-    ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
-    ...     random_sd={"g": 0.8}, random_state=2)
-    >>> model = mixedfx.MixedEffectsRegressor("y ~ x + (1 | g)", random_state=0, verbose=0).fit(data)
     >>> axes = plot_random_effects(model, bins=10)
     >>> axes.shape, len(axes[0].patches)
     ((1,), 10)
@@ -303,10 +287,6 @@ def plot_caterpillar(model, group, *, coef=None, level=0.95, ax=None):
     >>> import matplotlib.pyplot as plt
     >>> import mixedfx
     >>> from mixedfx.plotting import plot_caterpillar
-    >>> data = mixedfx.datasets.make_mixed_data(
-    ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
-    ...     random_sd={"g": 0.8}, random_state=2)
-    >>> model = mixedfx.MixedEffectsRegressor("y ~ x + (1 | g)", random_state=0, verbose=0).fit(data)
     >>> ax = plot_caterpillar(model, "g")
     >>> means = ax.containers[0].lines[0].get_xdata()
     >>> len(means), bool((means[1:] >= means[:-1]).all())
@@ -374,10 +354,6 @@ def plot_qq(model, X=None, y=None, *, ax=None):
     >>> import matplotlib.pyplot as plt
     >>> import mixedfx
     >>> from mixedfx.plotting import plot_qq
-    >>> data = mixedfx.datasets.make_mixed_data(
-    ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
-    ...     random_sd={"g": 0.8}, random_state=2)
-    >>> model = mixedfx.MixedEffectsRegressor("y ~ x + (1 | g)", random_state=0, verbose=0).fit(data)
     >>> ax = plot_qq(model)  # the training rows
     >>> len(ax.collections[0].get_offsets())
     600

@@ -15,6 +15,21 @@ FIXTURES = Path(__file__).parent / "fixtures"
 collect_ignore = ["fixtures"]
 
 
+def pytest_report_header(config):
+    """Say which mixedfx the run imports: the installed package under CI (site-packages), or a source tree."""
+    return f"mixedfx {mixedfx.__version__}: {Path(mixedfx.__file__).parent}"
+
+
+def subprocess_env() -> dict:
+    """The environment for a child Python that must import the same mixedfx as this run
+    (the installed package under CI, the source tree in a developer's run)."""
+    import os
+
+    root = str(Path(mixedfx.__file__).resolve().parent.parent)
+    path = [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+
+
 def load_lme4(name: str) -> dict:
     """An lme4 reference fit written by tests/fixtures/make_lme4_fixtures.R."""
     with open(FIXTURES / f"lme4_{name}.json") as handle:
