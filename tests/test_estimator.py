@@ -6,8 +6,8 @@ import pickle
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import (assert_draws_centre_on_conditional_means, assert_ranef_match_lme4, fitted_sds, load_house, load_lme4,
-                      lme4_fixed_effects, lme4_fixed_effects_se, lme4_sds)
+from conftest import (assert_draws_centre_on_conditional_means, assert_ranef_match_lme4, fitted_sds, load_house,
+                      load_lme4, lme4_fixed_effects, lme4_fixed_effects_se, lme4_sds)
 from scipy import stats
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
