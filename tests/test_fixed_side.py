@@ -90,6 +90,7 @@ def test_continuous_grouping_column_warns(data):
         mixedfx.design.GroupingFactor.from_data(data.assign(k=np.arange(len(data)) % 7 * 1.0), ("k",))
 
 
+@pytest.mark.slow
 def test_categorical_left_side_of_the_bar_fits():
     """(0 + C(f) | g): one coefficient per level of f, with a 3 x 3 covariance; against lme4's
     (0 + f | g) on the same rows (tests/fixtures/make_house_data.py, sds 0.8/0.6/0.5 simulated)."""

@@ -1,5 +1,6 @@
-"""Fuzzing: random data frames and random formulas either fit with finite estimates or
-raise a mixedfx exception, never anything else.
+"""Fuzzing: random data frames and random formulas give what each case must give: a fit
+with finite estimates for valid input, or the mixedfx exception its defect calls for
+(``_expected``), never a FitError or anything else.
 
 Hypothesis draws the data (column types: float, int, nullable, numbers stored as
 objects, strings, categoricals with unused levels, booleans; missing values anywhere;
@@ -17,15 +18,20 @@ schedule of 10 EM iterations: the test checks finiteness and error hygiene, not 
 from __future__ import annotations
 
 import collections
+import re
 import warnings
 
 import numpy as np
 import pandas as pd
+import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from mixedfx import MixedEffectsClassifier, MixedEffectsRegressor, MixedFXError
 from mixedfx.inference import FixedIterations
+
+#: 200 generated fits and failures: minutes on 2 CPU cores (CI runs it; -m "not slow" leaves it out)
+pytestmark = pytest.mark.slow
 
 #: Examples run in CI (derandomized: the same ones every run).
 N_EXAMPLES = 200
@@ -137,33 +143,49 @@ def cases(draw):
     estimator = MixedEffectsClassifier if family == "bernoulli" else MixedEffectsRegressor
     model = estimator(formula, family=family, random_state=0, verbose=0,
                       stopping_rule=FixedIterations(n_iter=10, n_average=5))
-    return frame, model, _expected(broken, family, response, frame)
+    return frame, model, _expected(broken, family, response, frame, formula)
 
 
-def _expected(broken: str | None, family: str, response: str, frame: pd.DataFrame) -> str:
+def _expected(broken: str | None, family: str, response: str, frame: pd.DataFrame, formula: str) -> str:
     """What a case must give: ``"fitted"``, or the name of the mixedfx error its defect raises.
 
-    A broken formula is a :class:`FormulaError` (or a :class:`DataError` where the formula
-    parses and names a column or grouping the data cannot give); a valid formula with a
-    response its family cannot take (text, or counts / labels out of range) is a
-    :class:`DataError`; every other case fits.  A :class:`FitError` is never right here.
+    - a broken formula: :class:`FormulaError` (:class:`DataError` for an unknown column); the
+      response is checked before the fixed part's functions are called, so an unknown function
+      with an invalid response is that response's :class:`DataError`;
+    - a response its family cannot take: :class:`DataError` (Gaussian: not numbers; Poisson: not
+      a numeric column of non-negative integers; Bernoulli: not two classes);
+    - a grouping factor with a single level among the rows kept: :class:`DataError`;
+    - anything else fits.  A :class:`FitError` is never right here.
     """
+    response_error = _response_error(family, frame[response].dropna())
     if broken is not None:
-        return BREAK_ERRORS[broken]
-    values = frame[response].dropna()
+        return "DataError" if broken == "unknown function" and response_error else BREAK_ERRORS[broken]
+    if response_error:
+        return "DataError"
+    used = [column for column in frame.columns if re.search(rf"\b{column}\b", formula)]
+    kept = frame.dropna(subset=used)
+    groupings = [column for column in ("g", "h") if re.search(rf"\|\s*{column}\b", formula)]
+    return "DataError" if min(kept[column].nunique() for column in groupings) < 2 else "fitted"
+
+
+def _response_error(family: str, values: pd.Series) -> bool:
+    """Whether ``family`` refuses the response ``values`` (missing values dropped)."""
     if family == "gaussian":
         numeric = pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values)
-        return "fitted" if numeric or _all_numbers(values) else "DataError"
+        return not (numeric or _all_numbers(values))
     if family == "poisson":
-        numbers = pd.to_numeric(values, errors="coerce") if _all_numbers(values) else None
-        counts = numbers is not None and bool(np.all((numbers >= 0) & (numbers == np.round(numbers))))
-        return "fitted" if counts else "DataError"
-    # bernoulli: two classes (a categorical's unused level does not count)
-    return "fitted" if values.nunique() == 2 else "DataError"
+        if values.dtype == object or not pd.api.types.is_numeric_dtype(values):
+            return True  # numbers stored as objects are refused too
+        numbers = values.to_numpy(dtype=float)
+        return not bool(np.all((numbers >= 0) & (numbers == np.round(numbers))))
+    return values.nunique() != 2  # bernoulli: two classes (a categorical's unused level does not count)
 
 
 def _all_numbers(values: pd.Series) -> bool:
     return bool(values.map(lambda v: isinstance(v, (int, float, np.integer, np.floating, bool))).all())
+
+
+_LAST_MESSAGE = [""]
 
 
 def _outcome(frame: pd.DataFrame, model) -> str:
@@ -174,6 +196,7 @@ def _outcome(frame: pd.DataFrame, model) -> str:
             model.fit(frame)
     except MixedFXError as error:
         assert str(error).strip(), "an empty message"
+        _LAST_MESSAGE[0] = str(error)
         return type(error).__name__
     assert np.all(np.isfinite(model.fixed_effects_.to_numpy())), model.fixed_effects_
     components = model.variance_components_
@@ -200,7 +223,7 @@ def test_random_frames_and_formulas_fit_or_raise_a_mixedfx_error():
         outcome = _outcome(frame, model)
         outcomes[outcome] += 1
         if outcome != expected:
-            wrong.append((model.formula, model.family, expected, outcome))
+            wrong.append((model.formula, model.family, expected, outcome, _LAST_MESSAGE[0][:200]))
         pd.testing.assert_frame_equal(frame, before)  # the user's frame is never changed
 
     fit_or_raise()

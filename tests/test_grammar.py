@@ -15,6 +15,9 @@ from conftest import (FIXTURES, assert_draws_centre_on_conditional_means, assert
 
 import mixedfx
 
+#: six fits to a Monte Carlo error of 2% of each SE: minutes on 2 CPU cores
+pytestmark = pytest.mark.slow
+
 CASES = {
     "sleepstudy_slopes": ("sleepstudy.csv", "Reaction ~ Days + (Days | Subject)"),
     "sleepstudy_uncorrelated": ("sleepstudy.csv", "Reaction ~ Days + (Days || Subject)"),
