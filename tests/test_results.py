@@ -243,6 +243,10 @@ def test_poisson_intervals_and_std():
     # Both tails: the share of counts below the interval and the share above it, each against the
     # probability a Poisson count at the row's fitted mean has of falling there (discreteness makes
     # these smaller than alpha / 2: about 0.003 and 0.012), within 4 binomial standard errors.
+    # Both ends: the alpha/2 and 1 - alpha/2 Poisson quantiles at the ends of the mean's interval.
+    ends = model.predict_interval(data, alpha=0.1, kind="mean")
+    np.testing.assert_array_equal(interval["lower"], stats.poisson.ppf(0.05, ends["lower"]))
+    np.testing.assert_array_equal(interval["upper"], stats.poisson.ppf(0.95, ends["upper"]))
     mean, n = interval["fit"].to_numpy(), len(data)
     tails = [((data["y"] < interval["lower"]).mean(), stats.poisson.cdf(interval["lower"] - 1, mean).mean()),
              ((data["y"] > interval["upper"]).mean(), stats.poisson.sf(interval["upper"], mean).mean())]
