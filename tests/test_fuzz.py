@@ -174,8 +174,12 @@ def _response_error(family: str, values: pd.Series) -> bool:
         numeric = pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values)
         return not (numeric or _all_numbers(values))
     if family == "poisson":
-        if values.dtype == object or not pd.api.types.is_numeric_dtype(values):
-            return True  # numbers stored as objects are refused too
+        if values.dtype == object:  # numbers stored as objects are converted; booleans and text are not
+            if not values.map(lambda v: isinstance(v, (int, float, np.integer, np.floating))
+                              and not isinstance(v, (bool, np.bool_))).all():
+                return True
+        elif not pd.api.types.is_numeric_dtype(values):
+            return True
         numbers = values.to_numpy(dtype=float)
         return not bool(np.all((numbers >= 0) & (numbers == np.round(numbers))))
     return values.nunique() != 2  # bernoulli: two classes (a categorical's unused level does not count)
@@ -227,7 +231,7 @@ def test_random_frames_and_formulas_fit_or_raise_a_mixedfx_error():
         pd.testing.assert_frame_equal(frame, before)  # the user's frame is never changed
 
     fit_or_raise()
-    assert not wrong, wrong
+    assert not wrong, "\n".join(map(repr, wrong))
     assert sum(outcomes.values()) == N_EXAMPLES, outcomes
     # Both paths are exercised: fits that get through, and errors.
     assert outcomes["fitted"] >= 40 and outcomes["FormulaError"] + outcomes["DataError"] >= 80, outcomes
