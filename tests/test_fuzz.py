@@ -149,17 +149,23 @@ def cases(draw):
 def _expected(broken: str | None, family: str, response: str, frame: pd.DataFrame, formula: str) -> str:
     """What a case must give: ``"fitted"``, or the name of the mixedfx error its defect raises.
 
-    - a broken formula: :class:`FormulaError` (:class:`DataError` for an unknown column); the
-      response is checked before the fixed part's functions are called, so an unknown function
-      with an invalid response is that response's :class:`DataError`;
+    - a broken formula: :class:`FormulaError` (:class:`DataError` for an unknown column, but a
+      :class:`FormulaError` "unknown function" for an unknown column inside a call); the response
+      is checked before the fixed part's functions are called and the random terms compared, so an
+      unknown function or a repeated term with an invalid response is that response's :class:`DataError`;
     - a response its family cannot take: :class:`DataError` (Gaussian: not numbers; Poisson: not
       a numeric column of non-negative integers; Bernoulli: not two classes);
     - a grouping factor with a single level among the rows kept: :class:`DataError`;
     - anything else fits.  A :class:`FitError` is never right here.
     """
     response_error = _response_error(family, frame[response].dropna())
+    if broken == "unknown column" and re.search(r"\w\(zq\)", formula):
+        broken = "unknown function"  # an unknown name inside a call: reported as an unknown function
     if broken is not None:
-        return "DataError" if broken == "unknown function" and response_error else BREAK_ERRORS[broken]
+        # the response is checked after parsing and before the fixed part is evaluated and the random
+        # terms compared, so these two defects come second to an invalid response
+        late = broken in ("unknown function", "repeated term")
+        return "DataError" if late and response_error else BREAK_ERRORS[broken]
     if response_error:
         return "DataError"
     used = [column for column in frame.columns if re.search(rf"\b{column}\b", formula)]
