@@ -13,6 +13,8 @@ import mixedfx
 
 FIXTURES = Path(__file__).parent / "fixtures"
 collect_ignore = ["fixtures"]
+#: the doctests' shared names (data, model, mixedfx): see tests/doctest_setup.py
+pytest_plugins = ["doctest_setup"]
 
 
 def pytest_report_header(config):

@@ -1,8 +1,10 @@
 """The doctests' shared setup: names every docstring Example may use without building them.
 
-pytest loads this file when it collects the package's doctests (``pytest --pyargs
-mixedfx`` in CI, the installed package; ``pytest mixedfx`` in a source tree); mixedfx
-itself never imports it.  Each doctest starts with these names in its namespace:
+A pytest plugin, loaded by tests/conftest.py (``pytest_plugins``), so that it applies to the
+doctests wherever pytest collects them: the installed package's (``pytest ./tests --pyargs
+mixedfx``, CI and the README) or a source tree's (``pytest``).  It is not a conftest.py
+inside the package: pytest would load a source tree's copy beside the installed one.
+mixedfx itself never imports it.  Each doctest starts with these names in its namespace:
 
 ``mixedfx``
     The package.
@@ -46,12 +48,14 @@ def _shared_model():
 @pytest.fixture(autouse=True)
 def _doctest_setup(request, doctest_namespace):
     """Put ``mixedfx``, ``data`` and (where a doctest names it) ``model`` in each doctest's namespace."""
+    test = getattr(request.node, "dtest", None)
+    if test is None:  # not a doctest
+        return
     import mixedfx
 
     doctest_namespace["mixedfx"] = mixedfx
     doctest_namespace["data"] = _shared_data().copy()
-    test = getattr(request.node, "dtest", None)
-    if test is not None and any("model" in example.source for example in test.examples):
+    if any("model" in example.source for example in test.examples):
         doctest_namespace["model"] = _shared_model()
     else:
         doctest_namespace.pop("model", None)
