@@ -95,9 +95,6 @@ class DataError(MixedFXError, ValueError):
     Examples
     --------
     >>> import mixedfx
-    >>> data = mixedfx.datasets.make_mixed_data(
-    ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
-    ...     random_sd={"g": 0.8}, random_state=2)
     >>> mixedfx.MixedEffectsRegressor("y ~ xx + (1 | g)", verbose=0).fit(data)
     Traceback (most recent call last):
     ...
@@ -115,10 +112,6 @@ class NewLevelError(DataError):
     Examples
     --------
     >>> import mixedfx
-    >>> data = mixedfx.datasets.make_mixed_data(
-    ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
-    ...     random_sd={"g": 0.8}, random_state=2)
-    >>> model = mixedfx.lmer("y ~ x + (1 | g)", data, random_state=0, verbose=0)
     >>> new = data.head(1).assign(g="a new group")
     >>> model.predict(new, new_levels="error")
     Traceback (most recent call last):
@@ -137,9 +130,6 @@ class ParameterError(MixedFXError, ValueError):
     Examples
     --------
     >>> import mixedfx
-    >>> data = mixedfx.datasets.make_mixed_data(
-    ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
-    ...     random_sd={"g": 0.8}, random_state=2)
     >>> mixedfx.MixedEffectsRegressor("y ~ x + (1 | g)", n_chains=0).fit(data)
     Traceback (most recent call last):
     ...
@@ -157,10 +147,6 @@ class FitError(MixedFXError, RuntimeError):
 
     >>> import mixedfx
     >>> from mixedfx.inference import MCEMOptions, fit_mcem
-    >>> data = mixedfx.datasets.make_mixed_data(
-    ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
-    ...     random_sd={"g": 0.8}, random_state=2)
-    >>> model = mixedfx.lmer("y ~ x + (1 | g)", data, random_state=0, verbose=0)
     >>> try:
     ...     fit_mcem(model.model_, options=MCEMOptions(initial_step_size=1e4, max_retries=1), seed=0)
     ... except mixedfx.FitError as error:
@@ -181,9 +167,6 @@ class ConvergenceWarning(_SklearnConvergenceWarning):
     with the estimates averaged over the last iterations:
 
     >>> import mixedfx
-    >>> data = mixedfx.datasets.make_mixed_data(
-    ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
-    ...     random_sd={"g": 0.8}, random_state=2)
     >>> import warnings
     >>> with warnings.catch_warnings(record=True) as caught:
     ...     warnings.simplefilter("always")
@@ -216,9 +199,6 @@ class SamplerWarning(UserWarning):
     Turn it into an error where the draws matter; this fit's chains agree:
 
     >>> import mixedfx
-    >>> data = mixedfx.datasets.make_mixed_data(
-    ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
-    ...     random_sd={"g": 0.8}, random_state=2)
     >>> import warnings
     >>> with warnings.catch_warnings():
     ...     warnings.simplefilter("error", mixedfx.SamplerWarning)
@@ -240,9 +220,6 @@ class DataWarning(UserWarning):
     --------
     >>> import warnings
     >>> import mixedfx
-    >>> data = mixedfx.datasets.make_mixed_data(
-    ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
-    ...     random_sd={"g": 0.8}, random_state=2)
     >>> data.loc[[3, 7], "x"] = None
     >>> with warnings.catch_warnings(record=True) as caught:
     ...     warnings.simplefilter("always")

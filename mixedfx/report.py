@@ -150,10 +150,6 @@ def write_report(model, *, train, test=None, out_dir, progress=None) -> list:
     >>> import tempfile
     >>> import mixedfx
     >>> from mixedfx.report import write_report
-    >>> data = mixedfx.datasets.make_mixed_data(
-    ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
-    ...     random_sd={"g": 0.8}, random_state=2)
-    >>> model = mixedfx.MixedEffectsRegressor("y ~ x + (1 | g)", random_state=0, verbose=0).fit(data)
     >>> with tempfile.TemporaryDirectory() as out_dir:
     ...     files = write_report(model, train=data.head(500), test=data.tail(100), out_dir=out_dir)
     ...     sorted(path.name for path in files)[:4]

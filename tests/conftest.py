@@ -13,6 +13,23 @@ import mixedfx
 
 FIXTURES = Path(__file__).parent / "fixtures"
 collect_ignore = ["fixtures"]
+#: the doctests' shared names (data, model, mixedfx): see tests/doctest_setup.py
+pytest_plugins = ["doctest_setup"]
+
+
+def pytest_report_header(config):
+    """Say which mixedfx the run imports: the installed package under CI (site-packages), or a source tree."""
+    return f"mixedfx {mixedfx.__version__}: {Path(mixedfx.__file__).parent}"
+
+
+def subprocess_env() -> dict:
+    """The environment for a child Python that must import the same mixedfx as this run
+    (the installed package under CI, the source tree in a developer's run)."""
+    import os
+
+    root = str(Path(mixedfx.__file__).resolve().parent.parent)
+    path = [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
 
 
 def load_lme4(name: str) -> dict:
@@ -37,6 +54,71 @@ def lme4_sds(fixture: dict) -> pd.Series:
 
 def fitted_sds(model) -> pd.Series:
     return model.variance_components_.set_index("group")["sdcor"]
+
+
+def load_house(name: str) -> dict:
+    """An lme4 ML fit (conditional modes included) written by tests/fixtures/make_house_fixtures.R."""
+    with open(FIXTURES / "lme4_house.json") as handle:
+        return json.load(handle)[name]
+
+
+def _ranef_key(group: str, level) -> tuple[str, str]:
+    """A (grouping factor, level) key that lme4 and mixedfx spell alike: the factors of an
+    interaction ("cask:batch" in lme4, "batch:cask" in mixedfx) sorted, the level's pieces with them."""
+    factors, pieces = group.split(":"), str(level).split(":")
+    order = sorted(range(len(factors)), key=factors.__getitem__)
+    return ":".join(factors[i] for i in order), ":".join(pieces[i] for i in order)
+
+
+def lme4_ranef(fixture: dict, terms: dict | None = None) -> pd.DataFrame:
+    """lme4's ``as.data.frame(ranef(fit, condVar = TRUE))``, indexed by (group, term, level);
+    ``terms`` renames lme4's coefficient names (``{"fhi": "C(f)[hi]"}``)."""
+    rows = [(*_ranef_key(r["grpvar"], r["grp"]), (terms or {}).get(r["term"], r["term"]), r["condval"], r["condsd"])
+            for r in fixture["ranef"]]
+    frame = pd.DataFrame(rows, columns=["group", "level", "term", "condval", "condsd"])
+    return frame.set_index(["group", "term", "level"]).sort_index()
+
+
+def fitted_ranef(model) -> pd.DataFrame:
+    """``model.ranef(condvar=True)`` in :func:`lme4_ranef`'s layout."""
+    frame = model.ranef(condvar=True)
+    keys = [_ranef_key(g, level) for g, level in zip(frame["group"], frame["level"])]
+    frame = frame.assign(group=[k[0] for k in keys], level=[k[1] for k in keys])
+    return frame.set_index(["group", "term", "level"])[["condval", "condsd"]].sort_index()
+
+
+def assert_ranef_match_lme4(model, fixture: dict, *, terms: dict | None = None) -> None:
+    """Conditional modes within 0.1 of their conditional sd of lme4's, conditional sds within 3%.
+
+    The fits' sds are within 1-2% of lme4's and their fixed effects within 0.25 SE, so the
+    conditional means differ from lme4's by a small fraction of their conditional sd; 0.1 sd
+    is that fraction, and a 5% error in the conditional means breaks it.
+    """
+    ours, theirs = fitted_ranef(model), lme4_ranef(fixture, terms)
+    assert list(ours.index) == list(theirs.index)
+    distance = (ours["condval"] - theirs["condval"]) / theirs["condsd"]
+    assert np.all(np.abs(distance) < 0.1), distance.abs().sort_values().tail()
+    np.testing.assert_allclose(ours["condsd"], theirs["condsd"], rtol=0.03)
+
+
+def assert_draws_centre_on_conditional_means(model, *, z: float = 4.5) -> None:
+    """The E-step's draws (``random_effect_draws_``) average to the exact conditional means
+    (``random_effects_``) within ``z`` Monte Carlo standard errors (sd / sqrt(ESS), ArviZ's
+    ESS of each coefficient over chains and draws)."""
+    import arviz
+
+    for group, means in model.random_effects_.items():
+        draws = np.asarray(model.random_effect_draws_[group], dtype=float)  # chain, draw, level, coef
+        ess = arviz.ess(arviz.convert_to_dataset(draws))["x"].to_numpy()
+        mcse = draws.std(axis=(0, 1)) / np.sqrt(ess)
+        z_scores = (draws.mean(axis=(0, 1)) - means.to_numpy()) / mcse
+        assert np.all(np.abs(z_scores) < z), (group, np.abs(z_scores).max())
+
+
+def correlation_tolerance(r: float, n_levels: int) -> float:
+    """A quarter of a correlation's standard error, (1 - r^2) / sqrt(n_levels): the fixed
+    effects' 0.25 SE on the correlation's scale (0.059 for sleepstudy's 0.081 on 18 subjects)."""
+    return 0.25 * (1.0 - r**2) / np.sqrt(n_levels)
 
 
 @pytest.fixture(scope="session")

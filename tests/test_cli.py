@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import FIXTURES
+from conftest import FIXTURES, subprocess_env
 
 from mixedfx import DataError
 from mixedfx.cli import load_data, main
@@ -49,10 +49,11 @@ def test_unknown_data_source():
         load_data("insteval2")
 
 
-def test_console_script_runs_as_a_module():
+def test_console_script_runs_as_a_module(tmp_path):
+    # outside the source tree, so that "-m mixedfx" runs the mixedfx this run imports
     done = subprocess.run(
         [sys.executable, "-m", "mixedfx", "fit", "y ~ x + (1 | g)", "--data", "missing.csv"],
-        capture_output=True, text=True,
+        capture_output=True, text=True, cwd=tmp_path, env=subprocess_env(),
     )
     assert done.returncode == 2
     assert "mixedfx: error: --data 'missing.csv' is neither" in done.stderr

@@ -14,7 +14,6 @@ both ways.
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import socket
 import subprocess
@@ -31,7 +30,7 @@ from mixedfx import DataError, MixedEffectsRegressor, ParameterError
 from mixedfx._tf import tf
 from mixedfx.design import read_arrow
 
-from conftest import lme4_fixed_effects, lme4_fixed_effects_se, lme4_sds, load_lme4
+from conftest import correlation_tolerance, subprocess_env, lme4_fixed_effects, lme4_fixed_effects_se, lme4_sds, load_lme4
 from distributed_check import summary
 
 HERE = Path(__file__).parent
@@ -64,10 +63,9 @@ def _free_ports(count: int) -> list[int]:
 def runs():
     """The check script's three processes, started together: the logical-device checks,
     and the two workers of a MultiWorkerMirroredStrategy on the loopback interface."""
-    path = os.pathsep.join([str(HERE.parent)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
     script = [sys.executable, str(HERE / "distributed_check.py")]
     ports = ",".join(str(port) for port in _free_ports(2))
-    env = {**os.environ, "PYTHONPATH": path}
+    env = subprocess_env()  # the mixedfx this run imports (installed under CI), not the source tree
     env.pop("TF_CONFIG", None)
     processes = {
         "devices": subprocess.Popen(script, env={**env, "MIXEDFX_CPU_DEVICES": "3"}, stdout=subprocess.PIPE,
@@ -168,7 +166,7 @@ def test_a_sharded_poisson_fit_with_an_offset_matches_glmer(sharded):
 def test_a_sharded_reml_fit_with_random_slopes_matches_lme4(sharded):
     """REML's sharded sums (X'Z per level, the projected statistics) and a term of two
     correlated coefficients: lmer's REML fit of sleepstudy, with test_results.py's
-    tolerances (the default tol here: sds within 3%, correlation within 0.1, fixed
+    tolerances (the default tol here: sds within 3%, correlation within a quarter of its SE, fixed
     effects within 0.25 SE, the REML criterion within 0.05)."""
     assert sharded["reml_slopes_calls"] and set(sharded["reml_slopes_calls"]) == {3}
     fit = sharded["reml_slopes"]
@@ -177,7 +175,7 @@ def test_a_sharded_reml_fit_with_random_slopes_matches_lme4(sharded):
     sds = [row["sdcor"] for row in fixture["varcorr"] if row["var2"] is None]
     cor = [row["sdcor"] for row in fixture["varcorr"] if row["var2"] is not None]
     np.testing.assert_allclose(fit["sds"], sds, rtol=0.03)
-    np.testing.assert_allclose(fit["cor"], cor, atol=0.1)
+    np.testing.assert_allclose(fit["cor"], cor, atol=correlation_tolerance(cor[0], fixture["n_levels"]["Subject"]))
     distance = (pd.Series(fit["fixed_effects"]) - lme4_fixed_effects(fixture)) / lme4_fixed_effects_se(fixture)
     assert np.all(np.abs(distance) < 0.25), distance
     np.testing.assert_allclose(fit["fixed_effects_se"], lme4_fixed_effects_se(fixture).to_numpy(), rtol=0.05)

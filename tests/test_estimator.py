@@ -6,7 +6,8 @@ import pickle
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import fitted_sds, load_lme4, lme4_fixed_effects, lme4_fixed_effects_se, lme4_sds
+from conftest import (assert_draws_centre_on_conditional_means, assert_ranef_match_lme4, fitted_sds, load_house,
+                      load_lme4, lme4_fixed_effects, lme4_fixed_effects_se, lme4_sds)
 from scipy import stats
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
@@ -53,23 +54,14 @@ def test_fitted_attributes(crossed_small_fit, crossed_small):
     assert summary.parameter_trace().shape == (summary.n_iter, 5)
 
 
-def test_random_effects_agree_with_exact_conditional_means(crossed_small_fit, crossed_small):
-    """The MCMC conditional means match the closed-form ones at the same parameters."""
-    from mixedfx.model import MixedModel, gaussian_marginal
+def test_random_effects_match_lme4s_conditional_modes(crossed_small_fit):
+    """random_effects_ and their conditional sds against lme4's ranef(condVar = TRUE), same data, ML."""
+    assert_ranef_match_lme4(crossed_small_fit, load_house("crossed_small"))
 
-    model = crossed_small_fit
-    X = model.fixed_design_.transform(crossed_small)
-    terms = model.random_design_.materialize(crossed_small)
-    exact = gaussian_marginal(
-        MixedModel(model.family_, X, crossed_small["y"].to_numpy(), terms, tuple(model.fixed_effects_.index)),
-        model._parameters(),
-    )
-    for term, means, sds in zip(terms, exact.conditional_means, exact.conditional_sds):
-        means, sds = means[:, 0], sds[:, 0]
-        sampled = model.random_effects_[term.name]["(Intercept)"].to_numpy()
-        draws = model.fit_summary_.n_draws_averaged
-        # Monte Carlo error of a mean of correlated draws: allow 6 sds at ESS = draws / 10.
-        assert np.all(np.abs(sampled - means) < 6 * sds / np.sqrt(draws / 10)), term.name
+
+def test_draws_centre_on_the_conditional_means(crossed_small_fit):
+    """The MCMC draws of the E-step average to the exact conditional means within their Monte Carlo error."""
+    assert_draws_centre_on_conditional_means(crossed_small_fit)
 
 
 def test_predict_is_fixed_part_plus_conditional_means(crossed_small_fit, crossed_small):

@@ -19,6 +19,9 @@ from mixedfx._tf import tf
 from mixedfx.model import Bernoulli, Binomial, MixedModel, ModelParameters, NegativeBinomial, Ordinal, Poisson
 from mixedfx.model import marginal_log_likelihood
 
+#: glmer/glmmTMB comparisons: a dozen GLMM fits (Laplace references included)
+pytestmark = pytest.mark.slow
+
 
 def load_glmm(name):
     """A reference fit written by tests/fixtures/make_glmm_fixtures.R."""

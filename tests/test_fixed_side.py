@@ -5,6 +5,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import FIXTURES, assert_draws_centre_on_conditional_means, assert_ranef_match_lme4, load_house
 
 import mixedfx
 
@@ -89,35 +90,23 @@ def test_continuous_grouping_column_warns(data):
         mixedfx.design.GroupingFactor.from_data(data.assign(k=np.arange(len(data)) % 7 * 1.0), ("k",))
 
 
+@pytest.mark.slow
 def test_categorical_left_side_of_the_bar_fits():
-    """(0 + C(f) | g): one coefficient per level of f, with a 3 x 3 covariance."""
-    from mixedfx.model import MixedModel, gaussian_marginal
-
-    rng = np.random.default_rng(11)
-    n, groups = 1200, 40
-    sds = np.array([0.8, 0.6, 0.5])
-    corr = np.array([[1.0, 0.3, 0.1], [0.3, 1.0, -0.2], [0.1, -0.2, 1.0]])
-    effects = rng.multivariate_normal(np.zeros(3), corr * np.outer(sds, sds), size=groups)
-    g = rng.integers(0, groups, n)
-    f = rng.integers(0, 3, n)
-    x = rng.normal(size=n)
-    data = pd.DataFrame({"y": 1.0 + 0.5 * x + effects[g, f] + rng.normal(scale=0.8, size=n), "x": x,
-                         "f": np.array(["hi", "lo", "mid"])[f], "g": [f"g{i}" for i in g]})
+    """(0 + C(f) | g): one coefficient per level of f, with a 3 x 3 covariance; against lme4's
+    (0 + f | g) on the same rows (tests/fixtures/make_house_data.py, sds 0.8/0.6/0.5 simulated)."""
+    data = pd.read_csv(FIXTURES / "categorical_bar.csv")
+    reference = load_house("categorical_bar")
     model = mixedfx.MixedEffectsRegressor("y ~ x + (0 + C(f) | g)", random_state=0, verbose=0).fit(data)
     cov = model.random_cov_[0]
     assert list(cov.columns) == ["C(f)[hi]", "C(f)[lo]", "C(f)[mid]"]
     assert np.all(np.linalg.eigvalsh(cov.to_numpy()) > 0)
     assert len(model.variance_components_) == 3 + 3 + 1  # sds, correlations, residual
-    # 40 groups: each sd within 3.5 of its approximate standard errors (1 / sqrt(2 * 40) on the log scale)
-    assert np.all(np.abs(np.log(np.sqrt(np.diag(cov.to_numpy())) / sds)) < 3.5 / np.sqrt(80))
-    # the sampled conditional means agree with the closed-form ones at the estimate
-    X = model.fixed_design_.transform(data)
-    terms = model.random_design_.materialize(data)
-    exact = gaussian_marginal(MixedModel(model.family_, X, data["y"].to_numpy(), terms, tuple(model.fixed_effects_.index)),
-                              model._parameters())
-    sampled = model.random_effects_["g"].to_numpy()
-    draws = model.fit_summary_.n_draws_averaged
-    assert np.all(np.abs(sampled - exact.conditional_means[0]) < 6 * exact.conditional_sds[0] / np.sqrt(draws / 10))
+    lme4_sds = [row["sdcor"] for row in reference["varcorr"] if row["var2"] is None]
+    np.testing.assert_allclose(model.variance_components_["sdcor"][model.variance_components_["var2"].isna()],
+                               lme4_sds, rtol=0.03)
+    # conditional modes and sds against lme4's ranef(condVar = TRUE); the draws centre on them
+    assert_ranef_match_lme4(model, reference, terms={f"f{level}": f"C(f)[{level}]" for level in ("hi", "lo", "mid")})
+    assert_draws_centre_on_conditional_means(model)
     rows = data.head(3)
     expected = (model.fixed_effects_["Intercept"] + model.fixed_effects_["x"] * rows["x"].to_numpy()
                 + np.array([model.random_effects_["g"].loc[g, f"C(f)[{f}]"] for g, f in zip(rows["g"], rows["f"])]))

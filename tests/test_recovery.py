@@ -9,6 +9,9 @@ from mixedfx import parse_formula
 from mixedfx.design import RandomDesign, build_fixed_design
 from mixedfx.model import Gaussian, MixedModel, ModelParameters, gaussian_marginal
 
+#: a large simulated fit checked against the truth and the exact ML estimate
+pytestmark = pytest.mark.slow
+
 TRUTH_FIXED = {"Intercept": 1.5, "x": 0.7, "z": -0.4}
 TRUTH_SD = {"a": 0.9, "b": 0.5, "c": 0.3}
 FORMULA = "y ~ x + z + (1 | a) + (1 | b) + (1 | c)"

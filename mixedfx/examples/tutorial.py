@@ -371,10 +371,6 @@ def lme4_comparison(model, reference) -> pd.DataFrame:
     --------
     >>> import mixedfx
     >>> from mixedfx.examples.tutorial import lme4_comparison
-    >>> data = mixedfx.datasets.make_mixed_data(
-    ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
-    ...     random_sd={"g": 0.8}, random_state=2)
-    >>> model = mixedfx.lmer("y ~ x + (1 | g)", data, random_state=0, verbose=0)
     >>> reference = {  # made-up values in lme4's layout
     ...     "fixed_effects": {"(Intercept)": 1.0, "x": 0.5},
     ...     "fixed_effects_se": {"(Intercept)": 0.15, "x": 0.04},

@@ -95,10 +95,6 @@ class FitSummary:
     Every fitted estimator keeps one as ``fit_summary_``:
 
     >>> import mixedfx
-    >>> data = mixedfx.datasets.make_mixed_data(
-    ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
-    ...     random_sd={"g": 0.8}, random_state=2)
-    >>> model = mixedfx.lmer("y ~ x + (1 | g)", data, random_state=0, verbose=0)
     >>> summary = model.fit_summary_
     >>> summary.converged, summary.method, summary.parameter_names
     (True, 'ml', ('Intercept', 'x', 'sd(g)', 'sigma'))
