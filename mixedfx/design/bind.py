@@ -39,8 +39,9 @@ class BoundData:
     response : numpy.ndarray or pandas array of shape (n_rows,)
         The response as read, before any family looked at it (labels stay labels).
     trials : numpy.ndarray of shape (n_rows,) or None
-        From ``cbind(successes, failures)``.
+        From ``cbind(successes, failures)``, or as given by ``trials=``.
     sample_weight : numpy.ndarray of shape (n_rows,) or None
+        Positive prior weights (rows of weight zero are left out).
     fixed_design : FixedDesign
     fixed_matrix : numpy.ndarray of shape (n_rows, n_fixed)
     offset : numpy.ndarray of shape (n_rows,) or None
@@ -48,7 +49,7 @@ class BoundData:
     random_terms : tuple of RandomTermData
         The training rows' group indices (every level seen).
     dropped_rows : pandas.Index
-        Index labels of the rows left out for missing values.
+        Index labels of the rows left out for missing values or a zero weight.
 
     Examples
     --------
@@ -81,7 +82,7 @@ class BoundData:
         return int(self.fixed_matrix.shape[0])
 
 
-def bind_data(spec: FormulaSpec, data: pd.DataFrame, *, y=None, sample_weight=None,
+def bind_data(spec: FormulaSpec, data: pd.DataFrame, *, y=None, sample_weight=None, trials=None,
               missing: str = "drop") -> BoundData:
     """Bind ``data`` to the formula ``spec``: the response, the trials and the designs.
 
@@ -94,9 +95,14 @@ def bind_data(spec: FormulaSpec, data: pd.DataFrame, *, y=None, sample_weight=No
     y : array-like of shape (n_rows,), optional
         The response; by default the formula's left-hand side evaluated on ``data``.
     sample_weight : array-like of shape (n_rows,), optional
+        Prior weights (lme4's ``weights=``), non-negative and finite; rows of weight
+        zero are left out (listed in ``dropped_rows``).
+    trials : array-like of shape (n_rows,), optional
+        The binomial trials of each row, with a response of successes or proportions
+        (instead of ``cbind(successes, failures)``).
     missing : {"drop", "raise"}, default "drop"
         Rows with a missing value in a column the model uses, in ``y`` or in
-        ``sample_weight``: left out with a :class:`~mixedfx.DataWarning`, or refused.
+        ``trials``: left out with a :class:`~mixedfx.DataWarning`, or refused.
 
     Returns
     -------
@@ -136,8 +142,12 @@ def bind_data(spec: FormulaSpec, data: pd.DataFrame, *, y=None, sample_weight=No
     columns = formula_columns(spec, data)
     data = clean_columns(data, columns, drop_unused_categories=True)
     y, sample_weight = _response_array(y, len(data)), _weight_array(sample_weight, len(data))
-    data, y, sample_weight, dropped = _drop_missing(data, columns, y, sample_weight, missing=missing)
+    trials = _trials_array(trials, len(data))
+    zero = None if sample_weight is None else sample_weight == 0
+    data, y, sample_weight, trials, dropped = _drop_missing(data, columns, y, sample_weight, trials, zero,
+                                                            missing=missing)
     response_design = None if y is not None else ResponseDesign.from_text(spec.response)
+    given_trials = trials
     if y is not None:
         raw, trials, response_name = y, None, "y"
     else:
@@ -146,6 +156,10 @@ def bind_data(spec: FormulaSpec, data: pd.DataFrame, *, y=None, sample_weight=No
         except FormulaError as exc:
             raise _in_formula(exc, spec.text) from None
         response_name = spec.response
+    if given_trials is not None:
+        if trials is not None:
+            raise DataError("give the trials either by cbind(successes, failures) or by trials=, not both")
+        trials = given_trials
     try:
         fixed_design, fixed_matrix = build_fixed_design(spec.fixed, data, offsets=spec.offsets)
         random_design = RandomDesign.from_spec(spec, data)
@@ -159,38 +173,44 @@ def bind_data(spec: FormulaSpec, data: pd.DataFrame, *, y=None, sample_weight=No
     )
 
 
-def _drop_missing(data, columns, y, sample_weight, *, missing):
+def _drop_missing(data, columns, y, sample_weight, trials, zero, *, missing):
     """Apply the ``missing`` policy to rows with a missing value in ``columns``, ``y``
-    or ``sample_weight``; returns the kept data, y, weights and the dropped index."""
+    or ``trials``, and leave out the rows of weight zero (``zero``); returns the kept
+    data, y, weights, trials and the dropped index."""
     mask, counts = missing_rows(data, columns)
-    for name, values in (("y", y), ("sample_weight", sample_weight)):
+    for name, values in (("y", y), ("trials", trials)):
         if values is not None:
             isna = np.asarray(pd.isna(values), dtype=bool)
             if isna.any():
                 counts[name] = int(isna.sum())
                 mask = mask | isna
-    dropped = data.index[mask]
     n_missing = int(mask.sum())
-    if not n_missing:
-        return data, y, sample_weight, dropped
+    if zero is not None and zero.any():
+        mask = mask | zero
+    dropped = data.index[mask]
+    if not mask.any():
+        return data, y, sample_weight, trials, dropped
     where = describe_counts(counts)
-    if missing == "raise":
+    if missing == "raise" and n_missing:
         raise DataError(
             f"{n_missing} of {len(mask)} rows have missing values (NaN/None) in the columns the model uses "
             f"({where}); drop or impute them, or use missing='drop'"
         )
     if n_missing == len(mask):
         raise DataError(f"every row has a missing value in the columns the model uses ({where}); nothing is left to fit")
-    warnings.warn(
-        f"dropped {n_missing} of {len(mask)} rows with missing values ({where}), as lme4's na.omit does; "
-        f"the fit uses the other {len(mask) - n_missing} (dropped_rows_ lists them; missing='raise' refuses them)",
-        DataWarning,
-        stacklevel=4,
-    )
+    if mask.all():
+        raise DataError("every row has a missing value or a sample_weight of zero: no row with a non-zero weight "
+                        "is left to fit")
+    if n_missing:
+        warnings.warn(
+            f"dropped {n_missing} of {len(mask)} rows with missing values ({where}), as lme4's na.omit does; "
+            f"the fit uses the others (dropped_rows_ lists them; missing='raise' refuses them)",
+            DataWarning,
+            stacklevel=4,
+        )
     keep = ~mask
     data = clean_columns(data.loc[keep], columns, drop_unused_categories=True)
-    return (data, None if y is None else y[keep], None if sample_weight is None else sample_weight[keep],
-            dropped)
+    return (data, *(None if values is None else values[keep] for values in (y, sample_weight, trials)), dropped)
 
 
 def _in_formula(error: FormulaError, text: str) -> FormulaError:
@@ -235,4 +255,26 @@ def _weight_array(sample_weight, n_rows: int):
         raise DataError(f"sample_weight must be numeric: {exc}") from None
     if weights.shape != (n_rows,):
         raise DataError(f"sample_weight must hold {n_rows} values, got shape {weights.shape}")
+    bad = np.flatnonzero(~np.isfinite(weights) | (weights < 0))
+    if bad.size:
+        raise DataError(f"sample_weight must be finite and non-negative; position {int(bad[0])} holds "
+                        f"{weights[bad[0]]!r} ({bad.size} such value(s))")
+    if not np.any(weights > 0):
+        raise DataError("sample_weight is zero for every row: at least one weight must be non-zero")
     return weights
+
+
+def _trials_array(trials, n_rows: int):
+    """``trials`` as a float64 array of ``n_rows`` positive whole numbers (NaN: missing), or None."""
+    if trials is None:
+        return None
+    try:
+        values = np.asarray(trials, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"trials must be numeric: {exc}") from None
+    if values.shape != (n_rows,):
+        raise DataError(f"trials must hold {n_rows} values, got shape {values.shape}")
+    bad = np.flatnonzero(~np.isnan(values) & ((values <= 0) | (values != np.round(values)) | np.isinf(values)))
+    if bad.size:
+        raise DataError(f"trials must be positive whole numbers; position {int(bad[0])} holds {values[bad[0]]!r}")
+    return values

@@ -211,7 +211,7 @@ class MixedEffectsModel(BaseEstimator):
         returns ``(family, values)``."""
         return family, raw
 
-    def fit(self, X, y=None, sample_weight=None):
+    def fit(self, X, y=None, sample_weight=None, *, trials=None):
         """Fit the model.
 
         Parameters
@@ -226,8 +226,15 @@ class MixedEffectsModel(BaseEstimator):
             The response.  When omitted, it is the formula's left-hand side evaluated
             on ``X`` (``cbind(successes, failures)`` for a binomial response).
         sample_weight : array-like of shape (n_rows,), optional
-            Binomial family only: the number of trials of each row, with the response
-            given as a proportion (glmer's ``weights=``).
+            Prior weights, as lme4's ``weights=`` (finite, non-negative; rows of weight
+            zero are left out and listed in ``dropped_rows_``).  Gaussian: precisions
+            (row ``i``'s residual variance is ``sigma^2 / w_i``); every other family:
+            each row's log-likelihood times its weight, so that an integer weight
+            counts the row that many times.  Deprecated: with a binomial proportion
+            response and no trials, the trials (use ``trials=``).
+        trials : array-like of shape (n_rows,), optional
+            Binomial family: the number of trials of each row, the response given as
+            successes or as proportions (instead of ``cbind(successes, failures)``).
 
         Returns
         -------
@@ -251,7 +258,7 @@ class MixedEffectsModel(BaseEstimator):
         if y is None and spec.response is None:
             raise DataError(f"{type(self).__name__} requires y to be passed, but the target y is None, and the "
                             "formula has no response (left-hand side) to evaluate instead")
-        bound = bind_data(spec, data, y=y, sample_weight=sample_weight, missing=self.missing)
+        bound = bind_data(spec, data, y=y, sample_weight=sample_weight, trials=trials, missing=self.missing)
         model = bind_model(family, bound, encode=lambda family, raw: self._encode_response(family, raw, fitted))
         fitted.update(formula_spec_=spec, family_=model.family, response_design_=bound.response_design,
                       fixed_design_=bound.fixed_design, random_design_=bound.random_design,

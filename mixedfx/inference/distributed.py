@@ -131,6 +131,8 @@ class ShardedRows:
             arrays["offset"] = model.offset
         if model.trials is not None:
             arrays["trials"] = model.trials
+        if model.weights is not None:
+            arrays["prior_weight"] = model.weights
         for k, term in enumerate(model.random_terms):
             arrays[f"group_index_{k}"] = term.group_index.astype(np.int32)
             if term.z is not None:

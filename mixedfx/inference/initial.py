@@ -41,6 +41,7 @@ def initial_parameters(model: MixedModel) -> ModelParameters:
     family, X, y = model.family, model.fixed_design, model.response
     offset = np.zeros(model.n_obs) if model.offset is None else model.offset
     trials = None if model.trials is None else tf.constant(model.trials)
+    weights = None if model.weights is None else tf.constant(model.weights)
     free = family.initial_free(y, offset, trials=model.trials)
     natural = family_tensors(family.constrain(tf.constant(free, tf.float64)))
     response = tf.constant(y)
@@ -49,8 +50,9 @@ def initial_parameters(model: MixedModel) -> ModelParameters:
         eta = tf.constant(numpy_linear_predictor(X, beta, (), (), offset=offset))
         with tf.GradientTape() as tape:
             tape.watch(eta)
-            total = tf.reduce_sum(family.log_prob(eta, natural, response, trials=trials))
-        return float(total), tape.gradient(total, eta).numpy(), family.fisher_weight(eta, natural, trials=trials).numpy()
+            total = tf.reduce_sum(family.weighted_log_prob(eta, natural, response, trials=trials, weights=weights))
+        information = family.weighted_fisher_weight(eta, natural, trials=trials, weights=weights)
+        return float(total), tape.gradient(total, eta).numpy(), information.numpy()
 
     beta = np.zeros(X.shape[1])
     value, score, weight = evaluate(beta)

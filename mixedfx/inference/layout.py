@@ -236,7 +236,9 @@ def complete_data_scale(model: MixedModel, params: ModelParameters) -> np.ndarra
 def _fisher_weight(model: MixedModel, params: ModelParameters, eta: np.ndarray) -> np.ndarray:
     """The family's Fisher weight of each row at linear predictor ``eta`` (numpy)."""
     trials = None if model.trials is None else tf.constant(model.trials)
-    return model.family.fisher_weight(tf.constant(eta), params.family_tensors(), trials=trials).numpy()
+    weights = None if model.weights is None else tf.constant(model.weights)
+    return model.family.weighted_fisher_weight(tf.constant(eta), params.family_tensors(), trials=trials,
+                                               weights=weights).numpy()
 
 
 def fixed_effects_covariance(model: MixedModel, params: ModelParameters, random_effects=None) -> np.ndarray:

@@ -204,7 +204,8 @@ def _row_functions(config: LoopConfig) -> _RowFunctions:
         tensors = tensors_of(row_data)
         eta = linear_predictor(tensors.fixed_design, fixed_effects, mean_effects, tensors.group_index, tensors.z,
                                tensors.offset, one_hot=tensors.one_hot)
-        weight = family.fisher_weight(eta, family.constrain(free), trials=tensors.trials) * tensors.row_weight
+        weight = family.weighted_fisher_weight(eta, family.constrain(free), trials=tensors.trials,
+                                               weights=tensors.prior_weight) * tensors.row_weight
         return data_precision_diagonal(weight=weight, group_index=tensors.group_index, z=tensors.z,
                                        num_levels=num_levels)
 

@@ -237,6 +237,7 @@ def fit_mcem(
     True
     """
     options = options or MCEMOptions()
+    model, _ = model.row_scaled()  # precision weights (Gaussian): the same fit on rows scaled by sqrt(w)
     if method not in ("ml", "reml"):
         raise ValueError(f"method must be 'ml' or 'reml', got {method!r}")
     reml = method == "reml"
@@ -421,6 +422,8 @@ def _padded_rows(model: MixedModel, buckets: ShapeBuckets) -> dict:
         rows["offset"] = tf.constant(pad(model.offset), tf.float64)
     if model.trials is not None:
         rows["trials"] = tf.constant(pad(model.trials, fill=1.0), tf.float64)
+    if model.weights is not None:
+        rows["prior_weight"] = tf.constant(pad(model.weights, fill=1.0), tf.float64)
     for k, term in enumerate(model.random_terms):
         rows[f"group_index_{k}"] = tf.constant(pad(term.group_index), tf.int32)
         if term.z is not None:

@@ -377,7 +377,8 @@ def _newton_pieces(family, p: int) -> _NewtonPieces:
                 + tf.einsum("snm,m->sn", rows["parts"], coefficients))
 
     def log_prob(rows, eta, natural):
-        value = family.log_prob(eta, natural, rows["response"], trials=rows["trials"])
+        value = family.weighted_log_prob(eta, natural, rows["response"], trials=rows["trials"],
+                                         weights=rows.get("prior_weight"))
         return value if rows["row_weight"] is None else value * rows["row_weight"]
 
     def objective(rows, theta, u):
@@ -428,7 +429,7 @@ def newton_rows(fn, n_terms: int):
         z = tuple(rows.get(f"z_{k}") for k in range(n_terms))
         newton = {"parts": expansion_columns(flat_draws, group_index, z), "fixed_design": rows["fixed_design"],
                   "response": rows["response"], "trials": rows.get("trials"), "offset": rows.get("offset"),
-                  "row_weight": rows.get("row_weight")}
+                  "row_weight": rows.get("row_weight"), "prior_weight": rows.get("prior_weight")}
         return fn(newton, *args)
 
     return local

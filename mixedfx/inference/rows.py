@@ -72,6 +72,7 @@ def model_tensors(rows: dict, *, num_levels, keys, dims, one_hot=None) -> ModelT
         rows["fixed_design"], rows["response"], tuple(rows[f"group_index_{k}"] for k in terms),
         tuple(rows.get(f"z_{k}") for k in terms), tuple(num_levels), tuple(keys), tuple(dims),
         offset=rows.get("offset"), trials=rows.get("trials"), row_weight=rows.get("row_weight"), one_hot=one_hot,
+        prior_weight=rows.get("prior_weight"),
     )
 
 

@@ -4,7 +4,10 @@ check the response and the design."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
+
+import numpy as np
 
 from mixedfx.design.bind import BoundData
 from mixedfx.exceptions import DataError
@@ -17,7 +20,8 @@ __all__ = ["bind_model"]
 def bind_model(family: Family, bound: BoundData, *, encode: Callable | None = None) -> MixedModel:
     """The model of ``family`` on the bound data, after the family's checks.
 
-    In order: ``sample_weight`` becomes the trials (families that take them), ``encode``
+    In order: ``sample_weight`` becomes the prior weights (or, deprecated, the trials of
+    a binomial proportion response without ``trials``), ``encode``
     recodes the response (a classifier's labels), the family validates the response
     and refuses a constant one, and a fixed part or a design it cannot fit; then the
     grouping factors and the number of parameters are checked against the rows.
@@ -57,15 +61,14 @@ def bind_model(family: Family, bound: BoundData, *, encode: Callable | None = No
     mixedfx.exceptions.DataError: Response is constant: every value of 'y' is 1, so there is no variation for the model to explain (lme4 refuses this too)
     """
     raw, trials, name = bound.response, bound.trials, bound.response_name
-    if bound.sample_weight is not None:
-        raw, trials = family.trials_from_weights(raw, trials, bound.sample_weight)
+    raw, trials, weights = _weights_and_trials(family, raw, trials, bound.sample_weight)
     if encode is not None:
         family, raw = encode(family, raw)
     response, trials = family.validate_response(raw, trials=trials, name=name)
     family.check_response_values(response if trials is None else response / trials, name)
     family.check_fixed_design(has_intercept=bound.fixed_design.has_intercept, formula=bound.spec.text)
     model = MixedModel(family, bound.fixed_matrix, response, bound.random_terms, bound.fixed_design.column_names,
-                       offset=bound.offset, trials=trials)
+                       offset=bound.offset, trials=trials, weights=weights)
     model.check_identifiable()
     family.check_fit(model.fixed_design, model.response, model.offset, name=name)
     n_fixed = model.fixed_design.shape[1]
@@ -78,3 +81,21 @@ def bind_model(family: Family, bound: BoundData, *, encode: Callable | None = No
             f"effects, {n_variance} variance parameters, {n_family} of the family)"
         )
     return model
+
+
+def _weights_and_trials(family: Family, raw, trials, sample_weight):
+    """``(response, trials, prior weights)``: a proportion response with trials gives
+    successes; a binomial proportion with ``sample_weight`` and no trials takes them
+    as its trials, with a deprecation warning (glmer's ``prop ~ ..., weights = n``)."""
+    if sample_weight is not None and family.weights_are_trials(raw, trials):
+        warnings.warn(
+            "sample_weight as the trials of a proportion response is deprecated: pass fit(..., trials=n) "
+            "(or write cbind(successes, failures)); sample_weight now gives prior weights",
+            FutureWarning, stacklevel=4,
+        )
+        trials, sample_weight = sample_weight, None
+    if trials is not None and family.takes_trial_weights:
+        values = np.asarray(raw, dtype=np.float64) if np.asarray(raw).dtype.kind in "biuf" else None
+        if values is not None and np.all(values <= 1) and np.any(values != np.round(values)):
+            raw, trials = family.trials_from_proportion(values, trials)
+    return raw, trials, sample_weight

@@ -82,8 +82,14 @@ class Family:
     has_residuals: ClassVar[bool] = True
     #: A classifier's family: whether it takes more than two classes.
     is_multiclass: ClassVar[bool] = False
-    #: Whether ``sample_weight`` may give the trials of a proportion response.
+    #: Whether ``sample_weight`` may give the trials of a proportion response (deprecated:
+    #: pass ``trials=``).
     takes_trial_weights: ClassVar[bool] = False
+    #: Whether prior weights are precisions (row ``i``'s residual variance ``sigma^2 / w_i``,
+    #: lmer's ``weights=``), so that scaling the rows of ``X``, ``Z`` and ``y`` by ``sqrt(w)``
+    #: gives an unweighted model with the same estimates.  Otherwise a weight multiplies
+    #: the row's log-likelihood (glmer's, glmmTMB's and clmm's ``weights=``).
+    weights_scale_rows: ClassVar[bool] = False
 
     @property
     def link(self) -> str:
@@ -101,6 +107,34 @@ class Family:
         than its distribution does (see :meth:`Ordinal.log_prob`).
         """
         return self.distribution(linear_predictor, parameters, trials=trials).log_prob(response)
+
+    def weighted_log_prob(self, linear_predictor, parameters: Mapping[str, tf.Tensor], response, *, trials=None,
+                          weights=None):
+        """Each row's log-likelihood under prior weights ``w`` (lme4's ``weights=``).
+
+        ``w`` times :meth:`log_prob`, so that an integer weight counts a row that many
+        times; :class:`Gaussian` overrides it (precision weights).  ``weights=None`` is
+        :meth:`log_prob`.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from mixedfx.model import Poisson
+        >>> eta, y = np.log([2.0, 3.0]), np.array([1.0, 4.0])
+        >>> family = Poisson()
+        >>> weighted = family.weighted_log_prob(eta, {}, y, weights=np.array([2.0, 0.5]))
+        >>> bool(np.allclose(weighted, [2.0, 0.5] * family.log_prob(eta, {}, y).numpy()))
+        True
+        """
+        value = self.log_prob(linear_predictor, parameters, response, trials=trials)
+        return value if weights is None else value * weights
+
+    def weighted_fisher_weight(self, linear_predictor, parameters: Mapping[str, tf.Tensor], *, trials=None,
+                               weights=None):
+        """:meth:`fisher_weight` under prior weights ``w``: ``w`` times it, for every family
+        (for the Gaussian too: ``w / sigma^2``)."""
+        value = self.fisher_weight(linear_predictor, parameters, trials=trials)
+        return value if weights is None else value * weights
 
     def mean(self, linear_predictor: np.ndarray, parameters: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
         """Mean of the response per unit (per trial for the binomial), numpy."""
@@ -158,16 +192,22 @@ class Family:
         raise NotImplementedError
 
     # -- questions the layers above ask ------------------------------------------------------
-    def trials_from_weights(self, response, trials, weights):
-        """``(response, trials)`` from a proportion response and its ``sample_weight``
-        (glmer's ``weights=``): only families with :attr:`takes_trial_weights`."""
-        if not self.takes_trial_weights:
-            raise ParameterError(
-                "sample_weight is supported for the binomial family only (as the trials of a proportion response)"
-            )
-        if trials is not None:
-            raise DataError("give the trials either by cbind(successes, failures) or by sample_weight, not both")
-        return np.round(np.asarray(response, dtype=np.float64) * weights, 8), weights
+    def weights_are_trials(self, response, trials) -> bool:
+        """Whether ``sample_weight`` gives the trials of a proportion response (glmer's
+        ``weights=`` with ``prop ~ ...``): a family with :attr:`takes_trial_weights`, no
+        trials otherwise, and a numeric response with a value strictly between 0 and 1.
+        A deprecated spelling: pass ``trials=``."""
+        if not self.takes_trial_weights or trials is not None:
+            return False
+        values = np.asarray(response)
+        if values.dtype.kind not in "biuf":
+            return False
+        values = values.astype(np.float64)
+        return bool(np.any((values > 0) & (values < 1)))
+
+    def trials_from_proportion(self, response, trials):
+        """``(successes, trials)`` from a proportion response and its trials."""
+        return np.round(np.asarray(response, dtype=np.float64) * trials, 8), np.asarray(trials, dtype=np.float64)
 
     def for_classes(self, classes) -> "Family":
         """The family for a classifier's sorted classes (raises if it cannot take them)."""
@@ -255,9 +295,20 @@ class Gaussian(Family):
     parameter_names: ClassVar[tuple[str, ...]] = ("sigma",)
     has_dispersion: ClassVar[bool] = True
     conjugate_gaussian: ClassVar[bool] = True
+    weights_scale_rows: ClassVar[bool] = True
 
     def distribution(self, linear_predictor, parameters, *, trials=None):
         return tfd.Normal(loc=linear_predictor, scale=parameters["sigma"])
+
+    def weighted_log_prob(self, linear_predictor, parameters, response, *, trials=None, weights=None):
+        """Precision weights (lmer's ``weights=``): row ``i`` is normal with sd
+        ``sigma / sqrt(w_i)``; doubling every weight doubles ``sigma^2`` and leaves the
+        fixed effects, the random effects' variances and the likelihood unchanged."""
+        if weights is None:
+            return self.log_prob(linear_predictor, parameters, response, trials=trials)
+        eta = tf.convert_to_tensor(linear_predictor)
+        sigma = tf.convert_to_tensor(parameters["sigma"], dtype=eta.dtype)
+        return tfd.Normal(loc=eta, scale=sigma * tf.math.rsqrt(tf.cast(weights, eta.dtype))).log_prob(response)
 
     def mean(self, linear_predictor, parameters=None):
         return np.asarray(linear_predictor, dtype=np.float64)
@@ -316,7 +367,8 @@ class Binomial(Family):
     """Binomial response: successes out of ``trials``, logit (default) or probit link.
 
     Written as lme4's ``cbind(successes, failures) ~ ...``, or as a proportion with the
-    trials as ``sample_weight`` (glmer's ``weights=``).
+    estimator's ``fit(..., trials=)``; a proportion with the trials as ``sample_weight``
+    (glmer's ``weights=``) still works, with a deprecation warning.
 
     Examples
     --------
@@ -378,7 +430,7 @@ class Binomial(Family):
         if np.any(values < 0) or np.any(values > trials) or np.any(values != np.round(values)):
             raise DataError(
                 f"the binomial response {name!r} must be integer successes between 0 and the trials "
-                "(write cbind(successes, failures), or give a proportion with sample_weight=trials)"
+                "(write cbind(successes, failures), or give a proportion with trials=)"
             )
         return values, trials
 

@@ -27,6 +27,7 @@ with it the log-likelihood, is not computed.
 from __future__ import annotations
 
 from collections.abc import Callable
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -189,6 +190,11 @@ def gaussian_marginal(
         raise ParameterError(f"solver must be 'dense', 'conjugate_gradients' or 'auto', got {solver!r}")
     options = dict(profile_fixed_effects=profile_fixed_effects, row_sums=row_sums, max_dense_entries=max_dense_entries,
                    tol=tol, max_iter=max_iter, chunk_rows=chunk_rows)
+    if model.weights is not None:  # precision weights: the unweighted model on rows scaled by sqrt(w)
+        scaled, constant = model.row_scaled()
+        result = gaussian_marginal(scaled, params, solver=solver, **options)
+        return dataclasses.replace(result, **{name: getattr(result, name) + constant for name in (
+            "log_likelihood", "profiled_log_likelihood", "reml_log_likelihood") if getattr(result, name) is not None})
     if solver == "auto":
         try:
             return gaussian_marginal(model, params, solver="dense", **options)

@@ -17,6 +17,7 @@ draws), so the joint distribution does not need ``vectorized_map``.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -164,6 +165,9 @@ class MixedModel:
         Added to the linear predictor with coefficient one (``offset(...)`` terms).
     trials : numpy.ndarray of shape (n_rows,) or None
         Binomial trials per row.
+    weights : numpy.ndarray of shape (n_rows,) or None
+        Prior weights (lme4's ``weights=``), positive; ``None`` for all ones.  The family
+        says what they mean (:meth:`~mixedfx.model.Family.weighted_log_prob`).
 
     Examples
     --------
@@ -194,12 +198,13 @@ class MixedModel:
     fixed_names: tuple[str, ...]
     offset: np.ndarray | None = None
     trials: np.ndarray | None = None
+    weights: np.ndarray | None = None
 
     def __post_init__(self):
         n_rows = self.fixed_design.shape[0]
         if self.response is not None and self.response.shape != (n_rows,):
             raise DataError(f"response has shape {self.response.shape}, expected ({n_rows},)")
-        for name in ("offset", "trials"):
+        for name in ("offset", "trials", "weights"):
             value = getattr(self, name)
             if value is not None and np.shape(value) != (n_rows,):
                 raise DataError(f"{name} has shape {np.shape(value)}, expected ({n_rows},)")
@@ -228,6 +233,37 @@ class MixedModel:
                     "number of levels of each grouping factor must be < number of observations "
                     f"(problems: {', '.join(bad)})"
                 )
+
+    def row_scaled(self) -> tuple[MixedModel, float]:
+        """For a family whose weights are precisions (``family.weights_scale_rows``): the
+        unweighted model on rows scaled by ``sqrt(w)`` (``X``, ``z``, ``y`` and the
+        offset) and the constant ``sum(log w) / 2`` that its log-likelihood lacks.
+        The model itself, and 0, when it has no weights or its family multiplies the
+        rows' log-likelihoods instead.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from mixedfx.design import RandomTermData
+        >>> from mixedfx.model import Gaussian, MixedModel
+        >>> term = RandomTermData("g", np.array([0, 0, 1, 1], dtype=np.int32), None, 2)
+        >>> model = MixedModel(Gaussian(), np.ones((4, 1)), np.array([1.0, 2.0, 4.0, 5.0]), (term,), ("Intercept",),
+        ...                    weights=np.array([1.0, 4.0, 1.0, 4.0]))
+        >>> scaled, constant = model.row_scaled()
+        >>> scaled.response.tolist(), scaled.random_terms[0].z.ravel().tolist(), round(constant, 4)
+        ([1.0, 4.0, 4.0, 10.0], [1.0, 2.0, 1.0, 2.0], 1.3863)
+        """
+        if self.weights is None or not self.family.weights_scale_rows:
+            return self, 0.0
+        root = np.sqrt(self.weights)
+        terms = tuple(dataclasses.replace(t, z=(np.ones((self.n_obs, 1)) if t.z is None
+                                                 else np.asarray(t.z, dtype=np.float64).reshape(self.n_obs, -1))
+                                          * root[:, None]) for t in self.random_terms)
+        scaled = dataclasses.replace(
+            self, fixed_design=self.fixed_design * root[:, None], random_terms=terms, weights=None,
+            response=None if self.response is None else self.response * root,
+            offset=None if self.offset is None else self.offset * root)
+        return scaled, 0.5 * float(np.sum(np.log(self.weights)))
 
     def tensors(self, *, dtype=tf.float64) -> ModelTensors:
         """The design arrays as tensors (built on demand, never stored on the model)."""
@@ -269,6 +305,7 @@ class ModelTensors:
     offset: tf.Tensor | None = None
     trials: tf.Tensor | None = None
     row_weight: tf.Tensor | None = None
+    prior_weight: tf.Tensor | None = None
     level_weight: tuple[tf.Tensor | None, ...] | None = None
     one_hot: tuple[bool, ...] | None = None
 
@@ -284,6 +321,7 @@ class ModelTensors:
             dims=tuple(int(t.dim) for t in model.random_terms),
             offset=None if model.offset is None else tf.constant(model.offset, dtype=dtype),
             trials=None if model.trials is None else tf.constant(model.trials, dtype=dtype),
+            prior_weight=None if model.weights is None else tf.constant(model.weights, dtype=dtype),
         )
 
 
@@ -533,11 +571,13 @@ def prior_log_prob(effects, *, random_scale_tril, level_weight=None, dtype=tf.fl
 
 def response_log_prob(tensors: ModelTensors, effects, *, fixed_effects, family: Family, family_params):
     """``log p(y | b)``: the response's log-likelihood summed over the rows of ``tensors``
-    (weighted by ``tensors.row_weight`` when it is set)."""
+    (with the prior weights ``tensors.prior_weight`` as the family reads them, and the
+    padding mask ``tensors.row_weight``, when they are set)."""
     dtype = tensors.fixed_design.dtype
     eta = linear_predictor(tensors.fixed_design, tf.convert_to_tensor(fixed_effects, dtype=dtype), effects,
                            tensors.group_index, tensors.z, tensors.offset, one_hot=tensors.one_hot)
-    likelihood = family.log_prob(eta, family_params, tensors.response, trials=tensors.trials)
+    likelihood = family.weighted_log_prob(eta, family_params, tensors.response, trials=tensors.trials,
+                                          weights=tensors.prior_weight)
     if tensors.row_weight is not None:
         likelihood = likelihood * tensors.row_weight
     return tf.reduce_sum(likelihood, axis=-1)

@@ -303,6 +303,7 @@ class _NewtonProblem:
         self.family_params = params.family_tensors()
         self.response = tf.constant(model.response, tf.float64)
         self.trials = None if model.trials is None else tf.constant(model.trials, tf.float64)
+        self.weights = None if model.weights is None else tf.constant(model.weights, tf.float64)
 
     def linear(self, v) -> np.ndarray:
         """The linear predictor at whitened random effects ``v`` (per term ``(num_levels, dim)``)."""
@@ -312,8 +313,9 @@ class _NewtonProblem:
     def log_likelihood(self, eta) -> np.ndarray:
         """``log p(y | eta)`` summed over rows (over the last axis of ``eta``)."""
         eta_t = tf.constant(eta)
-        return tf.reduce_sum(self.model.family.log_prob(eta_t, self.family_params, self.response,
-                                                        trials=self.trials), axis=-1).numpy()
+        return tf.reduce_sum(self.model.family.weighted_log_prob(eta_t, self.family_params, self.response,
+                                                                 trials=self.trials, weights=self.weights),
+                             axis=-1).numpy()
 
     def derivatives(self, eta):
         """The log-likelihood, its gradient in eta and each row's curvature weight (each
@@ -323,10 +325,12 @@ class _NewtonProblem:
             outer.watch(eta_t)
             with tf.GradientTape() as inner:
                 inner.watch(eta_t)
-                total = tf.reduce_sum(family.log_prob(eta_t, self.family_params, self.response, trials=self.trials))
+                total = tf.reduce_sum(family.weighted_log_prob(eta_t, self.family_params, self.response,
+                                                               trials=self.trials, weights=self.weights))
             score = inner.gradient(total, eta_t)
         if self.expected:
-            weight = family.fisher_weight(eta_t, self.family_params, trials=self.trials).numpy()
+            weight = family.weighted_fisher_weight(eta_t, self.family_params, trials=self.trials,
+                                                   weights=self.weights).numpy()
         else:
             curvature = outer.gradient(score, eta_t)
             weight = np.maximum(-curvature.numpy(), 1e-12)  # log-concave families: positive
