@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from conftest import FIXTURES
 from scipy import special
+from sklearn.base import clone
 
 import mixedfx
 from mixedfx import DataError, MixedEffectsClassifier, MixedEffectsRegressor, ParameterError
@@ -133,12 +134,18 @@ def test_laplace_reproduces_the_reference_at_its_estimates(fits, name):
     assert model.log_likelihood_ == pytest.approx(result.log_likelihood, abs=0.5)
 
 
-def test_proportion_with_trials_as_sample_weight(fits):
+def test_proportion_with_trials_argument_and_deprecated_sample_weight(fits):
+    """trials= takes a proportion response's trials; sample_weight still does, with a
+    FutureWarning: the same model as cbind(successes, failures), bit for bit."""
     data, model = fits["binomial_crossed"]
     trials = data["successes"] + data["failures"]
     proportion = data.assign(p=data["successes"] / trials)
-    weighted = MixedEffectsRegressor("p ~ x + (1 | g1) + (1 | g2)", family="binomial", tol=0.05, random_state=0,
-                                     verbose=0).fit(proportion, sample_weight=trials)
+    estimator = MixedEffectsRegressor("p ~ x + (1 | g1) + (1 | g2)", family="binomial", tol=0.05, random_state=0,
+                                      verbose=0)
+    explicit = clone(estimator).fit(proportion, trials=trials)
+    np.testing.assert_array_equal(explicit.fixed_effects_, model.fixed_effects_)
+    with pytest.warns(FutureWarning, match="sample_weight as the trials of a proportion response is deprecated"):
+        weighted = clone(estimator).fit(proportion, sample_weight=trials)
     np.testing.assert_array_equal(weighted.fixed_effects_, model.fixed_effects_)
     np.testing.assert_allclose(weighted.predict(proportion.head()), model.predict(data.head()))
 
@@ -238,9 +245,9 @@ def test_bad_responses(bernoulli_data, estimator, formula, transform, family, ma
         estimator(formula, family=family, verbose=0).fit(data)
 
 
-def test_sample_weight_only_for_binomial(bernoulli_data):
-    with pytest.raises(ParameterError, match="sample_weight is supported for the binomial family only"):
-        MixedEffectsRegressor("y ~ x + (1 | a)", verbose=0).fit(bernoulli_data, sample_weight=np.ones(len(bernoulli_data)))
+def test_trials_only_for_binomial(bernoulli_data):
+    with pytest.raises(ParameterError, match="trials .* are for the binomial family, not the gaussian family"):
+        MixedEffectsRegressor("y ~ x + (1 | a)", verbose=0).fit(bernoulli_data, trials=np.ones(len(bernoulli_data)))
 
 
 @pytest.fixture(scope="module")

@@ -258,7 +258,7 @@ def _weight_array(sample_weight, n_rows: int):
     bad = np.flatnonzero(~np.isfinite(weights) | (weights < 0))
     if bad.size:
         raise DataError(f"sample_weight must be finite and non-negative; position {int(bad[0])} holds "
-                        f"{weights[bad[0]]!r} ({bad.size} such value(s))")
+                        f"{float(weights[bad[0]])!r} ({bad.size} such value(s))")
     if not np.any(weights > 0):
         raise DataError("sample_weight is zero for every row: at least one weight must be non-zero")
     return weights
@@ -276,5 +276,5 @@ def _trials_array(trials, n_rows: int):
         raise DataError(f"trials must hold {n_rows} values, got shape {values.shape}")
     bad = np.flatnonzero(~np.isnan(values) & ((values <= 0) | (values != np.round(values)) | np.isinf(values)))
     if bad.size:
-        raise DataError(f"trials must be positive whole numbers; position {int(bad[0])} holds {values[bad[0]]!r}")
+        raise DataError(f"trials must be positive whole numbers; position {int(bad[0])} holds {float(values[bad[0]])!r}")
     return values

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import numpy as np
 
 from mixedfx.design.bind import BoundData
-from mixedfx.exceptions import DataError
+from mixedfx.exceptions import DataError, ParameterError
 from mixedfx.model.families import Family
 from mixedfx.model.joint import MixedModel
 
@@ -94,7 +94,10 @@ def _weights_and_trials(family: Family, raw, trials, sample_weight):
             FutureWarning, stacklevel=4,
         )
         trials, sample_weight = sample_weight, None
-    if trials is not None and family.takes_trial_weights:
+    if trials is not None and not family.takes_trial_weights:
+        raise ParameterError(f"trials (cbind(successes, failures) or trials=) are for the binomial family, not "
+                             f"the {family.name} family")
+    if trials is not None:
         values = np.asarray(raw, dtype=np.float64) if np.asarray(raw).dtype.kind in "biuf" else None
         if values is not None and np.all(values <= 1) and np.any(values != np.round(values)):
             raw, trials = family.trials_from_proportion(values, trials)
