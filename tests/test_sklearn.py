@@ -162,35 +162,32 @@ def test_without_a_formula_every_column_is_a_fixed_effect(small_fit, small_frame
 
 # -- scikit-learn's own compatibility checks -----------------------------------------------------------------------
 
-_SAMPLE_WEIGHT = ("sample_weight is the binomial family's number of trials (glmer's weights= with a proportion "
-                  "response); frequency or precision weights are not supported, so fit refuses sample_weight for "
-                  "this family with a ParameterError")
+_EXACT_FIT_WEIGHTS = ("the check's y (two values) is a function of X's second column, so the fixed effects "
+                      "reproduce it exactly and fit refuses the data with a DataError before weights matter (the "
+                      "classifier passes this check; prior weights are tested in test_weights.py)")
+_EQUIVALENCE = ("the check predicts on every row of X, also those of weight zero, whose levels of the grouping column "
+                "the fit never saw: new_levels='error' (what the other checks need) raises a NewLevelError; "
+                "test_sample_weight_equivalence_with_new_levels_population runs the check with "
+                "new_levels='population' and it passes")
+_EQUIVALENCE_REGRESSOR = ("the check's X has 30 continuous columns for 15 rows: the fixed effects reproduce y exactly "
+                          "and fit refuses the data with a DataError (measured: 'the fixed effects reproduce the "
+                          "response 'y' exactly'); moreover the Gaussian family's weights are lmer's precision "
+                          "weights, not replications (test_gaussian_weights_are_precisions_not_replications)")
 _EXACT_FIT = ("the check's X (make_blobs, rounded to integers since the estimator takes categorical input) equals y "
               "in every column: the fixed effects reproduce the response exactly, the residual variance would be "
               "zero, and fit refuses the data with a DataError (pickling is tested by "
               "test_pickle_and_joblib_round_trips_hold_no_tensorflow)")
 EXPECTED_FAILED_CHECKS = {
     "MixedEffectsRegressor": {
-        "check_sample_weights_pandas_series": _SAMPLE_WEIGHT,
-        "check_sample_weights_not_an_array": _SAMPLE_WEIGHT,
-        "check_sample_weights_list": _SAMPLE_WEIGHT,
-        "check_all_zero_sample_weights_error": _SAMPLE_WEIGHT,
-        "check_sample_weights_shape": _SAMPLE_WEIGHT,
-        "check_sample_weights_not_overwritten": _SAMPLE_WEIGHT,
-        "check_sample_weight_equivalence_on_dense_data": _SAMPLE_WEIGHT,
+        "check_sample_weights_shape": _EXACT_FIT_WEIGHTS,
+        "check_sample_weights_not_overwritten": _EXACT_FIT_WEIGHTS,
+        "check_sample_weight_equivalence_on_dense_data": _EQUIVALENCE_REGRESSOR,
         "check_pipeline_consistency": _EXACT_FIT,
         "check_estimators_pickle": _EXACT_FIT,
     },
     # scikit-learn's legacy checks as well (legacy=True, the default); these are left out:
     "MixedEffectsClassifier": {
-        "check_sample_weights_pandas_series": _SAMPLE_WEIGHT,
-        "check_sample_weights_not_an_array": _SAMPLE_WEIGHT,
-        "check_sample_weights_list": _SAMPLE_WEIGHT,
-        "check_all_zero_sample_weights_error": _SAMPLE_WEIGHT,
-        "check_sample_weights_shape": _SAMPLE_WEIGHT,
-        "check_sample_weights_not_overwritten": _SAMPLE_WEIGHT,
-        "check_sample_weight_equivalence_on_dense_data": _SAMPLE_WEIGHT,
-        "check_classifiers_one_label_sample_weights": _SAMPLE_WEIGHT,
+        "check_sample_weight_equivalence_on_dense_data": _EQUIVALENCE,
         "check_decision_proba_consistency": (
             "the check predicts on new rows of continuous values (make_blobs); column 0 is the grouping factor, so "
             "every row has a level not seen in fit and new_levels='error' (what the other checks need) raises a "
@@ -221,3 +218,14 @@ def test_regressor_passes_scikit_learns_checks(estimator, check):
                          expected_failed_checks=lambda estimator: EXPECTED_FAILED_CHECKS[type(estimator).__name__])
 def test_classifier_passes_scikit_learns_checks(estimator, check):
     check(estimator)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore")
+def test_sample_weight_equivalence_with_new_levels_population():
+    """scikit-learn's check that integer weights are repeated rows (zero: dropped), for the
+    classifier, with the zero-weight rows' unseen levels predicted at the population level."""
+    from sklearn.utils.estimator_checks import check_sample_weight_equivalence_on_dense_data
+
+    estimator = MixedEffectsClassifier(**{**_check_settings(), "new_levels": "population"})
+    check_sample_weight_equivalence_on_dense_data("MixedEffectsClassifier", estimator)

@@ -75,9 +75,11 @@ def bind_model(family: Family, bound: BoundData, *, encode: Callable | None = No
     n_variance = sum(t.dim * (t.dim + 1) // 2 for t in model.random_terms)
     n_family = len(family.parameter_labels())
     n_params = n_fixed + n_variance + n_family
-    if model.n_obs <= n_params:
+    # an integer weight counts its row that many times, except for precision weights
+    n_rows = model.n_obs if weights is None or family.weights_scale_rows else float(np.sum(weights))
+    if n_rows <= n_params:
         raise DataError(
-            f"{model.n_obs} rows are too few to estimate {n_params} parameters ({n_fixed} fixed "
+            f"{n_rows:g} rows are too few to estimate {n_params} parameters ({n_fixed} fixed "
             f"effects, {n_variance} variance parameters, {n_family} of the family)"
         )
     return model
