@@ -204,7 +204,9 @@ def _drop_missing(data, columns, y, sample_weight, trials, zero, *, missing):
     if n_missing:
         warnings.warn(
             f"dropped {n_missing} of {len(mask)} rows with missing values ({where}), as lme4's na.omit does; "
-            f"the fit uses the others (dropped_rows_ lists them; missing='raise' refuses them)",
+            f"the fit uses the other {len(mask) - int(mask.sum())} (dropped_rows_ lists them; missing='raise' refuses "
+            "them)" + (f"; {int(mask.sum()) - n_missing} more rows of weight zero are left out" if mask.sum() > n_missing
+                       else ""),
             DataWarning,
             stacklevel=4,
         )
