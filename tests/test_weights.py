@@ -264,6 +264,21 @@ def test_weighted_lmer_fit_by_monte_carlo_em():
     assert model.log_likelihood_ == pytest.approx(reference["logLik"], abs=0.1)
 
 
+def test_weighted_glmer_poisson_fit_by_monte_carlo_em():
+    """The Poisson estimator with sample_weight reaches glmer's weighted estimates within
+    five Monte Carlo standard errors plus a tenth of their standard errors."""
+    frame, reference = _frame("cbpp"), WEIGHTS["cbpp"]["poisson"]
+    model = MixedEffectsRegressor(CBPP_POISSON, family="poisson", random_state=0, verbose=0).fit(
+        frame, sample_weight=frame["w"])
+    se = np.sqrt(np.diag(model.fixed_effects_cov_))
+    expected = np.array(list(reference["fixed_effects"].values()))
+    mcse = model.fit_summary_.mcse[:len(expected)]
+    assert np.all(np.abs(model.fixed_effects_.to_numpy() - expected) < 5 * mcse + 0.1 * se), (model.fixed_effects_,
+                                                                                             expected)
+    sd = float(model.variance_components_["sdcor"].iloc[0])
+    assert sd == pytest.approx(reference["theta"], rel=0.05)
+
+
 @pytest.mark.filterwarnings("ignore::mixedfx.SamplerWarning")  # 10 iterations: the draws' R-hat is not the point
 def test_zero_weights_drop_rows_and_refit_identically():
     rng = np.random.default_rng(0)
