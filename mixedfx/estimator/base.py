@@ -400,7 +400,7 @@ class MixedEffectsModel(BaseEstimator):
 
         Parameters
         ----------
-        response : array-like of shape (n_obs_,), optional
+        response : array-like of shape (``n_obs_``,), optional
             Another response, in the family's internal coding (as
             :func:`~mixedfx.results.simulate_responses` returns it); by default the
             training response.
