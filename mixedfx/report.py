@@ -98,6 +98,7 @@ def format_summary(model) -> str:
     if getattr(fit, "n_divergent", 0) or getattr(fit, "n_retries", 0):
         lines.append(f"HMC: {fit.n_divergent} divergent transitions; {fit.n_retries} iteration blocks retried with "
                      "smaller step sizes" + ("".join(f"\n  {line}" for line in fit.recoveries)))
+    lines.extend(f"warning: {text}" for text in getattr(fit, "data_warnings", ()))
     if fit.at_boundary:
         lines.append("boundary (singular) fit: " + ", ".join(fit.at_boundary)
                      + " estimated at the boundary (an sd at zero or a correlation at +-1); see lme4's ?isSingular")

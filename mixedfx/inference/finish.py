@@ -1,6 +1,7 @@
 """Finishing a fit: from the Monte Carlo EM result to the estimates an estimator stores.
 
-:func:`finish_fit` moves the standard deviations whose ML estimate is zero onto the
+:func:`finish_fit` warns of a separation of a categorical response by the fixed
+effects (:mod:`mixedfx.model.separation`), moves the standard deviations whose ML estimate is zero onto the
 boundary, computes the exact Gaussian quantities (dense, sharded across devices, or by
 conjugate gradients when the dense blocks are too large) or, for the other families,
 the importance-sampling log-likelihood and the Laplace standard errors, and returns one
@@ -14,6 +15,7 @@ import warnings
 
 import numpy as np
 
+from mixedfx.exceptions import DataWarning
 from mixedfx.inference.boundary import boundary_components, zero_components
 from mixedfx.inference.distributed import sharded_cross_products
 from mixedfx.inference.layout import fixed_effects_covariance
@@ -26,6 +28,7 @@ from mixedfx.model import (
     gaussian_marginal,
     marginal_log_likelihood,
 )
+from mixedfx.model.separation import separation_of_model
 
 __all__ = ["FinishedFit", "finish_fit"]
 
@@ -111,7 +114,7 @@ def finish_fit(model: MixedModel, result: MCEMResult, *, reml: bool = False, see
     >>> finished.parameters.fixed_effects.round(1).tolist()
     [1.0, 0.5]
     """
-    params, summary = result.parameters, result.summary
+    params, summary = result.parameters, _with_separation(model, result.summary, stacklevel=stacklevel + 1)
     components, names = boundary_components(model, params, reml=reml, seed=seed)
     if components:
         # Singular fit: these sds' ML estimate is zero, which Monte Carlo EM only approaches.
@@ -153,6 +156,16 @@ def finish_fit(model: MixedModel, result: MCEMResult, *, reml: bool = False, see
                        log_likelihood_se=likelihood[1], log_likelihood_method=likelihood[2],
                        conditional_means=tuple(result.random_effects),
                        conditional_covs=tuple(result.random_effects_cov), **common)
+
+
+def _with_separation(model: MixedModel, summary: FitSummary, *, stacklevel: int) -> FitSummary:
+    """Warn of a separation of the response by the fixed effects, and record it."""
+    separation = separation_of_model(model)
+    if separation is None:
+        return summary
+    text = separation.message("the response")
+    warnings.warn(text, DataWarning, stacklevel=stacklevel + 1)
+    return dataclasses.replace(summary, data_warnings=summary.data_warnings + (text,))
 
 
 def _exact_gaussian(model, params, *, distribute, max_dense_entries, stacklevel):

@@ -89,6 +89,10 @@ class FitSummary:
         The failed iterations are not in the trace.
     recoveries : tuple of str
         One line per retry: the iterations, what went wrong, what was changed.
+    data_warnings : tuple of str
+        What the data did to the fit that a warning said at fit time and
+        :meth:`~mixedfx.MixedEffectsRegressor.summary` repeats: complete or
+        quasi-complete separation, naming the columns (see :doc:`/diagnostics`).
 
     Examples
     --------
@@ -135,6 +139,7 @@ class FitSummary:
     divergences: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     n_retries: int = 0
     recoveries: tuple[str, ...] = ()
+    data_warnings: tuple[str, ...] = ()
 
     @property
     def n_divergent(self) -> int:

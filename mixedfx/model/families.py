@@ -188,6 +188,13 @@ class Family:
     def check_fit(self, fixed_design: np.ndarray, response: np.ndarray, offset, *, name: str) -> None:
         """Refuse bound arrays whose likelihood has no maximum (see :class:`Gaussian`)."""
 
+    def separation_cuts(self, response: np.ndarray, *, trials=None):
+        """Where each row's response lies among the family's ordered categories, for
+        :mod:`mixedfx.model.separation`: ``(below, above, n_cuts)``, per row the cutpoint
+        it lies at or below and the one it lies above (``-1``: none); ``None`` for a
+        family whose response has no categories."""
+        return None
+
     def residual_sd(self, parameters: Mapping[str, object]) -> float | None:
         """The residual standard deviation, for families that have one; else ``None``."""
         return None
@@ -367,6 +374,11 @@ class Binomial(Family):
     def variance(self, mean, parameters, *, trials=None):
         trials = np.ones(np.shape(mean)) if trials is None else trials
         return trials * mean * (1.0 - mean)
+
+    def separation_cuts(self, response, *, trials=None):
+        trials = np.ones_like(response) if trials is None else trials
+        # a row with failures lies at or below the one cutpoint, a row with successes above it
+        return np.where(response < trials, 0, -1), np.where(response > 0, 0, -1), 1
 
     def validate_response(self, response, *, trials=None, name):
         values = _numeric(response, name, self.name)
@@ -660,6 +672,11 @@ class Ordinal(Family):
         if np.any(values < 0) or np.any(values >= self.n_categories) or np.any(values != np.round(values)):
             raise DataError(f"the ordinal response {name!r} must be coded 0..{self.n_categories - 1}")
         return values, None
+
+    def separation_cuts(self, response, *, trials=None):
+        codes = np.asarray(response).astype(int)
+        last = self.n_categories - 1
+        return np.where(codes < last, codes, -1), np.where(codes > 0, codes - 1, -1), last
 
     # -- the cutpoints take the intercept's place -------------------------------------------
     def for_classes(self, classes):
