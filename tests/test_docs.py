@@ -26,6 +26,7 @@ PUBLIC_MODULES = (
     "mixedfx.formula",
     "mixedfx.design",
     "mixedfx.model",
+    "mixedfx.model.separation",
     "mixedfx.inference",
     "mixedfx.results",
     "mixedfx.plotting",

@@ -44,6 +44,12 @@ class Separation:
     kind : {"complete", "quasi-complete"}
     columns : tuple of str
         The fixed-effect columns whose estimates run off to infinity.
+
+    Examples
+    --------
+    >>> from mixedfx.model.separation import Separation
+    >>> Separation(kind="complete", columns=("x",)).message("y")[:59]
+    "complete separation: the fixed-effect column(s) 'x' separa"
     """
 
     kind: str
@@ -110,7 +116,18 @@ def find_separation(fixed_design, below, above, n_cuts: int, *, names) -> Separa
 
 def separation_of_model(model) -> Separation | None:
     """Ask ``model.family`` how its response sits among its categories, and look for
-    a separation by the model's fixed effects (None for families without categories)."""
+    a separation by the model's fixed effects (None for families without categories).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedfx.model import Bernoulli, MixedModel
+    >>> from mixedfx.model.separation import separation_of_model
+    >>> X = np.column_stack([np.ones(4), [0.0, 1.0, 2.0, 3.0]])
+    >>> model = MixedModel(Bernoulli(), X, np.array([0.0, 0.0, 1.0, 1.0]), (), ("Intercept", "x"))
+    >>> separation_of_model(model)
+    Separation(kind='complete', columns=('x',))
+    """
     cuts = model.family.separation_cuts(model.response, trials=model.trials)
     if cuts is None or model.fixed_design.shape[1] == 0:
         return None
