@@ -145,7 +145,7 @@ def load(path):
             document = json.loads(archive.read("model.json"))
             with np.load(io.BytesIO(archive.read("arrays.npz")), allow_pickle=False) as stored:
                 arrays = {key: stored[key] for key in stored.files}
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as error:
+    except (zipfile.BadZipFile, KeyError, ValueError, EOFError) as error:
         raise ModelFormatError(f"{str(path)!r} is not a model saved by mixedfx ({error})") from None
     if not isinstance(document, dict) or document.get("format") != _MAGIC:
         raise ModelFormatError(f"{str(path)!r} is not a model saved by mixedfx (its model.json has no mixedfx header)")
@@ -154,8 +154,13 @@ def load(path):
     cls = _ESTIMATORS.get(document.get("estimator"))
     if cls is None:
         raise ModelFormatError(f"{str(path)!r} holds an unknown estimator {document.get('estimator')!r}")
-    estimator = cls(**{name: _decode(value, arrays) for name, value in document["params"].items()})
-    estimator.__dict__.update({name: _decode(value, arrays) for name, value in document["fitted"].items()})
+    try:
+        estimator = cls(**{name: _decode(value, arrays) for name, value in document["params"].items()})
+        estimator.__dict__.update({name: _decode(value, arrays) for name, value in document["fitted"].items()})
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        if isinstance(error, ModelFormatError):
+            raise
+        raise ModelFormatError(f"{str(path)!r} is damaged: {type(error).__name__}: {error}") from None
     return estimator
 
 
@@ -280,6 +285,9 @@ def _decode_record(name, value, arrays):
     cls = _RECORDS.get(name)
     if cls is None:
         raise ModelFormatError(f"the saved model names an unknown record {name!r}")
+    names = {field.name for field in dataclasses.fields(cls)}
+    if set(value["fields"]) != names:
+        raise ModelFormatError(f"the saved {name} has fields {sorted(value['fields'])}, not {sorted(names)}")
     record = object.__new__(cls)  # fields as stored, without re-running the constructor's checks
     for field, stored in value["fields"].items():
         object.__setattr__(record, field, _decode(stored, arrays))

@@ -167,6 +167,19 @@ def test_saved_file_of_another_format_is_refused(fits, tmp_path):
         archive.writestr("arrays.npz", members["arrays.npz"])
     with pytest.raises(mixedfx.ModelFormatError, match=r"written by mixedfx 3\.0\.0 \(format 7\)"):
         mixedfx.load(path)
+    document.update(format_version=base.MODEL_FORMAT)
+    document["fitted"]["fixed_design_"]["fields"]["extra"] = 1  # a record may only hold its own fields
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("model.json", json.dumps(document))
+        archive.writestr("arrays.npz", members["arrays.npz"])
+    with pytest.raises(mixedfx.ModelFormatError, match="the saved FixedDesign has fields"):
+        mixedfx.load(path)
+    del document["fitted"]["fixed_design_"]["fields"]["extra"]
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("model.json", json.dumps(document))
+        archive.writestr("arrays.npz", io.BytesIO().getvalue())
+    with pytest.raises(mixedfx.ModelFormatError, match="not a model saved by mixedfx"):
+        mixedfx.load(path)  # arrays.npz emptied
     (tmp_path / "other.txt").write_text("not a model")
     with pytest.raises(mixedfx.ModelFormatError, match="not a model saved by mixedfx"):
         mixedfx.load(tmp_path / "other.txt")
