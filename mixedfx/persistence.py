@@ -92,7 +92,8 @@ def save(model, path) -> Path:
     """
     check_is_fitted(model, "fixed_effects_")
     if type(model).__name__ not in _ESTIMATORS:
-        raise ParameterError(f"save() writes MixedEffectsRegressor and MixedEffectsClassifier, not {type(model).__name__}")
+        raise ParameterError("save() writes MixedEffectsRegressor and MixedEffectsClassifier, "
+                             f"not {type(model).__name__}")
     arrays: dict[str, np.ndarray] = {}
     params = {**model.get_params(deep=False), "distribute": None}  # a strategy names this machine's devices
     document = {
@@ -219,7 +220,8 @@ def _encode_pandas(value, arrays: dict, where: str):
                                        for j in range(value.shape[1])]}}
     if isinstance(value, pd.Series):
         return {"__series__": {"values": _encode_column(value, arrays, where), "dtype": str(value.dtype),
-                               "index": _encode(value.index, arrays, where), "name": _encode(value.name, arrays, where)}}
+                               "index": _encode(value.index, arrays, where),
+                               "name": _encode(value.name, arrays, where)}}
     if isinstance(value, pd.MultiIndex):
         return {"__multiindex__": {"levels": [_encode(level, arrays, where) for level in value.levels],
                                    "codes": [_encode(np.asarray(c), arrays, where) for c in value.codes],
@@ -315,7 +317,8 @@ def _decode_frame(body, value, arrays):
 
 
 def _decode_model_spec(body, value, arrays):
-    encoder = {name: (Factor.Kind(kind), _decode(state, arrays)) for name, (kind, state) in body["encoder_state"].items()}
+    encoder = {name: (Factor.Kind(kind), _decode(state, arrays))
+               for name, (kind, state) in body["encoder_state"].items()}
     return ModelSpec(formula=Formula(body["formula"]), materializer="pandas", ensure_full_rank=body["ensure_full_rank"],
                      na_action=NAAction(body["na_action"]), output=body["output"],
                      cluster_by=ClusterBy(body["cluster_by"]),

@@ -257,7 +257,8 @@ prediction = model.predict(new)
 points = [("bind_data", dict(patch="bind_data")), ("bind_model", dict(patch="bind_model")),
           ("fit_mcem", dict(patch="fit_mcem")), ("finish_fit", dict(patch="finish_fit")),
           ("estimates", dict(patch="_estimates")), ("warn", dict(patch="_warn_about_fit")),
-          ("em_loop", dict(rule=SigintAt(3))), ("timer", dict(rule=SigintAt(10**9, n_iter=10**6), timer={delay}, max_iter=10**6))]
+          ("em_loop", dict(rule=SigintAt(3))),
+          ("timer", dict(rule=SigintAt(10**9, n_iter=10**6), timer={delay}, max_iter=10**6))]
 for name, how in points:
     attempt(name, model, second, **how)
     model.set_params(stopping_rule=before["stopping_rule"], max_iter=before["max_iter"])
