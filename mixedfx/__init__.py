@@ -20,6 +20,7 @@ from mixedfx.exceptions import (
     FitError,
     FormulaError,
     MixedFXError,
+    ModelFormatError,
     NewLevelError,
     NewLevelWarning,
     ParameterError,
@@ -27,6 +28,7 @@ from mixedfx.exceptions import (
 )
 from mixedfx.formula import FormulaSpec, RandomTermSpec, parse_formula
 from mixedfx.inference import FitSummary
+from mixedfx.persistence import load
 from mixedfx.results import anova
 
 #: The installed version of mixedfx.
@@ -44,6 +46,7 @@ __all__ = [
     "lmer",
     "glmer",
     "anova",
+    "load",
     "parse_formula",
     "FormulaSpec",
     "RandomTermSpec",
@@ -54,6 +57,7 @@ __all__ = [
     "NewLevelError",
     "ParameterError",
     "FitError",
+    "ModelFormatError",
     "ConvergenceWarning",
     "SamplerWarning",
     "DataWarning",

@@ -18,6 +18,7 @@ __all__ = [
     "NewLevelError",
     "ParameterError",
     "FitError",
+    "ModelFormatError",
     "ConvergenceWarning",
     "SamplerWarning",
     "DataWarning",
@@ -152,6 +153,28 @@ class FitError(MixedFXError, RuntimeError):
     ... except mixedfx.FitError as error:
     ...     print(str(error).split(" (")[0])
     Monte Carlo EM broke down in iterations 1-5
+    """
+
+
+class ModelFormatError(MixedFXError, ValueError):
+    """A pickled or saved model that this mixedfx cannot read.
+
+    Pickles and saved files carry the mixedfx version that wrote them and a format
+    number; a model written in another format is refused with both versions named,
+    instead of failing later with a confusing error.
+
+    Examples
+    --------
+    >>> import pickle
+    >>> import mixedfx
+    >>> state = model.__getstate__()
+    >>> state["_mixedfx_version"], state["_mixedfx_format"]
+    ('0.1.0', 1)
+    >>> old = mixedfx.MixedEffectsRegressor.__new__(mixedfx.MixedEffectsRegressor)
+    >>> old.__setstate__({**state, "_mixedfx_version": "0.0.9", "_mixedfx_format": 0})
+    Traceback (most recent call last):
+    ...
+    mixedfx.exceptions.ModelFormatError: this model was written by mixedfx 0.0.9 (format 0); this is mixedfx 0.1.0 (format 1), which cannot read it: load it with mixedfx 0.0.9 and refit, or refit from the data
     """
 
 

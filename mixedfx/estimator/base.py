@@ -35,6 +35,7 @@ from mixedfx.exceptions import (
     ConvergenceWarning,
     DataError,
     FitError,
+    ModelFormatError,
     ParameterError,
     SamplerWarning,
     did_you_mean,
@@ -54,6 +55,19 @@ from mixedfx.model import (
 from mixedfx.report import format_summary
 
 __all__ = ["MixedEffectsModel"]
+
+#: The format of a pickled or saved estimator: raised whenever the fitted state changes
+#: in a way an older mixedfx could not read (or this one could not read an older one's).
+MODEL_FORMAT = 1
+
+
+def format_mismatch(version, model_format) -> str:
+    """The message of a model that another mixedfx wrote in another format."""
+    from mixedfx import __version__
+
+    return (f"this model was written by mixedfx {version or 'unknown'} (format {model_format}); this is mixedfx "
+            f"{__version__} (format {MODEL_FORMAT}), which cannot read it: load it with mixedfx {version or '?'} "
+            "and refit, or refit from the data")
 
 
 class MixedEffectsModel(BaseEstimator):
@@ -196,10 +210,41 @@ class MixedEffectsModel(BaseEstimator):
     def __getstate__(self):
         # A tf.distribute.Strategy holds devices and cannot be pickled; it is a setting of
         # the machine that fits, not of the model, so an unpickled estimator has none.
+        from mixedfx import __version__
+
         state = super().__getstate__()
         if state.get("distribute") is not None:
             state = {**state, "distribute": None}
-        return state
+        return {**state, "_mixedfx_version": __version__, "_mixedfx_format": MODEL_FORMAT}
+
+    def __setstate__(self, state):
+        state = dict(state)
+        version, model_format = state.pop("_mixedfx_version", None), state.pop("_mixedfx_format", None)
+        if model_format != MODEL_FORMAT:
+            raise ModelFormatError(format_mismatch(version, model_format))
+        super().__setstate__(state)
+
+    def save(self, path):
+        """Write the fitted estimator to one plain file (JSON and npz in a zip; no pickle).
+
+        Read it back with :func:`mixedfx.load`; :doc:`/prediction` describes the format.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file to write (replaced if it exists).
+
+        Examples
+        --------
+        >>> import pathlib, tempfile
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "model.mixedfx"
+        >>> model.save(path)
+        >>> mixedfx.load(path).predict(data.head(3)).tolist() == model.predict(data.head(3)).tolist()
+        True
+        """
+        from mixedfx.persistence import save
+
+        save(self, path)
 
     def _method(self) -> str:
         method = getattr(self, "method", "ml")
@@ -286,12 +331,14 @@ class MixedEffectsModel(BaseEstimator):
         return fitted
 
     def _set_fitted(self, fitted: dict) -> None:
-        """Set the fitted attributes at once; drop those of an earlier fit that this one lacks."""
-        for name in ("feature_names_in_", "cutpoints_", "dispersion_"):
-            if name not in fitted and name in self.__dict__:
-                delattr(self, name)
-        for name, value in fitted.items():
-            setattr(self, name, value)
+        """Set the fitted attributes at once; drop those of an earlier fit that this one lacks.
+
+        One assignment of a new ``__dict__``: an interrupt (Ctrl-C) lands before or
+        after it, never between two attributes."""
+        stale = {"feature_names_in_", "cutpoints_", "dispersion_"} - set(fitted)
+        state = {name: value for name, value in self.__dict__.items() if name not in stale}
+        state.update(fitted)
+        self.__dict__ = state
 
     # -- prediction ---------------------------------------------------------------------
     def _term_effects(self) -> list:
