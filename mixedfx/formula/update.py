@@ -50,9 +50,9 @@ def update_formula(old: str | FormulaSpec, new: str) -> str:
     >>> import mixedfx
     >>> from mixedfx.formula.update import update_formula
     >>> update_formula("y ~ x + z + (1 | g)", "~ . - z")
-    'y ~ x + z - z + (1 | g)'
-    >>> mixedfx.parse_formula(update_formula("y ~ x + z + (1 | g)", "~ . - z")).fixed
-    'x + z - z'
+    'y ~ x + (1 | g)'
+    >>> update_formula("y ~ x * z + (1 | g)", "~ . - x:z")  # formulaic removes x:z from x * z
+    'y ~ x * z - x:z + (1 | g)'
     >>> update_formula("y ~ x + (1 | g)", "log(y) ~ . + (0 + x|g) - (1|g)")
     'log(y) ~ x + (0 + x | g)'
     """
@@ -64,16 +64,18 @@ def update_formula(old: str | FormulaSpec, new: str) -> str:
     pieces = _signed_pieces(rhs, new)
     if "." not in [text for _, text in pieces]:
         return f"{response} ~ {rhs}" if response else f"~ {rhs}"
-    fixed, random = [old_spec.fixed], list(old_spec.random)
-    fixed += [f"offset({offset})" for offset in old_spec.offsets]
+    fixed = _signed_pieces(old_spec.fixed, old_spec.text) + [("+", f"offset({o})") for o in old_spec.offsets]
+    random = list(old_spec.random)
     for sign, text in pieces:
         if text == ".":
             continue
         if text.startswith("(") and "|" in text:
             random = _update_random(random, sign, text, new)
+        elif sign == "-" and ("+", text) in fixed:
+            fixed.remove(("+", text))  # a term written out: drop it; otherwise formulaic drops it
         else:
-            fixed.append(f"{sign} {text}")
-    body = " ".join([fixed[0]] + [p if p[0] in "+-" else f"+ {p}" for p in fixed[1:]])
+            fixed.append((sign, text))
+    body = " ".join(f"{sign} {text}" for sign, text in fixed).removeprefix("+ ") or "1"
     body = " + ".join([body] + [str(term) for term in random])
     return f"{response} ~ {body}" if response else f"~ {body}"
 
