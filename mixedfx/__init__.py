@@ -27,6 +27,7 @@ from mixedfx.exceptions import (
 )
 from mixedfx.formula import FormulaSpec, RandomTermSpec, parse_formula
 from mixedfx.inference import FitSummary
+from mixedfx.drop_terms import drop1
 from mixedfx.results import anova
 
 #: The installed version of mixedfx.
@@ -44,6 +45,7 @@ __all__ = [
     "lmer",
     "glmer",
     "anova",
+    "drop1",
     "parse_formula",
     "FormulaSpec",
     "RandomTermSpec",
