@@ -57,6 +57,8 @@ def test_select_random_terms_matches_by_spec_not_text():
     assert select_random_terms(spec, "~ ( 1|g1 )") == (True, False)
     assert select_random_terms(spec, "~ (1 + Days | g2)") == (False, True)
     assert select_random_terms(spec, np.nan) == select_random_terms(spec, "NA") == (False, False)
+    same_factor = mixedfx.parse_formula("y ~ x + (1 | g) + (0 + x | g)")
+    assert select_random_terms(same_factor, "~ (0+x|g)") == (False, True)
 
 
 def test_re_form_unknown_term_is_a_formula_error(crossed_small_fit, crossed_small):
