@@ -28,6 +28,7 @@ from mixedfx.exceptions import (
 )
 from mixedfx.formula import FormulaSpec, RandomTermSpec, parse_formula
 from mixedfx.inference import FitSummary
+from mixedfx.drop_terms import drop1
 from mixedfx.persistence import load
 from mixedfx.results import anova
 
@@ -46,6 +47,7 @@ __all__ = [
     "lmer",
     "glmer",
     "anova",
+    "drop1",
     "load",
     "parse_formula",
     "FormulaSpec",

@@ -39,8 +39,13 @@ def format_summary(model) -> str:
         )
         lines.append(table.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
         if model.log_likelihood_se_:
-            lines.append(f"logLik by {model.log_likelihood_method_}; Monte Carlo standard error "
-                         f"{model.log_likelihood_se_:.3f}")
+            lines.append(f"AIC, BIC and logLik use the log-likelihood by {model.log_likelihood_method_}; Monte "
+                         f"Carlo standard error {model.log_likelihood_se_:.3f}")
+            laplace = getattr(model, "log_likelihood_laplace_", None)
+            if laplace is not None:
+                lines.append(f"logLik by the Laplace approximation (glmer's): {laplace:.1f}")
+        else:
+            lines.append(f"AIC, BIC and logLik use the {model.log_likelihood_method_} log-likelihood")
         lines.append("")
     if model.residual_quantiles_ is not None:
         lines += [

@@ -210,13 +210,18 @@ def confidence_intervals(model, *, method="wald", level=0.95, n_boot=200, random
     raise ParameterError(f"method must be 'wald', 'bootstrap' or 'profile', got {method!r}")
 
 
-def _random_effect_values(model, *, n, rng, posterior):
-    """Per simulation and term, the random effects: ``(n, num_levels, dim)`` arrays."""
+def _random_effect_values(model, *, n, rng, posterior, held=None):
+    """Per simulation and term, the random effects: ``(n, num_levels, dim)`` arrays;
+    a term flagged in ``held`` keeps its conditional means."""
     terms = model.random_design_.terms
     params = model.model_parameters_
+    held = (False,) * len(terms) if held is None else held
     out = []
-    for term, L in zip(terms, params.random_scale_tril):
-        if posterior:
+    for term, L, keep in zip(terms, params.random_scale_tril, held):
+        if keep:
+            means = model.random_effects_[term.name][list(term.coef_names)].to_numpy()
+            out.append(np.broadcast_to(means, (n,) + means.shape))
+        elif posterior:
             draws = model.random_effect_draws_[term.name]
             columns = list(model.random_effects_[term.name].columns)
             draws = draws[..., [columns.index(c) for c in term.coef_names]]
@@ -228,13 +233,15 @@ def _random_effect_values(model, *, n, rng, posterior):
     return out
 
 
-def simulate_responses(model, bound: MixedModel, *, n, rng, posterior=False) -> np.ndarray:
+def simulate_responses(model, bound: MixedModel, *, n, rng, posterior=False, held=None) -> np.ndarray:
     """``n`` new responses for the rows of ``bound``, in the family's internal coding
     (success counts, category codes), shape ``(n, n_rows)``.
 
     Random effects come from their fitted distribution ``N(0, Sigma)`` (lme4's
     ``simulate``), or, with ``posterior=True``, from the E-step's kept draws (the
-    posterior predictive distribution given the fitted parameters).
+    posterior predictive distribution given the fitted parameters).  The terms
+    flagged in ``held`` (a bool per term) stay at their conditional means instead
+    (lme4's ``simulate(re.form=)``).
 
     Examples
     --------
@@ -252,7 +259,7 @@ def simulate_responses(model, bound: MixedModel, *, n, rng, posterior=False) -> 
     True
     """
     params = model.model_parameters_
-    effects = _random_effect_values(model, n=n, rng=rng, posterior=posterior)
+    effects = _random_effect_values(model, n=n, rng=rng, posterior=posterior, held=held)
     eta = np.stack([numpy_linear_predictor(bound.fixed_design, params.fixed_effects, [values[s] for values in effects],
                                            bound.random_terms, offset=bound.offset) for s in range(n)])
     family_params = {k: tf.constant(np.asarray(v, dtype=np.float64)) for k, v in params.family_params.items()}

@@ -41,6 +41,7 @@ from mixedfx.exceptions import (
     did_you_mean,
 )
 from mixedfx.formula import parse_formula
+from mixedfx.formula.update import select_random_terms, update_formula
 from mixedfx.inference import MCEMOptions, MonteCarloErrorRule, fit_mcem
 from mixedfx.inference.distributed import check_strategy
 from mixedfx.inference.finish import finish_fit
@@ -298,6 +299,7 @@ class MixedEffectsModel(BaseEstimator):
                             "formula has no response (left-hand side) to evaluate instead")
         bound = bind_data(spec, data, y=y, sample_weight=sample_weight, missing=self.missing)
         model = bind_model(family, bound, encode=lambda family, raw: self._encode_response(family, raw, fitted))
+        fitted.update(training_data_=data, training_y_=y, training_sample_weight_=sample_weight)
         fitted.update(formula_spec_=spec, family_=model.family, response_design_=bound.response_design,
                       fixed_design_=bound.fixed_design, random_design_=bound.random_design,
                       dropped_rows_=bound.dropped_rows)
@@ -351,20 +353,37 @@ class MixedEffectsModel(BaseEstimator):
         return numpy_linear_predictor(X_fixed, self.model_parameters_.fixed_effects, self._term_effects(), terms,
                                       offset=offset)
 
-    def _design_for(self, X, new_levels, include_random):
-        """``(X_fixed, offset, terms)`` of new rows."""
+    def _kept_terms(self, include_random, re_form) -> tuple[bool, ...]:
+        """Per term of ``random_design_``, whether ``re_form`` (or the older
+        ``include_random``) keeps it."""
+        if include_random is not True:
+            if include_random is not False:
+                raise ParameterError(f"include_random must be True or False, got {include_random!r}")
+            if re_form is not None:
+                raise ParameterError("give re_form or include_random=False, not both (include_random=False is "
+                                     "re_form='~0')")
+            re_form = "~0"
+        kept = select_random_terms(self.formula_spec_, re_form)
+        return tuple(kept[self.formula_spec_.random.index(term.spec)] for term in self.random_design_.terms)
+
+    def _design_for(self, X, new_levels, include_random, re_form=None):
+        """``(X_fixed, offset, terms)`` of new rows; a term that ``re_form`` leaves out
+        has ``z`` zero, so that it adds nothing to the prediction nor its variance."""
         check_is_fitted(self, "fixed_effects_")
         policy = self.new_levels if new_levels is None else new_levels
         if policy not in NEW_LEVEL_POLICIES:
             raise ParameterError(f"new_levels must be one of {NEW_LEVEL_POLICIES}, got {policy!r}")
+        kept = self._kept_terms(include_random, re_form)
         data = self._input_frame(X)
         X_fixed = self.fixed_design_.transform(data)
         offset = self.fixed_design_.offset(data)
-        terms = self.random_design_.materialize(data, new_levels=policy) if include_random else ()
+        terms = self.random_design_.materialize(data, new_levels=policy) if any(kept) else ()
+        terms = tuple(term if keep else dataclasses.replace(term, z=np.zeros((len(data), term.dim)))
+                      for term, keep in zip(terms, kept))
         return X_fixed, offset, terms
 
-    def _linear_predictor_for(self, X, new_levels, include_random) -> np.ndarray:
-        return self._internal_linear_predictor(*self._design_for(X, new_levels, include_random))
+    def _linear_predictor_for(self, X, new_levels, include_random, re_form=None) -> np.ndarray:
+        return self._internal_linear_predictor(*self._design_for(X, new_levels, include_random, re_form))
 
     def _response_for(self, data: pd.DataFrame, y):
         if y is not None:
@@ -484,7 +503,8 @@ class MixedEffectsModel(BaseEstimator):
         if method is not None:
             new.set_params(method=method)
         kept = ("formula_spec_", "family_", "response_design_", "fixed_design_", "random_design_", "classes_",
-                "n_features_in_", "feature_names_in_", "dropped_rows_")
+                "n_features_in_", "feature_names_in_", "dropped_rows_", "training_data_", "training_y_",
+                "training_sample_weight_")
         fitted = {name: getattr(self, name) for name in kept if hasattr(self, name)}
         if bound_model is not None and response is not None:
             raise ParameterError("give refitted either response or bound_model, not both")
@@ -494,6 +514,50 @@ class MixedEffectsModel(BaseEstimator):
         fitted.update(new._fit_model(model, self.random_design_, progress=False))
         new._set_fitted(fitted)
         return new
+
+    def update(self, formula=None, **params):
+        """Refit with a changed formula or parameters, as lme4's ``update``.
+
+        Parameters
+        ----------
+        formula : str, optional
+            The change, in R's update syntax: ``"~ . - x"`` drops the fixed term
+            ``x``, ``"~ . + (1 | g)"`` adds a random term, ``"~ . - (1 | g)"`` drops
+            one, ``"log(y) ~ ."`` changes the response (see
+            :func:`~mixedfx.formula.update.update_formula`).  By default the
+            formula is kept.
+        **params
+            Estimator parameters to change (``method="reml"``, ``random_state=1``,
+            ...); every other parameter is kept.
+
+        Returns
+        -------
+        MixedEffectsRegressor or MixedEffectsClassifier
+            A new estimator fitted to the training rows (``training_data_``); this
+            one is unchanged.
+
+        Raises
+        ------
+        FormulaError
+            For an update that is not a formula, or drops a term the model lacks.
+
+        Examples
+        --------
+        >>> import mixedfx
+        >>> data = mixedfx.datasets.make_mixed_data(
+        ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
+        ...     random_sd={"g": 0.8}, random_state=2)
+        >>> model = mixedfx.lmer("y ~ x + (1 | g)", data, random_state=0, verbose=0)
+        >>> smaller = model.update("~ . - x")
+        >>> smaller.formula, list(smaller.fixed_effects_.index), smaller.random_state
+        ('y ~ 1 + (1 | g)', ['Intercept'], 0)
+        """
+        check_is_fitted(self, "fixed_effects_")
+        new = clone(self)
+        if formula is not None:
+            new.set_params(formula=update_formula(self.formula_spec_, formula))
+        new.set_params(**params)
+        return new.fit(self.training_data_, self.training_y_, sample_weight=self.training_sample_weight_)
 
     @property
     def aic_(self) -> float | None:
@@ -657,7 +721,7 @@ class MixedEffectsModel(BaseEstimator):
         return results.confidence_intervals(self, method=method, level=level, n_boot=n_boot,
                                             random_state=random_state)
 
-    def simulate(self, n=1, *, X=None, posterior=False, random_state=None) -> pd.DataFrame:
+    def simulate(self, n=1, *, X=None, posterior=False, random_state=None, re_form="~0") -> pd.DataFrame:
         """New responses from the fitted model, as lme4's ``simulate``.
 
         Parameters
@@ -673,6 +737,11 @@ class MixedEffectsModel(BaseEstimator):
             E-step's kept draws: the posterior predictive distribution of the rows'
             own levels (given the estimated parameters).
         random_state : int, optional
+        re_form : None, str or float, default "~0"
+            The random terms held at their conditional means, as lme4's ``re.form``
+            (whose ``simulate`` default is ``NA``: every term drawn anew); the
+            others are drawn as ``posterior`` says.  ``None`` holds every term,
+            ``"~ (1 | g)"`` the terms named (see :meth:`predict`).
 
         Returns
         -------
@@ -706,7 +775,8 @@ class MixedEffectsModel(BaseEstimator):
                                self.fixed_design_.column_names, offset=self.fixed_design_.offset(data),
                                trials=trials)
         rng = np.random.default_rng(random_state)
-        simulated = results.simulate_responses(self, bound, n=int(n), rng=rng, posterior=posterior)
+        held = self._kept_terms(True, re_form)
+        simulated = results.simulate_responses(self, bound, n=int(n), rng=rng, posterior=posterior, held=held)
         if hasattr(self, "classes_"):
             simulated = np.asarray(self.classes_)[simulated.astype(int)]
         frame = pd.DataFrame(simulated.T, columns=[f"sim_{k + 1}" for k in range(int(n))])
@@ -759,6 +829,7 @@ def _estimates(model: MixedModel, random_design, finished) -> dict:
         "log_likelihood_": finished.log_likelihood,
         "log_likelihood_se_": finished.log_likelihood_se,
         "log_likelihood_method_": finished.log_likelihood_method,
+        "log_likelihood_laplace_": finished.log_likelihood_laplace,
         "fixed_effects_": pd.Series(beta, index=names, name="estimate", dtype=float),
         "fixed_effects_cov_": pd.DataFrame(cov, index=names, columns=names),
         "random_cov_": tables.random_cov_frames(terms, params.random_cov),

@@ -49,6 +49,9 @@ class FinishedFit:
     log_likelihood, log_likelihood_se : float or None
         ``None`` when not computed; the standard error is 0 when exact.
     log_likelihood_method : str or None
+    log_likelihood_laplace : float or None
+        The Laplace approximation at the estimates (glmer's ``logLik``); the exact
+        value for the Gaussian family; ``None`` when not computed.
     conditional_means, conditional_covs : tuple of numpy.ndarray
         Per term, ``(num_levels, dim)`` and ``(num_levels, dim, dim)``: exact for the
         Gaussian family where computed, from the E-step draws otherwise.
@@ -64,6 +67,7 @@ class FinishedFit:
     log_likelihood: float | None
     log_likelihood_se: float | None
     log_likelihood_method: str | None
+    log_likelihood_laplace: float | None
     conditional_means: tuple
     conditional_covs: tuple
     draws: tuple
@@ -136,16 +140,17 @@ def finish_fit(model: MixedModel, result: MCEMResult, *, reml: bool = False, see
             fixed_effects_cov=exact.fixed_effects_cov, log_likelihood=log_likelihood,
             log_likelihood_se=0.0 if computed else None,
             log_likelihood_method=("exact (REML criterion)" if reml else "exact") if computed else None,
+            log_likelihood_laplace=log_likelihood,
             conditional_means=tuple(exact.conditional_means),
             conditional_covs=tuple(exact.conditional_covs) if exact.conditional_covs else tuple(
                 result.random_effects_cov),
             **common,
         )
-    likelihood = (None, None, None)
+    likelihood = (None, None, None, None)
     try:
         estimate = marginal_log_likelihood(model, params, seed=seed, start=result.random_effects,
                                            max_dense_entries=max_dense_entries)
-        likelihood = (estimate.log_likelihood, estimate.standard_error, estimate.method)
+        likelihood = (estimate.log_likelihood, estimate.standard_error, estimate.method, estimate.laplace)
     except DenseBlockTooLarge as exc:
         warnings.warn(f"log-likelihood not computed: {exc}", UserWarning, stacklevel=stacklevel)
     try:
@@ -154,6 +159,7 @@ def finish_fit(model: MixedModel, result: MCEMResult, *, reml: bool = False, see
         cov = np.full((len(model.fixed_names),) * 2, np.nan)
     return FinishedFit(parameters=params, fixed_effects_cov=cov, log_likelihood=likelihood[0],
                        log_likelihood_se=likelihood[1], log_likelihood_method=likelihood[2],
+                       log_likelihood_laplace=likelihood[3],
                        conditional_means=tuple(result.random_effects),
                        conditional_covs=tuple(result.random_effects_cov), **common)
 
