@@ -29,6 +29,7 @@ from mixedfx.model import (
     marginal_log_likelihood,
 )
 from mixedfx.model.separation import separation_of_model
+from mixedfx.model.variation import little_variation_of_model
 
 __all__ = ["FinishedFit", "finish_fit"]
 
@@ -159,13 +160,17 @@ def finish_fit(model: MixedModel, result: MCEMResult, *, reml: bool = False, see
 
 
 def _with_separation(model: MixedModel, summary: FitSummary, *, stacklevel: int) -> FitSummary:
-    """Warn of a separation of the response by the fixed effects, and record it."""
+    """Warn of a separation of the response by the fixed effects, and of a response that
+    does not vary within the levels of a grouping factor; record them."""
     separation = separation_of_model(model)
-    if separation is None:
+    texts = little_variation_of_model(model)
+    if separation is not None:
+        texts = (separation.message("the response"),) + texts
+    for text in texts:
+        warnings.warn(text, DataWarning, stacklevel=stacklevel + 1)
+    if not texts:
         return summary
-    text = separation.message("the response")
-    warnings.warn(text, DataWarning, stacklevel=stacklevel + 1)
-    return dataclasses.replace(summary, data_warnings=summary.data_warnings + (text,))
+    return dataclasses.replace(summary, data_warnings=summary.data_warnings + texts)
 
 
 def _exact_gaussian(model, params, *, distribute, max_dense_entries, stacklevel):

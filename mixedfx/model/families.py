@@ -195,6 +195,12 @@ class Family:
         family whose response has no categories."""
         return None
 
+    def variation_values(self, response: np.ndarray, *, trials=None) -> np.ndarray:
+        """The per-row values whose variation within groups the model explains, for
+        :mod:`mixedfx.model.variation`: the response itself here (a binomial's is the
+        proportion of successes)."""
+        return np.asarray(response, dtype=float)
+
     def residual_sd(self, parameters: Mapping[str, object]) -> float | None:
         """The residual standard deviation, for families that have one; else ``None``."""
         return None
@@ -374,6 +380,9 @@ class Binomial(Family):
     def variance(self, mean, parameters, *, trials=None):
         trials = np.ones(np.shape(mean)) if trials is None else trials
         return trials * mean * (1.0 - mean)
+
+    def variation_values(self, response, *, trials=None):
+        return np.asarray(response, dtype=float) / (1.0 if trials is None else np.asarray(trials, dtype=float))
 
     def separation_cuts(self, response, *, trials=None):
         trials = np.ones_like(response) if trials is None else trials
