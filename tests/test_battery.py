@@ -437,3 +437,32 @@ def test_two_threads_fitting_at_once_match_sequential_fits():
 
 def test_the_battery_is_large_enough():
     assert len(EXPECTED) >= 30 and len({make.__name__ for make in EXPECTED}) == len(EXPECTED)
+
+
+def test_a_steady_climb_past_the_bound_runs_away_and_a_settled_estimate_does_not():
+    from mixedfx.inference.runaway import runaway_fixed_effects
+    rng = np.random.default_rng(43)
+    steps = np.arange(30.0)
+    climbing = 1.0 + 0.6 * steps + rng.normal(scale=0.1, size=30)  # 18.4 at the end, rising
+    settled = 12.0 + rng.normal(scale=0.3, size=30)  # large but noisy around its value
+    small = 0.2 * steps / 30 + 0.5  # rising, but within the bound
+    trace = np.column_stack([climbing, -climbing, settled, small])
+    assert runaway_fixed_effects(trace, ["a", "b", "c", "d"], bound=10.0) == ("a", "b")
+    assert runaway_fixed_effects(trace, ["a", "b", "c", "d"], bound=None) == ()
+    assert runaway_fixed_effects(trace, ["a", "b", "c", "d"], bound=20.0) == ()
+
+
+@pytest.mark.slow
+def test_separation_within_groups_runs_away():
+    """Within each group y = (x > the group's cut); the cuts differ, so the fixed effects
+    alone do not separate (no separation warning) but x's estimate still grows without end."""
+    rng, frame, _ = _frame(44, n=300)
+    cut = {f"g{k}": c for k, c in enumerate(rng.normal(scale=1.0, size=12))}
+    frame["y"] = (frame["x"] > frame["g"].map(cut)).astype(int)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = _classifier("y ~ x + (1 | g)").fit(frame)
+    texts = [str(w.message) for w in caught if issubclass(w.category, DataWarning)]
+    assert any("fixed effect(s) 'x' kept growing" in text for text in texts), texts
+    assert model.fit_summary_.data_warnings == tuple(texts)
+    assert np.isfinite(model.fixed_effects_).all()

@@ -84,6 +84,11 @@ class Family:
     is_multiclass: ClassVar[bool] = False
     #: Whether ``sample_weight`` may give the trials of a proportion response.
     takes_trial_weights: ClassVar[bool] = False
+    #: How large a fixed effect can be, on the link scale, before a steady growth
+    #: across the EM iterations means it is running off to infinity
+    #: (:mod:`mixedfx.inference.runaway`); ``None``: never judged (an unbounded
+    #: likelihood cannot arise from the fixed effects alone).
+    runaway_bound: ClassVar[float | None] = None
 
     @property
     def link(self) -> str:
@@ -342,6 +347,7 @@ class Binomial(Family):
     """
 
     name: ClassVar[str] = "binomial"
+    runaway_bound: ClassVar[float | None] = 10.0
     takes_trial_weights: ClassVar[bool] = True
     link_name: str = "logit"
 
@@ -578,6 +584,7 @@ class Ordinal(Family):
     """
 
     name: ClassVar[str] = "ordinal"
+    runaway_bound: ClassVar[float | None] = 10.0
     parameter_names: ClassVar[tuple[str, ...]] = ("cutpoints",)
     is_classification: ClassVar[bool] = True
     is_multiclass: ClassVar[bool] = True
