@@ -171,7 +171,8 @@ def _with_separation(model: MixedModel, summary: FitSummary, *, stacklevel: int)
     n_fixed = len(model.fixed_names)
     runaway = runaway_fixed_effects(summary.trace[:, :n_fixed], summary.parameter_names[:n_fixed],
                                     bound=model.family.runaway_bound)
-    if runaway:
+    runaway = tuple(name for name in runaway if separation is None or name not in separation.columns)
+    if runaway:  # those the separation warning names are not named twice
         texts = texts + (runaway_message(runaway),)
     for text in texts:
         warnings.warn(text, DataWarning, stacklevel=stacklevel + 1)
