@@ -20,6 +20,7 @@ from mixedfx.inference.boundary import boundary_components, zero_components
 from mixedfx.inference.distributed import sharded_cross_products
 from mixedfx.inference.layout import fixed_effects_covariance
 from mixedfx.inference.mcem import MCEMResult
+from mixedfx.inference.runaway import runaway_fixed_effects, runaway_message
 from mixedfx.inference.summary import FitSummary
 from mixedfx.model import (
     DenseBlockTooLarge,
@@ -29,6 +30,7 @@ from mixedfx.model import (
     marginal_log_likelihood,
 )
 from mixedfx.model.separation import separation_of_model
+from mixedfx.model.variation import little_variation_of_model
 
 __all__ = ["FinishedFit", "finish_fit"]
 
@@ -165,13 +167,24 @@ def finish_fit(model: MixedModel, result: MCEMResult, *, reml: bool = False, see
 
 
 def _with_separation(model: MixedModel, summary: FitSummary, *, stacklevel: int) -> FitSummary:
-    """Warn of a separation of the response by the fixed effects, and record it."""
+    """Warn of a separation of the response by the fixed effects, of a response that
+    does not vary within the levels of a grouping factor, and of fixed effects that run
+    away across the iterations; record them."""
     separation = separation_of_model(model)
-    if separation is None:
+    texts = little_variation_of_model(model)
+    if separation is not None:
+        texts = (separation.message("the response"),) + texts
+    n_fixed = len(model.fixed_names)
+    runaway = runaway_fixed_effects(summary.trace[:, :n_fixed], summary.parameter_names[:n_fixed],
+                                    bound=model.family.runaway_bound)
+    runaway = tuple(name for name in runaway if separation is None or name not in separation.columns)
+    if runaway:  # those the separation warning names are not named twice
+        texts = texts + (runaway_message(runaway),)
+    for text in texts:
+        warnings.warn(text, DataWarning, stacklevel=stacklevel + 1)
+    if not texts:
         return summary
-    text = separation.message("the response")
-    warnings.warn(text, DataWarning, stacklevel=stacklevel + 1)
-    return dataclasses.replace(summary, data_warnings=summary.data_warnings + (text,))
+    return dataclasses.replace(summary, data_warnings=summary.data_warnings + texts)
 
 
 def _exact_gaussian(model, params, *, distribute, max_dense_entries, stacklevel):

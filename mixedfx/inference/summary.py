@@ -92,7 +92,9 @@ class FitSummary:
     data_warnings : tuple of str
         What the data did to the fit that a warning said at fit time and
         :meth:`~mixedfx.MixedEffectsRegressor.summary` repeats: complete or
-        quasi-complete separation, naming the columns (see :doc:`/diagnostics`).
+        quasi-complete separation, naming the columns; a response that does not vary
+        within the levels of a grouping factor, naming it; fixed effects whose
+        estimates ran away across the iterations, naming them (see :doc:`/diagnostics`).
 
     Examples
     --------

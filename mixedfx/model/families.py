@@ -84,6 +84,11 @@ class Family:
     is_multiclass: ClassVar[bool] = False
     #: Whether ``sample_weight`` may give the trials of a proportion response.
     takes_trial_weights: ClassVar[bool] = False
+    #: How large a fixed effect can be, on the link scale, before a steady growth
+    #: across the EM iterations means it is running off to infinity
+    #: (:mod:`mixedfx.inference.runaway`); ``None``: never judged (an unbounded
+    #: likelihood cannot arise from the fixed effects alone).
+    runaway_bound: ClassVar[float | None] = None
 
     @property
     def link(self) -> str:
@@ -194,6 +199,12 @@ class Family:
         it lies at or below and the one it lies above (``-1``: none); ``None`` for a
         family whose response has no categories."""
         return None
+
+    def variation_values(self, response: np.ndarray, *, trials=None) -> np.ndarray:
+        """The per-row values whose variation within groups the model explains, for
+        :mod:`mixedfx.model.variation`: the response itself here (a binomial's is the
+        proportion of successes)."""
+        return np.asarray(response, dtype=float)
 
     def residual_sd(self, parameters: Mapping[str, object]) -> float | None:
         """The residual standard deviation, for families that have one; else ``None``."""
@@ -336,6 +347,7 @@ class Binomial(Family):
     """
 
     name: ClassVar[str] = "binomial"
+    runaway_bound: ClassVar[float | None] = 10.0
     takes_trial_weights: ClassVar[bool] = True
     link_name: str = "logit"
 
@@ -374,6 +386,9 @@ class Binomial(Family):
     def variance(self, mean, parameters, *, trials=None):
         trials = np.ones(np.shape(mean)) if trials is None else trials
         return trials * mean * (1.0 - mean)
+
+    def variation_values(self, response, *, trials=None):
+        return np.asarray(response, dtype=float) / (1.0 if trials is None else np.asarray(trials, dtype=float))
 
     def separation_cuts(self, response, *, trials=None):
         trials = np.ones_like(response) if trials is None else trials
@@ -569,6 +584,7 @@ class Ordinal(Family):
     """
 
     name: ClassVar[str] = "ordinal"
+    runaway_bound: ClassVar[float | None] = 10.0
     parameter_names: ClassVar[tuple[str, ...]] = ("cutpoints",)
     is_classification: ClassVar[bool] = True
     is_multiclass: ClassVar[bool] = True
