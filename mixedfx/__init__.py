@@ -27,6 +27,8 @@ from mixedfx.exceptions import (
 )
 from mixedfx.formula import FormulaSpec, RandomTermSpec, parse_formula
 from mixedfx.inference import FitSummary
+from mixedfx.explained_variance import icc, r2
+from mixedfx.marginal_means import EMMeans, contrast, emmeans
 from mixedfx.results import anova
 
 #: The installed version of mixedfx.
@@ -44,6 +46,11 @@ __all__ = [
     "lmer",
     "glmer",
     "anova",
+    "emmeans",
+    "contrast",
+    "EMMeans",
+    "r2",
+    "icc",
     "parse_formula",
     "FormulaSpec",
     "RandomTermSpec",

@@ -29,7 +29,13 @@ from mixedfx.model.ddf import kenward_roger_pieces, satterthwaite_pieces
 
 __all__ = ["DDF_METHODS", "check_ddf", "fixed_effects_table", "contrast_df", "anova_type3", "type3_hypotheses"]
 
-#: The accepted ``ddf`` values.
+#: The accepted ``ddf`` values, lmerTest's default first.
+#:
+#: Examples
+#: --------
+#: >>> from mixedfx.lmertest import DDF_METHODS
+#: >>> DDF_METHODS[0]
+#: 'satterthwaite'
 DDF_METHODS = ("satterthwaite", "kenward-roger", "residual", "asymptotic")
 
 _GLMM_NOTE = ("Wald z statistics (df = inf): denominator degrees of freedom exist for Gaussian fits only "
