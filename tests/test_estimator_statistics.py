@@ -118,6 +118,7 @@ def test_summary_table_follows_ddf_at_lme4_estimates(sleepstudy_reml_fit, ddf, k
     model = at_lme4(sleepstudy_reml_fit, fixture)
     model.set_params(ddf=ddf)
     table, ref = model.fixed_effects_table(), reference(fixture, key)
+    assert table.attrs["ddf"] == ddf  # the estimator's parameter (sleepstudy is balanced: both df are 17)
     assert table.columns.tolist() == ["Estimate", "Std. Error", "df", "t value", "Pr(>|t|)"]
     np.testing.assert_allclose(table["df"], ref["df"], rtol=df_rtol)
     np.testing.assert_allclose(table["Std. Error"], ref["Std. Error"], rtol=1e-4)
@@ -135,6 +136,7 @@ def test_anova_type3_at_lme4_estimates(cake_heat_reml_fit, ddf, df_rtol):
     fixture = lmertest_fixture("cake_heat_reml")
     model = at_lme4(cake_heat_reml_fit, fixture)
     table = mixedfx.anova(model, ddf=ddf)  # ddf= overrides the estimator's
+    assert table.attrs["ddf"] == ddf
     ref = reference(fixture, f"anova3_{ddf.replace('-', '_')}")
     assert table.index.tolist() == ref.index.tolist() == ["recipe", "heat", "recipe:heat"]
     assert table["NumDF"].tolist() == ref["NumDF"].tolist()
