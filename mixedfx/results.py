@@ -21,7 +21,7 @@ from scipy import stats
 
 from mixedfx import lmertest
 from mixedfx._tf import tf
-from mixedfx.exceptions import ConvergenceWarning, DataError, ParameterError, SamplerWarning
+from mixedfx.exceptions import ConvergenceWarning, DataError, DataWarning, ParameterError, SamplerWarning
 from mixedfx.model import MixedModel, numpy_linear_predictor
 from mixedfx.model.gaussian import term_z
 from mixedfx.profile import profile_intervals
@@ -82,7 +82,10 @@ def fixed_effects_table(model, *, ddf=None) -> pd.DataFrame:
     One implementation: :func:`mixedfx.lmertest.fixed_effects_table`, with the model's
     ``ddf`` (see :func:`model_ddf`) unless ``ddf`` is given.  For a Gaussian fit the
     default is Satterthwaite's df, as lmerTest's ``summary``; ``ddf="asymptotic"``
-    gives the Wald z table (``z value``, normal ``Pr(>|z|)``).  A GLMM's table holds
+    gives the Wald z table (``z value``, normal ``Pr(>|z|)``).  Without ``ddf=``, a
+    model too large for the exact df (:mod:`mixedfx.model.ddf`'s dense limits) gets the
+    Wald z table with a :class:`~mixedfx.DataWarning` naming the cause, so that
+    ``summary()`` always prints; an explicit ``ddf`` raises instead.  A GLMM's table holds
     Wald z statistics whatever ``ddf`` asks (``df = inf``), as lme4's ``glmer``, and
     says so in ``attrs["note"]``.
 
@@ -102,7 +105,14 @@ def fixed_effects_table(model, *, ddf=None) -> pd.DataFrame:
     >>> fixed_effects_table(model, ddf="asymptotic").columns.tolist()
     ['Estimate', 'Std. Error', 'df', 'z value', 'Pr(>|z|)']
     """
-    return lmertest.fixed_effects_table(model, ddf=model_ddf(model) if ddf is None else ddf)
+    if ddf is not None:
+        return lmertest.fixed_effects_table(model, ddf=ddf)
+    try:
+        return lmertest.fixed_effects_table(model, ddf=model_ddf(model))
+    except DataError as error:  # too large for the exact df: the default table (summary's) falls back to z
+        warnings.warn(f"{error}; the fixed-effects table falls back to Wald z tests (ddf='asymptotic')",
+                      DataWarning, stacklevel=3)
+        return lmertest.fixed_effects_table(model, ddf="asymptotic")
 
 
 def ranef_frame(model) -> pd.DataFrame:

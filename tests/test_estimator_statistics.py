@@ -236,3 +236,14 @@ def test_top_level_emmeans_follow_the_model_ddf(emmeans_fits, emmeans_reference)
     pairs = mixedfx.contrast(emm, "pairwise", adjust="tukey")
     np.testing.assert_allclose(pairs["df"], [r["df"] for r in ref["pairs_tukey"]], rtol=0.01)
     np.testing.assert_allclose(pairs["estimate"], [r["estimate"] for r in ref["pairs_tukey"]], atol=0.1)
+
+
+def test_summary_of_a_model_too_large_for_exact_df_falls_back_to_z(sleepstudy_reml_fit, monkeypatch, capsys):
+    """InstEval-sized random-effects designs exceed the dense df path: summary() still prints."""
+    monkeypatch.setattr(mixedfx.model.ddf, "MAX_DENSE_DDF_ENTRIES", 100)  # sleepstudy's 180 x 36 is over it
+    model = copy.copy(sleepstudy_reml_fit)
+    with pytest.warns(mixedfx.DataWarning, match="dense path need 6,480 entries.*falls back to Wald z"):
+        model.summary()
+    assert "Wald z tests (ddf='asymptotic')" in capsys.readouterr().out
+    with pytest.raises(mixedfx.DataError, match="use ddf='residual' or 'asymptotic'"):
+        model.fixed_effects_table(ddf="satterthwaite")  # asked for explicitly: no fallback
