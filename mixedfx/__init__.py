@@ -30,6 +30,8 @@ from mixedfx.formula import FormulaSpec, RandomTermSpec, parse_formula
 from mixedfx.inference import FitSummary
 from mixedfx.drop_terms import drop1
 from mixedfx.persistence import load
+from mixedfx.explained_variance import icc, r2
+from mixedfx.marginal_means import EMMeans, contrast, emmeans
 from mixedfx.results import anova
 
 #: The installed version of mixedfx.
@@ -49,6 +51,11 @@ __all__ = [
     "anova",
     "drop1",
     "load",
+    "emmeans",
+    "contrast",
+    "EMMeans",
+    "r2",
+    "icc",
     "parse_formula",
     "FormulaSpec",
     "RandomTermSpec",

@@ -104,7 +104,7 @@ def test_markdown_tables_are_well_formed(report):
         cells = {len(re.findall(r"(?<!\\)\|", line)) for line in table}
         assert len(cells) == 1, table  # as many cells on every line: pipes in names are escaped
         assert set(table[1].replace(" ", "")) <= set("|-:")
-    assert tables[0][0].startswith("| term | Estimate | Std. Error | t value | Pr(>\\|t\\|) |")
+    assert tables[0][0].startswith("| term | Estimate | Std. Error | df | t value | Pr(>\\|t\\|) |")
 
 
 def test_progress_lines_go_to_stderr(data_csv, tmp_path, capsys):

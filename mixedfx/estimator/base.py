@@ -20,7 +20,7 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from mixedfx import results, tables
+from mixedfx import explained_variance, lmertest, results, tables
 from mixedfx.design import (
     MISSING_POLICIES,
     NEW_LEVEL_POLICIES,
@@ -125,6 +125,7 @@ class MixedEffectsModel(BaseEstimator):
             )
         if self._distribute() is not None:
             check_strategy(self._distribute())
+        self._validate_ddf(family)
         if family.is_classification is not self._classifier:
             other = "MixedEffectsClassifier" if family.is_classification else "MixedEffectsRegressor"
             raise ParameterError(
@@ -194,6 +195,16 @@ class MixedEffectsModel(BaseEstimator):
         random = [f"(1 | `{g}`)" for g in dict.fromkeys(chosen)]
         return "~ " + " + ".join(["1", *fixed, *random])
 
+    def _validate_ddf(self, family) -> None:
+        """The ``ddf`` parameter (the regressor's): one of lmerTest's choices, and
+        Kenward-Roger only with a REML fit of the Gaussian family (as lmerTest)."""
+        if not hasattr(self, "ddf"):
+            return
+        ddf = lmertest.check_ddf(self.ddf)
+        if ddf == "kenward-roger" and family.conjugate_gaussian and self._method() != "reml":
+            raise ParameterError("ddf='kenward-roger' needs method='reml' (as lmerTest and pbkrtest); "
+                                 "use ddf='satterthwaite' with method='ml'")
+
     def _distribute(self):
         return getattr(self, "distribute", None)
 
@@ -211,9 +222,11 @@ class MixedEffectsModel(BaseEstimator):
     def __getstate__(self):
         # A tf.distribute.Strategy holds devices and cannot be pickled; it is a setting of
         # the machine that fits, not of the model, so an unpickled estimator has none.
+        # The cached df pieces (mixedfx.lmertest) are recomputed after unpickling.
         from mixedfx import __version__
 
         state = super().__getstate__()
+        state = {name: value for name, value in state.items() if name != "_ddf_cache"}
         if state.get("distribute") is not None:
             state = {**state, "distribute": None}
         return {**state, "_mixedfx_version": __version__, "_mixedfx_format": MODEL_FORMAT}
@@ -333,11 +346,12 @@ class MixedEffectsModel(BaseEstimator):
         return fitted
 
     def _set_fitted(self, fitted: dict) -> None:
-        """Set the fitted attributes at once; drop those of an earlier fit that this one lacks.
+        """Set the fitted attributes at once; drop those of an earlier fit that this one lacks
+        (and the cached df pieces of the earlier fit).
 
         One assignment of a new ``__dict__``: an interrupt (Ctrl-C) lands before or
         after it, never between two attributes."""
-        stale = {"feature_names_in_", "cutpoints_", "dispersion_"} - set(fitted)
+        stale = {"feature_names_in_", "cutpoints_", "dispersion_", "_ddf_cache"} - set(fitted)
         state = {name: value for name, value in self.__dict__.items() if name not in stale}
         state.update(fitted)
         self.__dict__ = state
@@ -576,18 +590,90 @@ class MixedEffectsModel(BaseEstimator):
             return None
         return -2.0 * self.log_likelihood_ + np.log(self.n_obs_) * results.count_parameters(self)
 
-    def fixed_effects_table(self) -> pd.DataFrame:
-        """The fixed-effects table of :meth:`summary` (lme4's ``coef(summary(m))``).
+    def fixed_effects_table(self, *, ddf=None) -> pd.DataFrame:
+        """The fixed-effects table of :meth:`summary`, as lmerTest's ``coef(summary(m))``.
+
+        Parameters
+        ----------
+        ddf : {"satterthwaite", "kenward-roger", "residual", "asymptotic"}, optional
+            The denominator df; by default the estimator's ``ddf`` (Satterthwaite
+            for an estimator without one).  A GLMM's table holds Wald z statistics
+            whatever it is (see :func:`mixedfx.results.fixed_effects_table`).
 
         Returns
         -------
         pandas.DataFrame
-            Columns ``Estimate``, ``Std. Error``, ``t value`` (Gaussian) or ``z value``,
-            and the two-sided normal p-value ``Pr(>|t|)`` or ``Pr(>|z|)``; one row per
-            fixed effect.  The standard errors come from :attr:`fixed_effects_cov_`.
+            Columns ``Estimate``, ``Std. Error``, ``df``, ``t value`` and
+            ``Pr(>|t|)`` (``z value``, ``Pr(>|z|)`` and ``df = inf`` for Wald z); one
+            row per fixed effect; ``attrs["ddf"]`` names the method used.
+
+        Examples
+        --------
+        >>> import mixedfx
+        >>> data = mixedfx.datasets.make_mixed_data(
+        ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
+        ...     random_sd={"g": 0.8}, random_state=2)
+        >>> model = mixedfx.lmer("y ~ x + (1 | g)", data, method="reml", random_state=0, verbose=0)
+        >>> model.fixed_effects_table()["df"].round(-1).tolist()  # Satterthwaite: ~ 30 groups, ~ 600 rows
+        [30.0, 570.0]
+        >>> model.fixed_effects_table(ddf="residual")["df"].tolist()  # n - p
+        [598.0, 598.0]
         """
         check_is_fitted(self, "fixed_effects_")
-        return results.fixed_effects_table(self)
+        return results.fixed_effects_table(self, ddf=ddf)
+
+    def r2(self, *, null_intercept=None) -> pd.Series:
+        """Nakagawa's marginal and conditional R², as ``performance::r2_nakagawa``.
+
+        Parameters
+        ----------
+        null_intercept : float, optional
+            See :func:`mixedfx.explained_variance.variance_decomposition`.
+
+        Returns
+        -------
+        pandas.Series
+            ``R2_conditional`` and ``R2_marginal`` (:func:`mixedfx.explained_variance.r2`).
+
+        Examples
+        --------
+        >>> import mixedfx
+        >>> data = mixedfx.datasets.make_mixed_data(
+        ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
+        ...     random_sd={"g": 0.8}, random_state=2)
+        >>> model = mixedfx.lmer("y ~ x + (1 | g)", data, random_state=0, verbose=0)
+        >>> r2 = model.r2()
+        >>> bool(0 < r2.iloc[1] < r2.iloc[0] < 1)  # marginal below conditional
+        True
+        """
+        check_is_fitted(self, "fixed_effects_")
+        return explained_variance.r2(self, null_intercept=null_intercept)
+
+    def icc(self, *, null_intercept=None) -> pd.Series:
+        """The adjusted and unadjusted intraclass correlation, as ``performance::icc``.
+
+        Parameters
+        ----------
+        null_intercept : float, optional
+            See :func:`mixedfx.explained_variance.variance_decomposition`.
+
+        Returns
+        -------
+        pandas.Series
+            ``ICC_adjusted`` and ``ICC_unadjusted`` (:func:`mixedfx.explained_variance.icc`).
+
+        Examples
+        --------
+        >>> import mixedfx
+        >>> data = mixedfx.datasets.make_mixed_data(
+        ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
+        ...     random_sd={"g": 0.8}, random_state=2)
+        >>> model = mixedfx.lmer("y ~ x + (1 | g)", data, random_state=0, verbose=0)
+        >>> round(float(model.icc().iloc[0]), 1)  # 0.8² / (0.8² + 1²)
+        0.4
+        """
+        check_is_fitted(self, "fixed_effects_")
+        return explained_variance.icc(self, null_intercept=null_intercept)
 
     def ranef(self, condvar=False):
         """Conditional means of the random effects, as lme4's ``ranef``.
@@ -677,22 +763,27 @@ class MixedEffectsModel(BaseEstimator):
         values = np.asarray(values, dtype=np.float64)
         return (values, None) if trials is None else (values / trials, np.asarray(trials, dtype=np.float64))
 
-    def confint(self, *, method="wald", level=0.95, n_boot=200, random_state=None) -> pd.DataFrame:
+    def confint(self, *, method="wald", level=0.95, n_boot=200, random_state=None, which=None) -> pd.DataFrame:
         """Confidence intervals, as lme4's ``confint``.
 
         Parameters
         ----------
-        method : {"wald", "bootstrap"}, default "wald"
+        method : {"wald", "bootstrap", "profile"}, default "wald"
             ``"wald"``: estimate +- z SE for the fixed effects (the variance
             parameters get NaN, as in lme4).  ``"bootstrap"``: parametric bootstrap
             percentile intervals for every parameter: ``n_boot`` responses simulated
             from the fitted model on the training rows, each refitted (lme4's
-            ``confint(method = "boot")``).  ``"profile"`` is not available.
+            ``confint(method = "boot")``).  ``"profile"``: profile likelihood
+            intervals (lme4's ``confint(m, method = "profile")``, its default; see
+            :func:`mixedfx.profile.profile_intervals`): a REML fit is profiled on the
+            ML deviance, as lme4 does.
         level : float, default 0.95
         n_boot : int, default 200
             Bootstrap replicates (each a full fit).
         random_state : int, optional
             Seed of the bootstrap.
+        which : sequence of str, optional
+            ``method="profile"`` only: the parameters to profile (default all).
 
         Returns
         -------
@@ -719,7 +810,7 @@ class MixedEffectsModel(BaseEstimator):
         """
         check_is_fitted(self, "fixed_effects_")
         return results.confidence_intervals(self, method=method, level=level, n_boot=n_boot,
-                                            random_state=random_state)
+                                            random_state=random_state, which=which)
 
     def simulate(self, n=1, *, X=None, posterior=False, random_state=None, re_form="~0") -> pd.DataFrame:
         """New responses from the fitted model, as lme4's ``simulate``.

@@ -53,6 +53,14 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsModel):
         (lme4's ``anova`` refits REML models with ML for that reason).  REML's
         variance estimates are less biased in small samples: the residual variance
         is divided by ``n - p`` instead of ``n``, in effect.
+    ddf : {"satterthwaite", "kenward-roger", "residual", "asymptotic"}, default "satterthwaite"
+        The denominator degrees of freedom of the t and F tests of a Gaussian fit
+        (:meth:`summary`, :meth:`fixed_effects_table`, ``mixedfx.anova(model)``), as
+        lmerTest: Satterthwaite's (lmerTest's default), Kenward-Roger's (pbkrtest;
+        needs ``method="reml"``, with its adjusted standard errors), ``"residual"``
+        (``n - p``) or ``"asymptotic"`` (Wald z, normal p-values).  Other families
+        have no denominator df: their tables are Wald z tests whatever ``ddf`` says,
+        as lme4's ``glmer``.  Checked in ``fit``.
     %(parameters)s
     Attributes
     ----------
@@ -90,6 +98,7 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsModel):
         *,
         family="gaussian",
         method="ml",
+        ddf="satterthwaite",
         groups=None,
         missing="drop",
         new_levels="population",
@@ -107,6 +116,7 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsModel):
         self.formula = formula
         self.family = family
         self.method = method
+        self.ddf = ddf
         self.groups = groups
         self.missing = missing
         self.new_levels = new_levels
