@@ -18,6 +18,7 @@ __all__ = [
     "NewLevelError",
     "ParameterError",
     "FitError",
+    "MemoryEstimateError",
     "ConvergenceWarning",
     "SamplerWarning",
     "DataWarning",
@@ -152,6 +153,26 @@ class FitError(MixedFXError, RuntimeError):
     ... except mixedfx.FitError as error:
     ...     print(str(error).split(" (")[0])
     Monte Carlo EM broke down in iterations 1-5
+    """
+
+
+class MemoryEstimateError(FitError):
+    """A fit's estimated peak memory exceeds the memory it may use; nothing was allocated.
+
+    Raised before Monte Carlo EM allocates (see
+    :func:`~mixedfx.inference.memory.estimate_peak_bytes`), with the estimate, the
+    memory the fit may use (``MCEMOptions.memory_limit_bytes``, else the available
+    memory) and what to change.
+
+    Examples
+    --------
+    >>> import mixedfx
+    >>> from mixedfx.inference import MCEMOptions, fit_mcem
+    >>> try:
+    ...     fit_mcem(model.model_, options=MCEMOptions(memory_limit_bytes=10**9), seed=0)
+    ... except mixedfx.MemoryEstimateError as error:
+    ...     print(str(error).split(" (")[0])
+    the fit's peak memory is estimated at 1.3 GB, more than the 1 GB it may use
     """
 
 

@@ -18,6 +18,7 @@ from mixedfx.inference.boundary import boundary_components, zero_components
 from mixedfx.inference.distributed import sharded_cross_products
 from mixedfx.inference.layout import fixed_effects_covariance
 from mixedfx.inference.mcem import MCEMResult
+from mixedfx.inference.memory import peak_memory_bytes
 from mixedfx.inference.summary import FitSummary
 from mixedfx.model import (
     DenseBlockTooLarge,
@@ -111,6 +112,15 @@ def finish_fit(model: MixedModel, result: MCEMResult, *, reml: bool = False, see
     >>> finished.parameters.fixed_effects.round(1).tolist()
     [1.0, 0.5]
     """
+    finished = _finish(model, result, reml=reml, seed=seed, distribute=distribute,
+                       max_dense_entries=max_dense_entries, stacklevel=stacklevel + 1)
+    # The exact computations may set the peak: measured again after them.
+    summary = dataclasses.replace(finished.summary, memory_peak_bytes=peak_memory_bytes())
+    return dataclasses.replace(finished, summary=summary)
+
+
+def _finish(model, result, *, reml, seed, distribute, max_dense_entries, stacklevel) -> FinishedFit:
+    """:func:`finish_fit`'s work, but for the memory figure."""
     params, summary = result.parameters, result.summary
     components, names = boundary_components(model, params, reml=reml, seed=seed)
     if components:

@@ -89,6 +89,13 @@ class FitSummary:
         The failed iterations are not in the trace.
     recoveries : tuple of str
         One line per retry: the iterations, what went wrong, what was changed.
+    memory_estimate_bytes : int or None
+        The peak memory estimated before the fit allocated
+        (:func:`~mixedfx.inference.memory.estimate_peak_bytes`).
+    memory_peak_bytes : int or None
+        The measured peak: the resident-memory high-water mark of the whole process
+        (not of this fit alone) after the fit, and after the exact computations that
+        finish it; ``None`` where the platform does not report it.
 
     Examples
     --------
@@ -135,6 +142,8 @@ class FitSummary:
     divergences: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     n_retries: int = 0
     recoveries: tuple[str, ...] = ()
+    memory_estimate_bytes: int | None = None
+    memory_peak_bytes: int | None = None
 
     @property
     def n_divergent(self) -> int:
