@@ -24,10 +24,10 @@ __all__ = ["available_memory_bytes", "check_memory", "estimate_peak_bytes",
            "peak_memory_bytes"]
 
 #: TensorFlow's runtime, the compiled programs and Python's own (measured at 20,000 rows).
-BASE_BYTES = 1_300_000_000
+BASE_BYTES = 1_330_000_000
 #: Resident bytes per stored number of a row: the DataFrame, the design, the model's
 #: arrays, the padded tensors and the exact step's per-row sums hold several copies.
-BYTES_PER_ROW_NUMBER = 24
+BYTES_PER_ROW_NUMBER = 95
 #: Bytes per row of a chunk, per chain and per random coefficient or fixed column: the
 #: compiled E- and M-steps' per-row temporaries (float64; half of it in float32).
 CHUNK_BYTES_PER_ROW_COLUMN = 64
@@ -44,7 +44,8 @@ def estimate_peak_bytes(model, options, *, n_devices: int = 1) -> int:
     weights, offset, trials, group indices, slopes), plus for one chunk of rows
     ``CHUNK_BYTES_PER_ROW_COLUMN`` per chain and per fixed column or random
     coefficient (half with ``float32_e_step``), plus ``BYTES_PER_LEVEL_COEFFICIENT``
-    per chain and level coefficient, plus the kept draws (within
+    per chain and level coefficient, plus the kept draws (at most ``max_kept_draws`` per
+    chain, ``n_draws`` an iteration for ``max_iter`` iterations, within
     ``draws_memory_bytes``) and the exact step's dense block (eight bytes an entry,
     within ``max_dense_entries``).
 
@@ -78,7 +79,8 @@ def estimate_peak_bytes(model, options, *, n_devices: int = 1) -> int:
     chunk_bytes = CHUNK_BYTES_PER_ROW_COLUMN * (0.5 if options.float32_e_step else 1.0)
     chunk_work = chunk * options.n_chains * (model.fixed_design.shape[1] + sum(dims)) * chunk_bytes
     coefficients = sum(q * d for q, d in zip(buckets.padded_levels, dims))
-    draws = min(8 * options.n_chains * options.max_kept_draws * coefficients, options.draws_memory_bytes)
+    kept = min(options.max_kept_draws, options.n_draws * options.max_iter)
+    draws = min(8 * options.n_chains * kept * coefficients, options.draws_memory_bytes)
     per_call_draws = 8 * options.n_chains * options.n_draws * options.iterations_per_call * coefficients
     level_work = BYTES_PER_LEVEL_COEFFICIENT * options.n_chains * coefficients + draws + min(per_call_draws, 2**24)
     # The exact step's dense block: the columns of every term but the largest, squared.
