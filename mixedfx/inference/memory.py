@@ -66,7 +66,7 @@ def estimate_peak_bytes(model, options, *, n_devices: int = 1) -> int:
     >>> from mixedfx.inference.memory import estimate_peak_bytes
     >>> two, eight = (estimate_peak_bytes(model.model_, MCEMOptions(n_chains=c)) for c in (2, 8))
     >>> round(two / 1e9, 2), eight > two
-    (1.3, True)
+    (1.33, True)
     """
     num_levels = tuple(t.num_levels for t in model.random_terms)
     dims = tuple(t.dim for t in model.random_terms)
