@@ -19,6 +19,7 @@ __all__ = [
     "ParameterError",
     "FitError",
     "ModelFormatError",
+    "MemoryEstimateError",
     "ConvergenceWarning",
     "SamplerWarning",
     "DataWarning",
@@ -175,6 +176,23 @@ class ModelFormatError(MixedFXError, ValueError):
     Traceback (most recent call last):
     ...
     mixedfx.exceptions.ModelFormatError: this model was written by mixedfx 0.0.9 (format 0); this is mixedfx 0.1.0 (format 1), which cannot read it: load it with mixedfx 0.0.9 and refit, or refit from the data
+class MemoryEstimateError(FitError):
+    """A fit's estimated peak memory exceeds the memory it may use; nothing was allocated.
+
+    Raised before Monte Carlo EM allocates (see
+    :func:`~mixedfx.inference.memory.estimate_peak_bytes`), with the estimate, the
+    memory the fit may use (``MCEMOptions.memory_limit_bytes``, else the available
+    memory) and what to change.
+
+    Examples
+    --------
+    >>> import mixedfx
+    >>> from mixedfx.inference import MCEMOptions, fit_mcem
+    >>> try:
+    ...     fit_mcem(model.model_, options=MCEMOptions(memory_limit_bytes=10**9), seed=0)
+    ... except mixedfx.MemoryEstimateError as error:
+    ...     print(str(error).split(" (")[0])
+    the fit's peak memory is estimated at 1.3 GB, more than the 1 GB it may use
     """
 
 

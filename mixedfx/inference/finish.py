@@ -21,6 +21,7 @@ from mixedfx.inference.distributed import sharded_cross_products
 from mixedfx.inference.layout import fixed_effects_covariance
 from mixedfx.inference.mcem import MCEMResult
 from mixedfx.inference.runaway import runaway_fixed_effects, runaway_message
+from mixedfx.inference.memory import peak_memory_bytes
 from mixedfx.inference.summary import FitSummary
 from mixedfx.model import (
     DenseBlockTooLarge,
@@ -120,7 +121,16 @@ def finish_fit(model: MixedModel, result: MCEMResult, *, reml: bool = False, see
     >>> finished.parameters.fixed_effects.round(1).tolist()
     [1.0, 0.5]
     """
-    params, summary = result.parameters, _with_separation(model, result.summary, stacklevel=stacklevel + 1)
+    finished = _finish(model, result, reml=reml, seed=seed, distribute=distribute,
+                       max_dense_entries=max_dense_entries, stacklevel=stacklevel + 1)
+    # The exact computations may set the peak: measured again after them.
+    summary = dataclasses.replace(finished.summary, memory_peak_bytes=peak_memory_bytes())
+    return dataclasses.replace(finished, summary=summary)
+
+
+def _finish(model, result, *, reml, seed, distribute, max_dense_entries, stacklevel) -> FinishedFit:
+    """:func:`finish_fit`'s work, but for the memory figure."""
+    params, summary = result.parameters, _with_data_warnings(model, result.summary, stacklevel=stacklevel + 1)
     components, names = boundary_components(model, params, reml=reml, seed=seed)
     if components:
         # Singular fit: these sds' ML estimate is zero, which Monte Carlo EM only approaches.
@@ -166,7 +176,7 @@ def finish_fit(model: MixedModel, result: MCEMResult, *, reml: bool = False, see
                        conditional_covs=tuple(result.random_effects_cov), **common)
 
 
-def _with_separation(model: MixedModel, summary: FitSummary, *, stacklevel: int) -> FitSummary:
+def _with_data_warnings(model: MixedModel, summary: FitSummary, *, stacklevel: int) -> FitSummary:
     """Warn of a separation of the response by the fixed effects, of a response that
     does not vary within the levels of a grouping factor, and of fixed effects that run
     away across the iterations; record them."""
@@ -181,7 +191,7 @@ def _with_separation(model: MixedModel, summary: FitSummary, *, stacklevel: int)
     if runaway:  # those the separation warning names are not named twice
         texts = texts + (runaway_message(runaway),)
     for text in texts:
-        warnings.warn(text, DataWarning, stacklevel=stacklevel + 1)
+        warnings.warn(text, DataWarning, stacklevel=stacklevel)
     if not texts:
         return summary
     return dataclasses.replace(summary, data_warnings=summary.data_warnings + texts)
