@@ -176,6 +176,9 @@ class ModelFormatError(MixedFXError, ValueError):
     Traceback (most recent call last):
     ...
     mixedfx.exceptions.ModelFormatError: this model was written by mixedfx 0.0.9 (format 0); this is mixedfx 0.1.0 (format 1), which cannot read it: load it with mixedfx 0.0.9 and refit, or refit from the data
+    """
+
+
 class MemoryEstimateError(FitError):
     """A fit's estimated peak memory exceeds the memory it may use; nothing was allocated.
 
