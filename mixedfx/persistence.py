@@ -218,6 +218,11 @@ def _encode_pandas(value, arrays: dict, where: str):
                               "index": _encode(value.index, arrays, where),
                               "data": [_encode(value.iloc[:, j], arrays, f"{where}[{value.columns[j]!r}]")
                                        for j in range(value.shape[1])]}}
+    if isinstance(value, pd.Series) and isinstance(value.dtype, pd.CategoricalDtype):
+        return {"__catseries__": {"categories": _encode(value.cat.categories, arrays, where),
+                                  "codes": _encode(np.asarray(value.cat.codes), arrays, where),
+                                  "ordered": bool(value.cat.ordered), "index": _encode(value.index, arrays, where),
+                                  "name": _encode(value.name, arrays, where)}}
     if isinstance(value, pd.Series):
         return {"__series__": {"values": _encode_column(value, arrays, where), "dtype": str(value.dtype),
                                "index": _encode(value.index, arrays, where),
@@ -237,8 +242,11 @@ def _encode_pandas(value, arrays: dict, where: str):
 
 
 def _encode_column(values, arrays: dict, where: str):
-    """A series' or index's values: numeric ones in ``arrays``, others element by element."""
+    """A series' or index's values: numeric ones in ``arrays``, dates and durations as their
+    integer ticks (the dtype, stored beside them, says which unit and zone), others element by element."""
     dtype = values.dtype
+    if dtype.kind in "mM" and hasattr(values.array, "asi8"):
+        return _encode(np.asarray(values.array.asi8), arrays, where)
     if isinstance(dtype, pd.CategoricalDtype) or dtype.kind in "mM":
         raise ModelFormatError(f"cannot save {where}: values of dtype {dtype}")
     if isinstance(dtype, np.dtype) and dtype.kind in "biufc":
@@ -309,6 +317,12 @@ def _decode_series(body, value, arrays):
                      dtype=body["dtype"])
 
 
+def _decode_categorical_series(body, value, arrays):
+    values = pd.Categorical.from_codes(_decode(body["codes"], arrays), categories=_decode(body["categories"], arrays),
+                                       ordered=body["ordered"])
+    return pd.Series(values, index=_decode(body["index"], arrays), name=_decode(body["name"], arrays))
+
+
 def _decode_frame(body, value, arrays):
     columns = [_decode(column, arrays) for column in body["data"]]
     frame = pd.concat(columns, axis=1) if columns else pd.DataFrame(index=_decode(body["index"], arrays))
@@ -334,6 +348,7 @@ _DECODERS = {
     "__objects__": _decode_objects,
     "__record__": _decode_record,
     "__series__": _decode_series,
+    "__catseries__": _decode_categorical_series,
     "__frame__": _decode_frame,
     "__index__": lambda body, value, arrays: pd.Index(_decode(body["values"], arrays), dtype=body["dtype"],
                                                       name=_decode(body["name"], arrays)),

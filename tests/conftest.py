@@ -2,28 +2,8 @@
 
 from __future__ import annotations
 
-import atexit
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
-
-
-def _share_xla_compilations() -> None:
-    """Let every process of this run (the tests and the Pythons they start) reuse XLA's
-    compiled programs through TensorFlow's persistent compilation cache, a temporary
-    directory removed at exit.  A fresh process then skips most of its 10-20 s of XLA
-    compilation; the programs themselves are the same.  Set before TensorFlow starts."""
-    flags = os.environ.get("TF_XLA_FLAGS", "")
-    if "tf_xla_persistent_cache_directory" in flags:
-        return
-    directory = tempfile.mkdtemp(prefix="mixedfx-xla-cache-")
-    atexit.register(shutil.rmtree, directory, ignore_errors=True)
-    os.environ["TF_XLA_FLAGS"] = f"{flags} --tf_xla_persistent_cache_directory={directory}".strip()
-
-
-_share_xla_compilations()
 
 import numpy as np
 import pandas as pd
