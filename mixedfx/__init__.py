@@ -19,7 +19,9 @@ from mixedfx.exceptions import (
     DataWarning,
     FitError,
     FormulaError,
+    MemoryEstimateError,
     MixedFXError,
+    ModelFormatError,
     NewLevelError,
     NewLevelWarning,
     ParameterError,
@@ -27,6 +29,10 @@ from mixedfx.exceptions import (
 )
 from mixedfx.formula import FormulaSpec, RandomTermSpec, parse_formula
 from mixedfx.inference import FitSummary
+from mixedfx.drop_terms import drop1
+from mixedfx.persistence import load
+from mixedfx.explained_variance import icc, r2
+from mixedfx.marginal_means import EMMeans, contrast, emmeans
 from mixedfx.results import anova
 
 #: The installed version of mixedfx.
@@ -44,6 +50,13 @@ __all__ = [
     "lmer",
     "glmer",
     "anova",
+    "drop1",
+    "load",
+    "emmeans",
+    "contrast",
+    "EMMeans",
+    "r2",
+    "icc",
     "parse_formula",
     "FormulaSpec",
     "RandomTermSpec",
@@ -54,6 +67,8 @@ __all__ = [
     "NewLevelError",
     "ParameterError",
     "FitError",
+    "ModelFormatError",
+    "MemoryEstimateError",
     "ConvergenceWarning",
     "SamplerWarning",
     "DataWarning",

@@ -18,6 +18,8 @@ __all__ = [
     "NewLevelError",
     "ParameterError",
     "FitError",
+    "ModelFormatError",
+    "MemoryEstimateError",
     "ConvergenceWarning",
     "SamplerWarning",
     "DataWarning",
@@ -152,6 +154,48 @@ class FitError(MixedFXError, RuntimeError):
     ... except mixedfx.FitError as error:
     ...     print(str(error).split(" (")[0])
     Monte Carlo EM broke down in iterations 1-5
+    """
+
+
+class ModelFormatError(MixedFXError, ValueError):
+    """A pickled or saved model that this mixedfx cannot read.
+
+    Pickles and saved files carry the mixedfx version that wrote them and a format
+    number; a model written in another format is refused with both versions named,
+    instead of failing later with a confusing error.
+
+    Examples
+    --------
+    >>> import pickle
+    >>> import mixedfx
+    >>> state = model.__getstate__()
+    >>> state["_mixedfx_version"], state["_mixedfx_format"]
+    ('0.1.0', 1)
+    >>> old = mixedfx.MixedEffectsRegressor.__new__(mixedfx.MixedEffectsRegressor)
+    >>> old.__setstate__({**state, "_mixedfx_version": "0.0.9", "_mixedfx_format": 0})
+    Traceback (most recent call last):
+    ...
+    mixedfx.exceptions.ModelFormatError: this model was written by mixedfx 0.0.9 (format 0); this is mixedfx 0.1.0 (format 1), which cannot read it: load it with mixedfx 0.0.9 and refit, or refit from the data
+    """
+
+
+class MemoryEstimateError(FitError):
+    """A fit's estimated peak memory exceeds the memory it may use; nothing was allocated.
+
+    Raised before Monte Carlo EM allocates (see
+    :func:`~mixedfx.inference.memory.estimate_peak_bytes`), with the estimate, the
+    memory the fit may use (``MCEMOptions.memory_limit_bytes``, else the available
+    memory) and what to change.
+
+    Examples
+    --------
+    >>> import mixedfx
+    >>> from mixedfx.inference import MCEMOptions, fit_mcem
+    >>> try:
+    ...     fit_mcem(model.model_, options=MCEMOptions(memory_limit_bytes=10**9), seed=0)
+    ... except mixedfx.MemoryEstimateError as error:
+    ...     print(str(error).split(" (")[0])
+    the fit's peak memory is estimated at 1.3 GB, more than the 1 GB it may use
     """
 
 

@@ -23,12 +23,19 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from mixedfx.exceptions import ParameterError
 from mixedfx.lmertest_contrasts import type3_hypotheses
 from mixedfx.model.ddf import kenward_roger_pieces, satterthwaite_pieces
 
-__all__ = ["DDF_METHODS", "fixed_effects_table", "contrast_df", "anova_type3", "type3_hypotheses"]
+__all__ = ["DDF_METHODS", "check_ddf", "fixed_effects_table", "contrast_df", "anova_type3", "type3_hypotheses"]
 
-#: The accepted ``ddf`` values.
+#: The accepted ``ddf`` values, lmerTest's default first.
+#:
+#: Examples
+#: --------
+#: >>> from mixedfx.lmertest import DDF_METHODS
+#: >>> DDF_METHODS[0]
+#: 'satterthwaite'
 DDF_METHODS = ("satterthwaite", "kenward-roger", "residual", "asymptotic")
 
 _GLMM_NOTE = ("Wald z statistics (df = inf): denominator degrees of freedom exist for Gaussian fits only "
@@ -49,8 +56,7 @@ class _Context:
     """
 
     def __init__(self, model, ddf: str):
-        if ddf not in DDF_METHODS:
-            raise ValueError(f"ddf must be one of {DDF_METHODS}, got {ddf!r}")
+        check_ddf(ddf)
         bound, params = model.model_, model.model_parameters_
         self.names = list(model.fixed_design_.column_names)
         self.beta = np.asarray(params.fixed_effects, dtype=np.float64)
@@ -59,6 +65,10 @@ class _Context:
         gaussian = bound.family.conjugate_gaussian and "sigma" in params.family_params
         if not gaussian:
             ddf, self.note = "asymptotic", _GLMM_NOTE
+            # The reported fixed effects (an ordinal model's internal intercept becomes its
+            # cutpoints), which fixed_effects_cov_ is the covariance of.
+            self.names = list(model.fixed_effects_.index)
+            self.beta = np.asarray(model.fixed_effects_, dtype=np.float64)
         self.method, self.n_obs, self.p = ddf, bound.n_obs, len(self.beta)
         self.sigma = float(params.family_params["sigma"]) if gaussian else 1.0
         self.satt = self.kr = None
@@ -68,7 +78,7 @@ class _Context:
             self.cov = self.satt.fixed_cov
         elif ddf == "kenward-roger":
             if not reml:
-                raise ValueError("Kenward-Roger degrees of freedom need a REML fit (as lmerTest and pbkrtest): "
+                raise ParameterError("Kenward-Roger degrees of freedom need a REML fit (as lmerTest and pbkrtest): "
                                  "refit with method='reml', or use ddf='satterthwaite'")
             self.kr = kenward_roger_pieces(bound, params)
             self.cov = self.kr.adjusted_cov
@@ -113,6 +123,38 @@ class _Context:
         F_unscaled = float(estimate @ np.linalg.solve(L @ self.kr.adjusted_cov @ L.T, estimate)) / q
         dendf, scaling = _kenward_roger_df(L, self.kr)
         return _f_row(F_unscaled, q, dendf, self.sigma, scaling=scaling)
+
+
+def check_ddf(ddf) -> str:
+    """``ddf`` itself, or a :class:`~mixedfx.ParameterError` naming it and the choices.
+
+    Examples
+    --------
+    >>> check_ddf("kenward-roger")
+    'kenward-roger'
+    """
+    if not isinstance(ddf, str) or ddf not in DDF_METHODS:
+        raise ParameterError(f"ddf must be one of {DDF_METHODS}, got {ddf!r}")
+    return ddf
+
+
+def _context(model, ddf: str) -> _Context:
+    """The model's :class:`_Context` for ``ddf``, kept on the model (``_ddf_cache``) for its
+    current parameters: the Satterthwaite and Kenward-Roger pieces are autodiff Hessians
+    and Jacobians, worth computing once per fit.  The cache belongs to the identical
+    ``model_parameters_`` object, so a refit (new parameters) never reuses it; the estimators
+    also drop it on refit and leave it out of their pickled state."""
+    check_ddf(ddf)
+    cache = getattr(model, "_ddf_cache", None)
+    if not isinstance(cache, dict) or cache.get("parameters") is not model.model_parameters_:
+        cache = {"parameters": model.model_parameters_}
+        try:
+            model._ddf_cache = cache
+        except AttributeError:  # a read-only stand-in: no caching
+            pass
+    if ddf not in cache:
+        cache[ddf] = _Context(model, ddf)
+    return cache[ddf]
 
 
 def _f_row(F: float, q: int, dendf: float, sigma: float, *, scaling: float = 1.0) -> dict:
@@ -202,7 +244,7 @@ def fixed_effects_table(model, *, ddf: str = "satterthwaite") -> pd.DataFrame:
 
     Raises
     ------
-    ValueError
+    ParameterError
         For an unknown ``ddf``, or Kenward-Roger on an ML fit.
 
     Examples
@@ -219,7 +261,7 @@ def fixed_effects_table(model, *, ddf: str = "satterthwaite") -> pd.DataFrame:
     >>> [round(df) for df in fixed_effects_table(fit, ddf="kenward-roger")["df"]]
     [11, 288]
     """
-    context = _Context(model, ddf)
+    context = _context(model, ddf)
     return _t_table(context, np.eye(context.p), context.names)
 
 
@@ -256,7 +298,7 @@ def contrast_df(model, L, *, ddf: str = "satterthwaite") -> pd.DataFrame:
     >>> round(float(at_one["df"].iloc[0]))
     12
     """
-    context = _Context(model, ddf)
+    context = _context(model, ddf)
     if isinstance(L, pd.DataFrame):
         missing = [name for name in context.names if name not in L.columns]
         if missing:
@@ -302,7 +344,7 @@ def anova_type3(model, *, ddf: str = "satterthwaite") -> pd.DataFrame:
     >>> list(table.index), list(table.columns)
     (['x'], ['Sum Sq', 'Mean Sq', 'NumDF', 'DenDF', 'F value', 'Pr(>F)'])
     """
-    context = _Context(model, ddf)
+    context = _context(model, ddf)
     hypotheses = type3_hypotheses(model.fixed_design_)
     rows = {term: context.f_test(L) for term, L in hypotheses.items()}
     table = pd.DataFrame.from_dict(rows, orient="index",

@@ -10,9 +10,10 @@ Tukey's studentized range, Holm, Bonferroni, Sidak and Benjamini-Hochberg.
 Degrees of freedom come from a pluggable source (``df=``): a name in :data:`DF_METHODS`,
 a number, or a callable ``df(model, L) -> array`` with one df per row of ``L``.  GLMMs
 use ``"asymptotic"`` (emmeans' ``Inf``: z statistics and ``asymp.LCL``/``asymp.UCL``).
-For a Gaussian fit the default is ``"satterthwaite"`` once a Satterthwaite function is
-registered in :data:`DF_METHODS`; until then it falls back to ``"asymptotic"`` with a
-warning.
+For a Gaussian fit the default is the estimator's ``ddf`` parameter (``"satterthwaite"``,
+lmerTest's, for an estimator without one); :data:`DF_METHODS` holds
+:mod:`mixedfx.lmertest`'s ``"satterthwaite"``, ``"kenward-roger"`` and ``"residual"``
+df of each row (its :func:`~mixedfx.lmertest.contrast_df`).
 
 The module reads a fitted estimator only through ``fixed_design_``, ``fixed_effects_``,
 ``fixed_effects_cov_``, ``family_`` and ``model_``.
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import itertools
 import re
-import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from mixedfx import lmertest
 from mixedfx.exceptions import DataError, ParameterError
 
 __all__ = ["emmeans", "contrast", "EMMeans", "DF_METHODS", "asymptotic_df", "p_adjust"]
@@ -47,16 +48,27 @@ def asymptotic_df(model, L) -> np.ndarray:
     return np.full(np.shape(L)[0], np.inf)
 
 
-#: Named sources of denominator degrees of freedom, ``name -> df(model, L)``.  The
-#: Satterthwaite and Kenward-Roger functions register themselves here as
-#: ``"satterthwaite"`` and ``"kenward-roger"``.
+def _lmertest_df(ddf: str) -> Callable:
+    """``df(model, L)`` of :func:`mixedfx.lmertest.contrast_df` with method ``ddf``."""
+    def df(model, L):
+        return lmertest.contrast_df(model, np.asarray(L, dtype=np.float64), ddf=ddf)["df"].to_numpy()
+    df.__name__ = f"{ddf.replace('-', '_')}_df"
+    return df
+
+
+#: Named sources of denominator degrees of freedom, ``name -> df(model, L)``:
+#: ``"asymptotic"`` (z), and lmerTest's ``"satterthwaite"``, ``"kenward-roger"`` (REML
+#: fits) and ``"residual"`` from :func:`mixedfx.lmertest.contrast_df` (a GLMM gets
+#: infinite df from those too).
 #:
 #: Examples
 #: --------
 #: >>> from mixedfx.marginal_means import DF_METHODS
-#: >>> "asymptotic" in DF_METHODS
-#: True
-DF_METHODS: dict[str, Callable] = {"asymptotic": asymptotic_df}
+#: >>> sorted(DF_METHODS)
+#: ['asymptotic', 'kenward-roger', 'residual', 'satterthwaite']
+DF_METHODS: dict[str, Callable] = {"asymptotic": asymptotic_df,
+                                   **{name: _lmertest_df(name) for name in ("satterthwaite", "kenward-roger",
+                                                                            "residual")}}
 
 _RESPONSE_NAMES = {"logit": "prob", "probit": "prob", "cloglog": "prob", "log": "rate"}
 _RATIO_NAMES = {"logit": "odds.ratio", "log": "ratio"}
@@ -332,12 +344,8 @@ def _resolve_df(emm_or_model, df, L) -> np.ndarray:
     if df is None:
         if not model.family_.conjugate_gaussian:
             df = "asymptotic"
-        elif "satterthwaite" in DF_METHODS:
-            df = "satterthwaite"
-        else:
-            warnings.warn("no Satterthwaite df function is registered in mixedfx.marginal_means.DF_METHODS; "
-                          "using asymptotic (z) df", UserWarning, stacklevel=4)
-            df = "asymptotic"
+        else:  # the estimator's ddf (lmerTest's Satterthwaite without one)
+            df = getattr(model, "ddf", None) or "satterthwaite"
     if isinstance(df, str):
         if df not in DF_METHODS:
             raise ParameterError(f"df must be one of {sorted(DF_METHODS)}, a number or a callable, got {df!r}")

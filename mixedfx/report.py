@@ -39,8 +39,13 @@ def format_summary(model) -> str:
         )
         lines.append(table.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
         if model.log_likelihood_se_:
-            lines.append(f"logLik by {model.log_likelihood_method_}; Monte Carlo standard error "
-                         f"{model.log_likelihood_se_:.3f}")
+            lines.append(f"AIC, BIC and logLik use the log-likelihood by {model.log_likelihood_method_}; Monte "
+                         f"Carlo standard error {model.log_likelihood_se_:.3f}")
+            laplace = getattr(model, "log_likelihood_laplace_", None)
+            if laplace is not None:
+                lines.append(f"logLik by the Laplace approximation (glmer's): {laplace:.1f}")
+        else:
+            lines.append(f"AIC, BIC and logLik use the {model.log_likelihood_method_} log-likelihood")
         lines.append("")
     if model.residual_quantiles_ is not None:
         lines += [
@@ -67,13 +72,7 @@ def format_summary(model) -> str:
     if hasattr(model, "dispersion_"):
         lines.append(f"Dispersion parameter (nbinom2): {model.dispersion_:.4g}")
     lines += ["", "Fixed effects:"]
-    table = fixed_effects_table(model)
-    rows = [("",) + tuple(table.columns)]
-    for name, (b, s, t, p) in zip(table.index, table.to_numpy()):
-        rows.append((str(name), f"{b:.6g}", f"{s:.4g}", f"{t:.3f}", f"{p:.3g}"))
-    lines += _columns(rows, align="<>>>>")
-    if gaussian:
-        lines.append("(p-values from the normal distribution: Wald tests, as lme4's confint(method = \"Wald\"))")
+    lines += _fixed_effects_lines(fixed_effects_table(model))
     if cutpoints is not None:
         lines += ["", "Threshold coefficients:"]
         lines += _columns([("", "Estimate")] + [(str(k), f"{v:.6g}") for k, v in cutpoints.items()], align="<>")
@@ -98,10 +97,37 @@ def format_summary(model) -> str:
     if getattr(fit, "n_divergent", 0) or getattr(fit, "n_retries", 0):
         lines.append(f"HMC: {fit.n_divergent} divergent transitions; {fit.n_retries} iteration blocks retried with "
                      "smaller step sizes" + ("".join(f"\n  {line}" for line in fit.recoveries)))
+    lines.extend(f"warning: {text}" for text in getattr(fit, "data_warnings", ()))
     if fit.at_boundary:
         lines.append("boundary (singular) fit: " + ", ".join(fit.at_boundary)
                      + " estimated at the boundary (an sd at zero or a correlation at +-1); see lme4's ?isSingular")
     return "\n".join(lines)
+
+
+#: The line under the fixed-effects table, per ``attrs["ddf"]`` of a Gaussian fit's table.
+_DDF_LINES = {
+    "satterthwaite": "t-tests use Satterthwaite's method for the denominator df (lmerTest)",
+    "kenward-roger": "t-tests use the Kenward-Roger method (pbkrtest): adjusted standard errors and df",
+    "residual": "t-tests use the residual df, n - p",
+    "asymptotic": "Wald z tests (ddf='asymptotic'): p-values from the normal distribution",
+}
+
+
+def _fixed_effects_lines(table: pd.DataFrame) -> list[str]:
+    """The fixed-effects table of lmerTest's summary (a df column unless every df is
+    infinite: Wald z), and the line that says how it was tested."""
+    wald = bool(np.isinf(table["df"]).all())
+    shown = table.drop(columns="df") if wald else table
+    rows = [("",) + tuple(shown.columns)]
+    for name, values in zip(shown.index, shown.to_numpy()):
+        b, se, *df, t, p = values
+        rows.append((str(name), f"{b:.6g}", f"{se:.4g}", *(f"{v:.4g}" for v in df), f"{t:.3f}", f"{p:.3g}"))
+    lines = _columns(rows, align="<" + ">" * (len(rows[0]) - 1))
+    if "note" in table.attrs:
+        lines.append("Wald z tests (GLMM): no denominator df, p-values from the normal distribution")
+    else:
+        lines.append(_DDF_LINES[table.attrs["ddf"]])
+    return lines
 
 
 def _columns(rows, *, align: str) -> list[str]:

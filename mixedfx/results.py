@@ -19,14 +19,17 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from mixedfx import lmertest
 from mixedfx._tf import tf
-from mixedfx.exceptions import ConvergenceWarning, DataError, ParameterError, SamplerWarning
+from mixedfx.exceptions import ConvergenceWarning, DataError, DataWarning, ParameterError, SamplerWarning
 from mixedfx.model import MixedModel, numpy_linear_predictor
 from mixedfx.model.gaussian import term_z
+from mixedfx.profile import profile_intervals
 
 __all__ = [
     "anova",
     "count_parameters",
+    "model_ddf",
     "fixed_effects_table",
     "ranef_frame",
     "parameter_vector",
@@ -58,12 +61,33 @@ def count_parameters(model) -> int:
             + (0 if cutpoints is None else len(cutpoints)) + (1 if hasattr(model, "dispersion_") else 0))
 
 
-def fixed_effects_table(model) -> pd.DataFrame:
-    """lme4's ``coef(summary(m))`` with p-values: estimate, standard error, Wald statistic.
+def model_ddf(model) -> str:
+    """The denominator-df method a fitted model's tables follow: its ``ddf`` parameter
+    (:class:`~mixedfx.MixedEffectsRegressor`), else ``"satterthwaite"`` (lmerTest's
+    default; a non-Gaussian family gives Wald z whatever it is).
 
-    The p-values are two-sided, from the normal distribution (the Wald test lme4's
-    ``confint(method = "Wald")`` also uses; for a Gaussian model lme4 prints the
-    statistic as a ``t value`` without a p-value).
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> model_ddf(SimpleNamespace(ddf="kenward-roger")), model_ddf(SimpleNamespace())
+    ('kenward-roger', 'satterthwaite')
+    """
+    ddf = getattr(model, "ddf", None)
+    return "satterthwaite" if ddf is None else ddf
+
+
+def fixed_effects_table(model, *, ddf=None) -> pd.DataFrame:
+    """lmerTest's ``coef(summary(m))``: estimate, standard error, df, t and p per fixed effect.
+
+    One implementation: :func:`mixedfx.lmertest.fixed_effects_table`, with the model's
+    ``ddf`` (see :func:`model_ddf`) unless ``ddf`` is given.  For a Gaussian fit the
+    default is Satterthwaite's df, as lmerTest's ``summary``; ``ddf="asymptotic"``
+    gives the Wald z table (``z value``, normal ``Pr(>|z|)``).  Without ``ddf=``, a
+    model too large for the exact df (:mod:`mixedfx.model.ddf`'s dense limits) gets the
+    Wald z table with a :class:`~mixedfx.DataWarning` naming the cause, so that
+    ``summary()`` always prints; an explicit ``ddf`` raises instead.  A GLMM's table holds
+    Wald z statistics whatever ``ddf`` asks (``df = inf``), as lme4's ``glmer``, and
+    says so in ``attrs["note"]``.
 
     Examples
     --------
@@ -74,20 +98,21 @@ def fixed_effects_table(model) -> pd.DataFrame:
     >>> model = mixedfx.lmer("y ~ x + (1 | g)", data, random_state=0, verbose=0)
     >>> from mixedfx.results import fixed_effects_table
     >>> table = fixed_effects_table(model)
-    >>> table.columns.tolist()
-    ['Estimate', 'Std. Error', 't value', 'Pr(>|t|)']
+    >>> table.columns.tolist(), table.attrs["ddf"]
+    (['Estimate', 'Std. Error', 'df', 't value', 'Pr(>|t|)'], 'satterthwaite')
     >>> table["Estimate"].round(1).tolist(), bool((table["Pr(>|t|)"] < 1e-6).all())
     ([1.0, 0.5], True)
+    >>> fixed_effects_table(model, ddf="asymptotic").columns.tolist()
+    ['Estimate', 'Std. Error', 'df', 'z value', 'Pr(>|z|)']
     """
-    estimate = model.fixed_effects_.to_numpy()
-    se = np.sqrt(np.clip(np.diag(model.fixed_effects_cov_.to_numpy()), 0.0, None))
-    statistic = estimate / se
-    label = "t" if model.family_.conjugate_gaussian else "z"  # lme4 prints t for lmer fits
-    return pd.DataFrame(
-        {"Estimate": estimate, "Std. Error": se, f"{label} value": statistic,
-         f"Pr(>|{label}|)": 2.0 * stats.norm.sf(np.abs(statistic))},
-        index=model.fixed_effects_.index,
-    )
+    if ddf is not None:
+        return lmertest.fixed_effects_table(model, ddf=ddf)
+    try:
+        return lmertest.fixed_effects_table(model, ddf=model_ddf(model))
+    except DataError as error:  # too large for the exact df: the default table (summary's) falls back to z
+        warnings.warn(f"{error}; the fixed-effects table falls back to Wald z tests (ddf='asymptotic')",
+                      DataWarning, stacklevel=3)
+        return lmertest.fixed_effects_table(model, ddf="asymptotic")
 
 
 def ranef_frame(model) -> pd.DataFrame:
@@ -144,7 +169,8 @@ def parameter_vector(model) -> pd.Series:
     return values
 
 
-def confidence_intervals(model, *, method="wald", level=0.95, n_boot=200, random_state=None) -> pd.DataFrame:
+def confidence_intervals(model, *, method="wald", level=0.95, n_boot=200, random_state=None,
+                         which=None) -> pd.DataFrame:
     """Confidence intervals for every parameter: see :meth:`MixedEffectsRegressor.confint`.
 
     Examples
@@ -172,12 +198,14 @@ def confidence_intervals(model, *, method="wald", level=0.95, n_boot=200, random
     """
     if not isinstance(level, (int, float)) or not 0.0 < level < 1.0:
         raise ParameterError(f"level must be a number between 0 and 1, got {level!r}")
+    if which is not None and method != "profile":
+        raise ParameterError(f"which= chooses the parameters to profile: it is for method='profile', not {method!r}")
     tail = (1.0 - level) / 2.0
     columns = [f"{100 * tail:.3g} %", f"{100 * (1 - tail):.3g} %"]
     estimates = parameter_vector(model)
     if method == "wald":
         out = pd.DataFrame(np.nan, index=estimates.index, columns=columns)
-        table = fixed_effects_table(model)
+        table = fixed_effects_table(model, ddf="asymptotic")
         z = stats.norm.ppf(1.0 - tail)
         for name, row in table.iterrows():
             if name in out.index:
@@ -203,20 +231,22 @@ def confidence_intervals(model, *, method="wald", level=0.95, n_boot=200, random
         out.attrs["n_not_converged"] = failed
         return out
     if method == "profile":
-        raise ParameterError(
-            "method='profile' is not available in mixedfx (each profile point would be a Monte Carlo EM fit); "
-            "use method='bootstrap' for the variance components, or 'wald' for the fixed effects"
-        )
+        return profile_intervals(model, level=level, which=which)
     raise ParameterError(f"method must be 'wald', 'bootstrap' or 'profile', got {method!r}")
 
 
-def _random_effect_values(model, *, n, rng, posterior):
-    """Per simulation and term, the random effects: ``(n, num_levels, dim)`` arrays."""
+def _random_effect_values(model, *, n, rng, posterior, held=None):
+    """Per simulation and term, the random effects: ``(n, num_levels, dim)`` arrays;
+    a term flagged in ``held`` keeps its conditional means."""
     terms = model.random_design_.terms
     params = model.model_parameters_
+    held = (False,) * len(terms) if held is None else held
     out = []
-    for term, L in zip(terms, params.random_scale_tril):
-        if posterior:
+    for term, L, keep in zip(terms, params.random_scale_tril, held):
+        if keep:
+            means = model.random_effects_[term.name][list(term.coef_names)].to_numpy()
+            out.append(np.broadcast_to(means, (n,) + means.shape))
+        elif posterior:
             draws = model.random_effect_draws_[term.name]
             columns = list(model.random_effects_[term.name].columns)
             draws = draws[..., [columns.index(c) for c in term.coef_names]]
@@ -228,13 +258,15 @@ def _random_effect_values(model, *, n, rng, posterior):
     return out
 
 
-def simulate_responses(model, bound: MixedModel, *, n, rng, posterior=False) -> np.ndarray:
+def simulate_responses(model, bound: MixedModel, *, n, rng, posterior=False, held=None) -> np.ndarray:
     """``n`` new responses for the rows of ``bound``, in the family's internal coding
     (success counts, category codes), shape ``(n, n_rows)``.
 
     Random effects come from their fitted distribution ``N(0, Sigma)`` (lme4's
     ``simulate``), or, with ``posterior=True``, from the E-step's kept draws (the
-    posterior predictive distribution given the fitted parameters).
+    posterior predictive distribution given the fitted parameters).  The terms
+    flagged in ``held`` (a bool per term) stay at their conditional means instead
+    (lme4's ``simulate(re.form=)``).
 
     Examples
     --------
@@ -252,7 +284,7 @@ def simulate_responses(model, bound: MixedModel, *, n, rng, posterior=False) -> 
     True
     """
     params = model.model_parameters_
-    effects = _random_effect_values(model, n=n, rng=rng, posterior=posterior)
+    effects = _random_effect_values(model, n=n, rng=rng, posterior=posterior, held=held)
     eta = np.stack([numpy_linear_predictor(bound.fixed_design, params.fixed_effects, [values[s] for values in effects],
                                            bound.random_terms, offset=bound.offset) for s in range(n)])
     family_params = {k: tf.constant(np.asarray(v, dtype=np.float64)) for k, v in params.family_params.items()}
@@ -310,25 +342,34 @@ def linear_predictor_variance(model, X_fixed, terms, *, include_random) -> np.nd
     return variance
 
 
-def anova(*models, refit=True, names=None) -> pd.DataFrame:
-    """Likelihood-ratio tests between nested models fitted to the same rows, as lme4's ``anova``.
+def anova(*models, refit=True, names=None, ddf=None) -> pd.DataFrame:
+    """One model: lmerTest's type III F table.  Several: likelihood-ratio tests between
+    nested models fitted to the same rows, as lme4's ``anova``.
 
     Parameters
     ----------
     *models : fitted MixedEffectsRegressor or MixedEffectsClassifier
-        Two or more models of the same response on the same rows, nested in each
-        other; they are ordered by their number of parameters.
+        One model: its type III table (:func:`mixedfx.lmertest.anova_type3`, lmerTest's
+        ``anova(m)``): one F test per fixed-effect term with the model's ``ddf``
+        (Satterthwaite by default, or Kenward-Roger; a GLMM gets Wald chi-square over
+        ``NumDF``, ``DenDF = inf``, said in ``attrs["note"]``).  Two or more: models of
+        the same response on the same rows, nested in each other; they are ordered by
+        their number of parameters.
     refit : bool, default True
         Refit REML fits by ML first (with the same random_state), since REML
         likelihoods of models with different fixed effects are not comparable; lme4
         does the same.  ``False`` compares the likelihoods as fitted.
     names : sequence of str, optional
         Row labels; by default each model's formula.
+    ddf : {"satterthwaite", "kenward-roger", "residual", "asymptotic"}, optional
+        One model only: the denominator df of the F tests; by default the model's
+        ``ddf`` parameter.
 
     Returns
     -------
     pandas.DataFrame
-        Columns ``npar``, ``AIC``, ``BIC``, ``logLik``, ``deviance``, ``Chisq``,
+        One model: indexed by term, columns ``Sum Sq``, ``Mean Sq``, ``NumDF``,
+        ``DenDF``, ``F value``, ``Pr(>F)``.  Several: columns ``npar``, ``AIC``, ``BIC``, ``logLik``, ``deviance``, ``Chisq``,
         ``Df`` and ``Pr(>Chisq)`` (each test against the row above), one row per
         model.  For non-Gaussian families the log-likelihoods are importance-sampling
         estimates; their Monte Carlo standard errors are in ``attrs["logLik_se"]``.
@@ -344,12 +385,21 @@ def anova(*models, refit=True, names=None) -> pd.DataFrame:
     >>> table = mixedfx.anova(small, large)
     >>> table["npar"].tolist(), table["Df"].tolist()[1], bool(table["Pr(>Chisq)"].iloc[1] < 1e-6)
     ([3, 4], 1.0, True)
+    >>> type3 = mixedfx.anova(large)  # one model: lmerTest's type III table
+    >>> type3.index.tolist(), type3.attrs["ddf"], int(type3.loc["x", "NumDF"])
+    (['x'], 'satterthwaite', 1)
     """
-    if len(models) < 2:
-        raise ParameterError("anova compares two or more fitted models")
+    if not models:
+        raise ParameterError("anova needs a fitted model (its type III table) or several (likelihood-ratio tests)")
     for k, model in enumerate(models):
         if not hasattr(model, "fit_summary_"):
             raise ParameterError(f"model {k + 1} of anova is not fitted")
+    if len(models) == 1:
+        if names is not None:
+            raise ParameterError("names= labels the models of a likelihood-ratio comparison; one model was given")
+        return lmertest.anova_type3(models[0], ddf=model_ddf(models[0]) if ddf is None else ddf)
+    if ddf is not None:
+        raise ParameterError("ddf= is for the type III table of one model; likelihood-ratio tests have no df choice")
     first = models[0]
     for k, model in enumerate(models[1:], start=2):
         if model.n_obs_ != first.n_obs_ or not np.array_equal(model.model_.response, first.model_.response):

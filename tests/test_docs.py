@@ -26,6 +26,7 @@ PUBLIC_MODULES = (
     "mixedfx.formula",
     "mixedfx.design",
     "mixedfx.model",
+    "mixedfx.model.separation",
     "mixedfx.inference",
     "mixedfx.results",
     "mixedfx.plotting",
@@ -165,7 +166,7 @@ def test_constants_are_found():
         "mixedfx.design.frame.MISSING_POLICIES",
         "mixedfx.model.families.FAMILIES", "mixedfx.model.joint.RESPONSE", "mixedfx.examples.tutorial.FIGURES",
         "mixedfx.examples.tutorial.N_ORDINAL_STUDENTS", "mixedfx.examples.tutorial.PARTS",
-        "mixedfx.marginal_means.DF_METHODS",
+        "mixedfx.marginal_means.DF_METHODS", "mixedfx.lmertest.DDF_METHODS",
     }
     assert len(_CONSTANTS) == len(documented)  # each once
 

@@ -150,9 +150,10 @@ def _expected(broken: str | None, family: str, response: str, frame: pd.DataFram
     """What a case must give: ``"fitted"``, or the name of the mixedfx error its defect raises.
 
     - a broken formula: :class:`FormulaError` (:class:`DataError` for an unknown column, but a
-      :class:`FormulaError` "unknown function" for an unknown column inside a call); the response
-      is checked before the fixed part's functions are called and the random terms compared, so an
-      unknown function or a repeated term with an invalid response is that response's :class:`DataError`;
+      :class:`FormulaError` "unknown function" for an unknown column inside a call); function names
+      are checked when the formula is parsed, the response after that, and the fixed part's calls
+      and the random terms after the response, so an unknown column inside a call or a repeated
+      term with an invalid response is that response's :class:`DataError`;
     - a response its family cannot take: :class:`DataError` (Gaussian: not numbers; Poisson: not
       a numeric column of non-negative integers; Bernoulli: not two classes);
     - a grouping factor with a single level among the rows kept: :class:`DataError`;
@@ -160,12 +161,14 @@ def _expected(broken: str | None, family: str, response: str, frame: pd.DataFram
     """
     response_error = _response_error(family, frame[response].dropna())
     if broken == "unknown column" and re.search(r"\w\(zq\)", formula):
-        broken = "unknown function"  # an unknown name inside a call: reported as an unknown function
+        broken = "unknown name in a call"  # reported as an unknown function when the call is evaluated
     if broken is not None:
-        # the response is checked after parsing and before the fixed part is evaluated and the random
-        # terms compared, so these two defects come second to an invalid response
-        late = broken in ("unknown function", "repeated term")
-        return "DataError" if late and response_error else BREAK_ERRORS[broken]
+        # an unknown function name is caught when the formula is parsed, before the response is
+        # checked; an unknown column inside a call only when the fixed part is evaluated and a repeated
+        # term when the random terms are compared, both after the response, so an invalid response
+        # comes first for these two
+        late = broken in ("unknown name in a call", "repeated term")
+        return "DataError" if late and response_error else BREAK_ERRORS.get(broken, "FormulaError")
     if response_error:
         return "DataError"
     used = [column for column in frame.columns if re.search(rf"\b{column}\b", formula)]

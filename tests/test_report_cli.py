@@ -63,7 +63,9 @@ def test_tables_have_the_expected_columns_and_rows(report):
     _, out = report
     fixed = pd.read_csv(out / "fixed_effects.csv", index_col=0)
     assert list(fixed.index) == ["Intercept", "x"]
-    assert list(fixed.columns[:2]) == ["Estimate", "Std. Error"] and len(fixed.columns) == 4
+    # lmerTest's table: Satterthwaite's df is the regressor's default (ddf="satterthwaite")
+    assert list(fixed.columns) == ["Estimate", "Std. Error", "df", "t value", "Pr(>|t|)"]
+    assert (fixed["df"] > 1).all() and (fixed["df"] < 480 - 2).all()  # between 1 and n - p
     components = pd.read_csv(out / "variance_components.csv")
     assert list(components.columns) == ["group", "var1", "var2", "vcov", "sdcor"]
     assert list(components["group"]) == ["g", "g", "g", "h", "Residual"]
@@ -104,7 +106,7 @@ def test_markdown_tables_are_well_formed(report):
         cells = {len(re.findall(r"(?<!\\)\|", line)) for line in table}
         assert len(cells) == 1, table  # as many cells on every line: pipes in names are escaped
         assert set(table[1].replace(" ", "")) <= set("|-:")
-    assert tables[0][0].startswith("| term | Estimate | Std. Error | t value | Pr(>\\|t\\|) |")
+    assert tables[0][0].startswith("| term | Estimate | Std. Error | df | t value | Pr(>\\|t\\|) |")
 
 
 def test_progress_lines_go_to_stderr(data_csv, tmp_path, capsys):

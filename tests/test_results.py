@@ -142,8 +142,10 @@ def test_anova_refuses_models_of_other_rows(sleepstudy, slopes):
     other = mixedfx.MixedEffectsRegressor(SLOPES, random_state=0, verbose=0).fit(sleepstudy.iloc[:170])
     with pytest.raises(mixedfx.DataError, match="other rows"):
         mixedfx.anova(slopes["ml"], other)
-    with pytest.raises(mixedfx.ParameterError, match="two or more"):
-        mixedfx.anova(slopes["ml"])
+    with pytest.raises(mixedfx.ParameterError, match="type III table"):
+        mixedfx.anova()
+    with pytest.raises(mixedfx.ParameterError, match="ddf= is for the type III table of one model"):
+        mixedfx.anova(slopes["ml"], other, ddf="satterthwaite")
 
 
 def test_wald_intervals_match_lme4(slopes, reference):
@@ -153,8 +155,8 @@ def test_wald_intervals_match_lme4(slopes, reference):
         name = row["parm"].replace("(Intercept)", "Intercept")
         np.testing.assert_allclose(table.loc[name].to_numpy(), [row["lower"], row["upper"]], rtol=0.01)
     assert table.loc["sigma"].isna().all()
-    with pytest.raises(mixedfx.ParameterError, match="bootstrap"):
-        slopes["ml"].confint(method="profile")
+    with pytest.raises(mixedfx.ParameterError, match="which= chooses the parameters to profile"):
+        slopes["ml"].confint(which=["Days"])
 
 
 @pytest.mark.slow

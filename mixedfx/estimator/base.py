@@ -20,7 +20,7 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from mixedfx import results, tables
+from mixedfx import lmertest, tables
 from mixedfx.design import (
     MISSING_POLICIES,
     NEW_LEVEL_POLICIES,
@@ -31,15 +31,18 @@ from mixedfx.design import (
     is_arrow_source,
     read_arrow,
 )
+from mixedfx.estimator.toolkit import AfterFitMethods
 from mixedfx.exceptions import (
     ConvergenceWarning,
     DataError,
     FitError,
+    ModelFormatError,
     ParameterError,
     SamplerWarning,
     did_you_mean,
 )
 from mixedfx.formula import parse_formula
+from mixedfx.formula.update import select_random_terms
 from mixedfx.inference import MCEMOptions, MonteCarloErrorRule, fit_mcem
 from mixedfx.inference.distributed import check_strategy
 from mixedfx.inference.finish import finish_fit
@@ -55,8 +58,21 @@ from mixedfx.report import format_summary
 
 __all__ = ["MixedEffectsModel"]
 
+#: The format of a pickled or saved estimator: raised whenever the fitted state changes
+#: in a way an older mixedfx could not read (or this one could not read an older one's).
+MODEL_FORMAT = 1
 
-class MixedEffectsModel(BaseEstimator):
+
+def format_mismatch(version, model_format) -> str:
+    """The message of a model that another mixedfx wrote in another format."""
+    from mixedfx import __version__
+
+    return (f"this model was written by mixedfx {version or 'unknown'} (format {model_format}); this is mixedfx "
+            f"{__version__} (format {MODEL_FORMAT}), which cannot read it: load it with mixedfx {version or '?'} "
+            "and refit, or refit from the data")
+
+
+class MixedEffectsModel(AfterFitMethods, BaseEstimator):
     """What the regressor and the classifier share: fitting, designs and outputs.
 
     Not an estimator on its own: :class:`~mixedfx.MixedEffectsRegressor` and
@@ -110,6 +126,7 @@ class MixedEffectsModel(BaseEstimator):
             )
         if self._distribute() is not None:
             check_strategy(self._distribute())
+        self._validate_ddf(family)
         if family.is_classification is not self._classifier:
             other = "MixedEffectsClassifier" if family.is_classification else "MixedEffectsRegressor"
             raise ParameterError(
@@ -179,6 +196,16 @@ class MixedEffectsModel(BaseEstimator):
         random = [f"(1 | `{g}`)" for g in dict.fromkeys(chosen)]
         return "~ " + " + ".join(["1", *fixed, *random])
 
+    def _validate_ddf(self, family) -> None:
+        """The ``ddf`` parameter (the regressor's): one of lmerTest's choices, and
+        Kenward-Roger only with a REML fit of the Gaussian family (as lmerTest)."""
+        if not hasattr(self, "ddf"):
+            return
+        ddf = lmertest.check_ddf(self.ddf)
+        if ddf == "kenward-roger" and family.conjugate_gaussian and self._method() != "reml":
+            raise ParameterError("ddf='kenward-roger' needs method='reml' (as lmerTest and pbkrtest); "
+                                 "use ddf='satterthwaite' with method='ml'")
+
     def _distribute(self):
         return getattr(self, "distribute", None)
 
@@ -196,10 +223,43 @@ class MixedEffectsModel(BaseEstimator):
     def __getstate__(self):
         # A tf.distribute.Strategy holds devices and cannot be pickled; it is a setting of
         # the machine that fits, not of the model, so an unpickled estimator has none.
+        # The cached df pieces (mixedfx.lmertest) are recomputed after unpickling.
+        from mixedfx import __version__
+
         state = super().__getstate__()
+        state = {name: value for name, value in state.items() if name != "_ddf_cache"}
         if state.get("distribute") is not None:
             state = {**state, "distribute": None}
-        return state
+        return {**state, "_mixedfx_version": __version__, "_mixedfx_format": MODEL_FORMAT}
+
+    def __setstate__(self, state):
+        state = dict(state)
+        version, model_format = state.pop("_mixedfx_version", None), state.pop("_mixedfx_format", None)
+        if model_format != MODEL_FORMAT:
+            raise ModelFormatError(format_mismatch(version, model_format))
+        super().__setstate__(state)
+
+    def save(self, path):
+        """Write the fitted estimator to one plain file (JSON and npz in a zip; no pickle).
+
+        Read it back with :func:`mixedfx.load`; :doc:`/prediction` describes the format.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file to write (replaced if it exists).
+
+        Examples
+        --------
+        >>> import pathlib, tempfile
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "model.mixedfx"
+        >>> model.save(path)
+        >>> mixedfx.load(path).predict(data.head(3)).tolist() == model.predict(data.head(3)).tolist()
+        True
+        """
+        from mixedfx.persistence import save
+
+        save(self, path)
 
     def _method(self) -> str:
         method = getattr(self, "method", "ml")
@@ -260,6 +320,8 @@ class MixedEffectsModel(BaseEstimator):
                             "formula has no response (left-hand side) to evaluate instead")
         bound = bind_data(spec, data, y=y, sample_weight=sample_weight, trials=trials, missing=self.missing)
         model = bind_model(family, bound, encode=lambda family, raw: self._encode_response(family, raw, fitted))
+        fitted.update(training_data_=data, training_y_=y, training_sample_weight_=sample_weight,
+                      training_trials_=trials)
         fitted.update(formula_spec_=spec, family_=model.family, response_design_=bound.response_design,
                       fixed_design_=bound.fixed_design, random_design_=bound.random_design,
                       dropped_rows_=bound.dropped_rows)
@@ -293,12 +355,15 @@ class MixedEffectsModel(BaseEstimator):
         return fitted
 
     def _set_fitted(self, fitted: dict) -> None:
-        """Set the fitted attributes at once; drop those of an earlier fit that this one lacks."""
-        for name in ("feature_names_in_", "cutpoints_", "dispersion_"):
-            if name not in fitted and name in self.__dict__:
-                delattr(self, name)
-        for name, value in fitted.items():
-            setattr(self, name, value)
+        """Set the fitted attributes at once; drop those of an earlier fit that this one lacks
+        (and the cached df pieces of the earlier fit).
+
+        One assignment of a new ``__dict__``: an interrupt (Ctrl-C) lands before or
+        after it, never between two attributes."""
+        stale = {"feature_names_in_", "cutpoints_", "dispersion_", "_ddf_cache"} - set(fitted)
+        state = {name: value for name, value in self.__dict__.items() if name not in stale}
+        state.update(fitted)
+        self.__dict__ = state
 
     # -- prediction ---------------------------------------------------------------------
     def _term_effects(self) -> list:
@@ -311,20 +376,37 @@ class MixedEffectsModel(BaseEstimator):
         return numpy_linear_predictor(X_fixed, self.model_parameters_.fixed_effects, self._term_effects(), terms,
                                       offset=offset)
 
-    def _design_for(self, X, new_levels, include_random):
-        """``(X_fixed, offset, terms)`` of new rows."""
+    def _kept_terms(self, include_random, re_form) -> tuple[bool, ...]:
+        """Per term of ``random_design_``, whether ``re_form`` (or the older
+        ``include_random``) keeps it."""
+        if include_random is not True:
+            if include_random is not False:
+                raise ParameterError(f"include_random must be True or False, got {include_random!r}")
+            if re_form is not None:
+                raise ParameterError("give re_form or include_random=False, not both (include_random=False is "
+                                     "re_form='~0')")
+            re_form = "~0"
+        kept = select_random_terms(self.formula_spec_, re_form)
+        return tuple(kept[self.formula_spec_.random.index(term.spec)] for term in self.random_design_.terms)
+
+    def _design_for(self, X, new_levels, include_random, re_form=None):
+        """``(X_fixed, offset, terms)`` of new rows; a term that ``re_form`` leaves out
+        has ``z`` zero, so that it adds nothing to the prediction nor its variance."""
         check_is_fitted(self, "fixed_effects_")
         policy = self.new_levels if new_levels is None else new_levels
         if policy not in NEW_LEVEL_POLICIES:
             raise ParameterError(f"new_levels must be one of {NEW_LEVEL_POLICIES}, got {policy!r}")
+        kept = self._kept_terms(include_random, re_form)
         data = self._input_frame(X)
         X_fixed = self.fixed_design_.transform(data)
         offset = self.fixed_design_.offset(data)
-        terms = self.random_design_.materialize(data, new_levels=policy) if include_random else ()
+        terms = self.random_design_.materialize(data, new_levels=policy) if any(kept) else ()
+        terms = tuple(term if keep else dataclasses.replace(term, z=np.zeros((len(data), term.dim)))
+                      for term, keep in zip(terms, kept))
         return X_fixed, offset, terms
 
-    def _linear_predictor_for(self, X, new_levels, include_random) -> np.ndarray:
-        return self._internal_linear_predictor(*self._design_for(X, new_levels, include_random))
+    def _linear_predictor_for(self, X, new_levels, include_random, re_form=None) -> np.ndarray:
+        return self._internal_linear_predictor(*self._design_for(X, new_levels, include_random, re_form))
 
     def _response_for(self, data: pd.DataFrame, y):
         if y is not None:
@@ -398,310 +480,6 @@ class MixedEffectsModel(BaseEstimator):
         print(format_summary(self), file=file)
 
 
-    # -- after the fit: lme4's toolkit ------------------------------------------------------
-    def refitted(self, *, response=None, method=None, random_state=None, bound_model=None):
-        """A copy fitted again to the training rows, silently.
-
-        The interface of :mod:`mixedfx.results` to refitting (the parametric bootstrap,
-        anova's ML refit): the designs are reused, nothing is read from data again.
-
-        Parameters
-        ----------
-        response : array-like of shape (n_obs_,), optional
-            Another response, in the family's internal coding (as
-            :func:`~mixedfx.results.simulate_responses` returns it); by default the
-            training response.
-        method : {"ml", "reml"}, optional
-            Another estimation method; by default this fit's.
-        random_state : int, optional
-            The copy's seed.
-        bound_model : MixedModel, optional
-            Another model of the training rows to fit instead of ``model_`` (a null
-            model's fixed design, say); its random terms must be those of
-            ``random_design_``.  Not with ``response``.  The copy keeps this fit's
-            designs, so that with another fixed design only its estimates are
-            meaningful, not its predictions.
-
-        Returns
-        -------
-        MixedEffectsRegressor or MixedEffectsClassifier
-            A new fitted estimator; this one is unchanged.
-
-        Examples
-        --------
-        >>> import mixedfx
-        >>> data = mixedfx.datasets.make_mixed_data(
-        ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
-        ...     random_sd={"g": 0.8}, random_state=2)
-        >>> model = mixedfx.lmer("y ~ x + (1 | g)", data, method="reml", random_state=0, verbose=0)
-        >>> ml = model.refitted(method="ml", random_state=0)
-        >>> model.method_, ml.method_, ml.n_obs_
-        ('reml', 'ml', 600)
-        """
-        check_is_fitted(self, "fixed_effects_")
-        new = clone(self)
-        new.set_params(verbose=0, random_state=random_state)
-        if method is not None:
-            new.set_params(method=method)
-        kept = ("formula_spec_", "family_", "response_design_", "fixed_design_", "random_design_", "classes_",
-                "n_features_in_", "feature_names_in_", "dropped_rows_")
-        fitted = {name: getattr(self, name) for name in kept if hasattr(self, name)}
-        if bound_model is not None and response is not None:
-            raise ParameterError("give refitted either response or bound_model, not both")
-        model = self.model_ if bound_model is None else bound_model
-        if response is not None:
-            model = dataclasses.replace(model, response=np.asarray(response, dtype=np.float64))
-        fitted.update(new._fit_model(model, self.random_design_, progress=False))
-        new._set_fitted(fitted)
-        return new
-
-    @property
-    def aic_(self) -> float | None:
-        """Akaike's information criterion, ``-2 logLik + 2 npar`` (lme4's count of
-        parameters; the REML criterion for a REML fit, as lme4's ``AIC``)."""
-        check_is_fitted(self, "fixed_effects_")
-        if self.log_likelihood_ is None:
-            return None
-        return -2.0 * self.log_likelihood_ + 2.0 * results.count_parameters(self)
-
-    @property
-    def bic_(self) -> float | None:
-        """Bayesian information criterion, ``-2 logLik + log(n) npar``."""
-        check_is_fitted(self, "fixed_effects_")
-        if self.log_likelihood_ is None:
-            return None
-        return -2.0 * self.log_likelihood_ + np.log(self.n_obs_) * results.count_parameters(self)
-
-    def fixed_effects_table(self) -> pd.DataFrame:
-        """The fixed-effects table of :meth:`summary` (lme4's ``coef(summary(m))``).
-
-        Returns
-        -------
-        pandas.DataFrame
-            Columns ``Estimate``, ``Std. Error``, ``t value`` (Gaussian) or ``z value``,
-            and the two-sided normal p-value ``Pr(>|t|)`` or ``Pr(>|z|)``; one row per
-            fixed effect.  The standard errors come from :attr:`fixed_effects_cov_`.
-        """
-        check_is_fitted(self, "fixed_effects_")
-        return results.fixed_effects_table(self)
-
-    def ranef(self, condvar=False):
-        """Conditional means of the random effects, as lme4's ``ranef``.
-
-        Parameters
-        ----------
-        condvar : bool, default False
-            ``True`` returns lme4's ``as.data.frame(ranef(m, condVar = TRUE))``
-            layout, with each level's conditional standard deviation: exact for the
-            Gaussian family (given the estimated parameters, as lme4's), from the
-            E-step draws for the others.
-
-        Returns
-        -------
-        dict of str to pandas.DataFrame, or pandas.DataFrame
-            ``condvar=False``: per grouping factor, one row per level and one column
-            per coefficient (a copy of :attr:`random_effects_`).  ``condvar=True``: a
-            long table with columns ``group``, ``term``, ``level``, ``condval`` and
-            ``condsd``.  Each level's full conditional covariance is in
-            :attr:`random_effects_cov_`.
-
-        Examples
-        --------
-        >>> import mixedfx
-        >>> data = mixedfx.datasets.make_mixed_data(
-        ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
-        ...     random_sd={"g": 0.8}, random_state=2)
-        >>> model = mixedfx.lmer("y ~ x + (1 | g)", data, random_state=0, verbose=0)
-        >>> table = model.ranef(condvar=True)
-        >>> list(table.columns), len(table)
-        (['group', 'term', 'level', 'condval', 'condsd'], 30)
-        """
-        check_is_fitted(self, "fixed_effects_")
-        if condvar:
-            return results.ranef_frame(self)
-        return {name: frame.copy() for name, frame in self.random_effects_.items()}
-
-    def residuals(self, X=None, y=None, *, scaled=False) -> np.ndarray:
-        """Response residuals: observed minus fitted, random effects included.
-
-        Parameters
-        ----------
-        X : pandas.DataFrame, optional
-            Rows to compute them on (held-out data, say); by default the training rows.
-        y : array-like, optional
-            The response of ``X``; by default the formula's left-hand side on ``X``.
-        scaled : bool, default False
-            Divide by the response's standard deviation at the fitted mean: the
-            residual sd for the Gaussian family (lme4's ``resid(m, scaled = TRUE)``),
-            Pearson residuals for the others.
-
-        Returns
-        -------
-        numpy.ndarray of shape (n_rows,)
-            On the scale of :meth:`predict` (proportions for binomial responses, 0/1
-            for bernoulli ones).
-        """
-        check_is_fitted(self, "fixed_effects_")
-        results.check_family_for_residuals(self.family_)
-        params = self.model_parameters_
-        if X is None:
-            if y is not None:
-                raise ParameterError("y needs the rows X it belongs to")
-            model = self.model_
-            eta = self._internal_linear_predictor(model.fixed_design, model.offset, model.random_terms)
-            trials = model.trials
-            observed = model.response if trials is None else model.response / trials
-        else:
-            data = self._input_frame(X)
-            eta = self._linear_predictor_for(data, None, True)
-            observed, trials = self._observed_for(data, y)
-        mean = self.family_.mean(eta, params.family_params)
-        residual = observed - mean
-        if scaled:
-            variance = self.family_.variance(mean, params.family_params, trials=trials)
-            per_unit = variance if trials is None else variance / trials**2
-            residual = residual / np.sqrt(np.maximum(per_unit, 1e-300))
-        return residual
-
-    def _observed_for(self, data, y):
-        """The observed response of ``data`` on the scale of :meth:`predict`, and the trials."""
-        if y is not None:
-            return np.asarray(y, dtype=np.float64), None
-        if self.response_design_ is None:
-            raise DataError("the formula has no response (left-hand side) to evaluate; pass y explicitly")
-        values, trials = self.response_design_.evaluate(data)
-        values = np.asarray(values, dtype=np.float64)
-        return (values, None) if trials is None else (values / trials, np.asarray(trials, dtype=np.float64))
-
-    def confint(self, *, method="wald", level=0.95, n_boot=200, random_state=None) -> pd.DataFrame:
-        """Confidence intervals, as lme4's ``confint``.
-
-        Parameters
-        ----------
-        method : {"wald", "bootstrap"}, default "wald"
-            ``"wald"``: estimate +- z SE for the fixed effects (the variance
-            parameters get NaN, as in lme4).  ``"bootstrap"``: parametric bootstrap
-            percentile intervals for every parameter: ``n_boot`` responses simulated
-            from the fitted model on the training rows, each refitted (lme4's
-            ``confint(method = "boot")``).  ``"profile"`` is not available.
-        level : float, default 0.95
-        n_boot : int, default 200
-            Bootstrap replicates (each a full fit).
-        random_state : int, optional
-            Seed of the bootstrap.
-
-        Returns
-        -------
-        pandas.DataFrame
-            One row per parameter (named as in ``fit_summary_.parameter_names``:
-            fixed effects, ``sd(group)``, ``sd(group, coef)``, ``cor(...)``,
-            ``sigma``), columns ``"2.5 %"`` and ``"97.5 %"`` for ``level=0.95``.
-            A bootstrap table records ``attrs["n_boot"]`` and
-            ``attrs["n_not_converged"]``.
-
-        Examples
-        --------
-        >>> import mixedfx
-        >>> data = mixedfx.datasets.make_mixed_data(
-        ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
-        ...     random_sd={"g": 0.8}, random_state=2)
-        >>> model = mixedfx.lmer("y ~ x + (1 | g)", data, random_state=0, verbose=0)
-        >>> model.confint().round(2)
-                   2.5 %  97.5 %
-        Intercept   0.72    1.30
-        x           0.42    0.58
-        sd(g)        NaN     NaN
-        sigma        NaN     NaN
-        """
-        check_is_fitted(self, "fixed_effects_")
-        return results.confidence_intervals(self, method=method, level=level, n_boot=n_boot,
-                                            random_state=random_state)
-
-    def simulate(self, n=1, *, X=None, posterior=False, random_state=None) -> pd.DataFrame:
-        """New responses from the fitted model, as lme4's ``simulate``.
-
-        Parameters
-        ----------
-        n : int, default 1
-            Number of simulated responses per row.
-        X : pandas.DataFrame, optional
-            Rows to simulate for; by default the training rows.  Their grouping
-            levels must have been seen in fit.
-        posterior : bool, default False
-            ``False`` draws new random effects from their fitted distribution
-            (lme4's default, ``use.u = FALSE``).  ``True`` draws them from the
-            E-step's kept draws: the posterior predictive distribution of the rows'
-            own levels (given the estimated parameters).
-        random_state : int, optional
-
-        Returns
-        -------
-        pandas.DataFrame
-            One column per simulation (``sim_1``, ...), one row per row of ``X``:
-            responses on the scale of ``y`` (success counts for a binomial response,
-            class labels for a classifier).
-
-        Examples
-        --------
-        >>> import mixedfx
-        >>> data = mixedfx.datasets.make_mixed_data(
-        ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
-        ...     random_sd={"g": 0.8}, random_state=2)
-        >>> model = mixedfx.lmer("y ~ x + (1 | g)", data, random_state=0, verbose=0)
-        >>> model.simulate(3, random_state=0).shape
-        (600, 3)
-        """
-        check_is_fitted(self, "fixed_effects_")
-        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
-            raise ParameterError(f"n must be a positive integer, got {n!r}")
-        if X is None:
-            bound = self.model_
-        else:
-            data = self._input_frame(X)
-            trials = None
-            if self.response_design_ is not None and self.response_design_.is_cbind:
-                trials = self.response_design_.evaluate(data)[1]
-            bound = MixedModel(self.family_, self.fixed_design_.transform(data), None,
-                               self.random_design_.materialize(data, new_levels="error"),
-                               self.fixed_design_.column_names, offset=self.fixed_design_.offset(data),
-                               trials=trials)
-        rng = np.random.default_rng(random_state)
-        simulated = results.simulate_responses(self, bound, n=int(n), rng=rng, posterior=posterior)
-        if hasattr(self, "classes_"):
-            simulated = np.asarray(self.classes_)[simulated.astype(int)]
-        frame = pd.DataFrame(simulated.T, columns=[f"sim_{k + 1}" for k in range(int(n))])
-        if X is not None:
-            frame.index = data.index
-        return frame
-
-    def to_arviz(self):
-        """The E-step's kept draws of the random effects as ArviZ ``InferenceData``.
-
-        Returns
-        -------
-        arviz.InferenceData
-            A ``posterior`` group with one variable per grouping factor, dimensions
-            ``(chain, draw, <group>_level, <group>_coef)``, coordinates named by level
-            and coefficient.  The draws are those of the E-steps in the averaging
-            window (see ``fit_summary_.n_kept_draws``), so ``arviz.summary`` gives
-            their R-hat and effective sample size.
-
-        Examples
-        --------
-        >>> import mixedfx
-        >>> data = mixedfx.datasets.make_mixed_data(
-        ...     600, groups={"g": 30}, fixed_effects={"Intercept": 1.0, "x": 0.5},
-        ...     random_sd={"g": 0.8}, random_state=2)
-        >>> model = mixedfx.lmer("y ~ x + (1 | g)", data, random_state=0, verbose=0)
-        >>> idata = model.to_arviz()
-        >>> dict(idata.posterior["g"].sizes)["g_level"]
-        30
-        """
-        check_is_fitted(self, "fixed_effects_")
-        return results.to_arviz(self)
-
-
-
 def _estimates(model: MixedModel, random_design, finished) -> dict:
     """The fitted attributes of the estimates: the family reports its fixed effects
     (an ordinal model's internal intercept becomes its thresholds), the tables are
@@ -719,6 +497,7 @@ def _estimates(model: MixedModel, random_design, finished) -> dict:
         "log_likelihood_": finished.log_likelihood,
         "log_likelihood_se_": finished.log_likelihood_se,
         "log_likelihood_method_": finished.log_likelihood_method,
+        "log_likelihood_laplace_": finished.log_likelihood_laplace,
         "fixed_effects_": pd.Series(beta, index=names, name="estimate", dtype=float),
         "fixed_effects_cov_": pd.DataFrame(cov, index=names, columns=names),
         "random_cov_": tables.random_cov_frames(terms, params.random_cov),

@@ -131,26 +131,33 @@ class MixedEffectsClassifier(ClassifierMixin, MixedEffectsModel):
         codes = pd.Index(classes).get_indexer(values)
         return family, codes.astype(np.float64)
 
-    def decision_function(self, X, *, new_levels=None, include_random=True):
+    def decision_function(self, X, *, new_levels=None, include_random=True, re_form=None):
         """The linear predictor: log-odds of the second class (bernoulli, logit link),
-        or the latent location that the cutpoints cut (ordinal)."""
-        eta = self._linear_predictor_for(X, new_levels, include_random)
+        or the latent location that the cutpoints cut (ordinal).
+
+        ``re_form`` picks the random terms included, as lme4's ``re.form`` (see
+        :meth:`MixedEffectsRegressor.predict`)."""
+        eta = self._linear_predictor_for(X, new_levels, include_random, re_form)
         return self.family_.decision_values(eta, self.model_parameters_.fixed_effects, self.fixed_design_.column_names)
 
-    def predict_proba(self, X, *, new_levels=None, include_random=True):
+    def predict_proba(self, X, *, new_levels=None, include_random=True, re_form=None):
         """Class probabilities given the conditional means of the random effects.
+
+        ``re_form`` picks the random terms included, as lme4's ``re.form``: ``None``
+        all, ``"~0"`` none, or a formula of the terms to keep (see
+        :meth:`MixedEffectsRegressor.predict`).
 
         Returns
         -------
         numpy.ndarray of shape (n_rows, n_classes)
             Rows sum to one; columns follow :attr:`classes_`.
         """
-        eta = self._linear_predictor_for(X, new_levels, include_random)
+        eta = self._linear_predictor_for(X, new_levels, include_random, re_form)
         return self.family_.class_probabilities(eta, self.model_parameters_.family_params)
 
-    def predict(self, X, *, new_levels=None, include_random=True):
-        """The most probable class of each row."""
-        probabilities = self.predict_proba(X, new_levels=new_levels, include_random=include_random)
+    def predict(self, X, *, new_levels=None, include_random=True, re_form=None):
+        """The most probable class of each row (``re_form`` as in :meth:`predict_proba`)."""
+        probabilities = self.predict_proba(X, new_levels=new_levels, include_random=include_random, re_form=re_form)
         return self.classes_[np.argmax(probabilities, axis=1)]
 
     def score(self, X, y=None, sample_weight=None):

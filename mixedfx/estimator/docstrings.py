@@ -87,6 +87,19 @@ ATTRIBUTES_DOC = """
     log_likelihood_se_ : float or None
         Its Monte Carlo standard error (0 when exact).
     log_likelihood_method_ : str or None
+        How ``log_likelihood_`` was computed; :attr:`aic_`, :attr:`bic_` and
+        :meth:`summary` use ``log_likelihood_``.
+    log_likelihood_laplace_ : float or None
+        The Laplace approximation of the marginal log-likelihood at the estimates,
+        the number glmer's ``logLik`` reports (clmm's for ordinal fits); it differs
+        from the importance-sampled ``log_likelihood_`` by a few units on crossed
+        binary data.  Equal to ``log_likelihood_`` for the Gaussian family.
+    training_data_ : pandas.DataFrame
+        The rows ``fit`` was given (its formula's columns), kept so that
+        :meth:`update` and :func:`~mixedfx.drop1` can refit; a reference to, or a
+        cleaned copy of, the data, so it costs up to the data's memory once more.
+    training_y_, training_sample_weight_, training_trials_ : array-like or None
+        ``y``, ``sample_weight`` and ``trials`` as given to ``fit``.
     fit_summary_ : FitSummary
         Iterations, acceptance rate, objective trace, Monte Carlo errors, convergence.
     n_obs_ : int

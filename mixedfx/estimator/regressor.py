@@ -53,6 +53,14 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsModel):
         (lme4's ``anova`` refits REML models with ML for that reason).  REML's
         variance estimates are less biased in small samples: the residual variance
         is divided by ``n - p`` instead of ``n``, in effect.
+    ddf : {"satterthwaite", "kenward-roger", "residual", "asymptotic"}, default "satterthwaite"
+        The denominator degrees of freedom of the t and F tests of a Gaussian fit
+        (:meth:`summary`, :meth:`fixed_effects_table`, ``mixedfx.anova(model)``), as
+        lmerTest: Satterthwaite's (lmerTest's default), Kenward-Roger's (pbkrtest;
+        needs ``method="reml"``, with its adjusted standard errors), ``"residual"``
+        (``n - p``) or ``"asymptotic"`` (Wald z, normal p-values).  Other families
+        have no denominator df: their tables are Wald z tests whatever ``ddf`` says,
+        as lme4's ``glmer``.  Checked in ``fit``.
     %(parameters)s
     Attributes
     ----------
@@ -90,6 +98,7 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsModel):
         *,
         family="gaussian",
         method="ml",
+        ddf="satterthwaite",
         groups=None,
         missing="drop",
         new_levels="population",
@@ -107,6 +116,7 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsModel):
         self.formula = formula
         self.family = family
         self.method = method
+        self.ddf = ddf
         self.groups = groups
         self.missing = missing
         self.new_levels = new_levels
@@ -121,7 +131,7 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsModel):
         self.options = options
         self.distribute = distribute
 
-    def predict(self, X, *, new_levels=None, include_random=True, return_std=False):
+    def predict(self, X, *, new_levels=None, include_random=True, return_std=False, re_form=None):
         """Conditional mean of the response for new rows.
 
         Parameters
@@ -138,6 +148,13 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsModel):
         return_std : bool, default False
             Also return the standard error of each prediction (see
             :meth:`predict_interval`).
+        re_form : None, str or float, optional
+            Which random terms to include, as lme4's ``re.form``: ``None`` all of
+            them, ``"~0"`` (or ``"NA"``, ``numpy.nan``) none, or a formula of the
+            terms to keep, e.g. ``"~ (1 | g1)"``; terms are matched by grouping
+            factor and expression, not by spelling.  When some but not all terms are
+            kept, every grouping column is still needed.  ``include_random=False``
+            is ``re_form="~0"``.
 
         Returns
         -------
@@ -150,12 +167,12 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsModel):
             With ``return_std=True``: the standard error of the mean, by the delta
             method through the inverse link.
         """
-        X_fixed, offset, terms = self._design_for(X, new_levels, include_random)
+        X_fixed, offset, terms = self._design_for(X, new_levels, include_random, re_form)
         eta = self._internal_linear_predictor(X_fixed, offset, terms)
         mean = self.family_.mean(eta, self.model_parameters_.family_params)
         if not return_std:
             return mean
-        variance = results.linear_predictor_variance(self, X_fixed, terms, include_random=include_random)
+        variance = results.linear_predictor_variance(self, X_fixed, terms, include_random=bool(terms))
         slope = np.abs(self._mean_slope(eta))
         return mean, slope * np.sqrt(variance)
 
@@ -165,7 +182,8 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsModel):
         family_params = self.model_parameters_.family_params
         return (self.family_.mean(eta + step, family_params) - self.family_.mean(eta - step, family_params)) / (2 * step)
 
-    def predict_interval(self, X, *, alpha=0.05, kind="prediction", new_levels=None, include_random=True):
+    def predict_interval(self, X, *, alpha=0.05, kind="prediction", new_levels=None, include_random=True,
+                         re_form=None):
         """Prediction or confidence intervals that include the random effects' uncertainty.
 
         The linear predictor's variance adds the fixed effects' covariance to each
@@ -185,7 +203,7 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsModel):
             ``"prediction"``: for a new observation; for the Gaussian family it adds
             the residual variance; for the others, the ``alpha/2`` and ``1-alpha/2``
             quantiles of the response at the ends of the mean's interval.
-        new_levels, include_random
+        new_levels, include_random, re_form
             As in :meth:`predict`.
 
         Returns
@@ -209,9 +227,9 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsModel):
             raise ParameterError(f"alpha must be a number between 0 and 1, got {alpha!r}")
         if kind not in ("prediction", "mean"):
             raise ParameterError(f"kind must be 'prediction' or 'mean', got {kind!r}")
-        X_fixed, offset, terms = self._design_for(X, new_levels, include_random)
+        X_fixed, offset, terms = self._design_for(X, new_levels, include_random, re_form)
         eta = self._internal_linear_predictor(X_fixed, offset, terms)
-        variance = results.linear_predictor_variance(self, X_fixed, terms, include_random=include_random)
+        variance = results.linear_predictor_variance(self, X_fixed, terms, include_random=bool(terms))
         family_params = self.model_parameters_.family_params
         z = stats.norm.ppf(1.0 - alpha / 2.0)
         fit = self.family_.mean(eta, family_params)

@@ -158,9 +158,11 @@ class Recovery:
     restarted_at: int | None = None
 
     def retry(self, em: EMState, *, fault: str, first: int, length: int, seed, chains_at_modes) -> EMState:
-        """The state to run the block of iterations ``first + 1 .. first + length``
-        again from, with the broken block's ``seed``; raises :class:`FitError` past
-        ``max_retries``.  ``chains_at_modes()`` gives the chains at the modes."""
+        """The state to run a broken block of iterations again from.
+
+        The block is iterations ``first + 1`` to ``first + length``; it runs again with
+        the broken block's ``seed``.  ``chains_at_modes()`` gives the chains at the
+        modes.  Raises :class:`FitError` past ``max_retries``."""
         block = f"iterations {first + 1}-{first + length}"
         if len(self.recoveries) >= self.max_retries:
             raise FitError(

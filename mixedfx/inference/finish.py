@@ -1,6 +1,7 @@
 """Finishing a fit: from the Monte Carlo EM result to the estimates an estimator stores.
 
-:func:`finish_fit` moves the standard deviations whose ML estimate is zero onto the
+:func:`finish_fit` warns of a separation of a categorical response by the fixed
+effects (:mod:`mixedfx.model.separation`), moves the standard deviations whose ML estimate is zero onto the
 boundary, computes the exact Gaussian quantities (dense, sharded across devices, or by
 conjugate gradients when the dense blocks are too large) or, for the other families,
 the importance-sampling log-likelihood and the Laplace standard errors, and returns one
@@ -14,10 +15,13 @@ import warnings
 
 import numpy as np
 
+from mixedfx.exceptions import DataWarning
 from mixedfx.inference.boundary import boundary_components, zero_components
 from mixedfx.inference.distributed import sharded_cross_products
 from mixedfx.inference.layout import fixed_effects_covariance
 from mixedfx.inference.mcem import MCEMResult
+from mixedfx.inference.runaway import runaway_fixed_effects, runaway_message
+from mixedfx.inference.memory import peak_memory_bytes
 from mixedfx.inference.summary import FitSummary
 from mixedfx.model import (
     DenseBlockTooLarge,
@@ -26,6 +30,8 @@ from mixedfx.model import (
     gaussian_marginal,
     marginal_log_likelihood,
 )
+from mixedfx.model.separation import separation_of_model
+from mixedfx.model.variation import little_variation_of_model
 
 __all__ = ["FinishedFit", "finish_fit"]
 
@@ -46,6 +52,9 @@ class FinishedFit:
     log_likelihood, log_likelihood_se : float or None
         ``None`` when not computed; the standard error is 0 when exact.
     log_likelihood_method : str or None
+    log_likelihood_laplace : float or None
+        The Laplace approximation at the estimates (glmer's ``logLik``); the exact
+        value for the Gaussian family; ``None`` when not computed.
     conditional_means, conditional_covs : tuple of numpy.ndarray
         Per term, ``(num_levels, dim)`` and ``(num_levels, dim, dim)``: exact for the
         Gaussian family where computed, from the E-step draws otherwise.
@@ -61,6 +70,7 @@ class FinishedFit:
     log_likelihood: float | None
     log_likelihood_se: float | None
     log_likelihood_method: str | None
+    log_likelihood_laplace: float | None
     conditional_means: tuple
     conditional_covs: tuple
     draws: tuple
@@ -111,7 +121,16 @@ def finish_fit(model: MixedModel, result: MCEMResult, *, reml: bool = False, see
     >>> finished.parameters.fixed_effects.round(1).tolist()
     [1.0, 0.5]
     """
-    params, summary = result.parameters, result.summary
+    finished = _finish(model, result, reml=reml, seed=seed, distribute=distribute,
+                       max_dense_entries=max_dense_entries, stacklevel=stacklevel + 1)
+    # The exact computations may set the peak: measured again after them.
+    summary = dataclasses.replace(finished.summary, memory_peak_bytes=peak_memory_bytes())
+    return dataclasses.replace(finished, summary=summary)
+
+
+def _finish(model, result, *, reml, seed, distribute, max_dense_entries, stacklevel) -> FinishedFit:
+    """:func:`finish_fit`'s work, but for the memory figure."""
+    params, summary = result.parameters, _with_data_warnings(model, result.summary, stacklevel=stacklevel + 1)
     components, names = boundary_components(model, params, reml=reml, seed=seed)
     if components:
         # Singular fit: these sds' ML estimate is zero, which Monte Carlo EM only approaches.
@@ -133,16 +152,17 @@ def finish_fit(model: MixedModel, result: MCEMResult, *, reml: bool = False, see
             fixed_effects_cov=exact.fixed_effects_cov, log_likelihood=log_likelihood,
             log_likelihood_se=0.0 if computed else None,
             log_likelihood_method=("exact (REML criterion)" if reml else "exact") if computed else None,
+            log_likelihood_laplace=log_likelihood,
             conditional_means=tuple(exact.conditional_means),
             conditional_covs=tuple(exact.conditional_covs) if exact.conditional_covs else tuple(
                 result.random_effects_cov),
             **common,
         )
-    likelihood = (None, None, None)
+    likelihood = (None, None, None, None)
     try:
         estimate = marginal_log_likelihood(model, params, seed=seed, start=result.random_effects,
                                            max_dense_entries=max_dense_entries)
-        likelihood = (estimate.log_likelihood, estimate.standard_error, estimate.method)
+        likelihood = (estimate.log_likelihood, estimate.standard_error, estimate.method, estimate.laplace)
     except DenseBlockTooLarge as exc:
         warnings.warn(f"log-likelihood not computed: {exc}", UserWarning, stacklevel=stacklevel)
     try:
@@ -151,8 +171,30 @@ def finish_fit(model: MixedModel, result: MCEMResult, *, reml: bool = False, see
         cov = np.full((len(model.fixed_names),) * 2, np.nan)
     return FinishedFit(parameters=params, fixed_effects_cov=cov, log_likelihood=likelihood[0],
                        log_likelihood_se=likelihood[1], log_likelihood_method=likelihood[2],
+                       log_likelihood_laplace=likelihood[3],
                        conditional_means=tuple(result.random_effects),
                        conditional_covs=tuple(result.random_effects_cov), **common)
+
+
+def _with_data_warnings(model: MixedModel, summary: FitSummary, *, stacklevel: int) -> FitSummary:
+    """Warn of a separation of the response by the fixed effects, of a response that
+    does not vary within the levels of a grouping factor, and of fixed effects that run
+    away across the iterations; record them."""
+    separation = separation_of_model(model)
+    texts = little_variation_of_model(model)
+    if separation is not None:
+        texts = (separation.message("the response"),) + texts
+    n_fixed = len(model.fixed_names)
+    runaway = runaway_fixed_effects(summary.trace[:, :n_fixed], summary.parameter_names[:n_fixed],
+                                    bound=model.family.runaway_bound)
+    runaway = tuple(name for name in runaway if separation is None or name not in separation.columns)
+    if runaway:  # those the separation warning names are not named twice
+        texts = texts + (runaway_message(runaway),)
+    for text in texts:
+        warnings.warn(text, DataWarning, stacklevel=stacklevel)
+    if not texts:
+        return summary
+    return dataclasses.replace(summary, data_warnings=summary.data_warnings + texts)
 
 
 def _exact_gaussian(model, params, *, distribute, max_dense_entries, stacklevel):

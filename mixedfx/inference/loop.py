@@ -137,6 +137,9 @@ class LoopConfig:
     chunk_rows: int = 0  # rows per chunk of the sums over rows (all of them when 0)
     one_hot: tuple = ()  # per term: one-hot products instead of gathers (few levels, on a GPU)
     float32_e_step: bool = False  # Gaussian: the E-step's random part in float32
+    # Test hook (MCEMOptions.fault_injection): "nan" or "inf", put into the chains at
+    # the iteration ``data["fault_iteration"]`` of a call; None adds nothing to the graph.
+    fault_kind: str | None = None
 
 
 def trace_row(fixed_effects, scale_tril, family, free):
@@ -348,6 +351,8 @@ def _m_step(ctx: _CallContext, em: EMState, e_step, *, prior_precision):
 def _iteration(ctx: _CallContext, loop: LoopState, num_burnin) -> LoopState:
     """One EM iteration: E-step, M-step, and the sums and traces it adds to."""
     config, em, i = ctx.config, loop.em, loop.iteration
+    if config.fault_kind is not None:
+        em = _inject_fault(em, i, ctx.data["fault_iteration"], float(config.fault_kind))
     seed, step_seed = tfp.random.split_seed(em.seed)
     prior_precision = prior_precision_diagonal(em.scale_tril)
     # The first E-step of a call may burn in longer (chains starting at zero).
@@ -375,6 +380,15 @@ def _iteration(ctx: _CallContext, loop: LoopState, num_burnin) -> LoopState:
     )
 
 
+def _inject_fault(em: EMState, iteration, fault_iteration, value: float) -> EMState:
+    """The test hook of :attr:`MCEMOptions.fault_injection`: every chain's state set
+    to ``value`` (NaN or inf) when ``iteration`` is ``fault_iteration``, unchanged
+    otherwise (a ``tf.where`` on the loop counter)."""
+    hit = tf.equal(iteration, fault_iteration)
+    chains = [tf.where(hit, tf.constant(value, c.dtype), c) for c in em.chains]
+    return em._replace(chains=chains)
+
+
 def _start(config: LoopConfig, em: EMState) -> LoopState:
     """The loop's variables before its first iteration: zero sums, empty traces."""
     dtype, n_iter = em.fixed_effects.dtype, config.iterations_per_call
@@ -396,8 +410,9 @@ def compiled_iterations(config: LoopConfig, strategy=None):
     Returns ``run(em, num_burnin, data, row_data) -> BlockOutput``: ``em`` an
     :class:`EMState`, ``num_burnin`` the first E-step's burn-in, ``data`` the per-fit
     tensors (``level_weight``, ``n_obs``, ``level_count``, ``level_values``,
-    ``parent_level``, ``xtx``, ``xtx_inv``, ``xty``, ``yty``) and ``row_data`` the
-    padded rows (or a strategy's shards).
+    ``parent_level``, ``xtx``, ``xtx_inv``, ``xty``, ``yty``, and with
+    ``config.fault_kind`` set ``fault_iteration``, the iteration of this call at which
+    the fault is injected, -1 for none) and ``row_data`` the padded rows (or a strategy's shards).
 
     Every sum over the rows goes through a rows object (:mod:`mixedfx.inference.rows`):
     on one device the rows are summed a chunk at a time inside one XLA program

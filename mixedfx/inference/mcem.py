@@ -18,6 +18,7 @@ ever stored on an estimator.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -26,9 +27,11 @@ import numpy as np
 from mixedfx._tf import tf, tfp
 from mixedfx.inference.buckets import ShapeBuckets
 from mixedfx.inference.driver import MCEMDriver
+from mixedfx.inference.faults import FaultInjection
 from mixedfx.inference.initial import initial_parameters
 from mixedfx.inference.layout import ParameterLayout
 from mixedfx.inference.loop import EMState, LoopConfig, compiled_iterations
+from mixedfx.inference.memory import check_memory, peak_memory_bytes
 from mixedfx.inference.rows import chunk_rows_for
 from mixedfx.inference.stopping import MonteCarloErrorRule
 from mixedfx.inference.structure import location_expansions, nested_centering
@@ -89,6 +92,18 @@ class MCEMOptions:
     rhat_warning : float, default 1.05
         R-hat of the random effects' mean squares, beyond its chance level (see
         ``FitSummary.rhat``), above which the estimators warn.
+    memory_limit_bytes : int, optional
+        The memory a fit may use; before it allocates, its peak is estimated
+        (:func:`~mixedfx.inference.memory.estimate_peak_bytes`) and a larger estimate
+        raises :class:`~mixedfx.MemoryEstimateError`.  By default the
+        memory available to the process (``MemAvailable`` on Linux; the check is
+        skipped where it is unknown).
+    fault_injection : tuple, optional
+        A test hook, not a setting: ``(iteration, "nan" | "inf")`` sets every chain's
+        state to NaN or inf at the start of that EM iteration's E-step (counted from 1),
+        once; ``(iteration, kind, times)`` hits that many attempts at it (see
+        :class:`~mixedfx.inference.faults.FaultInjection`).  None (the default) adds
+        nothing to the compiled program.
 
     Examples
     --------
@@ -121,6 +136,8 @@ class MCEMOptions:
     max_dense_entries: int = 60_000_000
     diagnostic_entries: int = 1 << 20
     rhat_warning: float = 1.05
+    memory_limit_bytes: int | None = None
+    fault_injection: tuple | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -244,6 +261,9 @@ def fit_mcem(
     if reml and not model.family.conjugate_gaussian:
         raise ValueError(f"REML is defined for the Gaussian family only, not {model.family.name!r}")
     rule = stopping_rule if stopping_rule is not None else MonteCarloErrorRule()
+    fault = FaultInjection.from_option(options.fault_injection)
+    # Before anything of the fit's own is allocated.
+    memory_estimate = check_memory(model, options, distribute=distribute)
     initial = initial or initial_parameters(model)
     layout = ParameterLayout.from_model(model)
     expansions = location_expansions(model)
@@ -252,6 +272,8 @@ def fit_mcem(
     centred = {k for k, parent in enumerate(centering.parent) if parent is not None} | set(centering.parent)
     buckets = ShapeBuckets.for_sizes(model.n_obs, num_levels, unpadded_terms=centred)
     config = _loop_config(model, options, buckets=buckets, expansions=expansions, centering=centering, reml=reml)
+    if fault is not None:
+        config = dataclasses.replace(config, fault_kind=fault.kind)
     run = compiled_iterations(config, distribute)
     if distribute is None:
         row_data = _padded_rows(model, buckets)
@@ -268,11 +290,21 @@ def fit_mcem(
         step_size=tf.constant(options.initial_step_size, tf.float64),
         seed=tf.constant(_seed_pair(seed), tf.int32),
     )
-    driver = MCEMDriver(lambda em, num_burnin: run(em, num_burnin, data, row_data), em=em, model=model,
-                        layout=layout, options=options, rule=rule, buckets=buckets, progress=progress)
+
+    def run_block(em, num_burnin):
+        if fault is None:
+            return run(em, num_burnin, data, row_data)
+        at = fault.iteration_in_call(first=driver.accumulators.n_iter, length=options.iterations_per_call)
+        return run(em, num_burnin, {**data, "fault_iteration": tf.constant(at, tf.int32)}, row_data)
+
+    driver = MCEMDriver(run_block, em=em, model=model, layout=layout, options=options, rule=rule, buckets=buckets,
+                        progress=progress)
     start_time = time.perf_counter()
     driver.run()
-    return _result(driver, initial=layout.row(initial), method=method, start_time=start_time)
+    result = _result(driver, initial=layout.row(initial), method=method, start_time=start_time)
+    summary = dataclasses.replace(result.summary, memory_estimate_bytes=memory_estimate,
+                                  memory_peak_bytes=peak_memory_bytes())
+    return dataclasses.replace(result, summary=summary)
 
 
 def _loop_config(model, options, *, buckets, expansions, centering, reml) -> LoopConfig:

@@ -89,6 +89,19 @@ class FitSummary:
         The failed iterations are not in the trace.
     recoveries : tuple of str
         One line per retry: the iterations, what went wrong, what was changed.
+    data_warnings : tuple of str
+        What the data did to the fit that a warning said at fit time and
+        :meth:`~mixedfx.MixedEffectsRegressor.summary` repeats: complete or
+        quasi-complete separation, naming the columns; a response that does not vary
+        within the levels of a grouping factor, naming it; fixed effects whose
+        estimates ran away across the iterations, naming them (see :doc:`/diagnostics`).
+    memory_estimate_bytes : int or None
+        The peak memory estimated before the fit allocated
+        (:func:`~mixedfx.inference.memory.estimate_peak_bytes`).
+    memory_peak_bytes : int or None
+        The measured peak: the resident-memory high-water mark of the whole process
+        (not of this fit alone) after the fit, and after the exact computations that
+        finish it; ``None`` where the platform does not report it.
 
     Examples
     --------
@@ -135,6 +148,9 @@ class FitSummary:
     divergences: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     n_retries: int = 0
     recoveries: tuple[str, ...] = ()
+    data_warnings: tuple[str, ...] = ()
+    memory_estimate_bytes: int | None = None
+    memory_peak_bytes: int | None = None
 
     @property
     def n_divergent(self) -> int:

@@ -90,6 +90,11 @@ class Family:
     #: gives an unweighted model with the same estimates.  Otherwise a weight multiplies
     #: the row's log-likelihood (glmer's, glmmTMB's and clmm's ``weights=``).
     weights_scale_rows: ClassVar[bool] = False
+    #: How large a fixed effect can be, on the link scale, before a steady growth
+    #: across the EM iterations means it is running off to infinity
+    #: (:mod:`mixedfx.inference.runaway`); ``None``: never judged (an unbounded
+    #: likelihood cannot arise from the fixed effects alone).
+    runaway_bound: ClassVar[float | None] = None
 
     @property
     def link(self) -> str:
@@ -227,6 +232,19 @@ class Family:
 
     def check_fit(self, fixed_design: np.ndarray, response: np.ndarray, offset, *, name: str) -> None:
         """Refuse bound arrays whose likelihood has no maximum (see :class:`Gaussian`)."""
+
+    def separation_cuts(self, response: np.ndarray, *, trials=None):
+        """Where each row's response lies among the family's ordered categories, for
+        :mod:`mixedfx.model.separation`: ``(below, above, n_cuts)``, per row the cutpoint
+        it lies at or below and the one it lies above (``-1``: none); ``None`` for a
+        family whose response has no categories."""
+        return None
+
+    def variation_values(self, response: np.ndarray, *, trials=None) -> np.ndarray:
+        """The per-row values whose variation within groups the model explains, for
+        :mod:`mixedfx.model.variation`: the response itself here (a binomial's is the
+        proportion of successes)."""
+        return np.asarray(response, dtype=float)
 
     def residual_sd(self, parameters: Mapping[str, object]) -> float | None:
         """The residual standard deviation, for families that have one; else ``None``."""
@@ -381,6 +399,7 @@ class Binomial(Family):
     """
 
     name: ClassVar[str] = "binomial"
+    runaway_bound: ClassVar[float | None] = 10.0
     takes_trial_weights: ClassVar[bool] = True
     link_name: str = "logit"
 
@@ -419,6 +438,14 @@ class Binomial(Family):
     def variance(self, mean, parameters, *, trials=None):
         trials = np.ones(np.shape(mean)) if trials is None else trials
         return trials * mean * (1.0 - mean)
+
+    def variation_values(self, response, *, trials=None):
+        return np.asarray(response, dtype=float) / (1.0 if trials is None else np.asarray(trials, dtype=float))
+
+    def separation_cuts(self, response, *, trials=None):
+        trials = np.ones_like(response) if trials is None else trials
+        # a row with failures lies at or below the one cutpoint, a row with successes above it
+        return np.where(response < trials, 0, -1), np.where(response > 0, 0, -1), 1
 
     def validate_response(self, response, *, trials=None, name):
         values = _numeric(response, name, self.name)
@@ -609,6 +636,7 @@ class Ordinal(Family):
     """
 
     name: ClassVar[str] = "ordinal"
+    runaway_bound: ClassVar[float | None] = 10.0
     parameter_names: ClassVar[tuple[str, ...]] = ("cutpoints",)
     is_classification: ClassVar[bool] = True
     is_multiclass: ClassVar[bool] = True
@@ -712,6 +740,11 @@ class Ordinal(Family):
         if np.any(values < 0) or np.any(values >= self.n_categories) or np.any(values != np.round(values)):
             raise DataError(f"the ordinal response {name!r} must be coded 0..{self.n_categories - 1}")
         return values, None
+
+    def separation_cuts(self, response, *, trials=None):
+        codes = np.asarray(response).astype(int)
+        last = self.n_categories - 1
+        return np.where(codes < last, codes, -1), np.where(codes > 0, codes - 1, -1), last
 
     # -- the cutpoints take the intercept's place -------------------------------------------
     def for_classes(self, classes):

@@ -350,7 +350,10 @@ def random_effect_keys(names: Sequence[str]) -> tuple[str, ...]:
 
 
 def numpy_linear_predictor(fixed_design, fixed_effects, random_effects, terms, *, offset=None) -> np.ndarray:
-    """The linear predictor in numpy: ``X @ fixed_effects + offset + sum_k z_k . random_effects_k[group_index_k]``.
+    """The linear predictor of rows in numpy.
+
+    That is ``X @ fixed_effects + offset`` plus, for each random term ``k``, the row-wise
+    product of ``z_k`` with ``random_effects_k[group_index_k]``, summed over its columns.
 
     The one numpy implementation, used wherever the fitted linear predictor of rows is
     needed outside a compiled program (prediction, residuals, starting values,
