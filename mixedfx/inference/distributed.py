@@ -45,7 +45,7 @@ from mixedfx._tf import tf
 from mixedfx.exceptions import ParameterError
 from mixedfx.inference.rows import model_tensors, value_and_gradient, with_accumulated_gradient
 from mixedfx.model.blocks import BlockSystem, DenseBlockTooLarge, MAX_DENSE_ENTRIES
-from mixedfx.model.gaussian import CrossProducts, GaussianMarginal, RowSums, gaussian_marginal
+from mixedfx.model.gaussian import CrossProducts, RowSums
 from mixedfx.model.joint import MixedModel, ModelParameters, ModelTensors
 
 __all__ = ["ShardedRows", "check_strategy", "sharded_cross_products"]
