@@ -79,6 +79,54 @@ def test_more_than_the_available_memory_raises_by_default():
         fit_mcem(model, options=options, seed=0)
 
 
+def test_near_the_limit_on_memory_maps_a_fit_refuses_before_compiling(small_fit, monkeypatch):
+    """Each model structure's compiled programs add hundreds of memory maps that XLA never
+    returns; past vm.max_map_count Linux ends the process with a segmentation fault."""
+    from mixedfx.inference import memory
+
+    held = memory.memory_maps()
+    if held is None:
+        pytest.skip("not Linux: no /proc/self/maps or vm.max_map_count, so the check is skipped by design")
+    assert 0 < held[0] < held[1]
+    before = compiled_iterations.cache_info()
+    monkeypatch.setattr(memory, "memory_maps", lambda: (65_530 - memory.MAPS_PER_MODEL + 1, 65_530))
+    with pytest.raises(mixedfx.MemoryEstimateError, match=r"holds 63,531 memory maps of the 65,530 .*vm.max_map_count"):
+        fit_mcem(small_fit.model_, options=MCEMOptions(n_chains=3), seed=0)
+    after = compiled_iterations.cache_info()
+    assert (after.hits, after.misses) == (before.hits, before.misses)
+    monkeypatch.setattr(memory, "memory_maps", lambda: (65_530 - memory.MAPS_PER_MODEL, 65_530))
+    memory.check_memory_maps()  # exactly room for one more model: no error
+
+
+def test_a_new_model_structure_adds_fewer_maps_than_the_check_allows():
+    """MAPS_PER_MODEL bounds what a new structure's programs add (measured in a fresh process)."""
+    script = """
+import json, mixedfx
+from mixedfx.inference import FixedIterations
+from mixedfx.inference.memory import memory_maps
+data = mixedfx.datasets.make_mixed_data(
+    400, groups={"g": 20, "h": 8}, fixed_effects={"Intercept": 0.0, "x": 0.5}, random_sd={"g": 0.8, "h": 0.5},
+    random_state=3)
+data["k"] = (data["y"] > 0).astype(int)
+added = []
+for formula in ("k ~ x + (x | g) + (1 | h)", "k ~ x + (1 | g) + (1 | h)"):
+    before = memory_maps()[0]
+    mixedfx.MixedEffectsClassifier(formula, random_state=0, verbose=0,
+                                   stopping_rule=FixedIterations(n_iter=6, n_average=3)).fit(data)
+    added.append(memory_maps()[0] - before)
+print(json.dumps(added))
+"""
+    from mixedfx.inference import memory
+
+    if memory.memory_maps() is None:
+        pytest.skip("not Linux: no /proc/self/maps or vm.max_map_count, so the check is skipped by design")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=subprocess_env(),
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    added = json.loads(done.stdout.strip().splitlines()[-1])
+    assert all(200 < count <= memory.MAPS_PER_MODEL for count in added), added
+
+
 _MEASURE = """
 import json, sys
 import mixedfx

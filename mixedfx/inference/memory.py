@@ -7,7 +7,9 @@ as the process's resident-memory high-water mark of fits in fresh processes (see
 ``docs/scaling.md``, "Predicting the peak").  :func:`check_memory` compares the
 estimate with the memory the fit may use and raises :class:`~mixedfx.MemoryEstimateError`, with
 the figures and what to change, instead of letting the operating system kill the
-process.
+process.  :func:`check_memory_maps` does the same for the memory maps that XLA's
+compiled programs hold: Linux ends a process that runs past ``vm.max_map_count`` with a
+segmentation fault.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from mixedfx.exceptions import MemoryEstimateError
 from mixedfx.inference.buckets import ShapeBuckets
 from mixedfx.inference.rows import chunk_rows_for
 
-__all__ = ["available_memory_bytes", "check_memory", "estimate_peak_bytes",
-           "peak_memory_bytes"]
+__all__ = ["available_memory_bytes", "check_memory", "check_memory_maps", "estimate_peak_bytes",
+           "memory_maps", "peak_memory_bytes"]
 
 #: TensorFlow's runtime, the compiled programs and Python's own (measured at 20,000 rows).
 BASE_BYTES = 1_330_000_000
@@ -34,6 +36,11 @@ CHUNK_BYTES_PER_ROW_COLUMN = 64
 #: Bytes per level coefficient per chain: the chains, HMC's momentum, gradient and
 #: proposal, the preconditioner and the M-step's sums (float64).
 BYTES_PER_LEVEL_COEFFICIENT = 96
+#: Memory maps that the compiled programs of one new model structure may add: measured
+#: on XLA's CPU backend (TensorFlow 2.21) from 290 (a random-intercept Gaussian model)
+#: to 980 (a Bernoulli model with a correlated slope, its first fit in the process),
+#: doubled for larger ones.  XLA keeps them until the process ends.
+MAPS_PER_MODEL = 2_000
 
 
 def estimate_peak_bytes(model, options, *, n_devices: int = 1) -> int:
@@ -143,7 +150,8 @@ def check_memory(model, options, *, distribute=None) -> int:
     The fit may use ``options.memory_limit_bytes`` if set, else what the process holds
     now plus the available memory (:func:`available_memory_bytes`; no check where that
     is unknown).  Raises :class:`~mixedfx.MemoryEstimateError` naming both figures and what to
-    change.
+    change, and also (:func:`check_memory_maps`) where the process is near its limit on
+    memory maps.
 
     Examples
     --------
@@ -152,6 +160,7 @@ def check_memory(model, options, *, distribute=None) -> int:
     >>> check_memory(model.model_, MCEMOptions(memory_limit_bytes=2 * 10**9)) > 10**9
     True
     """
+    check_memory_maps()
     n_devices = 1 if distribute is None else int(distribute.num_replicas_in_sync)
     estimate = estimate_peak_bytes(model, options, n_devices=n_devices)
     limit = options.memory_limit_bytes
@@ -168,3 +177,51 @@ def check_memory(model, options, *, distribute=None) -> int:
             f"(max_rows_per_chunk={options.max_rows_per_chunk}), the float32 E-step (float32_e_step=True, "
             "Gaussian family), a smaller max_dense_entries, or shard the rows over several devices (distribute=)")
     return estimate
+
+
+def memory_maps() -> tuple[int, int] | None:
+    """``(held, limit)``: the memory maps this process holds (``/proc/self/maps``) and
+    the kernel's limit per process (``vm.max_map_count``); None where either is unknown
+    (not Linux).
+
+    Examples
+    --------
+    >>> from mixedfx.inference.memory import memory_maps
+    >>> maps = memory_maps()
+    >>> maps is None or 0 < maps[0] < maps[1]
+    True
+    """
+    try:
+        with open("/proc/sys/vm/max_map_count") as handle:
+            limit = int(handle.read())
+        with open("/proc/self/maps", "rb") as handle:
+            held = sum(1 for _ in handle)
+    except (OSError, ValueError):
+        return None
+    return held, limit
+
+
+def check_memory_maps() -> None:
+    """Raise :class:`~mixedfx.MemoryEstimateError` where the compiled programs of one more
+    model structure (:data:`MAPS_PER_MODEL` maps) could take the process past the kernel's
+    limit on memory maps: there Linux would end it with a segmentation fault.
+
+    Each new model structure (family, terms, shape bucket) compiles programs whose maps
+    XLA keeps until the process ends, so a process that fits a few hundred different
+    models reaches the default limit of 65,530.
+
+    Examples
+    --------
+    >>> from mixedfx.inference.memory import check_memory_maps
+    >>> check_memory_maps()  # a fresh process is far from the limit
+    """
+    maps = memory_maps()
+    if maps is None or maps[0] + MAPS_PER_MODEL <= maps[1]:
+        return
+    held, limit = maps
+    raise MemoryEstimateError(
+        f"this process holds {held:,} memory maps of the {limit:,} the system allows one process "
+        f"(vm.max_map_count), and the compiled programs of a new model structure may take up to {MAPS_PER_MODEL:,} "
+        "more; XLA keeps them until the process ends, and past the limit the process would crash: fit the "
+        "remaining models in a new process (one per model, or per batch of models, in a long loop), or raise "
+        "the limit (sysctl -w vm.max_map_count=262144)")
