@@ -98,6 +98,7 @@ def test_near_the_limit_on_memory_maps_a_fit_refuses_before_compiling(small_fit,
     memory.check_memory_maps()  # exactly room for one more model: no error
 
 
+@pytest.mark.slow
 def test_a_new_model_structure_adds_fewer_maps_than_the_check_allows():
     """MAPS_PER_MODEL bounds what a new structure's programs add (measured in a fresh process)."""
     script = """
