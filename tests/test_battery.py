@@ -105,6 +105,11 @@ def constant_within_groups_gaussian():
     return frame.assign(y=2.0 + 3 * u), _regressor("y ~ x + (1 | g)")
 
 
+def fixed_plus_levels_exact_gaussian():
+    rng, frame, u = _frame(38)
+    return frame.assign(y=1.0 + 2.0 * frame["x"] + u), _regressor("y ~ x + (1 | g)")
+
+
 def constant_within_groups_bernoulli():
     rng, frame, u = _frame(9)
     return frame.assign(y=(u > 0).astype(int)), _classifier("y ~ x + (1 | g)")
@@ -282,7 +287,11 @@ EXPECTED = {
     # lme4 fits it (sigma ~ 1e-12); Monte Carlo EM's sampler cannot: a named error, not a NaN
     near_constant_gaussian: ("raises", FitError, "rescale them"),
     constant_bernoulli: ("raises", DataError, "a bernoulli response needs exactly 2 classes, found 1"),
-    constant_within_groups_gaussian: ("warns", DataWarning, WITHIN),
+    # the likelihood has no maximum (sigma -> 0); the fit used to send the intercept to -1e19
+    constant_within_groups_gaussian: ("raises", DataError, "the levels of grouping factor 'g' reproduce the "
+                                      "response 'y' exactly"),
+    fixed_plus_levels_exact_gaussian: ("raises", DataError, "the fixed effects and the levels of grouping factor "
+                                       "'g' reproduce the response 'y' exactly"),
     constant_within_groups_bernoulli: ("warns", DataWarning, WITHIN),
     all_zero_groups_poisson: ("quiet", None, None),
     all_zero_poisson: ("raises", DataError, "every value of 'y' is 0"),
@@ -386,17 +395,6 @@ def test_a_response_varying_within_groups_is_not_flagged():
         warnings.simplefilter("error", DataWarning)
         model = _regressor("y ~ x + (1 | g)").fit(frame)
     assert model.fit_summary_.data_warnings == ()
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="known bug (issue #20): with no residual variation the Gaussian fit's "
-                   "intercept runs off to ~-1e19; only the warning says so")
-def test_constant_within_groups_gaussian_intercept_is_the_mean():
-    data, model = constant_within_groups_gaussian()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model.fit(data)
-    assert model.fixed_effects_["(Intercept)"] == pytest.approx(data["y"].mean(), abs=3.0)
 
 
 def _threads_data():

@@ -128,6 +128,18 @@ print(json.dumps(added))
     assert all(200 < count <= memory.MAPS_PER_MODEL for count in added), added
 
 
+def test_a_child_of_a_large_process_reports_its_own_peak():
+    """Linux's ru_maxrss carries the parent's resident memory at the fork across exec:
+    under a 3 GB parent a fresh Python reported 3 GB; VmHWM is the child's own."""
+    ballast = np.ones(3 * 10**9 // 8)  # 3 GB, every page touched
+    script = "from mixedfx.inference.memory import peak_memory_bytes; print(peak_memory_bytes())"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=subprocess_env(),
+                         timeout=300, check=True)
+    child = int(out.stdout.strip().splitlines()[-1])
+    assert 10**8 < child < 2.5e9, child  # TensorFlow imported, the ballast not counted
+    assert ballast[-1] == 1.0
+
+
 _MEASURE = """
 import json, sys
 import mixedfx

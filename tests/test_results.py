@@ -405,6 +405,22 @@ def test_small_but_positive_variance_is_not_singular():
 
 
 @pytest.mark.slow
+def test_singular_bernoulli_fit_is_detected_as_glmer_does():
+    """Against glmer (tests/fixtures/make_singular_glmm_fixtures.R): no variation between
+    the levels of h; glmer ends singular with sd(h) = 0.  Monte Carlo EM leaves sd(h) at
+    0.06, above the Gaussian family's candidate bound: the Laplace test moves it to zero."""
+    reference = json.loads((FIXTURES / "glmm_singular_bernoulli.json").read_text())
+    assert reference["is_singular"] and reference["sd"]["h"] == 0.0
+    data = pd.read_csv(FIXTURES / "singular_bernoulli.csv")
+    model = mixedfx.MixedEffectsClassifier(reference["formula"], random_state=0, verbose=0).fit(data)
+    assert model.fit_summary_.at_boundary == ("sd(h)",) and model.fit_summary_.is_singular
+    sds = fitted_sds(model)
+    assert sds["h"] == 0.0 and sds["g"] == pytest.approx(reference["sd"]["g"], rel=0.03)
+    assert model.fixed_effects_["x"] == pytest.approx(reference["fixed_effects"]["x"], rel=0.03)
+    assert model.log_likelihood_laplace_ == pytest.approx(reference["logLik"], abs=0.01)
+
+
+@pytest.mark.slow
 def test_insteval_reml_matches_lme4(insteval, reference):
     fixture = reference["insteval_reml"]
     model = mixedfx.MixedEffectsRegressor(INSTEVAL, method="reml", random_state=0, verbose=0).fit(insteval)

@@ -123,7 +123,10 @@ def available_memory_bytes() -> int | None:
 
 
 def peak_memory_bytes() -> int | None:
-    """The process's resident-memory high-water mark so far (``getrusage``), in bytes.
+    """The process's resident-memory high-water mark so far, in bytes: ``VmHWM`` of
+    ``/proc/self/status`` on Linux, else ``getrusage``'s ``ru_maxrss`` (which, on Linux,
+    carries a parent's resident memory at the fork over ``exec``: a Python started by
+    a large process would report the parent's peak).
 
     Examples
     --------
@@ -131,6 +134,13 @@ def peak_memory_bytes() -> int | None:
     >>> peak_memory_bytes() > 10**8  # TensorFlow is loaded
     True
     """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak) * (1 if sys.platform == "darwin" else 1024) if peak else None
 
