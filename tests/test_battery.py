@@ -397,6 +397,18 @@ def test_a_response_varying_within_groups_is_not_flagged():
     assert model.fit_summary_.data_warnings == ()
 
 
+@pytest.mark.slow
+def test_a_response_near_1e10_fits_as_its_shift():
+    """y = 1e10 + (a unit-scale model): the M-step's y'y cancelled to noise of ~1e6, giving
+    a residual sd of 199 and sd(g) 0 where the shifted response gives 0.94 and 0.66."""
+    data, model = y_near_1e10()
+    model.fit(data)
+    shifted = _regressor("y ~ x + (1 | g)").fit(data.assign(y=data["y"] - 1e10))
+    np.testing.assert_allclose(model.variance_components_["sdcor"], shifted.variance_components_["sdcor"], rtol=1e-5)
+    assert model.fixed_effects_["x"] == pytest.approx(shifted.fixed_effects_["x"], rel=1e-5)
+    assert model.fixed_effects_["Intercept"] - 1e10 == pytest.approx(shifted.fixed_effects_["Intercept"], abs=1e-3)
+
+
 def _threads_data():
     rng, gaussian = _gaussian(41)
     rng, poisson = _poisson(42)

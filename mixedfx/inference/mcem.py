@@ -335,8 +335,11 @@ def _fit_tensors(model, *, buckets, expansions, centering, reml) -> dict:
     """The per-fit tensors of the compiled loop besides the rows (see
     :func:`~mixedfx.inference.loop.compiled_iterations`)."""
     X = model.fixed_design
-    # The Gaussian regression works on the response less any offset.
+    # The Gaussian regression works on the response less any offset, relative to its
+    # least-squares fit on X: y'y itself would cancel catastrophically (y near 1e10).
     y = model.response - (0.0 if model.offset is None else model.offset)
+    ols_beta = np.linalg.lstsq(X, y, rcond=None)[0] if X.shape[1] else np.zeros(0)
+    ols_residual = y - X @ ols_beta
     n_terms = len(model.random_terms)
 
     def constant(values):
@@ -351,7 +354,8 @@ def _fit_tensors(model, *, buckets, expansions, centering, reml) -> dict:
         "xtx": tf.constant(X.T @ X),
         "xtx_inv": tf.constant(np.linalg.pinv(X.T @ X) if reml else np.zeros((X.shape[1],) * 2)),
         "xty": tf.constant(X.T @ y),
-        "yty": tf.constant(float(y @ y), tf.float64),
+        "ols_beta": tf.constant(ols_beta, tf.float64),
+        "ols_rss": tf.constant(float(ols_residual @ ols_residual), tf.float64),
     }
 
 

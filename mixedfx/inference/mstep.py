@@ -194,7 +194,7 @@ def identity_coefficients(dims, dtype):
     return tf.concat([tf.reshape(tf.eye(d, dtype=dtype), [-1]) for d in dims], axis=0)
 
 
-def gaussian_regression(statistics, *, fixed_xtx, fixed_xty, response_ss, n_obs, dims, reml=None):
+def gaussian_regression(statistics, *, fixed_xtx, fixed_xty, ols_beta, ols_rss, n_obs, dims, reml=None):
     """The Gaussian family's part of the expanded M-step, in closed form.
 
     Least squares of ``y`` on ``X`` and the expansion regressors, averaged over the
@@ -209,6 +209,10 @@ def gaussian_regression(statistics, *, fixed_xtx, fixed_xty, response_ss, n_obs,
     ``X`` and the expansion regressors, plus ``p sigma^2``; the fixed-effect shift
     ``gamma`` of the expansion is free because the flat prior is invariant to it.
 
+    The regression is solved relative to the response's least-squares fit on ``X``
+    (``ols_beta``, with residual sum of squares ``ols_rss``): for a response near 1e10,
+    ``y'y - 2 theta' X'y + ...`` would cancel to noise of the order of 1e6.
+
     Returns
     -------
     fixed_effects : Tensor
@@ -221,17 +225,21 @@ def gaussian_regression(statistics, *, fixed_xtx, fixed_xty, response_ss, n_obs,
     p = fixed_xtx.shape[0]
     xtp, ptp = statistics["xtp"], statistics["ptp"]
     gram = tf.concat([tf.concat([fixed_xtx, xtp], axis=1), tf.concat([tf.transpose(xtp), ptp], axis=1)], axis=0)
-    if reml is None:
-        rhs = tf.concat([fixed_xty, statistics["pty"]], axis=0)
-    else:
+    if reml is None:  # relative to the least-squares fit: [X'r; P'r], r its residual
+        base = tf.concat([ols_beta, tf.zeros([gram.shape[0] - p], gram.dtype)], axis=0)
+        rhs = tf.concat([fixed_xty, statistics["pty"]], axis=0) - tf.linalg.matvec(gram, base)
+        response_ss = ols_rss
+    else:  # rhs is relative to the least-squares fit already; y'My is its residual sum of squares
         xtx_inv = reml["xtx_inv"]
         xtzb = tf.linalg.matvec(xtp, identity_coefficients(dims, xtp.dtype))  # E[X'Zb]
         projected_y = tf.linalg.matvec(xtx_inv, fixed_xty)
         rhs = tf.concat([xtzb, statistics["pty"] - tf.linalg.matvec(xtp, projected_y, transpose_a=True)
                          + statistics["reml_ptu"]], axis=0)
-        response_ss = response_ss - tf.reduce_sum(fixed_xty * projected_y) + statistics["reml_utu"]
-    theta = _least_squares(gram, rhs)
-    residual_ss = response_ss - 2.0 * tf.reduce_sum(theta * rhs) + tf.reduce_sum(theta * tf.linalg.matvec(gram, theta))
+        base = tf.zeros([gram.shape[0]], gram.dtype)
+        response_ss = ols_rss + statistics["reml_utu"]
+    delta = _least_squares(gram, rhs)
+    residual_ss = response_ss - 2.0 * tf.reduce_sum(delta * rhs) + tf.reduce_sum(delta * tf.linalg.matvec(gram, delta))
+    theta = base + delta
     if reml is None:
         sigma = tf.sqrt(tf.maximum(residual_ss, 0.0) / n_obs)
         return theta[:p], _scale_matrices(theta[p:], dims), sigma

@@ -111,7 +111,8 @@ class GaussianMStep:
         if self.reml:
             reml = {"xtx_inv": data["xtx_inv"], "sigma": tf.reshape(self.family.constrain(free)["sigma"], [])}
         regression_beta, scale_matrix, sigma = gaussian_regression(
-            statistics, fixed_xtx=data["xtx"], fixed_xty=data["xty"], response_ss=data["yty"], n_obs=data["n_obs"],
+            statistics, fixed_xtx=data["xtx"], fixed_xty=data["xty"], ols_beta=data["ols_beta"],
+            ols_rss=data["ols_rss"], n_obs=data["n_obs"],
             dims=self.dims, reml=reml,
         )
         return regression_beta, scale_matrix, tf.math.log(sigma)[None]
