@@ -70,7 +70,7 @@ def bind_model(family: Family, bound: BoundData, *, encode: Callable | None = No
     model = MixedModel(family, bound.fixed_matrix, response, bound.random_terms, bound.fixed_design.column_names,
                        offset=bound.offset, trials=trials, weights=weights)
     model.check_identifiable()
-    family.check_fit(model.fixed_design, model.response, model.offset, name=name, random_terms=model.random_terms)
+    family.check_fit(model.fixed_design, model.response, model.offset, name=name)
     n_fixed = model.fixed_design.shape[1]
     n_variance = sum(t.dim * (t.dim + 1) // 2 for t in model.random_terms)
     n_family = len(family.parameter_labels())

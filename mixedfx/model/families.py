@@ -235,8 +235,7 @@ class Family:
     def check_fixed_design(self, *, has_intercept: bool, formula: str) -> None:
         """Refuse a fixed part the family cannot fit (see :class:`Ordinal`)."""
 
-    def check_fit(self, fixed_design: np.ndarray, response: np.ndarray, offset, *, name: str,
-                  random_terms=()) -> None:
+    def check_fit(self, fixed_design: np.ndarray, response: np.ndarray, offset, *, name: str) -> None:
         """Refuse bound arrays whose likelihood has no maximum (see :class:`Gaussian`)."""
 
     def separation_cuts(self, response: np.ndarray, *, trials=None):
@@ -373,38 +372,18 @@ class Gaussian(Family):
                 "a float64 fit handles; rescale it (multiply by a power of ten: the estimates scale with it)"
             )
 
-    def check_fit(self, fixed_design, response, offset, *, name, random_terms=()):
-        """Refuse a response that the fixed effects, or the levels of a grouping factor
-        with a random intercept, reproduce exactly: its residual variance is zero and the
-        likelihood grows without bound."""
+    def check_fit(self, fixed_design, response, offset, *, name):
+        """Refuse a response that the fixed effects reproduce exactly: its residual
+        variance is zero and the likelihood grows without bound."""
         y = response - (0.0 if offset is None else offset)
+        coefficients = np.linalg.lstsq(fixed_design, y, rcond=None)[0]
+        residual = y - fixed_design @ coefficients
         total = np.sum((y - y.mean()) ** 2)
-        if _exact(fixed_design, y, total):
+        if np.sum(residual**2) <= 1e-20 * max(total, np.finfo(float).tiny):
             raise DataError(
                 f"the fixed effects reproduce the response {name!r} exactly (zero residuals): the residual "
                 "variance is zero and the likelihood has no maximum; is the response also a predictor?"
             )
-        for term in random_terms:
-            if "(Intercept)" in term.coef_names and _exact(*_within_levels(fixed_design, y, term.group_index), total):
-                raise DataError(
-                    f"the fixed effects and the levels of grouping factor {term.name!r} reproduce the response "
-                    f"{name!r} exactly (no variation within its levels beyond the fixed effects): the residual "
-                    "variance is zero and the likelihood has no maximum; model the level means as fixed "
-                    "effects, or check that the response is the one meant")
-
-
-def _within_levels(design: np.ndarray, y: np.ndarray, group_index: np.ndarray):
-    """``design`` and ``y`` less their means within each level (the within transformation)."""
-    counts = np.maximum(np.bincount(group_index), 1)
-    means = lambda v: (np.bincount(group_index, weights=v) / counts)[group_index]  # noqa: E731
-    return np.column_stack([c - means(c) for c in design.T]) if design.shape[1] else design, y - means(y)
-
-
-def _exact(design: np.ndarray, y: np.ndarray, total: float) -> bool:
-    """Whether ``design`` reproduces ``y`` to rounding (relative to ``total``, the
-    response's sum of squares)."""
-    residual = y - design @ np.linalg.lstsq(design, y, rcond=None)[0] if design.shape[1] else y
-    return bool(np.sum(residual**2) <= 1e-20 * max(total, np.finfo(float).tiny))
 
 
 @dataclass(frozen=True)
