@@ -53,6 +53,8 @@ def _interior_maximum(model, params, component, at_zero: float, *, seed: int, ga
     term, coefficient = component
     row = np.asarray(params.random_scale_tril[term])[coefficient, :]
     estimate = float(np.sqrt(row @ row))
+    if not estimate > 0.0:  # already at zero
+        return False
     best = minimize_scalar(lambda sd: -_log_likelihood(model, _scaled_component(params, component, sd),
                                                        reml=False, seed=seed),
                            bounds=(1e-6 * estimate, 2.0 * estimate), method="bounded",
