@@ -247,16 +247,23 @@ def _response_array(y, n_rows: int):
     return raw
 
 
+def _row_values(values, n_rows: int, name: str) -> np.ndarray:
+    """``values`` (``sample_weight`` or ``trials``, named ``name`` in errors) as a float64
+    array of ``n_rows`` values."""
+    try:
+        out = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{name} must be numeric: {exc}") from None
+    if out.shape != (n_rows,):
+        raise DataError(f"{name} must hold {n_rows} values, got shape {out.shape}")
+    return out
+
+
 def _weight_array(sample_weight, n_rows: int):
     """``sample_weight`` as a float64 array of ``n_rows`` values, or None."""
     if sample_weight is None:
         return None
-    try:
-        weights = np.asarray(sample_weight, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise DataError(f"sample_weight must be numeric: {exc}") from None
-    if weights.shape != (n_rows,):
-        raise DataError(f"sample_weight must hold {n_rows} values, got shape {weights.shape}")
+    weights = _row_values(sample_weight, n_rows, "sample_weight")
     bad = np.flatnonzero(~np.isfinite(weights) | (weights < 0))
     if bad.size:
         raise DataError(f"sample_weight must be finite and non-negative; position {int(bad[0])} holds "
@@ -270,12 +277,7 @@ def _trials_array(trials, n_rows: int):
     """``trials`` as a float64 array of ``n_rows`` positive whole numbers (NaN: missing), or None."""
     if trials is None:
         return None
-    try:
-        values = np.asarray(trials, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise DataError(f"trials must be numeric: {exc}") from None
-    if values.shape != (n_rows,):
-        raise DataError(f"trials must hold {n_rows} values, got shape {values.shape}")
+    values = _row_values(trials, n_rows, "trials")
     bad = np.flatnonzero(~np.isnan(values) & ((values <= 0) | (values != np.round(values)) | np.isinf(values)))
     if bad.size:
         raise DataError(f"trials must be positive whole numbers; position {int(bad[0])} holds {float(values[bad[0]])!r}")
