@@ -2,9 +2,10 @@
 
 Importing TensorFlow prints a burst of C++ log lines (oneDNN notices, CUDA probing,
 XLA service start-up) that are noise to a statistics user.  They are written straight
-to file descriptor 2 before Python can filter them, so the import, device discovery
-and a first tiny XLA compile run with that descriptor pointed at ``/dev/null``.  Set
-``MIXEDFX_TF_LOGS=1`` to see them.
+to file descriptor 2 before Python can filter them, so the import and device discovery
+run with that descriptor pointed at ``/dev/null``; so does the XLA service's start-up,
+by a tiny compile that :func:`start_xla` runs once, at the first fit (importing
+mixedfx compiles nothing).  Set ``MIXEDFX_TF_LOGS=1`` to see them.
 
 ``MIXEDFX_CPU_DEVICES=N`` splits the CPU into ``N`` logical devices before
 TensorFlow starts (``tf.config.set_logical_device_configuration``, which must run
@@ -25,7 +26,7 @@ import os
 import sys
 import warnings
 
-__all__ = ["tf", "tfp", "tfd", "tfb"]
+__all__ = ["tf", "tfp", "tfd", "tfb", "start_xla"]
 
 
 def _cpu_devices() -> int | None:
@@ -75,12 +76,31 @@ with _silenced_stderr_fd(), warnings.catch_warnings():
             tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * _cpu_devices())
     tf.config.list_physical_devices()
 
-    @tf.function(jit_compile=True)
-    def _first_compile(x):
-        return x + 1.0
-
-    # The XLA service logs its start-up once per process, at the first compile.
-    _first_compile(tf.constant(0.0))
-
 tfd = tfp.distributions
 tfb = tfp.bijectors
+
+
+@tf.function(jit_compile=True)
+def _first_compile(x):
+    """A trivial XLA program: compiling it starts the XLA service."""
+    return x + 1.0
+
+
+def start_xla() -> None:
+    """Start the XLA service quietly, once per process.
+
+    The service logs its start-up (on a GPU, its platform and devices) at the first
+    compile; this runs that compile, a third of a second on a CPU, with file descriptor
+    2 pointed at ``/dev/null``.  The first fit calls it, not the import, so that
+    importing mixedfx compiles nothing.  Later calls return at once.
+
+    Examples
+    --------
+    >>> from mixedfx._tf import start_xla
+    >>> start_xla()
+    >>> start_xla()  # a second call compiles nothing
+    """
+    if _first_compile.experimental_get_tracing_count():
+        return
+    with _silenced_stderr_fd():
+        _first_compile(tf.constant(0.0))

@@ -142,7 +142,9 @@ def test_proportion_with_trials_argument_and_deprecated_sample_weight(fits):
     proportion = data.assign(p=data["successes"] / trials)
     estimator = MixedEffectsRegressor("p ~ x + (1 | g1) + (1 | g2)", family="binomial", tol=0.05, random_state=0,
                                       verbose=0)
-    explicit = clone(estimator).fit(proportion, trials=trials)
+    # glmer's spelling: trials= names a column (the estimator's fit(..., trials=) underneath)
+    explicit = mixedfx.glmer("p ~ x + (1 | g1) + (1 | g2)", proportion.assign(n=trials), family="binomial",
+                             trials="n", tol=0.05, random_state=0, verbose=0)
     np.testing.assert_array_equal(explicit.fixed_effects_, model.fixed_effects_)
     with pytest.warns(FutureWarning, match="sample_weight as the trials of a proportion response is deprecated"):
         weighted = clone(estimator).fit(proportion, sample_weight=trials)

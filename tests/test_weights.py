@@ -20,6 +20,7 @@ import pytest
 from conftest import FIXTURES
 from scipy import special, stats
 
+import mixedfx
 from mixedfx import DataError, MixedEffectsRegressor
 from mixedfx._tf import tf
 from mixedfx.design import RandomTermData, bind_data
@@ -251,11 +252,11 @@ def test_integer_weights_are_replicated_rows(family):
 # -- the estimators ------------------------------------------------------------------------------------------------
 
 def test_weighted_lmer_fit_by_monte_carlo_em():
-    """The estimator's fit with sample_weight reaches lmer's weighted estimates: the
-    fixed effects (GLS at the estimated variances) within a tenth of their standard
-    errors, the sds within the fit's Monte Carlo error."""
+    """lmer(..., weights="w") (the estimator's fit with sample_weight underneath) reaches
+    lmer's weighted estimates: the fixed effects (GLS at the estimated variances) within a
+    tenth of their standard errors, the sds within the fit's Monte Carlo error."""
     frame, reference = _frame("sleepstudy"), WEIGHTS["sleepstudy"]["ml"]
-    model = MixedEffectsRegressor(SLEEP, random_state=0, verbose=0).fit(frame, sample_weight=frame["w"])
+    model = mixedfx.lmer(SLEEP, frame, weights="w", random_state=0, verbose=0)
     se = np.sqrt(np.diag(model.fixed_effects_cov_))
     np.testing.assert_allclose(model.fixed_effects_, list(reference["fixed_effects"].values()), atol=0.1 * se.min())
     sds = model.variance_components_["sdcor"].to_numpy()[[0, 1, 3]]
@@ -266,10 +267,11 @@ def test_weighted_lmer_fit_by_monte_carlo_em():
 
 def test_weighted_glmer_poisson_fit_by_monte_carlo_em():
     """The Poisson estimator with sample_weight reaches glmer's weighted estimates within
-    five Monte Carlo standard errors plus a tenth of their standard errors."""
+    five Monte Carlo standard errors plus a tenth of their standard errors; glmer's
+    weights= as values per row."""
     frame, reference = _frame("cbpp"), WEIGHTS["cbpp"]["poisson"]
-    model = MixedEffectsRegressor(CBPP_POISSON, family="poisson", random_state=0, verbose=0).fit(
-        frame, sample_weight=frame["w"])
+    model = mixedfx.glmer(CBPP_POISSON, frame, family="poisson", weights=frame["w"].to_numpy(), random_state=0,
+                          verbose=0)
     se = np.sqrt(np.diag(model.fixed_effects_cov_))
     expected = np.array(list(reference["fixed_effects"].values()))
     mcse = model.fit_summary_.mcse[:len(expected)]
@@ -306,6 +308,14 @@ def test_bad_weights_are_refused_by_position(weights, match):
     frame = pd.DataFrame({"y": [1.0, 2.0, 4.0], "x": [0.0, 1.0, 2.0], "g": list("aba")})
     with pytest.raises(DataError, match=match):
         bind_data(parse_formula("y ~ x + (1 | g)"), frame, sample_weight=weights)
+
+
+def test_lmer_and_glmer_name_a_missing_weights_column():
+    frame = pd.DataFrame({"y": [1.0, 2.0, 4.0], "x": [0.0, 1.0, 2.0], "g": list("aba"), "wt": [1.0, 2.0, 1.0]})
+    with pytest.raises(DataError, match=r"weights='w' names no column of the data. Did you mean 'wt'\?"):
+        mixedfx.lmer("y ~ x + (1 | g)", frame, weights="w")
+    with pytest.raises(DataError, match=r"trials='n' names no column of the data"):
+        mixedfx.glmer("y ~ x + (1 | g)", frame, family="binomial", trials="n")
 
 
 def test_bad_trials_are_refused():

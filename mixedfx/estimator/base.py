@@ -21,6 +21,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from mixedfx import lmertest, tables
+from mixedfx._tf import start_xla
 from mixedfx.design import (
     MISSING_POLICIES,
     NEW_LEVEL_POLICIES,
@@ -325,6 +326,7 @@ class MixedEffectsModel(AfterFitMethods, BaseEstimator):
         fitted.update(formula_spec_=spec, family_=model.family, response_design_=bound.response_design,
                       fixed_design_=bound.fixed_design, random_design_=bound.random_design,
                       dropped_rows_=bound.dropped_rows)
+        start_xla()  # the XLA service's start-up logs, silenced once per process
         fitted.update(self._fit_model(model, bound.random_design))
         self._set_fitted(fitted)
         return self

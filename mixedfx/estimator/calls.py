@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from mixedfx.estimator.classifier import MixedEffectsClassifier
 from mixedfx.estimator.regressor import MixedEffectsRegressor
+from mixedfx.exceptions import DataError, did_you_mean
 from mixedfx.model import get_family
 
 __all__ = ["lmer", "glmer"]
 
 
-def lmer(formula: str, data: pd.DataFrame, **kwargs) -> MixedEffectsRegressor:
+def _row_argument(value, data: pd.DataFrame, name: str):
+    """``weights=`` or ``trials=`` as lme4 takes them: a column of ``data`` named by a
+    string, or values per row (array-like); ``None`` stays ``None``."""
+    if value is None or not isinstance(value, str):
+        return value
+    if value not in data.columns:
+        raise DataError(f"{name}={value!r} names no column of the data.{did_you_mean(value, data.columns)}")
+    return np.asarray(data[value])
+
+
+def lmer(formula: str, data: pd.DataFrame, *, weights=None, **kwargs) -> MixedEffectsRegressor:
     """Fit a linear mixed model in one call, as lme4's ``lmer(formula, data, REML=FALSE)``.
 
     Parameters
@@ -19,6 +31,10 @@ def lmer(formula: str, data: pd.DataFrame, **kwargs) -> MixedEffectsRegressor:
     formula : str
         lme4 formula, e.g. ``"y ~ service + (1 | s) + (1 | d) + (1 | dept)"``.
     data : pandas.DataFrame
+    weights : str or array-like of shape (n_rows,), optional
+        lmer's ``weights=``: precision weights (row ``i``'s residual variance is
+        ``sigma^2 / w_i``), as a column name of ``data`` or values per row; passed to
+        ``fit`` as ``sample_weight``.
     **kwargs
         Other :class:`MixedEffectsRegressor` parameters (``random_state``,
         ``verbose``, ``tol``, ...).
@@ -39,10 +55,11 @@ def lmer(formula: str, data: pd.DataFrame, **kwargs) -> MixedEffectsRegressor:
     ['g', 'Residual']
     """
     kwargs.setdefault("family", "gaussian")
-    return MixedEffectsRegressor(formula, **kwargs).fit(data)
+    sample_weight = _row_argument(weights, data, "weights")
+    return MixedEffectsRegressor(formula, **kwargs).fit(data, sample_weight=sample_weight)
 
 
-def glmer(formula: str, data: pd.DataFrame, *, family="bernoulli", **kwargs):
+def glmer(formula: str, data: pd.DataFrame, *, family="bernoulli", weights=None, trials=None, **kwargs):
     """Fit a generalized linear mixed model in one call, as lme4's ``glmer``.
 
     Parameters
@@ -55,6 +72,12 @@ def glmer(formula: str, data: pd.DataFrame, *, family="bernoulli", **kwargs):
         ``"bernoulli"`` and ``"ordinal"`` give a :class:`MixedEffectsClassifier`;
         ``"binomial"``, ``"poisson"``, ``"negative_binomial"`` and ``"gaussian"`` a
         :class:`MixedEffectsRegressor`.
+    weights : str or array-like of shape (n_rows,), optional
+        glmer's prior ``weights=``: each row's log-likelihood is multiplied by its
+        weight; a column name of ``data`` or values per row.
+    trials : str or array-like of shape (n_rows,), optional
+        A binomial response's trials, for a response of proportions or successes (as a
+        column name or values per row); ``cbind(successes, failures)`` is the other way.
     **kwargs
         Other estimator parameters.
 
@@ -77,4 +100,7 @@ def glmer(formula: str, data: pd.DataFrame, *, family="bernoulli", **kwargs):
     """
     resolved = get_family(family)
     estimator = MixedEffectsClassifier if resolved.is_classification else MixedEffectsRegressor
-    return estimator(formula, family=family, **kwargs).fit(data)
+    fit_arguments = {"sample_weight": _row_argument(weights, data, "weights")}
+    if trials is not None:
+        fit_arguments["trials"] = _row_argument(trials, data, "trials")
+    return estimator(formula, family=family, **kwargs).fit(data, **fit_arguments)
