@@ -316,8 +316,9 @@ def contrast_df(model, L, *, ddf: str = "satterthwaite") -> pd.DataFrame:
 def anova_type3(model, *, ddf: str = "satterthwaite") -> pd.DataFrame:
     """lmerTest's type III F table: one F test per fixed-effect term.
 
-    Each term's hypothesis matrix is lmerTest's (SAS) type III one for the model's
-    treatment coding (:func:`type3_hypotheses`); the F test, its Satterthwaite df
+    Each term's hypothesis matrix is lmerTest's (SAS) type III one, built in the
+    treatment basis and carried to the model's coding (:func:`type3_hypotheses`), so that
+    ``C(f, contr.sum)`` and the default coding give the same table; the F test, its Satterthwaite df
     (lmerTest's ``contestMD``: eigen-decomposed ``L C L'`` and
     ``get_Fstat_ddf``) or Kenward-Roger df and scaling (pbkrtest's ``KRmodcomp``) as
     lmerTest's.

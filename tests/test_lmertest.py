@@ -34,9 +34,11 @@ FORMULAS = {
     "crossed_small": "y ~ x + (1 | g1) + (1 | g2)",
     "cake": "angle ~ recipe * temp + (1 | batch)",
     "cake_heat": "angle ~ recipe * heat + (1 | batch)",
+    # sum-to-zero coding (the same in R): other coefficients and hypotheses, the same type III table
+    "cake_sum": "angle ~ C(recipe, contr.sum) * C(heat, contr.sum) + (1 | batch)",
 }
 DATA = {"sleepstudy": "sleepstudy.csv", "crossed_small": "crossed_small.csv", "cake": "cake.csv",
-        "cake_heat": "cake.csv"}
+        "cake_heat": "cake.csv", "cake_sum": "cake.csv"}
 CASES = [(name, method) for name in FORMULAS for method in ("reml", "ml")]
 
 
@@ -125,7 +127,7 @@ def test_autodiff_varpar_covariance_matches_lmertest_numderiv(bound_models, name
     np.testing.assert_allclose(pieces.fixed_cov, np.asarray(fixture["fixed_effects_cov"]), rtol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["cake", "cake_heat"])
+@pytest.mark.parametrize("name", ["cake", "cake_heat", "cake_sum"])
 def test_type3_hypotheses_are_lmertests(bound_models, name):
     fixture = load(name, "reml")
     hypotheses = type3_hypotheses(bound_models[name].fixed_design_)
