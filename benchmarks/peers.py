@@ -291,6 +291,9 @@ def driver(peer: str, spec_path: str) -> dict:
 
     with open(spec_path) as handle:
         spec = json.load(handle)
+    if spec["family"] not in ("gaussian", "bernoulli"):
+        return {"error": f"cannot fit: the benchmark drives {peer} for gaussian and bernoulli models, "
+                         f"not {spec['family']} (none of the peers has an ordinal family)"}
     data = read_case(spec)
     try:
         with warnings.catch_warnings(record=True) as caught:
