@@ -387,14 +387,15 @@ def run_scale_case(args, installed: dict) -> list[dict]:
     rows = []
     for n_rows in args.scale_sizes:
         label, case_rows = f"scale {n_rows:,} rows", []
-        result = scale.run_child(n_rows, args.seed)
+        result = scale.run_child(n_rows, args.seed, args.float64)
         if "error" in result:
             case_rows.append(failed_row(label, "mixedfx", "mixedfx", result["error"]))
         else:
             case_rows.append(make_row(
                 label, "mixedfx, first fit", "mixedfx", seconds=result["seconds"], memory=result["peak_memory_gb"],
                 estimates=_scale_names(result["estimates"]),
-                note=f"{result['iterations']} EM iterations" + ("" if result["converged"] else ", not converged")))
+                note=f"{result['iterations']} EM iterations" + (", float64 E-step" if args.float64 else "")
+                + ("" if result["converged"] else ", not converged")))
         run_r_here = not args.skip_r and n_rows <= args.scale_r_max
         run_peers_here = not args.skip_peers and n_rows <= args.peer_max_rows
         if run_r_here or run_peers_here:
