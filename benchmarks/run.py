@@ -36,7 +36,7 @@ Columns, per case:
   in lme4's standard errors (``FE .. SE``; in absolute units against a truth), and the logLik difference
   (``dlogLik``; mixedfx's GLMM logLik is its Laplace approximation at its estimates, like glmer's).
 
-    python benchmarks/run.py                                         # everything (about an hour on 2 cores)
+    python benchmarks/run.py                          # everything (long: the million-row fits take minutes each)
     python benchmarks/run.py --cases sleepstudy verbagg              # the small cases, with peers and lme4
     python benchmarks/run.py --cases gaussian --skip-tutorial --peers glmm
     python benchmarks/run.py --cases scale --scale-sizes 10000 100000 1000000 10000000 --skip-peers

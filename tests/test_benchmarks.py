@@ -120,3 +120,12 @@ def test_peers_venv_path_and_fixed_design_as_r_codes_it(monkeypatch, tmp_path):
     design = peers.fixed_design(data, {"fixed": ["Anger", "btype"], "categorical": ["btype"]})
     assert list(design.columns) == ["Intercept", "Anger", "btypescold", "btypeshout"]  # R's names, curse the base
     assert design["btypeshout"].tolist() == [1.0, 0.0, 0.0] and design["btypescold"].tolist() == [0.0, 0.0, 1.0]
+
+
+def test_mixedfx_and_lme4_name_verbaggs_coefficients_alike():
+    run = load("run")
+    ref = run.reference("verbagg")  # glmer's committed fit, from benchmarks/data/make_verbagg.R
+    assert ref["estimates"]["GenderM"] == 0.320602638853499 and ref["loglik"] == -4075.70024509549
+    formulaic = ["Intercept", "Anger", "Gender[T.M]", "btype[T.scold]", "btype[T.shout]", "situ[T.self]"]
+    assert [run._mixedfx_name(n) for n in formulaic] == [k for k in ref["estimates"] if k in ref["se"]]
+    assert set(ref["estimates"]) - set(ref["se"]) == {"sd(id)", "sd(item)"}
