@@ -152,7 +152,7 @@ def format_accuracy(accuracy: dict | None) -> str:
     return ", ".join(parts)
 
 
-COLUMNS = (("case", 22), ("method", 30), ("import s", 8), ("fit s", 8), ("peak GB", 7), ("vs fastest peer", 18),
+COLUMNS = (("case", 30), ("method", 26), ("import s", 8), ("fit s", 8), ("peak GB", 7), ("vs fastest peer", 18),
            ("vs lme4", 7), ("error vs reference", 36))
 
 

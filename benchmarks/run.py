@@ -392,7 +392,8 @@ def run_scale_case(args, installed: dict) -> list[dict]:
             case_rows.append(failed_row(label, "mixedfx", "mixedfx", result["error"]))
         else:
             case_rows.append(make_row(
-                label, "mixedfx, first fit", "mixedfx", seconds=result["seconds"], memory=result["peak_memory_gb"],
+                label, "mixedfx, first fit", "mixedfx", import_seconds=result.get("import_seconds"),
+                seconds=result["seconds"], memory=result["peak_memory_gb"],
                 estimates=_scale_names(result["estimates"]),
                 note=f"{result['iterations']} EM iterations" + (", float64 E-step" if args.float64 else "")
                 + ("" if result["converged"] else ", not converged")))
