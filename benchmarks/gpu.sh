@@ -10,6 +10,7 @@
 # RESULTS.md; MIXEDFX_GPU_RESULTS=FILE names the file in either mode.  No R and no Python peers here (the
 # lent machine reaches no registry): those run in benchmarks/run.py.  Each step has a time limit (seconds
 # below) so that the whole stays under 8 minutes; a step that hits it is reported as such.
+# MIXEDFX_GPU_DRY_RUN=1 prints each step's command instead of running it.
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -43,6 +44,7 @@ notes=()
 step() {  # step NAME LIMIT_SECONDS COMMAND...: run, log its output, note a failure or a time-out
   local name=$1 limit=$(($2 * slow)); shift 2
   echo "== $name (limit ${limit} s)"
+  if [ "${MIXEDFX_GPU_DRY_RUN:-0}" = 1 ]; then echo "$*"; return; fi
   local started=$SECONDS
   timeout -k 10 "$limit" "$@" 2>&1 | tee "$work/$name.log"
   local status=${PIPESTATUS[0]}
@@ -55,9 +57,9 @@ step() {  # step NAME LIMIT_SECONDS COMMAND...: run, log its output, note a fail
 }
 
 common=(--skip-r --skip-peers --skip-tutorial)
-step insteval_float32 150 "$PYTHON" benchmarks/run.py --cases gaussian bernoulli "${common[@]}" "${insteval[@]}" \
+step insteval_float32 150 "$PYTHON" benchmarks/run.py --cases gaussian bernoulli "${common[@]}" ${insteval[@]+"${insteval[@]}"} \
   --json "$work/insteval_float32.json"
-step insteval_float64 60 "$PYTHON" benchmarks/run.py --cases gaussian --float64 "${common[@]}" "${insteval[@]}" \
+step insteval_float64 60 "$PYTHON" benchmarks/run.py --cases gaussian --float64 "${common[@]}" ${insteval[@]+"${insteval[@]}"} \
   --json "$work/insteval_float64.json"
 step rows_float32 100 "$PYTHON" benchmarks/run.py --cases scale --scale-sizes "$rows" "${common[@]}" \
   --json "$work/rows_float32.json"
