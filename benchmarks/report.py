@@ -183,5 +183,5 @@ def format_table(rows: list[dict]) -> str:
             cells = (case, row["method"], format_seconds(row["import_seconds"]), format_seconds(row["seconds"]),
                      memory, versus_peer, versus_lme4, format_accuracy(row["accuracy"]) if row["seconds"] else "")
             lines.append(" ".join(f"{cell:{'>' if name.endswith(' s') or name == 'peak GB' else '<'}{width}s}"
-                                  for cell, (name, width) in zip(cells, COLUMNS)) + f" {row['note']}")
+                                  for cell, (name, width) in zip(cells, COLUMNS)) + f" {row['note']}".rstrip())
     return "\n".join(lines)
