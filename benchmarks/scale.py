@@ -48,9 +48,13 @@ def write_csv(n_rows: int, seed: int) -> str:
     return handle.name
 
 
-def fit_one(n_rows: int, seed: int) -> dict:
-    """Simulate and fit one size (runs in the child process)."""
+def fit_one(n_rows: int, seed: int, float64: bool = False) -> dict:
+    """Simulate and fit one size (runs in the child process); ``float64``: the E-step in float64, not float32."""
+    started = time.perf_counter()
     import mixedfx
+    from mixedfx.inference import MCEMOptions
+
+    import_seconds = time.perf_counter() - started  # the first import in the process (TensorFlow's included)
 
     groups = levels_for(n_rows)
     data = simulate(n_rows, seed)
@@ -60,12 +64,13 @@ def fit_one(n_rows: int, seed: int) -> dict:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model = mixedfx.MixedEffectsRegressor("y ~ x + (1 | g1) + (1 | g2) + (1 | g3)", random_state=seed,
-                                              verbose=0).fit(data)
+                                              verbose=0, options=MCEMOptions(float32_e_step=not float64)).fit(data)
     seconds = time.perf_counter() - started
     sds = model.variance_components_.set_index("group")["sdcor"]
     summary = model.fit_summary_
     return {
-        "rows": n_rows, "levels": groups, "seconds": seconds, "first_call_seconds": summary.first_call_seconds,
+        "rows": n_rows, "levels": groups, "import_seconds": import_seconds, "seconds": seconds,
+        "first_call_seconds": summary.first_call_seconds,
         "iterations": summary.n_iter, "converged": summary.converged,
         "estimates": {"Intercept": float(model.fixed_effects_["Intercept"]), "x": float(model.fixed_effects_["x"]),
                       **{g: float(sds[g]) for g in groups}, "sigma": float(sds["Residual"])},
@@ -82,9 +87,10 @@ def own_peak_memory_gb() -> float:
     return int(line.split()[1]) / 2**20  # kB
 
 
-def run_child(n_rows: int, seed: int) -> dict:
+def run_child(n_rows: int, seed: int, float64: bool = False) -> dict:
     """Fit one size in a fresh process; returns its result with the peak resident memory."""
     command = [sys.executable, __file__, "--child", str(n_rows), "--seed", str(seed)]
+    command += ["--float64"] if float64 else []
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     output = process.stdout.read()
@@ -102,10 +108,11 @@ def main(argv=None):
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--float64", action="store_true", help="the Gaussian E-step in float64, not float32")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
     if args.child:
-        result = fit_one(args.child, args.seed)
+        result = fit_one(args.child, args.seed, args.float64)
         print(json.dumps({**result, "peak_memory_gb": own_peak_memory_gb()}))
         return
     print(f"scale curve: y ~ x + (1 | g1) + (1 | g2) + (1 | g3), {os.cpu_count()} CPUs; truth {TRUTH}")
@@ -113,7 +120,7 @@ def main(argv=None):
           f"{'iters':>5}  largest error vs truth")
     results = []
     for n_rows in args.sizes:
-        result = run_child(n_rows, args.seed)
+        result = run_child(n_rows, args.seed, args.float64)
         results.append(result)
         if "error" in result:
             print(f"{n_rows:>10} {result['error']}")

@@ -4,6 +4,7 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import mixedfx
 
@@ -38,3 +39,93 @@ def test_benchmark_reference_reads_the_lme4_fixture():
     values, se, loglik = insteval.reference()
     assert values["sd(dept)"] == 0.0785193483495863 and loglik == -118860.884387946
     assert set(insteval.PARAMS) <= set(values)
+
+
+# -- the peers' comparison: pure functions of benchmarks/report.py and benchmarks/peers.py -------------------
+def _rows():
+    report = load("report")
+    return report, [
+        report.make_row("c", "mixedfx, first fit", "mixedfx", seconds=8.0, import_seconds=9.0, memory=1.2),
+        report.make_row("c", "mixedfx, compiled refit", "mixedfx", seconds=0.5, memory=1.2),
+        report.make_row("c", "lmer (lme4)", "lme4", seconds=2.0, memory=0.2),
+        report.make_row("c", "glmm 0.6.2", "peer", seconds=0.25, memory=0.1),
+        report.make_row("c", "mixedlm 1.3.0", "peer", seconds=1.0, memory=0.1),
+        report.failed_row("c", "gpboost 1.8.0", "peer", "cannot fit: no correlated slopes"),
+    ]
+
+
+def test_ratio_is_against_the_fastest_peer_that_fitted():
+    report, rows = _rows()
+    fastest = report.fastest_peer(rows)
+    assert fastest["method"] == "glmm 0.6.2"  # the failed gpboost row (no seconds) is not a candidate
+    assert report.speed_ratio(fastest, rows[1]) == 0.5  # 0.25 s / 0.5 s: the peer is twice as fast
+    assert report.speed_ratio(report.lme4_row(rows), rows[1]) == 4.0
+    assert report.speed_ratio(fastest, rows[5]) is None
+    assert report.fastest_peer(rows[:3]) is None
+    assert [report.format_ratio(v) for v in (4.0, 0.5, 0.0016, None)] == ["4.0x", "0.50x", "0.0016x", "-"]
+
+
+def test_table_prints_ratios_and_the_reason_of_a_missing_peer():
+    report, rows = _rows()
+    lines = report.format_table(rows).splitlines()
+    assert len(lines) == 1 + len(rows)
+    refit = next(line for line in lines if "compiled refit" in line)
+    assert "glmm 0.50x" in refit and "4.0x" in refit
+    assert "(fastest peer)" in next(line for line in lines if line.split()[1] == "glmm")
+    gpboost = next(line for line in lines if "gpboost" in line)
+    assert gpboost.endswith("cannot fit: no correlated slopes") and "x " not in gpboost.split("gpboost 1.8.0")[1]
+
+
+def test_errors_against_lme4_in_ses_relative_sds_and_loglik():
+    report = load("report")
+    with open(Path(__file__).parent / "fixtures" / "lme4_sleepstudy_slopes_ml.json") as handle:
+        import json
+
+        ref = report.reference_from_fixture(json.load(handle))
+    assert set(ref["estimates"]) == {"Intercept", "Days", "sd(Subject)", "sd(Subject:Days)",
+                                     "cor(Subject:(Intercept),Days)", "sigma"}
+    assert ref["loglik"] == -875.969672244495 and ref["se"]["Days"] == 1.50223021383204
+    fit = dict(ref["estimates"])
+    fit["Days"] += 0.5 * ref["se"]["Days"]  # half a standard error off
+    fit["sd(Subject:Days)"] *= 1.02  # 2 % off
+    fit["cor(Subject:(Intercept),Days)"] = -0.9  # correlations are not scored
+    out = report.errors(fit, ref, loglik=ref["loglik"] - 0.25)
+    assert abs(out["fe_error_se"] - 0.5) < 1e-12 and abs(out["sd_error"] - 0.02) < 1e-12
+    assert abs(out["loglik_diff"] + 0.25) < 1e-9
+    assert report.format_accuracy(out) == "sd 2.0%, FE 0.50 SE, dlogLik -0.25"
+    truth = {"estimates": {"x": 1.0, "sd(g)": 0.5}, "se": {}, "loglik": None}  # a simulated truth: FE absolute
+    assert report.errors({"x": 1.1, "sd(g)": 0.4}, truth) == pytest.approx({"sd_error": 0.2, "fe_abs_error": 0.1})
+
+
+def test_a_peers_json_line_or_its_failure_is_parsed():
+    peers = load("peers")
+    line = '{"version": "0.6.2", "import_seconds": 0.01, "fit_seconds": 0.02, "estimates": {"x": 1.0}}'
+    assert peers.parse_peer_output("[GPBoost] [Info] threads\n" + line + "\n")["fit_seconds"] == 0.02
+    assert peers.parse_peer_output('{"error": "cannot fit: no slopes"}')["error"] == "cannot fit: no slopes"
+    crashed = peers.parse_peer_output("", "Traceback ...\nMemoryError: out of memory", returncode=1)
+    assert crashed["error"] == "failed (exit status 1): MemoryError: out of memory"
+    assert peers.parse_peer_output("not json", "", 0)["error"].startswith("no result printed")
+
+
+def test_peers_venv_path_and_fixed_design_as_r_codes_it(monkeypatch, tmp_path):
+    import pandas as pd
+
+    peers = load("peers")
+    monkeypatch.setenv("MIXEDFX_PEERS_VENV", str(tmp_path / "v"))
+    assert peers.peers_venv() == tmp_path / "v" and peers.peers_venv("/x/y") == Path("/x/y")
+    monkeypatch.delenv("MIXEDFX_PEERS_VENV")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert peers.peers_venv() == tmp_path / "mixedfx-bench" / "peers-venv"
+    data = pd.DataFrame({"Anger": [1.0, 2.0, 3.0], "btype": ["shout", "curse", "scold"]})
+    design = peers.fixed_design(data, {"fixed": ["Anger", "btype"], "categorical": ["btype"]})
+    assert list(design.columns) == ["Intercept", "Anger", "btypescold", "btypeshout"]  # R's names, curse the base
+    assert design["btypeshout"].tolist() == [1.0, 0.0, 0.0] and design["btypescold"].tolist() == [0.0, 0.0, 1.0]
+
+
+def test_mixedfx_and_lme4_name_verbaggs_coefficients_alike():
+    run = load("run")
+    ref = run.reference("verbagg")  # glmer's committed fit, from benchmarks/data/make_verbagg.R
+    assert ref["estimates"]["GenderM"] == 0.320602638853499 and ref["loglik"] == -4075.70024509549
+    formulaic = ["Intercept", "Anger", "Gender[T.M]", "btype[T.scold]", "btype[T.shout]", "situ[T.self]"]
+    assert [run._mixedfx_name(n) for n in formulaic] == [k for k in ref["estimates"] if k in ref["se"]]
+    assert set(ref["estimates"]) - set(ref["se"]) == {"sd(id)", "sd(item)"}
