@@ -22,6 +22,27 @@ def pytest_report_header(config):
     return f"mixedfx {mixedfx.__version__}: {Path(mixedfx.__file__).parent}"
 
 
+#: Seconds each heavy test file took, summed over its tests (the run of 2026-12-06, two
+#: pytest-xdist workers on a loaded 2-core machine: relative figures).  The README's
+#: command runs files whole (``--dist loadfile``) in two workers, in collection order
+#: (``--no-loadscope-reorder``): the heaviest files go first so that the light ones fill
+#: the gaps at the end, instead of one worker running test_results.py alone while the
+#: other idles (test_results, test_sklearn and test_weights sort last by name).
+FILE_SECONDS = {
+    "test_results.py": 887, "test_families.py": 643, "test_sklearn.py": 595, "test_marginal_means.py": 407,
+    "test_docs.py": 404, "test_reform.py": 360, "test_grammar.py": 352, "test_memory.py": 293,
+    "test_battery.py": 288, "test_fuzz.py": 246, "test_persistence.py": 238, "test_lmertest.py": 235,
+    "test_weights.py": 231, "test_insteval.py": 225, "test_inference.py": 203, "test_recovery.py": 134,
+    "test_profile.py": 116, "test_distributed.py": 106, "test_estimator_statistics.py": 88,
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Heaviest test files first (:data:`FILE_SECONDS`), the rest in their usual order."""
+    position = {id(item): i for i, item in enumerate(items)}
+    items.sort(key=lambda item: (-FILE_SECONDS.get(Path(str(item.fspath)).name, 0), position[id(item)]))
+
+
 def subprocess_env() -> dict:
     """The environment for a child Python that must import the same mixedfx as this run
     (the installed package under CI, the source tree in a developer's run)."""
