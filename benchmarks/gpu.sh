@@ -4,7 +4,7 @@
 # throughput.  It appends its table, with the card's name (nvidia-smi), to benchmarks/RESULTS.md.
 #
 #   bash benchmarks/gpu.sh            # on the GPU machine, from anywhere in the repository
-#   bash benchmarks/gpu.sh --quick    # every case shrunk (a minute or two; also MIXEDFX_GPU_QUICK=1): a check
+#   bash benchmarks/gpu.sh --quick    # every case shrunk (also MIXEDFX_GPU_QUICK=1): a check; 8.5 min on a loaded 2-core CPU
 #
 # Without a GPU it says so and runs on the CPU.  --quick appends to $TMPDIR/mixedfx-gpu-quick.md, not to
 # RESULTS.md; MIXEDFX_GPU_RESULTS=FILE names the file in either mode.  No R and no Python peers here (the
