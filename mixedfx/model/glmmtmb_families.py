@@ -346,6 +346,10 @@ class StudentT(Family):
         sigma = _log_positive(mad if mad > 0 else np.std(centred), 1e-8, 1e50)
         return sigma if self.df is not None else np.concatenate([sigma, [np.log(5.0)]])
 
+    def parameters_from_values(self, values):
+        values = np.atleast_1d(np.asarray(values, dtype=float))
+        return {name: float(value) for name, value in zip(self.parameter_names, values)}
+
     def free_from_parameters(self, parameters):
         free = [np.log(float(parameters["sigma"]))]
         return np.array(free if self.df is not None else free + [np.log(float(parameters["df"]))])
