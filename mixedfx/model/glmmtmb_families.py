@@ -5,15 +5,15 @@ distribution, mean, variance, Fisher weight, its own parameters on an unconstrai
 scale, response checks and quantiles), named and parametrised as glmmTMB's
 ``family=`` argument is, so that estimates compare one to one:
 
-========================  ===========  =======  ==============================================
-glmmTMB                   mixedfx      link     own parameters (glmmTMB's summary)
-========================  ===========  =======  ==============================================
-``Gamma(link = "log")``   ``gamma``    log      ``dispersion`` = 1 / shape (``sigma^2``)
-``nbinom1()``             ``nbinom1``  log      ``dispersion`` = phi, variance ``mu (1 + phi)``
-``beta_family()``         ``beta``     logit    ``dispersion`` = precision phi
-``t_family()``            ``t``        identity ``sigma`` (scale) and ``df`` (or fixed)
-``betabinomial()``        ``betabinomial`` logit ``dispersion`` = phi
-========================  ===========  =======  ==============================================
+========================  ==================  ========  ==============================================
+glmmTMB                   mixedfx             link      own parameters (glmmTMB's summary)
+========================  ==================  ========  ==============================================
+``Gamma(link = "log")``   ``"gamma"``         log       ``dispersion`` = 1 / shape (``sigma^2``)
+``nbinom1()``             ``"nbinom1"``       log       ``dispersion`` = phi, variance ``mu (1 + phi)``
+``beta_family()``         ``"beta"``          logit     ``dispersion`` = precision phi
+``t_family()``            ``"t"``             identity  ``sigma`` (scale) and ``df`` (or fixed)
+``betabinomial()``        ``"betabinomial"``  logit     ``dispersion`` = phi
+========================  ==================  ========  ==============================================
 
 Importing :mod:`mixedfx.model` registers them in
 :data:`~mixedfx.model.families.FAMILIES` (and glmmTMB's spellings in
