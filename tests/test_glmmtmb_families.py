@@ -289,6 +289,23 @@ def test_summary_reports_the_dispersion_as_glmmtmb_does(fits, capsys):
     assert expected == pytest.approx(REFERENCE["gamma"]["sigma"] ** 2, rel=0.05)
 
 
+@pytest.mark.parametrize("case, n_params", [("t", 5), ("t_df4", 4), ("betabinomial", 4)])
+def test_parameter_count_and_summary_of_the_familys_own_parameters(fits, case, n_params, capsys):
+    """AIC counts the family's own parameters as glmmTMB's does (a t's sigma and df, or
+    sigma alone when df is fixed), and the summary prints them."""
+    model = fits(case)
+    assert mixedfx.results.count_parameters(model) == n_params
+    assert model.aic_ == pytest.approx(-2.0 * model.log_likelihood_ + 2.0 * n_params)
+    model.summary()
+    text = capsys.readouterr().out
+    params = model.model_parameters_.family_params
+    if model.family_.name == "t":
+        assert f"Dispersion estimate for t family (sigma^2): {params['sigma'] ** 2:.4g}" in text
+        assert ("Student-t df: 4 (fixed)" in text) == (case == "t_df4")
+    else:
+        assert f"Dispersion parameter for betabinomial family (): {params['dispersion']:.4g}" in text
+
+
 def test_simulated_and_observed_responses_spread_alike(fits):
     """simulate() draws from the fitted family: for the beta fit, with the random effects
     at their conditional means, the simulated responses lie in (0, 1) and their mean
