@@ -69,8 +69,7 @@ def format_summary(model) -> str:
         f"{name}, {factor.num_levels}" for name, factor in model.random_design_.factors.items()
     )
     lines += [f"Number of obs: {model.n_obs_}, groups:  {groups}"]
-    if hasattr(model, "dispersion_"):
-        lines.append(f"Dispersion parameter (nbinom2): {model.dispersion_:.4g}")
+    lines += model.family_.parameter_lines(model.model_parameters_.family_params)
     lines += ["", "Fixed effects:"]
     lines += _fixed_effects_lines(fixed_effects_table(model))
     if cutpoints is not None:

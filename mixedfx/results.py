@@ -42,8 +42,8 @@ __all__ = [
 
 def count_parameters(model) -> int:
     """Parameters counted as lme4 counts them for AIC, BIC and ``anova``'s ``npar``:
-    fixed effects, every variance-covariance entry (the residual's included), the
-    cutpoints and the dispersion.
+    fixed effects, every variance-covariance entry of the random effects, and the
+    family's own parameters (a residual sd, cutpoints, a dispersion, a t's df).
 
     Examples
     --------
@@ -56,9 +56,9 @@ def count_parameters(model) -> int:
     >>> count_parameters(model)  # Intercept, x, sd(g), sigma
     4
     """
-    cutpoints = getattr(model, "cutpoints_", None)
-    return (len(model.fixed_effects_) + len(model.variance_components_)
-            + (0 if cutpoints is None else len(cutpoints)) + (1 if hasattr(model, "dispersion_") else 0))
+    components = model.variance_components_
+    residual = (components["group"] == "Residual") & components["var1"].isna()  # the family's sigma, counted below
+    return len(model.fixed_effects_) + int((~residual).sum()) + len(model.family_.parameter_labels())
 
 
 def model_ddf(model) -> str:

@@ -5,8 +5,8 @@ Monte Carlo EM loop costs seconds, far more than fitting a small data set with i
 Cross-validation folds, bootstrap refits, grid searches and the data sets of a test
 suite differ by a few rows or levels each, so :func:`fit_mcem` pads the rows and the
 levels of each random term up to a *bucket* size, with a 0/1 weight per row and per
-level that masks the padding out of every sum: padded rows have zero design, response
-and weight; padded levels have no rows, and their effects, which the E-step draws
+level that masks the padding out of every sum: padded rows have zero design and weight,
+and the first row's response and trials; padded levels have no rows, and their effects, which the E-step draws
 from the prior, are left out of the M-step's statistics and of every output.
 
 Bucket sizes are powers of two up to a limit, then eighth-octave steps

@@ -446,7 +446,9 @@ def one_hot_terms(num_levels, *, devices=None) -> tuple[bool, ...]:
 def _padded_rows(model: MixedModel, buckets: ShapeBuckets) -> dict:
     """The model's rows as tensors, padded to the bucket (see :mod:`mixedfx.inference.rows`)."""
     pad = buckets.pad_rows
-    response = tf.constant(pad(model.response), tf.float64)
+    # padded rows repeat the first row's response (and trials): a value every family's density
+    # takes (0 is outside a Gamma's or a beta's support, and -inf times a zero weight is NaN)
+    response = tf.constant(pad(model.response, fill=model.response[0]), tf.float64)
     rows = {
         "fixed_design": tf.constant(pad(model.fixed_design), tf.float64),
         "response": response,
@@ -457,7 +459,7 @@ def _padded_rows(model: MixedModel, buckets: ShapeBuckets) -> dict:
     if model.offset is not None:
         rows["offset"] = tf.constant(pad(model.offset), tf.float64)
     if model.trials is not None:
-        rows["trials"] = tf.constant(pad(model.trials, fill=1.0), tf.float64)
+        rows["trials"] = tf.constant(pad(model.trials, fill=model.trials[0]), tf.float64)  # with the response
     if model.weights is not None:
         rows["prior_weight"] = tf.constant(pad(model.weights, fill=1.0), tf.float64)
     for k, term in enumerate(model.random_terms):

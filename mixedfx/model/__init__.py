@@ -15,6 +15,7 @@ from mixedfx.model.families import (
     Poisson,
     get_family,
 )
+from mixedfx.model.glmmtmb_families import Beta, BetaBinomial, Gamma, NegativeBinomial1, StudentT
 from mixedfx.model.gaussian import GaussianMarginal, gaussian_marginal, term_z
 from mixedfx.model.likelihood import LaplaceMode, MarginalLikelihood, laplace_mode, marginal_log_likelihood
 from mixedfx.model.joint import (
@@ -42,6 +43,11 @@ __all__ = [
     "Poisson",
     "NegativeBinomial",
     "Ordinal",
+    "Gamma",
+    "NegativeBinomial1",
+    "Beta",
+    "StudentT",
+    "BetaBinomial",
     "get_family",
     "BlockSystem",
     "DenseBlockTooLarge",

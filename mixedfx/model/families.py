@@ -64,6 +64,11 @@ class Family:
     poisson            log       ()
     negative_binomial  log       ('dispersion',)
     ordinal            logit     ('cutpoints',)
+    gamma              log       ('dispersion',)
+    nbinom1            log       ('dispersion',)
+    beta               logit     ('dispersion',)
+    t                  identity  ('sigma', 'df')
+    betabinomial       logit     ('dispersion',)
     """
 
     name: ClassVar[str] = "family"
@@ -100,10 +105,19 @@ class Family:
     #: Monte Carlo EM leaves a true zero at 0.06-0.12 (measured on bernoulli and Poisson
     #: data simulated with none); a multiple of the residual sd for the Gaussian family.
     boundary_candidate_sd: ClassVar[float] = 0.25
+    #: The family's name in glmmTMB (the summary's "Dispersion parameter (...)" line).
+    glmmtmb_name: ClassVar[str] = ""
 
     @property
     def link(self) -> str:
         return "identity"
+
+    def parameter_lines(self, parameters: Mapping[str, object]) -> list[str]:
+        """The summary's lines for the family's own parameters other than a residual sd
+        (glmmTMB's "Dispersion parameter for nbinom2 family" line)."""
+        if "dispersion" not in self.parameter_names:
+            return []
+        return [f"Dispersion parameter ({self.glmmtmb_name or self.name}): {float(parameters['dispersion']):.4g}"]
 
     # -- the likelihood ---------------------------------------------------------------------
     def distribution(self, linear_predictor, parameters: Mapping[str, tf.Tensor], *, trials=None) -> tfd.Distribution:
@@ -567,6 +581,7 @@ class NegativeBinomial(Family):
     """
 
     name: ClassVar[str] = "negative_binomial"
+    glmmtmb_name: ClassVar[str] = "nbinom2"
     parameter_names: ClassVar[tuple[str, ...]] = ("dispersion",)
 
     @property
@@ -791,8 +806,9 @@ class Ordinal(Family):
 #: Examples
 #: --------
 #: >>> from mixedfx.model import FAMILIES
-#: >>> sorted(FAMILIES)
-#: ['bernoulli', 'binomial', 'gaussian', 'negative_binomial', 'ordinal', 'poisson']
+#: >>> sorted(FAMILIES)  # doctest: +NORMALIZE_WHITESPACE
+#: ['bernoulli', 'beta', 'betabinomial', 'binomial', 'gamma', 'gaussian', 'nbinom1', 'negative_binomial',
+#:  'ordinal', 'poisson', 't']
 #: >>> FAMILIES["poisson"]().link
 #: 'log'
 FAMILIES: dict[str, type[Family]] = {
@@ -803,6 +819,10 @@ FAMILIES: dict[str, type[Family]] = {
     "negative_binomial": NegativeBinomial,
     "ordinal": Ordinal,
 }
+
+#: Other spellings of family names (glmmTMB's among them), lower case, for
+#: :func:`get_family`; :mod:`mixedfx.model.glmmtmb_families` adds its own.
+ALIASES: dict[str, str] = {"nbinom2": "negative_binomial"}
 
 
 def get_family(family: str | Family) -> Family:
@@ -815,9 +835,13 @@ def get_family(family: str | Family) -> Family:
     Gaussian()
     >>> get_family("poisson").link
     'log'
+    >>> get_family("nbinom2").name  # glmmTMB's spelling
+    'negative_binomial'
     """
     if isinstance(family, Family):
         return family
-    if isinstance(family, str) and family.lower() in FAMILIES:
-        return FAMILIES[family.lower()]()
+    key = family.lower() if isinstance(family, str) else None
+    key = ALIASES.get(key, key)
+    if key in FAMILIES:
+        return FAMILIES[key]()
     raise ParameterError(f"unknown family {family!r}; supported: {', '.join(sorted(FAMILIES))}")

@@ -117,7 +117,7 @@ def marginal_log_likelihood(
         return MarginalLikelihood(exact.log_likelihood, 0.0, "exact", exact.log_likelihood, exact.conditional_means)
     mode = laplace_mode(model, params, start=start, max_dense_entries=max_dense_entries)
     problem = _NewtonProblem(model, params)
-    system = BlockSystem(problem.terms, problem.scaled, mode.weight, max_dense_entries=max_dense_entries)
+    system = _mode_system(problem, mode, max_dense_entries=max_dense_entries)
     laplace = mode.objective - 0.5 * system.logdet
     v = list(mode.whitened)
     rng = np.random.default_rng(seed)
@@ -284,6 +284,23 @@ def laplace_mode(
     return LaplaceMode(modes, tuple(v), float(current), weight)
 
 
+def _mode_system(problem, mode, *, max_dense_entries=None) -> BlockSystem:
+    """The Hessian system at the mode with each row's exact curvature, as glmmTMB's
+    Laplace approximation has it: a row of a family that is not log-concave in the
+    linear predictor (Student-t outliers, nbinom1) may curve upwards, which the Newton
+    search clips; the clipped weights stand in only where the exact system is not
+    positive definite."""
+    _, _, exact = problem.derivatives(problem.linear(mode.whitened), clip=False)
+    if np.any(exact < 1e-12):
+        try:
+            system = BlockSystem(problem.terms, problem.scaled, exact, max_dense_entries=max_dense_entries)
+            if np.isfinite(system.logdet):
+                return system
+        except np.linalg.LinAlgError:
+            pass
+    return BlockSystem(problem.terms, problem.scaled, mode.weight, max_dense_entries=max_dense_entries)
+
+
 class _NewtonProblem:
     """The pieces of the Newton search over whitened random effects ``v`` (``b = L v``).
 
@@ -317,9 +334,10 @@ class _NewtonProblem:
                                                                  trials=self.trials, weights=self.weights),
                              axis=-1).numpy()
 
-    def derivatives(self, eta):
+    def derivatives(self, eta, *, clip: bool = True):
         """The log-likelihood, its gradient in eta and each row's curvature weight (each
-        row's log-likelihood depends on its own eta only, so the Hessian is diagonal)."""
+        row's log-likelihood depends on its own eta only, so the Hessian is diagonal);
+        ``clip=False`` leaves an observed curvature below zero as it is."""
         family, eta_t = self.model.family, tf.constant(eta)
         with tf.GradientTape() as outer:
             outer.watch(eta_t)
@@ -333,7 +351,8 @@ class _NewtonProblem:
                                                    weights=self.weights).numpy()
         else:
             curvature = outer.gradient(score, eta_t)
-            weight = np.maximum(-curvature.numpy(), 1e-12)  # log-concave families: positive
+            weight = -curvature.numpy()
+            weight = np.maximum(weight, 1e-12) if clip else weight  # log-concave families: positive
         return float(total), score.numpy(), weight
 
 
