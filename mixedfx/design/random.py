@@ -287,6 +287,11 @@ class RandomTermDesign:
         return self.factor
 
     @property
+    def covariance(self) -> str:
+        """The term's covariance structure, glmmTMB's name (``"us"`` for ``(x | g)``)."""
+        return self.spec.covariance
+
+    @property
     def dim(self) -> int:
         return len(self.coef_names)
 

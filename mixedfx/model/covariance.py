@@ -108,6 +108,11 @@ class CovarianceStructure:
         chol = tf.linalg.cholesky(corr + 1e-9 * tf.eye(tf.shape(cov)[0], dtype=cov.dtype))
         return tf.concat([tf.math.log(sds), tfb.CorrelationCholesky().inverse(chol)], 0)
 
+    def unconstrained(self, cov) -> np.ndarray:
+        """The unconstrained parameters of a covariance in the structure (numpy): the
+        inverse of :meth:`covariance`."""
+        return self.start(tf.constant(np.asarray(cov, dtype=np.float64))).numpy()
+
     def expansion_basis(self, dim: int) -> np.ndarray:
         """The scale expansions ``C`` that keep the structure, as columns spanning
         ``vec(C)`` (row-major, ``dim * dim`` rows)."""
@@ -142,6 +147,29 @@ class CovarianceStructure:
         corr = np.where(np.isfinite(corr), corr, 0.0)
         np.fill_diagonal(corr, 1.0)
         return {"sd": sds, "correlation": corr, "parameters": self.parameters(cov)}
+
+    def components(self, coef_names, cov) -> list[tuple]:
+        """Rows ``(var1, var2, vcov, sdcor)`` of ``variance_components_``, one per
+        parameter of the structure: an sd per coefficient (one row, named by the first
+        coefficient, where the sd is common), then ``us``'s correlation per pair, or the
+        structure's own parameters with ``var1`` its name (``("ar1", "rho")``,
+        ``("toep", "lag1")``) and ``vcov`` NaN."""
+        cov = np.asarray(cov, dtype=np.float64)
+        report = self.report(cov)
+        sds, corr = report["sd"], report["correlation"]
+        names = list(coef_names)[:1] if self.expansion == "scalar" else list(coef_names)
+        rows = [(name, None, sds[j] ** 2, sds[j]) for j, name in enumerate(names)]
+        if self.unstructured:
+            rows += [(coef_names[a], coef_names[b], cov[a, b], corr[a, b])
+                     for a in range(len(sds)) for b in range(a + 1, len(sds))]
+        else:
+            rows += [(self.name, key, np.nan, value) for key, value in report["parameters"].items()]
+        return rows
+
+    def label(self, cov) -> str:
+        """What lme4-style ``summary()`` prints after a structured term's correlations:
+        ``"(ar1)"``, ``"(cs)"``; empty for ``us``."""
+        return "" if self.unstructured else f"({self.name})"
 
     def validate(self, *, coef_names, intercept: bool, factor_levels) -> str | None:
         """Why the term's coefficients do not suit the structure, or ``None``.
@@ -359,6 +387,10 @@ class AutoRegressive(_Projected):
         cov = np.asarray(cov)
         return {"rho": float(np.mean(np.diag(cov, 1)) / np.mean(np.diag(cov)))}
 
+    def unconstrained(self, cov) -> np.ndarray:
+        cov = np.asarray(cov, dtype=np.float64)
+        return np.array([0.5 * np.log(np.mean(np.diag(cov))), np.arctanh(self.parameters(cov)["rho"])])
+
 
 def _toeplitz_from_partial(partial, dim: int):
     """Autocorrelations at lags ``1 .. dim - 1`` from partial autocorrelations in
@@ -410,6 +442,16 @@ class Toeplitz(_Projected):
         sds = np.sqrt(np.diag(cov))
         corr = cov / np.outer(sds, sds)
         return {f"lag{k}": float(np.mean(np.diag(corr, k))) for k in range(1, corr.shape[0])}
+
+    def unconstrained(self, cov) -> np.ndarray:
+        """Log sds and ``atanh`` of the partial autocorrelations (Durbin-Levinson)."""
+        cov = np.asarray(cov, dtype=np.float64)
+        lags = np.concatenate([[1.0], list(self.parameters(cov).values())])
+        partial = []
+        for k in range(1, len(lags)):
+            R = lags[np.abs(np.subtract.outer(np.arange(k), np.arange(k)))]
+            partial.append(np.linalg.solve(R, lags[1:k + 1])[-1])
+        return np.concatenate([0.5 * np.log(np.diag(cov)), np.arctanh(partial)])
 
 
 #: The structures mixedfx fits, by glmmTMB's name.
