@@ -54,6 +54,9 @@ class CovarianceStructure:
     needs_times : bool
         Whether the term's coefficients are equally spaced times (a factor's levels,
         no intercept), as ``ar1`` and ``toep`` need.
+    correlates : bool
+        Whether the structure has correlation parameters of its own (``cs``,
+        ``homcs``, ``ar1``, ``toep``): its term needs two coefficients or more.
 
     Examples
     --------
@@ -73,6 +76,7 @@ class CovarianceStructure:
     name = "us"
     expansion = "full"
     needs_times = False
+    correlates = False  # whether the structure has correlation parameters of its own
 
     def __eq__(self, other) -> bool:
         return type(self) is type(other)
@@ -178,16 +182,14 @@ class CovarianceStructure:
         of the single factor the term is made of, in order, or ``None`` when it is not
         one factor.
         """
-        if not self.needs_times:
-            return None
-        if intercept:
+        if self.needs_times and intercept:
             return (f"{self.name}() needs one coefficient per time and no intercept: "
                     f"write it as {self.name}(0 + times | g)")
-        if factor_levels is None:
+        if self.needs_times and factor_levels is None:
             return (f"{self.name}() needs a factor of equally spaced times (one level per time); "
                     f"convert a numeric time column with pandas' astype('category')")
-        if len(coef_names) < 2:
-            return f"{self.name}() needs a factor with at least two times"
+        if self.correlates and len(coef_names) < 2:
+            return f"{self.name}() correlates coefficients: it needs at least two left of the bar"
         return None
 
 
@@ -316,6 +318,7 @@ class CompoundSymmetry(_Projected):
 
     name = "cs"
     expansion = "diagonal"
+    correlates = True
 
     def n_params(self, dim: int) -> int:
         return dim + 1
@@ -343,6 +346,7 @@ class HomogeneousCompoundSymmetry(CompoundSymmetry):
 
     name = "homcs"
     expansion = "scalar"
+    correlates = True
 
     def n_params(self, dim: int) -> int:
         return 2
@@ -364,6 +368,7 @@ class AutoRegressive(_Projected):
 
     name = "ar1"
     expansion = "scalar"
+    correlates = True
     needs_times = True
 
     def n_params(self, dim: int) -> int:
@@ -416,6 +421,7 @@ class Toeplitz(_Projected):
 
     name = "toep"
     expansion = "diagonal"
+    correlates = True
     needs_times = True
 
     def n_params(self, dim: int) -> int:
