@@ -196,6 +196,30 @@ def test_homogeneous_structures_recover_truth(structure, sd, rho):
     assert count_parameters(model) == 2 + structure_for(structure).n_params(dim) + 1
 
 
+def test_poisson_ar1_recovers_truth():
+    """A GLMM (the Newton M-step with the restricted expansion): 100 subjects x 4 times x 2
+    replicates of Poisson counts with an ar1 random effect, sd 0.7, rho 0.6.  The fitted
+    covariance is exactly ar1, sd and rho within about two standard errors of the truth."""
+    rng = np.random.default_rng(5)
+    dim, sd, rho = 4, 0.7, 0.6
+    cov = sd**2 * rho ** np.abs(np.subtract.outer(np.arange(dim), np.arange(dim)))
+    effects = rng.multivariate_normal(np.zeros(dim), cov, size=100)
+    subject, time, _ = np.meshgrid(np.arange(100), np.arange(dim), np.arange(2), indexing="ij")
+    subject, time = subject.ravel(), time.ravel()
+    data = pd.DataFrame({"subject": [f"s{s:03d}" for s in subject], "time": time.astype(float),
+                         "timef": [f"t{t}" for t in time],
+                         "y": rng.poisson(np.exp(1.0 + 0.1 * time + effects[subject, time]))})
+    model = mixedfx.glmer("y ~ time + ar1(0 + timef | subject)", data, family="poisson", random_state=0, verbose=0)
+    fitted = _covariance(model)
+    fitted_sd, fitted_rho = np.sqrt(fitted[0, 0]), _structure_rows(model)["rho"]
+    lag = np.abs(np.subtract.outer(np.arange(dim), np.arange(dim)))
+    # the estimate averages the last iterations' matrices, each exactly ar1: ar1 to the
+    # Monte Carlo spread of rho (an unstructured fit is off by 10 % and more at lag 3)
+    np.testing.assert_allclose(fitted, fitted_sd**2 * fitted_rho**lag, rtol=0.01)
+    assert abs(fitted_sd - sd) < 0.12 and abs(fitted_rho - rho) < 0.12
+    np.testing.assert_allclose(model.fixed_effects_.to_numpy(), [1.0, 0.1], atol=0.15)
+
+
 # -- the structures' covariances and the densities at given parameters -------------------------
 
 def _levinson_partials(lags):
