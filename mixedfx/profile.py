@@ -41,6 +41,7 @@ from sklearn.utils.validation import check_is_fitted
 from mixedfx.exceptions import ParameterError
 from mixedfx.inference.layout import ParameterLayout
 from mixedfx.model import ModelParameters, gaussian_marginal, term_z
+from mixedfx.model.covariance import structure_for
 from mixedfx.model.likelihood import marginal_log_likelihood
 
 __all__ = ["profile_intervals", "profile_intervals_at"]
@@ -131,6 +132,11 @@ def profile_intervals_at(bound, params: ModelParameters, *, level: float = 0.95,
     """
     if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 < level < 1.0:
         raise ParameterError(f"level must be a number between 0 and 1, got {level!r}")
+    structured = [f"{t.covariance}(... | {t.name})" for t in bound.random_terms
+                  if not structure_for(getattr(t, "covariance", "us")).unstructured]
+    if structured:
+        raise ParameterError(f"profile intervals are not yet available for covariance structures "
+                             f"({', '.join(structured)}): use method='bootstrap' or 'wald'")
     layout = ParameterLayout.from_model(bound)
     problem = _problem(bound, params, layout)
     names = list(layout.names)

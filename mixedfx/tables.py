@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from mixedfx.model.covariance import structure_for
+
 __all__ = [
     "variance_components_frame",
     "random_cov_frames",
@@ -26,7 +28,11 @@ def variance_components_frame(terms, random_cov, *, residual_sd=None) -> pd.Data
     ``vcov``, ``sdcor``.
 
     Per term, one row per coefficient (variance and sd), then one per pair (covariance
-    and correlation); a final ``"Residual"`` row when ``residual_sd`` is given.
+    and correlation); a final ``"Residual"`` row when ``residual_sd`` is given.  A term
+    with a covariance structure (``ar1(0 + t | g)``) has one row per parameter of its
+    structure instead, as glmmTMB's ``VarCorr`` reports it: the sds (one where the
+    structure has a common sd), then e.g. ``("ar1", "rho")``; see
+    :meth:`mixedfx.model.covariance.CovarianceStructure.components`.
 
     Examples
     --------
@@ -40,13 +46,9 @@ def variance_components_frame(terms, random_cov, *, residual_sd=None) -> pd.Data
     """
     rows = []
     for term, matrix in zip(terms, random_cov):
-        sds = np.sqrt(np.diag(matrix))
-        for name, sd in zip(term.coef_names, sds):
-            rows.append({"group": term.name, "var1": name, "var2": None, "vcov": sd**2, "sdcor": sd})
-        for a in range(term.dim):
-            for b in range(a + 1, term.dim):
-                rows.append({"group": term.name, "var1": term.coef_names[a], "var2": term.coef_names[b],
-                             "vcov": matrix[a, b], "sdcor": matrix[a, b] / (sds[a] * sds[b])})
+        structure = structure_for(getattr(term, "covariance", "us"))
+        for var1, var2, vcov, sdcor in structure.components(term.coef_names, matrix):
+            rows.append({"group": term.name, "var1": var1, "var2": var2, "vcov": vcov, "sdcor": sdcor})
     if residual_sd is not None:
         rows.append({"group": "Residual", "var1": None, "var2": None, "vcov": residual_sd**2, "sdcor": residual_sd})
     frame = pd.DataFrame(rows, columns=["group", "var1", "var2", "vcov", "sdcor"])

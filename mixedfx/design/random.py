@@ -24,6 +24,7 @@ from mixedfx.design.fixed import evaluate_formula
 from mixedfx.design.levels import LevelMatcher, warn_unseen
 from mixedfx.exceptions import DataError, FormulaError, NewLevelError, did_you_mean
 from mixedfx.formula.spec import FormulaSpec, RandomTermSpec
+from mixedfx.formula.tokens import TokenKind, tokenize
 
 __all__ = [
     "NEW_LEVEL_POLICIES",
@@ -257,6 +258,9 @@ class RandomTermDesign:
     columns : tuple of int
         Which columns of ``z_spec``'s matrix this term uses (a double-bar term is split
         into one term per column, as lme4 does).
+    factor_levels : tuple or None
+        When the left side of the bar is one categorical column (``0 + timef``), its
+        levels in order; a structure over times (``ar1``, ``toep``) needs them.
 
     Examples
     --------
@@ -276,10 +280,16 @@ class RandomTermDesign:
     coef_names: tuple[str, ...] = ("(Intercept)",)
     z_spec: object = None
     columns: tuple[int, ...] = (0,)
+    factor_levels: tuple | None = None
 
     @property
     def name(self) -> str:
         return self.factor
+
+    @property
+    def covariance(self) -> str:
+        """The term's covariance structure, glmmTMB's name (``"us"`` for ``(x | g)``)."""
+        return self.spec.covariance
 
     @property
     def dim(self) -> int:
@@ -304,6 +314,9 @@ class RandomTermData:
         Number of levels of the grouping factor.
     coef_names : tuple of str
         Names of the coefficients (``dim`` of them).
+    covariance : str
+        The term's covariance structure, glmmTMB's name (``"us"``, ``"ar1"``, ...; see
+        :mod:`mixedfx.model.covariance`).
 
     Examples
     --------
@@ -325,6 +338,7 @@ class RandomTermData:
     z: np.ndarray | None
     num_levels: int
     coef_names: tuple[str, ...] = ("(Intercept)",)
+    covariance: str = "us"
 
     @property
     def dim(self) -> int:
@@ -419,6 +433,7 @@ class RandomDesign:
                 terms.append(RandomTermDesign(
                     spec=term, factor=term.group_name, coef_names=names,
                     z_spec=None if names == ("(Intercept)",) else z_spec, columns=columns,
+                    factor_levels=_single_factor_levels(term, data),
                 ))
         seen: dict[tuple[str, str], RandomTermDesign] = {}
         for design in terms:
@@ -447,8 +462,23 @@ class RandomDesign:
             out.append(RandomTermData(
                 name=term.name, group_index=codes[term.factor], z=z,
                 num_levels=self.factors[term.factor].num_levels, coef_names=term.coef_names,
+                covariance=term.spec.covariance,
             ))
         return tuple(out)
+
+
+def _single_factor_levels(term: RandomTermSpec, data: pd.DataFrame) -> tuple | None:
+    """The levels of the one categorical column left of a structured term's bar
+    (``ar1(0 + timef | s)``), in order; ``None`` for any other term."""
+    if term.covariance == "us":
+        return None
+    names = [t.text for t in tokenize(term.expr) if t.kind is TokenKind.NAME]
+    if len(names) != 1 or names[0] not in data.columns:
+        return None
+    values = data[names[0]]
+    if not isinstance(values.dtype, pd.CategoricalDtype) and values.dtype.kind in "biufc":
+        return None
+    return tuple(_observed_levels(values))
 
 
 def _lme4_name(name: str) -> str:

@@ -9,6 +9,9 @@ The grammar handled here is the part formulaic does not know: the random-effect 
     summand   := random | offset | fixed
     offset    := "offset" "(" expression ")"
     random    := "(" expr ("|" | "||") grouping ")"
+               | structure "(" expr "|" grouping ("," [name "="] value)* ")"
+    structure := us | diag | homdiag | cs | homcs | ar1 | toep    (glmmTMB's; exp, gau, mat,
+                 ou, rr, hetar1, propto, equalto are read and refused as not yet supported)
     grouping  := nest ("/" nest)*          a/b   ->  a, a:b
     nest      := name (":" name)*          a:b   ->  interaction of a and b
 
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from mixedfx.exceptions import FormulaError
+from mixedfx.exceptions import FormulaError, did_you_mean
 from mixedfx.formula.spec import FormulaSpec, RandomTermSpec
 from mixedfx.formula.tokens import Token, TokenKind, tokenize
 
@@ -29,11 +32,11 @@ __all__ = ["parse_formula"]
 _OPEN = {TokenKind.LPAREN: TokenKind.RPAREN, TokenKind.LBRACKET: TokenKind.RBRACKET,
          TokenKind.LBRACE: TokenKind.RBRACE}
 _CLOSE = {v: k for k, v in _OPEN.items()}
-# glmmTMB's covariance structures: the lme4 spelling where mixedfx has one ("|": lme4's
-# unstructured covariance, "||": independent effects), else None.
-_GLMMTMB_STRUCTURES = {"us": "|", "diag": "||", "cs": None, "ar1": None, "ou": None, "exp": None,
-                       "gau": None, "mat": None, "toep": None, "rr": None, "homdiag": None,
-                       "hetar1": None, "homcs": None, "propto": None, "equalto": None}
+# glmmTMB's covariance structures, written name(expr | g) (lme4 2.0 spells us, diag, cs, ar1 alike).
+_GLMMTMB_STRUCTURES = ("us", "diag", "homdiag", "cs", "homcs", "ar1", "toep", "exp", "gau", "mat", "ou", "rr",
+                       "hetar1", "propto", "equalto")
+# The structures mixedfx fits (mixedfx.model.covariance); the others are read and refused.
+_SUPPORTED_STRUCTURES = ("us", "diag", "homdiag", "cs", "homcs", "ar1", "toep")
 
 
 def parse_formula(formula: str) -> FormulaSpec:
@@ -214,7 +217,9 @@ class _Parser:
         )
         top_bars = [i for i in bars if self.depth[i] == 1]
         if not wrapped:
-            self.refuse_covariance_structure(a, b)
+            structured = self.parse_structure(a, b, sign)
+            if structured is not None:
+                return structured
         if not wrapped or not top_bars:
             raise self.error(
                 "a random-effect term '(... | g)' cannot be combined with other terms by "
@@ -223,19 +228,24 @@ class _Parser:
             )
         if sign == "-":
             raise self.error("a random-effect term cannot be subtracted", first.start)
+        return self.build_terms(a + 1, top_bars, b - 1, text=self.span_text(a, b), position=first.start)
+
+    def build_terms(self, lo: int, top_bars: list[int], hi: int, *, text: str, position: int,
+                    covariance: str = "us", covariance_args: tuple = ()) -> list[RandomTermSpec]:
+        """The terms of ``expr | grouping`` in tokens[lo:hi], ``top_bars`` its bars."""
         if len(top_bars) > 1:
             raise self.error("more than one bar in one random-effect term", self.tokens[top_bars[1]].start)
         bar = top_bars[0]
-        if bar == a + 1:
+        if bar == lo:
             raise self.error(
                 "empty left side of the bar: write '(1 | g)' for a random intercept",
                 self.tokens[bar].start,
             )
-        if bar == b - 2:
+        if bar == hi - 1:
             raise self.error("missing grouping factor after the bar", self.tokens[bar].end)
-        expr_tokens = self.tokens[a + 1:bar]
-        expr = self.span_text(a + 1, bar)
-        groupings = self.parse_grouping(bar + 1, b - 1)
+        expr_tokens = self.tokens[lo:bar]
+        expr = self.span_text(lo, bar)
+        groupings = self.parse_grouping(bar + 1, hi)
         expr_names = {_column_name(t) for t in expr_tokens if t.kind is TokenKind.NAME}
         for grouping in groupings:
             for name in grouping:
@@ -244,7 +254,6 @@ class _Parser:
                         f"{name!r} appears on both sides of the bar", self.tokens[bar].start
                     )
         intercept_only = len(expr_tokens) == 1 and expr_tokens[0].text == "1"
-        text = self.span_text(a, b)
         return [
             RandomTermSpec(
                 expr=expr,
@@ -252,29 +261,53 @@ class _Parser:
                 correlated=self.tokens[bar].text == "|",
                 intercept_only=intercept_only,
                 text=text,
-                position=first.start,
+                position=position,
+                covariance=covariance,
+                covariance_args=covariance_args,
             )
             for grouping in groupings
         ]
 
-    def refuse_covariance_structure(self, a: int, b: int) -> None:
-        """glmmTMB's ``ar1(times + 0 | g)`` and friends: name the structure and its spelling."""
+    def parse_structure(self, a: int, b: int, sign: str) -> list[RandomTermSpec] | None:
+        """glmmTMB's ``ar1(0 + times | g)``, ``rr(x | g, d = 2)`` and friends; ``None``
+        when tokens[a:b] is not a call wrapping a bar."""
         first = self.tokens[a]
         called = (first.kind is TokenKind.NAME and a + 1 < b and self.tokens[a + 1].kind is TokenKind.LPAREN
                   and self.tokens[b - 1].kind is TokenKind.RPAREN
                   and all(self.depth[i] > self.depth[a] for i in range(a + 2, b - 1)))
-        if not called or first.text not in _GLMMTMB_STRUCTURES:
-            return
-        inner = self.span_text(a + 2, b - 1)
-        spelling = _GLMMTMB_STRUCTURES[first.text]
-        if spelling is not None:
-            double = spelling == "||"
+        inner = self.depth[a] + 1
+        if not called or not any(self.tokens[i].is_op("|", "||") and self.depth[i] == inner for i in range(a + 2, b - 1)):
+            return None
+        name = first.text
+        if name not in _GLMMTMB_STRUCTURES:
             raise self.error(
-                f"glmmTMB's covariance structure {first.text}(...) is written ({inner.replace('|', '||') if double else inner})"
-                f" in mixedfx", first.start)
-        raise self.error(
-            f"glmmTMB's covariance structure {first.text}(...) is not available in mixedfx, which fits "
-            f"lme4's unstructured covariance ({inner}) and the independent one with '||'", first.start)
+                f"unknown covariance structure {name}(...); mixedfx reads glmmTMB's "
+                f"{', '.join(_SUPPORTED_STRUCTURES)}." + did_you_mean(name, _GLMMTMB_STRUCTURES), first.start)
+        if sign == "-":
+            raise self.error("a random-effect term cannot be subtracted", first.start)
+        commas = [i for i in range(a + 2, b - 1) if self.tokens[i].kind is TokenKind.COMMA and self.depth[i] == inner]
+        end = commas[0] if commas else b - 1
+        bars = [i for i in range(a + 2, end) if self.tokens[i].is_op("|", "||") and self.depth[i] == inner]
+        if not bars:
+            raise self.error(f"{name}(...) needs a term 'expr | g' as its first argument", self.tokens[a + 2].start)
+        if self.tokens[bars[0]].text == "||":
+            raise self.error(f"{name}(...) takes a single bar: write {name}(expr | g)", self.tokens[bars[0]].start)
+        arguments = []
+        for lo, hi in zip(commas, commas[1:] + [b - 1]):
+            if hi - lo >= 4 and self.tokens[lo + 2].is_op("="):
+                arguments.append((self.tokens[lo + 1].text, self.span_text(lo + 3, hi)))
+            elif hi > lo + 1:
+                arguments.append(("", self.span_text(lo + 1, hi)))
+            else:
+                raise self.error(f"empty argument of {name}(...)", self.tokens[lo].end)
+        if name not in _SUPPORTED_STRUCTURES:
+            raise self.error(
+                f"glmmTMB's covariance structure {name}(...) is not yet supported by mixedfx; it fits "
+                f"{', '.join(_SUPPORTED_STRUCTURES)}", first.start)
+        if arguments:
+            raise self.error(f"{name}(...) takes no arguments after the term", self.tokens[commas[0]].start)
+        return self.build_terms(a + 2, bars, end, text=self.span_text(a, b), position=first.start,
+                                covariance=name, covariance_args=tuple(arguments))
 
     def parse_grouping(self, lo: int, hi: int) -> list[tuple[str, ...]]:
         """``a``, ``a:b``, ``a/b`` (nested: a, a:b), ``a/b/c`` and ``a:b/c``."""

@@ -32,6 +32,13 @@ class RandomTermSpec:
         The term as written in the formula, e.g. ``"(1 | s)"``.
     position : int
         Offset of the term in the formula text, for error messages.
+    covariance : str
+        The covariance structure, glmmTMB's name: ``"us"`` (unstructured, lme4's
+        ``(x | g)``), or ``"diag"``, ``"homdiag"``, ``"cs"``, ``"homcs"``, ``"ar1"``,
+        ``"toep"`` for ``ar1(0 + timef | subject)`` and friends.
+    covariance_args : tuple of (str, str)
+        The structure's further arguments as written, e.g. ``(("d", "2"),)`` for
+        ``rr(x | g, d = 2)``.
 
     Examples
     --------
@@ -48,6 +55,9 @@ class RandomTermSpec:
     (('a', 'b'), 'a:b', '(1 | a/b)')
     >>> mixedfx.parse_formula("y ~ (x || g)").random[0].correlated
     False
+    >>> ar1 = mixedfx.parse_formula("y ~ ar1(0 + timef | subject)").random[0]
+    >>> ar1.covariance, ar1.expr, str(ar1)
+    ('ar1', '0 + timef', 'ar1(0 + timef | subject)')
     """
 
     expr: str
@@ -56,6 +66,8 @@ class RandomTermSpec:
     intercept_only: bool
     text: str
     position: int
+    covariance: str = "us"
+    covariance_args: tuple[tuple[str, str], ...] = ()
 
     @property
     def group_name(self) -> str:
@@ -64,6 +76,9 @@ class RandomTermSpec:
 
     def __str__(self) -> str:
         bar = "|" if self.correlated else "||"
+        if self.covariance != "us":
+            args = "".join(f", {name} = {value}" for name, value in self.covariance_args)
+            return f"{self.covariance}({self.expr} {bar} {self.group_name}{args})"
         return f"({self.expr} {bar} {self.group_name})"
 
 

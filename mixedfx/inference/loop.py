@@ -137,6 +137,7 @@ class LoopConfig:
     chunk_rows: int = 0  # rows per chunk of the sums over rows (all of them when 0)
     one_hot: tuple = ()  # per term: one-hot products instead of gathers (few levels, on a GPU)
     float32_e_step: bool = False  # Gaussian: the E-step's random part in float32
+    structures: tuple = ()  # per term: its covariance structure's name (mixedfx.model.covariance); () all "us"
     # Test hook (MCEMOptions.fault_injection): "nan" or "inf", put into the chains at
     # the iteration ``data["fault_iteration"]`` of a call; None adds nothing to the graph.
     fault_kind: str | None = None
@@ -227,7 +228,7 @@ def _row_functions(config: LoopConfig) -> _RowFunctions:
         return out
 
     m_step = m_step_for(family, log_likelihood=log_likelihood, tensors_of=tensors_of, dims=config.dims,
-                        reml=config.reml)
+                        reml=config.reml, structures=config.structures)
     return _RowFunctions(log_likelihood, e_step_log_likelihood, information, level_sums, m_step)
 
 
@@ -341,7 +342,7 @@ def _m_step(ctx: _CallContext, em: EMState, e_step, *, prior_precision):
         stats, row_sums=ctx.row_sums, draws=e_step.draws, fixed_effects=em.fixed_effects, free=em.free, data=data)
     new_beta, new_scale_tril, location = covariance_update(
         stats, fixed_effects=regression_beta, scale_matrix=scale_matrix, num_levels=data["level_count"],
-        dims=config.dims, expansions=ctx.expansions,
+        dims=config.dims, expansions=ctx.expansions, structures=config.structures,
     )
     new_chains = reduce_state(e_step.final_state, scale_matrix=scale_matrix, location=location,
                               expansions=ctx.expansions)

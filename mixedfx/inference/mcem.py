@@ -328,6 +328,7 @@ def _loop_config(model, options, *, buckets, expansions, centering, reml) -> Loo
         chunk_rows=chunk_rows_for(buckets.padded_rows, max_rows=options.max_rows_per_chunk),
         one_hot=one_hot_terms(buckets.padded_levels),
         float32_e_step=options.float32_e_step and model.family.conjugate_gaussian,
+        structures=tuple(t.covariance for t in model.random_terms),
     )
 
 

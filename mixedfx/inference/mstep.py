@@ -34,6 +34,7 @@ import functools
 from dataclasses import dataclass
 
 from mixedfx._tf import tf
+from mixedfx.model.covariance import structure_for
 
 __all__ = [
     "Expansion",
@@ -194,7 +195,7 @@ def identity_coefficients(dims, dtype):
     return tf.concat([tf.reshape(tf.eye(d, dtype=dtype), [-1]) for d in dims], axis=0)
 
 
-def gaussian_regression(statistics, *, fixed_xtx, fixed_xty, ols_beta, ols_rss, n_obs, dims, reml=None):
+def gaussian_regression(statistics, *, fixed_xtx, fixed_xty, ols_beta, ols_rss, n_obs, dims, reml=None, basis=None):
     """The Gaussian family's part of the expanded M-step, in closed form.
 
     Least squares of ``y`` on ``X`` and the expansion regressors, averaged over the
@@ -212,6 +213,9 @@ def gaussian_regression(statistics, *, fixed_xtx, fixed_xty, ols_beta, ols_rss, 
     The regression is solved relative to the response's least-squares fit on ``X``
     (``ols_beta``, with residual sum of squares ``ols_rss``): for a response near 1e10,
     ``y'y - 2 theta' X'y + ...`` would cancel to noise of the order of 1e6.
+
+    ``basis`` (see :func:`~mixedfx.inference.msteps.expansion_basis`) restricts the
+    expansion coefficients to its columns' span, as structured covariances need.
 
     Returns
     -------
@@ -237,7 +241,7 @@ def gaussian_regression(statistics, *, fixed_xtx, fixed_xty, ols_beta, ols_rss, 
                          + statistics["reml_ptu"]], axis=0)
         base = tf.zeros([gram.shape[0]], gram.dtype)
         response_ss = ols_rss + statistics["reml_utu"]
-    delta = _least_squares(gram, rhs)
+    delta = _restricted_least_squares(gram, rhs, basis, p)
     residual_ss = response_ss - 2.0 * tf.reduce_sum(delta * rhs) + tf.reduce_sum(delta * tf.linalg.matvec(gram, delta))
     theta = base + delta
     if reml is None:
@@ -248,7 +252,27 @@ def gaussian_regression(statistics, *, fixed_xtx, fixed_xty, ols_beta, ols_rss, 
     return fixed_effects, _scale_matrices(theta[p:], dims), sigma
 
 
-def glm_regression(sums, *, n_draws, family, fixed_effects, free, dims, n_newton=2, max_halvings=20):
+def _restricted(basis, p, dtype):
+    """``blockdiag(I_p, basis)`` as a tensor, or ``None`` without a basis."""
+    if basis is None:
+        return None
+    m, r = basis.shape
+    full = tf.concat([tf.concat([tf.eye(p, dtype=dtype), tf.zeros([p, r], dtype)], 1),
+                      tf.concat([tf.zeros([m, p], dtype), tf.constant(basis, dtype)], 1)], 0)
+    return full
+
+
+def _restricted_least_squares(gram, rhs, basis, p):
+    """:func:`_least_squares` with the coefficients after the first ``p`` in the span of
+    ``basis``'s columns (all of them free when ``basis`` is ``None``)."""
+    full = _restricted(basis, p, gram.dtype)
+    if full is None:
+        return _least_squares(gram, rhs)
+    reduced = tf.linalg.matmul(full, tf.linalg.matmul(gram, full), transpose_a=True)
+    return tf.linalg.matvec(full, _least_squares(reduced, tf.linalg.matvec(full, rhs, transpose_a=True)))
+
+
+def glm_regression(sums, *, n_draws, family, fixed_effects, free, dims, n_newton=2, max_halvings=20, basis=None):
     """Any family's part of the expanded M-step: Newton's method on the expected
     log-likelihood over the draws.
 
@@ -282,6 +306,9 @@ def glm_regression(sums, *, n_draws, family, fixed_effects, free, dims, n_newton
         Newton iterations.
     max_halvings : int, default 20
         Step halvings before a step is given up.
+    basis : numpy.ndarray or None
+        Restricts the expansion coefficients to its columns' span (structured
+        covariances; :func:`~mixedfx.inference.msteps.expansion_basis`).
 
     Returns
     -------
@@ -341,10 +368,17 @@ def glm_regression(sums, *, n_draws, family, fixed_effects, free, dims, n_newton
             step = step * tf.minimum(tf.constant(1.0, dtype), max_step / largest)
         return step
 
+    full = _restricted(basis, p, dtype)
+
     def step_linear(theta, u):
         total = sums(pieces.linear_sums, theta, u)
         gradient, hessian, value = (total[name] / n_draws for name in ("gradient", "hessian", "value"))
-        return improve(value, theta, newton_direction(gradient, hessian), lambda t: objective(t, u))
+        if full is None:
+            return improve(value, theta, newton_direction(gradient, hessian), lambda t: objective(t, u))
+        # structured covariances: a step in the span of the allowed expansions
+        step = newton_direction(tf.linalg.matvec(full, gradient, transpose_a=True),
+                                tf.linalg.matmul(full, tf.linalg.matmul(hessian, full), transpose_a=True))
+        return improve(value, theta, tf.linalg.matvec(full, step), lambda t: objective(t, u))
 
     def step_family(theta, u):
         total = sums(pieces.family_sums, theta, u)
@@ -443,14 +477,17 @@ def newton_rows(fn, n_terms: int):
     return local
 
 
-def covariance_update(statistics, *, fixed_effects, scale_matrix, num_levels, dims, expansions):
+def covariance_update(statistics, *, fixed_effects, scale_matrix, num_levels, dims, expansions, structures=()):
     """The family-independent part of the expanded M-step.
 
     Per term, the location ``alpha_k`` from ``W'B``, the covariance from ``B'B`` around
     it, mapped through ``C_k``; the fixed effects absorb ``C_k alpha_k'``.
 
     ``num_levels`` holds each term's number of levels (Python numbers or tensors: the
-    levels of the data, not of their padding).
+    levels of the data, not of their padding).  ``structures`` names each term's
+    covariance structure (:mod:`mixedfx.model.covariance`; empty: all unstructured):
+    the covariance is the structure's projection of the mapped second moment (equal
+    to projecting first and mapping after, for the expansions the structure allows).
 
     Returns
     -------
@@ -479,6 +516,8 @@ def covariance_update(statistics, *, fixed_effects, scale_matrix, num_levels, di
         q = tf.cast(q, second_moment.dtype)
         covariance = tf.linalg.matmul(C, tf.linalg.matmul(second_moment / q, C, transpose_b=True))
         covariance = 0.5 * (covariance + tf.transpose(covariance))
+        if structures and structures[k] != "us":
+            covariance = structure_for(structures[k]).project(covariance, 1)
         jitter = 1e-12 * tf.maximum(tf.linalg.trace(covariance), tf.cast(1e-300, covariance.dtype))
         scale_tril.append(tf.linalg.cholesky(covariance + jitter * tf.eye(dim, dtype=covariance.dtype)))
         location.append(alpha)

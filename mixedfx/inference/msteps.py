@@ -26,6 +26,8 @@ family.
 
 from __future__ import annotations
 
+import numpy as np
+
 from mixedfx._tf import tf
 from mixedfx.inference.mstep import (
     gaussian_regression,
@@ -34,6 +36,7 @@ from mixedfx.inference.mstep import (
     newton_rows,
     reml_statistics,
 )
+from mixedfx.model.covariance import structure_for
 
 __all__ = ["GaussianMStep", "NewtonMStep", "m_step_for"]
 
@@ -78,10 +81,11 @@ class GaussianMStep:
     (['log_likelihood', 'ptp', 'pty', 'xtp'], [[-1.0]])
     """
 
-    def __init__(self, family, *, log_likelihood, tensors_of, dims, reml=False):
+    def __init__(self, family, *, log_likelihood, tensors_of, dims, reml=False, structures=()):
         self.family = family
         self.dims = tuple(dims)
         self.reml = reml
+        self.basis = expansion_basis(self.dims, structures)
 
         def row_statistics(rows, effects, fixed_effects, free):
             """Per chain, X'P, P'P, P'y and the log-likelihood of a chunk of rows."""
@@ -113,7 +117,7 @@ class GaussianMStep:
         regression_beta, scale_matrix, sigma = gaussian_regression(
             statistics, fixed_xtx=data["xtx"], fixed_xty=data["xty"], ols_beta=data["ols_beta"],
             ols_rss=data["ols_rss"], n_obs=data["n_obs"],
-            dims=self.dims, reml=reml,
+            dims=self.dims, reml=reml, basis=self.basis,
         )
         return regression_beta, scale_matrix, tf.math.log(sigma)[None]
 
@@ -138,10 +142,11 @@ class NewtonMStep:
     ('poisson', (1,))
     """
 
-    def __init__(self, family, *, log_likelihood, dims):
+    def __init__(self, family, *, log_likelihood, dims, structures=()):
         self.family = family
         self.dims = tuple(dims)
         self._log_likelihood = log_likelihood
+        self.basis = expansion_basis(self.dims, structures)
 
     def statistics(self, row_sums, effects, *, fixed_effects, free, data):
         """Only the log-likelihood: the Newton steps read the draws themselves."""
@@ -159,10 +164,27 @@ class NewtonMStep:
             return row_sums.sum(newton_rows(fn, n_terms), flat_draws, *args)
 
         return glm_regression(newton_sums, n_draws=n_draws, family=self.family, fixed_effects=fixed_effects,
-                              free=free, dims=self.dims)
+                              free=free, dims=self.dims, basis=self.basis)
 
 
-def m_step_for(family, *, log_likelihood, tensors_of, dims, reml=False):
+def expansion_basis(dims, structures):
+    """The scale expansions the terms' covariance structures allow, as one matrix whose
+    columns span the expansion coefficients (``sum(dim**2)`` rows); ``None`` when every
+    term is unstructured (any ``C_k``).  A structured term's ``C_k`` is restricted to
+    those that keep its structure (a diagonal or a multiple of the identity), so that
+    the expanded M-step's fixed point is still the structured maximum likelihood."""
+    if not structures or all(name == "us" for name in structures):
+        return None
+    blocks = [structure_for(name).expansion_basis(dim) for name, dim in zip(structures, dims)]
+    rows, cols = sum(b.shape[0] for b in blocks), sum(b.shape[1] for b in blocks)
+    out, r, c = np.zeros((rows, cols)), 0, 0
+    for block in blocks:
+        out[r:r + block.shape[0], c:c + block.shape[1]] = block
+        r, c = r + block.shape[0], c + block.shape[1]
+    return out
+
+
+def m_step_for(family, *, log_likelihood, tensors_of, dims, reml=False, structures=()):
     """The M-step regression strategy for ``family``: :class:`GaussianMStep` where
     ``family.conjugate_gaussian``, else :class:`NewtonMStep`.
 
@@ -175,5 +197,6 @@ def m_step_for(family, *, log_likelihood, tensors_of, dims, reml=False):
     ['GaussianMStep', 'NewtonMStep']
     """
     if family.conjugate_gaussian:
-        return GaussianMStep(family, log_likelihood=log_likelihood, tensors_of=tensors_of, dims=dims, reml=reml)
-    return NewtonMStep(family, log_likelihood=log_likelihood, dims=dims)
+        return GaussianMStep(family, log_likelihood=log_likelihood, tensors_of=tensors_of, dims=dims, reml=reml,
+                             structures=structures)
+    return NewtonMStep(family, log_likelihood=log_likelihood, dims=dims, structures=structures)

@@ -10,7 +10,8 @@ from collections.abc import Callable
 import numpy as np
 
 from mixedfx.design.bind import BoundData
-from mixedfx.exceptions import DataError, ParameterError
+from mixedfx.exceptions import DataError, FormulaError, ParameterError
+from mixedfx.model.covariance import structure_for
 from mixedfx.model.families import Family
 from mixedfx.model.joint import MixedModel
 
@@ -67,12 +68,13 @@ def bind_model(family: Family, bound: BoundData, *, encode: Callable | None = No
     response, trials = family.validate_response(raw, trials=trials, name=name)
     family.check_response_values(response if trials is None else response / trials, name)
     family.check_fixed_design(has_intercept=bound.fixed_design.has_intercept, formula=bound.spec.text)
+    _check_structures(bound)
     model = MixedModel(family, bound.fixed_matrix, response, bound.random_terms, bound.fixed_design.column_names,
                        offset=bound.offset, trials=trials, weights=weights)
     model.check_identifiable()
     family.check_fit(model.fixed_design, model.response, model.offset, name=name)
     n_fixed = model.fixed_design.shape[1]
-    n_variance = sum(t.dim * (t.dim + 1) // 2 for t in model.random_terms)
+    n_variance = sum(structure_for(t.covariance).n_params(t.dim) for t in model.random_terms)
     n_family = len(family.parameter_labels())
     n_params = n_fixed + n_variance + n_family
     # an integer weight counts its row that many times, except for precision weights
@@ -83,6 +85,17 @@ def bind_model(family: Family, bound: BoundData, *, encode: Callable | None = No
             f"effects, {n_variance} variance parameters, {n_family} of the family)"
         )
     return model
+
+
+def _check_structures(bound: BoundData) -> None:
+    """Each random term's coefficients suit its covariance structure (``ar1`` and
+    ``toep`` need one factor of times and no intercept): else a FormulaError at the term."""
+    for term in bound.random_design.terms:
+        reason = structure_for(term.spec.covariance).validate(
+            coef_names=term.coef_names, intercept="(Intercept)" in term.coef_names, factor_levels=term.factor_levels)
+        if reason is not None:
+            raise FormulaError(f"{reason} (term {term.spec.text!r})", formula=bound.spec.text,
+                               position=term.spec.position)
 
 
 def _weights_and_trials(family: Family, raw, trials, sample_weight):

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from mixedfx._tf import tf
-from mixedfx.exceptions import DataError
+from mixedfx.exceptions import DataError, ParameterError
+from mixedfx.model.covariance import structure_for
 from mixedfx.model.joint import MixedModel, ModelParameters
 
 __all__ = ["SatterthwaitePieces", "KenwardRogerPieces", "variance_parameters", "deviance_and_fixed_cov",
@@ -35,14 +36,20 @@ __all__ = ["SatterthwaitePieces", "KenwardRogerPieces", "variance_parameters", "
 MAX_DENSE_DDF_ENTRIES = 50_000_000
 
 
-def variance_parameters(params: ModelParameters) -> np.ndarray:
+def variance_parameters(params: ModelParameters, structures=()) -> np.ndarray:
     """lmerTest's ``varpar``: each term's relative Cholesky factor (column-wise lower triangle), then sigma.
+
+    A term with a covariance structure (``structures``, per term its name; empty: all
+    ``us``) has the structure's unconstrained parameters of its relative covariance
+    instead (:meth:`mixedfx.model.covariance.CovarianceStructure.unconstrained`):
+    Satterthwaite's df do not depend on the parametrization.
 
     Parameters
     ----------
     params : ModelParameters
         With ``family_params["sigma"]``; ``random_scale_tril`` is ``sigma`` times
         lme4's relative factor.
+    structures : tuple of str
 
     Returns
     -------
@@ -60,7 +67,12 @@ def variance_parameters(params: ModelParameters) -> np.ndarray:
     """
     sigma = float(params.family_params["sigma"])
     parts = []
-    for L in params.random_scale_tril:
+    structures = structures or ("us",) * len(params.random_scale_tril)
+    for L, name in zip(params.random_scale_tril, structures):
+        structure = structure_for(name)
+        if not structure.unstructured:  # the structure's own parameters of the relative covariance
+            parts.append(structure.unconstrained(L @ L.T / sigma**2))
+            continue
         rows, cols = np.tril_indices(L.shape[0])
         order = np.lexsort((rows, cols))  # column-wise, as lme4's theta
         parts.append(L[rows[order], cols[order]] / sigma)
@@ -83,8 +95,23 @@ def _dense_terms(model: MixedModel) -> list[np.ndarray]:
     return out
 
 
+def _structures(model: MixedModel) -> tuple:
+    return tuple(getattr(t, "covariance", "us") for t in model.random_terms)
+
+
 def _theta_sizes(model: MixedModel) -> list[int]:
-    return [t.dim * (t.dim + 1) // 2 for t in model.random_terms]
+    return [structure_for(name).n_params(t.dim) for t, name in zip(model.random_terms, _structures(model))]
+
+
+def _relative_factor(varpar, d: int, name: str):
+    """A term's relative Cholesky factor from its slice of ``varpar``: lme4's theta, or
+    the structure's parameters (see :func:`variance_parameters`)."""
+    structure = structure_for(name)
+    if not structure.unstructured:
+        return tf.linalg.cholesky(structure.covariance(varpar, d))
+    rows, cols = np.tril_indices(d)
+    order = np.lexsort((rows, cols))
+    return tf.scatter_nd(np.stack([rows[order], cols[order]], axis=1), varpar, (d, d))
 
 
 def deviance_and_fixed_cov(model: MixedModel, varpar, *, reml: bool, dense_terms=None):
@@ -135,11 +162,9 @@ def deviance_and_fixed_cov(model: MixedModel, varpar, *, reml: bool, dense_terms
     n, p = model.fixed_design.shape
     sigma = varpar[-1]
     blocks, start = [], 0
-    for dense, size in zip(dense_terms, _theta_sizes(model)):
+    for dense, size, name in zip(dense_terms, _theta_sizes(model), _structures(model)):
         d = dense.shape[2]
-        rows, cols = np.tril_indices(d)
-        order = np.lexsort((rows, cols))
-        T = tf.scatter_nd(np.stack([rows[order], cols[order]], axis=1), varpar[start:start + size], (d, d))
+        T = _relative_factor(varpar[start:start + size], d, name)
         start += size
         U_k = tf.einsum("nja,ab->njb", tf.constant(dense), T)  # rows' z' T in their level's slot
         blocks.append(tf.reshape(U_k, (n, -1)))
@@ -217,7 +242,7 @@ def satterthwaite_pieces(model: MixedModel, params: ModelParameters, *, reml: bo
     ((2, 1, 1), (2, 2))
     """
     dense = _dense_terms(model)
-    varpar = tf.Variable(variance_parameters(params), dtype=tf.float64)
+    varpar = tf.Variable(variance_parameters(params, _structures(model)), dtype=tf.float64)
     with tf.GradientTape(persistent=True) as outer:
         with tf.GradientTape() as inner:
             deviance, cov = deviance_and_fixed_cov(model, varpar, reml=reml, dense_terms=dense)
@@ -311,6 +336,10 @@ def kenward_roger_pieces(model: MixedModel, params: ModelParameters) -> KenwardR
     if n * n > MAX_DENSE_DDF_ENTRIES:
         raise DataError(f"Kenward-Roger forms {n} x {n} matrices (as pbkrtest); above the limit of "
                         f"{MAX_DENSE_DDF_ENTRIES:,} entries use ddf='satterthwaite'")
+    structured = [name for name in _structures(model) if not structure_for(name).unstructured]
+    if structured:
+        raise ParameterError(f"Kenward-Roger degrees of freedom are not yet available for covariance structures "
+                             f"({', '.join(structured)}): use ddf='satterthwaite'")
     dense = _dense_terms(model)
     sigma = float(params.family_params["sigma"])
     X = model.fixed_design

@@ -1,0 +1,477 @@
+"""Covariance structures of a random term, as glmmTMB and lme4 2.0 write them inside the bar.
+
+``ar1(0 + timef | subject)`` gives each subject's effects at the times of ``timef`` an
+autoregressive covariance; ``(x | g)`` (``us``) an unstructured one.  Each structure is
+one class: the number of its parameters, the ``dim x dim`` covariance they build
+(constraints through :mod:`tensorflow_probability` bijectors), the M-step's projection
+of the effects' second moment onto the structure, and what ``VarCorr`` reports.
+
+The fitted state of a term stays its covariance matrix (a Cholesky factor), so the
+E-step, the exact Gaussian likelihood, ``ranef``, ``predict`` and ``simulate`` read it
+as they read an unstructured one; the structure constrains the M-step and the report.
+
+=========  ===========================================  ==========================
+structure  covariance                                   parameters
+=========  ===========================================  ==========================
+us         any                                          dim sds, dim(dim-1)/2 cors
+diag       diagonal                                     dim sds
+homdiag    ``sd^2 I``                                   1 sd
+cs         ``D (rho 11' + (1 - rho) I) D``              dim sds, rho
+homcs      ``sd^2 (rho 11' + (1 - rho) I)``             1 sd, rho
+ar1        ``sd^2 rho^|i - j|``                         1 sd, rho
+toep       ``D R D``, ``R[i, j] = r_|i - j|``           dim sds, dim - 1 cors
+=========  ===========================================  ==========================
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mixedfx._tf import tf, tfp
+
+tfb = tfp.bijectors
+
+__all__ = ["CovarianceStructure", "STRUCTURES", "structure_for"]
+
+_NEWTON_STEPS = 40
+_HALVINGS = 30
+
+
+class CovarianceStructure:
+    """Base class: an unstructured covariance (glmmTMB's and lme4 2.0's ``us``).
+
+    Subclasses set ``name`` and override :meth:`n_params`, :meth:`covariance`,
+    :meth:`start`, and where they have names for them :meth:`parameters`.
+
+    Attributes
+    ----------
+    name : str
+        glmmTMB's spelling.
+    expansion : str
+        Which scale expansions ``C`` (PX-EM, :mod:`mixedfx.inference.mstep`) keep the
+        structure: ``"full"`` (any matrix), ``"diagonal"`` (heterogeneous sds) or
+        ``"scalar"`` (one common sd).
+    needs_times : bool
+        Whether the term's coefficients are equally spaced times (a factor's levels,
+        no intercept), as ``ar1`` and ``toep`` need.
+    correlates : bool
+        Whether the structure has correlation parameters of its own (``cs``,
+        ``homcs``, ``ar1``, ``toep``): its term needs two coefficients or more.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedfx.model.covariance import structure_for
+    >>> ar1 = structure_for("ar1")
+    >>> ar1.n_params(4), ar1.expansion
+    (2, 'scalar')
+    >>> cov = ar1.covariance(np.array([np.log(2.0), np.arctanh(0.5)]), 3).numpy()
+    >>> cov.round(3).tolist()
+    [[4.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 4.0]]
+    >>> report = ar1.report(cov)
+    >>> report["sd"].round(3).tolist(), round(report["parameters"]["rho"], 3)
+    ([2.0, 2.0, 2.0], 0.5)
+    """
+
+    name = "us"
+    expansion = "full"
+    needs_times = False
+    correlates = False  # whether the structure has correlation parameters of its own
+
+    def __eq__(self, other) -> bool:
+        return type(self) is type(other)
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    @property
+    def unstructured(self) -> bool:
+        """Whether this is ``us``, lme4's default ``(x | g)``."""
+        return self.name == "us"
+
+    def n_params(self, dim: int) -> int:
+        """Number of free parameters of a ``dim x dim`` covariance."""
+        return dim * (dim + 1) // 2
+
+    def covariance(self, params, dim: int):
+        """The ``dim x dim`` covariance at unconstrained ``params`` (a TF tensor)."""
+        params = tf.convert_to_tensor(params, tf.float64)
+        sds = tf.exp(params[:dim])
+        chol = tfb.CorrelationCholesky().forward(params[dim:])
+        scale = sds[:, None] * chol
+        return tf.linalg.matmul(scale, scale, transpose_b=True)
+
+    def start(self, cov):
+        """Unconstrained parameters near ``cov`` (a TF ``dim x dim`` covariance), where
+        :meth:`project`'s Newton steps start."""
+        sds = tf.sqrt(tf.linalg.diag_part(cov))
+        corr = cov / (sds[:, None] * sds[None, :])
+        chol = tf.linalg.cholesky(corr + 1e-9 * tf.eye(tf.shape(cov)[0], dtype=cov.dtype))
+        return tf.concat([tf.math.log(sds), tfb.CorrelationCholesky().inverse(chol)], 0)
+
+    def unconstrained(self, cov) -> np.ndarray:
+        """The unconstrained parameters of a covariance in the structure (numpy): the
+        inverse of :meth:`covariance`."""
+        return self.start(tf.constant(np.asarray(cov, dtype=np.float64))).numpy()
+
+    def expansion_basis(self, dim: int) -> np.ndarray:
+        """The scale expansions ``C`` that keep the structure, as columns spanning
+        ``vec(C)`` (row-major, ``dim * dim`` rows)."""
+        if self.expansion == "full":
+            return np.eye(dim * dim)
+        if self.expansion == "diagonal":
+            return np.eye(dim * dim)[:, [j * dim + j for j in range(dim)]]
+        return np.eye(dim).reshape(dim * dim, 1)
+
+    def project(self, second_moment, n_levels):
+        """The M-step: the covariance in the structure that maximizes the expected
+        complete-data log-likelihood of ``n_levels`` effects with second moment
+        ``second_moment`` (sum over levels of ``b b'``),
+        ``-n/2 log|Sigma| - 1/2 tr(Sigma^-1 B'B)``.  Unstructured: ``B'B / n``."""
+        return tf.convert_to_tensor(second_moment, tf.float64) / tf.cast(n_levels, tf.float64)
+
+    def parameters(self, cov) -> dict:
+        """The structure's named correlation parameters of a covariance in it."""
+        return {}
+
+    def report(self, cov) -> dict:
+        """What glmmTMB's ``VarCorr`` shows of a covariance in the structure.
+
+        Returns a dict with ``sd`` (per coefficient), ``correlation`` (the matrix) and
+        ``parameters`` (``{"rho": ...}`` for ``ar1``, ``cs``, ``homcs``; the lag
+        correlations for ``toep``).
+        """
+        cov = np.asarray(cov, dtype=np.float64)
+        sds = np.sqrt(np.diag(cov))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            corr = cov / np.outer(sds, sds)
+        corr = np.where(np.isfinite(corr), corr, 0.0)
+        np.fill_diagonal(corr, 1.0)
+        return {"sd": sds, "correlation": corr, "parameters": self.parameters(cov)}
+
+    def components(self, coef_names, cov) -> list[tuple]:
+        """Rows ``(var1, var2, vcov, sdcor)`` of ``variance_components_``, one per
+        parameter of the structure: an sd per coefficient (one row, named by the first
+        coefficient, where the sd is common), then ``us``'s correlation per pair, or the
+        structure's own parameters with ``var1`` its name (``("ar1", "rho")``,
+        ``("toep", "lag1")``) and ``vcov`` NaN."""
+        cov = np.asarray(cov, dtype=np.float64)
+        report = self.report(cov)
+        sds, corr = report["sd"], report["correlation"]
+        names = list(coef_names)[:1] if self.expansion == "scalar" else list(coef_names)
+        rows = [(name, None, sds[j] ** 2, sds[j]) for j, name in enumerate(names)]
+        if self.unstructured:
+            rows += [(coef_names[a], coef_names[b], cov[a, b], corr[a, b])
+                     for a in range(len(sds)) for b in range(a + 1, len(sds))]
+        else:
+            rows += [(self.name, key, np.nan, value) for key, value in report["parameters"].items()]
+        return rows
+
+    def label(self, cov) -> str:
+        """What lme4-style ``summary()`` prints after a structured term's correlations:
+        ``"(ar1)"``, ``"(cs)"``; empty for ``us``."""
+        return "" if self.unstructured else f"({self.name})"
+
+    def validate(self, *, coef_names, intercept: bool, factor_levels) -> str | None:
+        """Why the term's coefficients do not suit the structure, or ``None``.
+
+        ``intercept``: whether the term has an intercept; ``factor_levels``: the levels
+        of the single factor the term is made of, in order, or ``None`` when it is not
+        one factor.
+        """
+        if self.needs_times and intercept:
+            return (f"{self.name}() needs one coefficient per time and no intercept: "
+                    f"write it as {self.name}(0 + times | g)")
+        if self.needs_times and factor_levels is None:
+            return (f"{self.name}() needs a factor of equally spaced times (one level per time); "
+                    f"convert a numeric time column with pandas' astype('category')")
+        if self.correlates and len(coef_names) < 2:
+            return f"{self.name}() correlates coefficients: it needs at least two left of the bar"
+        return None
+
+
+class _Projected(CovarianceStructure):
+    """A structure whose M-step has no closed form: damped Newton steps on its
+    parameters, from :meth:`start`."""
+
+    def project(self, second_moment, n_levels):
+        """Newton's method on ``log|Sigma(theta)| + tr(Sigma(theta)^-1 S)``, ``S`` the
+        mean second moment, from :meth:`start` at ``S``; each step halves until the
+        objective decreases (the M-step is a generalized EM step)."""
+        S = tf.convert_to_tensor(second_moment, tf.float64) / tf.cast(n_levels, tf.float64)
+        S = 0.5 * (S + tf.transpose(S))
+        dim = int(S.shape[0])
+        floor = 1e-10 * tf.maximum(tf.reduce_max(tf.linalg.diag_part(S)), tf.constant(1e-300, tf.float64))
+        S = S + floor * tf.eye(dim, dtype=tf.float64)
+
+        def objective(theta):
+            chol = tf.linalg.cholesky(self.covariance(theta, dim))
+            log_det = 2.0 * tf.reduce_sum(tf.math.log(tf.linalg.diag_part(chol)))
+            value = log_det + tf.linalg.trace(tf.linalg.cholesky_solve(chol, S))
+            return tf.where(tf.math.is_finite(value), value, tf.constant(np.inf, tf.float64))
+
+        def newton(_, theta):
+            """One damped Newton step (the gradient where Newton's is no descent)."""
+            with tf.GradientTape() as outer:
+                outer.watch(theta)
+                with tf.GradientTape() as inner:
+                    inner.watch(theta)
+                    value = objective(theta)
+                gradient = inner.gradient(value, theta)
+            hessian = outer.jacobian(gradient, theta, experimental_use_pfor=True)
+            n = tf.shape(theta)[0]
+            ridge = 1e-8 * (1.0 + tf.reduce_max(tf.abs(tf.linalg.diag_part(hessian))))
+            step = tf.linalg.solve(hessian + ridge * tf.eye(n, dtype=tf.float64), gradient[:, None])[:, 0]
+            descent = tf.logical_and(tf.reduce_sum(step * gradient) > 0.0, tf.reduce_all(tf.math.is_finite(step)))
+            step = tf.where(descent, step, gradient)
+
+            def halve(j, scale, accepted):
+                better = objective(theta - scale * step) <= value
+                return j + 1, tf.where(better, scale, scale / 2.0), better
+
+            _, scale, accepted = tf.while_loop(
+                lambda j, scale, accepted: tf.logical_and(j < _HALVINGS, tf.logical_not(accepted)),
+                halve, (0, tf.constant(1.0, tf.float64), tf.constant(False)))
+            return tf.where(accepted, theta - scale * step, theta)
+
+        _, theta = tf.while_loop(lambda i, theta: i < _NEWTON_STEPS, lambda i, theta: (i + 1, newton(i, theta)),
+                                 (0, self.start(S)))
+        return self.covariance(theta, dim)
+
+
+def _log_sds(cov):
+    return 0.5 * tf.math.log(tf.linalg.diag_part(cov))
+
+
+def _mean_correlation(cov, lag: int):
+    sds = tf.sqrt(tf.linalg.diag_part(cov))
+    corr = cov / (sds[:, None] * sds[None, :])
+    return tf.reduce_mean(tf.linalg.diag_part(corr, k=lag))
+
+
+class Diagonal(CovarianceStructure):
+    """``diag``: independent coefficients, one sd each (lme4's ``(x || g)``)."""
+
+    name = "diag"
+    expansion = "diagonal"
+
+    def n_params(self, dim: int) -> int:
+        return dim
+
+    def covariance(self, params, dim: int):
+        return tf.linalg.diag(tf.exp(2.0 * tf.convert_to_tensor(params, tf.float64)))
+
+    def start(self, cov):
+        return _log_sds(cov)
+
+    def project(self, second_moment, n_levels):
+        """Closed form: the diagonal of the mean second moment."""
+        S = tf.convert_to_tensor(second_moment, tf.float64) / tf.cast(n_levels, tf.float64)
+        return tf.linalg.diag(tf.linalg.diag_part(S))
+
+
+class HomogeneousDiagonal(Diagonal):
+    """``homdiag``: independent coefficients with one common sd."""
+
+    name = "homdiag"
+    expansion = "scalar"
+
+    def n_params(self, dim: int) -> int:
+        return 1
+
+    def covariance(self, params, dim: int):
+        params = tf.convert_to_tensor(params, tf.float64)
+        return tf.exp(2.0 * params[0]) * tf.eye(dim, dtype=tf.float64)
+
+    def start(self, cov):
+        return 0.5 * tf.math.log(tf.reduce_mean(tf.linalg.diag_part(cov)))[None]
+
+    def project(self, second_moment, n_levels):
+        """Closed form: the mean of the second moment's diagonal, times the identity."""
+        S = tf.convert_to_tensor(second_moment, tf.float64) / tf.cast(n_levels, tf.float64)
+        dim = int(S.shape[0])
+        return tf.reduce_mean(tf.linalg.diag_part(S)) * tf.eye(dim, dtype=tf.float64)
+
+
+def _cs_rho(t, dim: int):
+    """Compound symmetry's rho in ``(-1 / (dim - 1), 1)``, where the matrix is positive definite."""
+    low = -1.0 / max(dim - 1, 1)
+    return low + (1.0 - low) * tf.sigmoid(t)
+
+
+def _cs_rho_inverse(rho, dim: int):
+    low = -1.0 / max(dim - 1, 1)
+    p = (tf.clip_by_value(rho, low + 1e-3, 1.0 - 1e-3) - low) / (1.0 - low)
+    return tf.math.log(p) - tf.math.log1p(-p)
+
+
+def _cs_correlation(rho, dim: int):
+    return rho * tf.ones([dim, dim], tf.float64) + (1.0 - rho) * tf.eye(dim, dtype=tf.float64)
+
+
+class CompoundSymmetry(_Projected):
+    """``cs``: one correlation ``rho`` between every pair, an sd per coefficient
+    (glmmTMB's heterogeneous compound symmetry)."""
+
+    name = "cs"
+    expansion = "diagonal"
+    correlates = True
+
+    def n_params(self, dim: int) -> int:
+        return dim + 1
+
+    def covariance(self, params, dim: int):
+        params = tf.convert_to_tensor(params, tf.float64)
+        sds = tf.exp(params[:dim])
+        return sds[:, None] * _cs_correlation(_cs_rho(params[dim], dim), dim) * sds[None, :]
+
+    def start(self, cov):
+        dim = int(cov.shape[0])
+        sds = tf.sqrt(tf.linalg.diag_part(cov))
+        corr = cov / (sds[:, None] * sds[None, :])
+        rho = (tf.reduce_sum(corr) - float(dim)) / float(dim * (dim - 1))
+        return tf.concat([tf.math.log(sds), _cs_rho_inverse(rho, dim)[None]], 0)
+
+    def parameters(self, cov) -> dict:
+        corr = np.asarray(cov) / np.outer(np.sqrt(np.diag(cov)), np.sqrt(np.diag(cov)))
+        dim = corr.shape[0]
+        return {"rho": float((corr.sum() - dim) / (dim * (dim - 1)))}
+
+
+class HomogeneousCompoundSymmetry(CompoundSymmetry):
+    """``homcs``: one correlation ``rho`` between every pair and one common sd."""
+
+    name = "homcs"
+    expansion = "scalar"
+    correlates = True
+
+    def n_params(self, dim: int) -> int:
+        return 2
+
+    def covariance(self, params, dim: int):
+        params = tf.convert_to_tensor(params, tf.float64)
+        return tf.exp(2.0 * params[0]) * _cs_correlation(_cs_rho(params[1], dim), dim)
+
+    def start(self, cov):
+        dim = int(cov.shape[0])
+        variance = tf.reduce_mean(tf.linalg.diag_part(cov))
+        rho = (tf.reduce_sum(cov) - tf.linalg.trace(cov)) / float(dim * (dim - 1)) / variance
+        return tf.stack([0.5 * tf.math.log(variance), _cs_rho_inverse(rho, dim)])
+
+
+class AutoRegressive(_Projected):
+    """``ar1``: ``sd^2 rho^|i - j|`` over equally spaced times, ``rho`` in ``(-1, 1)``
+    through ``tanh`` (glmmTMB's ``ar1``: one common sd)."""
+
+    name = "ar1"
+    expansion = "scalar"
+    correlates = True
+    needs_times = True
+
+    def n_params(self, dim: int) -> int:
+        return 2
+
+    def covariance(self, params, dim: int):
+        params = tf.convert_to_tensor(params, tf.float64)
+        rho = tfb.Tanh().forward(params[1])
+        lags = np.abs(np.subtract.outer(np.arange(dim), np.arange(dim))).astype(np.float64)
+        # rho ** lag with rho's sign, finite at rho = 0
+        sign = tf.where(np.mod(lags, 2.0) == 1.0, tf.sign(rho) * tf.ones_like(lags), tf.ones_like(lags))
+        powers = tf.where(lags == 0.0, tf.ones_like(lags), sign * tf.pow(tf.abs(rho), lags))
+        return tf.exp(2.0 * params[0]) * powers
+
+    def start(self, cov):
+        variance = tf.reduce_mean(tf.linalg.diag_part(cov))
+        rho = tf.clip_by_value(_mean_correlation(cov, 1), -0.95, 0.95)
+        return tf.stack([0.5 * tf.math.log(variance), tfb.Tanh().inverse(rho)])
+
+    def parameters(self, cov) -> dict:
+        cov = np.asarray(cov)
+        return {"rho": float(np.mean(np.diag(cov, 1)) / np.mean(np.diag(cov)))}
+
+    def unconstrained(self, cov) -> np.ndarray:
+        cov = np.asarray(cov, dtype=np.float64)
+        return np.array([0.5 * np.log(np.mean(np.diag(cov))), np.arctanh(self.parameters(cov)["rho"])])
+
+
+def _toeplitz_from_partial(partial, dim: int):
+    """Autocorrelations at lags ``1 .. dim - 1`` from partial autocorrelations in
+    ``(-1, 1)`` (Durbin-Levinson): every such sequence is positive definite."""
+    rho, phi = [], []
+    for k in range(dim - 1):
+        p = partial[k]
+        if k == 0:
+            r = p
+            phi = [p]
+        else:
+            ahead = tf.add_n([phi[j] * rho[k - 1 - j] for j in range(k)])
+            behind = tf.add_n([phi[j] * rho[j] for j in range(k)])
+            r = ahead + p * (1.0 - behind)
+            phi = [phi[j] - p * phi[k - 1 - j] for j in range(k)] + [p]
+        rho.append(r)
+    return rho
+
+
+class Toeplitz(_Projected):
+    """``toep``: a correlation per lag, ``R[i, j] = r_|i - j|``, an sd per time (glmmTMB's
+    heterogeneous Toeplitz), parametrized by partial autocorrelations through ``tanh``."""
+
+    name = "toep"
+    expansion = "diagonal"
+    correlates = True
+    needs_times = True
+
+    def n_params(self, dim: int) -> int:
+        return 2 * dim - 1
+
+    def covariance(self, params, dim: int):
+        params = tf.convert_to_tensor(params, tf.float64)
+        sds = tf.exp(params[:dim])
+        partial = tfb.Tanh().forward(params[dim:])
+        lags = _toeplitz_from_partial([partial[k] for k in range(dim - 1)], dim)
+        table = tf.stack([tf.constant(1.0, tf.float64)] + lags)
+        index = np.abs(np.subtract.outer(np.arange(dim), np.arange(dim)))
+        return sds[:, None] * tf.gather(table, index) * sds[None, :]
+
+    def start(self, cov):
+        dim = int(cov.shape[0])
+        sds = tf.sqrt(tf.linalg.diag_part(cov))
+        first = tf.clip_by_value(_mean_correlation(cov, 1), -0.9, 0.9)
+        partial = tf.concat([tfb.Tanh().inverse(first)[None], tf.zeros([dim - 2], tf.float64)], 0)
+        return tf.concat([tf.math.log(sds), partial], 0)
+
+    def parameters(self, cov) -> dict:
+        cov = np.asarray(cov)
+        sds = np.sqrt(np.diag(cov))
+        corr = cov / np.outer(sds, sds)
+        return {f"lag{k}": float(np.mean(np.diag(corr, k))) for k in range(1, corr.shape[0])}
+
+    def unconstrained(self, cov) -> np.ndarray:
+        """Log sds and ``atanh`` of the partial autocorrelations (Durbin-Levinson)."""
+        cov = np.asarray(cov, dtype=np.float64)
+        lags = np.concatenate([[1.0], list(self.parameters(cov).values())])
+        partial = []
+        for k in range(1, len(lags)):
+            R = lags[np.abs(np.subtract.outer(np.arange(k), np.arange(k)))]
+            partial.append(np.linalg.solve(R, lags[1:k + 1])[-1])
+        return np.concatenate([0.5 * np.log(np.diag(cov)), np.arctanh(partial)])
+
+
+#: The structures mixedfx fits, by glmmTMB's name.
+STRUCTURES = {cls.name: cls for cls in (CovarianceStructure, Diagonal, HomogeneousDiagonal, CompoundSymmetry,
+                                        HomogeneousCompoundSymmetry, AutoRegressive, Toeplitz)}
+
+
+def structure_for(name: str = "us") -> CovarianceStructure:
+    """The structure called ``name`` (glmmTMB's spelling; ``"us"`` for lme4's ``(x | g)``).
+
+    Examples
+    --------
+    >>> from mixedfx.model.covariance import structure_for
+    >>> structure_for("toep").n_params(5)
+    9
+    """
+    return STRUCTURES[name]()
