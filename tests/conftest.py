@@ -35,6 +35,7 @@ FILE_SECONDS = {
     "test_weights.py": 231, "test_insteval.py": 225, "test_inference.py": 203, "test_recovery.py": 134,
     "test_profile.py": 116, "test_distributed.py": 106, "test_estimator_statistics.py": 88,
     "test_glmmtmb_families.py": 254,  # alone on a loaded machine: 4 min 14 s
+    "test_covariance_structures.py": 250,  # alone on a loaded machine: 3.5 to 4.7 min
 }
 
 
