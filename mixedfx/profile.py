@@ -393,7 +393,7 @@ def _laplace_deviance(bound, params: ModelParameters, dims, p: int):
         if trils is None:
             return _BIG
         result = marginal_log_likelihood(bound, ModelParameters(x[:p], trils, dict(params.family_params)),
-                                         n_draws=2, start=state["modes"])
+                                         n_draws=0, start=state["modes"])
         if not np.isfinite(result.laplace):
             return _BIG
         state["modes"] = result.conditional_modes

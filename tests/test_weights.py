@@ -120,6 +120,18 @@ def test_weighted_log_prob_is_scipys(name):
     assert float(total) == pytest.approx(expected.sum() - expected[2], rel=1e-10)
 
 
+def test_laplace_alone_skips_the_sampling_and_nothing_else():
+    """n_draws=0 (the profile's and the boundary test's deviance) returns the same
+    Laplace value and modes as the sampled estimate, and says that nothing was sampled."""
+    model = _tiny(Poisson(), [0.0, 2.0, 1.0, 4.0, 3.0], np.array([0.5, 2.0, 1.0, 3.0, 1.5]))
+    params = ModelParameters(np.array([0.3, 0.8]), [np.array([[0.7]])], {})
+    alone, sampled = marginal_log_likelihood(model, params, n_draws=0), marginal_log_likelihood(model, params)
+    assert alone.laplace == sampled.laplace == alone.log_likelihood
+    assert alone.log_likelihood != sampled.log_likelihood and np.isfinite(sampled.standard_error)
+    assert np.isinf(alone.standard_error) and alone.method == "Laplace"
+    np.testing.assert_array_equal(alone.conditional_modes[0], sampled.conditional_modes[0])
+
+
 # -- Gaussian: lmer's precision weights, by the exact path --------------------------------------------------------
 
 @pytest.mark.parametrize("fit, scale", [("ml", 1.0), ("ml_double", 2.0), ("reml", 1.0)])

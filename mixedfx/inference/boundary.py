@@ -66,7 +66,7 @@ def _log_likelihood(model: MixedModel, params: ModelParameters, *, reml: bool, s
     if model.family.conjugate_gaussian:
         exact = gaussian_marginal(model, params)
         return exact.reml_log_likelihood if reml else exact.profiled_log_likelihood
-    return marginal_log_likelihood(model, params, seed=seed, n_draws=2).laplace
+    return marginal_log_likelihood(model, params, seed=seed, n_draws=0).laplace
 
 
 def boundary_components(model: MixedModel, params: ModelParameters, *, reml: bool = False,

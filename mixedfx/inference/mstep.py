@@ -516,7 +516,7 @@ def covariance_update(statistics, *, fixed_effects, scale_matrix, num_levels, di
         q = tf.cast(q, second_moment.dtype)
         covariance = tf.linalg.matmul(C, tf.linalg.matmul(second_moment / q, C, transpose_b=True))
         covariance = 0.5 * (covariance + tf.transpose(covariance))
-        if structures and structures[k] != "us":
+        if structures and not structure_for(structures[k]).unstructured:
             covariance = structure_for(structures[k]).project(covariance, 1)
         jitter = 1e-12 * tf.maximum(tf.linalg.trace(covariance), tf.cast(1e-300, covariance.dtype))
         scale_tril.append(tf.linalg.cholesky(covariance + jitter * tf.eye(dim, dtype=covariance.dtype)))

@@ -173,7 +173,7 @@ def expansion_basis(dims, structures):
     term is unstructured (any ``C_k``).  A structured term's ``C_k`` is restricted to
     those that keep its structure (a diagonal or a multiple of the identity), so that
     the expanded M-step's fixed point is still the structured maximum likelihood."""
-    if not structures or all(name == "us" for name in structures):
+    if not structures or all(structure_for(name).unstructured for name in structures):
         return None
     blocks = [structure_for(name).expansion_basis(dim) for name, dim in zip(structures, dims)]
     rows, cols = sum(b.shape[0] for b in blocks), sum(b.shape[1] for b in blocks)

@@ -87,7 +87,8 @@ def marginal_log_likelihood(
     model : MixedModel
     params : ModelParameters
     n_draws : int, default 300
-        Importance-sampling draws (non-Gaussian families).
+        Importance-sampling draws (non-Gaussian families); 0 returns the Laplace
+        approximation alone (``standard_error`` infinite: nothing was sampled).
     seed : int, default 0
     start : sequence of numpy.ndarray, optional
         Starting random effects for the mode search, per term ``(num_levels, dim)``
@@ -119,6 +120,8 @@ def marginal_log_likelihood(
     problem = _NewtonProblem(model, params)
     system = _mode_system(problem, mode, max_dense_entries=max_dense_entries)
     laplace = mode.objective - 0.5 * system.logdet
+    if n_draws == 0:
+        return MarginalLikelihood(float(laplace), np.inf, "Laplace", float(laplace), mode.modes)
     v = list(mode.whitened)
     rng = np.random.default_rng(seed)
     log_weights = []
@@ -185,6 +188,9 @@ class LaplaceMode:
     whitened: tuple[np.ndarray, ...]
     objective: float
     weight: np.ndarray
+    #: Each row's observed curvature at the mode, not clipped at zero (``None`` with
+    #: ``curvature="expected"``).
+    curvature: np.ndarray | None = None
 
 
 def laplace_mode(
@@ -253,7 +259,7 @@ def laplace_mode(
     def objective(v, loglik):
         return loglik - 0.5 * sum(float(np.sum(x**2)) for x in v)
 
-    loglik, score, weight = problem.derivatives(problem.linear(v))
+    loglik, score, weight, raw = problem.derivatives(problem.linear(v))
     current = objective(v, loglik)
     for _ in range(max_iterations):
         # Changes below float64's resolution of the objective are noise (counts in the
@@ -268,7 +274,7 @@ def laplace_mode(
         scale, improved = 1.0, False
         for _ in range(30):
             trial = [x + scale * s for x, s in zip(v, step)]
-            trial_loglik, trial_score, trial_weight = problem.derivatives(problem.linear(trial))
+            trial_loglik, trial_score, trial_weight, trial_raw = problem.derivatives(problem.linear(trial))
             value = objective(trial, trial_loglik)
             if value >= current - tolerance:
                 improved = True
@@ -277,11 +283,11 @@ def laplace_mode(
         if not improved:
             break
         change = value - current
-        v, current, score, weight = trial, value, trial_score, trial_weight
+        v, current, score, weight, raw = trial, value, trial_score, trial_weight, trial_raw
         if change < max(1e-8, tolerance) and scale == 1.0:
             break
     modes = tuple(x @ L.T for x, L in zip(v, params.random_scale_tril))
-    return LaplaceMode(modes, tuple(v), float(current), weight)
+    return LaplaceMode(modes, tuple(v), float(current), weight, raw)
 
 
 def _mode_system(problem, mode, *, max_dense_entries=None) -> BlockSystem:
@@ -290,8 +296,8 @@ def _mode_system(problem, mode, *, max_dense_entries=None) -> BlockSystem:
     linear predictor (Student-t outliers, nbinom1) may curve upwards, which the Newton
     search clips; the clipped weights stand in only where the exact system is not
     positive definite."""
-    _, _, exact = problem.derivatives(problem.linear(mode.whitened), clip=False)
-    if np.any(exact < 1e-12):
+    exact = mode.curvature
+    if exact is not None and np.any(exact < 1e-12):
         try:
             system = BlockSystem(problem.terms, problem.scaled, exact, max_dense_entries=max_dense_entries)
             if np.isfinite(system.logdet):
@@ -299,6 +305,21 @@ def _mode_system(problem, mode, *, max_dense_entries=None) -> BlockSystem:
         except np.linalg.LinAlgError:
             pass
     return BlockSystem(problem.terms, problem.scaled, mode.weight, max_dense_entries=max_dense_entries)
+
+
+@tf.function(autograph=False, reduce_retracing=True)
+def _row_derivatives(family, eta, family_params, response, trials, weights):
+    """The summed log-likelihood, its gradient in ``eta`` and each row's second
+    derivative, as one graph per family and input signature (the Newton search calls
+    it thousands of times in a profile: eager, its ops cost more than the numbers)."""
+    with tf.GradientTape() as outer:
+        outer.watch(eta)
+        with tf.GradientTape() as inner:
+            inner.watch(eta)
+            total = tf.reduce_sum(family.weighted_log_prob(eta, family_params, response, trials=trials,
+                                                           weights=weights))
+        score = inner.gradient(total, eta)
+    return total, score, outer.gradient(score, eta)
 
 
 class _NewtonProblem:
@@ -334,26 +355,21 @@ class _NewtonProblem:
                                                                  trials=self.trials, weights=self.weights),
                              axis=-1).numpy()
 
-    def derivatives(self, eta, *, clip: bool = True):
-        """The log-likelihood, its gradient in eta and each row's curvature weight (each
-        row's log-likelihood depends on its own eta only, so the Hessian is diagonal);
-        ``clip=False`` leaves an observed curvature below zero as it is."""
+    def derivatives(self, eta):
+        """The log-likelihood, its gradient in eta, each row's curvature weight (each
+        row's log-likelihood depends on its own eta only, so the Hessian is diagonal)
+        and the observed curvature unclipped (``None`` for the expected one)."""
         family, eta_t = self.model.family, tf.constant(eta)
-        with tf.GradientTape() as outer:
-            outer.watch(eta_t)
-            with tf.GradientTape() as inner:
-                inner.watch(eta_t)
-                total = tf.reduce_sum(family.weighted_log_prob(eta_t, self.family_params, self.response,
-                                                               trials=self.trials, weights=self.weights))
-            score = inner.gradient(total, eta_t)
         if self.expected:
+            total, score, _ = _row_derivatives(family, eta_t, self.family_params, self.response, self.trials,
+                                               self.weights)
             weight = family.weighted_fisher_weight(eta_t, self.family_params, trials=self.trials,
                                                    weights=self.weights).numpy()
-        else:
-            curvature = outer.gradient(score, eta_t)
-            weight = -curvature.numpy()
-            weight = np.maximum(weight, 1e-12) if clip else weight  # log-concave families: positive
-        return float(total), score.numpy(), weight
+            return float(total), score.numpy(), weight, None
+        total, score, second = _row_derivatives(family, eta_t, self.family_params, self.response, self.trials,
+                                                self.weights)
+        raw = -second.numpy()
+        return float(total), score.numpy(), np.maximum(raw, 1e-12), raw  # log-concave families: positive
 
 
 def _newton_direction(problem: _NewtonProblem, v, score, weight, *, max_dense_entries=None):
