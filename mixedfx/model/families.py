@@ -523,8 +523,31 @@ class Bernoulli(Binomial):
         return values, np.ones_like(values)
 
 
+class LogLink:
+    """Mixin: the log link, ``mean = exp(eta)`` (Poisson, both negative binomials, Gamma)."""
+
+    @property
+    def link(self) -> str:
+        return "log"
+
+    def mean(self, linear_predictor, parameters=None):
+        return np.exp(np.asarray(linear_predictor, dtype=np.float64))
+
+
+class LogDispersion:
+    """Mixin: one own parameter, ``dispersion``, estimated on the log scale."""
+
+    parameter_names: ClassVar[tuple[str, ...]] = ("dispersion",)
+
+    def constrain(self, free):
+        return {"dispersion": tf.exp(free[0])}
+
+    def free_from_parameters(self, parameters):
+        return np.array([np.log(float(parameters["dispersion"]))])
+
+
 @dataclass(frozen=True)
-class Poisson(Family):
+class Poisson(LogLink, Family):
     """Counts with a log link; an ``offset(log(exposure))`` term models rates.
 
     Examples
@@ -537,15 +560,9 @@ class Poisson(Family):
 
     name: ClassVar[str] = "poisson"
 
-    @property
-    def link(self) -> str:
-        return "log"
-
     def distribution(self, linear_predictor, parameters, *, trials=None):
         return tfd.Poisson(log_rate=linear_predictor)
 
-    def mean(self, linear_predictor, parameters=None):
-        return np.exp(np.asarray(linear_predictor, dtype=np.float64))
 
     def fisher_weight(self, linear_predictor, parameters, *, trials=None):
         return tf.exp(linear_predictor)
@@ -561,7 +578,7 @@ class Poisson(Family):
 
 
 @dataclass(frozen=True)
-class NegativeBinomial(Family):
+class NegativeBinomial(LogDispersion, LogLink, Family):
     """Counts with a log link and variance ``mu + mu^2 / dispersion`` (glmmTMB's nbinom2).
 
     The dispersion (the "size" of R's ``rnbinom``) is estimated in the M-step.
@@ -582,18 +599,11 @@ class NegativeBinomial(Family):
 
     name: ClassVar[str] = "negative_binomial"
     glmmtmb_name: ClassVar[str] = "nbinom2"
-    parameter_names: ClassVar[tuple[str, ...]] = ("dispersion",)
-
-    @property
-    def link(self) -> str:
-        return "log"
 
     def distribution(self, linear_predictor, parameters, *, trials=None):
         size = parameters["dispersion"]
         return tfd.NegativeBinomial(total_count=size, logits=linear_predictor - tf.math.log(size))
 
-    def mean(self, linear_predictor, parameters=None):
-        return np.exp(np.asarray(linear_predictor, dtype=np.float64))
 
     def fisher_weight(self, linear_predictor, parameters, *, trials=None):
         mu = tf.exp(linear_predictor)
@@ -603,9 +613,6 @@ class NegativeBinomial(Family):
     def variance(self, mean, parameters, *, trials=None):
         return mean + mean**2 / float(parameters["dispersion"])
 
-    def constrain(self, free):
-        return {"dispersion": tf.exp(free[0])}
-
     def initial_free(self, response, linear_predictor, *, trials=None):
         mu = np.exp(linear_predictor)
         excess = np.mean((response - mu) ** 2 - mu)
@@ -614,9 +621,6 @@ class NegativeBinomial(Family):
 
     def parameter_scale(self, values, response, n_obs):
         return np.full(len(values), 2.0 / np.sqrt(n_obs))
-
-    def free_from_parameters(self, parameters):
-        return np.array([np.log(float(parameters["dispersion"]))])
 
     def validate_response(self, response, *, trials=None, name):
         return _counts(response, name, self.name), None

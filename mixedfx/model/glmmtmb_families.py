@@ -30,7 +30,8 @@ from scipy import special, stats
 
 from mixedfx._tf import tf, tfd
 from mixedfx.exceptions import DataError, ParameterError
-from mixedfx.model.families import ALIASES, FAMILIES, Binomial, Family, _counts, _numeric
+from mixedfx.model.families import (ALIASES, FAMILIES, Binomial, Family, LogDispersion, LogLink, _counts,
+                                    _numeric)
 
 __all__ = ["Gamma", "NegativeBinomial1", "Beta", "StudentT", "BetaBinomial"]
 
@@ -47,7 +48,7 @@ def _scalar(parameters, name: str, dtype):
 
 
 @dataclass(frozen=True)
-class Gamma(Family):
+class Gamma(LogDispersion, LogLink, Family):
     """Positive continuous responses, log link: glmmTMB's ``Gamma(link = "log")``.
 
     The response is gamma with mean ``mu = exp(eta)`` and shape ``1 / dispersion``, so
@@ -72,19 +73,12 @@ class Gamma(Family):
 
     name: ClassVar[str] = "gamma"
     glmmtmb_name: ClassVar[str] = "Gamma"
-    parameter_names: ClassVar[tuple[str, ...]] = ("dispersion",)
-
-    @property
-    def link(self) -> str:
-        return "log"
 
     def distribution(self, linear_predictor, parameters, *, trials=None):
         eta = tf.convert_to_tensor(linear_predictor)
         dispersion = _scalar(parameters, "dispersion", eta.dtype)
         return tfd.Gamma(concentration=1.0 / dispersion, log_rate=-eta - tf.math.log(dispersion))
 
-    def mean(self, linear_predictor, parameters=None):
-        return np.exp(np.asarray(linear_predictor, dtype=np.float64))
 
     def fisher_weight(self, linear_predictor, parameters, *, trials=None):
         dispersion = _scalar(parameters, "dispersion", linear_predictor.dtype)
@@ -93,15 +87,9 @@ class Gamma(Family):
     def variance(self, mean, parameters, *, trials=None):
         return float(parameters["dispersion"]) * np.asarray(mean, dtype=np.float64) ** 2
 
-    def constrain(self, free):
-        return {"dispersion": tf.exp(free[0])}
-
     def initial_free(self, response, linear_predictor, *, trials=None):
         scaled = response / np.exp(linear_predictor)
         return _log_positive(np.var(scaled) / np.mean(scaled) ** 2, 1e-3, 1e3)
-
-    def free_from_parameters(self, parameters):
-        return np.array([np.log(float(parameters["dispersion"]))])
 
     def parameter_scale(self, values, response, n_obs):
         return np.full(len(values), np.sqrt(2.0 / n_obs))
@@ -121,7 +109,7 @@ class Gamma(Family):
 
 
 @dataclass(frozen=True)
-class NegativeBinomial1(Family):
+class NegativeBinomial1(LogDispersion, LogLink, Family):
     """Counts with a log link and a linear variance ``mu (1 + dispersion)``: glmmTMB's ``nbinom1``.
 
     A negative binomial with size ``mu / dispersion``; ``dispersion`` is glmmTMB's
@@ -142,11 +130,6 @@ class NegativeBinomial1(Family):
 
     name: ClassVar[str] = "nbinom1"
     glmmtmb_name: ClassVar[str] = "nbinom1"
-    parameter_names: ClassVar[tuple[str, ...]] = ("dispersion",)
-
-    @property
-    def link(self) -> str:
-        return "log"
 
     def distribution(self, linear_predictor, parameters, *, trials=None):
         eta = tf.convert_to_tensor(linear_predictor)
@@ -154,8 +137,6 @@ class NegativeBinomial1(Family):
         logits = tf.math.log(dispersion) * tf.ones_like(eta)  # p / (1 - p) = phi: the mean is size * phi
         return tfd.NegativeBinomial(total_count=tf.exp(eta) / dispersion, logits=logits)
 
-    def mean(self, linear_predictor, parameters=None):
-        return np.exp(np.asarray(linear_predictor, dtype=np.float64))
 
     def fisher_weight(self, linear_predictor, parameters, *, trials=None):
         """The GLM working weight ``(dmu/deta)^2 / var = mu / (1 + phi)`` (the size moves
@@ -167,15 +148,9 @@ class NegativeBinomial1(Family):
     def variance(self, mean, parameters, *, trials=None):
         return np.asarray(mean, dtype=np.float64) * (1.0 + float(parameters["dispersion"]))
 
-    def constrain(self, free):
-        return {"dispersion": tf.exp(free[0])}
-
     def initial_free(self, response, linear_predictor, *, trials=None):
         mean = max(float(np.mean(response)), 1e-3)
         return _log_positive(np.var(response) / mean - 1.0, 0.05, 1e3)
-
-    def free_from_parameters(self, parameters):
-        return np.array([np.log(float(parameters["dispersion"]))])
 
     def parameter_scale(self, values, response, n_obs):
         return np.full(len(values), 2.0 / np.sqrt(n_obs))
@@ -192,7 +167,7 @@ class NegativeBinomial1(Family):
 
 
 @dataclass(frozen=True)
-class Beta(Family):
+class Beta(LogDispersion, Family):
     """Proportions strictly between 0 and 1, logit link: glmmTMB's ``beta_family()``.
 
     The response is beta with mean ``mu = logistic(eta)`` and precision ``dispersion``
@@ -216,7 +191,6 @@ class Beta(Family):
 
     name: ClassVar[str] = "beta"
     glmmtmb_name: ClassVar[str] = "beta"
-    parameter_names: ClassVar[tuple[str, ...]] = ("dispersion",)
 
     @property
     def link(self) -> str:
@@ -243,15 +217,9 @@ class Beta(Family):
         mean = np.asarray(mean, dtype=np.float64)
         return mean * (1.0 - mean) / (1.0 + float(parameters["dispersion"]))
 
-    def constrain(self, free):
-        return {"dispersion": tf.exp(free[0])}
-
     def initial_free(self, response, linear_predictor, *, trials=None):
         mean, var = float(np.mean(response)), float(np.var(response))
         return _log_positive(mean * (1.0 - mean) / max(var, 1e-12) - 1.0, 0.5, 1e4)
-
-    def free_from_parameters(self, parameters):
-        return np.array([np.log(float(parameters["dispersion"]))])
 
     def parameter_scale(self, values, response, n_obs):
         return np.full(len(values), 2.0 / np.sqrt(n_obs))
@@ -374,7 +342,7 @@ class StudentT(Family):
 
 
 @dataclass(frozen=True)
-class BetaBinomial(Binomial):
+class BetaBinomial(LogDispersion, Binomial):
     """Overdispersed binomial counts, logit link: glmmTMB's ``betabinomial()``.
 
     Successes out of ``trials`` (``cbind(successes, failures)`` or ``trials=``, as for
@@ -396,7 +364,6 @@ class BetaBinomial(Binomial):
 
     name: ClassVar[str] = "betabinomial"
     glmmtmb_name: ClassVar[str] = "betabinomial"
-    parameter_names: ClassVar[tuple[str, ...]] = ("dispersion",)
 
     def __post_init__(self):
         if self.link_name != "logit":
@@ -421,14 +388,8 @@ class BetaBinomial(Binomial):
         trials = np.ones(np.shape(mean)) if trials is None else np.asarray(trials, dtype=np.float64)
         return trials * mean * (1.0 - mean) * (phi + trials) / (phi + 1.0)
 
-    def constrain(self, free):
-        return {"dispersion": tf.exp(free[0])}
-
     def initial_free(self, response, linear_predictor, *, trials=None):
         return np.array([np.log(10.0)])
-
-    def free_from_parameters(self, parameters):
-        return np.array([np.log(float(parameters["dispersion"]))])
 
     def parameter_scale(self, values, response, n_obs):
         return np.full(len(values), 2.0 / np.sqrt(n_obs))
