@@ -248,5 +248,8 @@ def icc(model, *, null_intercept=None) -> pd.Series:
     """
     parts = variance_decomposition(model, null_intercept=null_intercept)
     total = parts["var_fixed"] + parts["var_random"] + parts["var_residual"]
+    if parts["var_random"] + parts["var_residual"] <= 0.0:
+        raise ParameterError("the ICC is undefined: the random effects' and the residual variances are both zero "
+                             "(an exact fit)")
     return pd.Series({"ICC_adjusted": parts["var_random"] / (parts["var_random"] + parts["var_residual"]),
                       "ICC_unadjusted": parts["var_random"] / total})

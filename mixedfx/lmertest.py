@@ -40,6 +40,8 @@ DDF_METHODS = ("satterthwaite", "kenward-roger", "residual", "asymptotic")
 
 _GLMM_NOTE = ("Wald z statistics (df = inf): denominator degrees of freedom exist for Gaussian fits only "
               "(as lme4's glmer)")
+_EXACT_NOTE = ("an exact fit (zero residuals, see mixedfx.inference.exact): the residual df, n - p, as lm's, "
+               "and zero standard errors")
 
 
 class _Context:
@@ -69,8 +71,10 @@ class _Context:
             # cutpoints), which fixed_effects_cov_ is the covariance of.
             self.names = list(model.fixed_effects_.index)
             self.beta = np.asarray(model.fixed_effects_, dtype=np.float64)
-        self.method, self.n_obs, self.p = ddf, bound.n_obs, len(self.beta)
         self.sigma = float(params.family_params["sigma"]) if gaussian else 1.0
+        if gaussian and self.sigma == 0.0 and ddf != "asymptotic":  # an exact fit: lm's residual df
+            ddf, self.note = "residual", _EXACT_NOTE
+        self.method, self.n_obs, self.p = ddf, bound.n_obs, len(self.beta)
         self.satt = self.kr = None
         reml = str(getattr(model, "method", "ml")).lower() == "reml"
         if ddf == "satterthwaite" and bound.random_terms:
@@ -95,6 +99,9 @@ class _Context:
 
     def f_test(self, L: np.ndarray) -> dict:
         """lmerTest's ``contestMD``: one row of the F table for the hypothesis ``L beta = 0``."""
+        if self.note is _EXACT_NOTE:
+            raise ParameterError("an exact fit (zero residuals) has no F tests: every F statistic is infinite and "
+                                 "its sum of squares undefined (R's anova of such an lm warns that it is unreliable)")
         if self.kr is not None:
             return self._kr_f_test(L)
         if L.shape[0] == 1:
@@ -114,7 +121,8 @@ class _Context:
         return _f_row(F, q, dendf, self.sigma)
 
     def _one_df_f(self, row: np.ndarray) -> dict:
-        t = float(row @ self.beta) / np.sqrt(float(row @ self.cov @ row))
+        se = np.sqrt(float(row @ self.cov @ row))
+        t = float(row @ self.beta) / se if se > 0 else np.copysign(np.inf, float(row @ self.beta))
         return _f_row(t * t, 1, self.t_df(row), self.sigma)
 
     def _kr_f_test(self, L: np.ndarray) -> dict:
@@ -213,7 +221,8 @@ def _t_table(context: _Context, L: np.ndarray, index) -> pd.DataFrame:
     estimate = L @ context.beta
     se = np.sqrt(np.einsum("ia,ab,ib->i", L, context.cov, L))
     df = np.array([context.t_df(row) for row in L])
-    t = estimate / se
+    with np.errstate(divide="ignore"):  # an exact fit's zero standard errors: t is infinite, as lm's
+        t = estimate / se
     p = np.where(np.isinf(df), 2 * stats.norm.sf(np.abs(t)), 2 * stats.t.sf(np.abs(t), np.where(np.isinf(df), 1, df)))
     z = context.method == "asymptotic"
     table = pd.DataFrame({"Estimate": estimate, "Std. Error": se, "df": df, "z value" if z else "t value": t,

@@ -83,27 +83,38 @@ def format_summary(model) -> str:
             "fixed-effect model matrix is rank deficient; dropped: " + ", ".join(model.fixed_design_.dropped_columns)
         )
     lines.append("")
-    status = "converged" if fit.converged else "did NOT converge"
-    ratio = np.nanmax(fit.mcse / fit.tolerance) if np.isfinite(fit.tolerance).any() else np.nan
-    lines.append(
-        f"MCEM {status} after {fit.n_iter} iterations ({fit.n_averaged} averaged, "
-        f"{fit.n_draws_averaged} draws); HMC acceptance {fit.acceptance_rate:.2f}; "
-        f"largest Monte Carlo error {ratio:.2f} x tolerance; {fit.elapsed_seconds:.1f} s"
-    )
-    lines.append(
-        f"E-step draws: {fit.n_kept_draws} kept per chain x {fit.n_chains} chains; R-hat {fit.rhat:.3f} "
-        f"(mean squares; chance level +{fit.rhat_noise:.3f}), {fit.rhat_max:.3f} (largest over levels); "
-        f"smallest ESS {fit.ess_min:.0f}; "
-        f"final step size {fit.final_step_size:.3g}"
-    )
-    if getattr(fit, "n_divergent", 0) or getattr(fit, "n_retries", 0):
-        lines.append(f"HMC: {fit.n_divergent} divergent transitions; {fit.n_retries} iteration blocks retried with "
-                     "smaller step sizes" + ("".join(f"\n  {line}" for line in fit.recoveries)))
-    lines.extend(f"warning: {text}" for text in getattr(fit, "data_warnings", ()))
+    lines += _fit_lines(fit)
+    return "\n".join(lines)
+
+
+def _fit_lines(fit) -> list[str]:
+    """The summary's lines on the Monte Carlo EM fit (only the reason, for an exact fit
+    of no iterations), its data warnings and its boundary estimates."""
+    lines = []
+    if fit.n_iter == 0:
+        lines.append(f"no Monte Carlo EM: {fit.message}")
+    else:
+        status = "converged" if fit.converged else "did NOT converge"
+        ratio = np.nanmax(fit.mcse / fit.tolerance) if np.isfinite(fit.tolerance).any() else np.nan
+        lines.append(
+            f"MCEM {status} after {fit.n_iter} iterations ({fit.n_averaged} averaged, "
+            f"{fit.n_draws_averaged} draws); HMC acceptance {fit.acceptance_rate:.2f}; "
+            f"largest Monte Carlo error {ratio:.2f} x tolerance; {fit.elapsed_seconds:.1f} s"
+        )
+        lines.append(
+            f"E-step draws: {fit.n_kept_draws} kept per chain x {fit.n_chains} chains; R-hat {fit.rhat:.3f} "
+            f"(mean squares; chance level +{fit.rhat_noise:.3f}), {fit.rhat_max:.3f} (largest over levels); "
+            f"smallest ESS {fit.ess_min:.0f}; "
+            f"final step size {fit.final_step_size:.3g}"
+        )
+        if getattr(fit, "n_divergent", 0) or getattr(fit, "n_retries", 0):
+            lines.append(f"HMC: {fit.n_divergent} divergent transitions; {fit.n_retries} iteration blocks retried with "
+                         "smaller step sizes" + ("".join(f"\n  {line}" for line in fit.recoveries)))
+    lines.extend(f"warning: {text}" for text in getattr(fit, "data_warnings", ()) if text != fit.message)
     if fit.at_boundary:
         lines.append("boundary (singular) fit: " + ", ".join(fit.at_boundary)
                      + " estimated at the boundary (an sd at zero or a correlation at +-1); see lme4's ?isSingular")
-    return "\n".join(lines)
+    return lines
 
 
 #: The line under the fixed-effects table, per ``attrs["ddf"]`` of a Gaussian fit's table.
@@ -125,8 +136,10 @@ def _fixed_effects_lines(table: pd.DataFrame) -> list[str]:
         b, se, *df, t, p = values
         rows.append((str(name), f"{b:.6g}", f"{se:.4g}", *(f"{v:.4g}" for v in df), f"{t:.3f}", f"{p:.3g}"))
     lines = _columns(rows, align="<" + ">" * (len(rows[0]) - 1))
-    if "note" in table.attrs:
+    if "note" in table.attrs and table.attrs["ddf"] == "asymptotic":
         lines.append("Wald z tests (GLMM): no denominator df, p-values from the normal distribution")
+    elif "note" in table.attrs:
+        lines.append(f"t-tests: {table.attrs['note']}")
     else:
         lines.append(_DDF_LINES[table.attrs["ddf"]])
     return lines

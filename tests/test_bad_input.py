@@ -24,6 +24,7 @@ Elsewhere in the suite, and not repeated here:
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import warnings
@@ -45,6 +46,7 @@ from mixedfx import (
     MixedEffectsRegressor,
     MixedFXError,
     NewLevelError,
+    ParameterError,
 )
 from mixedfx._tf import tf
 from mixedfx.inference import FixedIterations, MCEMOptions, fit_mcem
@@ -153,8 +155,6 @@ BAD_INPUT = [
      "the response 'y' has standard deviation 1.49e+200, outside the 1e-50 to 1e+50", None),
     ("response below float64's range", _regressor(), lambda d: d.assign(y=d["y"] * 1e-200), None, DataError,
      "outside the 1e-50 to 1e+50 that a float64 fit handles; rescale it", None),
-    ("response reproduced by the fixed effects", _regressor(), lambda d: d.assign(y=2.0 * d["x"] + 1.0), None,
-     DataError, "the fixed effects reproduce the response 'y' exactly (zero residuals)", None),
     # -- wrong types ----------------------------------------------------------------------
     ("numpy array with a formula", _regressor(), lambda d: d.to_numpy(), None, DataError,
      "X must be a pandas DataFrame (or a polars DataFrame, a pyarrow Table or Parquet file(s)) with the columns "
@@ -406,6 +406,29 @@ def test_a_fit_that_cannot_recover_raises_instead_of_returning_nan(small_fit, sm
     exact = small_frame.assign(y=small_frame["g"].str[1:].astype(float))
     with pytest.raises(FitError, match="Monte Carlo EM broke down"):
         _regressor(**small_settings()).fit(exact)
+
+
+def test_a_response_the_fixed_effects_reproduce_is_lms_exact_fit(small_frame):
+    """Hard but legal: lm's "essentially perfect fit". A warning names the cause; the
+    fixed effects are the exact coefficients, every variance and standard error is
+    zero (the residual df n - p, as lm's), no Monte Carlo EM runs; the F tests and the
+    ICC, which are undefined, refuse by name. lme4 refuses such data."""
+    exact = small_frame.assign(y=1.0 + 2.0 * small_frame["x"] - 0.5 * (small_frame["f"] == "b"))
+    weights = np.linspace(0.5, 2.0, len(exact))
+    with pytest.warns(DataWarning, match="essentially perfect fit: the fixed effects reproduce the response exactly"):
+        model = _regressor().fit(exact, sample_weight=weights)
+    np.testing.assert_allclose(model.fixed_effects_.to_numpy(), [1.0, 2.0, -0.5], atol=1e-12)
+    np.testing.assert_allclose(model.predict(exact), exact["y"], atol=1e-12)
+    assert model.fit_summary_.n_iter == 0 and not model.variance_components_["sdcor"].any()
+    table = model.fixed_effects_table()
+    assert not table["Std. Error"].any() and (table["df"] == 120 - 3).all() and np.isinf(table["t value"]).all()
+    text = io.StringIO()
+    model.summary(file=text)
+    assert "no Monte Carlo EM: essentially perfect fit" in text.getvalue()
+    with pytest.raises(ParameterError, match="an exact fit .zero residuals. has no F tests"):
+        mixedfx.anova(model)
+    with pytest.raises(ParameterError, match="the ICC is undefined"):
+        model.icc()
 
 
 def test_non_finite_estimates_are_never_returned(small_frame, monkeypatch):

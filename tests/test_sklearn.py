@@ -162,28 +162,13 @@ def test_without_a_formula_every_column_is_a_fixed_effect(small_fit, small_frame
 
 # -- scikit-learn's own compatibility checks -----------------------------------------------------------------------
 
-_EXACT_FIT_WEIGHTS = ("the check's y (two values) is a function of X's second column, so the fixed effects "
-                      "reproduce it exactly and fit refuses the data with a DataError before weights matter (the "
-                      "classifier passes this check; prior weights are tested in test_weights.py)")
 _EQUIVALENCE = ("the check predicts on every row of X, also those of weight zero, whose levels of the grouping column "
                 "the fit never saw: new_levels='error' (what the other checks need) raises a NewLevelError; "
                 "test_sample_weight_equivalence_with_new_levels_population runs the check with "
                 "new_levels='population' and it passes")
-_EQUIVALENCE_REGRESSOR = ("the check's X has 30 continuous columns for 15 rows: the fixed effects reproduce y exactly "
-                          "and fit refuses the data with a DataError (measured: 'the fixed effects reproduce the "
-                          "response 'y' exactly'); moreover the Gaussian family's weights are lmer's precision "
-                          "weights, not replications (test_gaussian_weights_are_precisions_not_replications)")
-_EXACT_FIT = ("the check's X (make_blobs, rounded to integers since the estimator takes categorical input) equals y "
-              "in every column: the fixed effects reproduce the response exactly, the residual variance would be "
-              "zero, and fit refuses the data with a DataError (pickling is tested by "
-              "test_pickle_and_joblib_round_trips_hold_no_tensorflow)")
 EXPECTED_FAILED_CHECKS = {
     "MixedEffectsRegressor": {
-        "check_sample_weights_shape": _EXACT_FIT_WEIGHTS,
-        "check_sample_weights_not_overwritten": _EXACT_FIT_WEIGHTS,
-        "check_sample_weight_equivalence_on_dense_data": _EQUIVALENCE_REGRESSOR,
-        "check_pipeline_consistency": _EXACT_FIT,
-        "check_estimators_pickle": _EXACT_FIT,
+        "check_sample_weight_equivalence_on_dense_data": _EQUIVALENCE,
     },
     # scikit-learn's legacy checks as well (legacy=True, the default); these are left out:
     "MixedEffectsClassifier": {
@@ -222,10 +207,13 @@ def test_classifier_passes_scikit_learns_checks(estimator, check):
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore")
-def test_sample_weight_equivalence_with_new_levels_population():
-    """scikit-learn's check that integer weights are repeated rows (zero: dropped), for the
-    classifier, with the zero-weight rows' unseen levels predicted at the population level."""
+@pytest.mark.parametrize("estimator", [MixedEffectsRegressor, MixedEffectsClassifier], ids=lambda e: e.__name__)
+def test_sample_weight_equivalence_with_new_levels_population(estimator):
+    """scikit-learn's check that integer weights are repeated rows (zero: dropped), with the
+    zero-weight rows' unseen levels predicted at the population level. The regressor's
+    data (30 columns for 15 rows) is an exact fit (see test_bad_input.py), whose
+    coefficients do not depend on the weights."""
     from sklearn.utils.estimator_checks import check_sample_weight_equivalence_on_dense_data
 
-    estimator = MixedEffectsClassifier(**{**_check_settings(), "new_levels": "population"})
-    check_sample_weight_equivalence_on_dense_data("MixedEffectsClassifier", estimator)
+    check_sample_weight_equivalence_on_dense_data(
+        estimator.__name__, estimator(**{**_check_settings(), "new_levels": "population"}))

@@ -46,6 +46,7 @@ from mixedfx.formula import parse_formula
 from mixedfx.formula.update import select_random_terms
 from mixedfx.inference import MCEMOptions, MonteCarloErrorRule, fit_mcem
 from mixedfx.inference.distributed import check_strategy
+from mixedfx.inference.exact import exact_fit
 from mixedfx.inference.finish import finish_fit
 from mixedfx.model import (
     MixedModel,
@@ -345,10 +346,16 @@ class MixedEffectsModel(AfterFitMethods, BaseEstimator):
         options = self._options()
         rule = self.stopping_rule if self.stopping_rule is not None else MonteCarloErrorRule(tol=float(self.tol))
         method = self._method()
-        result = fit_mcem(model, method=method, options=options, stopping_rule=rule, seed=seed,
-                          progress=self.verbose > 0 if progress is None else progress, distribute=self._distribute())
-        finished = finish_fit(model, result, reml=method == "reml", seed=int(seed[0]), distribute=self._distribute(),
-                              max_dense_entries=options.max_dense_entries, stacklevel=4)
+        exact = model.exact_fixed_effects()
+        if exact is not None:  # nothing to estimate but the fixed effects: lm's exact fit
+            finished = exact_fit(model, exact, method=method, stacklevel=4)
+        else:
+            result = fit_mcem(model, method=method, options=options, stopping_rule=rule, seed=seed,
+                              progress=self.verbose > 0 if progress is None else progress,
+                              distribute=self._distribute())
+            finished = finish_fit(model, result, reml=method == "reml", seed=int(seed[0]),
+                                  distribute=self._distribute(), max_dense_entries=options.max_dense_entries,
+                                  stacklevel=4)
         fitted = _estimates(model, random_design, finished)
         fitted.update(model_=model, method_=method, n_obs_=model.n_obs, n_iter_=finished.summary.n_iter,
                       fit_summary_=finished.summary)

@@ -160,19 +160,23 @@ class FitSummary:
 
     @property
     def acceptance_rate(self) -> float:
-        """Mean HMC acceptance rate over the averaging window (or the last iteration)."""
+        """Mean HMC acceptance rate over the averaging window (or the last iteration);
+        NaN for a fit without iterations (an exact fit)."""
+        if self.n_iter == 0:
+            return float("nan")
         start = self.window_start if self.window_start is not None and self.window_start < self.n_iter else self.n_iter - 1
         return float(np.mean(self.acceptance[start:]))
 
     @property
     def final_step_size(self) -> float:
-        """The HMC step size adapted in the last E-step (on the preconditioned scale)."""
-        return float(self.step_size[-1])
+        """The HMC step size adapted in the last E-step (on the preconditioned scale);
+        NaN for a fit without iterations."""
+        return float(self.step_size[-1]) if len(self.step_size) else float("nan")
 
     @property
     def final_acceptance_rate(self) -> float:
-        """The HMC acceptance rate of the last E-step."""
-        return float(self.acceptance[-1])
+        """The HMC acceptance rate of the last E-step; NaN for a fit without iterations."""
+        return float(self.acceptance[-1]) if len(self.acceptance) else float("nan")
 
     @property
     def is_singular(self) -> bool:

@@ -71,8 +71,16 @@ def bind_model(family: Family, bound: BoundData, *, encode: Callable | None = No
     _check_structures(bound)
     model = MixedModel(family, bound.fixed_matrix, response, bound.random_terms, bound.fixed_design.column_names,
                        offset=bound.offset, trials=trials, weights=weights)
-    model.check_identifiable()
-    family.check_fit(model.fixed_design, model.response, model.offset, name=name)
+    if model.exact_fixed_effects() is None:  # an exact fit needs neither (see mixedfx.inference.exact)
+        model.check_identifiable()
+        _check_enough_rows(model)
+    return model
+
+
+def _check_enough_rows(model: MixedModel) -> None:
+    """Refuse fewer rows than parameters (weighted rows counted by their weights,
+    except precision weights)."""
+    family, weights = model.family, model.weights
     n_fixed = model.fixed_design.shape[1]
     n_variance = sum(structure_for(t.covariance).n_params(t.dim) for t in model.random_terms)
     n_family = len(family.parameter_labels())
@@ -84,7 +92,6 @@ def bind_model(family: Family, bound: BoundData, *, encode: Callable | None = No
             f"{n_rows:g} rows are too few to estimate {n_params} parameters ({n_fixed} fixed "
             f"effects, {n_variance} variance parameters, {n_family} of the family)"
         )
-    return model
 
 
 def _check_structures(bound: BoundData) -> None:

@@ -249,8 +249,11 @@ class Family:
     def check_fixed_design(self, *, has_intercept: bool, formula: str) -> None:
         """Refuse a fixed part the family cannot fit (see :class:`Ordinal`)."""
 
-    def check_fit(self, fixed_design: np.ndarray, response: np.ndarray, offset, *, name: str) -> None:
-        """Refuse bound arrays whose likelihood has no maximum (see :class:`Gaussian`)."""
+    def exact_fit(self, fixed_design: np.ndarray, response: np.ndarray, offset) -> np.ndarray | None:
+        """The fixed effects when they reproduce the response exactly, a fit without
+        error (lm's "essentially perfect fit"; see :class:`Gaussian`); ``None`` when they
+        do not, and always for a family without a free residual scale."""
+        return None
 
     def separation_cuts(self, response: np.ndarray, *, trials=None):
         """Where each row's response lies among the family's ordered categories, for
@@ -386,18 +389,28 @@ class Gaussian(Family):
                 "a float64 fit handles; rescale it (multiply by a power of ten: the estimates scale with it)"
             )
 
-    def check_fit(self, fixed_design, response, offset, *, name):
-        """Refuse a response that the fixed effects reproduce exactly: its residual
-        variance is zero and the likelihood grows without bound."""
+    def exact_fit(self, fixed_design, response, offset):
+        """The least-squares coefficients when the fixed effects reproduce the response
+        exactly (zero residuals): the residual variance is zero and the likelihood has
+        no maximum, so the fit is lm's exact one (see :func:`~mixedfx.inference.exact.exact_fit`).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from mixedfx.model import Gaussian
+        >>> X = np.column_stack([np.ones(4), np.arange(4.0)])
+        >>> Gaussian().exact_fit(X, 1.0 + 2.0 * np.arange(4.0), None).round(6).tolist()
+        [1.0, 2.0]
+        >>> Gaussian().exact_fit(X, np.array([0.0, 1.0, 0.0, 1.0]), None) is None
+        True
+        """
         y = response - (0.0 if offset is None else offset)
         coefficients = np.linalg.lstsq(fixed_design, y, rcond=None)[0]
         residual = y - fixed_design @ coefficients
         total = np.sum((y - y.mean()) ** 2)
         if np.sum(residual**2) <= 1e-20 * max(total, np.finfo(float).tiny):
-            raise DataError(
-                f"the fixed effects reproduce the response {name!r} exactly (zero residuals): the residual "
-                "variance is zero and the likelihood has no maximum; is the response also a predictor?"
-            )
+            return coefficients
+        return None
 
 
 @dataclass(frozen=True)

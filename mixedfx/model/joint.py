@@ -223,6 +223,11 @@ class MixedModel:
         """Names of the random-effect vectors in the joint distribution."""
         return random_effect_keys([term.name for term in self.random_terms])
 
+    def exact_fixed_effects(self) -> np.ndarray | None:
+        """The fixed effects when they reproduce the response exactly (the family's
+        :meth:`~mixedfx.model.Family.exact_fit`), else ``None``."""
+        return self.family.exact_fit(self.fixed_design, self.response, self.offset)
+
     def check_identifiable(self) -> None:
         """Refuse designs lme4 refuses: with a free dispersion, a grouping factor with
         as many levels as rows is confounded with the residual."""
