@@ -288,7 +288,7 @@ def simulate_responses(model, bound: MixedModel, *, n, rng, posterior=False, hel
     eta = np.stack([numpy_linear_predictor(bound.fixed_design, params.fixed_effects, [values[s] for values in effects],
                                            bound.random_terms, offset=bound.offset) for s in range(n)])
     family_params = {k: tf.constant(np.asarray(v, dtype=np.float64)) for k, v in params.family_params.items()}
-    trials = None if bound.trials is None else tf.constant(bound.trials, tf.float64)
+    trials = None if bound.family_rows is None else tf.constant(bound.family_rows, tf.float64)
     distribution = model.family_.distribution(tf.constant(eta), family_params, trials=trials)
     seed = tf.constant(rng.integers(0, 2**31 - 1, size=2), tf.int32)
     return distribution.sample(seed=seed).numpy()

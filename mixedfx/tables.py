@@ -20,6 +20,7 @@ __all__ = [
     "random_effects_frames",
     "residual_quantiles",
     "thresholds_series",
+    "zi_fixed_effects",
 ]
 
 
@@ -111,3 +112,18 @@ def _block_diagonal(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     out = np.zeros(a.shape[:-2] + (da + db, da + db))
     out[..., :da, :da], out[..., da:, da:] = a, b
     return out
+
+
+def zi_fixed_effects(model, params, random_effects) -> pd.DataFrame:
+    """glmmTMB's "Zero-inflation model" table: ``Estimate``, ``Std. Error`` (see
+    :func:`~mixedfx.model.zero_inflation.zi_covariance`), ``z value`` and ``Pr(>|z|)``,
+    one row per column of the zero-inflation design."""
+    from scipy import stats
+
+    from mixedfx.model.zero_inflation import zi_covariance
+
+    estimate = np.atleast_1d(np.asarray(params.family_params["zi"], dtype=float))
+    se = np.sqrt(np.clip(np.diag(zi_covariance(model, params, random_effects)), 0.0, None))
+    z = estimate / se
+    return pd.DataFrame({"Estimate": estimate, "Std. Error": se, "z value": z,
+                         "Pr(>|z|)": 2.0 * stats.norm.sf(np.abs(z))}, index=list(model.family.zi_names))

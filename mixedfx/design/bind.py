@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from sklearn.utils.validation import column_or_1d
 
-from mixedfx.design.fixed import FixedDesign, build_fixed_design
+from mixedfx.design.fixed import FixedDesign, build_fixed_design, build_zi_design
 from mixedfx.design.frame import MISSING_POLICIES, clean_columns, describe_counts, formula_columns, missing_rows
 from mixedfx.design.random import RandomDesign, RandomTermData
 from mixedfx.design.response import ResponseDesign
@@ -50,6 +50,9 @@ class BoundData:
         The training rows' group indices (every level seen).
     dropped_rows : pandas.Index
         Index labels of the rows left out for missing values or a zero weight.
+    zi_design : FixedDesign or None
+        The zero-inflation design of ``ziformula`` (glmmTMB's), or ``None``.
+    zi_matrix : numpy.ndarray of shape (n_rows, n_zi) or None
 
     Examples
     --------
@@ -76,6 +79,8 @@ class BoundData:
     random_design: RandomDesign
     random_terms: tuple[RandomTermData, ...]
     dropped_rows: pd.Index
+    zi_design: FixedDesign | None = None
+    zi_matrix: np.ndarray | None = None
 
     @property
     def n_rows(self) -> int:
@@ -83,7 +88,7 @@ class BoundData:
 
 
 def bind_data(spec: FormulaSpec, data: pd.DataFrame, *, y=None, sample_weight=None, trials=None,
-              missing: str = "drop") -> BoundData:
+              missing: str = "drop", ziformula=None) -> BoundData:
     """Bind ``data`` to the formula ``spec``: the response, the trials and the designs.
 
     Parameters
@@ -103,6 +108,9 @@ def bind_data(spec: FormulaSpec, data: pd.DataFrame, *, y=None, sample_weight=No
     missing : {"drop", "raise"}, default "drop"
         Rows with a missing value in a column the model uses, in ``y`` or in
         ``trials``: left out with a :class:`~mixedfx.DataWarning`, or refused.
+    ziformula : str, optional
+        glmmTMB's zero-inflation formula (``"~ x"``; ``"~0"`` or ``None``: none), built
+        by :func:`~mixedfx.design.build_zi_design` on the kept rows.
 
     Returns
     -------
@@ -165,11 +173,13 @@ def bind_data(spec: FormulaSpec, data: pd.DataFrame, *, y=None, sample_weight=No
         random_design = RandomDesign.from_spec(spec, data)
     except FormulaError as exc:
         raise _in_formula(exc, spec.text) from None
+    zi_design, zi_matrix = build_zi_design(ziformula, data)
     return BoundData(
         spec=spec, response_design=response_design, response_name=response_name, response=raw, trials=trials,
         sample_weight=sample_weight, fixed_design=fixed_design, fixed_matrix=fixed_matrix,
         offset=fixed_design.offset(data), random_design=random_design,
         random_terms=random_design.materialize(data, new_levels="error"), dropped_rows=dropped,
+        zi_design=zi_design, zi_matrix=zi_matrix,
     )
 
 

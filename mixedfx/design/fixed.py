@@ -31,7 +31,7 @@ from mixedfx.exceptions import DataError, DataWarning, FormulaError, NewLevelErr
 from mixedfx.formula.r_syntax import RTranslation, translate_r
 from mixedfx.formula.tokens import TokenKind, tokenize
 
-__all__ = ["FixedDesign", "build_fixed_design", "evaluate_formula", "evaluate_numeric", "EVALUATION_CONTEXT"]
+__all__ = ["FixedDesign", "build_fixed_design", "build_zi_design", "evaluate_formula", "evaluate_numeric", "EVALUATION_CONTEXT"]
 
 #: Names available inside formula expressions besides the data columns and formulaic's
 #: own transforms (``C``, ``center``, ``scale``, ``bs``, ``cr``, ...): numpy, and R's
@@ -219,6 +219,62 @@ def build_fixed_design(
         offset_specs=offset_specs,
     )
     return design, X[:, kept]
+
+
+def build_zi_design(ziformula, data: pd.DataFrame) -> tuple[FixedDesign | None, np.ndarray | None]:
+    """The zero-inflation design of glmmTMB's ``ziformula`` (a one-sided formula of fixed
+    terms), learnt from ``data`` like the fixed design; ``(None, None)`` for ``"~0"``.
+
+    Parameters
+    ----------
+    ziformula : str or None
+        ``"~ x"``, ``"~1"``; ``"~0"`` or ``None``: no zero inflation.
+    data : pandas.DataFrame
+
+    Returns
+    -------
+    design : FixedDesign or None
+    X_zi : numpy.ndarray of shape (n_rows, n_columns) or None
+
+    Raises
+    ------
+    FormulaError
+        For a random term (not supported yet), with a caret under it.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from mixedfx.design import build_zi_design
+    >>> frame = pd.DataFrame({"f": ["a", "b", "a"]})
+    >>> design, X = build_zi_design("~ f", frame)
+    >>> design.column_names, X.tolist()
+    (('Intercept', 'f[T.b]'), [[1.0, 0.0], [1.0, 1.0], [1.0, 0.0]])
+    >>> build_zi_design("~0", frame)
+    (None, None)
+    >>> build_zi_design("~ f + (1 | g)", frame)
+    Traceback (most recent call last):
+    ...
+    mixedfx.exceptions.FormulaError: random terms in ziformula are not supported yet (fixed effects only) at position 6
+        ~ f + (1 | g)
+              ^
+    """
+    if ziformula is None:
+        return None, None
+    if not isinstance(ziformula, str) or not ziformula.strip().startswith("~"):
+        raise FormulaError(f"ziformula must be a one-sided formula such as '~ x' or '~0', got {ziformula!r}")
+    text = ziformula.strip()
+    bar = text.find("|")
+    if bar >= 0:
+        opening = text.rfind("(", 0, bar)
+        raise FormulaError("random terms in ziformula are not supported yet (fixed effects only)", formula=text,
+                           position=opening if opening >= 0 else bar)
+    rhs = text[1:].strip()
+    if rhs in ("0", "-1", "0 + 1 - 1"):
+        return None, None
+    design, X = build_fixed_design(rhs, data)
+    if not design.column_names:
+        return None, None
+    return design, X
 
 
 def evaluate_numeric(expression: str, data: pd.DataFrame, *, role: str) -> tuple[np.ndarray, ModelSpec]:

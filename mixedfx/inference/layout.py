@@ -235,7 +235,7 @@ def complete_data_scale(model: MixedModel, params: ModelParameters) -> np.ndarra
 
 def _fisher_weight(model: MixedModel, params: ModelParameters, eta: np.ndarray) -> np.ndarray:
     """The family's Fisher weight of each row at linear predictor ``eta`` (numpy)."""
-    trials = None if model.trials is None else tf.constant(model.trials)
+    trials = None if model.family_rows is None else tf.constant(model.family_rows)
     weights = None if model.weights is None else tf.constant(model.weights)
     return model.family.weighted_fisher_weight(tf.constant(eta), params.family_tensors(), trials=trials,
                                                weights=weights).numpy()

@@ -107,6 +107,9 @@ class Family:
     boundary_candidate_sd: ClassVar[float] = 0.25
     #: The family's name in glmmTMB (the summary's "Dispersion parameter (...)" line).
     glmmtmb_name: ClassVar[str] = ""
+    #: Whether the family takes a zero-inflation model (glmmTMB's ``ziformula``; a count
+    #: family whose own per-row data are none, see :meth:`zero_inflated`).
+    zero_inflatable: ClassVar[bool] = False
 
     @property
     def link(self) -> str:
@@ -292,6 +295,39 @@ class Family:
 
     def __str__(self) -> str:
         return f"{self.name} ({self.link} link)"
+
+    # -- zero inflation (glmmTMB's ziformula) ------------------------------------------------
+    def zero_inflated(self, zi_names) -> "Family":
+        """This family with a zero-inflation model whose design has columns ``zi_names``
+        (:class:`~mixedfx.model.zero_inflation.ZeroInflated`); a ParameterError for a family
+        that takes none.
+
+        Examples
+        --------
+        >>> from mixedfx.model import Gaussian, Poisson
+        >>> str(Poisson().zero_inflated(("Intercept",)))
+        'zero-inflated poisson (log link)'
+        >>> Gaussian().zero_inflated(("Intercept",))
+        Traceback (most recent call last):
+        ...
+        mixedfx.exceptions.ParameterError: ziformula (zero inflation) is for the count families poisson, negative_binomial (nbinom2) and nbinom1, not gaussian
+        """
+        if not self.zero_inflatable:
+            raise ParameterError("ziformula (zero inflation) is for the count families poisson, negative_binomial "
+                                 f"(nbinom2) and nbinom1, not {self.name}")
+        from mixedfx.model.zero_inflation import ZeroInflated
+
+        return ZeroInflated(self, tuple(zi_names))
+
+    def row_data(self, *, trials, design):
+        """The per-row data that the family's methods take as ``trials=``: the binomial
+        trials here (``None`` for most families); a zero-inflated family's design."""
+        return trials
+
+    def zero_probability(self, design, parameters: Mapping[str, object]) -> np.ndarray:
+        """Each row's probability of a structural zero (glmmTMB's ``predict(type="zprob")``):
+        none here."""
+        return np.zeros(np.shape(design)[0])
 
 
 def _numeric(response, name: str, family: str) -> np.ndarray:
@@ -558,6 +594,7 @@ class Poisson(LogLink, Family):
     [1.0, 3.0]
     """
 
+    zero_inflatable: ClassVar[bool] = True
     name: ClassVar[str] = "poisson"
 
     def distribution(self, linear_predictor, parameters, *, trials=None):
@@ -597,6 +634,7 @@ class NegativeBinomial(LogDispersion, LogLink, Family):
     [2.8, 30.0]
     """
 
+    zero_inflatable: ClassVar[bool] = True
     name: ClassVar[str] = "negative_binomial"
     glmmtmb_name: ClassVar[str] = "nbinom2"
 

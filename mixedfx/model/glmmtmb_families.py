@@ -128,6 +128,7 @@ class NegativeBinomial1(LogDispersion, LogLink, Family):
     [5.0, 25.0]
     """
 
+    zero_inflatable: ClassVar[bool] = True
     name: ClassVar[str] = "nbinom1"
     glmmtmb_name: ClassVar[str] = "nbinom1"
 

@@ -1,0 +1,223 @@
+"""Zero inflation: glmmTMB's ``ziformula``, one family that wraps a count family.
+
+The response is zero with probability ``pi = logistic(X_zi @ zi)``, and otherwise
+drawn from the count family (which may give a zero too):
+
+    p(0) = pi + (1 - pi) f(0),    p(y) = (1 - pi) f(y)  for y > 0.
+
+:class:`ZeroInflated` owns the whole density; the zero-inflation coefficients ``zi``
+are its own parameters (unconstrained, after the count family's), so that the
+M-step estimates them with the family's other parameters.  Its per-row data, the
+zero-inflation design ``X_zi``, travel where a family's per-row data go (the
+``trials=`` argument of the family's methods; see
+:attr:`~mixedfx.model.MixedModel.family_rows`): the layers that carry them never look
+inside.  The design itself is built (and replayed at predict) by the design layer
+(:func:`~mixedfx.design.build_fixed_design` on the ``ziformula``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import special
+
+from mixedfx._tf import tf, tfd
+from mixedfx.model.families import Family
+
+__all__ = ["ZeroInflated"]
+
+#: glmmTMB's prefix of the zero-inflation coefficients (``zi~(Intercept)``).
+ZI_PREFIX = "zi~"
+
+
+@dataclass(frozen=True)
+class ZeroInflated(Family):
+    """A count family with a logistic zero-inflation model: glmmTMB's ``ziformula``.
+
+    Parameters
+    ----------
+    base : Family
+        The count family (Poisson, nbinom2, nbinom1).
+    zi_names : tuple of str
+        Names of the zero-inflation design's columns (``"Intercept"``, ...).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedfx.model import Poisson
+    >>> family = Poisson().zero_inflated(("Intercept",))
+    >>> family.parameter_labels(), family.link
+    (('zi~(Intercept)',), 'log')
+    >>> eta, design = np.log([2.0, 2.0]), np.ones((2, 1))
+    >>> params = {"zi": np.array([0.0])}  # pi = 1/2
+    >>> lp = family.log_prob(eta, params, np.array([0.0, 1.0]), trials=design).numpy()
+    >>> np.exp(lp).round(6).tolist()  # 1/2 + 1/2 exp(-2); 1/2 * 2 exp(-2)
+    [0.567668, 0.135335]
+    >>> family.zero_probability(design, params).tolist()
+    [0.5, 0.5]
+    """
+
+    base: Family
+    zi_names: tuple[str, ...]
+
+    # -- what the family is -------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.base.name
+
+    @property
+    def glmmtmb_name(self) -> str:
+        return self.base.glmmtmb_name
+
+    @property
+    def parameter_names(self) -> tuple[str, ...]:
+        return (*self.base.parameter_names, "zi")
+
+    @property
+    def has_dispersion(self) -> bool:
+        return self.base.has_dispersion
+
+    @property
+    def link(self) -> str:
+        return self.base.link
+
+    def __str__(self) -> str:
+        return f"zero-inflated {self.base}"
+
+    def _n_base(self) -> int:
+        return len(self.base.parameter_labels())
+
+    def row_data(self, *, trials, design):
+        """The per-row data of :meth:`log_prob`: the zero-inflation design."""
+        return design
+
+    def zero_probability(self, design, parameters) -> np.ndarray:
+        """``pi`` of each row (numpy), from its zero-inflation design row."""
+        return special.expit(np.asarray(design, dtype=np.float64) @ np.asarray(parameters["zi"], dtype=np.float64))
+
+    def _zi_logits(self, design, parameters, dtype):
+        design = tf.cast(tf.convert_to_tensor(design), dtype)
+        return tf.linalg.matvec(design, tf.cast(tf.convert_to_tensor(parameters["zi"]), dtype))
+
+    # -- the likelihood ---------------------------------------------------------------------------
+    def distribution(self, linear_predictor, parameters, *, trials=None):
+        """A two-component :class:`tfd.Mixture`: a point mass at zero and the count family."""
+        eta = tf.convert_to_tensor(linear_predictor)
+        logits = self._zi_logits(trials, parameters, eta.dtype) + tf.zeros_like(eta)
+        counts = self.base.distribution(eta, parameters)
+        return tfd.Mixture(cat=tfd.Categorical(logits=tf.stack([logits, tf.zeros_like(logits)], axis=-1)),
+                           components=[tfd.Deterministic(tf.zeros_like(eta)), counts])
+
+    def log_prob(self, linear_predictor, parameters, response, *, trials=None):
+        """``log p(y)`` by log-sum-exp: the same value as :meth:`distribution`'s, stable
+        for large zero-inflation logits."""
+        eta = tf.convert_to_tensor(linear_predictor)
+        logits = self._zi_logits(trials, parameters, eta.dtype)
+        counts = self.base.log_prob(eta, parameters, response)
+        log_pi, log_keep = tf.math.log_sigmoid(logits), tf.math.log_sigmoid(-logits)
+        zero = tf.cast(tf.equal(response, 0.0), eta.dtype)
+        at_zero = tf.reduce_logsumexp(tf.stack([log_pi + tf.zeros_like(counts), log_keep + counts]), axis=0)
+        return zero * at_zero + (1.0 - zero) * (log_keep + counts)
+
+    def fisher_weight(self, linear_predictor, parameters, *, trials=None):
+        """The count family's weight times ``1 - pi`` (starts and preconditions the fit;
+        the likelihood is exact)."""
+        eta = tf.convert_to_tensor(linear_predictor)
+        keep = tf.sigmoid(-self._zi_logits(trials, parameters, eta.dtype))
+        return keep * self.base.fisher_weight(eta, parameters)
+
+    def mean(self, linear_predictor, parameters=None):
+        """The conditional mean ``mu`` of the count part (glmmTMB's ``type="conditional"``)."""
+        return self.base.mean(linear_predictor, parameters)
+
+    def variance(self, mean, parameters, *, trials=None):
+        return self.base.variance(mean, parameters)
+
+    # -- the family's own parameters: the count family's, then zi ------------------------------------
+    def constrain(self, free):
+        n = self._n_base()
+        return {**self.base.constrain(free[:n]), "zi": free[n:]}
+
+    def initial_free(self, response, linear_predictor, *, trials=None):
+        zi = np.zeros(len(self.zi_names))
+        return np.concatenate([self.base.initial_free(response, linear_predictor), zi])
+
+    def free_from_parameters(self, parameters):
+        zi = np.atleast_1d(np.asarray(parameters["zi"], dtype=np.float64))
+        return np.concatenate([self.base.free_from_parameters(parameters), zi])
+
+    def parameter_values(self, parameters):
+        zi = np.atleast_1d(np.asarray(parameters["zi"], dtype=np.float64))
+        return np.concatenate([self.base.parameter_values(parameters), zi])
+
+    def parameters_from_values(self, values):
+        values = np.atleast_1d(np.asarray(values, dtype=float))
+        n = self._n_base()
+        return {**self.base.parameters_from_values(values[:n]), "zi": values[n:]}
+
+    def parameter_labels(self):
+        return (*self.base.parameter_labels(), *(ZI_PREFIX + _r_name(name) for name in self.zi_names))
+
+    def positive_parameters(self):
+        return (*self.base.positive_parameters(), *(False,) * len(self.zi_names))
+
+    def parameter_scale(self, values, response, n_obs):
+        n = self._n_base()
+        zi = np.full(len(values) - n, 2.0 / np.sqrt(n_obs))  # a logistic coefficient's, pi near 1/2
+        return np.concatenate([self.base.parameter_scale(values[:n], response, n_obs), zi])
+
+    def validate_response(self, response, *, trials=None, name):
+        return self.base.validate_response(response, trials=trials, name=name)
+
+    def response_quantile(self, mean, q, parameters):
+        return self.base.response_quantile(mean, q, parameters)
+
+    def parameter_lines(self, parameters):
+        """The count family's lines, then glmmTMB's "Zero-inflation model" block (estimates)."""
+        lines = self.base.parameter_lines(parameters) + ["", "Zero-inflation model:",
+                                                          f"{'':16}{'Estimate':>10}"]
+        zi = np.atleast_1d(np.asarray(parameters["zi"], dtype=float))
+        lines += [f"{_r_name(name):16}{value:10.4f}" for name, value in zip(self.zi_names, zi)]
+        return lines
+
+
+def _r_name(name: str) -> str:
+    """R's spelling of an intercept column."""
+    return "(Intercept)" if name == "Intercept" else name
+
+
+def zi_covariance(model, params, random_effects) -> np.ndarray:
+    """Wald covariance of the zero-inflation coefficients, with the random effects held at
+    ``random_effects`` (their conditional means).
+
+    The inverse of the observed information of the rows' log-likelihood in the fixed
+    effects and the family's unconstrained parameters jointly (so that the zero-inflation
+    coefficients' correlation with the conditional intercept counts), its ``zi`` block.
+    It leaves out the random effects' uncertainty, which glmmTMB's Laplace Hessian
+    includes: an approximation, close where that uncertainty is small beside the rows'
+    (measured on Salamanders in ``tests/test_zero_inflation.py``).
+    """
+    from mixedfx.model.joint import numpy_linear_predictor
+
+    family = model.family
+    X = tf.constant(model.fixed_design, tf.float64)
+    base_eta = numpy_linear_predictor(model.fixed_design, np.zeros(X.shape[1]), random_effects, model.random_terms,
+                                      offset=model.offset)
+    rest, response = tf.constant(base_eta, tf.float64), tf.constant(model.response, tf.float64)
+    rows = tf.constant(model.family_rows, tf.float64)
+    weights = None if model.weights is None else tf.constant(model.weights, tf.float64)
+    p = X.shape[1]
+    theta = tf.constant(np.concatenate([params.fixed_effects, family.free_from_parameters(params.family_params)]))
+    with tf.GradientTape() as outer:
+        outer.watch(theta)
+        with tf.GradientTape() as inner:
+            inner.watch(theta)
+            eta = tf.linalg.matvec(X, theta[:p]) + rest
+            total = tf.reduce_sum(family.weighted_log_prob(eta, family.constrain(theta[p:]), response, trials=rows,
+                                                           weights=weights))
+        gradient = inner.gradient(total, theta)
+    information = -outer.jacobian(gradient, theta).numpy()
+    cov = np.linalg.pinv(0.5 * (information + information.T))
+    n_zi = len(family.zi_names)
+    return cov[-n_zi:, -n_zi:]
