@@ -114,16 +114,14 @@ def _block_diagonal(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-def zi_fixed_effects(model, params, random_effects) -> pd.DataFrame:
-    """glmmTMB's "Zero-inflation model" table: ``Estimate``, ``Std. Error`` (see
-    :func:`~mixedfx.model.zero_inflation.zi_covariance`), ``z value`` and ``Pr(>|z|)``,
-    one row per column of the zero-inflation design."""
+def zi_fixed_effects(family, params, cov) -> pd.DataFrame:
+    """glmmTMB's "Zero-inflation model" table: ``Estimate``, ``Std. Error`` (from ``cov``,
+    the zero-inflation coefficients' Wald covariance), ``z value`` and ``Pr(>|z|)``, one
+    row per column of the zero-inflation design."""
     from scipy import stats
 
-    from mixedfx.model.zero_inflation import zi_covariance
-
     estimate = np.atleast_1d(np.asarray(params.family_params["zi"], dtype=float))
-    se = np.sqrt(np.clip(np.diag(zi_covariance(model, params, random_effects)), 0.0, None))
+    se = np.sqrt(np.clip(np.diag(cov), 0.0, None))
     z = estimate / se
     return pd.DataFrame({"Estimate": estimate, "Std. Error": se, "z value": z,
-                         "Pr(>|z|)": 2.0 * stats.norm.sf(np.abs(z))}, index=list(model.family.zi_names))
+                         "Pr(>|z|)": 2.0 * stats.norm.sf(np.abs(z))}, index=list(family.zi_names))

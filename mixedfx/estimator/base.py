@@ -47,6 +47,7 @@ from mixedfx.formula.update import select_random_terms
 from mixedfx.inference import MCEMOptions, MonteCarloErrorRule, fit_mcem
 from mixedfx.inference.distributed import check_strategy
 from mixedfx.inference.finish import finish_fit
+from mixedfx.model.zero_inflation import wald_covariance
 from mixedfx.model import (
     MixedModel,
     ModelParameters,
@@ -494,8 +495,13 @@ def _estimates(model: MixedModel, random_design, finished) -> dict:
     (an ordinal model's internal intercept becomes its thresholds), the tables are
     built by :mod:`mixedfx.tables`."""
     params, family = finished.parameters, model.family
+    fixed_cov = finished.fixed_effects_cov
+    if "zi" in family.parameter_names:  # the zi coefficients' correlation with the fixed effects counts
+        joint = wald_covariance(model, params, finished.conditional_means)
+        p, n_zi = len(model.fixed_names), len(family.zi_names)
+        fixed_cov, zi_cov = joint[:p, :p], joint[-n_zi:, -n_zi:]
     names, beta, cov, thresholds = family.report_fixed_effects(
-        model.fixed_names, params.fixed_effects, finished.fixed_effects_cov, params.family_params)
+        model.fixed_names, params.fixed_effects, fixed_cov, params.family_params)
     terms = random_design.terms
     effects, covariances, draws = tables.random_effects_frames(
         random_design, finished.conditional_means, finished.conditional_covs, finished.draws)
@@ -522,7 +528,7 @@ def _estimates(model: MixedModel, random_design, finished) -> dict:
     if "dispersion" in family.parameter_names:
         fitted["dispersion_"] = float(params.family_params["dispersion"])
     if "zi" in family.parameter_names:
-        fitted["zi_fixed_effects_"] = tables.zi_fixed_effects(model, params, finished.conditional_means)
+        fitted["zi_fixed_effects_"] = tables.zi_fixed_effects(family, params, zi_cov)
     return fitted
 
 

@@ -25,7 +25,7 @@ from scipy import special
 from mixedfx._tf import tf, tfd
 from mixedfx.model.families import Family
 
-__all__ = ["ZeroInflated"]
+__all__ = ["ZeroInflated", "wald_covariance"]
 
 #: glmmTMB's prefix of the zero-inflation coefficients (``zi~(Intercept)``).
 ZI_PREFIX = "zi~"
@@ -164,7 +164,9 @@ class ZeroInflated(Family):
 
     def parameter_scale(self, values, response, n_obs):
         n = self._n_base()
-        zi = np.full(len(values) - n, 2.0 / np.sqrt(n_obs))  # a logistic coefficient's, pi near 1/2
+        # a logistic coefficient's SE, pi near 1/2, from the zeros (the rows that inform it)
+        n_zero = max(int(np.sum(np.asarray(response) == 0)), 1)
+        zi = np.full(len(values) - n, 4.0 / np.sqrt(n_zero))
         return np.concatenate([self.base.parameter_scale(values[:n], response, n_obs), zi])
 
     def validate_response(self, response, *, trials=None, name):
@@ -174,12 +176,8 @@ class ZeroInflated(Family):
         return self.base.response_quantile(mean, q, parameters)
 
     def parameter_lines(self, parameters):
-        """The count family's lines, then glmmTMB's "Zero-inflation model" block (estimates)."""
-        lines = self.base.parameter_lines(parameters) + ["", "Zero-inflation model:",
-                                                          f"{'':16}{'Estimate':>10}"]
-        zi = np.atleast_1d(np.asarray(parameters["zi"], dtype=float))
-        lines += [f"{_r_name(name):16}{value:10.4f}" for name, value in zip(self.zi_names, zi)]
-        return lines
+        """The count family's lines (the summary prints the zero-inflation table itself)."""
+        return self.base.parameter_lines(parameters)
 
 
 def _r_name(name: str) -> str:
@@ -187,37 +185,59 @@ def _r_name(name: str) -> str:
     return "(Intercept)" if name == "Intercept" else name
 
 
-def zi_covariance(model, params, random_effects) -> np.ndarray:
-    """Wald covariance of the zero-inflation coefficients, with the random effects held at
-    ``random_effects`` (their conditional means).
+#: Random-effect coefficients up to which :func:`wald_covariance` takes their uncertainty
+#: into account (a dense Hessian); beyond, it holds them at their conditional means.
+DENSE_RANDOM_LIMIT = 4000
 
-    The inverse of the observed information of the rows' log-likelihood in the fixed
-    effects and the family's unconstrained parameters jointly (so that the zero-inflation
-    coefficients' correlation with the conditional intercept counts), its ``zi`` block.
-    It leaves out the random effects' uncertainty, which glmmTMB's Laplace Hessian
-    includes: an approximation, close where that uncertainty is small beside the rows'
-    (measured on Salamanders in ``tests/test_zero_inflation.py``).
+
+def wald_covariance(model, params, random_effects) -> np.ndarray:
+    """Wald covariance of the fixed effects and the family's unconstrained parameters
+    jointly, ``(n_fixed + n_free)`` square, at ``params``.
+
+    The joint log density's observed information in the fixed effects, the family's
+    parameters and the random effects (at ``random_effects``, per term ``(num_levels,
+    dim)``), the random effects profiled out by a Schur complement: glmer's ``vcov``
+    approximation, extended to the family's own parameters, which a zero-inflated
+    family needs (its coefficients are correlated with the conditional intercept).
+    With more than :data:`DENSE_RANDOM_LIMIT` random coefficients they are held at
+    ``random_effects`` instead (no Schur complement: smaller standard errors).
     """
-    from mixedfx.model.joint import numpy_linear_predictor
-
-    family = model.family
+    family, terms = model.family, model.random_terms
     X = tf.constant(model.fixed_design, tf.float64)
-    base_eta = numpy_linear_predictor(model.fixed_design, np.zeros(X.shape[1]), random_effects, model.random_terms,
-                                      offset=model.offset)
-    rest, response = tf.constant(base_eta, tf.float64), tf.constant(model.response, tf.float64)
-    rows = tf.constant(model.family_rows, tf.float64)
+    offset = 0.0 if model.offset is None else tf.constant(model.offset, tf.float64)
+    response = tf.constant(model.response, tf.float64)
+    rows = None if model.family_rows is None else tf.constant(model.family_rows, tf.float64)
     weights = None if model.weights is None else tf.constant(model.weights, tf.float64)
-    p = X.shape[1]
-    theta = tf.constant(np.concatenate([params.fixed_effects, family.free_from_parameters(params.family_params)]))
+    p, n_free = X.shape[1], len(family.free_from_parameters(params.family_params))
+    effects = [np.asarray(b, dtype=np.float64) for b in random_effects]
+    n_random = sum(b.size for b in effects)
+    dense = n_random <= DENSE_RANDOM_LIMIT
+    precisions = [tf.constant(np.linalg.inv(L @ L.T)) for L in params.random_scale_tril]
+    start = np.concatenate([params.fixed_effects, family.free_from_parameters(params.family_params),
+                            *(b.ravel() for b in effects)])
+
+    def log_density(v):
+        eta, prior, at = tf.linalg.matvec(X, v[:p]) + offset, tf.constant(0.0, tf.float64), p + n_free
+        for term, b, precision in zip(terms, effects, precisions):
+            values = tf.reshape(v[at:at + b.size], b.shape) if dense else tf.constant(b)
+            at += b.size
+            rows_b = tf.gather(values, term.group_index)
+            eta += tf.reduce_sum(rows_b * (1.0 if term.z is None else tf.constant(term.z, tf.float64)), axis=-1)
+            prior -= 0.5 * tf.reduce_sum(values * tf.linalg.matmul(values, precision))
+        natural = family.constrain(v[p:p + n_free])
+        return tf.reduce_sum(family.weighted_log_prob(eta, natural, response, trials=rows, weights=weights)) + prior
+
+    v = tf.constant(start if dense else start[:p + n_free])
     with tf.GradientTape() as outer:
-        outer.watch(theta)
+        outer.watch(v)
         with tf.GradientTape() as inner:
-            inner.watch(theta)
-            eta = tf.linalg.matvec(X, theta[:p]) + rest
-            total = tf.reduce_sum(family.weighted_log_prob(eta, family.constrain(theta[p:]), response, trials=rows,
-                                                           weights=weights))
-        gradient = inner.gradient(total, theta)
-    information = -outer.jacobian(gradient, theta).numpy()
-    cov = np.linalg.pinv(0.5 * (information + information.T))
-    n_zi = len(family.zi_names)
-    return cov[-n_zi:, -n_zi:]
+            inner.watch(v)
+            total = log_density(v)
+        gradient = inner.gradient(total, v)
+    information = -outer.jacobian(gradient, v).numpy()
+    information = 0.5 * (information + information.T)
+    a = p + n_free
+    profiled = information[:a, :a]
+    if dense and n_random:
+        profiled = profiled - information[:a, a:] @ np.linalg.solve(information[a:, a:], information[a:, :a])
+    return np.linalg.pinv(0.5 * (profiled + profiled.T))
