@@ -270,3 +270,15 @@ def test_wald_covariance_is_glmers_for_a_poisson_glmm():
     params = ModelParameters(beta, [np.array([[s]]) for s in sds], {})
     np.testing.assert_allclose(wald_covariance(plain, params, effects),
                                fixed_effects_covariance(plain, params, effects), rtol=1e-8)
+
+
+def test_save_and_load_keep_the_zero_inflation(recovery, tmp_path):
+    """A saved zero-inflated fit loads back with its family, its zero-inflation design and
+    table, and predicts the same."""
+    data = recovery.training_data_.head(20)
+    recovery.save(tmp_path / "zi.zip")
+    loaded = mixedfx.load(tmp_path / "zi.zip")
+    assert loaded.family_ == recovery.family_
+    pd.testing.assert_frame_equal(loaded.zi_fixed_effects_, recovery.zi_fixed_effects_)
+    for kind in ("response", "zprob"):
+        np.testing.assert_allclose(loaded.predict(data, type=kind), recovery.predict(data, type=kind), rtol=1e-12)
