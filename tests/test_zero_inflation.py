@@ -282,3 +282,18 @@ def test_save_and_load_keep_the_zero_inflation(recovery, tmp_path):
     pd.testing.assert_frame_equal(loaded.zi_fixed_effects_, recovery.zi_fixed_effects_)
     for kind in ("response", "zprob"):
         np.testing.assert_allclose(loaded.predict(data, type=kind), recovery.predict(data, type=kind), rtol=1e-12)
+
+
+def test_missing_values_in_the_ziformula_columns_drop_their_rows():
+    """missing="drop" sees the ziformula's columns: a row with a missing ``w`` is left out
+    (with a DataWarning), so the zero-inflation design has the kept rows."""
+    from mixedfx import DataWarning
+    from mixedfx.design import bind_data
+    from mixedfx.formula import parse_formula
+
+    frame = pd.DataFrame({"y": [0, 1, 3, 0, 2, 5], "x": np.arange(6.0), "w": [0.1, np.nan, 0.3, 0.2, 0.5, 0.9],
+                          "g": list("ababab")})
+    with pytest.warns(DataWarning):
+        bound = bind_data(parse_formula("y ~ x + (1 | g)"), frame, ziformula="~ w")
+    assert bound.dropped_rows.tolist() == [1]
+    assert bound.zi_matrix.shape == (5, 2) and bound.zi_design.column_names == ("Intercept", "w")

@@ -21,6 +21,7 @@ from mixedfx.design.random import RandomDesign, RandomTermData
 from mixedfx.design.response import ResponseDesign
 from mixedfx.exceptions import DataError, DataWarning, FormulaError, ParameterError
 from mixedfx.formula import FormulaSpec
+from mixedfx.formula.tokens import TokenKind, tokenize
 
 __all__ = ["BoundData", "bind_data"]
 
@@ -148,6 +149,7 @@ def bind_data(spec: FormulaSpec, data: pd.DataFrame, *, y=None, sample_weight=No
         raise DataError(f"X has {len(data)} sample(s) (shape={data.shape}) while a minimum of 2 is required "
                         "(a mixed model needs more rows than parameters)")
     columns = formula_columns(spec, data)
+    columns += [c for c in _zi_columns(ziformula, data) if c not in columns]
     data = clean_columns(data, columns, drop_unused_categories=True)
     y, sample_weight = _response_array(y, len(data)), _weight_array(sample_weight, len(data))
     trials = _trials_array(trials, len(data))
@@ -181,6 +183,16 @@ def bind_data(spec: FormulaSpec, data: pd.DataFrame, *, y=None, sample_weight=No
         random_terms=random_design.materialize(data, new_levels="error"), dropped_rows=dropped,
         zi_design=zi_design, zi_matrix=zi_matrix,
     )
+
+
+def _zi_columns(ziformula, data: pd.DataFrame) -> list[str]:
+    """The columns of ``data`` that ``ziformula`` names (so that the missing-row policy
+    sees them too)."""
+    if not isinstance(ziformula, str):
+        return []
+    names = {token.text[1:-1] if token.text.startswith("`") else token.text
+             for token in tokenize(ziformula) if token.kind is TokenKind.NAME}
+    return [c for c in data.columns if c in names]
 
 
 def _drop_missing(data, columns, y, sample_weight, trials, zero, *, missing):

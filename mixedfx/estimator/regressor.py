@@ -193,7 +193,7 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsModel):
         X_fixed, offset, terms = self._design_for(X, new_levels, include_random, re_form)
         eta = self._internal_linear_predictor(X_fixed, offset, terms)
         family_params = self.model_parameters_.family_params
-        zi_matrix = self._zi_matrix(self._input_frame(X))
+        zi_matrix = None if getattr(self, "zi_design_", None) is None else self._zi_matrix(self._input_frame(X))
         zprob = np.zeros(len(eta)) if zi_matrix is None else self.family_.zero_probability(zi_matrix, family_params)
         mean = self.family_.mean(eta, family_params)
         if return_std and (type in ("zprob", "link") or (type == "response" and zi_matrix is not None)):
