@@ -48,6 +48,7 @@ from mixedfx.inference import FitSummary, FixedIterations, MCEMOptions, MonteCar
 from mixedfx.model import ModelParameters
 from mixedfx.model import families as _families
 from mixedfx.model import glmmtmb_families as _glmmtmb_families
+from mixedfx.model.dispersion_model import DispersionModel
 from mixedfx.model.zero_inflation import ZeroInflated
 from mixedfx.model.joint import MixedModel
 
@@ -61,7 +62,7 @@ _RECORDS = {cls.__name__: cls for cls in (
     RandomTermData, MixedModel, ModelParameters, FitSummary, MCEMOptions, MonteCarloErrorRule, FixedIterations,
     *(getattr(_families, name) for name in ("Gaussian", "Binomial", "Bernoulli", "Poisson", "NegativeBinomial",
                                             "Ordinal")),
-    *(getattr(_glmmtmb_families, name) for name in _glmmtmb_families.__all__), ZeroInflated)}
+    *(getattr(_glmmtmb_families, name) for name in _glmmtmb_families.__all__), ZeroInflated, DispersionModel)}
 
 
 def save(model, path) -> Path:

@@ -20,7 +20,7 @@ __all__ = [
     "random_effects_frames",
     "residual_quantiles",
     "thresholds_series",
-    "zi_fixed_effects",
+    "coefficient_table",
 ]
 
 
@@ -114,14 +114,14 @@ def _block_diagonal(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-def zi_fixed_effects(family, params, cov) -> pd.DataFrame:
-    """glmmTMB's "Zero-inflation model" table: ``Estimate``, ``Std. Error`` (from ``cov``,
-    the zero-inflation coefficients' Wald covariance), ``z value`` and ``Pr(>|z|)``, one
-    row per column of the zero-inflation design."""
+def coefficient_table(estimates, names, cov) -> pd.DataFrame:
+    """glmmTMB's "Zero-inflation model" or "Dispersion model" table: ``Estimate``,
+    ``Std. Error`` (from ``cov``, the coefficients' Wald covariance), ``z value`` and
+    ``Pr(>|z|)``, one row per column of the design."""
     from scipy import stats
 
-    estimate = np.atleast_1d(np.asarray(params.family_params["zi"], dtype=float))
+    estimate = np.atleast_1d(np.asarray(estimates, dtype=float))
     se = np.sqrt(np.clip(np.diag(cov), 0.0, None))
     z = estimate / se
     return pd.DataFrame({"Estimate": estimate, "Std. Error": se, "z value": z,
-                         "Pr(>|z|)": 2.0 * stats.norm.sf(np.abs(z))}, index=list(family.zi_names))
+                         "Pr(>|z|)": 2.0 * stats.norm.sf(np.abs(z))}, index=list(names))

@@ -37,6 +37,7 @@ FILE_SECONDS = {
     "test_glmmtmb_families.py": 254,  # alone on a loaded machine: 4 min 14 s
     "test_covariance_structures.py": 250,  # alone on a loaded machine: 3.5 to 4.7 min
     "test_zero_inflation.py": 81,  # alone on a shared machine: 81 s
+    "test_dispformula.py": 35,
 }
 
 

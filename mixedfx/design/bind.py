@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from sklearn.utils.validation import column_or_1d
 
-from mixedfx.design.fixed import FixedDesign, build_fixed_design, build_zi_design
+from mixedfx.design.fixed import FixedDesign, build_dispersion_design, build_fixed_design, build_zi_design
 from mixedfx.design.frame import MISSING_POLICIES, clean_columns, describe_counts, formula_columns, missing_rows
 from mixedfx.design.random import RandomDesign, RandomTermData
 from mixedfx.design.response import ResponseDesign
@@ -54,6 +54,9 @@ class BoundData:
     zi_design : FixedDesign or None
         The zero-inflation design of ``ziformula`` (glmmTMB's), or ``None``.
     zi_matrix : numpy.ndarray of shape (n_rows, n_zi) or None
+    disp_design : FixedDesign or None
+        The dispersion design of ``dispformula`` (glmmTMB's), or ``None``.
+    disp_matrix : numpy.ndarray of shape (n_rows, n_disp) or None
 
     Examples
     --------
@@ -82,6 +85,8 @@ class BoundData:
     dropped_rows: pd.Index
     zi_design: FixedDesign | None = None
     zi_matrix: np.ndarray | None = None
+    disp_design: FixedDesign | None = None
+    disp_matrix: np.ndarray | None = None
 
     @property
     def n_rows(self) -> int:
@@ -89,7 +94,7 @@ class BoundData:
 
 
 def bind_data(spec: FormulaSpec, data: pd.DataFrame, *, y=None, sample_weight=None, trials=None,
-              missing: str = "drop", ziformula=None) -> BoundData:
+              missing: str = "drop", ziformula=None, dispformula=None) -> BoundData:
     """Bind ``data`` to the formula ``spec``: the response, the trials and the designs.
 
     Parameters
@@ -112,6 +117,9 @@ def bind_data(spec: FormulaSpec, data: pd.DataFrame, *, y=None, sample_weight=No
     ziformula : str, optional
         glmmTMB's zero-inflation formula (``"~ x"``; ``"~0"`` or ``None``: none), built
         by :func:`~mixedfx.design.build_zi_design` on the kept rows.
+    dispformula : str, optional
+        glmmTMB's dispersion formula (``"~ z"``; ``"~1"`` or ``None``: none), built by
+        :func:`~mixedfx.design.build_dispersion_design`.
 
     Returns
     -------
@@ -149,7 +157,8 @@ def bind_data(spec: FormulaSpec, data: pd.DataFrame, *, y=None, sample_weight=No
         raise DataError(f"X has {len(data)} sample(s) (shape={data.shape}) while a minimum of 2 is required "
                         "(a mixed model needs more rows than parameters)")
     columns = formula_columns(spec, data)
-    columns += [c for c in _zi_columns(ziformula, data) if c not in columns]
+    for extra in (ziformula, dispformula):
+        columns += [c for c in _zi_columns(extra, data) if c not in columns]
     data = clean_columns(data, columns, drop_unused_categories=True)
     y, sample_weight = _response_array(y, len(data)), _weight_array(sample_weight, len(data))
     trials = _trials_array(trials, len(data))
@@ -176,12 +185,13 @@ def bind_data(spec: FormulaSpec, data: pd.DataFrame, *, y=None, sample_weight=No
     except FormulaError as exc:
         raise _in_formula(exc, spec.text) from None
     zi_design, zi_matrix = build_zi_design(ziformula, data)
+    disp_design, disp_matrix = build_dispersion_design(dispformula, data)
     return BoundData(
         spec=spec, response_design=response_design, response_name=response_name, response=raw, trials=trials,
         sample_weight=sample_weight, fixed_design=fixed_design, fixed_matrix=fixed_matrix,
         offset=fixed_design.offset(data), random_design=random_design,
         random_terms=random_design.materialize(data, new_levels="error"), dropped_rows=dropped,
-        zi_design=zi_design, zi_matrix=zi_matrix,
+        zi_design=zi_design, zi_matrix=zi_matrix, disp_design=disp_design, disp_matrix=disp_matrix,
     )
 
 

@@ -31,7 +31,7 @@ from mixedfx.exceptions import DataError, DataWarning, FormulaError, NewLevelErr
 from mixedfx.formula.r_syntax import RTranslation, translate_r
 from mixedfx.formula.tokens import TokenKind, tokenize
 
-__all__ = ["FixedDesign", "build_fixed_design", "build_zi_design", "evaluate_formula", "evaluate_numeric", "EVALUATION_CONTEXT"]
+__all__ = ["FixedDesign", "build_fixed_design", "build_zi_design", "build_dispersion_design", "evaluate_formula", "evaluate_numeric", "EVALUATION_CONTEXT"]
 
 #: Names available inside formula expressions besides the data columns and formulaic's
 #: own transforms (``C``, ``center``, ``scale``, ``bs``, ``cr``, ...): numpy, and R's
@@ -258,18 +258,41 @@ def build_zi_design(ziformula, data: pd.DataFrame) -> tuple[FixedDesign | None, 
         ~ f + (1 | g)
               ^
     """
-    if ziformula is None:
+    return _one_sided_design(ziformula, data, name="ziformula", none=("0", "-1"))
+
+
+def build_dispersion_design(dispformula, data: pd.DataFrame) -> tuple[FixedDesign | None, np.ndarray | None]:
+    """The dispersion design of glmmTMB's ``dispformula``, as :func:`build_zi_design`;
+    ``(None, None)`` for ``"~1"`` (one dispersion, the family's own parameter).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from mixedfx.design import build_dispersion_design
+    >>> design, X = build_dispersion_design("~ z", pd.DataFrame({"z": [0.5, 2.0]}))
+    >>> design.column_names, X.tolist()
+    (('Intercept', 'z'), [[1.0, 0.5], [1.0, 2.0]])
+    >>> build_dispersion_design("~1", pd.DataFrame({"z": [0.5, 2.0]}))
+    (None, None)
+    """
+    return _one_sided_design(dispformula, data, name="dispformula", none=("1",))
+
+
+def _one_sided_design(formula, data: pd.DataFrame, *, name: str, none: tuple[str, ...]):
+    """A one-sided formula of fixed terms as a design (``none``: the right-hand sides that
+    mean no design); a random term is refused with a caret under it."""
+    if formula is None:
         return None, None
-    if not isinstance(ziformula, str) or not ziformula.strip().startswith("~"):
-        raise FormulaError(f"ziformula must be a one-sided formula such as '~ x' or '~0', got {ziformula!r}")
-    text = ziformula.strip()
+    if not isinstance(formula, str) or not formula.strip().startswith("~"):
+        raise FormulaError(f"{name} must be a one-sided formula such as '~ x', got {formula!r}")
+    text = formula.strip()
     bar = text.find("|")
     if bar >= 0:
         opening = text.rfind("(", 0, bar)
-        raise FormulaError("random terms in ziformula are not supported yet (fixed effects only)", formula=text,
+        raise FormulaError(f"random terms in {name} are not supported yet (fixed effects only)", formula=text,
                            position=opening if opening >= 0 else bar)
     rhs = text[1:].strip()
-    if rhs in ("0", "-1", "0 + 1 - 1"):
+    if rhs in none or rhs.replace(" ", "") in none:
         return None, None
     design, X = build_fixed_design(rhs, data)
     if not design.column_names:

@@ -321,13 +321,14 @@ class MixedEffectsModel(AfterFitMethods, BaseEstimator):
             raise DataError(f"{type(self).__name__} requires y to be passed, but the target y is None, and the "
                             "formula has no response (left-hand side) to evaluate instead")
         bound = bind_data(spec, data, y=y, sample_weight=sample_weight, trials=trials, missing=self.missing,
-                          ziformula=getattr(self, "ziformula", None))
+                          ziformula=getattr(self, "ziformula", None), dispformula=getattr(self, "dispformula", None))
         model = bind_model(family, bound, encode=lambda family, raw: self._encode_response(family, raw, fitted))
         fitted.update(training_data_=data, training_y_=y, training_sample_weight_=sample_weight,
                       training_trials_=trials)
         fitted.update(formula_spec_=spec, family_=model.family, response_design_=bound.response_design,
                       fixed_design_=bound.fixed_design, random_design_=bound.random_design,
-                      dropped_rows_=bound.dropped_rows, zi_design_=bound.zi_design)
+                      dropped_rows_=bound.dropped_rows, zi_design_=bound.zi_design,
+                      disp_design_=bound.disp_design)
         start_xla()  # the XLA service's start-up logs, silenced once per process
         fitted.update(self._fit_model(model, bound.random_design))
         self._set_fitted(fitted)
@@ -364,7 +365,8 @@ class MixedEffectsModel(AfterFitMethods, BaseEstimator):
 
         One assignment of a new ``__dict__``: an interrupt (Ctrl-C) lands before or
         after it, never between two attributes."""
-        stale = {"feature_names_in_", "cutpoints_", "dispersion_", "zi_fixed_effects_", "_ddf_cache"} - set(fitted)
+        stale = {"feature_names_in_", "cutpoints_", "dispersion_", "zi_fixed_effects_", "disp_fixed_effects_",
+             "_ddf_cache"} - set(fitted)
         state = {name: value for name, value in self.__dict__.items() if name not in stale}
         state.update(fitted)
         self.__dict__ = state
@@ -413,6 +415,12 @@ class MixedEffectsModel(AfterFitMethods, BaseEstimator):
         """The zero-inflation design of ``data``'s rows (``ziformula`` replayed), or ``None``."""
         design = getattr(self, "zi_design_", None)
         return None if design is None else design.transform(data)
+
+    def _family_design(self, data: pd.DataFrame):
+        """The design of the family's own linear model on ``data``'s rows (``ziformula`` or
+        ``dispformula`` replayed), or ``None``."""
+        design = getattr(self, "disp_design_", None)
+        return self._zi_matrix(data) if design is None else design.transform(data)
 
     def _linear_predictor_for(self, X, new_levels, include_random, re_form=None) -> np.ndarray:
         return self._internal_linear_predictor(*self._design_for(X, new_levels, include_random, re_form))
@@ -464,7 +472,7 @@ class MixedEffectsModel(AfterFitMethods, BaseEstimator):
             trials = self.response_design_.evaluate(data)[1]
         model = MixedModel(self.family_, X_fixed, None, terms, self.fixed_design_.column_names,
                            offset=self.fixed_design_.offset(data), trials=trials,
-                           family_design=self._zi_matrix(data))
+                           family_design=self._family_design(data))
         params = self.model_parameters_
         return build_joint_distribution(
             model.tensors(),
@@ -495,11 +503,11 @@ def _estimates(model: MixedModel, random_design, finished) -> dict:
     (an ordinal model's internal intercept becomes its thresholds), the tables are
     built by :mod:`mixedfx.tables`."""
     params, family = finished.parameters, model.family
-    fixed_cov = finished.fixed_effects_cov
-    if "zi" in family.parameter_names:  # the zi coefficients' correlation with the fixed effects counts
+    fixed_cov, block = finished.fixed_effects_cov, family.coefficient_block()
+    if block is not None:  # zi or disp coefficients: their correlation with the fixed effects counts
         joint = wald_covariance(model, params, finished.conditional_means)
-        p, n_zi = len(model.fixed_names), len(family.zi_names)
-        fixed_cov, zi_cov = joint[:p, :p], joint[-n_zi:, -n_zi:]
+        p, n_block = len(model.fixed_names), len(block[1])
+        fixed_cov, block_cov = joint[:p, :p], joint[-n_block:, -n_block:]
     names, beta, cov, thresholds = family.report_fixed_effects(
         model.fixed_names, params.fixed_effects, fixed_cov, params.family_params)
     terms = random_design.terms
@@ -527,8 +535,9 @@ def _estimates(model: MixedModel, random_design, finished) -> dict:
         fitted["cutpoints_"] = tables.thresholds_series(family, thresholds)
     if "dispersion" in family.parameter_names:
         fitted["dispersion_"] = float(params.family_params["dispersion"])
-    if "zi" in family.parameter_names:
-        fitted["zi_fixed_effects_"] = tables.zi_fixed_effects(family, params, zi_cov)
+    if block is not None:
+        key, names = block
+        fitted[f"{key}_fixed_effects_"] = tables.coefficient_table(params.family_params[key], names, block_cov)
     return fitted
 
 
@@ -541,8 +550,9 @@ def _check_finite_estimates(fitted: dict) -> None:
         pieces["cutpoint"] = fitted["cutpoints_"]
     if "dispersion_" in fitted:
         pieces["dispersion"] = pd.Series([fitted["dispersion_"]], index=["dispersion"])
-    if "zi_fixed_effects_" in fitted:
-        pieces["zero-inflation effect"] = fitted["zi_fixed_effects_"]["Estimate"]
+    for key, kind in (("zi", "zero-inflation effect"), ("disp", "dispersion effect")):
+        if f"{key}_fixed_effects_" in fitted:
+            pieces[kind] = fitted[f"{key}_fixed_effects_"]["Estimate"]
     bad = [f"{kind} {name}" for kind, values in pieces.items()
            for name, value in values.items() if not np.isfinite(value)]
     bad += [f"random effects of {name}" for name, frame in fitted["random_effects_"].items()

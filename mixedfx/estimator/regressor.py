@@ -67,6 +67,12 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsModel):
         (``"poisson"``, ``"negative_binomial"``/``"nbinom2"``, ``"nbinom1"``).  Fixed
         terms only (a random term is a FormulaError); ``"~0"``: no zero inflation.  The
         coefficients are ``zi_fixed_effects_``; see ``predict(type=...)``.
+    dispformula : str, default "~1"
+        glmmTMB's dispersion formula: with ``"~ z"`` the family's dispersion is
+        log-linear in ``z`` (``"negative_binomial"``/``"nbinom2"``: log size;
+        ``"gamma"``: log shape; ``"beta"``: log precision; ``"nbinom1"``: log phi), its
+        coefficients ``disp_fixed_effects_`` (glmmTMB's ``fixef(fit)$disp``).  Fixed
+        terms only; not with a ``ziformula`` yet; ``"~1"``: one dispersion.
     %(parameters)s
     Attributes
     ----------
@@ -79,6 +85,10 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsModel):
         effects at their conditional means).
     zi_design_ : FixedDesign or None
         The zero-inflation design, replayed on new rows.
+    disp_fixed_effects_ : pandas.DataFrame
+        With a ``dispformula``: glmmTMB's "Dispersion model" table.
+    disp_design_ : FixedDesign or None
+        The dispersion design.
 
     See Also
     --------
@@ -112,6 +122,7 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsModel):
         method="ml",
         ddf="satterthwaite",
         ziformula="~0",
+        dispformula="~1",
         groups=None,
         missing="drop",
         new_levels="population",
@@ -131,6 +142,7 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsModel):
         self.method = method
         self.ddf = ddf
         self.ziformula = ziformula
+        self.dispformula = dispformula
         self.groups = groups
         self.missing = missing
         self.new_levels = new_levels

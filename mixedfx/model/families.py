@@ -110,6 +110,10 @@ class Family:
     #: Whether the family takes a zero-inflation model (glmmTMB's ``ziformula``; a count
     #: family whose own per-row data are none, see :meth:`zero_inflated`).
     zero_inflatable: ClassVar[bool] = False
+    #: A dispersion model (glmmTMB's ``dispformula``): the family's log ``dispersion`` is
+    #: this times glmmTMB's dispersion linear predictor (-1 for Gamma, whose glmmTMB
+    #: coefficients are its log shape, ``1 / dispersion``).
+    glmmtmb_dispersion_power: ClassVar[float] = 1.0
 
     @property
     def link(self) -> str:
@@ -318,6 +322,33 @@ class Family:
         from mixedfx.model.zero_inflation import ZeroInflated
 
         return ZeroInflated(self, tuple(zi_names))
+
+    def with_dispersion_model(self, disp_names) -> "Family":
+        """This family with its ``dispersion`` a log-linear model of a design whose columns
+        are ``disp_names`` (glmmTMB's ``dispformula``;
+        :class:`~mixedfx.model.dispersion_model.DispersionModel`); a ParameterError for a
+        family without one lone ``dispersion`` parameter (or with trials).
+
+        Examples
+        --------
+        >>> from mixedfx.model import Poisson
+        >>> Poisson().with_dispersion_model(("Intercept", "z"))
+        Traceback (most recent call last):
+        ...
+        mixedfx.exceptions.ParameterError: dispformula is for families with a dispersion parameter (nbinom2, nbinom1, Gamma, beta), not poisson
+        """
+        if self.parameter_names != ("dispersion",) or self.takes_trial_weights:
+            raise ParameterError("dispformula is for families with a dispersion parameter (nbinom2, nbinom1, Gamma, "
+                                 f"beta), not {self.name}")
+        from mixedfx.model.dispersion_model import DispersionModel
+
+        return DispersionModel(self, tuple(disp_names))
+
+    def coefficient_block(self):
+        """``(key, column names)`` of the family's own linear model (``("zi", ...)`` for zero
+        inflation, ``("disp", ...)`` for a dispersion model), the last of its free
+        parameters; ``None`` here."""
+        return None
 
     def row_data(self, *, trials, design):
         """The per-row data that the family's methods take as ``trials=``: the binomial

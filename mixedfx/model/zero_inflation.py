@@ -88,6 +88,9 @@ class ZeroInflated(Family):
     def _n_base(self) -> int:
         return len(self.base.parameter_labels())
 
+    def coefficient_block(self):
+        return "zi", self.zi_names
+
     def row_data(self, *, trials, design):
         """The per-row data of :meth:`log_prob`: the zero-inflation design."""
         return design
