@@ -483,4 +483,5 @@ def to_arviz(model):
 def check_family_for_residuals(family) -> None:
     """Refuse residuals of a family that has none (an ordinal response)."""
     if not family.has_residuals:
-        raise ParameterError("residuals are not defined for an ordinal response; use predict_proba")
+        hint = "; use predict_proba" if family.is_classification else " (they need each row's dispersion)"
+        raise ParameterError(f"residuals are not defined for the {family} family{hint}")

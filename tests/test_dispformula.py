@@ -5,6 +5,7 @@ The reference fits and their simulated data come from
 tests/fixtures/make_dispformula_fixtures.R (true values in the script and in ``truth``).
 """
 
+import io
 import json
 
 import numpy as np
@@ -118,6 +119,9 @@ def test_matches_glmmtmb(fits, case):
                              {"disp": np.array(list(fixture["disp_effects"].values()))})
     assert marginal_log_likelihood(bound, params, n_draws=0).laplace == pytest.approx(fixture["logLik"], abs=1e-3)
     assert fixture["logLik"] - 0.25 < model.log_likelihood_laplace_ < fixture["logLik"] + 0.02
+    out = io.StringIO()
+    model.summary(file=out)
+    assert "Dispersion model:" in out.getvalue()
 
 
 def test_refusals():
