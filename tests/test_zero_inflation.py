@@ -190,6 +190,8 @@ def test_predict_types_and_summary(fits):
     np.testing.assert_allclose(model.predict(head, type="link"), np.log(conditional), rtol=1e-12)
     with pytest.raises(ParameterError, match="type must be one of"):
         model.predict(head, type="mean")
+    with pytest.raises(ParameterError, match="residuals are not defined"):
+        model.residuals()
     import io
     out = io.StringIO()
     model.summary(file=out)

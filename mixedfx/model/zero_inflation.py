@@ -61,6 +61,9 @@ class ZeroInflated(Family):
     base: Family
     zi_names: tuple[str, ...]
 
+    #: Residuals would need each row's zero probability, which mean() is not given.
+    has_residuals = False
+
     # -- what the family is -------------------------------------------------------------------
     @property
     def name(self) -> str:
