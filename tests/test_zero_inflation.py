@@ -19,7 +19,7 @@ import mixedfx
 from mixedfx import ConvergenceWarning, FormulaError, ParameterError
 from mixedfx._tf import tf
 from mixedfx.design import RandomTermData
-from mixedfx.model import (RESPONSE, MixedModel, ModelParameters, NegativeBinomial, NegativeBinomial1, Poisson,
+from mixedfx.model import (RESPONSE, Binomial, MixedModel, ModelParameters, NegativeBinomial, NegativeBinomial1, Poisson,
                            build_joint_distribution, joint_log_prob, marginal_log_likelihood)
 
 with open(FIXTURES / "glmmtmb_zi.json") as _handle:
@@ -61,7 +61,7 @@ def fits():
 
 # -- the density -------------------------------------------------------------------------
 
-ZI_FAMILIES = [Poisson(), NegativeBinomial(), NegativeBinomial1()]
+ZI_FAMILIES = [Poisson(), NegativeBinomial(), NegativeBinomial1(), Binomial()]
 
 
 def _random_model(base, rng, *, n=80, levels=(7, 4)):
@@ -73,16 +73,18 @@ def _random_model(base, rng, *, n=80, levels=(7, 4)):
     terms = tuple(RandomTermData(f"g{k}", rng.integers(0, q, n).astype(np.int32), None, q)
                   for k, q in enumerate(levels))
     offset = 0.3 * rng.normal(size=n)
+    trials = rng.integers(1, 8, n).astype(np.float64) if base.takes_trial_weights else None
     beta, sds = np.array([1.0, 0.4]), rng.uniform(0.3, 1.0, size=len(levels))
     params = {"zi": np.array([-0.5, 0.8])}
     if base.parameter_names:
         params["dispersion"] = np.float64(rng.uniform(0.5, 3.0))
-    placeholder = MixedModel(family, X, np.zeros(n), terms, ("Intercept", "x"), offset=offset, family_design=X_zi)
+    placeholder = MixedModel(family, X, np.zeros(n), terms, ("Intercept", "x"), offset=offset, trials=trials,
+                             family_design=X_zi)
     joint = build_joint_distribution(placeholder.tensors(), fixed_effects=beta,
                                      random_scale_tril=[np.array([[s]]) for s in sds], family=family,
                                      family_params=params)
     draw = joint.sample(seed=(int(rng.integers(1 << 30)), 7))
-    model = MixedModel(family, X, draw[RESPONSE].numpy(), terms, ("Intercept", "x"), offset=offset,
+    model = MixedModel(family, X, draw[RESPONSE].numpy(), terms, ("Intercept", "x"), offset=offset, trials=trials,
                        family_design=X_zi)
     effects = [draw[f"g{k}"].numpy() for k in range(len(levels))]
     return model, joint, effects, beta, sds, params
@@ -104,7 +106,9 @@ def test_fit_objective_is_the_joint_distributions_log_prob(base, seed):
     assert float(objective) == pytest.approx(float(record), rel=1e-10)
 
 
-def _scipy_log_pmf(base, y, eta, params):
+def _scipy_log_pmf(base, y, eta, params, trials):
+    if base.name == "binomial":
+        return stats.binom.logpmf(y, trials, special.expit(eta))
     if base.name == "poisson":
         return stats.poisson.logpmf(y, np.exp(eta))
     if base.name == "nbinom1":
@@ -117,15 +121,16 @@ def _scipy_log_pmf(base, y, eta, params):
 @pytest.mark.parametrize("base", ZI_FAMILIES, ids=lambda f: f.name)
 def test_log_prob_is_the_zero_inflated_pmf(base):
     """Each row's log_prob is ``log(pi + (1 - pi) f(0))`` at zero and ``log((1 - pi) f(y))``
-    elsewhere, with scipy's ``f`` and ``pi = logistic(X_zi @ zi)``."""
+    elsewhere, with scipy's ``f`` (the binomial's with each row's trials) and
+    ``pi = logistic(X_zi @ zi)``."""
     rng = np.random.default_rng(5)
     model, _, effects, beta, _, params = _random_model(base, rng)
     eta = model.fixed_design @ beta + model.offset + sum(b[t.group_index, 0] for b, t in zip(effects, model.random_terms))
     pi = special.expit(model.family_design @ params["zi"])
-    count = _scipy_log_pmf(base, model.response, eta, params)
+    count = _scipy_log_pmf(base, model.response, eta, params, model.trials)
     expected = np.where(model.response == 0, np.log(pi + (1 - pi) * np.exp(count)), np.log1p(-pi) + count)
     got = model.family.log_prob(tf.constant(eta), params, tf.constant(model.response),
-                                trials=tf.constant(model.family_design)).numpy()
+                                trials=tf.constant(model.family_rows)).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-10)
 
 
@@ -251,7 +256,7 @@ def test_refusals():
     with pytest.raises(FormulaError, match="not supported yet") as info:
         mixedfx.glmer(FORMULA, data, family="poisson", ziformula="~ mined + (1 | site)", verbose=0)
     assert "^" in str(info.value)
-    with pytest.raises(ParameterError, match="count families"):
+    with pytest.raises(ParameterError, match="is for the families"):
         mixedfx.glmer("count ~ mined + (1 | site)", data.assign(count=data["count"] + 0.5), family="gaussian",
                       ziformula="~ mined", verbose=0)
     with pytest.raises(FormulaError, match="one-sided"):

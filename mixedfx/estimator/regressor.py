@@ -64,7 +64,8 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsModel):
     ziformula : str, default "~0"
         glmmTMB's zero-inflation formula: with ``"~ x"`` the response is zero with
         probability ``pi = logistic(X_zi @ zi)`` and otherwise from the count family
-        (``"poisson"``, ``"negative_binomial"``/``"nbinom2"``, ``"nbinom1"``).  Fixed
+        (``"poisson"``, ``"negative_binomial"``/``"nbinom2"``, ``"nbinom1"``; or zero
+        successes of ``"binomial"``).  Fixed
         terms only (a random term is a FormulaError); ``"~0"``: no zero inflation.  The
         coefficients are ``zi_fixed_effects_``; see ``predict(type=...)``.
     dispformula : str, default "~1"

@@ -419,6 +419,7 @@ class Binomial(Family):
     'binomial (probit link)'
     """
 
+    zero_inflatable: ClassVar[bool] = True
     name: ClassVar[str] = "binomial"
     runaway_bound: ClassVar[float | None] = 10.0
     takes_trial_weights: ClassVar[bool] = True
@@ -502,6 +503,7 @@ class Bernoulli(Binomial):
     mixedfx.exceptions.DataError: the bernoulli response 'y' must be coded 0/1
     """
 
+    zero_inflatable: ClassVar[bool] = False  # a classifier's
     name: ClassVar[str] = "bernoulli"
     is_classification: ClassVar[bool] = True
     takes_trial_weights: ClassVar[bool] = False

@@ -43,11 +43,11 @@ class OwnLinearModels:
         >>> Gaussian().zero_inflated(("Intercept",))
         Traceback (most recent call last):
         ...
-        mixedfx.exceptions.ParameterError: ziformula (zero inflation) is for the count families poisson, negative_binomial (nbinom2) and nbinom1, not gaussian
+        mixedfx.exceptions.ParameterError: ziformula (zero inflation) is for the families poisson, negative_binomial (nbinom2), nbinom1 and binomial, not gaussian
         """
         if not self.zero_inflatable:
-            raise ParameterError("ziformula (zero inflation) is for the count families poisson, negative_binomial "
-                                 f"(nbinom2) and nbinom1, not {self.name}")
+            raise ParameterError("ziformula (zero inflation) is for the families poisson, negative_binomial "
+                                 f"(nbinom2), nbinom1 and binomial, not {self.name}")
         from mixedfx.model.zero_inflation import ZeroInflated
 
         return ZeroInflated(self, tuple(zi_names))

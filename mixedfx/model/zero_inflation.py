@@ -38,7 +38,7 @@ class ZeroInflated(Family):
     Parameters
     ----------
     base : Family
-        The count family (Poisson, nbinom2, nbinom1).
+        The count family (Poisson, nbinom2, nbinom1, or the binomial: zero successes).
     zi_names : tuple of str
         Names of the zero-inflation design's columns (``"Intercept"``, ...).
 
@@ -85,6 +85,23 @@ class ZeroInflated(Family):
     def link(self) -> str:
         return self.base.link
 
+    @property
+    def takes_trial_weights(self) -> bool:
+        return self.base.takes_trial_weights
+
+    @property
+    def runaway_bound(self):
+        return self.base.runaway_bound
+
+    def trials_from_proportion(self, response, trials):
+        return self.base.trials_from_proportion(response, trials)
+
+    def variation_values(self, response, *, trials=None):
+        return self.base.variation_values(response, trials=trials)
+
+    def separation_cuts(self, response, *, trials=None):
+        return self.base.separation_cuts(response, trials=trials)
+
     def __str__(self) -> str:
         return f"zero-inflated {self.base}"
 
@@ -95,23 +112,29 @@ class ZeroInflated(Family):
         return "zi", self.zi_names
 
     def row_data(self, *, trials, design):
-        """The per-row data of :meth:`log_prob`: the zero-inflation design."""
-        return design
+        """The per-row data of :meth:`log_prob`: the zero-inflation design, and a binomial's
+        trials as its last column."""
+        return np.column_stack([design, trials]) if self.base.takes_trial_weights else design
+
+    def _split(self, rows, dtype):
+        """``(zero-inflation design, the base family's trials or None)`` of the per-row data."""
+        rows = tf.cast(tf.convert_to_tensor(rows), dtype)
+        return rows[..., :len(self.zi_names)], (rows[..., -1] if self.base.takes_trial_weights else None)
 
     def zero_probability(self, design, parameters) -> np.ndarray:
         """``pi`` of each row (numpy), from its zero-inflation design row."""
         return special.expit(np.asarray(design, dtype=np.float64) @ np.asarray(parameters["zi"], dtype=np.float64))
 
     def _zi_logits(self, design, parameters, dtype):
-        design = tf.cast(tf.convert_to_tensor(design), dtype)
         return tf.linalg.matvec(design, tf.cast(tf.convert_to_tensor(parameters["zi"]), dtype))
 
     # -- the likelihood ---------------------------------------------------------------------------
     def distribution(self, linear_predictor, parameters, *, trials=None):
         """A two-component :class:`tfd.Mixture`: a point mass at zero and the count family."""
         eta = tf.convert_to_tensor(linear_predictor)
-        logits = self._zi_logits(trials, parameters, eta.dtype) + tf.zeros_like(eta)
-        counts = self.base.distribution(eta, parameters)
+        design, base_trials = self._split(trials, eta.dtype)
+        logits = self._zi_logits(design, parameters, eta.dtype) + tf.zeros_like(eta)
+        counts = self.base.distribution(eta, parameters, trials=base_trials)
         return tfd.Mixture(cat=tfd.Categorical(logits=tf.stack([logits, tf.zeros_like(logits)], axis=-1)),
                            components=[tfd.Deterministic(tf.zeros_like(eta)), counts])
 
@@ -119,8 +142,9 @@ class ZeroInflated(Family):
         """``log p(y)`` by log-sum-exp: the same value as :meth:`distribution`'s, stable
         for large zero-inflation logits."""
         eta = tf.convert_to_tensor(linear_predictor)
-        logits = self._zi_logits(trials, parameters, eta.dtype)
-        counts = self.base.log_prob(eta, parameters, response)
+        design, base_trials = self._split(trials, eta.dtype)
+        logits = self._zi_logits(design, parameters, eta.dtype)
+        counts = self.base.log_prob(eta, parameters, response, trials=base_trials)
         log_pi, log_keep = tf.math.log_sigmoid(logits), tf.math.log_sigmoid(-logits)
         zero = tf.cast(tf.equal(response, 0.0), eta.dtype)
         at_zero = tf.reduce_logsumexp(tf.stack([log_pi + tf.zeros_like(counts), log_keep + counts]), axis=0)
@@ -130,15 +154,16 @@ class ZeroInflated(Family):
         """The count family's weight times ``1 - pi`` (starts and preconditions the fit;
         the likelihood is exact)."""
         eta = tf.convert_to_tensor(linear_predictor)
-        keep = tf.sigmoid(-self._zi_logits(trials, parameters, eta.dtype))
-        return keep * self.base.fisher_weight(eta, parameters)
+        design, base_trials = self._split(trials, eta.dtype)
+        keep = tf.sigmoid(-self._zi_logits(design, parameters, eta.dtype))
+        return keep * self.base.fisher_weight(eta, parameters, trials=base_trials)
 
     def mean(self, linear_predictor, parameters=None):
         """The conditional mean ``mu`` of the count part (glmmTMB's ``type="conditional"``)."""
         return self.base.mean(linear_predictor, parameters)
 
     def variance(self, mean, parameters, *, trials=None):
-        return self.base.variance(mean, parameters)
+        return self.base.variance(mean, parameters, trials=trials)
 
     # -- the family's own parameters: the count family's, then zi ------------------------------------
     def constrain(self, free):
