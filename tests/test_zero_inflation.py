@@ -267,8 +267,7 @@ def test_wald_covariance_is_glmers_for_a_poisson_glmm():
     """Without zero inflation, the joint Wald covariance's fixed block is glmer's vcov
     approximation (penalized IRLS at the same random effects): the Poisson log link is
     canonical, so observed and expected information agree, to 1e-8."""
-    from mixedfx.inference.layout import fixed_effects_covariance
-    from mixedfx.model.zero_inflation import wald_covariance
+    from mixedfx.inference.layout import fixed_effects_covariance, wald_covariance
 
     rng = np.random.default_rng(3)
     model, _, effects, beta, sds, _ = _random_model(Poisson(), rng)

@@ -47,7 +47,7 @@ from mixedfx.formula.update import select_random_terms
 from mixedfx.inference import MCEMOptions, MonteCarloErrorRule, fit_mcem
 from mixedfx.inference.distributed import check_strategy
 from mixedfx.inference.finish import finish_fit
-from mixedfx.model.zero_inflation import wald_covariance
+from mixedfx.inference.layout import wald_covariance
 from mixedfx.model import (
     MixedModel,
     ModelParameters,
@@ -366,7 +366,7 @@ class MixedEffectsModel(AfterFitMethods, BaseEstimator):
         One assignment of a new ``__dict__``: an interrupt (Ctrl-C) lands before or
         after it, never between two attributes."""
         stale = {"feature_names_in_", "cutpoints_", "dispersion_", "zi_fixed_effects_", "disp_fixed_effects_",
-             "_ddf_cache"} - set(fitted)
+                 "_ddf_cache"} - set(fitted)
         state = {name: value for name, value in self.__dict__.items() if name not in stale}
         state.update(fitted)
         self.__dict__ = state

@@ -82,8 +82,8 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsModel):
         Negative binomial family only: the dispersion (glmmTMB's nbinom2 ``sigma``).
     zi_fixed_effects_ : pandas.DataFrame
         With a ``ziformula``: glmmTMB's "Zero-inflation model" table (``Estimate``,
-        ``Std. Error``, ``z value``, ``Pr(>|z|)``; the standard errors hold the random
-        effects at their conditional means).
+        ``Std. Error``, ``z value``, ``Pr(>|z|)``; Wald standard errors with the random
+        effects profiled out and the variance parameters held, as glmer's ``vcov``).
     zi_design_ : FixedDesign or None
         The zero-inflation design, replayed on new rows.
     disp_fixed_effects_ : pandas.DataFrame
