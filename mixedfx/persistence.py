@@ -47,6 +47,9 @@ from mixedfx.formula.spec import FormulaSpec, RandomTermSpec
 from mixedfx.inference import FitSummary, FixedIterations, MCEMOptions, MonteCarloErrorRule
 from mixedfx.model import ModelParameters
 from mixedfx.model import families as _families
+from mixedfx.model import glmmtmb_families as _glmmtmb_families
+from mixedfx.model.dispersion_model import DispersionModel
+from mixedfx.model.zero_inflation import ZeroInflated
 from mixedfx.model.joint import MixedModel
 
 __all__ = ["save", "load"]
@@ -58,7 +61,8 @@ _RECORDS = {cls.__name__: cls for cls in (
     FormulaSpec, RandomTermSpec, FixedDesign, ResponseDesign, RandomDesign, RandomTermDesign, GroupingFactor,
     RandomTermData, MixedModel, ModelParameters, FitSummary, MCEMOptions, MonteCarloErrorRule, FixedIterations,
     *(getattr(_families, name) for name in ("Gaussian", "Binomial", "Bernoulli", "Poisson", "NegativeBinomial",
-                                            "Ordinal")))}
+                                            "Ordinal")),
+    *(getattr(_glmmtmb_families, name) for name in _glmmtmb_families.__all__), ZeroInflated, DispersionModel)}
 
 
 def save(model, path) -> Path:

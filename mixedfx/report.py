@@ -75,6 +75,13 @@ def format_summary(model) -> str:
     lines += model.family_.parameter_lines(model.model_parameters_.family_params)
     lines += ["", "Fixed effects:"]
     lines += _fixed_effects_lines(fixed_effects_table(model))
+    for key, title in (("zi", "Zero-inflation model:"), ("disp", "Dispersion model:")):
+        block = getattr(model, f"{key}_fixed_effects_", None)
+        if block is not None:
+            lines += ["", title]
+            rows = [("",) + tuple(block.columns)] + [(str(name), f"{b:.6g}", f"{se:.4g}", f"{z:.3f}", f"{p:.3g}")
+                                                     for name, (b, se, z, p) in zip(block.index, block.to_numpy())]
+            lines += _columns(rows, align="<>>>>")
     if cutpoints is not None:
         lines += ["", "Threshold coefficients:"]
         lines += _columns([("", "Estimate")] + [(str(k), f"{v:.6g}") for k, v in cutpoints.items()], align="<>")

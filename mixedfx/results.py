@@ -288,7 +288,7 @@ def simulate_responses(model, bound: MixedModel, *, n, rng, posterior=False, hel
     eta = np.stack([numpy_linear_predictor(bound.fixed_design, params.fixed_effects, [values[s] for values in effects],
                                            bound.random_terms, offset=bound.offset) for s in range(n)])
     family_params = {k: tf.constant(np.asarray(v, dtype=np.float64)) for k, v in params.family_params.items()}
-    trials = None if bound.trials is None else tf.constant(bound.trials, tf.float64)
+    trials = None if bound.family_rows is None else tf.constant(bound.family_rows, tf.float64)
     distribution = model.family_.distribution(tf.constant(eta), family_params, trials=trials)
     seed = tf.constant(rng.integers(0, 2**31 - 1, size=2), tf.int32)
     return distribution.sample(seed=seed).numpy()
@@ -483,4 +483,6 @@ def to_arviz(model):
 def check_family_for_residuals(family) -> None:
     """Refuse residuals of a family that has none (an ordinal response)."""
     if not family.has_residuals:
-        raise ParameterError("residuals are not defined for an ordinal response; use predict_proba")
+        hint = ("; use predict_proba" if family.is_classification
+                else " yet (with a ziformula or a dispformula: use predict(type=...) and compare)")
+        raise ParameterError(f"residuals are not defined for the {family} family{hint}")

@@ -20,6 +20,7 @@ __all__ = [
     "random_effects_frames",
     "residual_quantiles",
     "thresholds_series",
+    "coefficient_table",
 ]
 
 
@@ -111,3 +112,16 @@ def _block_diagonal(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     out = np.zeros(a.shape[:-2] + (da + db, da + db))
     out[..., :da, :da], out[..., da:, da:] = a, b
     return out
+
+
+def coefficient_table(estimates, names, cov) -> pd.DataFrame:
+    """glmmTMB's "Zero-inflation model" or "Dispersion model" table: ``Estimate``,
+    ``Std. Error`` (from ``cov``, the coefficients' Wald covariance), ``z value`` and
+    ``Pr(>|z|)``, one row per column of the design."""
+    from scipy import stats
+
+    estimate = np.atleast_1d(np.asarray(estimates, dtype=float))
+    se = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+    z = estimate / se
+    return pd.DataFrame({"Estimate": estimate, "Std. Error": se, "z value": z,
+                         "Pr(>|z|)": 2.0 * stats.norm.sf(np.abs(z))}, index=list(names))

@@ -36,6 +36,8 @@ FILE_SECONDS = {
     "test_profile.py": 116, "test_distributed.py": 106, "test_estimator_statistics.py": 88,
     "test_glmmtmb_families.py": 254,  # alone on a loaded machine: 4 min 14 s
     "test_covariance_structures.py": 250,  # alone on a loaded machine: 3.5 to 4.7 min
+    "test_zero_inflation.py": 74,  # alone on a shared machine: 74-81 s
+    "test_dispformula.py": 35,
 }
 
 

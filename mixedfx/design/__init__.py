@@ -5,7 +5,7 @@ Nothing here imports TensorFlow.
 
 from mixedfx.design.arrow import is_arrow_source, read_arrow
 from mixedfx.design.bind import BoundData, bind_data
-from mixedfx.design.fixed import EVALUATION_CONTEXT, FixedDesign, build_fixed_design, evaluate_formula
+from mixedfx.design.fixed import EVALUATION_CONTEXT, FixedDesign, build_dispersion_design, build_fixed_design, build_zi_design, evaluate_formula
 from mixedfx.design.levels import LevelMatcher, canonical_level, check_distinct_categories, conform_levels
 from mixedfx.design.frame import MISSING_POLICIES, as_frame, clean_columns, formula_columns, missing_rows
 from mixedfx.design.response import ResponseDesign
@@ -23,6 +23,8 @@ __all__ = [
     "EVALUATION_CONTEXT",
     "FixedDesign",
     "build_fixed_design",
+    "build_zi_design",
+    "build_dispersion_design",
     "evaluate_formula",
     "ResponseDesign",
     "MISSING_POLICIES",

@@ -15,12 +15,13 @@ import numpy as np
 import pandas as pd
 from sklearn.utils.validation import column_or_1d
 
-from mixedfx.design.fixed import FixedDesign, build_fixed_design
+from mixedfx.design.fixed import FixedDesign, build_dispersion_design, build_fixed_design, build_zi_design
 from mixedfx.design.frame import MISSING_POLICIES, clean_columns, describe_counts, formula_columns, missing_rows
 from mixedfx.design.random import RandomDesign, RandomTermData
 from mixedfx.design.response import ResponseDesign
 from mixedfx.exceptions import DataError, DataWarning, FormulaError, ParameterError
 from mixedfx.formula import FormulaSpec
+from mixedfx.formula.tokens import TokenKind, tokenize
 
 __all__ = ["BoundData", "bind_data"]
 
@@ -50,6 +51,12 @@ class BoundData:
         The training rows' group indices (every level seen).
     dropped_rows : pandas.Index
         Index labels of the rows left out for missing values or a zero weight.
+    zi_design : FixedDesign or None
+        The zero-inflation design of ``ziformula`` (glmmTMB's), or ``None``.
+    zi_matrix : numpy.ndarray of shape (n_rows, n_zi) or None
+    disp_design : FixedDesign or None
+        The dispersion design of ``dispformula`` (glmmTMB's), or ``None``.
+    disp_matrix : numpy.ndarray of shape (n_rows, n_disp) or None
 
     Examples
     --------
@@ -76,6 +83,10 @@ class BoundData:
     random_design: RandomDesign
     random_terms: tuple[RandomTermData, ...]
     dropped_rows: pd.Index
+    zi_design: FixedDesign | None = None
+    zi_matrix: np.ndarray | None = None
+    disp_design: FixedDesign | None = None
+    disp_matrix: np.ndarray | None = None
 
     @property
     def n_rows(self) -> int:
@@ -83,7 +94,7 @@ class BoundData:
 
 
 def bind_data(spec: FormulaSpec, data: pd.DataFrame, *, y=None, sample_weight=None, trials=None,
-              missing: str = "drop") -> BoundData:
+              missing: str = "drop", ziformula=None, dispformula=None) -> BoundData:
     """Bind ``data`` to the formula ``spec``: the response, the trials and the designs.
 
     Parameters
@@ -103,6 +114,12 @@ def bind_data(spec: FormulaSpec, data: pd.DataFrame, *, y=None, sample_weight=No
     missing : {"drop", "raise"}, default "drop"
         Rows with a missing value in a column the model uses, in ``y`` or in
         ``trials``: left out with a :class:`~mixedfx.DataWarning`, or refused.
+    ziformula : str, optional
+        glmmTMB's zero-inflation formula (``"~ x"``; ``"~0"`` or ``None``: none), built
+        by :func:`~mixedfx.design.build_zi_design` on the kept rows.
+    dispformula : str, optional
+        glmmTMB's dispersion formula (``"~ z"``; ``"~1"`` or ``None``: none), built by
+        :func:`~mixedfx.design.build_dispersion_design`.
 
     Returns
     -------
@@ -140,6 +157,8 @@ def bind_data(spec: FormulaSpec, data: pd.DataFrame, *, y=None, sample_weight=No
         raise DataError(f"X has {len(data)} sample(s) (shape={data.shape}) while a minimum of 2 is required "
                         "(a mixed model needs more rows than parameters)")
     columns = formula_columns(spec, data)
+    for extra in (ziformula, dispformula):
+        columns += [c for c in _zi_columns(extra, data) if c not in columns]
     data = clean_columns(data, columns, drop_unused_categories=True)
     y, sample_weight = _response_array(y, len(data)), _weight_array(sample_weight, len(data))
     trials = _trials_array(trials, len(data))
@@ -165,12 +184,25 @@ def bind_data(spec: FormulaSpec, data: pd.DataFrame, *, y=None, sample_weight=No
         random_design = RandomDesign.from_spec(spec, data)
     except FormulaError as exc:
         raise _in_formula(exc, spec.text) from None
+    zi_design, zi_matrix = build_zi_design(ziformula, data)
+    disp_design, disp_matrix = build_dispersion_design(dispformula, data)
     return BoundData(
         spec=spec, response_design=response_design, response_name=response_name, response=raw, trials=trials,
         sample_weight=sample_weight, fixed_design=fixed_design, fixed_matrix=fixed_matrix,
         offset=fixed_design.offset(data), random_design=random_design,
         random_terms=random_design.materialize(data, new_levels="error"), dropped_rows=dropped,
+        zi_design=zi_design, zi_matrix=zi_matrix, disp_design=disp_design, disp_matrix=disp_matrix,
     )
+
+
+def _zi_columns(ziformula, data: pd.DataFrame) -> list[str]:
+    """The columns of ``data`` that ``ziformula`` names (so that the missing-row policy
+    sees them too)."""
+    if not isinstance(ziformula, str):
+        return []
+    names = {token.text[1:-1] if token.text.startswith("`") else token.text
+             for token in tokenize(ziformula) if token.kind is TokenKind.NAME}
+    return [c for c in data.columns if c in names]
 
 
 def _drop_missing(data, columns, y, sample_weight, trials, zero, *, missing):

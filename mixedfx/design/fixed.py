@@ -31,7 +31,7 @@ from mixedfx.exceptions import DataError, DataWarning, FormulaError, NewLevelErr
 from mixedfx.formula.r_syntax import RTranslation, translate_r
 from mixedfx.formula.tokens import TokenKind, tokenize
 
-__all__ = ["FixedDesign", "build_fixed_design", "evaluate_formula", "evaluate_numeric", "EVALUATION_CONTEXT"]
+__all__ = ["FixedDesign", "build_fixed_design", "build_zi_design", "build_dispersion_design", "evaluate_formula", "evaluate_numeric", "EVALUATION_CONTEXT"]
 
 #: Names available inside formula expressions besides the data columns and formulaic's
 #: own transforms (``C``, ``center``, ``scale``, ``bs``, ``cr``, ...): numpy, and R's
@@ -219,6 +219,85 @@ def build_fixed_design(
         offset_specs=offset_specs,
     )
     return design, X[:, kept]
+
+
+def build_zi_design(ziformula, data: pd.DataFrame) -> tuple[FixedDesign | None, np.ndarray | None]:
+    """The zero-inflation design of glmmTMB's ``ziformula`` (a one-sided formula of fixed
+    terms), learnt from ``data`` like the fixed design; ``(None, None)`` for ``"~0"``.
+
+    Parameters
+    ----------
+    ziformula : str or None
+        ``"~ x"``, ``"~1"``; ``"~0"`` or ``None``: no zero inflation.
+    data : pandas.DataFrame
+
+    Returns
+    -------
+    design : FixedDesign or None
+    X_zi : numpy.ndarray of shape (n_rows, n_columns) or None
+
+    Raises
+    ------
+    FormulaError
+        For a random term (not supported yet), with a caret under it.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from mixedfx.design import build_zi_design
+    >>> frame = pd.DataFrame({"f": ["a", "b", "a"]})
+    >>> design, X = build_zi_design("~ f", frame)
+    >>> design.column_names, X.tolist()
+    (('Intercept', 'f[T.b]'), [[1.0, 0.0], [1.0, 1.0], [1.0, 0.0]])
+    >>> build_zi_design("~0", frame)
+    (None, None)
+    >>> build_zi_design("~ f + (1 | g)", frame)
+    Traceback (most recent call last):
+    ...
+    mixedfx.exceptions.FormulaError: random terms in ziformula are not supported yet (fixed effects only) at position 6
+        ~ f + (1 | g)
+              ^
+    """
+    return _one_sided_design(ziformula, data, name="ziformula", none=("0", "-1"))
+
+
+def build_dispersion_design(dispformula, data: pd.DataFrame) -> tuple[FixedDesign | None, np.ndarray | None]:
+    """The dispersion design of glmmTMB's ``dispformula``, as :func:`build_zi_design`;
+    ``(None, None)`` for ``"~1"`` (one dispersion, the family's own parameter).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from mixedfx.design import build_dispersion_design
+    >>> design, X = build_dispersion_design("~ z", pd.DataFrame({"z": [0.5, 2.0]}))
+    >>> design.column_names, X.tolist()
+    (('Intercept', 'z'), [[1.0, 0.5], [1.0, 2.0]])
+    >>> build_dispersion_design("~1", pd.DataFrame({"z": [0.5, 2.0]}))
+    (None, None)
+    """
+    return _one_sided_design(dispformula, data, name="dispformula", none=("1",))
+
+
+def _one_sided_design(formula, data: pd.DataFrame, *, name: str, none: tuple[str, ...]):
+    """A one-sided formula of fixed terms as a design (``none``: the right-hand sides that
+    mean no design); a random term is refused with a caret under it."""
+    if formula is None:
+        return None, None
+    if not isinstance(formula, str) or not formula.strip().startswith("~"):
+        raise FormulaError(f"{name} must be a one-sided formula such as '~ x', got {formula!r}")
+    text = formula.strip()
+    bar = text.find("|")
+    if bar >= 0:
+        opening = text.rfind("(", 0, bar)
+        raise FormulaError(f"random terms in {name} are not supported yet (fixed effects only)", formula=text,
+                           position=opening if opening >= 0 else bar)
+    rhs = text[1:].strip()
+    if rhs in none or rhs.replace(" ", "") in none:
+        return None, None
+    design, X = build_fixed_design(rhs, data)
+    if not design.column_names:
+        return None, None
+    return design, X
 
 
 def evaluate_numeric(expression: str, data: pd.DataFrame, *, role: str) -> tuple[np.ndarray, ModelSpec]:

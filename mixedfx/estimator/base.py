@@ -48,6 +48,7 @@ from mixedfx.inference import MCEMOptions, MonteCarloErrorRule, fit_mcem
 from mixedfx.inference.distributed import check_strategy
 from mixedfx.inference.exact import exact_fit
 from mixedfx.inference.finish import finish_fit
+from mixedfx.inference.layout import wald_covariance
 from mixedfx.model import (
     MixedModel,
     ModelParameters,
@@ -320,13 +321,15 @@ class MixedEffectsModel(AfterFitMethods, BaseEstimator):
         if y is None and spec.response is None:
             raise DataError(f"{type(self).__name__} requires y to be passed, but the target y is None, and the "
                             "formula has no response (left-hand side) to evaluate instead")
-        bound = bind_data(spec, data, y=y, sample_weight=sample_weight, trials=trials, missing=self.missing)
+        bound = bind_data(spec, data, y=y, sample_weight=sample_weight, trials=trials, missing=self.missing,
+                          ziformula=getattr(self, "ziformula", None), dispformula=getattr(self, "dispformula", None))
         model = bind_model(family, bound, encode=lambda family, raw: self._encode_response(family, raw, fitted))
         fitted.update(training_data_=data, training_y_=y, training_sample_weight_=sample_weight,
                       training_trials_=trials)
         fitted.update(formula_spec_=spec, family_=model.family, response_design_=bound.response_design,
                       fixed_design_=bound.fixed_design, random_design_=bound.random_design,
-                      dropped_rows_=bound.dropped_rows)
+                      dropped_rows_=bound.dropped_rows, zi_design_=bound.zi_design,
+                      disp_design_=bound.disp_design)
         start_xla()  # the XLA service's start-up logs, silenced once per process
         fitted.update(self._fit_model(model, bound.random_design))
         self._set_fitted(fitted)
@@ -369,7 +372,8 @@ class MixedEffectsModel(AfterFitMethods, BaseEstimator):
 
         One assignment of a new ``__dict__``: an interrupt (Ctrl-C) lands before or
         after it, never between two attributes."""
-        stale = {"feature_names_in_", "cutpoints_", "dispersion_", "_ddf_cache"} - set(fitted)
+        stale = {"feature_names_in_", "cutpoints_", "dispersion_", "zi_fixed_effects_", "disp_fixed_effects_",
+                 "_ddf_cache"} - set(fitted)
         state = {name: value for name, value in self.__dict__.items() if name not in stale}
         state.update(fitted)
         self.__dict__ = state
@@ -413,6 +417,17 @@ class MixedEffectsModel(AfterFitMethods, BaseEstimator):
         terms = tuple(term if keep else dataclasses.replace(term, z=np.zeros((len(data), term.dim)))
                       for term, keep in zip(terms, kept))
         return X_fixed, offset, terms
+
+    def _zi_matrix(self, data: pd.DataFrame):
+        """The zero-inflation design of ``data``'s rows (``ziformula`` replayed), or ``None``."""
+        design = getattr(self, "zi_design_", None)
+        return None if design is None else design.transform(data)
+
+    def _family_design(self, data: pd.DataFrame):
+        """The design of the family's own linear model on ``data``'s rows (``ziformula`` or
+        ``dispformula`` replayed), or ``None``."""
+        design = getattr(self, "disp_design_", None)
+        return self._zi_matrix(data) if design is None else design.transform(data)
 
     def _linear_predictor_for(self, X, new_levels, include_random, re_form=None) -> np.ndarray:
         return self._internal_linear_predictor(*self._design_for(X, new_levels, include_random, re_form))
@@ -463,7 +478,8 @@ class MixedEffectsModel(AfterFitMethods, BaseEstimator):
         if self.response_design_ is not None and self.response_design_.is_cbind:
             trials = self.response_design_.evaluate(data)[1]
         model = MixedModel(self.family_, X_fixed, None, terms, self.fixed_design_.column_names,
-                           offset=self.fixed_design_.offset(data), trials=trials)
+                           offset=self.fixed_design_.offset(data), trials=trials,
+                           family_design=self._family_design(data))
         params = self.model_parameters_
         return build_joint_distribution(
             model.tensors(),
@@ -494,8 +510,13 @@ def _estimates(model: MixedModel, random_design, finished) -> dict:
     (an ordinal model's internal intercept becomes its thresholds), the tables are
     built by :mod:`mixedfx.tables`."""
     params, family = finished.parameters, model.family
+    fixed_cov, block = finished.fixed_effects_cov, family.coefficient_block()
+    if block is not None:  # zi or disp coefficients: their correlation with the fixed effects counts
+        joint = wald_covariance(model, params, finished.conditional_means)
+        p, n_block = len(model.fixed_names), len(block[1])
+        fixed_cov, block_cov = joint[:p, :p], joint[-n_block:, -n_block:]
     names, beta, cov, thresholds = family.report_fixed_effects(
-        model.fixed_names, params.fixed_effects, finished.fixed_effects_cov, params.family_params)
+        model.fixed_names, params.fixed_effects, fixed_cov, params.family_params)
     terms = random_design.terms
     effects, covariances, draws = tables.random_effects_frames(
         random_design, finished.conditional_means, finished.conditional_covs, finished.draws)
@@ -521,6 +542,9 @@ def _estimates(model: MixedModel, random_design, finished) -> dict:
         fitted["cutpoints_"] = tables.thresholds_series(family, thresholds)
     if "dispersion" in family.parameter_names:
         fitted["dispersion_"] = float(params.family_params["dispersion"])
+    if block is not None:
+        key, names = block
+        fitted[f"{key}_fixed_effects_"] = tables.coefficient_table(params.family_params[key], names, block_cov)
     return fitted
 
 
@@ -533,6 +557,9 @@ def _check_finite_estimates(fitted: dict) -> None:
         pieces["cutpoint"] = fitted["cutpoints_"]
     if "dispersion_" in fitted:
         pieces["dispersion"] = pd.Series([fitted["dispersion_"]], index=["dispersion"])
+    for key, kind in (("zi", "zero-inflation effect"), ("disp", "dispersion effect")):
+        if f"{key}_fixed_effects_" in fitted:
+            pieces[kind] = fitted[f"{key}_fixed_effects_"]["Estimate"]
     bad = [f"{kind} {name}" for kind, values in pieces.items()
            for name, value in values.items() if not np.isfinite(value)]
     bad += [f"random effects of {name}" for name, frame in fitted["random_effects_"].items()

@@ -61,12 +61,35 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsModel):
         (``n - p``) or ``"asymptotic"`` (Wald z, normal p-values).  Other families
         have no denominator df: their tables are Wald z tests whatever ``ddf`` says,
         as lme4's ``glmer``.  Checked in ``fit``.
+    ziformula : str, default "~0"
+        glmmTMB's zero-inflation formula: with ``"~ x"`` the response is zero with
+        probability ``pi = logistic(X_zi @ zi)`` and otherwise from the count family
+        (``"poisson"``, ``"negative_binomial"``/``"nbinom2"``, ``"nbinom1"``; or zero
+        successes of ``"binomial"``).  Fixed
+        terms only (a random term is a FormulaError); ``"~0"``: no zero inflation.  The
+        coefficients are ``zi_fixed_effects_``; see ``predict(type=...)``.
+    dispformula : str, default "~1"
+        glmmTMB's dispersion formula: with ``"~ z"`` the family's dispersion is
+        log-linear in ``z`` (``"negative_binomial"``/``"nbinom2"``: log size;
+        ``"gamma"``: log shape; ``"beta"``: log precision; ``"nbinom1"``: log phi), its
+        coefficients ``disp_fixed_effects_`` (glmmTMB's ``fixef(fit)$disp``).  Fixed
+        terms only; not with a ``ziformula`` yet; ``"~1"``: one dispersion.
     %(parameters)s
     Attributes
     ----------
     %(attributes)s
     dispersion_ : float
         Negative binomial family only: the dispersion (glmmTMB's nbinom2 ``sigma``).
+    zi_fixed_effects_ : pandas.DataFrame
+        With a ``ziformula``: glmmTMB's "Zero-inflation model" table (``Estimate``,
+        ``Std. Error``, ``z value``, ``Pr(>|z|)``; Wald standard errors with the random
+        effects profiled out and the variance parameters held, as glmer's ``vcov``).
+    zi_design_ : FixedDesign or None
+        The zero-inflation design, replayed on new rows.
+    disp_fixed_effects_ : pandas.DataFrame
+        With a ``dispformula``: glmmTMB's "Dispersion model" table.
+    disp_design_ : FixedDesign or None
+        The dispersion design.
 
     See Also
     --------
@@ -99,6 +122,8 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsModel):
         family="gaussian",
         method="ml",
         ddf="satterthwaite",
+        ziformula="~0",
+        dispformula="~1",
         groups=None,
         missing="drop",
         new_levels="population",
@@ -117,6 +142,8 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsModel):
         self.family = family
         self.method = method
         self.ddf = ddf
+        self.ziformula = ziformula
+        self.dispformula = dispformula
         self.groups = groups
         self.missing = missing
         self.new_levels = new_levels
@@ -131,7 +158,7 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsModel):
         self.options = options
         self.distribute = distribute
 
-    def predict(self, X, *, new_levels=None, include_random=True, return_std=False, re_form=None):
+    def predict(self, X, *, new_levels=None, include_random=True, return_std=False, re_form=None, type="response"):
         """Conditional mean of the response for new rows.
 
         Parameters
@@ -155,6 +182,12 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsModel):
             factor and expression, not by spelling.  When some but not all terms are
             kept, every grouping column is still needed.  ``include_random=False``
             is ``re_form="~0"``.
+        type : {"response", "conditional", "zprob", "link"}, default "response"
+            glmmTMB's ``predict(type=)``: the mean of the response, ``(1 - pi) mu``
+            with a ``ziformula``; ``"conditional"`` the count part's mean ``mu``;
+            ``"zprob"`` the probability ``pi`` of a structural zero (0 without a
+            ``ziformula``); ``"link"`` the linear predictor of ``mu``.  ``return_std``
+            is for ``"response"`` without a ``ziformula``, and ``"conditional"``.
 
         Returns
         -------
@@ -167,9 +200,20 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsModel):
             With ``return_std=True``: the standard error of the mean, by the delta
             method through the inverse link.
         """
+        kinds = ("response", "conditional", "zprob", "link")
+        if type not in kinds:
+            raise ParameterError(f"type must be one of {kinds}, got {type!r}")
         X_fixed, offset, terms = self._design_for(X, new_levels, include_random, re_form)
         eta = self._internal_linear_predictor(X_fixed, offset, terms)
-        mean = self.family_.mean(eta, self.model_parameters_.family_params)
+        family_params = self.model_parameters_.family_params
+        zi_matrix = None if getattr(self, "zi_design_", None) is None else self._zi_matrix(self._input_frame(X))
+        zprob = np.zeros(len(eta)) if zi_matrix is None else self.family_.zero_probability(zi_matrix, family_params)
+        mean = self.family_.mean(eta, family_params)
+        if return_std and (type in ("zprob", "link") or (type == "response" and zi_matrix is not None)):
+            raise ParameterError(f"return_std is not available for type={type!r}"
+                                 + (" with a ziformula" if type == "response" else ""))
+        if type != "response" or zi_matrix is not None:
+            return {"response": (1.0 - zprob) * mean, "conditional": mean, "zprob": zprob, "link": eta}[type]
         if not return_std:
             return mean
         variance = results.linear_predictor_variance(self, X_fixed, terms, include_random=bool(terms))

@@ -76,7 +76,8 @@ class AfterFitMethods:
             new.set_params(method=method)
         kept = ("formula_spec_", "family_", "response_design_", "fixed_design_", "random_design_", "classes_",
                 "n_features_in_", "feature_names_in_", "dropped_rows_", "training_data_", "training_y_",
-                "training_sample_weight_", "training_trials_")
+                "training_sample_weight_", "training_trials_", "zi_design_",
+                "disp_design_")
         fitted = {name: getattr(self, name) for name in kept if hasattr(self, name)}
         if bound_model is not None and response is not None:
             raise ParameterError("give refitted either response or bound_model, not both")
@@ -423,7 +424,7 @@ class AfterFitMethods:
             bound = MixedModel(self.family_, self.fixed_design_.transform(data), None,
                                self.random_design_.materialize(data, new_levels="error"),
                                self.fixed_design_.column_names, offset=self.fixed_design_.offset(data),
-                               trials=trials)
+                               trials=trials, family_design=self._family_design(data))
         rng = np.random.default_rng(random_state)
         held = self._kept_terms(True, re_form)
         simulated = results.simulate_responses(self, bound, n=int(n), rng=rng, posterior=posterior, held=held)

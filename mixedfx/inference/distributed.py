@@ -129,8 +129,8 @@ class ShardedRows:
         }
         if model.offset is not None:
             arrays["offset"] = model.offset
-        if model.trials is not None:
-            arrays["trials"] = model.trials
+        if model.family_rows is not None:
+            arrays["trials"] = model.family_rows
         if model.weights is not None:
             arrays["prior_weight"] = model.weights
         for k, term in enumerate(model.random_terms):

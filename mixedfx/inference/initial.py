@@ -40,9 +40,9 @@ def initial_parameters(model: MixedModel) -> ModelParameters:
         return gaussian_initial_parameters(model)
     family, X, y = model.family, model.fixed_design, model.response
     offset = np.zeros(model.n_obs) if model.offset is None else model.offset
-    trials = None if model.trials is None else tf.constant(model.trials)
+    trials = None if model.family_rows is None else tf.constant(model.family_rows)
     weights = None if model.weights is None else tf.constant(model.weights)
-    free = family.initial_free(y, offset, trials=model.trials)
+    free = family.initial_free(y, offset, trials=model.family_rows)
     natural = family_tensors(family.constrain(tf.constant(free, tf.float64)))
     response = tf.constant(y)
 

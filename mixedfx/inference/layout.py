@@ -20,7 +20,7 @@ from mixedfx.model.families import Family
 from mixedfx.model.gaussian import gaussian_marginal, term_z
 from mixedfx.model.joint import MixedModel, ModelParameters, numpy_linear_predictor
 
-__all__ = ["ParameterLayout", "fixed_effects_covariance", "fixed_effects_scale"]
+__all__ = ["ParameterLayout", "fixed_effects_covariance", "fixed_effects_scale", "wald_covariance"]
 
 _CORRELATION_LIMIT = 1.0 - 1e-12
 
@@ -235,7 +235,7 @@ def complete_data_scale(model: MixedModel, params: ModelParameters) -> np.ndarra
 
 def _fisher_weight(model: MixedModel, params: ModelParameters, eta: np.ndarray) -> np.ndarray:
     """The family's Fisher weight of each row at linear predictor ``eta`` (numpy)."""
-    trials = None if model.trials is None else tf.constant(model.trials)
+    trials = None if model.family_rows is None else tf.constant(model.family_rows)
     weights = None if model.weights is None else tf.constant(model.weights)
     return model.family.weighted_fisher_weight(tf.constant(eta), params.family_tensors(), trials=trials,
                                                weights=weights).numpy()
@@ -279,3 +279,61 @@ def _cholesky(cov: np.ndarray) -> np.ndarray:
     cov = 0.5 * (cov + cov.T)
     jitter = 1e-12 * max(float(np.trace(cov)), 1e-300)
     return np.linalg.cholesky(cov + jitter * np.eye(cov.shape[0]))
+
+
+#: Random-effect coefficients up to which :func:`wald_covariance` takes their uncertainty
+#: into account (a dense Hessian); beyond, it holds them at their conditional means.
+DENSE_RANDOM_LIMIT = 4000
+
+
+def wald_covariance(model, params, random_effects) -> np.ndarray:
+    """Wald covariance of the fixed effects and the family's unconstrained parameters
+    jointly, ``(n_fixed + n_free)`` square, at ``params``.
+
+    The joint log density's observed information in the fixed effects, the family's
+    parameters and the random effects (at ``random_effects``, per term ``(num_levels,
+    dim)``), the random effects profiled out by a Schur complement: glmer's ``vcov``
+    approximation, extended to the family's own parameters, which a zero-inflated
+    family needs (its coefficients are correlated with the conditional intercept).
+    With more than :data:`DENSE_RANDOM_LIMIT` random coefficients they are held at
+    ``random_effects`` instead (no Schur complement: smaller standard errors).
+    """
+    family, terms = model.family, model.random_terms
+    X = tf.constant(model.fixed_design, tf.float64)
+    offset = 0.0 if model.offset is None else tf.constant(model.offset, tf.float64)
+    response = tf.constant(model.response, tf.float64)
+    rows = None if model.family_rows is None else tf.constant(model.family_rows, tf.float64)
+    weights = None if model.weights is None else tf.constant(model.weights, tf.float64)
+    p, n_free = X.shape[1], len(family.free_from_parameters(params.family_params))
+    effects = [np.asarray(b, dtype=np.float64) for b in random_effects]
+    n_random = sum(b.size for b in effects)
+    dense = n_random <= DENSE_RANDOM_LIMIT
+    precisions = [tf.constant(np.linalg.inv(L @ L.T)) for L in params.random_scale_tril]
+    start = np.concatenate([params.fixed_effects, family.free_from_parameters(params.family_params),
+                            *(b.ravel() for b in effects)])
+
+    def log_density(v):
+        eta, prior, at = tf.linalg.matvec(X, v[:p]) + offset, tf.constant(0.0, tf.float64), p + n_free
+        for term, b, precision in zip(terms, effects, precisions):
+            values = tf.reshape(v[at:at + b.size], b.shape) if dense else tf.constant(b)
+            at += b.size
+            rows_b = tf.gather(values, term.group_index)
+            eta += tf.reduce_sum(rows_b * (1.0 if term.z is None else tf.constant(term.z, tf.float64)), axis=-1)
+            prior -= 0.5 * tf.reduce_sum(values * tf.linalg.matmul(values, precision))
+        natural = family.constrain(v[p:p + n_free])
+        return tf.reduce_sum(family.weighted_log_prob(eta, natural, response, trials=rows, weights=weights)) + prior
+
+    v = tf.constant(start if dense else start[:p + n_free])
+    with tf.GradientTape() as outer:
+        outer.watch(v)
+        with tf.GradientTape() as inner:
+            inner.watch(v)
+            total = log_density(v)
+        gradient = inner.gradient(total, v)
+    information = -outer.jacobian(gradient, v).numpy()
+    information = 0.5 * (information + information.T)
+    a = p + n_free
+    profiled = information[:a, :a]
+    if dense and n_random:
+        profiled = profiled - information[:a, a:] @ np.linalg.solve(information[a:, a:], information[a:, :a])
+    return np.linalg.pinv(0.5 * (profiled + profiled.T))

@@ -459,8 +459,8 @@ def _padded_rows(model: MixedModel, buckets: ShapeBuckets) -> dict:
     }
     if model.offset is not None:
         rows["offset"] = tf.constant(pad(model.offset), tf.float64)
-    if model.trials is not None:
-        rows["trials"] = tf.constant(pad(model.trials, fill=model.trials[0]), tf.float64)  # with the response
+    if model.family_rows is not None:  # with the response
+        rows["trials"] = tf.constant(pad(model.family_rows, fill=model.family_rows[0]), tf.float64)
     if model.weights is not None:
         rows["prior_weight"] = tf.constant(pad(model.weights, fill=1.0), tf.float64)
     for k, term in enumerate(model.random_terms):

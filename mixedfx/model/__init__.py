@@ -16,6 +16,8 @@ from mixedfx.model.families import (
     get_family,
 )
 from mixedfx.model.glmmtmb_families import Beta, BetaBinomial, Gamma, NegativeBinomial1, StudentT
+from mixedfx.model.zero_inflation import ZeroInflated
+from mixedfx.model.dispersion_model import DispersionModel
 from mixedfx.model.gaussian import GaussianMarginal, gaussian_marginal, term_z
 from mixedfx.model.likelihood import LaplaceMode, MarginalLikelihood, laplace_mode, marginal_log_likelihood
 from mixedfx.model.joint import (
@@ -34,6 +36,8 @@ from mixedfx.model.joint import (
 from mixedfx.model.binding import bind_model
 
 __all__ = [
+    "ZeroInflated",
+    "DispersionModel",
     "bind_model",
     "FAMILIES",
     "Family",

@@ -22,6 +22,7 @@ from scipy import special, stats
 
 from mixedfx._tf import tf, tfb, tfd
 from mixedfx.exceptions import DataError, FormulaError, ParameterError
+from mixedfx.model.own_models import OwnLinearModels
 
 __all__ = [
     "Family",
@@ -42,7 +43,7 @@ RESPONSE_SCALE_LIMITS = (1e-50, 1e50)
 
 
 @dataclass(frozen=True)
-class Family:
+class Family(OwnLinearModels):
     """Base class of response families.
 
     Subclasses set :attr:`name`, :attr:`link`, :attr:`parameter_names` and implement
@@ -431,6 +432,7 @@ class Binomial(Family):
     'binomial (probit link)'
     """
 
+    zero_inflatable: ClassVar[bool] = True
     name: ClassVar[str] = "binomial"
     runaway_bound: ClassVar[float | None] = 10.0
     takes_trial_weights: ClassVar[bool] = True
@@ -514,6 +516,7 @@ class Bernoulli(Binomial):
     mixedfx.exceptions.DataError: the bernoulli response 'y' must be coded 0/1
     """
 
+    zero_inflatable: ClassVar[bool] = False  # a classifier's
     name: ClassVar[str] = "bernoulli"
     is_classification: ClassVar[bool] = True
     takes_trial_weights: ClassVar[bool] = False
@@ -571,6 +574,7 @@ class Poisson(LogLink, Family):
     [1.0, 3.0]
     """
 
+    zero_inflatable: ClassVar[bool] = True
     name: ClassVar[str] = "poisson"
 
     def distribution(self, linear_predictor, parameters, *, trials=None):
@@ -610,6 +614,7 @@ class NegativeBinomial(LogDispersion, LogLink, Family):
     [2.8, 30.0]
     """
 
+    zero_inflatable: ClassVar[bool] = True
     name: ClassVar[str] = "negative_binomial"
     glmmtmb_name: ClassVar[str] = "nbinom2"
 

@@ -71,6 +71,7 @@ class Gamma(LogDispersion, LogLink, Family):
     mixedfx.exceptions.DataError: the Gamma response 'y' must be positive; found 0.0
     """
 
+    glmmtmb_dispersion_power: ClassVar[float] = -1.0  # glmmTMB's dispformula models log shape
     name: ClassVar[str] = "gamma"
     glmmtmb_name: ClassVar[str] = "Gamma"
 
@@ -128,6 +129,7 @@ class NegativeBinomial1(LogDispersion, LogLink, Family):
     [5.0, 25.0]
     """
 
+    zero_inflatable: ClassVar[bool] = True
     name: ClassVar[str] = "nbinom1"
     glmmtmb_name: ClassVar[str] = "nbinom1"
 

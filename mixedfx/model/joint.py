@@ -168,6 +168,8 @@ class MixedModel:
     weights : numpy.ndarray of shape (n_rows,) or None
         Prior weights (lme4's ``weights=``), positive; ``None`` for all ones.  The family
         says what they mean (:meth:`~mixedfx.model.Family.weighted_log_prob`).
+    family_design : numpy.ndarray of shape (n_rows, n_columns) or None
+        The design of the family's own linear model (glmmTMB's ``ziformula``), or ``None``.
 
     Examples
     --------
@@ -199,6 +201,13 @@ class MixedModel:
     offset: np.ndarray | None = None
     trials: np.ndarray | None = None
     weights: np.ndarray | None = None
+    family_design: np.ndarray | None = None
+
+    @property
+    def family_rows(self) -> np.ndarray | None:
+        """The per-row data the family's methods take as ``trials=``
+        (:meth:`~mixedfx.model.Family.row_data`: the trials, or a zero-inflation design)."""
+        return self.family.row_data(trials=self.trials, design=self.family_design)
 
     def __post_init__(self):
         n_rows = self.fixed_design.shape[0]
@@ -208,6 +217,8 @@ class MixedModel:
             value = getattr(self, name)
             if value is not None and np.shape(value) != (n_rows,):
                 raise DataError(f"{name} has shape {np.shape(value)}, expected ({n_rows},)")
+        if self.family_design is not None and np.shape(self.family_design)[0] != n_rows:
+            raise DataError(f"family_design has {np.shape(self.family_design)[0]} rows, expected {n_rows}")
         for term in self.random_terms:
             if term.group_index.shape != (n_rows,):
                 raise DataError(f"group index of {term.name!r} has {term.group_index.shape[0]} rows, expected {n_rows}")
@@ -325,7 +336,7 @@ class ModelTensors:
             keys=model.keys,
             dims=tuple(int(t.dim) for t in model.random_terms),
             offset=None if model.offset is None else tf.constant(model.offset, dtype=dtype),
-            trials=None if model.trials is None else tf.constant(model.trials, dtype=dtype),
+            trials=None if model.family_rows is None else tf.constant(model.family_rows, dtype=dtype),
             prior_weight=None if model.weights is None else tf.constant(model.weights, dtype=dtype),
         )
 

@@ -340,7 +340,7 @@ class _NewtonProblem:
         self.whitened_terms = [replace(term, z=u) for term, u in zip(self.terms, self.scaled)]
         self.family_params = params.family_tensors()
         self.response = tf.constant(model.response, tf.float64)
-        self.trials = None if model.trials is None else tf.constant(model.trials, tf.float64)
+        self.trials = None if model.family_rows is None else tf.constant(model.family_rows, tf.float64)
         self.weights = None if model.weights is None else tf.constant(model.weights, tf.float64)
 
     def linear(self, v) -> np.ndarray:

@@ -1,0 +1,90 @@
+"""The family's own linear models (glmmTMB's ``ziformula`` and ``dispformula``): the
+questions every family answers about them, as a mixin of
+:class:`~mixedfx.model.Family`; the wrappers are
+:class:`~mixedfx.model.ZeroInflated` and :class:`~mixedfx.model.DispersionModel`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+
+from mixedfx.exceptions import ParameterError
+
+if TYPE_CHECKING:
+    from mixedfx.model.families import Family
+
+__all__ = ["OwnLinearModels"]
+
+
+class OwnLinearModels:
+    """Mixin of :class:`~mixedfx.model.Family`: zero inflation and a dispersion model."""
+
+    #: Whether the family takes a zero-inflation model (glmmTMB's ``ziformula``; a count
+    #: family whose own per-row data are none, see :meth:`zero_inflated`).
+    zero_inflatable: ClassVar[bool] = False
+    #: A dispersion model (glmmTMB's ``dispformula``): the family's log ``dispersion`` is
+    #: this times glmmTMB's dispersion linear predictor (-1 for Gamma, whose glmmTMB
+    #: coefficients are its log shape, ``1 / dispersion``).
+    glmmtmb_dispersion_power: ClassVar[float] = 1.0
+
+    # -- zero inflation (glmmTMB's ziformula) ------------------------------------------------
+    def zero_inflated(self, zi_names) -> "Family":
+        """This family with a zero-inflation model whose design has columns ``zi_names``
+        (:class:`~mixedfx.model.zero_inflation.ZeroInflated`); a ParameterError for a family
+        that takes none.
+
+        Examples
+        --------
+        >>> from mixedfx.model import Gaussian, Poisson
+        >>> str(Poisson().zero_inflated(("Intercept",)))
+        'zero-inflated poisson (log link)'
+        >>> Gaussian().zero_inflated(("Intercept",))
+        Traceback (most recent call last):
+        ...
+        mixedfx.exceptions.ParameterError: ziformula (zero inflation) is for the families poisson, negative_binomial (nbinom2), nbinom1 and binomial, not gaussian
+        """
+        if not self.zero_inflatable:
+            raise ParameterError("ziformula (zero inflation) is for the families poisson, negative_binomial "
+                                 f"(nbinom2), nbinom1 and binomial, not {self.name}")
+        from mixedfx.model.zero_inflation import ZeroInflated
+
+        return ZeroInflated(self, tuple(zi_names))
+
+    def with_dispersion_model(self, disp_names) -> "Family":
+        """This family with its ``dispersion`` a log-linear model of a design whose columns
+        are ``disp_names`` (glmmTMB's ``dispformula``;
+        :class:`~mixedfx.model.dispersion_model.DispersionModel`); a ParameterError for a
+        family without one lone ``dispersion`` parameter (or with trials).
+
+        Examples
+        --------
+        >>> from mixedfx.model import Poisson
+        >>> Poisson().with_dispersion_model(("Intercept", "z"))
+        Traceback (most recent call last):
+        ...
+        mixedfx.exceptions.ParameterError: dispformula is for families with a dispersion parameter (nbinom2, nbinom1, Gamma, beta), not poisson
+        """
+        if self.parameter_names != ("dispersion",) or self.takes_trial_weights:
+            raise ParameterError("dispformula is for families with a dispersion parameter (nbinom2, nbinom1, Gamma, "
+                                 f"beta), not {self.name}")
+        from mixedfx.model.dispersion_model import DispersionModel
+
+        return DispersionModel(self, tuple(disp_names))
+
+    def coefficient_block(self):
+        """``(key, column names)`` of the family's own linear model (``("zi", ...)`` for zero
+        inflation, ``("disp", ...)`` for a dispersion model), the last of its free
+        parameters; ``None`` here."""
+        return None
+
+    def row_data(self, *, trials, design):
+        """The per-row data that the family's methods take as ``trials=``: the binomial
+        trials here (``None`` for most families); a zero-inflated family's design."""
+        return trials
+
+    def zero_probability(self, design, parameters: Mapping[str, object]) -> np.ndarray:
+        """Each row's probability of a structural zero (glmmTMB's ``predict(type="zprob")``):
+        none here."""
+        return np.zeros(np.shape(design)[0])

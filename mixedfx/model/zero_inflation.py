@@ -1,0 +1,216 @@
+"""Zero inflation: glmmTMB's ``ziformula``, one family that wraps a count family.
+
+The response is zero with probability ``pi = logistic(X_zi @ zi)``, and otherwise
+drawn from the count family (which may give a zero too):
+
+    p(0) = pi + (1 - pi) f(0),    p(y) = (1 - pi) f(y)  for y > 0.
+
+:class:`ZeroInflated` owns the whole density; the zero-inflation coefficients ``zi``
+are its own parameters (unconstrained, after the count family's), so that the
+M-step estimates them with the family's other parameters.  Its per-row data, the
+zero-inflation design ``X_zi``, travel where a family's per-row data go (the
+``trials=`` argument of the family's methods; see
+:attr:`~mixedfx.model.MixedModel.family_rows`): the layers that carry them never look
+inside.  The design itself is built (and replayed at predict) by the design layer
+(:func:`~mixedfx.design.build_fixed_design` on the ``ziformula``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import special
+
+from mixedfx._tf import tf, tfd
+from mixedfx.model.families import Family
+
+__all__ = ["ZeroInflated"]
+
+#: glmmTMB's prefix of the zero-inflation coefficients (``zi~(Intercept)``).
+ZI_PREFIX = "zi~"
+
+
+@dataclass(frozen=True)
+class ZeroInflated(Family):
+    """A count family with a logistic zero-inflation model: glmmTMB's ``ziformula``.
+
+    Parameters
+    ----------
+    base : Family
+        The count family (Poisson, nbinom2, nbinom1, or the binomial: zero successes).
+    zi_names : tuple of str
+        Names of the zero-inflation design's columns (``"Intercept"``, ...).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedfx.model import Poisson
+    >>> family = Poisson().zero_inflated(("Intercept",))
+    >>> family.parameter_labels(), family.link
+    (('zi~(Intercept)',), 'log')
+    >>> eta, design = np.log([2.0, 2.0]), np.ones((2, 1))
+    >>> params = {"zi": np.array([0.0])}  # pi = 1/2
+    >>> lp = family.log_prob(eta, params, np.array([0.0, 1.0]), trials=design).numpy()
+    >>> np.exp(lp).round(6).tolist()  # 1/2 + 1/2 exp(-2); 1/2 * 2 exp(-2)
+    [0.567668, 0.135335]
+    >>> family.zero_probability(design, params).tolist()
+    [0.5, 0.5]
+    """
+
+    base: Family
+    zi_names: tuple[str, ...]
+
+    #: Residuals would need each row's zero probability, which mean() is not given.
+    has_residuals = False
+
+    # -- what the family is -------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.base.name
+
+    @property
+    def glmmtmb_name(self) -> str:
+        return self.base.glmmtmb_name
+
+    @property
+    def parameter_names(self) -> tuple[str, ...]:
+        return (*self.base.parameter_names, "zi")
+
+    @property
+    def has_dispersion(self) -> bool:
+        return self.base.has_dispersion
+
+    @property
+    def link(self) -> str:
+        return self.base.link
+
+    @property
+    def takes_trial_weights(self) -> bool:
+        return self.base.takes_trial_weights
+
+    @property
+    def runaway_bound(self):
+        return self.base.runaway_bound
+
+    def trials_from_proportion(self, response, trials):
+        return self.base.trials_from_proportion(response, trials)
+
+    def variation_values(self, response, *, trials=None):
+        return self.base.variation_values(response, trials=trials)
+
+    def separation_cuts(self, response, *, trials=None):
+        return self.base.separation_cuts(response, trials=trials)
+
+    def __str__(self) -> str:
+        return f"zero-inflated {self.base}"
+
+    def _n_base(self) -> int:
+        return len(self.base.parameter_labels())
+
+    def coefficient_block(self):
+        return "zi", self.zi_names
+
+    def row_data(self, *, trials, design):
+        """The per-row data of :meth:`log_prob`: the zero-inflation design, and a binomial's
+        trials as its last column."""
+        return np.column_stack([design, trials]) if self.base.takes_trial_weights else design
+
+    def _split(self, rows, dtype):
+        """``(zero-inflation design, the base family's trials or None)`` of the per-row data."""
+        rows = tf.cast(tf.convert_to_tensor(rows), dtype)
+        return rows[..., :len(self.zi_names)], (rows[..., -1] if self.base.takes_trial_weights else None)
+
+    def zero_probability(self, design, parameters) -> np.ndarray:
+        """``pi`` of each row (numpy), from its zero-inflation design row."""
+        return special.expit(np.asarray(design, dtype=np.float64) @ np.asarray(parameters["zi"], dtype=np.float64))
+
+    def _zi_logits(self, design, parameters, dtype):
+        return tf.linalg.matvec(design, tf.cast(tf.convert_to_tensor(parameters["zi"]), dtype))
+
+    # -- the likelihood ---------------------------------------------------------------------------
+    def distribution(self, linear_predictor, parameters, *, trials=None):
+        """A two-component :class:`tfd.Mixture`: a point mass at zero and the count family."""
+        eta = tf.convert_to_tensor(linear_predictor)
+        design, base_trials = self._split(trials, eta.dtype)
+        logits = self._zi_logits(design, parameters, eta.dtype) + tf.zeros_like(eta)
+        counts = self.base.distribution(eta, parameters, trials=base_trials)
+        return tfd.Mixture(cat=tfd.Categorical(logits=tf.stack([logits, tf.zeros_like(logits)], axis=-1)),
+                           components=[tfd.Deterministic(tf.zeros_like(eta)), counts])
+
+    def log_prob(self, linear_predictor, parameters, response, *, trials=None):
+        """``log p(y)`` by log-sum-exp: the same value as :meth:`distribution`'s, stable
+        for large zero-inflation logits."""
+        eta = tf.convert_to_tensor(linear_predictor)
+        design, base_trials = self._split(trials, eta.dtype)
+        logits = self._zi_logits(design, parameters, eta.dtype)
+        counts = self.base.log_prob(eta, parameters, response, trials=base_trials)
+        log_pi, log_keep = tf.math.log_sigmoid(logits), tf.math.log_sigmoid(-logits)
+        zero = tf.cast(tf.equal(response, 0.0), eta.dtype)
+        at_zero = tf.reduce_logsumexp(tf.stack([log_pi + tf.zeros_like(counts), log_keep + counts]), axis=0)
+        return zero * at_zero + (1.0 - zero) * (log_keep + counts)
+
+    def fisher_weight(self, linear_predictor, parameters, *, trials=None):
+        """The count family's weight times ``1 - pi`` (starts and preconditions the fit;
+        the likelihood is exact)."""
+        eta = tf.convert_to_tensor(linear_predictor)
+        design, base_trials = self._split(trials, eta.dtype)
+        keep = tf.sigmoid(-self._zi_logits(design, parameters, eta.dtype))
+        return keep * self.base.fisher_weight(eta, parameters, trials=base_trials)
+
+    def mean(self, linear_predictor, parameters=None):
+        """The conditional mean ``mu`` of the count part (glmmTMB's ``type="conditional"``)."""
+        return self.base.mean(linear_predictor, parameters)
+
+    def variance(self, mean, parameters, *, trials=None):
+        return self.base.variance(mean, parameters, trials=trials)
+
+    # -- the family's own parameters: the count family's, then zi ------------------------------------
+    def constrain(self, free):
+        n = self._n_base()
+        return {**self.base.constrain(free[:n]), "zi": free[n:]}
+
+    def initial_free(self, response, linear_predictor, *, trials=None):
+        zi = np.zeros(len(self.zi_names))
+        return np.concatenate([self.base.initial_free(response, linear_predictor), zi])
+
+    def free_from_parameters(self, parameters):
+        zi = np.atleast_1d(np.asarray(parameters["zi"], dtype=np.float64))
+        return np.concatenate([self.base.free_from_parameters(parameters), zi])
+
+    def parameter_values(self, parameters):
+        zi = np.atleast_1d(np.asarray(parameters["zi"], dtype=np.float64))
+        return np.concatenate([self.base.parameter_values(parameters), zi])
+
+    def parameters_from_values(self, values):
+        values = np.atleast_1d(np.asarray(values, dtype=float))
+        n = self._n_base()
+        return {**self.base.parameters_from_values(values[:n]), "zi": values[n:]}
+
+    def parameter_labels(self):
+        return (*self.base.parameter_labels(), *(ZI_PREFIX + _r_name(name) for name in self.zi_names))
+
+    def positive_parameters(self):
+        return (*self.base.positive_parameters(), *(False,) * len(self.zi_names))
+
+    def parameter_scale(self, values, response, n_obs):
+        n = self._n_base()
+        # a logistic coefficient's SE, pi near 1/2, from the zeros (the rows that inform it)
+        n_zero = max(int(np.sum(np.asarray(response) == 0)), 1)
+        zi = np.full(len(values) - n, 4.0 / np.sqrt(n_zero))
+        return np.concatenate([self.base.parameter_scale(values[:n], response, n_obs), zi])
+
+    def validate_response(self, response, *, trials=None, name):
+        return self.base.validate_response(response, trials=trials, name=name)
+
+    def response_quantile(self, mean, q, parameters):
+        return self.base.response_quantile(mean, q, parameters)
+
+    def parameter_lines(self, parameters):
+        """The count family's lines (the summary prints the zero-inflation table itself)."""
+        return self.base.parameter_lines(parameters)
+
+
+def _r_name(name: str) -> str:
+    """R's spelling of an intercept column."""
+    return "(Intercept)" if name == "Intercept" else name
