@@ -478,7 +478,7 @@ class _Continuous(_Projected):
     the term's points (one common sd), with one scale parameter on the log scale.
 
     ``scale_name`` names it (``"range"``; ``"rate"`` for ``ou``), ``power`` is the
-    power of the distance in the exponent (1: exponential, 2: Gaussian), ``inverse``
+    power of the distance in the exponent (1: exponential, 2: Gaussian; no other), ``inverse``
     whether the scale multiplies the distance (a rate) instead of dividing it.
     Parameters ``(log sd, log scale)``, as glmmTMB's ``theta``.  The structure is
     stationary, so its M-step is Newton's on those two (:class:`_Projected`).
@@ -524,7 +524,8 @@ class _Continuous(_Projected):
     def covariance(self, params, dim: int):
         params = tf.convert_to_tensor(params, tf.float64)
         reduced = self._reduced(tf.constant(self.distances(dim)), params[1])
-        corr = tf.exp(-reduced ** self.power) + self.nugget * tf.eye(dim, dtype=tf.float64)
+        exponent = reduced if self.power == 1 else tf.square(reduced)  # pow's second derivative is NaN at 0
+        corr = tf.exp(-exponent) + self.nugget * tf.eye(dim, dtype=tf.float64)
         return tf.exp(2.0 * params[0]) * corr
 
     def _log_scale(self, log_distance, log_neg_log_corr):
