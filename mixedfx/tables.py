@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from mixedfx.model.covariance import structure_for
+from mixedfx.model.covariance import term_structure
 
 __all__ = [
     "variance_components_frame",
@@ -47,7 +47,7 @@ def variance_components_frame(terms, random_cov, *, residual_sd=None) -> pd.Data
     """
     rows = []
     for term, matrix in zip(terms, random_cov):
-        structure = structure_for(getattr(term, "covariance", "us"))
+        structure = term_structure(term)
         for var1, var2, vcov, sdcor in structure.components(term.coef_names, matrix):
             rows.append({"group": term.name, "var1": var1, "var2": var2, "vcov": vcov, "sdcor": sdcor})
     if residual_sd is not None:

@@ -261,6 +261,10 @@ class RandomTermDesign:
     factor_levels : tuple or None
         When the left side of the bar is one categorical column (``0 + timef``), its
         levels in order; a structure over times (``ar1``, ``toep``) needs them.
+    coordinates : numpy.ndarray or None
+        A continuous structure's points (``exp(x + y + 0 | g)``): the distinct rows of
+        its coordinate columns (``spec.coordinates``), sorted, shape ``(dim, n_columns)``;
+        one coefficient each, as glmmTMB's ``numFactor``.
 
     Examples
     --------
@@ -281,6 +285,7 @@ class RandomTermDesign:
     z_spec: object = None
     columns: tuple[int, ...] = (0,)
     factor_levels: tuple | None = None
+    coordinates: np.ndarray | None = None
 
     @property
     def name(self) -> str:
@@ -317,6 +322,9 @@ class RandomTermData:
     covariance : str
         The term's covariance structure, glmmTMB's name (``"us"``, ``"ar1"``, ...; see
         :mod:`mixedfx.model.covariance`).
+    coordinates : numpy.ndarray or None
+        A continuous structure's points, one per coefficient (see
+        :attr:`RandomTermDesign.coordinates`); ``None`` for any other term.
 
     Examples
     --------
@@ -339,6 +347,7 @@ class RandomTermData:
     num_levels: int
     coef_names: tuple[str, ...] = ("(Intercept)",)
     covariance: str = "us"
+    coordinates: np.ndarray | None = None
 
     @property
     def dim(self) -> int:
@@ -416,7 +425,11 @@ class RandomDesign:
                     )
             if term.group_name not in factors:
                 factors[term.group_name] = GroupingFactor.from_data(data, term.grouping)
-            if term.intercept_only:
+            points = None
+            if term.coordinates:
+                points = _coordinate_points(term, data, formula=spec.text)
+                coef_names, z_spec = _point_names(points), None
+            elif term.intercept_only:
                 coef_names, z_spec = ("(Intercept)",), None
             else:
                 z, z_spec = evaluate_formula(term.expr, data)
@@ -433,7 +446,7 @@ class RandomDesign:
                 terms.append(RandomTermDesign(
                     spec=term, factor=term.group_name, coef_names=names,
                     z_spec=None if names == ("(Intercept)",) else z_spec, columns=columns,
-                    factor_levels=_single_factor_levels(term, data),
+                    factor_levels=_single_factor_levels(term, data), coordinates=points,
                 ))
         seen: dict[tuple[str, str], RandomTermDesign] = {}
         for design in terms:
@@ -454,7 +467,9 @@ class RandomDesign:
         out = []
         for term in self.terms:
             z = None
-            if term.z_spec is not None:
+            if term.coordinates is not None:
+                z = _point_indicator(term, data)
+            elif term.z_spec is not None:
                 key = id(term.z_spec)
                 if key not in evaluated:
                     evaluated[key] = evaluate_formula(term.z_spec, data)[0]
@@ -462,7 +477,7 @@ class RandomDesign:
             out.append(RandomTermData(
                 name=term.name, group_index=codes[term.factor], z=z,
                 num_levels=self.factors[term.factor].num_levels, coef_names=term.coef_names,
-                covariance=term.spec.covariance,
+                covariance=term.spec.covariance, coordinates=term.coordinates,
             ))
         return tuple(out)
 
@@ -479,6 +494,46 @@ def _single_factor_levels(term: RandomTermSpec, data: pd.DataFrame) -> tuple | N
     if not isinstance(values.dtype, pd.CategoricalDtype) and values.dtype.kind in "biufc":
         return None
     return tuple(_observed_levels(values))
+
+
+def _coordinate_points(term: RandomTermSpec, data: pd.DataFrame, *, formula: str) -> np.ndarray:
+    """The distinct rows of a continuous structure's coordinate columns, sorted
+    (glmmTMB's ``numFactor`` levels); a FormulaError at the term for a column that is
+    not numeric, a DataError for a missing or non-finite value."""
+    columns = []
+    for column in term.coordinates:
+        values = _column(data, column, role="coordinate")
+        if isinstance(values.dtype, pd.CategoricalDtype) or values.dtype.kind not in "biuf":
+            raise FormulaError(f"coordinate column {column!r} of {term.text!r} is not numeric ({values.dtype}); "
+                               f"{term.covariance}() takes numeric coordinates", formula=formula,
+                               position=term.position)
+        values = values.to_numpy(dtype=np.float64)
+        if not np.all(np.isfinite(values)):
+            raise DataError(f"coordinate column {column!r} of {term.text!r} has "
+                            f"{int((~np.isfinite(values)).sum())} missing or infinite value(s)")
+        columns.append(values)
+    return np.unique(np.column_stack(columns), axis=0)
+
+
+def _point_names(points: np.ndarray) -> tuple[str, ...]:
+    """glmmTMB's numFactor level names: ``"(1.5,2)"``."""
+    return tuple("(" + ",".join(f"{v:g}" for v in row) + ")" for row in points)
+
+
+def _point_indicator(term: RandomTermDesign, data: pd.DataFrame) -> np.ndarray:
+    """Each row's point as a one-hot ``z``; a point not seen at fit time raises (its
+    effect would need kriging from the fitted points, which mixedfx does not do)."""
+    rows = np.column_stack([_column(data, c, role="coordinate").to_numpy(dtype=np.float64)
+                            for c in term.spec.coordinates])
+    points = term.coordinates
+    match = np.all(rows[:, None, :] == points[None, :, :], axis=2)
+    unseen = ~match.any(axis=1)
+    if unseen.any():
+        example = tuple(float(v) for v in rows[np.flatnonzero(unseen)[0]])
+        raise DataError(f"{int(unseen.sum())} row(s) have coordinates of {term.spec.text!r} not seen in fit "
+                        f"(e.g. {example}); predicting at a new point (kriging) is not supported: "
+                        "predict at the fitted points, or with re_form='~0'")
+    return match.astype(np.float64)
 
 
 def _lme4_name(name: str) -> str:

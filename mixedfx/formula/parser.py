@@ -10,8 +10,9 @@ The grammar handled here is the part formulaic does not know: the random-effect 
     offset    := "offset" "(" expression ")"
     random    := "(" expr ("|" | "||") grouping ")"
                | structure "(" expr "|" grouping ("," [name "="] value)* ")"
-    structure := us | diag | homdiag | cs | homcs | ar1 | toep    (glmmTMB's; exp, gau, mat,
-                 ou, rr, hetar1, propto, equalto are read and refused as not yet supported)
+    structure := us | diag | homdiag | cs | homcs | ar1 | toep | ou | exp | gau    (glmmTMB's;
+                 mat, rr, hetar1, propto, equalto are read and refused as not yet supported)
+    ou, exp and gau take numeric coordinate columns and no intercept: exp(x + y + 0 | g)
     grouping  := nest ("/" nest)*          a/b   ->  a, a:b
     nest      := name (":" name)*          a:b   ->  interaction of a and b
 
@@ -36,7 +37,10 @@ _CLOSE = {v: k for k, v in _OPEN.items()}
 _GLMMTMB_STRUCTURES = ("us", "diag", "homdiag", "cs", "homcs", "ar1", "toep", "exp", "gau", "mat", "ou", "rr",
                        "hetar1", "propto", "equalto")
 # The structures mixedfx fits (mixedfx.model.covariance); the others are read and refused.
-_SUPPORTED_STRUCTURES = ("us", "diag", "homdiag", "cs", "homcs", "ar1", "toep")
+_SUPPORTED_STRUCTURES = ("us", "diag", "homdiag", "cs", "homcs", "ar1", "toep", "ou", "exp", "gau")
+# Continuous structures: one coefficient per distinct point of numeric coordinate columns
+# (glmmTMB's numFactor), how many columns (None: any number).
+_COORDINATE_STRUCTURES = {"ou": 1, "exp": None, "gau": None}
 
 
 def parse_formula(formula: str) -> FormulaSpec:
@@ -231,7 +235,8 @@ class _Parser:
         return self.build_terms(a + 1, top_bars, b - 1, text=self.span_text(a, b), position=first.start)
 
     def build_terms(self, lo: int, top_bars: list[int], hi: int, *, text: str, position: int,
-                    covariance: str = "us", covariance_args: tuple = ()) -> list[RandomTermSpec]:
+                    covariance: str = "us", covariance_args: tuple = (),
+                    coordinates: tuple = ()) -> list[RandomTermSpec]:
         """The terms of ``expr | grouping`` in tokens[lo:hi], ``top_bars`` its bars."""
         if len(top_bars) > 1:
             raise self.error("more than one bar in one random-effect term", self.tokens[top_bars[1]].start)
@@ -264,6 +269,7 @@ class _Parser:
                 position=position,
                 covariance=covariance,
                 covariance_args=covariance_args,
+                coordinates=coordinates,
             )
             for grouping in groupings
         ]
@@ -306,8 +312,39 @@ class _Parser:
                 f"{', '.join(_SUPPORTED_STRUCTURES)}", first.start)
         if arguments:
             raise self.error(f"{name}(...) takes no arguments after the term", self.tokens[commas[0]].start)
+        coordinates = self.parse_coordinates(name, a, bars[0]) if name in _COORDINATE_STRUCTURES else ()
         return self.build_terms(a + 2, bars, end, text=self.span_text(a, b), position=first.start,
-                                covariance=name, covariance_args=tuple(arguments))
+                                covariance=name, covariance_args=tuple(arguments), coordinates=coordinates)
+
+    def parse_coordinates(self, name: str, a: int, bar: int) -> tuple[str, ...]:
+        """The coordinate columns of ``exp(x + y + 0 | g)`` (tokens a+2 .. bar): column
+        names joined by ``+``, and ``0 +`` or ``- 1`` (no intercept)."""
+        example = f"write {name}(x + y + 0 | g)" if _COORDINATE_STRUCTURES[name] is None else f"write {name}(times + 0 | g)"
+        names, no_intercept, sign = [], False, "+"
+        for i in range(a + 2, bar):
+            tok = self.tokens[i]
+            if tok.is_op("+", "-"):
+                sign = tok.text
+                continue
+            if tok.kind is TokenKind.NUMBER and tok.text in ("0", "1"):
+                if (tok.text == "0") == (sign == "+"):
+                    no_intercept = True
+                    continue
+                raise self.error(f"{name}() takes coordinate columns and no intercept: {example}", tok.start)
+            if tok.kind is not TokenKind.NAME or sign == "-" or not self.tokens[i + 1].is_op("+", "-", "|"):
+                raise self.error(f"{name}() takes numeric coordinate columns joined by '+' (glmmTMB's "
+                                 f"numFactor): {example}", tok.start)
+            names.append(_column_name(tok))
+        if not names:
+            raise self.error(f"{name}() needs numeric coordinate columns left of the bar: {example}",
+                             self.tokens[bar].start)
+        if not no_intercept:
+            raise self.error(f"{name}() takes coordinate columns and no intercept: {example}",
+                             self.tokens[a].start)
+        wanted = _COORDINATE_STRUCTURES[name]
+        if wanted is not None and len(names) != wanted:
+            raise self.error(f"{name}() takes one coordinate column (the times): {example}", self.tokens[a].start)
+        return tuple(names)
 
     def parse_grouping(self, lo: int, hi: int) -> list[tuple[str, ...]]:
         """``a``, ``a:b``, ``a/b`` (nested: a, a:b), ``a/b/c`` and ``a:b/c``."""

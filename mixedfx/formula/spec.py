@@ -39,6 +39,9 @@ class RandomTermSpec:
     covariance_args : tuple of (str, str)
         The structure's further arguments as written, e.g. ``(("d", "2"),)`` for
         ``rr(x | g, d = 2)``.
+    coordinates : tuple of str
+        The numeric coordinate columns of a continuous structure (``ou``, ``exp``,
+        ``gau``): ``("x", "y")`` for ``exp(x + y + 0 | g)``; empty for any other term.
 
     Examples
     --------
@@ -58,6 +61,8 @@ class RandomTermSpec:
     >>> ar1 = mixedfx.parse_formula("y ~ ar1(0 + timef | subject)").random[0]
     >>> ar1.covariance, ar1.expr, str(ar1)
     ('ar1', '0 + timef', 'ar1(0 + timef | subject)')
+    >>> mixedfx.parse_formula("y ~ exp(x + y + 0 | field)").random[0].coordinates
+    ('x', 'y')
     """
 
     expr: str
@@ -68,6 +73,7 @@ class RandomTermSpec:
     position: int
     covariance: str = "us"
     covariance_args: tuple[tuple[str, str], ...] = ()
+    coordinates: tuple[str, ...] = ()
 
     @property
     def group_name(self) -> str:

@@ -36,6 +36,7 @@ from mixedfx.inference.rows import chunk_rows_for
 from mixedfx.inference.stopping import MonteCarloErrorRule
 from mixedfx.inference.structure import location_expansions, nested_centering
 from mixedfx.inference.summary import FitSummary
+from mixedfx.model.covariance import term_structure
 from mixedfx.model.joint import MixedModel, ModelParameters
 
 __all__ = ["MCEMOptions", "MCEMResult", "fit_mcem"]
@@ -328,7 +329,7 @@ def _loop_config(model, options, *, buckets, expansions, centering, reml) -> Loo
         chunk_rows=chunk_rows_for(buckets.padded_rows, max_rows=options.max_rows_per_chunk),
         one_hot=one_hot_terms(buckets.padded_levels),
         float32_e_step=options.float32_e_step and model.family.conjugate_gaussian,
-        structures=tuple(t.covariance for t in model.random_terms),
+        structures=tuple(term_structure(t) for t in model.random_terms),
     )
 
 

@@ -20,18 +20,27 @@ cs         ``D (rho 11' + (1 - rho) I) D``              dim sds, rho
 homcs      ``sd^2 (rho 11' + (1 - rho) I)``             1 sd, rho
 ar1        ``sd^2 rho^|i - j|``                         1 sd, rho
 toep       ``D R D``, ``R[i, j] = r_|i - j|``           dim sds, dim - 1 cors
+ou         ``sd^2 exp(-rate |t_i - t_j|)``              1 sd, rate
+exp        ``sd^2 exp(-d_ij / range)``                  1 sd, range
+gau        ``sd^2 exp(-(d_ij / range)^2)``              1 sd, range
 =========  ===========================================  ==========================
+
+The continuous structures (``ou``, ``exp``, ``gau``) have one coefficient per distinct
+point of their coordinate columns (glmmTMB's ``numFactor``); ``d_ij`` is the Euclidean
+distance between points ``i`` and ``j``.  The design hands the points to
+:func:`structure_for` (``coordinates=``), and the structure owns their distances.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from scipy.spatial import distance
 
 from mixedfx._tf import tf, tfp
 
 tfb = tfp.bijectors
 
-__all__ = ["CovarianceStructure", "STRUCTURES", "structure_for"]
+__all__ = ["CovarianceStructure", "STRUCTURES", "structure_for", "term_structure"]
 
 _NEWTON_STEPS = 40
 _HALVINGS = 30
@@ -47,6 +56,9 @@ class CovarianceStructure:
     ----------
     name : str
         glmmTMB's spelling.
+    needs_coordinates : bool
+        Whether the term's coefficients are the distinct points of numeric coordinate
+        columns (``exp(x + y + 0 | g)``), whose distances the structure owns.
     expansion : str
         Which scale expansions ``C`` (PX-EM, :mod:`mixedfx.inference.mstep`) keep the
         structure: ``"full"`` (any matrix), ``"diagonal"`` (heterogeneous sds) or
@@ -76,6 +88,7 @@ class CovarianceStructure:
     name = "us"
     expansion = "full"
     needs_times = False
+    needs_coordinates = False  # whether the coefficients are points of numeric coordinate columns
     correlates = False  # whether the structure has correlation parameters of its own
 
     def __eq__(self, other) -> bool:
@@ -460,18 +473,156 @@ class Toeplitz(_Projected):
         return np.concatenate([0.5 * np.log(np.diag(cov)), np.arctanh(partial)])
 
 
+class _Continuous(_Projected):
+    """Base of the continuous structures: ``sd^2 exp(-f(d_ij))`` over the distances of
+    the term's points (one common sd), with one scale parameter on the log scale.
+
+    ``scale_name`` names it (``"range"``; ``"rate"`` for ``ou``), ``power`` is the
+    power of the distance in the exponent (1: exponential, 2: Gaussian; no other), ``inverse``
+    whether the scale multiplies the distance (a rate) instead of dividing it.
+    Parameters ``(log sd, log scale)``, as glmmTMB's ``theta``.  The structure is
+    stationary, so its M-step is Newton's on those two (:class:`_Projected`).
+    """
+
+    expansion = "scalar"
+    needs_coordinates = True
+    correlates = True
+    scale_name = "range"
+    power = 1
+    inverse = False
+    nugget = 0.0  # relative diagonal jitter of ill-conditioned kernels (gau)
+
+    def __init__(self, coordinates=None):
+        self.coordinates = coordinates
+
+    def __eq__(self, other) -> bool:
+        return (type(self) is type(other) and (self.coordinates is None) == (other.coordinates is None)
+                and (self.coordinates is None or np.array_equal(self.coordinates, other.coordinates)))
+
+    __hash__ = CovarianceStructure.__hash__
+
+    def __repr__(self) -> str:
+        points = "" if self.coordinates is None else f"coordinates=<{len(self.coordinates)} points>"
+        return f"{type(self).__name__}({points})"
+
+    def distances(self, dim: int) -> np.ndarray:
+        """The ``dim x dim`` Euclidean distances between the points (numpy)."""
+        if self.coordinates is None:
+            raise ValueError(f"{self.name}() needs its points: structure_for({self.name!r}, coordinates=...)")
+        points = np.asarray(self.coordinates, dtype=np.float64).reshape(len(self.coordinates), -1)
+        if len(points) != dim:
+            raise ValueError(f"{self.name}() has {len(points)} points, not {dim}")
+        return distance.cdist(points, points)
+
+    def n_params(self, dim: int) -> int:
+        return 2
+
+    def _reduced(self, distances, log_scale):
+        """``d / range`` (or ``rate d``), whose ``power`` is minus the log correlation."""
+        return distances * tf.exp(log_scale if self.inverse else -log_scale)
+
+    def covariance(self, params, dim: int):
+        params = tf.convert_to_tensor(params, tf.float64)
+        reduced = self._reduced(tf.constant(self.distances(dim)), params[1])
+        exponent = reduced if self.power == 1 else tf.square(reduced)  # pow's second derivative is NaN at 0
+        corr = tf.exp(-exponent) + self.nugget * tf.eye(dim, dtype=tf.float64)
+        return tf.exp(2.0 * params[0]) * corr
+
+    def _log_scale(self, log_distance, log_neg_log_corr):
+        """The log scale that gives correlation ``c`` at distance ``d``."""
+        log_range = log_distance - log_neg_log_corr / self.power
+        return -log_range if self.inverse else log_range
+
+    def start(self, cov):
+        """The mean variance, and the geometric mean over pairs of the scale that gives
+        each pair's correlation (clipped to 0.05 .. 0.95), kept within the points' span."""
+        dim = int(cov.shape[0])
+        d = self.distances(dim)
+        pairs = np.nonzero(np.triu(d > 0, 1))
+        variance = tf.reduce_mean(tf.linalg.diag_part(cov))
+        corr = tf.clip_by_value(tf.gather_nd(cov, np.stack(pairs, 1)) / variance, 0.05, 0.95)
+        log_scale = tf.reduce_mean(self._log_scale(np.log(d[pairs]), tf.math.log(-tf.math.log(corr))))
+        bounds = sorted([self._log_scale(np.log(d[pairs].min()), np.log(3.0)),
+                         self._log_scale(np.log(d[pairs].max()), np.log(0.1))])
+        return tf.stack([0.5 * tf.math.log(variance), tf.clip_by_value(log_scale, *bounds)])
+
+    def unconstrained(self, cov) -> np.ndarray:
+        """``(log sd, log scale)`` of a covariance in the structure: the mean variance,
+        and the scale by least squares on ``(-log corr)^(1 / power) = d / range``."""
+        cov = np.asarray(cov, dtype=np.float64)
+        variance = np.mean(np.diag(cov))
+        d = self.distances(cov.shape[0])
+        pairs = np.nonzero(np.triu(d > 0, 1))
+        y = (-np.log(np.clip(cov[pairs] / variance, 1e-300, 1.0))) ** (1.0 / self.power)
+        inverse_range = np.sum(d[pairs] * y) / np.sum(d[pairs] ** 2)
+        log_range = -np.log(inverse_range)
+        return np.array([0.5 * np.log(variance), -log_range if self.inverse else log_range])
+
+    def parameters(self, cov) -> dict:
+        return {self.scale_name: float(np.exp(self.unconstrained(cov)[1]))}
+
+    def validate(self, *, coef_names, intercept: bool, factor_levels) -> str | None:
+        if len(coef_names) < 2:
+            return f"{self.name}() needs at least two distinct points (coordinate values)"
+        return None
+
+
+class OrnsteinUhlenbeck(_Continuous):
+    """``ou``: ``sd^2 exp(-rate |t_i - t_j|)`` over one numeric time column, unequally
+    spaced times allowed (glmmTMB's ``ou(times + 0 | g)``, parameters log sd, log rate)."""
+
+    name = "ou"
+    scale_name = "rate"
+    inverse = True
+
+
+class Exponential(_Continuous):
+    """``exp``: ``sd^2 exp(-d_ij / range)`` over the Euclidean distances of the points of
+    one or more coordinate columns (glmmTMB's ``exp(pos + 0 | g)``, log sd, log range)."""
+
+    name = "exp"
+
+
+class GaussianKernel(_Continuous):
+    """``gau``: ``sd^2 exp(-(d_ij / range)^2)`` (glmmTMB's ``gau(pos + 0 | g)``, log sd,
+    log range); a relative nugget of 1e-8 on the diagonal keeps the Cholesky factor of
+    the notoriously ill-conditioned kernel finite."""
+
+    name = "gau"
+    power = 2
+    nugget = 1e-8
+
+
 #: The structures mixedfx fits, by glmmTMB's name.
 STRUCTURES = {cls.name: cls for cls in (CovarianceStructure, Diagonal, HomogeneousDiagonal, CompoundSymmetry,
-                                        HomogeneousCompoundSymmetry, AutoRegressive, Toeplitz)}
+                                        HomogeneousCompoundSymmetry, AutoRegressive, Toeplitz, OrnsteinUhlenbeck,
+                                        Exponential, GaussianKernel)}
 
 
-def structure_for(name: str = "us") -> CovarianceStructure:
-    """The structure called ``name`` (glmmTMB's spelling; ``"us"`` for lme4's ``(x | g)``).
+def structure_for(name="us", *, coordinates=None) -> CovarianceStructure:
+    """The structure called ``name`` (glmmTMB's spelling; ``"us"`` for lme4's ``(x | g)``);
+    a structure given instead of a name is returned as it is.
+
+    ``coordinates``: the points of a continuous structure (``ou``, ``exp``, ``gau``),
+    shape ``(dim, n_columns)``, one per coefficient; the structure computes their distances.
 
     Examples
     --------
+    >>> import numpy as np
     >>> from mixedfx.model.covariance import structure_for
     >>> structure_for("toep").n_params(5)
     9
+    >>> exp = structure_for("exp", coordinates=np.array([[0.0, 0.0], [3.0, 4.0]]))
+    >>> exp.covariance(np.log([2.0, 5.0]), 2).numpy().round(4).tolist()  # 4 exp(-5 / 5)
+    [[4.0, 1.4715], [1.4715, 4.0]]
     """
-    return STRUCTURES[name]()
+    if isinstance(name, CovarianceStructure):
+        return name
+    cls = STRUCTURES[name]
+    return cls(coordinates) if cls.needs_coordinates else cls()
+
+
+def term_structure(term) -> CovarianceStructure:
+    """A random term's structure, with its points where it has them (``term``: a design's
+    or a model's random term, with ``covariance`` and ``coordinates``)."""
+    return structure_for(getattr(term, "covariance", "us"), coordinates=getattr(term, "coordinates", None))

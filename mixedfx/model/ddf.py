@@ -25,7 +25,7 @@ import numpy as np
 
 from mixedfx._tf import tf
 from mixedfx.exceptions import DataError, ParameterError
-from mixedfx.model.covariance import structure_for
+from mixedfx.model.covariance import structure_for, term_structure
 from mixedfx.model.joint import MixedModel, ModelParameters
 
 __all__ = ["SatterthwaitePieces", "KenwardRogerPieces", "variance_parameters", "deviance_and_fixed_cov",
@@ -96,7 +96,7 @@ def _dense_terms(model: MixedModel) -> list[np.ndarray]:
 
 
 def _structures(model: MixedModel) -> tuple:
-    return tuple(getattr(t, "covariance", "us") for t in model.random_terms)
+    return tuple(term_structure(t) for t in model.random_terms)
 
 
 def _theta_sizes(model: MixedModel) -> list[int]:
