@@ -306,7 +306,9 @@ def test_zero_weights_drop_rows_and_refit_identically():
     pd.testing.assert_frame_equal(frame, before)  # the user's data unchanged
     assert weighted.dropped_rows_.tolist() == [3, 10, 11] and weighted.n_obs_ == 77
     dropped = MixedEffectsRegressor("y ~ x + (1 | g)", **settings).fit(frame.drop(index=[3, 10, 11]))
-    np.testing.assert_array_equal(weighted.fixed_effects_, dropped.fixed_effects_)
+    # to rounding (weights of one multiply in a different XLA fusion order: 5e-16 measured);
+    # one kept zero-weight row moves them by about 1e-2
+    np.testing.assert_allclose(weighted.fixed_effects_, dropped.fixed_effects_, rtol=1e-12)
 
 
 @pytest.mark.parametrize("weights, match", [
