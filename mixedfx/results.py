@@ -484,5 +484,5 @@ def check_family_for_residuals(family) -> None:
     """Refuse residuals of a family that has none (an ordinal response)."""
     if not family.has_residuals:
         hint = ("; use predict_proba" if family.is_classification
-                else " yet (with a ziformula or a dispformula: use predict(type=...) and compare)")
+                else " yet (with a dispformula: use predict(type=...) and compare)")
         raise ParameterError(f"residuals are not defined for the {family} family{hint}")

@@ -184,7 +184,9 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsModel):
             is ``re_form="~0"``.
         type : {"response", "conditional", "zprob", "link"}, default "response"
             glmmTMB's ``predict(type=)``: the mean of the response, ``(1 - pi) mu``
-            with a ``ziformula``; ``"conditional"`` the count part's mean ``mu``;
+            with a ``ziformula`` (``(1 - pi) mu / (1 - f(0))`` for a hurdle, a
+            truncated family's: ``mu / (1 - f(0))`` without one); ``"conditional"``
+            the count part's mean (``mu``, or the truncated ``mu / (1 - f(0))``);
             ``"zprob"`` the probability ``pi`` of a structural zero (0 without a
             ``ziformula``); ``"link"`` the linear predictor of ``mu``.  ``return_std``
             is for ``"response"`` without a ``ziformula``, and ``"conditional"``.
@@ -206,25 +208,35 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsModel):
         X_fixed, offset, terms = self._design_for(X, new_levels, include_random, re_form)
         eta = self._internal_linear_predictor(X_fixed, offset, terms)
         family_params = self.model_parameters_.family_params
-        zi_matrix = None if getattr(self, "zi_design_", None) is None else self._zi_matrix(self._input_frame(X))
-        zprob = np.zeros(len(eta)) if zi_matrix is None else self.family_.zero_probability(zi_matrix, family_params)
-        mean = self.family_.mean(eta, family_params)
+        data = self._input_frame(X)
+        zi_matrix = self._zi_matrix(data)
         if return_std and (type in ("zprob", "link") or (type == "response" and zi_matrix is not None)):
             raise ParameterError(f"return_std is not available for type={type!r}"
                                  + (" with a ziformula" if type == "response" else ""))
-        if type != "response" or zi_matrix is not None:
-            return {"response": (1.0 - zprob) * mean, "conditional": mean, "zprob": zprob, "link": eta}[type]
+        if type == "link":
+            return eta
+        if type == "zprob":
+            return np.zeros(len(eta)) if zi_matrix is None else self.family_.zero_probability(zi_matrix, family_params)
+        rows = self._prediction_rows(data)
+        chosen = self.family_.response_mean if type == "response" else self.family_.conditional_mean
+
+        def mean_of(values):
+            return chosen(values, family_params, rows=rows)
+
+        mean = mean_of(eta)
         if not return_std:
             return mean
         variance = results.linear_predictor_variance(self, X_fixed, terms, include_random=bool(terms))
-        slope = np.abs(self._mean_slope(eta))
+        step = 1e-5 * np.maximum(1.0, np.abs(eta))
+        slope = np.abs((mean_of(eta + step) - mean_of(eta - step)) / (2 * step))  # d mean / d eta, numerically
         return mean, slope * np.sqrt(variance)
 
-    def _mean_slope(self, eta):
-        """d mean / d eta, numerically (exact enough for the delta method)."""
-        step = 1e-5 * np.maximum(1.0, np.abs(eta))
-        family_params = self.model_parameters_.family_params
-        return (self.family_.mean(eta + step, family_params) - self.family_.mean(eta - step, family_params)) / (2 * step)
+    def _prediction_rows(self, data):
+        """The family's per-row data of ``data``'s rows (its zero-part design; one trial per
+        row: predictions are per trial)."""
+        design = self._family_design(data)
+        trials = np.ones(len(data)) if self.family_.takes_trial_weights else None
+        return self.family_.row_data(trials=trials, design=design)
 
     def predict_interval(self, X, *, alpha=0.05, kind="prediction", new_levels=None, include_random=True,
                          re_form=None):
@@ -276,23 +288,27 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsModel):
         variance = results.linear_predictor_variance(self, X_fixed, terms, include_random=bool(terms))
         family_params = self.model_parameters_.family_params
         z = stats.norm.ppf(1.0 - alpha / 2.0)
-        fit = self.family_.mean(eta, family_params)
+        rows = self._prediction_rows(self._input_frame(X))
+        fit = self.family_.response_mean(eta, family_params, rows=rows)
         if self.family_.conjugate_gaussian:
             if kind == "prediction":
                 variance = variance + self.family_.residual_sd(family_params) ** 2
             lower, upper = fit - z * np.sqrt(variance), fit + z * np.sqrt(variance)
         else:
-            ends = [self.family_.mean(eta + sign * z * np.sqrt(variance), family_params) for sign in (-1.0, 1.0)]
-            lower, upper = np.minimum(*ends), np.maximum(*ends)
-            if kind == "prediction":
-                lower = self._response_quantiles(lower, alpha / 2.0)
-                upper = self._response_quantiles(upper, 1.0 - alpha / 2.0)
+            ends = [eta + sign * z * np.sqrt(variance) for sign in (-1.0, 1.0)]
+            if kind == "prediction":  # the response's quantiles at the ends of the linear predictor's interval
+                lower = self._response_quantiles(ends[0], alpha / 2.0, rows)
+                upper = self._response_quantiles(ends[1], 1.0 - alpha / 2.0, rows)
+            else:
+                means = [self.family_.response_mean(end, family_params, rows=rows) for end in ends]
+                lower, upper = np.minimum(*means), np.maximum(*means)
         return pd.DataFrame({"fit": fit, "lower": lower, "upper": upper}, index=self._input_frame(X).index)
 
-    def _response_quantiles(self, mean, q):
-        """Quantile ``q`` of a response with mean ``mean`` (the family's; scipy's discrete quantiles)."""
+    def _response_quantiles(self, eta, q, rows):
+        """Quantile ``q`` of the response at linear predictor ``eta`` (the family's; scipy's
+        discrete quantiles)."""
         try:
-            return self.family_.response_quantile(mean, q, self.model_parameters_.family_params)
+            return self.family_.response_quantile_at(eta, q, self.model_parameters_.family_params, rows=rows)
         except NotImplementedError:
             raise ParameterError(
                 f"kind='prediction' is not available for family {self.family_.name!r} (it depends on each row's "

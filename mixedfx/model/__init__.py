@@ -16,7 +16,9 @@ from mixedfx.model.families import (
     get_family,
 )
 from mixedfx.model.glmmtmb_families import Beta, BetaBinomial, Gamma, NegativeBinomial1, StudentT
-from mixedfx.model.zero_inflation import ZeroInflated
+from mixedfx.model.truncated import (TruncatedNegativeBinomial, TruncatedNegativeBinomial1, TruncatedPoisson,
+                                     ZeroTruncated)
+from mixedfx.model.zero_inflation import Hurdle, ZeroInflated
 from mixedfx.model.dispersion_model import DispersionModel
 from mixedfx.model.gaussian import GaussianMarginal, gaussian_marginal, term_z
 from mixedfx.model.likelihood import LaplaceMode, MarginalLikelihood, laplace_mode, marginal_log_likelihood
@@ -37,6 +39,11 @@ from mixedfx.model.binding import bind_model
 
 __all__ = [
     "ZeroInflated",
+    "Hurdle",
+    "ZeroTruncated",
+    "TruncatedPoisson",
+    "TruncatedNegativeBinomial",
+    "TruncatedNegativeBinomial1",
     "DispersionModel",
     "bind_model",
     "FAMILIES",

@@ -70,6 +70,9 @@ class Family(OwnLinearModels):
     beta               logit     ('dispersion',)
     t                  identity  ('sigma', 'df')
     betabinomial       logit     ('dispersion',)
+    truncated_poisson  log       ()
+    truncated_nbinom2  log       ('dispersion',)
+    truncated_nbinom1  log       ('dispersion',)
     """
 
     name: ClassVar[str] = "family"
@@ -830,7 +833,7 @@ class Ordinal(Family):
 #: >>> from mixedfx.model import FAMILIES
 #: >>> sorted(FAMILIES)  # doctest: +NORMALIZE_WHITESPACE
 #: ['bernoulli', 'beta', 'betabinomial', 'binomial', 'gamma', 'gaussian', 'nbinom1', 'negative_binomial',
-#:  'ordinal', 'poisson', 't']
+#:  'ordinal', 'poisson', 't', 'truncated_nbinom1', 'truncated_nbinom2', 'truncated_poisson']
 #: >>> FAMILIES["poisson"]().link
 #: 'log'
 FAMILIES: dict[str, type[Family]] = {

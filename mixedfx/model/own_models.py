@@ -88,3 +88,36 @@ class OwnLinearModels:
         """Each row's probability of a structural zero (glmmTMB's ``predict(type="zprob")``):
         none here."""
         return np.zeros(np.shape(design)[0])
+
+    # -- the response's distribution given the linear predictor and the family's per-row data ----
+    def response_mean(self, linear_predictor, parameters: Mapping[str, object], *, rows=None) -> np.ndarray:
+        """The mean of the response (glmmTMB's ``predict(type = "response")``), given each
+        row's linear predictor and the family's per-row data ``rows``
+        (:meth:`row_data`): :meth:`~mixedfx.model.Family.mean` here; ``(1 - pi)`` times
+        the count part's with zero inflation or a hurdle.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from mixedfx.model import Poisson
+        >>> family = Poisson().zero_inflated(("Intercept",))
+        >>> family.response_mean(np.log([4.0]), {"zi": np.array([0.0])}, rows=np.ones((1, 1))).tolist()
+        [2.0]
+        """
+        return self.mean(linear_predictor, parameters)
+
+    def conditional_mean(self, linear_predictor, parameters: Mapping[str, object], *, rows=None) -> np.ndarray:
+        """The mean of the count part (glmmTMB's ``predict(type = "conditional")``): the
+        response's mean without zero inflation; ``mu`` with it; a hurdle's truncated mean."""
+        return self.response_mean(linear_predictor, parameters, rows=rows)
+
+    def response_variance(self, linear_predictor, parameters: Mapping[str, object], *, rows=None) -> np.ndarray:
+        """The variance of the response (for Pearson residuals): :meth:`~mixedfx.model.Family.variance`
+        at the mean, with ``rows`` as the trials, here."""
+        return self.variance(self.mean(linear_predictor, parameters), parameters, trials=rows)
+
+    def response_quantile_at(self, linear_predictor, q: float, parameters: Mapping[str, object], *,
+                             rows=None) -> np.ndarray:
+        """Quantile ``q`` of the response (prediction intervals):
+        :meth:`~mixedfx.model.Family.response_quantile` at the mean here."""
+        return self.response_quantile(self.mean(linear_predictor, parameters), q, parameters)

@@ -1,12 +1,15 @@
-"""Zero inflation: glmmTMB's ``ziformula``, one family that wraps a count family.
+"""Zero inflation and hurdles: glmmTMB's ``ziformula``, a family that wraps a count family.
 
 The response is zero with probability ``pi = logistic(X_zi @ zi)``, and otherwise
-drawn from the count family (which may give a zero too):
+drawn from the count family: with zero inflation (:class:`ZeroInflated`) one that may
+give a zero too; with a zero-truncated family (:class:`~mixedfx.model.ZeroTruncated`),
+glmmTMB's hurdle model (:class:`Hurdle`), one that never does:
 
-    p(0) = pi + (1 - pi) f(0),    p(y) = (1 - pi) f(y)  for y > 0.
+    zero inflation:  p(0) = pi + (1 - pi) f(0),    p(y) = (1 - pi) f(y)                 for y > 0,
+    hurdle:          p(0) = pi,                    p(y) = (1 - pi) f(y) / (1 - f(0))    for y > 0.
 
-:class:`ZeroInflated` owns the whole density; the zero-inflation coefficients ``zi``
-are its own parameters (unconstrained, after the count family's), so that the
+Both share :class:`ZeroPart`, which owns the zero part; each owns its whole density.  The
+zero-part coefficients ``zi`` are its own parameters (unconstrained, after the count family's), so that the
 M-step estimates them with the family's other parameters.  Its per-row data, the
 zero-inflation design ``X_zi``, travel where a family's per-row data go (the
 ``trials=`` argument of the family's methods; see
@@ -25,44 +28,29 @@ from scipy import special
 from mixedfx._tf import tf, tfd
 from mixedfx.model.families import Family
 
-__all__ = ["ZeroInflated"]
+__all__ = ["ZeroPart", "ZeroInflated", "Hurdle"]
 
 #: glmmTMB's prefix of the zero-inflation coefficients (``zi~(Intercept)``).
 ZI_PREFIX = "zi~"
 
 
 @dataclass(frozen=True)
-class ZeroInflated(Family):
-    """A count family with a logistic zero-inflation model: glmmTMB's ``ziformula``.
+class ZeroPart(Family):
+    """A count family and a logistic model of a zero part (the base of :class:`ZeroInflated`
+    and :class:`Hurdle`): the zi coefficients, the per-row design, the distribution (a
+    mixture of a point mass at zero and the count family) and the response's moments and
+    quantiles given ``pi``.
 
     Parameters
     ----------
     base : Family
-        The count family (Poisson, nbinom2, nbinom1, or the binomial: zero successes).
+        The count family (for :class:`Hurdle`, a zero-truncated one).
     zi_names : tuple of str
-        Names of the zero-inflation design's columns (``"Intercept"``, ...).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from mixedfx.model import Poisson
-    >>> family = Poisson().zero_inflated(("Intercept",))
-    >>> family.parameter_labels(), family.link
-    (('zi~(Intercept)',), 'log')
-    >>> eta, design = np.log([2.0, 2.0]), np.ones((2, 1))
-    >>> params = {"zi": np.array([0.0])}  # pi = 1/2
-    >>> lp = family.log_prob(eta, params, np.array([0.0, 1.0]), trials=design).numpy()
-    >>> np.exp(lp).round(6).tolist()  # 1/2 + 1/2 exp(-2); 1/2 * 2 exp(-2)
-    [0.567668, 0.135335]
-    >>> family.zero_probability(design, params).tolist()
-    [0.5, 0.5]
+        Names of the zero-part design's columns (``"Intercept"``, ...).
     """
 
     base: Family
     zi_names: tuple[str, ...]
-
-    #: Residuals would need each row's zero probability, which mean() is not given.
-    has_residuals = False
 
     # -- what the family is -------------------------------------------------------------------
     @property
@@ -102,9 +90,6 @@ class ZeroInflated(Family):
     def separation_cuts(self, response, *, trials=None):
         return self.base.separation_cuts(response, trials=trials)
 
-    def __str__(self) -> str:
-        return f"zero-inflated {self.base}"
-
     def _n_base(self) -> int:
         return len(self.base.parameter_labels())
 
@@ -119,6 +104,11 @@ class ZeroInflated(Family):
     def _split(self, rows, dtype):
         """``(zero-inflation design, the base family's trials or None)`` of the per-row data."""
         rows = tf.cast(tf.convert_to_tensor(rows), dtype)
+        return rows[..., :len(self.zi_names)], (rows[..., -1] if self.base.takes_trial_weights else None)
+
+    def _split_numpy(self, rows):
+        """:meth:`_split` in numpy."""
+        rows = np.asarray(rows, dtype=np.float64)
         return rows[..., :len(self.zi_names)], (rows[..., -1] if self.base.takes_trial_weights else None)
 
     def zero_probability(self, design, parameters) -> np.ndarray:
@@ -139,16 +129,21 @@ class ZeroInflated(Family):
                            components=[tfd.Deterministic(tf.zeros_like(eta)), counts])
 
     def log_prob(self, linear_predictor, parameters, response, *, trials=None):
-        """``log p(y)`` by log-sum-exp: the same value as :meth:`distribution`'s, stable
-        for large zero-inflation logits."""
+        """``log p(y)``: ``log(1 - pi) + log f(y)`` for ``y > 0``, and the subclass's
+        :meth:`_log_prob_of_zero` at zero (the same value as :meth:`distribution`'s,
+        stable for large logits)."""
         eta = tf.convert_to_tensor(linear_predictor)
         design, base_trials = self._split(trials, eta.dtype)
         logits = self._zi_logits(design, parameters, eta.dtype)
         counts = self.base.log_prob(eta, parameters, response, trials=base_trials)
         log_pi, log_keep = tf.math.log_sigmoid(logits), tf.math.log_sigmoid(-logits)
-        zero = tf.cast(tf.equal(response, 0.0), eta.dtype)
-        at_zero = tf.reduce_logsumexp(tf.stack([log_pi + tf.zeros_like(counts), log_keep + counts]), axis=0)
-        return zero * at_zero + (1.0 - zero) * (log_keep + counts)
+        zero = tf.equal(tf.cast(response, eta.dtype), 0.0)
+        return tf.where(zero, self._log_prob_of_zero(log_pi + tf.zeros_like(counts), log_keep + counts),
+                        log_keep + counts)
+
+    def _log_prob_of_zero(self, log_pi, log_keep_zero):
+        """``log p(0)`` from ``log pi`` and ``log((1 - pi) f(0))``."""
+        raise NotImplementedError
 
     def fisher_weight(self, linear_predictor, parameters, *, trials=None):
         """The count family's weight times ``1 - pi`` (starts and preconditions the fit;
@@ -159,11 +154,43 @@ class ZeroInflated(Family):
         return keep * self.base.fisher_weight(eta, parameters, trials=base_trials)
 
     def mean(self, linear_predictor, parameters=None):
-        """The conditional mean ``mu`` of the count part (glmmTMB's ``type="conditional"``)."""
+        """``mu``, the count family's inverse link (see :meth:`response_mean`)."""
         return self.base.mean(linear_predictor, parameters)
 
     def variance(self, mean, parameters, *, trials=None):
         return self.base.variance(mean, parameters, trials=trials)
+
+    # -- the response given pi: zero with probability pi, else the count family's ------------------
+    def response_mean(self, linear_predictor, parameters, *, rows=None):
+        """``(1 - pi) m``, ``m`` the count family's mean (glmmTMB's ``type = "response"``)."""
+        design, base_rows = self._split_numpy(rows)
+        keep = 1.0 - self.zero_probability(design, parameters)
+        return keep * self.base.response_mean(linear_predictor, parameters, rows=base_rows)
+
+    def conditional_mean(self, linear_predictor, parameters, *, rows=None):
+        """The count family's mean ``m`` (glmmTMB's ``type = "conditional"``)."""
+        return self.base.response_mean(linear_predictor, parameters, rows=self._split_numpy(rows)[1])
+
+    def response_variance(self, linear_predictor, parameters, *, rows=None):
+        """``(1 - pi) (v + pi m^2)``, ``m`` and ``v`` the count family's mean and variance
+        (in counts for the binomial)."""
+        design, base_rows = self._split_numpy(rows)
+        pi = self.zero_probability(design, parameters)
+        count = self.base.response_mean(linear_predictor, parameters, rows=base_rows)
+        count = count if base_rows is None else count * base_rows
+        variance = self.base.response_variance(linear_predictor, parameters, rows=base_rows)
+        return (1.0 - pi) * (variance + pi * count**2)
+
+    def response_quantile_at(self, linear_predictor, q, parameters, *, rows=None):
+        """0 where ``q <= pi``; else the count family's quantile ``(q - pi) / (1 - pi)``."""
+        design, base_rows = self._split_numpy(rows)
+        pi = self.zero_probability(design, parameters)
+        inner = np.clip((q - pi) / np.maximum(1.0 - pi, 1e-300), 0.0, 1.0)
+        counts = self.base.response_quantile_at(linear_predictor, inner, parameters, rows=base_rows)
+        return np.where(q <= pi, 0.0, counts)
+
+    def response_quantile(self, mean, q, parameters):
+        raise NotImplementedError(f"response quantiles of the {self} family depend on each row's zero probability")
 
     # -- the family's own parameters: the count family's, then zi ------------------------------------
     def constrain(self, free):
@@ -203,12 +230,86 @@ class ZeroInflated(Family):
     def validate_response(self, response, *, trials=None, name):
         return self.base.validate_response(response, trials=trials, name=name)
 
-    def response_quantile(self, mean, q, parameters):
-        return self.base.response_quantile(mean, q, parameters)
-
     def parameter_lines(self, parameters):
         """The count family's lines (the summary prints the zero-inflation table itself)."""
         return self.base.parameter_lines(parameters)
+
+
+@dataclass(frozen=True)
+class ZeroInflated(ZeroPart):
+    """A count family with a logistic zero-inflation model: glmmTMB's ``ziformula``.
+
+    Parameters
+    ----------
+    base : Family
+        The count family (Poisson, nbinom2, nbinom1, or the binomial: zero successes).
+    zi_names : tuple of str
+        Names of the zero-inflation design's columns (``"Intercept"``, ...).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedfx.model import Poisson
+    >>> family = Poisson().zero_inflated(("Intercept",))
+    >>> family.parameter_labels(), family.link
+    (('zi~(Intercept)',), 'log')
+    >>> eta, design = np.log([2.0, 2.0]), np.ones((2, 1))
+    >>> params = {"zi": np.array([0.0])}  # pi = 1/2
+    >>> lp = family.log_prob(eta, params, np.array([0.0, 1.0]), trials=design).numpy()
+    >>> np.exp(lp).round(6).tolist()  # 1/2 + 1/2 exp(-2); 1/2 * 2 exp(-2)
+    [0.567668, 0.135335]
+    >>> family.zero_probability(design, params).tolist()
+    [0.5, 0.5]
+    """
+
+
+    def __str__(self) -> str:
+        return f"zero-inflated {self.base}"
+
+    def _log_prob_of_zero(self, log_pi, log_keep_zero):
+        """``log(pi + (1 - pi) f(0))`` by log-sum-exp."""
+        return tf.reduce_logsumexp(tf.stack([log_pi, log_keep_zero]), axis=0)
+
+
+@dataclass(frozen=True)
+class Hurdle(ZeroPart):
+    """glmmTMB's hurdle model: a zero-truncated count family and a logistic model of
+    ``P(y = 0)`` (``family = truncated_poisson`` etc. with a ``ziformula``).
+
+    ``p(0) = pi``, ``p(y) = (1 - pi) f(y) / (1 - f(0))`` for ``y > 0``.
+
+    Parameters
+    ----------
+    base : ZeroTruncated
+        The zero-truncated count family.
+    zi_names : tuple of str
+        Names of the zero part's design columns.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedfx.model import TruncatedPoisson
+    >>> family = TruncatedPoisson().zero_inflated(("Intercept",))
+    >>> str(family), family.parameter_labels()
+    ('hurdle truncated_poisson (log link)', ('zi~(Intercept)',))
+    >>> eta, design, params = np.log([2.0, 2.0]), np.ones((2, 1)), {"zi": np.array([0.0])}
+    >>> lp = family.log_prob(eta, params, np.array([0.0, 1.0]), trials=design).numpy()
+    >>> np.exp(lp).round(6).tolist()  # 1/2; 1/2 * 2 e^-2 / (1 - e^-2)
+    [0.5, 0.156518]
+    >>> family.response_mean(eta, params, rows=design).round(6).tolist()  # 1/2 * 2 / (1 - e^-2)
+    [1.156518, 1.156518]
+    """
+
+    def __str__(self) -> str:
+        return f"hurdle {self.base}"
+
+    def _log_prob_of_zero(self, log_pi, log_keep_zero):
+        """``log pi``: the truncated count family gives no zero."""
+        return log_pi
+
+    def validate_response(self, response, *, trials=None, name):
+        """Counts, zeros included (the zero part's)."""
+        return self.base.validate_counts(response, trials=trials, name=name)
 
 
 def _r_name(name: str) -> str:
