@@ -183,8 +183,8 @@ def test_laplace_reproduces_glmmtmbs_loglik(fits, family):
 @pytest.mark.slow
 def test_predict_types_and_summary(fits):
     """predict's types are glmmTMB's: zprob its pi (to 2 %), conditional its mu and response
-    (1 - pi) mu (to 5 %: conditional means here, modes there), link log(mu); the summary
-    prints the zero-inflation block."""
+    (1 - pi) mu (to 5 %: conditional means here, modes there), link log(mu); residuals are
+    y minus "response"; the summary prints the zero-inflation block."""
     model, fixture = fits("poisson"), REFERENCE["poisson"]
     head = salamanders().head(5)
     zprob, conditional = model.predict(head, type="zprob"), model.predict(head, type="conditional")
@@ -195,8 +195,8 @@ def test_predict_types_and_summary(fits):
     np.testing.assert_allclose(model.predict(head, type="link"), np.log(conditional), rtol=1e-12)
     with pytest.raises(ParameterError, match="type must be one of"):
         model.predict(head, type="mean")
-    with pytest.raises(ParameterError, match="residuals are not defined"):
-        model.residuals()
+    data = salamanders()  # residuals are y minus the response's mean (1 - pi) mu
+    np.testing.assert_allclose(model.residuals(), data["count"] - model.predict(data), rtol=1e-10, atol=1e-12)
     import io
     out = io.StringIO()
     model.summary(file=out)
