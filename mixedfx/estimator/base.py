@@ -349,6 +349,9 @@ class MixedEffectsModel(AfterFitMethods, BaseEstimator):
         options = self._options()
         rule = self.stopping_rule if self.stopping_rule is not None else MonteCarloErrorRule(tol=float(self.tol))
         method = self._method()
+        if method == "reml" and not model.family.conjugate_gaussian:  # a Gaussian with a dispformula
+            raise ParameterError(f"method='reml' is not supported for the {model.family} (dispformula with the "
+                                 "Gaussian family: a heteroscedastic model, fitted by ML only); use method='ml'")
         exact = model.exact_fixed_effects()
         if exact is not None:  # nothing to estimate but the fixed effects: lm's exact fit
             finished = exact_fit(model, exact, method=method, stacklevel=4)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mixedfx._tf import tf
-from mixedfx.exceptions import ParameterError
+from mixedfx.exceptions import DataError, ParameterError
 from mixedfx.model.families import Family
 
 __all__ = ["DispersionModel"]
@@ -172,6 +172,14 @@ class DispersionModel(Family):
         distribution-specific variance for r2 or the ICC)."""
         raise ParameterError(f"the {self.name} family with a dispersion model (dispformula) has a variance per "
                              "row, not one: r2, the ICC and Pearson residuals are not defined for it")
+
+    def exact_fit(self, fixed_design, response, offset):
+        """Refused where the base family would fit exactly (zero residuals): the
+        dispersion model's coefficients would run to minus infinity."""
+        if self.base.exact_fit(fixed_design, response, offset) is not None:
+            raise DataError("the fixed effects reproduce the response exactly (zero residuals): a dispersion model "
+                            "(dispformula) has no finite estimate there; fit without dispformula for lm's exact fit")
+        return None
 
     def zero_probability(self, design, parameters) -> np.ndarray:
         """The base family's (``design``: the zero-inflation design)."""
