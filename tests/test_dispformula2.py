@@ -190,9 +190,9 @@ def test_recovers_the_simulated_dispersion(fits, case):
 
 
 @pytest.mark.slow
-def test_zero_inflation_with_dispersion_model(fits):
-    """Both tables in the summary, t-free Wald z tests, and predictions: the conditional mean
-    times one minus the zero probability (glmmTMB's type="response")."""
+def test_zero_inflation_with_dispersion_model(fits, tmp_path):
+    """Both tables in the summary; predictions: the conditional mean times one minus the
+    zero probability (glmmTMB's type="response"), the same after save and load."""
     model, data = fits("zi_nbinom2"), load("zi_nbinom2")
     out = io.StringIO()
     model.summary(file=out)
@@ -200,6 +200,11 @@ def test_zero_inflation_with_dispersion_model(fits):
     zprob = 1.0 / (1.0 + np.exp(-model.zi_fixed_effects_.loc["Intercept", "Estimate"]))
     conditional = model.predict(data.head(5), type="conditional")
     np.testing.assert_allclose(model.predict(data.head(5), type="response"), conditional * (1 - zprob), rtol=1e-10)
+    model.save(tmp_path / "zi_disp.mixedfx")
+    loaded = mixedfx.load(tmp_path / "zi_disp.mixedfx")
+    assert loaded.family_ == model.family_
+    np.testing.assert_allclose(loaded.predict(data.head(5), type="response"),
+                               model.predict(data.head(5), type="response"), rtol=1e-12)
 
 
 @pytest.mark.slow
