@@ -38,8 +38,8 @@ __all__ = ["DDF_METHODS", "check_ddf", "fixed_effects_table", "contrast_df", "an
 #: 'satterthwaite'
 DDF_METHODS = ("satterthwaite", "kenward-roger", "residual", "asymptotic")
 
-_GLMM_NOTE = ("Wald z statistics (df = inf): denominator degrees of freedom exist for Gaussian fits only "
-              "(as lme4's glmer)")
+_GLMM_NOTE = ("Wald z statistics (df = inf): denominator degrees of freedom exist for Gaussian fits only, "
+              "without a dispformula (as lme4's glmer and glmmTMB)")
 _EXACT_NOTE = ("an exact fit (zero residuals, see mixedfx.inference.exact): the residual df, n - p, as lm's, "
                "and zero standard errors")
 

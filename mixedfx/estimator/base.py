@@ -349,6 +349,9 @@ class MixedEffectsModel(AfterFitMethods, BaseEstimator):
         options = self._options()
         rule = self.stopping_rule if self.stopping_rule is not None else MonteCarloErrorRule(tol=float(self.tol))
         method = self._method()
+        if method == "reml" and not model.family.conjugate_gaussian:  # a Gaussian with a dispformula
+            raise ParameterError(f"method='reml' is not supported for the {model.family} (dispformula with the "
+                                 "Gaussian family: a heteroscedastic model, fitted by ML only); use method='ml'")
         exact = model.exact_fixed_effects()
         if exact is not None:  # nothing to estimate but the fixed effects: lm's exact fit
             finished = exact_fit(model, exact, method=method, stacklevel=4)
@@ -424,10 +427,10 @@ class MixedEffectsModel(AfterFitMethods, BaseEstimator):
         return None if design is None else design.transform(data)
 
     def _family_design(self, data: pd.DataFrame):
-        """The design of the family's own linear model on ``data``'s rows (``ziformula`` or
-        ``dispformula`` replayed), or ``None``."""
-        design = getattr(self, "disp_design_", None)
-        return self._zi_matrix(data) if design is None else design.transform(data)
+        """The designs of the family's own linear models on ``data``'s rows (``ziformula``
+        and ``dispformula`` replayed), by key, or ``None``."""
+        designs = {key: getattr(self, f"{key}_design_", None) for key in ("zi", "disp")}
+        return {key: design.transform(data) for key, design in designs.items() if design is not None} or None
 
     def _linear_predictor_for(self, X, new_levels, include_random, re_form=None) -> np.ndarray:
         return self._internal_linear_predictor(*self._design_for(X, new_levels, include_random, re_form))
@@ -510,11 +513,14 @@ def _estimates(model: MixedModel, random_design, finished) -> dict:
     (an ordinal model's internal intercept becomes its thresholds), the tables are
     built by :mod:`mixedfx.tables`."""
     params, family = finished.parameters, model.family
-    fixed_cov, block = finished.fixed_effects_cov, family.coefficient_block()
-    if block is not None:  # zi or disp coefficients: their correlation with the fixed effects counts
+    fixed_cov, blocks, block_covs = finished.fixed_effects_cov, family.coefficient_blocks(), []
+    if blocks:  # zi or disp coefficients: their correlation with the fixed effects counts
         joint = wald_covariance(model, params, finished.conditional_means)
-        p, n_block = len(model.fixed_names), len(block[1])
-        fixed_cov, block_cov = joint[:p, :p], joint[-n_block:, -n_block:]
+        p, end = len(model.fixed_names), len(joint)
+        fixed_cov, start = joint[:p, :p], end - sum(len(names) for _, names in blocks)
+        for _, names in blocks:  # at the end of the family's parameters, in order
+            block_covs.append(joint[start:start + len(names), start:start + len(names)])
+            start += len(names)
     names, beta, cov, thresholds = family.report_fixed_effects(
         model.fixed_names, params.fixed_effects, fixed_cov, params.family_params)
     terms = random_design.terms
@@ -542,8 +548,7 @@ def _estimates(model: MixedModel, random_design, finished) -> dict:
         fitted["cutpoints_"] = tables.thresholds_series(family, thresholds)
     if "dispersion" in family.parameter_names:
         fitted["dispersion_"] = float(params.family_params["dispersion"])
-    if block is not None:
-        key, names = block
+    for (key, names), block_cov in zip(blocks, block_covs):
         fitted[f"{key}_fixed_effects_"] = tables.coefficient_table(params.family_params[key], names, block_cov)
     return fitted
 

@@ -62,8 +62,6 @@ def bind_model(family: Family, bound: BoundData, *, encode: Callable | None = No
     mixedfx.exceptions.DataError: Response is constant: every value of 'y' is 1, so there is no variation for the model to explain (lme4 refuses this too)
     """
     raw, trials, name = bound.response, bound.trials, bound.response_name
-    if bound.zi_design is not None and bound.disp_design is not None:
-        raise ParameterError("ziformula and dispformula together are not supported yet")
     if bound.zi_design is not None:
         family = family.zero_inflated(bound.zi_design.column_names)
     if bound.disp_design is not None:
@@ -75,7 +73,8 @@ def bind_model(family: Family, bound: BoundData, *, encode: Callable | None = No
     family.check_response_values(response if trials is None else response / trials, name)
     family.check_fixed_design(has_intercept=bound.fixed_design.has_intercept, formula=bound.spec.text)
     _check_structures(bound)
-    family_design = bound.zi_matrix if bound.disp_matrix is None else bound.disp_matrix
+    family_design = {key: matrix for key, matrix in (("zi", bound.zi_matrix), ("disp", bound.disp_matrix))
+                     if matrix is not None} or None
     model = MixedModel(family, bound.fixed_matrix, response, bound.random_terms, bound.fixed_design.column_names,
                        offset=bound.offset, trials=trials, weights=weights, family_design=family_design)
     if model.exact_fixed_effects() is None:  # an exact fit needs neither (see mixedfx.inference.exact)

@@ -341,6 +341,7 @@ class Gaussian(Family):
     conjugate_gaussian: ClassVar[bool] = True
     weights_scale_rows: ClassVar[bool] = True
     boundary_candidate_sd: ClassVar[float] = 0.05
+    dispersion_parameter: ClassVar[str] = "sigma"  # dispformula: log sigma (glmmTMB >= 1.1.10's)
 
     def distribution(self, linear_predictor, parameters, *, trials=None):
         return tfd.Normal(loc=linear_predictor, scale=parameters["sigma"])

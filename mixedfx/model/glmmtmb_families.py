@@ -271,6 +271,7 @@ class StudentT(Family):
     glmmtmb_name: ClassVar[str] = "t"
     has_dispersion: ClassVar[bool] = True
     boundary_candidate_sd: ClassVar[float] = 0.05
+    dispersion_parameter: ClassVar[str] = "sigma"  # dispformula: log sigma; df stays the family's
     df: float | None = None
 
     def __post_init__(self):

@@ -168,8 +168,10 @@ class MixedModel:
     weights : numpy.ndarray of shape (n_rows,) or None
         Prior weights (lme4's ``weights=``), positive; ``None`` for all ones.  The family
         says what they mean (:meth:`~mixedfx.model.Family.weighted_log_prob`).
-    family_design : numpy.ndarray of shape (n_rows, n_columns) or None
-        The design of the family's own linear model (glmmTMB's ``ziformula``), or ``None``.
+    family_design : mapping or numpy.ndarray of shape (n_rows, n_columns) or None
+        The designs of the family's own linear models by key (``"zi"``: glmmTMB's
+        ``ziformula``, ``"disp"``: its ``dispformula``; each family part takes its own,
+        :meth:`~mixedfx.model.Family.own_design`), one such design, or ``None``.
 
     Examples
     --------
@@ -201,7 +203,7 @@ class MixedModel:
     offset: np.ndarray | None = None
     trials: np.ndarray | None = None
     weights: np.ndarray | None = None
-    family_design: np.ndarray | None = None
+    family_design: Mapping[str, np.ndarray] | np.ndarray | None = None
 
     @property
     def family_rows(self) -> np.ndarray | None:
@@ -217,8 +219,11 @@ class MixedModel:
             value = getattr(self, name)
             if value is not None and np.shape(value) != (n_rows,):
                 raise DataError(f"{name} has shape {np.shape(value)}, expected ({n_rows},)")
-        if self.family_design is not None and np.shape(self.family_design)[0] != n_rows:
-            raise DataError(f"family_design has {np.shape(self.family_design)[0]} rows, expected {n_rows}")
+        designs = self.family_design if isinstance(self.family_design, Mapping) else {"": self.family_design}
+        for key, design in designs.items():
+            if design is not None and np.shape(design)[0] != n_rows:
+                name = f"family_design[{key!r}]" if key else "family_design"
+                raise DataError(f"{name} has {np.shape(design)[0]} rows, expected {n_rows}")
         for term in self.random_terms:
             if term.group_index.shape != (n_rows,):
                 raise DataError(f"group index of {term.name!r} has {term.group_index.shape[0]} rows, expected {n_rows}")

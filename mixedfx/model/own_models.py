@@ -29,6 +29,13 @@ class OwnLinearModels:
     #: coefficients are its log shape, ``1 / dispersion``).
     glmmtmb_dispersion_power: ClassVar[float] = 1.0
 
+    @property
+    def dispersion_parameter(self) -> str | None:
+        """The parameter a dispersion model (``dispformula``) gives each row: ``"dispersion"``
+        where the family has one (the Gaussian and t families: ``"sigma"``); ``None``: no
+        dispersion model."""
+        return "dispersion" if "dispersion" in self.parameter_names else None
+
     # -- zero inflation (glmmTMB's ziformula) ------------------------------------------------
     def zero_inflated(self, zi_names) -> "Family":
         """This family with a zero-inflation model whose design has columns ``zi_names``
@@ -56,7 +63,7 @@ class OwnLinearModels:
         """This family with its ``dispersion`` a log-linear model of a design whose columns
         are ``disp_names`` (glmmTMB's ``dispformula``;
         :class:`~mixedfx.model.dispersion_model.DispersionModel`); a ParameterError for a
-        family without one lone ``dispersion`` parameter (or with trials).
+        family without a :attr:`dispersion_parameter` (or with trials).
 
         Examples
         --------
@@ -64,11 +71,11 @@ class OwnLinearModels:
         >>> Poisson().with_dispersion_model(("Intercept", "z"))
         Traceback (most recent call last):
         ...
-        mixedfx.exceptions.ParameterError: dispformula is for families with a dispersion parameter (nbinom2, nbinom1, Gamma, beta), not poisson
+        mixedfx.exceptions.ParameterError: dispformula is for families with a dispersion parameter (nbinom2, nbinom1, Gamma, beta, gaussian, t, zero-inflated nbinom2 and nbinom1), not poisson
         """
-        if self.parameter_names != ("dispersion",) or self.takes_trial_weights:
+        if self.dispersion_parameter is None or self.takes_trial_weights:
             raise ParameterError("dispformula is for families with a dispersion parameter (nbinom2, nbinom1, Gamma, "
-                                 f"beta), not {self.name}")
+                                 f"beta, gaussian, t, zero-inflated nbinom2 and nbinom1), not {self.name}")
         from mixedfx.model.dispersion_model import DispersionModel
 
         return DispersionModel(self, tuple(disp_names))
@@ -78,6 +85,18 @@ class OwnLinearModels:
         inflation, ``("disp", ...)`` for a dispersion model), the last of its free
         parameters; ``None`` here."""
         return None
+
+    def coefficient_blocks(self) -> tuple:
+        """Every ``(key, column names)`` of the family's own linear models, in the order of
+        its free parameters, at their end (zero inflation's, then a dispersion model's)."""
+        block = self.coefficient_block()
+        return () if block is None else (block,)
+
+    @staticmethod
+    def own_design(design, key: str):
+        """The design of the own linear model ``key`` (``"zi"``, ``"disp"``) out of the
+        model's family designs: a mapping from the keys, or one matrix (one model)."""
+        return design[key] if isinstance(design, Mapping) else design
 
     def row_data(self, *, trials, design):
         """The per-row data that the family's methods take as ``trials=``: the binomial

@@ -74,6 +74,10 @@ class ZeroPart(Family):
         return self.base.link
 
     @property
+    def glmmtmb_dispersion_power(self) -> float:
+        return self.base.glmmtmb_dispersion_power
+
+    @property
     def takes_trial_weights(self) -> bool:
         return self.base.takes_trial_weights
 
@@ -99,6 +103,7 @@ class ZeroPart(Family):
     def row_data(self, *, trials, design):
         """The per-row data of :meth:`log_prob`: the zero-inflation design, and a binomial's
         trials as its last column."""
+        design = self.own_design(design, "zi")
         return np.column_stack([design, trials]) if self.base.takes_trial_weights else design
 
     def _split(self, rows, dtype):
