@@ -653,6 +653,7 @@ def matern_correlation(distances, log_range, log_kappa):
     """
     distances = tf.convert_to_tensor(distances, tf.float64)
     kappa = tf.exp(tf.convert_to_tensor(log_kappa, tf.float64))
+    log_range = tf.convert_to_tensor(log_range, tf.float64)
     apart = distances > 0.0
     x = tf.where(apart, distances, tf.ones_like(distances)) * tf.exp(-log_range)  # no log(0) at d = 0
     log_corr = (kappa * tf.math.log(x) + log_bessel_k(kappa, x) - (kappa - 1.0) * np.log(2.0)
