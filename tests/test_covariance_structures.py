@@ -303,7 +303,7 @@ def _caret_column(error: FormulaError) -> int:
     ("y ~ time + ar1(0 + time | subject)", "needs a factor of equally spaced times", "ar1"),
     ("y ~ time + toep(1 | subject)", "no intercept", "toep"),
     ("y ~ time + cs(1 | subject)", "needs at least two", "cs"),
-    ("y ~ time + mat(time + 0 | subject)", "mat(...) is not yet supported", "mat"),
+    ("y ~ time + hetar1(0 + timef | subject)", "hetar1(...) is not yet supported", "hetar1"),
     ("y ~ time + rr(0 + timef | subject, d = 2)", "rr(...) is not yet supported", "rr"),
     ("y ~ time + cs(0 + timef || subject)", "takes a single bar", "||"),
 ])

@@ -204,7 +204,7 @@ def _caret_column(error: FormulaError) -> int:
     ("y_exp ~ cov + exp(log(x1) + 0 | field)", "joined by '+'", "log"),
     ("y_exp ~ cov + ou(x1 + x2 + 0 | field)", "takes one coordinate column", "ou"),
     ("y_exp ~ cov + exp(label + x2 + 0 | field)", "coordinate column 'label' of", "exp("),
-    ("y_exp ~ cov + mat(x1 + x2 + 0 | field)", "mat(...) is not yet supported", "mat"),
+    ("y_exp ~ cov + mat(x1 + x2 | field)", "takes coordinate columns and no intercept", "mat("),
 ])
 def test_errors_point_at_the_term(formula, message, at):
     data = POINTS.head(60).assign(label=lambda frame: frame["field"] + "x")

@@ -10,9 +10,9 @@ The grammar handled here is the part formulaic does not know: the random-effect 
     offset    := "offset" "(" expression ")"
     random    := "(" expr ("|" | "||") grouping ")"
                | structure "(" expr "|" grouping ("," [name "="] value)* ")"
-    structure := us | diag | homdiag | cs | homcs | ar1 | toep | ou | exp | gau    (glmmTMB's;
-                 mat, rr, hetar1, propto, equalto are read and refused as not yet supported)
-    ou, exp and gau take numeric coordinate columns and no intercept: exp(x + y + 0 | g)
+    structure := us | diag | homdiag | cs | homcs | ar1 | toep | ou | exp | gau | mat    (glmmTMB's;
+                 rr, hetar1, propto, equalto are read and refused as not yet supported)
+    ou, exp, gau and mat take numeric coordinate columns and no intercept: exp(x + y + 0 | g)
     grouping  := nest ("/" nest)*          a/b   ->  a, a:b
     nest      := name (":" name)*          a:b   ->  interaction of a and b
 
@@ -37,10 +37,10 @@ _CLOSE = {v: k for k, v in _OPEN.items()}
 _GLMMTMB_STRUCTURES = ("us", "diag", "homdiag", "cs", "homcs", "ar1", "toep", "exp", "gau", "mat", "ou", "rr",
                        "hetar1", "propto", "equalto")
 # The structures mixedfx fits (mixedfx.model.covariance); the others are read and refused.
-_SUPPORTED_STRUCTURES = ("us", "diag", "homdiag", "cs", "homcs", "ar1", "toep", "ou", "exp", "gau")
+_SUPPORTED_STRUCTURES = ("us", "diag", "homdiag", "cs", "homcs", "ar1", "toep", "ou", "exp", "gau", "mat")
 # Continuous structures: one coefficient per distinct point of numeric coordinate columns
 # (glmmTMB's numFactor), how many columns (None: any number).
-_COORDINATE_STRUCTURES = {"ou": 1, "exp": None, "gau": None}
+_COORDINATE_STRUCTURES = {"ou": 1, "exp": None, "gau": None, "mat": None}
 
 
 def parse_formula(formula: str) -> FormulaSpec:

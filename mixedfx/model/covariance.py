@@ -23,9 +23,13 @@ toep       ``D R D``, ``R[i, j] = r_|i - j|``           dim sds, dim - 1 cors
 ou         ``sd^2 exp(-rate |t_i - t_j|)``              1 sd, rate
 exp        ``sd^2 exp(-d_ij / range)``                  1 sd, range
 gau        ``sd^2 exp(-(d_ij / range)^2)``              1 sd, range
+mat        ``sd^2 M_kappa(d_ij / range)`` (Matérn)      1 sd, range, kappa
 =========  ===========================================  ==========================
 
-The continuous structures (``ou``, ``exp``, ``gau``) have one coefficient per distinct
+``M_kappa(x) = x^kappa K_kappa(x) / (2^(kappa - 1) Gamma(kappa))``, ``K`` the modified
+Bessel function of the second kind (TMB's ``matern``, as glmmTMB's ``mat``).
+
+The continuous structures (``ou``, ``exp``, ``gau``, ``mat``) have one coefficient per distinct
 point of their coordinate columns (glmmTMB's ``numFactor``); ``d_ij`` is the Euclidean
 distance between points ``i`` and ``j``.  The design hands the points to
 :func:`structure_for` (``coordinates=``), and the structure owns their distances.
@@ -34,6 +38,7 @@ distance between points ``i`` and ``j``.  The design hands the points to
 from __future__ import annotations
 
 import numpy as np
+from scipy import optimize, special
 from scipy.spatial import distance
 
 from mixedfx._tf import tf, tfp
@@ -208,7 +213,10 @@ class CovarianceStructure:
 
 class _Projected(CovarianceStructure):
     """A structure whose M-step has no closed form: damped Newton steps on its
-    parameters, from :meth:`start`."""
+    parameters, from :meth:`start`, until a step moves no parameter by more than
+    ``newton_tolerance`` (0: until one fails to decrease the objective, or 40 steps)."""
+
+    newton_tolerance = 0.0
 
     def project(self, second_moment, n_levels):
         """Newton's method on ``log|Sigma(theta)| + tr(Sigma(theta)^-1 S)``, ``S`` the
@@ -235,11 +243,7 @@ class _Projected(CovarianceStructure):
                     value = objective(theta)
                 gradient = inner.gradient(value, theta)
             hessian = outer.jacobian(gradient, theta, experimental_use_pfor=True)
-            n = tf.shape(theta)[0]
-            ridge = 1e-8 * (1.0 + tf.reduce_max(tf.abs(tf.linalg.diag_part(hessian))))
-            step = tf.linalg.solve(hessian + ridge * tf.eye(n, dtype=tf.float64), gradient[:, None])[:, 0]
-            descent = tf.logical_and(tf.reduce_sum(step * gradient) > 0.0, tf.reduce_all(tf.math.is_finite(step)))
-            step = tf.where(descent, step, gradient)
+            step = self._newton_step(hessian, gradient)
 
             def halve(j, scale, accepted):
                 better = objective(theta - scale * step) <= value
@@ -250,9 +254,21 @@ class _Projected(CovarianceStructure):
                 halve, (0, tf.constant(1.0, tf.float64), tf.constant(False)))
             return tf.where(accepted, theta - scale * step, theta)
 
-        _, theta = tf.while_loop(lambda i, theta: i < _NEWTON_STEPS, lambda i, theta: (i + 1, newton(i, theta)),
-                                 (0, self.start(S)))
+        def step(i, theta, _):
+            new = newton(i, theta)
+            return i + 1, new, tf.reduce_max(tf.abs(new - theta)) <= self.newton_tolerance
+
+        _, theta, _ = tf.while_loop(lambda i, theta, done: tf.logical_and(i < _NEWTON_STEPS, tf.logical_not(done)),
+                                    step, (0, self.start(S), tf.constant(False)))
         return self.covariance(theta, dim)
+
+    def _newton_step(self, hessian, gradient):
+        """Newton's step ``H^-1 g`` (ridged), or the gradient where that is no descent."""
+        n = tf.shape(gradient)[0]
+        ridge = 1e-8 * (1.0 + tf.reduce_max(tf.abs(tf.linalg.diag_part(hessian))))
+        step = tf.linalg.solve(hessian + ridge * tf.eye(n, dtype=tf.float64), gradient[:, None])[:, 0]
+        descent = tf.logical_and(tf.reduce_sum(step * gradient) > 0.0, tf.reduce_all(tf.math.is_finite(step)))
+        return tf.where(descent, step, gradient)
 
 
 def _log_sds(cov):
@@ -593,17 +609,130 @@ class GaussianKernel(_Continuous):
     nugget = 1e-8
 
 
+# The Matérn correlation needs K_kappa(x) differentiable twice in kappa as well as in x
+# (the M-step's Newton steps), which tfp.math.bessel_kve is not (no gradient in its order).
+# K_kappa(x) = int_0^inf exp(-x cosh t) cosh(kappa t) dt, by the trapezoidal rule on a fixed
+# grid, differentiates to any order in both.  The integrand is entire and decays doubly
+# exponentially, so the rule's relative error is about exp(x - pi^2 / step): with step 0.1, below
+# 1e-12 against scipy.special.kve for 1e-6 <= x <= 30 and 0.05 <= kappa <= 8, 3e-9 at x = 100
+# (tests/test_matern.py), where the correlation is below 1e-40 anyway.  The end 20 keeps
+# exp(-x cosh 20) negligible beside cosh(kappa 20) for x >= 1e-6 and kappa <= 10.
+_BESSEL_STEP = 0.1
+_BESSEL_NODES = np.arange(0.0, 20.0 + _BESSEL_STEP / 2, _BESSEL_STEP)
+_BESSEL_LOG_WEIGHTS = np.log(np.where(_BESSEL_NODES == 0.0, _BESSEL_STEP / 2, _BESSEL_STEP))
+
+
+def log_bessel_k(order, x):
+    """``log K_order(x)``, the modified Bessel function of the second kind, for ``x > 0``
+    and any real ``order``; twice differentiable in both (TF tensors, broadcast).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedfx.model.covariance import log_bessel_k
+    >>> round(float(np.exp(log_bessel_k(np.float64(0.5), np.float64(2.0)))), 9)  # sqrt(pi / 4) e^-2
+    0.119937772
+    """
+    order = tf.abs(tf.convert_to_tensor(order, tf.float64))[..., None]  # K_-v = K_v
+    x = tf.convert_to_tensor(x, tf.float64)[..., None]
+    log_cosh = order * _BESSEL_NODES + tf.math.log1p(tf.exp(-2.0 * order * _BESSEL_NODES)) - np.log(2.0)
+    return tf.reduce_logsumexp(-x * np.cosh(_BESSEL_NODES) + log_cosh + _BESSEL_LOG_WEIGHTS, axis=-1)
+
+
+def matern_correlation(distances, log_range, log_kappa):
+    """TMB's ``matern(d, range, kappa)``: ``x^kappa K_kappa(x) / (2^(kappa - 1) Gamma(kappa))``
+    at ``x = d / range``, 1 at ``d = 0`` (with finite derivatives there), as a TF tensor.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedfx.model.covariance import matern_correlation
+    >>> d = np.array([0.0, 1.0, 2.0])
+    >>> matern_correlation(d, np.log(2.0), np.log(0.5)).numpy().round(6).tolist()  # kappa 1/2: exp(-d / range)
+    [1.0, 0.606531, 0.367879]
+    """
+    distances = tf.convert_to_tensor(distances, tf.float64)
+    kappa = tf.exp(tf.convert_to_tensor(log_kappa, tf.float64))
+    log_range = tf.convert_to_tensor(log_range, tf.float64)
+    apart = distances > 0.0
+    x = tf.where(apart, distances, tf.ones_like(distances)) * tf.exp(-log_range)  # no log(0) at d = 0
+    log_corr = (kappa * tf.math.log(x) + log_bessel_k(kappa, x) - (kappa - 1.0) * np.log(2.0)
+                - tf.math.lgamma(kappa))
+    return tf.where(apart, tf.exp(tf.minimum(log_corr, 0.0)), tf.ones_like(distances))
+
+
+class Matern(_Continuous):
+    """``mat``: ``sd^2 M_kappa(d_ij / range)``, the Matérn correlation over the Euclidean
+    distances of the points (glmmTMB's ``mat(pos + 0 | g)``, parameters log sd, log range,
+    log kappa as its ``theta``).  ``kappa = 1/2`` is ``exp``; large ``kappa`` nears ``gau``,
+    so the same relative nugget of 1e-8 keeps the Cholesky factor finite."""
+
+    name = "mat"
+    nugget = 1e-8
+    newton_tolerance = 1e-9
+
+    def n_params(self, dim: int) -> int:
+        return 3
+
+    def covariance(self, params, dim: int):
+        params = tf.convert_to_tensor(params, tf.float64)
+        corr = matern_correlation(self.distances(dim), params[1], params[2])
+        return tf.exp(2.0 * params[0]) * (corr + self.nugget * tf.eye(dim, dtype=tf.float64))
+
+    def _newton_step(self, hessian, gradient):
+        """Newton's step on the Hessian with its eigenvalues made positive (``|lambda|``, at
+        least 1e-6 of the largest): the objective is not convex in ``(log range, log kappa)``
+        away from its minimum, where a plain Newton step can leap far uphill.  No
+        coordinate moves more than 1 (a factor e) per step."""
+        values, vectors = tf.linalg.eigh(0.5 * (hessian + tf.transpose(hessian)))
+        values = tf.maximum(tf.abs(values), 1e-6 * tf.reduce_max(tf.abs(values)) + 1e-12)
+        step = tf.linalg.matvec(vectors, tf.linalg.matvec(vectors, gradient, transpose_a=True) / values)
+        step = step / tf.maximum(tf.constant(1.0, tf.float64), tf.reduce_max(tf.abs(step)))
+        return tf.where(tf.reduce_all(tf.math.is_finite(step)), step, gradient)
+
+    def start(self, cov):
+        """``exp``'s start (the Matérn at ``kappa = 1/2``)."""
+        return tf.concat([super().start(cov), tf.constant([np.log(0.5)], tf.float64)], 0)
+
+    def unconstrained(self, cov) -> np.ndarray:
+        """``(log sd, log range, log kappa)``: the mean variance, and range and kappa by
+        least squares of the correlations on scipy's Matérn, from ``exp``'s range at
+        ``kappa = 1/2``."""
+        cov = np.asarray(cov, dtype=np.float64)
+        log_sd, log_range = super().unconstrained(cov)
+        d = self.distances(cov.shape[0])
+        pairs = np.nonzero(np.triu(d > 0, 1))
+        corr, d = cov[pairs] / np.exp(2.0 * log_sd), d[pairs]
+
+        def residuals(theta):
+            return _scipy_matern(d, *np.exp(theta)) - corr
+
+        fit = optimize.least_squares(residuals, [log_range, np.log(0.5)], xtol=1e-14, ftol=1e-14, gtol=1e-14)
+        return np.concatenate([[log_sd], fit.x])
+
+    def parameters(self, cov) -> dict:
+        _, log_range, log_kappa = self.unconstrained(cov)
+        return {"range": float(np.exp(log_range)), "kappa": float(np.exp(log_kappa))}
+
+
+def _scipy_matern(d, range_, kappa):
+    """The Matérn correlation by scipy.special.kve (numpy; ``d > 0``)."""
+    x = d / range_
+    return np.exp(kappa * np.log(x) + np.log(special.kve(kappa, x)) - x - (kappa - 1.0) * np.log(2.0)
+                  - special.gammaln(kappa))
+
+
 #: The structures mixedfx fits, by glmmTMB's name.
 STRUCTURES = {cls.name: cls for cls in (CovarianceStructure, Diagonal, HomogeneousDiagonal, CompoundSymmetry,
                                         HomogeneousCompoundSymmetry, AutoRegressive, Toeplitz, OrnsteinUhlenbeck,
-                                        Exponential, GaussianKernel)}
+                                        Exponential, GaussianKernel, Matern)}
 
 
 def structure_for(name="us", *, coordinates=None) -> CovarianceStructure:
     """The structure called ``name`` (glmmTMB's spelling; ``"us"`` for lme4's ``(x | g)``);
     a structure given instead of a name is returned as it is.
 
-    ``coordinates``: the points of a continuous structure (``ou``, ``exp``, ``gau``),
+    ``coordinates``: the points of a continuous structure (``ou``, ``exp``, ``gau``, ``mat``),
     shape ``(dim, n_columns)``, one per coefficient; the structure computes their distances.
 
     Examples
