@@ -185,6 +185,25 @@ class DispersionModel(Family):
         """The base family's (``design``: the zero-inflation design)."""
         return self.base.zero_probability(design, parameters)
 
+    def _numpy_natural(self, rows, parameters):
+        """numpy's :meth:`_natural`: the base family's parameters with each row's driven one,
+        and the base family's per-row data (or None)."""
+        rows = np.asarray(rows, dtype=np.float64)
+        natural = {key: value for key, value in parameters.items() if key != "disp"}
+        natural[self.driven] = self.row_dispersion(rows, parameters)
+        return natural, (rows[:, len(self.disp_names):] if self._base_has_rows() else None)
+
+    def response_mean(self, linear_predictor, parameters, *, rows=None):
+        """The base family's response mean at each row's dispersion (a zero-inflated
+        base's ``(1 - pi) mu``; a hurdle's truncated mean depends on the dispersion)."""
+        natural, base_rows = self._numpy_natural(rows, parameters)
+        return self.base.response_mean(linear_predictor, natural, rows=base_rows)
+
+    def conditional_mean(self, linear_predictor, parameters, *, rows=None):
+        """The base family's conditional mean at each row's dispersion."""
+        natural, base_rows = self._numpy_natural(rows, parameters)
+        return self.base.conditional_mean(linear_predictor, natural, rows=base_rows)
+
     # -- the family's own parameters: the base family's but the driven one, then disp ---------------
     def _index(self) -> int:
         """Where the driven parameter sits in the base family's free vector."""
