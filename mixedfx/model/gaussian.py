@@ -379,7 +379,10 @@ def _marginal(params: ModelParameters, n_obs: int, reduced, solution, *, logdet,
     profiled, reml, gls = loglik, loglik, beta
     if p:
         xtvx = 0.5 * (reduced[1:, 1:] + reduced[1:, 1:].T) / sigma**2
-        cov = linalg.inv(xtvx)
+        # equilibrated: at sigma -> 0 the diagonal spans ~1e16 (fixed effects the levels
+        # reproduce against those they do not), which is scaling, not singularity
+        scale = 1.0 / np.sqrt(np.diagonal(xtvx))
+        cov = scale[:, None] * linalg.inv(scale[:, None] * xtvx * scale) * scale
         xtvr = reduced[1:, 0] / sigma**2
         step = cov @ xtvr
         gls = beta + step
