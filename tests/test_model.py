@@ -75,6 +75,37 @@ def test_gaussian_marginal_matches_dense_algebra(tiny):
     np.testing.assert_allclose(np.concatenate([s[:, 0] for s in exact.conditional_sds]), sd, rtol=1e-9)
 
 
+def _within_between_gls(X, y, group, tau, sigma):
+    """The GLS estimate of a random-intercept model without cancellation: per level,
+    ``X_j' V_j^-1 X_j sigma^2`` is the within-level scatter plus
+    ``n_j sigma^2 / (sigma^2 + n_j tau^2)`` times the level means' outer product."""
+    xtvx, xtvy = 0.0, 0.0
+    for j in np.unique(group):
+        Xj, yj = X[group == j], y[group == j]
+        n, xbar, ybar = len(yj), Xj.mean(axis=0), yj.mean()
+        shrink = n * sigma**2 / (sigma**2 + n * tau**2)
+        xtvx = xtvx + (Xj - xbar).T @ (Xj - xbar) + shrink * np.outer(xbar, xbar)
+        xtvy = xtvy + (Xj - xbar).T @ (yj - ybar) + shrink * xbar * ybar
+    return np.linalg.solve(xtvx, xtvy)
+
+
+@pytest.mark.parametrize("solver", ["dense", "conjugate_gradients"])
+def test_gls_with_sigma_far_below_the_random_sd_is_not_lost_to_rounding(rng, solver):
+    """A response constant within levels: at sigma 1e-7 beside sd 1.8, X'V^-1X sigma^2 of
+    the intercept is ~1e-14 against X'X ~ 200, which W'W - (U'W)'A^-1(U'W) lost entirely
+    (the intercept came out 1.75 away from the levels' mean)."""
+    n, levels = 200, 12
+    group = rng.integers(0, levels, n).astype(np.int32)
+    X = np.column_stack([np.ones(n), rng.normal(size=n)])
+    y = (2.0 + 3.0 * rng.normal(size=levels))[group]
+    model = MixedModel(Gaussian(), X, y, (RandomTermData("g", group, None, levels),), ("Intercept", "x"))
+    params = ModelParameters(np.array([0.0, 0.0]), np.array([1.8]), {"sigma": 1e-7})
+    gls = gaussian_marginal(model, params, profile_fixed_effects=True, solver=solver).gls_fixed_effects
+    reference = _within_between_gls(X, y, group, 1.8, 1e-7)
+    assert reference[0] == pytest.approx(np.mean(np.unique(y)), abs=1e-6)  # the mean of the level means
+    np.testing.assert_allclose(gls, reference, rtol=1e-6, atol=1e-9)
+
+
 @pytest.mark.parametrize(
     "fixture, formula",
     [("crossed_small_ml", "y ~ x + (1 | g1) + (1 | g2)"), ("insteval_ml", "y ~ service + (1 | s) + (1 | d) + (1 | dept)")],

@@ -227,7 +227,8 @@ def sharded_cross_products(strategy) -> RowSums:
 
     Every input of the block elimination is a sum over rows: with ``U`` the scaled
     random-effects design (row ``i``: ``z_i' L_k / sigma`` in the columns of its levels)
-    and ``W = [y - offset - X beta, X]``, the blocks of ``U'U``, ``U'W`` and ``W'W``.
+    and ``W = [y - offset - X beta, X]``, the blocks of ``U'U`` and ``U'W`` (``W'V^-1W`` is
+    then the sum of squares of ``W - U A^-1 U'W``, one more pass over the rows on the host).
     Each replica computes them on its shard, they are all-reduced, and the dense
     factorization (level counts squared, independent of the rows) runs once on the
     host, as in the single-device computation.  ``max_dense_entries`` bounds the
@@ -280,7 +281,7 @@ def sharded_cross_products(strategy) -> RowSums:
         sums = {name: value.numpy() for name, value in sums.items()}
         system = BlockSystem.from_cross_products(num_levels, dims, sums["a11"], sums["a1r"], sums["arr"],
                                                  max_dense_entries=bound)
-        return CrossProducts(system, sums["wtw"], sums["v1"], sums["vr"])
+        return CrossProducts(system, sums["v1"], sums["vr"])
 
     return row_sums
 
@@ -316,7 +317,6 @@ def _marginal_cross_products(num_levels, dims):
         out = {
             "a11": tf.math.unsorted_segment_sum(weighted_u1[:, :, None] * u1[:, None, :], g1, q1),
             "v1": tf.math.unsorted_segment_sum(weighted_u1[:, :, None] * W[:, None, :], g1, q1),
-            "wtw": tf.linalg.matmul(w[:, None] * W, W, transpose_a=True),
         }
         a1r = tf.zeros([q1 * d1 * width], tf.float64)
         arr = tf.zeros([width * width], tf.float64)

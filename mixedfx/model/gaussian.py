@@ -11,6 +11,11 @@ response is ``V = sigma^2 (I + U U')``, and
 * the conditional means and variances of the random effects are
   ``Lambda A^-1 U'r / sigma`` and ``diag(Lambda A^-1 Lambda)``.
 
+The two quadratic forms are computed as sums of squares, ``W'(I + UU')^-1 W =
+R'R + x'x`` with ``W = [r, X]``, ``x = A^-1 U'W`` and ``R = W - U x``, not as the
+differences above: when sigma is small beside the random effects' sds the
+differences cancel to rounding (a response constant within the levels of a factor).
+
 One computation, :func:`gaussian_marginal`, gives them all; its variants are
 parameters.  ``A`` is handled by block elimination
 (:class:`mixedfx.model.blocks.BlockSystem`) from sums over rows (:class:`CrossProducts`)
@@ -116,7 +121,8 @@ def gaussian_marginal(
     """Exact log-likelihood, fixed-effects covariance and conditional modes.
 
     The one computation of the exact Gaussian quantities.  Everything follows from
-    ``W'W``, ``U'W`` and solves ``A x = U'W`` (module docstring); its variants are
+    ``U'W``, the solves ``x = A^-1 U'W`` and ``W'V^-1W sigma^2 = R'R + x'x`` with
+    ``R = W - U x`` (module docstring); its variants are
     parameters:
 
     * ``solver="dense"``: ``A`` by block elimination, with the sums over rows from
@@ -206,15 +212,15 @@ def gaussian_marginal(
         sums = (local_cross_products if row_sums is None else row_sums)(model, params,
                                                                         max_dense_entries=max_dense_entries)
         system = sums.system
-        x1, xr = system.solve(sums.v1, sums.vr)
-        reduced = sums.wtw - system.quadratic(sums.v1, sums.vr, x1, xr)
-        return _marginal(params, model.n_obs, reduced, _term_blocks(system, x1, xr), logdet=system.logdet,
+        solution = _term_blocks(system, *system.solve(sums.v1, sums.vr))
+        reduced = _penalized_gram(model, params, solution, chunk_rows=chunk_rows)
+        return _marginal(params, model.n_obs, reduced, solution, logdet=system.logdet,
                          inverse_blocks=system.inverse_diagonal_blocks, profile_fixed_effects=profile_fixed_effects)
     if row_sums is not None:
         raise ParameterError("row_sums serves the dense solver; conjugate gradients sum over local chunks of rows")
-    rhs, wtw, apply_a, precondition = _chunked_operator(model, params, chunk_rows=chunk_rows)
+    rhs, apply_a, precondition = _chunked_operator(model, params, chunk_rows=chunk_rows)
     solution = _conjugate_gradients(rhs, apply_a, precondition, tol=tol, max_iter=max_iter)
-    reduced = wtw - _dot_matrix(rhs, solution)
+    reduced = _penalized_gram(model, params, solution, chunk_rows=chunk_rows)
     return _marginal(params, model.n_obs, reduced, solution, logdet=None, inverse_blocks=None,
                      profile_fixed_effects=profile_fixed_effects)
 
@@ -231,8 +237,6 @@ class CrossProducts:
     ----------
     system : BlockSystem
         ``A = U'U + I``, factored.
-    wtw : numpy.ndarray of shape (1 + n_fixed, 1 + n_fixed)
-        ``W'W``.
     v1 : numpy.ndarray of shape (q1, d1, 1 + n_fixed)
     vr : numpy.ndarray of shape (width, 1 + n_fixed)
         ``U'W`` in the block layout of :meth:`BlockSystem.project`.
@@ -248,12 +252,11 @@ class CrossProducts:
     >>> term = RandomTermData("g", np.array([0, 0, 1, 1], dtype=np.int32), None, 2)
     >>> model = MixedModel(Gaussian(), np.ones((4, 1)), np.array([1.0, 2.0, 4.0, 5.0]), (term,), ("Intercept",))
     >>> sums = local_cross_products(model, ModelParameters(np.array([3.0]), np.array([1.0]), {"sigma": 1.0}))
-    >>> sums.wtw.tolist(), sums.v1[:, 0, :].tolist()
-    ([[10.0, 0.0], [0.0, 4.0]], [[-3.0, 2.0], [3.0, 2.0]])
+    >>> sums.v1[:, 0, :].tolist()
+    [[-3.0, 2.0], [3.0, 2.0]]
     """
 
     system: BlockSystem
-    wtw: np.ndarray
     v1: np.ndarray
     vr: np.ndarray
 
@@ -299,7 +302,7 @@ def local_cross_products(model: MixedModel, params: ModelParameters, *,
     system = BlockSystem(model.random_terms, scaled, max_dense_entries=max_dense_entries)
     W = np.column_stack([_residual(model, params), model.fixed_design])
     v1, vr = system.project(W)
-    return CrossProducts(system, W.T @ W, v1, vr)
+    return CrossProducts(system, v1, vr)
 
 
 def _residual(model: MixedModel, params: ModelParameters, rows=slice(None)) -> np.ndarray:
@@ -319,6 +322,32 @@ def _without_random_terms(model: MixedModel, params: ModelParameters) -> Gaussia
     return GaussianMarginal(float(loglik), cov, (), ())
 
 
+def _penalized_gram(model: MixedModel, params: ModelParameters, solution, *, chunk_rows: int) -> np.ndarray:
+    """``W'(I + UU')^-1 W`` as ``R'R + X'X`` with ``X = A^-1 U'W`` (``solution``, per term
+    ``(num_levels, dim, 1 + n_fixed)``) and ``R = W - U X`` its residual, ``chunk_rows``
+    rows at a time.
+
+    Equal to ``W'W - (U'W)' A^-1 (U'W)``, but a sum of squares instead of a difference:
+    when sigma is small beside the random effects' sds, the fixed effects that the
+    grouping factors nearly reproduce (an intercept when the response is constant within
+    levels) have ``X'V^-1X sigma^2`` of order ``sigma^2 / sd^2``, which the difference
+    of two terms of order ``X'X`` loses entirely to rounding (the GLS estimate came out
+    as noise) and the sum of squares keeps to a relative error of order ``1e-8``.
+    """
+    n, sigma = model.n_obs, float(params.family_params["sigma"])
+    factors = [np.asarray(L, dtype=np.float64) / sigma for L in params.random_scale_tril]
+    gram = _dot_matrix(solution, solution)
+    for start in range(0, n, chunk_rows):
+        rows = slice(start, min(n, start + chunk_rows))
+        r = np.column_stack([_residual(model, params, rows), model.fixed_design[rows]])
+        for term, factor, x in zip(model.random_terms, factors, solution):
+            z = np.ones((r.shape[0], 1)) if term.z is None else np.asarray(term.z[rows], dtype=np.float64)
+            u = z.reshape(r.shape[0], -1) @ factor
+            r -= np.einsum("nd,ndm->nm", u, x[term.group_index[rows]])
+        gram += r.T @ r
+    return 0.5 * (gram + gram.T)
+
+
 def _term_blocks(system: BlockSystem, x1, xr) -> list[np.ndarray]:
     """A solution in the block layout of :meth:`BlockSystem.project` as per-term
     ``(num_levels, dim, m)`` arrays (all columns)."""
@@ -334,7 +363,7 @@ def _marginal(params: ModelParameters, n_obs: int, reduced, solution, *, logdet,
               profile_fixed_effects: bool) -> GaussianMarginal:
     """The exact quantities from ``W'V^-1W`` (times sigma^2) and the solves ``A^-1 U'W``.
 
-    ``reduced`` is ``W'W - (U'W)' A^-1 (U'W)``; ``solution`` holds, per term,
+    ``reduced`` is ``W'W - (U'W)' A^-1 (U'W)`` (:func:`_penalized_gram`); ``solution`` holds, per term,
     ``A^-1 U'W`` as ``(num_levels, dim, 1 + n_fixed)``; ``logdet`` is ``log|A|`` and
     ``inverse_blocks`` a callable returning ``A^-1``'s diagonal blocks per term (both
     ``None`` when the solver does not provide them: then so are the likelihoods and
@@ -350,7 +379,10 @@ def _marginal(params: ModelParameters, n_obs: int, reduced, solution, *, logdet,
     profiled, reml, gls = loglik, loglik, beta
     if p:
         xtvx = 0.5 * (reduced[1:, 1:] + reduced[1:, 1:].T) / sigma**2
-        cov = linalg.inv(xtvx)
+        # equilibrated: at sigma -> 0 the diagonal spans ~1e16 (fixed effects the levels
+        # reproduce against those they do not), which is scaling, not singularity
+        scale = 1.0 / np.sqrt(np.diagonal(xtvx))
+        cov = scale[:, None] * linalg.inv(scale[:, None] * xtvx * scale) * scale
         xtvr = reduced[1:, 0] / sigma**2
         step = cov @ xtvr
         gls = beta + step
@@ -395,7 +427,7 @@ def term_z(term, n_rows: int) -> np.ndarray:
 def _chunked_operator(model: MixedModel, params: ModelParameters, *, chunk_rows: int):
     """The conjugate-gradient solver's sums over rows, ``chunk_rows`` rows at a time.
 
-    Returns ``U'W`` (per term ``(num_levels, dim, 1 + n_fixed)``), ``W'W``, a function
+    Returns ``U'W`` (per term ``(num_levels, dim, 1 + n_fixed)``), a function
     applying ``A = U'U + I`` to per-term blocks, and one applying the block-Jacobi
     preconditioner (each level's ``(I + sum over its rows of u u')^-1``).
     """
@@ -435,11 +467,9 @@ def _chunked_operator(model: MixedModel, params: ModelParameters, *, chunk_rows:
             accumulate_transpose(out, rows, uv)
         return [o + x for o, x in zip(out, v)]
 
-    rhs, wtw = new_blocks(p + 1), np.zeros((p + 1, p + 1))
+    rhs = new_blocks(p + 1)
     for rows in chunks:
-        w = np.column_stack([_residual(model, params, rows), X[rows]])
-        wtw += w.T @ w
-        accumulate_transpose(rhs, rows, w)
+        accumulate_transpose(rhs, rows, np.column_stack([_residual(model, params, rows), X[rows]]))
     inverse_blocks = []
     for k, term in enumerate(terms):
         block = np.zeros((term.num_levels, term.dim, term.dim))
@@ -457,7 +487,7 @@ def _chunked_operator(model: MixedModel, params: ModelParameters, *, chunk_rows:
     def precondition(v):
         return [np.matmul(inv, x) for inv, x in zip(inverse_blocks, v)]
 
-    return rhs, wtw, apply_a, precondition
+    return rhs, apply_a, precondition
 
 
 def _conjugate_gradients(rhs, apply_a, precondition, *, tol: float, max_iter: int) -> list[np.ndarray]:
