@@ -17,7 +17,7 @@ from conftest import FIXTURES
 from scipy import special, stats
 
 import mixedfx
-from mixedfx import DataError
+from mixedfx import DataError, ParameterError
 from mixedfx._tf import tf
 from mixedfx.design import RandomTermData, bind_data
 from mixedfx.formula import parse_formula
@@ -280,6 +280,8 @@ def test_predict_types_residuals_and_intervals(fits):
     model, fixture = fits("truncated_poisson"), REFERENCE["hurdle_truncated_poisson"]
     data = salamanders()
     head = data.head(5)
+    with pytest.raises(ParameterError, match="r2 and the ICC are not defined"):  # no one variance to use
+        model.r2()
     zprob, conditional = model.predict(head, type="zprob"), model.predict(head, type="conditional")
     link = model.predict(head, type="link")
     np.testing.assert_allclose(zprob, fixture["predict_zprob"], rtol=1e-3)
@@ -334,3 +336,13 @@ def test_zeros_in_a_truncated_response_are_a_data_error():
     for name in ("truncated_poisson", "truncated_nbinom1", "truncated_nbinom2"):
         assert mixedfx.model.get_family(name).name == name
     assert str(ZeroTruncated(Poisson()).zero_inflated(("Intercept",))) == "hurdle truncated_poisson (log link)"
+
+
+@pytest.mark.parametrize("base", COUNT_FAMILIES, ids=str)
+def test_r2_of_a_truncated_family_is_refused(base):
+    """r2 and the ICC need one distribution-specific variance; a truncated family's response
+    has none of the kind performance defines (insight's differ by version): refused by name."""
+    from mixedfx.explained_variance import distribution_variance
+
+    with pytest.raises(ParameterError, match=r"truncated_\w+ family has no distribution-specific variance"):
+        distribution_variance(ZeroTruncated(base), {"dispersion": 2.0}, null_intercept=0.5)

@@ -195,6 +195,8 @@ def test_predict_types_and_summary(fits):
     np.testing.assert_allclose(model.predict(head, type="link"), np.log(conditional), rtol=1e-12)
     with pytest.raises(ParameterError, match="type must be one of"):
         model.predict(head, type="mean")
+    with pytest.raises(ParameterError, match="zero-inflated poisson .* r2 and the ICC are not defined"):
+        model.icc()  # the response's variance depends on each row's pi: no one distribution variance
     data = salamanders()  # residuals are y minus the response's mean (1 - pi) mu
     np.testing.assert_allclose(model.residuals(), data["count"] - model.predict(data), rtol=1e-10, atol=1e-12)
     import io

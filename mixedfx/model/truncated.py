@@ -16,7 +16,7 @@ from typing import ClassVar
 import numpy as np
 
 from mixedfx._tf import tf, tfd, tfp
-from mixedfx.exceptions import DataError
+from mixedfx.exceptions import DataError, ParameterError
 from mixedfx.model.families import ALIASES, FAMILIES, Family, NegativeBinomial, Poisson
 from mixedfx.model.glmmtmb_families import NegativeBinomial1
 
@@ -179,8 +179,11 @@ class ZeroTruncated(Family):
         return self.base.mean(linear_predictor, parameters)
 
     def variance(self, mean, parameters, *, trials=None):
-        """The count family's variance at ``mu`` (see :meth:`response_variance`)."""
-        return self.base.variance(mean, parameters, trials=trials)
+        """Refused: the truncated response's variance is :meth:`response_variance`; r2 and the
+        ICC have no distribution-specific variance for a truncated family (performance's
+        differs by version)."""
+        raise ParameterError(f"the {self.name} family has no distribution-specific variance for r2 or the ICC (the "
+                             "response is zero-truncated); they are not defined for it")
 
     def _log_zero_probability(self, linear_predictor, parameters):
         """``log f(0)`` of each row (numpy): the count family's probability of a zero."""

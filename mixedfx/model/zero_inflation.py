@@ -26,6 +26,7 @@ import numpy as np
 from scipy import special
 
 from mixedfx._tf import tf, tfd
+from mixedfx.exceptions import ParameterError
 from mixedfx.model.families import Family
 
 __all__ = ["ZeroPart", "ZeroInflated", "Hurdle"]
@@ -163,7 +164,11 @@ class ZeroPart(Family):
         return self.base.mean(linear_predictor, parameters)
 
     def variance(self, mean, parameters, *, trials=None):
-        return self.base.variance(mean, parameters, trials=trials)
+        """Refused: the response's variance depends on each row's zero probability (its own
+        is :meth:`response_variance`), so there is no one distribution-specific variance for
+        r2 or the ICC (performance approximates one; mixedfx does not)."""
+        raise ParameterError(f"the {self} family has no single distribution-specific variance (it depends on each "
+                             "row's zero probability): r2 and the ICC are not defined for it")
 
     # -- the response given pi: zero with probability pi, else the count family's ------------------
     def response_mean(self, linear_predictor, parameters, *, rows=None):
