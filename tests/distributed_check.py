@@ -26,6 +26,7 @@ FORMULA = "y ~ x + (1 | g1) + (1 | g2)"
 DATA = Path(__file__).parent / "fixtures" / "crossed_small.csv"  # lme4_crossed_small_ml.json is its lme4 fit
 POISSON = Path(__file__).parent / "fixtures" / "poisson_crossed.csv"  # glmm_poisson_crossed.json: glmer's fit
 SLEEPSTUDY = Path(__file__).parent / "fixtures" / "sleepstudy.csv"  # lme4_results.json: lmer's REML fit
+AR1 = Path(__file__).parent / "fixtures" / "covariance_ar1.csv"  # covariance_structures.json: glmmTMB's, nlme's
 
 
 def summary(fit) -> dict:
@@ -95,6 +96,16 @@ def main() -> dict:
                               "converged": bool(slopes.fit_summary_.converged),
                               "log_likelihood": float(slopes.log_likelihood_), "method": slopes.fit_summary_.method}
         out["reml_slopes_calls"] = list(replicas_used)
+        # a covariance structure (ar1 over six times): its M-step's projection on sharded sums
+        replicas_used.clear()
+        ar1 = mixedfx.MixedEffectsRegressor("y ~ time + ar1(0 + timef | subject)", random_state=0, verbose=0,
+                                            distribute=mirrored).fit(pd.read_csv(AR1))
+        rows = ar1.variance_components_.set_index(["var1", "var2"])
+        out["ar1"] = {"fixed_effects": ar1.fixed_effects_.tolist(), "log_likelihood": float(ar1.log_likelihood_),
+                      "sd": float(rows.loc[("timef[t1]", None), "sdcor"]), "rho": float(rows.loc[("ar1", "rho"), "sdcor"]),
+                      "sigma": float(ar1.variance_components_.set_index("group").loc["Residual", "sdcor"]),
+                      "converged": bool(ar1.fit_summary_.converged)}
+        out["ar1_calls"] = list(replicas_used)
 
     # The exact log-likelihood at given parameters: the fitted ones, and others away from
     # them; on all rows, and without the last (rows padded to a multiple of the replicas).

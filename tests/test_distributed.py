@@ -183,6 +183,23 @@ def test_a_sharded_reml_fit_with_random_slopes_matches_lme4(sharded):
 
 
 @pytest.mark.slow
+def test_a_sharded_ar1_fit_matches_glmmtmb_and_nlme(sharded):
+    """A structured term (ar1 over six times, 100 subjects) fitted on three replicas, with
+    test_covariance_structures.py's tolerances: sd and sigma within 3 % of glmmTMB's, rho
+    within 0.05 of nlme's, logLik within 0.5, fixed effects within 0.015."""
+    assert sharded["ar1_calls"] and set(sharded["ar1_calls"]) == {3}
+    fit = sharded["ar1"]
+    reference = json.loads((HERE / "fixtures" / "covariance_structures.json").read_text())
+    glmmtmb, nlme = reference["ar1_glmmTMB"], reference["ar1_nlme"]
+    assert fit["converged"]
+    assert fit["sd"] == pytest.approx(np.ravel(glmmtmb["sds"])[0], rel=0.03)
+    assert fit["sigma"] == pytest.approx(glmmtmb["sigma"], rel=0.03)
+    assert abs(fit["rho"] - nlme["rho"]) < 0.05
+    assert fit["log_likelihood"] == pytest.approx(glmmtmb["logLik"], abs=0.5)
+    np.testing.assert_allclose(fit["fixed_effects"], list(glmmtmb["fixed_effects"].values()), atol=0.015)
+
+
+@pytest.mark.slow
 def test_the_exact_log_likelihood_from_sharded_sums_equals_the_single_device_one(sharded):
     # at the fitted parameters, away from them, and on 1,499 rows (the last shard padded)
     assert len(sharded["exact"]) == 3
