@@ -256,21 +256,47 @@ class ZeroTruncated(Family):
 
 @dataclass(frozen=True)
 class TruncatedPoisson(ZeroTruncated):
-    """``ZeroTruncated(Poisson())``: glmmTMB's ``truncated_poisson`` (the registered name)."""
+    """``ZeroTruncated(Poisson())``: glmmTMB's ``truncated_poisson`` (the registered name).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedfx.model import TruncatedPoisson
+    >>> TruncatedPoisson().response_mean(np.log([2.0]), {}).round(4).tolist()  # 2 / (1 - exp(-2))
+    [2.313]
+    """
 
     base: Family = field(default_factory=Poisson)
 
 
 @dataclass(frozen=True)
 class TruncatedNegativeBinomial(ZeroTruncated):
-    """``ZeroTruncated(NegativeBinomial())``: glmmTMB's ``truncated_nbinom2``."""
+    """``ZeroTruncated(NegativeBinomial())``: glmmTMB's ``truncated_nbinom2``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedfx.model import TruncatedNegativeBinomial
+    >>> family = TruncatedNegativeBinomial()
+    >>> family.response_mean(np.log([2.0]), {"dispersion": 1.0}).round(4).tolist()  # 2 / (1 - (1 / 3)^1)
+    [3.0]
+    """
 
     base: Family = field(default_factory=NegativeBinomial)
 
 
 @dataclass(frozen=True)
 class TruncatedNegativeBinomial1(ZeroTruncated):
-    """``ZeroTruncated(NegativeBinomial1())``: glmmTMB's ``truncated_nbinom1``."""
+    """``ZeroTruncated(NegativeBinomial1())``: glmmTMB's ``truncated_nbinom1``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedfx.model import TruncatedNegativeBinomial1
+    >>> family = TruncatedNegativeBinomial1()  # variance mu (1 + phi): size mu / phi = 2, f(0) = (1 / 2)^2
+    >>> family.response_mean(np.log([2.0]), {"dispersion": 1.0}).round(4).tolist()
+    [2.6667]
+    """
 
     base: Family = field(default_factory=NegativeBinomial1)
 
