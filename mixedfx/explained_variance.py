@@ -165,7 +165,9 @@ def variance_decomposition(model, *, null_intercept=None) -> pd.Series:
     linear = bound.fixed_design @ np.asarray(params.fixed_effects, dtype=float)
     var_fixed = float(np.var(linear, ddof=1))
     var_random, observation_level = _random_variance(model)
-    model.family_.variance(np.ones(1), params.family_params)  # a family without one raises before a null fit
+    refusal = model.family_.r2_refusal()  # before a null model's fit
+    if refusal is not None:
+        raise ParameterError(refusal)
     if model.family_.link == "log" and null_intercept is None:
         null_intercept = _null_intercept(model)
     var_distribution = distribution_variance(model.family_, params.family_params, null_intercept=null_intercept)

@@ -402,10 +402,21 @@ def test_a_fit_that_cannot_recover_raises_instead_of_returning_nan(small_fit, sm
             "Monte Carlo EM broke down in iterations 1-5 (50 of 50 kept HMC transitions diverged) and 2 retries "
             "with smaller HMC step sizes did not help")):
         fit_mcem(small_fit.model_, options=options, stopping_rule=FixedIterations(n_iter=30, n_average=15), seed=1)
-    # A response the random effects reproduce exactly: the residual variance goes to zero.
+
+
+
+def test_a_response_the_random_effects_reproduce_is_their_ml_fit(small_frame):
+    """y is g's level number (0-11): the residual variance goes to zero (a DataWarning says
+    why), and the ML estimates are the levels' mean 5.5 and their population sd
+    sqrt(143 / 12) = 3.452; the final GLS step once lost the intercept to cancellation."""
     exact = small_frame.assign(y=small_frame["g"].str[1:].astype(float))
-    with pytest.raises(FitError, match="Monte Carlo EM broke down"):
-        _regressor(**small_settings()).fit(exact)
+    with pytest.warns(DataWarning, match="the response does not vary within the levels of grouping factor 'g'"):
+        model = _regressor(**small_settings()).fit(exact)
+    assert model.fixed_effects_["Intercept"] == pytest.approx(5.5, abs=1e-6)
+    np.testing.assert_allclose(model.fixed_effects_.drop("Intercept"), 0.0, atol=1e-6)
+    components = model.variance_components_.set_index("group")["sdcor"]
+    assert components["g"] == pytest.approx(np.sqrt(143 / 12), rel=1e-3)
+    assert components["Residual"] < 1e-3
 
 
 def test_a_response_the_fixed_effects_reproduce_is_lms_exact_fit(small_frame):

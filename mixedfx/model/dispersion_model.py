@@ -173,6 +173,10 @@ class DispersionModel(Family):
         raise ParameterError(f"the {self.name} family with a dispersion model (dispformula) has a variance per "
                              "row, not one: r2, the ICC and Pearson residuals are not defined for it")
 
+    def r2_refusal(self) -> str:
+        return (f"the {self.name} family with a dispersion model (dispformula) has a variance per row, not one: r2 "
+                "and the ICC are not defined for it")
+
     def exact_fit(self, fixed_design, response, offset):
         """Refused where the base family would fit exactly (zero residuals): the
         dispersion model's coefficients would run to minus infinity."""

@@ -108,6 +108,12 @@ class OwnLinearModels:
         none here."""
         return np.zeros(np.shape(design)[0])
 
+    def r2_refusal(self) -> str | None:
+        """Why r2 and the ICC are not defined for this family (``None``: they are): a
+        zero-inflated, hurdle or truncated response, or a per-row dispersion, has no single
+        distribution-specific variance."""
+        return None
+
     # -- the response's distribution given the linear predictor and the family's per-row data ----
     def response_mean(self, linear_predictor, parameters: Mapping[str, object], *, rows=None) -> np.ndarray:
         """The mean of the response (glmmTMB's ``predict(type = "response")``), given each

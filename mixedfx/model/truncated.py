@@ -182,8 +182,11 @@ class ZeroTruncated(Family):
         """Refused: the truncated response's variance is :meth:`response_variance`; r2 and the
         ICC have no distribution-specific variance for a truncated family (performance's
         differs by version)."""
-        raise ParameterError(f"the {self.name} family has no distribution-specific variance for r2 or the ICC (the "
-                             "response is zero-truncated); they are not defined for it")
+        raise ParameterError(self.r2_refusal())
+
+    def r2_refusal(self) -> str:
+        return (f"the {self.name} family has no distribution-specific variance for r2 or the ICC (the response is "
+                "zero-truncated); they are not defined for it")
 
     def _log_zero_probability(self, linear_predictor, parameters):
         """``log f(0)`` of each row (numpy): the count family's probability of a zero."""

@@ -164,11 +164,15 @@ class ZeroPart(Family):
         return self.base.mean(linear_predictor, parameters)
 
     def variance(self, mean, parameters, *, trials=None):
-        """Refused: the response's variance depends on each row's zero probability (its own
-        is :meth:`response_variance`), so there is no one distribution-specific variance for
-        r2 or the ICC (performance approximates one; mixedfx does not)."""
-        raise ParameterError(f"the {self} family has no single distribution-specific variance (it depends on each "
-                             "row's zero probability): r2 and the ICC are not defined for it")
+        """Refused (see :meth:`r2_refusal`); the response's own is :meth:`response_variance`."""
+        raise ParameterError(self.r2_refusal())
+
+    def r2_refusal(self) -> str:
+        """The response's variance depends on each row's zero probability: no one
+        distribution-specific variance for r2 or the ICC (performance approximates one;
+        mixedfx does not)."""
+        return (f"the {self} family has no single distribution-specific variance (it depends on each row's zero "
+                "probability): r2 and the ICC are not defined for it")
 
     # -- the response given pi: zero with probability pi, else the count family's ------------------
     def response_mean(self, linear_predictor, parameters, *, rows=None):
