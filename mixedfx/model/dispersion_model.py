@@ -174,6 +174,7 @@ class DispersionModel(Family):
                              "row, not one: r2, the ICC and Pearson residuals are not defined for it")
 
     def r2_refusal(self) -> str:
+        """Each row has its own dispersion, so no one distribution-specific variance."""
         return (f"the {self.name} family with a dispersion model (dispformula) has a variance per row, not one: r2 "
                 "and the ICC are not defined for it")
 

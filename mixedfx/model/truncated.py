@@ -185,6 +185,7 @@ class ZeroTruncated(Family):
         raise ParameterError(self.r2_refusal())
 
     def r2_refusal(self) -> str:
+        """The zero-truncated response has no distribution-specific variance of performance's kind."""
         return (f"the {self.name} family has no distribution-specific variance for r2 or the ICC (the response is "
                 "zero-truncated); they are not defined for it")
 
