@@ -73,6 +73,23 @@ def subprocess_env() -> dict:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
 
 
+def caret_column(error) -> int:
+    """The column a FormulaError's caret points at, in the formula its message repeats."""
+    return str(error).splitlines()[-1].index("^") - 4
+
+
+def objective_and_record(model, joint, effects, beta, sds, family_params) -> tuple[float, float]:
+    """The fit's objective (``joint_log_prob``) and the JointDistribution's ``log_prob`` at
+    the same random effects and response, for one-coefficient terms of sds ``sds``."""
+    from mixedfx.model import RESPONSE, joint_log_prob
+
+    objective = joint_log_prob(model.tensors(), effects, fixed_effects=beta,
+                               random_scale_tril=[np.array([[s]]) for s in sds], family=model.family,
+                               family_params=family_params)
+    record = joint.log_prob({**{f"g{k}": b for k, b in enumerate(effects)}, RESPONSE: model.response})
+    return float(objective), float(record)
+
+
 def load_lme4(name: str) -> dict:
     """An lme4 reference fit written by tests/fixtures/make_lme4_fixtures.R."""
     with open(FIXTURES / f"lme4_{name}.json") as handle:

@@ -21,6 +21,7 @@ import pytest
 from scipy import stats
 
 import mixedfx
+from conftest import caret_column
 from mixedfx.design import RandomTermData
 from mixedfx.exceptions import FormulaError
 from mixedfx.model import Gaussian, MixedModel, ModelParameters, gaussian_marginal, joint_log_prob
@@ -293,9 +294,6 @@ def test_joint_and_exact_likelihood_agree_with_scipy():
 
 # -- formula errors ----------------------------------------------------------------------------
 
-def _caret_column(error: FormulaError) -> int:
-    return str(error).splitlines()[-1].index("^") - 4
-
 
 @pytest.mark.parametrize("formula, message, at", [
     ("y ~ time + ar2(0 + timef | subject)", "unknown covariance structure ar2(...)", "ar2"),
@@ -310,7 +308,7 @@ def _caret_column(error: FormulaError) -> int:
 def test_structure_errors_point_at_the_term(replicates, formula, message, at):
     with pytest.raises(FormulaError, match=re.escape(message)) as info:
         mixedfx.MixedEffectsRegressor(formula, verbose=0).fit(replicates.head(40))
-    assert _caret_column(info.value) == formula.index(at)
+    assert caret_column(info.value) == formula.index(at)
     assert "Did you mean 'ar1'" in str(info.value) or at != "ar2"
 
 

@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import FIXTURES
+from conftest import objective_and_record, FIXTURES
 from scipy import special, stats
 
 import mixedfx
@@ -31,7 +31,6 @@ from mixedfx.model import (
     StudentT,
     build_joint_distribution,
     get_family,
-    joint_log_prob,
     marginal_log_likelihood,
 )
 
@@ -130,12 +129,9 @@ def test_fit_objective_is_the_joint_distributions_log_prob(family, seed):
     JointDistribution's log_prob to 1e-10 relative, with an offset (and trials)."""
     rng = np.random.default_rng(seed)
     model, joint, effects, beta, sds, family_params = _random_model(family, rng)
-    objective = joint_log_prob(model.tensors(), effects, fixed_effects=beta,
-                               random_scale_tril=[np.array([[s]]) for s in sds], family=family,
-                               family_params=family_params)
-    record = joint.log_prob({**{f"g{k}": b for k, b in enumerate(effects)}, RESPONSE: model.response})
-    assert np.isfinite(float(record))
-    assert float(objective) == pytest.approx(float(record), rel=1e-10)
+    objective, record = objective_and_record(model, joint, effects, beta, sds, family_params)
+    assert np.isfinite(record)
+    assert objective == pytest.approx(record, rel=1e-10)
 
 
 def _scipy_log_pdf(family, y, eta, params, trials):

@@ -23,6 +23,7 @@ from scipy import optimize, special, stats
 from scipy.spatial import distance
 
 import mixedfx
+from conftest import caret_column
 from mixedfx._tf import tf
 from mixedfx.design import RandomTermData
 from mixedfx.exceptions import FormulaError
@@ -268,9 +269,6 @@ def test_reports_name_the_structure_parameters(fit):
 
 # -- formula errors ----------------------------------------------------------------------------
 
-def _caret_column(error: FormulaError) -> int:
-    return str(error).splitlines()[-1].index("^") - 4
-
 
 @pytest.mark.parametrize("formula, message, at", [
     ("y ~ cov + mat(x1 + x2 | field)", "takes coordinate columns and no intercept", "mat("),
@@ -284,5 +282,5 @@ def test_errors_point_at_the_term(formula, message, at):
     data = DATA.head(80).assign(label=lambda frame: frame["field"] + "x")
     with pytest.raises(FormulaError, match=re.escape(message)) as info:
         mixedfx.MixedEffectsRegressor(formula, verbose=0).fit(data)
-    assert _caret_column(info.value) == formula.index(at)
+    assert caret_column(info.value) == formula.index(at)
     assert list(data.columns) == list(DATA.columns) + ["label"]  # the user's frame untouched
