@@ -333,6 +333,9 @@ class _NewtonProblem:
     """
 
     def __init__(self, model: MixedModel, params: ModelParameters, *, expected: bool = False):
+        if model.predictors is not None:  # each row's curvature would be a 2x2 block, not a number
+            raise ParameterError("the Laplace approximation takes random terms of the model's own linear predictor "
+                                 "only, not of the family's (glmmTMB's ziformula)")
         n = model.n_obs
         self.model, self.params, self.expected = model, params, expected
         self.terms = model.random_terms
