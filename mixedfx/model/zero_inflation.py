@@ -34,6 +34,10 @@ __all__ = ["ZeroPart", "ZeroInflated", "Hurdle"]
 #: glmmTMB's prefix of the zero-inflation coefficients (``zi~(Intercept)``).
 ZI_PREFIX = "zi~"
 
+#: The parameter key under which the zero part's linear predictor gets its random part
+#: (see :meth:`ZeroPart.with_predictor_offsets`).
+ZI_OFFSET = "zi_offset"
+
 
 @dataclass(frozen=True)
 class ZeroPart(Family):
@@ -101,6 +105,19 @@ class ZeroPart(Family):
     def coefficient_block(self):
         return "zi", self.zi_names
 
+    def linear_predictors(self) -> tuple[str, ...]:
+        """The count family's and the zero part's (glmmTMB's ``cond`` and ``zi``)."""
+        return (*self.base.linear_predictors(), "zi")
+
+    def with_predictor_offsets(self, parameters, offsets):
+        """The random part of the zero part's linear predictor travels as the parameter
+        ``zi_offset`` (per row), which :meth:`log_prob` and the other methods add to
+        ``X_zi @ zi``; the count family's own keys go to it."""
+        offsets = dict(offsets)
+        zi = offsets.pop("zi", None)
+        parameters = self.base.with_predictor_offsets(parameters, offsets)
+        return parameters if zi is None else {**parameters, ZI_OFFSET: zi}
+
     def row_data(self, *, trials, design):
         """The per-row data of :meth:`log_prob`: the zero-inflation design, and a binomial's
         trials as its last column."""
@@ -118,11 +135,18 @@ class ZeroPart(Family):
         return rows[..., :len(self.zi_names)], (rows[..., -1] if self.base.takes_trial_weights else None)
 
     def zero_probability(self, design, parameters) -> np.ndarray:
-        """``pi`` of each row (numpy), from its zero-inflation design row."""
-        return special.expit(np.asarray(design, dtype=np.float64) @ np.asarray(parameters["zi"], dtype=np.float64))
+        """``pi`` of each row (numpy), from its zero-inflation design row (and the random
+        part ``zi_offset`` of its linear predictor, when the parameters carry one)."""
+        logits = np.asarray(design, dtype=np.float64) @ np.asarray(parameters["zi"], dtype=np.float64)
+        return special.expit(logits + np.asarray(parameters.get(ZI_OFFSET, 0.0), dtype=np.float64))
 
     def _zi_logits(self, design, parameters, dtype):
-        return tf.linalg.matvec(design, tf.cast(tf.convert_to_tensor(parameters["zi"]), dtype))
+        """``X_zi @ zi`` (plus ``zi_offset``, the random part, when given; it may carry
+        leading sample dimensions)."""
+        logits = tf.linalg.matvec(design, tf.cast(tf.convert_to_tensor(parameters["zi"]), dtype))
+        if ZI_OFFSET in parameters:
+            logits = logits + tf.cast(tf.convert_to_tensor(parameters[ZI_OFFSET]), dtype)
+        return logits
 
     # -- the likelihood ---------------------------------------------------------------------------
     def distribution(self, linear_predictor, parameters, *, trials=None):
