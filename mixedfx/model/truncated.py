@@ -145,6 +145,11 @@ class ZeroTruncated(Family):
     def link(self) -> str:
         return self.base.link
 
+    @property
+    def glmmtmb_dispersion_power(self) -> float:
+        """The count family's (a ``dispformula`` drives its dispersion)."""
+        return self.base.glmmtmb_dispersion_power
+
     def __str__(self) -> str:
         return f"{self.name} ({self.link} link)"
 
