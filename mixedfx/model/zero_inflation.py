@@ -47,7 +47,8 @@ class ZeroPart(Family):
     Parameters
     ----------
     base : Family
-        The count family (for :class:`Hurdle`, a zero-truncated one).
+        The count family (for :class:`Hurdle`, one that gives no zeros: a zero-truncated
+        count family, or the Gamma).
     zi_names : tuple of str
         Names of the zero-part design's columns (``"Intercept"``, ...).
     """
