@@ -52,6 +52,7 @@ FILE_SECONDS = {
     "test_covariance_structures.py": 250,  # alone on a loaded machine: 3.5 to 4.7 min
     "test_zero_inflation.py": 74,  # alone on a shared machine: 74-81 s
     "test_hurdle.py": 86,  # alone on a shared machine: 15 s fast, 71 s slow (two hurdle fits)
+    "test_hurdle2.py": 95,  # 95 CPU seconds (user + sys); 252 s wall at load average 15 (three hurdle fits)
     "test_dispformula.py": 35,
     "test_dispformula2.py": 90,  # alone on a shared machine: 77-91 s
     "test_spatial_structures.py": 91,  # alone on a shared machine: 90.5 s

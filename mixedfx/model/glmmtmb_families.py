@@ -10,6 +10,7 @@ scale, response checks and quantiles), named and parametrised as glmmTMB's
 glmmTMB                   mixedfx             link      own parameters (glmmTMB's summary)
 ========================  ==================  ========  ==============================================
 ``Gamma(link = "log")``   ``"gamma"``         log       ``dispersion`` = 1 / shape (``sigma^2``)
+``ziGamma(link = "log")`` ``"ziGamma"``       log       as Gamma; with a ``ziformula``, the hurdle Gamma
 ``nbinom1()``             ``"nbinom1"``       log       ``dispersion`` = phi, variance ``mu (1 + phi)``
 ``beta_family()``         ``"beta"``          logit     ``dispersion`` = precision phi
 ``t_family()``            ``"t"``             identity  ``sigma`` (scale) and ``df`` (or fixed)
@@ -58,7 +59,10 @@ class Gamma(LogDispersion, LogLink, Family):
 
     The response is gamma with mean ``mu = exp(eta)`` and shape ``1 / dispersion``, so
     that its variance is ``dispersion * mu^2``; ``dispersion`` is the ``sigma^2`` of
-    glmmTMB's summary ("Dispersion estimate for Gamma family").
+    glmmTMB's summary ("Dispersion estimate for Gamma family").  With a ``ziformula`` it is
+    glmmTMB's hurdle Gamma, ``family = ziGamma(link = "log")`` (``"ziGamma"`` is this
+    family's other name): ``P(y = 0) = pi``, else this Gamma
+    (:class:`~mixedfx.model.Hurdle`); without one a zero is a DataError.
 
     Examples
     --------
@@ -73,9 +77,17 @@ class Gamma(LogDispersion, LogLink, Family):
     >>> family.validate_response(np.array([1.0, 0.0]), name="y")
     Traceback (most recent call last):
     ...
-    mixedfx.exceptions.DataError: the Gamma response 'y' must be positive; found 0.0
+    mixedfx.exceptions.DataError: the Gamma response 'y' must be positive; found 0.0 (for zeros give a ziformula: glmmTMB's ziGamma hurdle)
+    >>> hurdle = family.zero_inflated(("Intercept",))  # family="ziGamma", ziformula="~ 1"
+    >>> str(hurdle), hurdle.parameter_labels()
+    ('hurdle gamma (log link)', ('dispersion', 'zi~(Intercept)'))
+    >>> params = {"dispersion": np.float64(0.5), "zi": np.array([0.0])}  # P(y = 0) = 1/2
+    >>> lp = hurdle.log_prob(eta, params, np.array([0.0, 10.0]), trials=np.ones((2, 1))).numpy()
+    >>> np.exp(lp).round(6).tolist()  # 1/2; 1/2 * Gamma(shape 2, mean 10) at 10 = 1/2 * 0.04 * 10 e^-2
+    [0.5, 0.027067]
     """
 
+    zero_inflatable: ClassVar[bool] = True  # a hurdle (glmmTMB's ziGamma)
     glmmtmb_dispersion_power: ClassVar[float] = -1.0  # glmmTMB's dispformula models log shape
     name: ClassVar[str] = "gamma"
     glmmtmb_name: ClassVar[str] = "Gamma"
@@ -85,6 +97,12 @@ class Gamma(LogDispersion, LogLink, Family):
         dispersion = _scalar(parameters, "dispersion", eta.dtype)
         return tfd.Gamma(concentration=1.0 / dispersion, log_rate=-eta - tf.math.log(dispersion))
 
+    def zero_inflated(self, zi_names) -> Family:
+        """glmmTMB's hurdle Gamma (``ziGamma``): this family for the positive responses, a
+        logistic model of ``P(y = 0)`` on a design whose columns are ``zi_names``."""
+        from mixedfx.model.zero_inflation import Hurdle
+
+        return Hurdle(self, tuple(zi_names))
 
     def fisher_weight(self, linear_predictor, parameters, *, trials=None):
         dispersion = _scalar(parameters, "dispersion", linear_predictor.dtype)
@@ -103,7 +121,9 @@ class Gamma(LogDispersion, LogLink, Family):
     def validate_response(self, response, *, trials=None, name):
         values = _numeric(response, name, "Gamma")
         if np.any(values <= 0):
-            raise DataError(f"the Gamma response {name!r} must be positive; found {float(values[values <= 0][0])!r}")
+            first = float(values[values <= 0][0])
+            hint = " (for zeros give a ziformula: glmmTMB's ziGamma hurdle)" if first == 0 else ""
+            raise DataError(f"the Gamma response {name!r} must be positive; found {first!r}{hint}")
         return values, None
 
     def response_quantile(self, mean, q, parameters):
@@ -495,5 +515,6 @@ class BetaBinomial(LogDispersion, Binomial):
 
 FAMILIES.update({"gamma": Gamma, "inverse_gaussian": InverseGaussian, "nbinom1": NegativeBinomial1, "beta": Beta,
                  "t": StudentT, "betabinomial": BetaBinomial})
-ALIASES.update({"beta_family": "beta", "t_family": "t", "student_t": "t", "beta_binomial": "betabinomial",
-                "inverse.gaussian": "inverse_gaussian", "inversegaussian": "inverse_gaussian"})
+ALIASES.update({"zigamma": "gamma", "beta_family": "beta", "t_family": "t", "student_t": "t",
+                "beta_binomial": "betabinomial", "inverse.gaussian": "inverse_gaussian",
+                "inversegaussian": "inverse_gaussian"})
