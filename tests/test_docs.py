@@ -167,6 +167,7 @@ def test_constants_are_found():
         "mixedfx.design.frame.MISSING_POLICIES",
         "mixedfx.model.families.FAMILIES", "mixedfx.model.joint.RESPONSE", "mixedfx.examples.tutorial.FIGURES",
         "mixedfx.examples.tutorial.N_ORDINAL_STUDENTS", "mixedfx.examples.tutorial.PARTS",
+        "mixedfx.examples.zero_inflation.FIGURE", "mixedfx.examples.zero_inflation.N_SIMULATIONS",
         "mixedfx.marginal_means.DF_METHODS", "mixedfx.lmertest.DDF_METHODS",
     }
     assert len(_CONSTANTS) == len(documented)  # each once
