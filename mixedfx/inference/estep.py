@@ -310,9 +310,11 @@ def prior_precision_diagonal(random_scale_tril):
 def data_precision_diagonal(*, weight, group_index, z, num_levels):
     """Per term, ``sum_{rows in level} weight * z_c^2`` for each level and coefficient,
     ``[num_levels, dim]``: the data's share of the diagonal of the posterior precision
-    (``weight`` the family's Fisher weight of each row).  A sum over rows."""
+    (``weight`` the family's Fisher weight of each row, or per term the curvature of
+    the linear predictor it enters).  A sum over rows."""
     data_precision = []
-    for index, term_z, q in zip(group_index, z, num_levels):
+    weights = weight if isinstance(weight, (list, tuple)) else (weight,) * len(num_levels)
+    for weight, index, term_z, q in zip(weights, group_index, z, num_levels):
         if term_z is None:
             data_precision.append(tf.math.unsorted_segment_sum(weight, index, q)[:, None])
         else:

@@ -34,7 +34,8 @@ from mixedfx.inference.mstep import (
 from mixedfx.inference.msteps import m_step_for
 from mixedfx.inference.rows import RowChunks, model_tensors
 from mixedfx.model.families import Family
-from mixedfx.model.joint import gaussian_log_likelihood_float32, linear_predictor, prior_log_prob, response_log_prob
+from mixedfx.model.joint import (family_tensors, gaussian_log_likelihood_float32, linear_predictor, linear_predictors,
+                                 prior_log_prob, response_log_prob)
 
 __all__ = ["BlockOutput", "EMState", "LoopConfig", "LoopState", "compiled_iterations", "trace_row"]
 
@@ -138,6 +139,7 @@ class LoopConfig:
     one_hot: tuple = ()  # per term: one-hot products instead of gathers (few levels, on a GPU)
     float32_e_step: bool = False  # Gaussian: the E-step's random part in float32
     structures: tuple = ()  # per term: its covariance structure's name (mixedfx.model.covariance); () all "us"
+    predictors: tuple | None = None  # per term: the linear predictor it enters; None all "cond"
     # Test hook (MCEMOptions.fault_injection): "nan" or "inf", put into the chains at
     # the iteration ``data["fault_iteration"]`` of a call; None adds nothing to the graph.
     fault_kind: str | None = None
@@ -190,7 +192,7 @@ def _row_functions(config: LoopConfig) -> _RowFunctions:
 
     def tensors_of(row_data):
         return model_tensors(row_data, num_levels=num_levels, keys=config.keys, dims=config.dims,
-                             one_hot=config.one_hot or None)
+                             one_hot=config.one_hot or None, predictors=config.predictors)
 
     def log_likelihood(row_data, effects, fixed_effects, free):
         return response_log_prob(tensors_of(row_data), effects, fixed_effects=fixed_effects, family=family,
@@ -206,6 +208,10 @@ def _row_functions(config: LoopConfig) -> _RowFunctions:
     def information(row_data, mean_effects, fixed_effects, free):
         """The data's share of each level's precision (the preconditioner)."""
         tensors = tensors_of(row_data)
+        if config.predictors is not None:
+            weight = predictor_weights(family, tensors, mean_effects, fixed_effects, family.constrain(free))
+            return data_precision_diagonal(weight=weight, group_index=tensors.group_index, z=tensors.z,
+                                           num_levels=num_levels)
         eta = linear_predictor(tensors.fixed_design, fixed_effects, mean_effects, tensors.group_index, tensors.z,
                                tensors.offset, one_hot=tensors.one_hot)
         weight = family.weighted_fisher_weight(eta, family.constrain(free), trials=tensors.trials,
@@ -228,8 +234,34 @@ def _row_functions(config: LoopConfig) -> _RowFunctions:
         return out
 
     m_step = m_step_for(family, log_likelihood=log_likelihood, tensors_of=tensors_of, dims=config.dims,
-                        reml=config.reml, structures=config.structures)
+                        reml=config.reml, structures=config.structures, predictors=config.predictors)
     return _RowFunctions(log_likelihood, e_step_log_likelihood, information, level_sums, m_step)
+
+
+def predictor_weights(family, tensors, effects, fixed_effects, natural) -> list:
+    """Per term, each row's curvature of the linear predictor the term enters, at
+    ``effects`` (the preconditioner's weights when terms enter the family's own linear
+    predictors): the family's Fisher weight for ``"cond"``, minus the row's second
+    derivative (by automatic differentiation, clipped at zero) for the others."""
+    eta, own = linear_predictors(tensors, effects, fixed_effects=fixed_effects)
+    natural = family_tensors(natural, dtype=eta.dtype)
+    keys = list(own)
+    values = [own[key] for key in keys]
+    with tf.GradientTape(persistent=True) as outer:
+        outer.watch(values)
+        with tf.GradientTape() as inner:
+            inner.watch(values)
+            params = family.with_predictor_offsets(natural, dict(zip(keys, values)))
+            total = tf.reduce_sum(family.weighted_log_prob(eta, params, tensors.response, trials=tensors.trials,
+                                                           weights=tensors.prior_weight) * tensors.row_weight)
+        score_sums = [tf.reduce_sum(s) for s in inner.gradient(total, values)]
+    # rows are independent: the gradient of a score's sum in its own predictor is each row's d2
+    second = [outer.gradient(score, value) for score, value in zip(score_sums, values)]
+    del outer
+    weights = {"cond": family.weighted_fisher_weight(eta, params, trials=tensors.trials,
+                                                     weights=tensors.prior_weight) * tensors.row_weight}
+    weights.update({key: tf.maximum(-d2, 0.0) * tensors.row_weight for key, d2 in zip(keys, second)})
+    return [weights[tag] for tag in tensors.predictors]
 
 
 @dataclass(frozen=True)

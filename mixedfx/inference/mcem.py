@@ -25,7 +25,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from mixedfx._tf import tf, tfp
-from mixedfx.exceptions import ParameterError
 from mixedfx.inference.buckets import ShapeBuckets
 from mixedfx.inference.driver import MCEMDriver
 from mixedfx.inference.faults import FaultInjection
@@ -256,9 +255,6 @@ def fit_mcem(
     True
     """
     options = options or MCEMOptions()
-    if model.predictors is not None:  # the E-step's preconditioner and restarts know one linear predictor
-        raise ParameterError("random terms of the family's own linear predictors (glmmTMB's ziformula) are not "
-                             "fitted yet: only the model's own random terms are")
     model, _ = model.row_scaled()  # precision weights (Gaussian): the same fit on rows scaled by sqrt(w)
     if method not in ("ml", "reml"):
         raise ValueError(f"method must be 'ml' or 'reml', got {method!r}")
@@ -334,6 +330,7 @@ def _loop_config(model, options, *, buckets, expansions, centering, reml) -> Loo
         one_hot=one_hot_terms(buckets.padded_levels),
         float32_e_step=options.float32_e_step and model.family.conjugate_gaussian,
         structures=tuple(term_structure(t) for t in model.random_terms),
+        predictors=model.predictors,
     )
 
 

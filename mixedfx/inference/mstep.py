@@ -33,6 +33,8 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+import numpy as np
+
 from mixedfx._tf import tf
 from mixedfx.model.covariance import structure_for
 
@@ -272,7 +274,8 @@ def _restricted_least_squares(gram, rhs, basis, p):
     return tf.linalg.matvec(full, _least_squares(reduced, tf.linalg.matvec(full, rhs, transpose_a=True)))
 
 
-def glm_regression(sums, *, n_draws, family, fixed_effects, free, dims, n_newton=2, max_halvings=20, basis=None):
+def glm_regression(sums, *, n_draws, family, fixed_effects, free, dims, n_newton=2, max_halvings=20, basis=None,
+                   column_predictors=None):
     """Any family's part of the expanded M-step: Newton's method on the expected
     log-likelihood over the draws.
 
@@ -309,6 +312,10 @@ def glm_regression(sums, *, n_draws, family, fixed_effects, free, dims, n_newton
     basis : numpy.ndarray or None
         Restricts the expansion coefficients to its columns' span (structured
         covariances; :func:`~mixedfx.inference.msteps.expansion_basis`).
+    column_predictors : tuple of str, optional
+        Per expansion coefficient, the linear predictor its term enters (``"cond"``, or
+        one of the family's own such as glmmTMB's ``"zi"``, which the family reads through
+        :meth:`~mixedfx.model.Family.with_predictor_offsets`); ``None``: all ``"cond"``.
 
     Returns
     -------
@@ -337,7 +344,8 @@ def glm_regression(sums, *, n_draws, family, fixed_effects, free, dims, n_newton
     dtype = fixed_effects.dtype
     p = fixed_effects.shape[0]
     n_draws = tf.cast(n_draws, dtype)
-    pieces = _newton_pieces(family, p)
+    pieces = _newton_pieces(family, p) if column_predictors is None else _predictors_pieces(
+        family, p, tuple(column_predictors))
 
     def objective(theta, u):
         return sums(pieces.objective, theta, u) / n_draws
@@ -407,6 +415,23 @@ class _NewtonPieces:
     family_sums: object
 
 
+def _family_sums(objective):
+    """The sum of value, gradient and Hessian in ``u`` (the family's parameters) of
+    ``objective(rows, theta, u)``."""
+
+    def family_sums(rows, theta, u):
+        with tf.GradientTape() as outer:
+            outer.watch(u)
+            with tf.GradientTape() as inner:
+                inner.watch(u)
+                value = objective(rows, theta, u)
+            gradient = inner.gradient(value, u)
+        hessian = outer.jacobian(gradient, u, experimental_use_pfor=True)
+        return {"value": value, "gradient": gradient, "hessian": hessian}
+
+    return family_sums
+
+
 @functools.lru_cache(maxsize=32)
 def _newton_pieces(family, p: int) -> _NewtonPieces:
     """:func:`glm_regression`'s sums for one family and fixed-effect count (the same
@@ -444,18 +469,59 @@ def _newton_pieces(family, p: int) -> _NewtonPieces:
         return {"value": total, "gradient": tf.einsum("sn,snk->k", score, regressors),
                 "hessian": tf.einsum("sn,snk,snl->kl", curvature, regressors, regressors)}
 
-    def family_sums(rows, theta, u):
-        """Value, gradient and Hessian in ``u`` (the family's parameters)."""
-        with tf.GradientTape() as outer:
-            outer.watch(u)
-            with tf.GradientTape() as inner:
-                inner.watch(u)
-                value = objective(rows, theta, u)
-            gradient = inner.gradient(value, u)
-        hessian = outer.jacobian(gradient, u, experimental_use_pfor=True)
-        return {"value": value, "gradient": gradient, "hessian": hessian}
+    return _NewtonPieces(objective, linear_sums, _family_sums(objective))
 
-    return _NewtonPieces(objective, linear_sums, family_sums)
+
+@functools.lru_cache(maxsize=32)
+def _predictors_pieces(family, p: int, column_predictors: tuple) -> _NewtonPieces:
+    """:func:`glm_regression`'s sums when some terms enter the family's own linear
+    predictors: expansion coefficient ``m`` scales its term's effects in predictor
+    ``column_predictors[m]``; each row's first and second derivatives in every
+    predictor (a ``P x P`` curvature per row) give the gradient and Hessian in
+    ``theta``, the family's parameters as in :func:`_newton_pieces`."""
+    keys = tuple(dict.fromkeys(("cond", *column_predictors)))
+    masks = [np.array([float(tag == key) for tag in column_predictors]) for key in keys]
+
+    def predictors(rows, theta):
+        """The stack of linear predictors ``[eta, *own]``, each ``[draws, rows]``."""
+        beta, coefficients = theta[:p], theta[p:]
+        base = tf.zeros_like(rows["response"]) if rows["offset"] is None else rows["offset"]
+        parts = [tf.einsum("snm,m->sn", rows["parts"], coefficients * mask) for mask in masks]
+        parts[0] = parts[0] + (tf.linalg.matvec(rows["fixed_design"], beta) + base)[None, :]
+        return parts
+
+    def log_prob(rows, parts, natural):
+        params = family.with_predictor_offsets(natural, dict(zip(keys[1:], parts[1:])))
+        value = family.weighted_log_prob(parts[0], params, rows["response"], trials=rows["trials"],
+                                         weights=rows.get("prior_weight"))
+        return value if rows["row_weight"] is None else value * rows["row_weight"]
+
+    def objective(rows, theta, u):
+        return tf.reduce_sum(log_prob(rows, predictors(rows, theta), family.constrain(u)))
+
+    def linear_sums(rows, theta, u):
+        """Value, gradient and Hessian in ``theta`` (fixed effects and ``C_k``)."""
+        parts, natural = predictors(rows, theta), family.constrain(u)
+        with tf.GradientTape(persistent=True) as outer:
+            outer.watch(parts)
+            with tf.GradientTape() as inner:
+                inner.watch(parts)
+                total = tf.reduce_sum(log_prob(rows, parts, natural))
+            scores = inner.gradient(total, parts)  # each row's own derivatives
+            score_sums = [tf.reduce_sum(score) for score in scores]
+        second = [outer.gradient(score, parts, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                  for score in score_sums]  # second[a][b]: each row's d2 / da db
+        del outer
+        draws = rows["parts"]
+        fixed = tf.broadcast_to(rows["fixed_design"][None], tf.concat([tf.shape(draws)[:2], [p]], 0))
+        regressors = [tf.concat([fixed if a == 0 else tf.zeros_like(fixed), draws * mask], axis=-1)
+                      for a, mask in enumerate(masks)]  # [draws, rows, p + m] per predictor
+        gradient = tf.add_n([tf.einsum("sn,snk->k", g, r) for g, r in zip(scores, regressors)])
+        hessian = tf.add_n([tf.einsum("sn,snk,snl->kl", second[a][b], regressors[a], regressors[b])
+                            for a in range(len(keys)) for b in range(len(keys))])
+        return {"value": total, "gradient": gradient, "hessian": hessian}
+
+    return _NewtonPieces(objective, linear_sums, _family_sums(objective))
 
 
 @functools.lru_cache(maxsize=64)

@@ -142,11 +142,14 @@ class NewtonMStep:
     ('poisson', (1,))
     """
 
-    def __init__(self, family, *, log_likelihood, dims, structures=()):
+    def __init__(self, family, *, log_likelihood, dims, structures=(), predictors=None):
         self.family = family
         self.dims = tuple(dims)
         self._log_likelihood = log_likelihood
         self.basis = expansion_basis(self.dims, structures)
+        # per expansion coefficient, the linear predictor its term enters (None: all "cond")
+        self.column_predictors = None if predictors is None else tuple(
+            tag for tag, dim in zip(predictors, self.dims) for _ in range(dim * dim))
 
     def statistics(self, row_sums, effects, *, fixed_effects, free, data):
         """Only the log-likelihood: the Newton steps read the draws themselves."""
@@ -164,7 +167,7 @@ class NewtonMStep:
             return row_sums.sum(newton_rows(fn, n_terms), flat_draws, *args)
 
         return glm_regression(newton_sums, n_draws=n_draws, family=self.family, fixed_effects=fixed_effects,
-                              free=free, dims=self.dims, basis=self.basis)
+                              free=free, dims=self.dims, basis=self.basis, column_predictors=self.column_predictors)
 
 
 def expansion_basis(dims, structures):
@@ -184,7 +187,7 @@ def expansion_basis(dims, structures):
     return out
 
 
-def m_step_for(family, *, log_likelihood, tensors_of, dims, reml=False, structures=()):
+def m_step_for(family, *, log_likelihood, tensors_of, dims, reml=False, structures=(), predictors=None):
     """The M-step regression strategy for ``family``: :class:`GaussianMStep` where
     ``family.conjugate_gaussian``, else :class:`NewtonMStep`.
 
@@ -196,7 +199,7 @@ def m_step_for(family, *, log_likelihood, tensors_of, dims, reml=False, structur
     ...  for f in (Gaussian(), Poisson())]
     ['GaussianMStep', 'NewtonMStep']
     """
-    if family.conjugate_gaussian:
+    if family.conjugate_gaussian and predictors is None:
         return GaussianMStep(family, log_likelihood=log_likelihood, tensors_of=tensors_of, dims=dims, reml=reml,
                              structures=structures)
-    return NewtonMStep(family, log_likelihood=log_likelihood, dims=dims, structures=structures)
+    return NewtonMStep(family, log_likelihood=log_likelihood, dims=dims, structures=structures, predictors=predictors)

@@ -53,8 +53,9 @@ def chunk_rows_for(padded_rows: int, *, max_rows: int = 1 << 17) -> int:
     return min(chunk, max_rows)
 
 
-def model_tensors(rows: dict, *, num_levels, keys, dims, one_hot=None) -> ModelTensors:
-    """The row tensors of ``rows`` (a chunk or a shard) as :class:`ModelTensors`.
+def model_tensors(rows: dict, *, num_levels, keys, dims, one_hot=None, predictors=None) -> ModelTensors:
+    """The row tensors of ``rows`` (a chunk or a shard) as :class:`ModelTensors`
+    (``predictors``: per term the linear predictor it enters, ``None`` for all ``"cond"``).
 
     Examples
     --------
@@ -72,7 +73,7 @@ def model_tensors(rows: dict, *, num_levels, keys, dims, one_hot=None) -> ModelT
         rows["fixed_design"], rows["response"], tuple(rows[f"group_index_{k}"] for k in terms),
         tuple(rows.get(f"z_{k}") for k in terms), tuple(num_levels), tuple(keys), tuple(dims),
         offset=rows.get("offset"), trials=rows.get("trials"), row_weight=rows.get("row_weight"), one_hot=one_hot,
-        prior_weight=rows.get("prior_weight"),
+        prior_weight=rows.get("prior_weight"), predictors=predictors,
     )
 
 

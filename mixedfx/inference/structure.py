@@ -48,7 +48,7 @@ def location_expansions(model: MixedModel) -> tuple[Expansion, ...]:
     expansions = []
     for term in model.random_terms:
         q = term.num_levels
-        if X.shape[1] == 0:
+        if X.shape[1] == 0 or _predictor(term) != "cond":  # a term of the family's own linear predictor: none
             expansions.append(Expansion((), None))
         elif term.z is None:
             # a column is constant within levels when every row equals a row of its level
@@ -102,7 +102,8 @@ def nested_centering(model: MixedModel) -> Centering:
     for child in intercepts:
         best = None
         for parent in intercepts:
-            if terms[parent].num_levels >= terms[child].num_levels:
+            if terms[parent].num_levels >= terms[child].num_levels or _predictor(terms[parent]) != _predictor(
+                    terms[child]):
                 continue
             # nested: every row's parent level is the one of another row of its level
             some_row = _a_row_of_each_level(terms[child].group_index, terms[child].num_levels)
@@ -125,6 +126,11 @@ def nested_centering(model: MixedModel) -> Centering:
         taken.add(p)
         parent[child], parent_level[child] = p, level_map
     return Centering(parent=tuple(parent), parent_level=tuple(parent_level))
+
+
+def _predictor(term) -> str:
+    """The linear predictor ``term`` enters (``"cond"``, or one of the family's own)."""
+    return getattr(term, "predictor", "cond")
 
 
 def _a_row_of_each_level(group_index: np.ndarray, num_levels: int) -> np.ndarray:

@@ -521,6 +521,33 @@ def family_inputs(tensors: ModelTensors, effects, *, fixed_effects, family: Fami
     >>> eta.numpy().tolist(), params["zi_offset"].numpy().tolist()
     ([-1.0, -1.0, 1.0, 1.0], [0.5, 0.5, 2.0, 2.0])
     """
+    eta, own = linear_predictors(tensors, effects, fixed_effects=fixed_effects)
+    if not own:
+        return eta, family_params
+    return eta, family.with_predictor_offsets(family_tensors(family_params, dtype=tensors.fixed_design.dtype), own)
+
+
+def linear_predictors(tensors: ModelTensors, effects, *, fixed_effects):
+    """``(eta, own)``: the model's linear predictor (the terms that enter ``"cond"``,
+    with the fixed part and the offset) and, by key, the random part of each of the
+    family's own linear predictors (``tensors.predictors``; glmmTMB's ``zi``), ``{}``
+    when every term enters ``"cond"`` (see :func:`family_inputs`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedfx.design import RandomTermData
+    >>> from mixedfx.model import MixedModel, Poisson
+    >>> from mixedfx.model.joint import linear_predictors
+    >>> g = np.array([0, 1], dtype=np.int32)
+    >>> terms = (RandomTermData("g", g, None, 2), RandomTermData("g", g, None, 2, predictor="zi"))
+    >>> model = MixedModel(Poisson().zero_inflated(("Intercept",)), np.ones((2, 1)), np.array([0.0, 1.0]), terms,
+    ...                    ("Intercept",), family_design={"zi": np.ones((2, 1))})
+    >>> eta, own = linear_predictors(model.tensors(), [np.array([[-1.0], [1.0]]), np.array([[0.5], [2.0]])],
+    ...                              fixed_effects=np.array([1.0]))
+    >>> eta.numpy().tolist(), own["zi"].numpy().tolist()
+    ([0.0, 2.0], [0.5, 2.0])
+    """
     dtype = tensors.fixed_design.dtype
     fixed_effects = tf.convert_to_tensor(fixed_effects, dtype=dtype)
     predictors = tensors.predictors or ("cond",) * len(effects)
@@ -535,9 +562,7 @@ def family_inputs(tensors: ModelTensors, effects, *, fixed_effects, family: Fami
     eta = part("cond", tensors.fixed_design, fixed_effects, tensors.offset)
     own = {key: part(key, tensors.fixed_design[:, :0], fixed_effects[:0], None)
            for key in dict.fromkeys(predictors) if key != "cond"}
-    if not own:
-        return eta, family_params
-    return eta, family.with_predictor_offsets(family_tensors(family_params, dtype=dtype), own)
+    return eta, own
 
 
 def build_joint_distribution(
