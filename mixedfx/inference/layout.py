@@ -77,13 +77,16 @@ class ParameterLayout:
         kinds = ["fixed"] * len(names)
         for term in model.random_terms:
             coefs = term.coef_names
+            # a term of the family's own linear predictor: glmmTMB's prefix (zi~sd(site))
+            tag = getattr(term, "predictor", "cond")
+            prefix = "" if tag == "cond" else f"{tag}~"
             if coefs == ("(Intercept)",):
-                names.append(f"sd({term.name})")
+                names.append(f"{prefix}sd({term.name})")
             else:
-                names += [f"sd({term.name}, {c})" for c in coefs]
+                names += [f"{prefix}sd({term.name}, {c})" for c in coefs]
             kinds += ["sd"] * len(coefs)
             for a, b in _pairs(len(coefs)):
-                names.append(f"cor({term.name}, {coefs[a]}, {coefs[b]})")
+                names.append(f"{prefix}cor({term.name}, {coefs[a]}, {coefs[b]})")
                 kinds.append("cor")
         for label, positive in zip(model.family.parameter_labels(), model.family.positive_parameters()):
             names.append(label)

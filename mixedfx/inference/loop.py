@@ -372,10 +372,14 @@ def _m_step(ctx: _CallContext, em: EMState, e_step, *, prior_precision):
         )
     regression_beta, scale_matrix, new_free = ctx.functions.m_step.update(
         stats, row_sums=ctx.row_sums, draws=e_step.draws, fixed_effects=em.fixed_effects, free=em.free, data=data)
-    new_beta, new_scale_tril, location = covariance_update(
-        stats, fixed_effects=regression_beta, scale_matrix=scale_matrix, num_levels=data["level_count"],
-        dims=config.dims, expansions=ctx.expansions, structures=config.structures,
+    # the location expansions' targets index the fixed effects followed by the family's
+    # unconstrained parameters (a term of a family's own linear predictor: its coefficients)
+    p = regression_beta.shape[0]
+    shifted, new_scale_tril, location = covariance_update(
+        stats, fixed_effects=tf.concat([regression_beta, new_free], 0), scale_matrix=scale_matrix,
+        num_levels=data["level_count"], dims=config.dims, expansions=ctx.expansions, structures=config.structures,
     )
+    new_beta, new_free = shifted[:p], shifted[p:]
     new_chains = reduce_state(e_step.final_state, scale_matrix=scale_matrix, location=location,
                               expansions=ctx.expansions)
     return new_beta, new_scale_tril, new_free, new_chains

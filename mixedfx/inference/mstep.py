@@ -63,7 +63,9 @@ class Expansion:
     ----------
     targets : tuple of tuple of int
         ``targets[c][m]`` is the fixed-effect column that equals ``z_c`` times column
-        ``m`` of ``W`` (an empty tuple: no expansion).
+        ``m`` of ``W`` (an empty tuple: no expansion); for a term of the family's own
+        linear predictor (glmmTMB's ``zi``), an index past the fixed effects: into the
+        family's unconstrained parameters that follow them, its coefficients.
     level_values : Tensor of shape (num_levels, n_columns) or None
         ``W``: for a random intercept, the values at each level of the fixed-effect
         columns constant within levels; for a term whose every ``z`` column is also a

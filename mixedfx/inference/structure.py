@@ -44,34 +44,46 @@ def location_expansions(model: MixedModel) -> tuple[Expansion, ...]:
     >>> expansion.targets, expansion.level_values.tolist()
     (((0, 1),), [[1.0, 0.0], [1.0, 1.0], [1.0, 0.0]])
     """
-    X = model.fixed_design
-    expansions = []
-    for term in model.random_terms:
-        q = term.num_levels
-        if X.shape[1] == 0 or _predictor(term) != "cond":  # a term of the family's own linear predictor: none
-            expansions.append(Expansion((), None))
-        elif term.z is None:
-            # a column is constant within levels when every row equals a row of its level
-            some_row = _a_row_of_each_level(term.group_index, q)
-            constant = np.all(X == X[some_row[term.group_index]], axis=0)
-            columns = tuple(int(j) for j in np.flatnonzero(constant))
-            values = X[some_row][:, list(columns)]
-            if columns and np.linalg.matrix_rank(values) == len(columns):
-                expansions.append(Expansion((columns,), values))
-            else:
-                expansions.append(Expansion((), None))
-        else:
-            targets = []
-            for c in range(term.z.shape[1]):
-                match = [j for j in range(X.shape[1]) if np.array_equal(X[:, j], term.z[:, c])]
-                if not match:
-                    break
-                targets.append((match[0],))
-            if len(targets) == term.z.shape[1]:
-                expansions.append(Expansion(tuple(targets), np.ones((q, 1))))
-            else:
-                expansions.append(Expansion((), None))
-    return tuple(expansions)
+    designs = {"cond": (model.fixed_design, 0)}
+    return tuple(_expansion(term, *_design_of(model, _predictor(term), designs)) for term in model.random_terms)
+
+
+def _design_of(model: MixedModel, key: str, designs: dict):
+    """``(design, first)``: the fixed design of linear predictor ``key`` and the index of
+    its first coefficient in the vector of the fixed effects followed by the family's
+    unconstrained parameters (a family's own linear model's coefficients are among the
+    last of these, :meth:`~mixedfx.model.Family.coefficient_blocks`)."""
+    if key not in designs:
+        family, p = model.family, model.fixed_design.shape[1]
+        at = p + len(family.parameter_labels()) - sum(len(names) for _, names in family.coefficient_blocks())
+        for block, names in family.coefficient_blocks():
+            designs[block] = (np.asarray(family.own_design(model.family_design, block), dtype=np.float64), at)
+            at += len(names)
+    return designs[key]
+
+
+def _expansion(term, X, first: int) -> Expansion:
+    """The location expansion of ``term`` into the columns of ``X`` (its linear predictor's
+    fixed design), whose coefficients start at index ``first``."""
+    q = term.num_levels
+    if X.shape[1] == 0:
+        return Expansion((), None)
+    if term.z is None:
+        # a column is constant within levels when every row equals a row of its level
+        some_row = _a_row_of_each_level(term.group_index, q)
+        constant = np.all(X == X[some_row[term.group_index]], axis=0)
+        columns = tuple(int(j) for j in np.flatnonzero(constant))
+        values = X[some_row][:, list(columns)]
+        if columns and np.linalg.matrix_rank(values) == len(columns):
+            return Expansion((tuple(first + j for j in columns),), values)
+        return Expansion((), None)
+    targets = []
+    for c in range(term.z.shape[1]):
+        match = [j for j in range(X.shape[1]) if np.array_equal(X[:, j], term.z[:, c])]
+        if not match:
+            return Expansion((), None)
+        targets.append((first + match[0],))
+    return Expansion(tuple(targets), np.ones((q, 1)))
 
 
 def nested_centering(model: MixedModel) -> Centering:
