@@ -332,6 +332,8 @@ def linear_predictor_variance(model, X_fixed, terms, *, include_random) -> np.nd
     if include_random:
         params = model.model_parameters_
         for term, data, prior in zip(model.random_design_.terms, terms, params.random_cov):
+            if term.predictor != "cond":  # a ziformula term: not in this linear predictor
+                continue
             columns = list(model.random_effects_[term.name].columns)
             pick = [columns.index(c) for c in term.coef_names]
             conditional = model.random_effects_cov_[term.name][:, pick][:, :, pick]

@@ -20,7 +20,7 @@ from mixedfx.design.frame import MISSING_POLICIES, clean_columns, describe_count
 from mixedfx.design.random import RandomDesign, RandomTermData
 from mixedfx.design.response import ResponseDesign
 from mixedfx.exceptions import DataError, DataWarning, FormulaError, ParameterError
-from mixedfx.formula import FormulaSpec
+from mixedfx.formula import FormulaSpec, parse_formula
 from mixedfx.formula.tokens import TokenKind, tokenize
 
 __all__ = ["BoundData", "bind_data"]
@@ -184,7 +184,9 @@ def bind_data(spec: FormulaSpec, data: pd.DataFrame, *, y=None, sample_weight=No
         random_design = RandomDesign.from_spec(spec, data)
     except FormulaError as exc:
         raise _in_formula(exc, spec.text) from None
-    zi_design, zi_matrix = build_zi_design(ziformula, data)
+    zi_design, zi_matrix, zi_random = _zi_designs(ziformula, data)
+    if zi_random is not None:
+        random_design = random_design.with_terms_of(zi_random, predictor="zi")
     disp_design, disp_matrix = build_dispersion_design(dispformula, data)
     return BoundData(
         spec=spec, response_design=response_design, response_name=response_name, response=raw, trials=trials,
@@ -193,6 +195,30 @@ def bind_data(spec: FormulaSpec, data: pd.DataFrame, *, y=None, sample_weight=No
         random_terms=random_design.materialize(data, new_levels="error"), dropped_rows=dropped,
         zi_design=zi_design, zi_matrix=zi_matrix, disp_design=disp_design, disp_matrix=disp_matrix,
     )
+
+
+def _zi_designs(ziformula, data: pd.DataFrame):
+    """``(design, matrix, random design or None)`` of glmmTMB's ``ziformula``: its fixed
+    part (:func:`~mixedfx.design.build_zi_design`) and its random terms (``~ x + (1 | g)``),
+    which enter the zero-inflation linear predictor."""
+    if not isinstance(ziformula, str) or "|" not in ziformula:
+        return (*build_zi_design(ziformula, data), None)
+    text = ziformula.strip()
+    if not text.startswith("~"):
+        raise FormulaError(f"ziformula must be a one-sided formula such as '~ x', got {ziformula!r}")
+    spec = parse_formula(text)
+    if spec.offsets:
+        raise FormulaError("offset() terms in a ziformula are not supported", formula=text,
+                           position=text.find("offset"))
+    if spec.fixed.replace(" ", "") in ("0", "-1"):
+        raise FormulaError("random terms in ziformula need its fixed part to have a column (an intercept): the "
+                           "zero-inflation model is its fixed part plus them", formula=text, position=text.find("0"))
+    zi_design, zi_matrix = build_zi_design(f"~ {spec.fixed}", data)
+    try:
+        zi_random = RandomDesign.from_spec(spec, data)
+    except FormulaError as exc:
+        raise _in_formula(exc, text) from None
+    return zi_design, zi_matrix, zi_random
 
 
 def _zi_columns(ziformula, data: pd.DataFrame) -> list[str]:

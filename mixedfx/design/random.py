@@ -12,6 +12,7 @@ per-level output, reads it from there.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -265,6 +266,9 @@ class RandomTermDesign:
         A continuous structure's points (``exp(x + y + 0 | g)``): the distinct rows of
         its coordinate columns (``spec.coordinates``), sorted, shape ``(dim, n_columns)``;
         one coefficient each, as glmmTMB's ``numFactor``.
+    predictor : str
+        The linear predictor the term enters: ``"cond"`` (the formula's), or ``"zi"`` (a
+        term of glmmTMB's ``ziformula``, named ``"zi~g"``; :meth:`RandomDesign.with_terms_of`).
 
     Examples
     --------
@@ -286,10 +290,13 @@ class RandomTermDesign:
     columns: tuple[int, ...] = (0,)
     factor_levels: tuple | None = None
     coordinates: np.ndarray | None = None
+    predictor: str = "cond"
 
     @property
     def name(self) -> str:
-        return self.factor
+        """The grouping factor's name; prefixed as glmmTMB's coefficients (``"zi~site"``)
+        for a term of another linear predictor than the formula's."""
+        return self.factor if self.predictor == "cond" else f"{self.predictor}~{self.factor}"
 
     @property
     def covariance(self) -> str:
@@ -482,9 +489,31 @@ class RandomDesign:
             out.append(RandomTermData(
                 name=term.name, group_index=codes[term.factor], z=z,
                 num_levels=self.factors[term.factor].num_levels, coef_names=term.coef_names,
-                covariance=term.spec.covariance, coordinates=term.coordinates,
+                covariance=term.spec.covariance, coordinates=term.coordinates, predictor=term.predictor,
             ))
         return tuple(out)
+
+    def with_terms_of(self, other: RandomDesign, *, predictor: str) -> RandomDesign:
+        """This design and ``other``'s terms, which enter linear predictor ``predictor``
+        (glmmTMB's ``ziformula = ~ x + (1 | g)``: ``predictor="zi"``), after its own; a
+        grouping factor of both keeps this design's levels (learnt from the same rows).
+
+        Examples
+        --------
+        >>> import pandas as pd
+        >>> from mixedfx.formula import parse_formula
+        >>> from mixedfx.design import RandomDesign
+        >>> frame = pd.DataFrame({"y": [1.0, 0, 3, 0], "g": ["b", "a", "b", "c"]})
+        >>> cond = RandomDesign.from_spec(parse_formula("y ~ (1 | g)"), frame)
+        >>> zi = RandomDesign.from_spec(parse_formula("~ (1 | g)"), frame)
+        >>> both = cond.with_terms_of(zi, predictor="zi")
+        >>> [(term.name, term.predictor) for term in both.terms], list(both.factors)
+        ([('g', 'cond'), ('zi~g', 'zi')], ['g'])
+        >>> [term.predictor for term in both.materialize(frame)]
+        ['cond', 'zi']
+        """
+        terms = tuple(dataclasses.replace(term, predictor=predictor) for term in other.terms)
+        return RandomDesign(factors={**other.factors, **self.factors}, terms=self.terms + terms)
 
 
 def _single_factor_levels(term: RandomTermSpec, data: pd.DataFrame) -> tuple | None:

@@ -57,6 +57,7 @@ from mixedfx.model import (
     get_family,
     numpy_linear_predictor,
 )
+from mixedfx.model.joint import numpy_random_part
 from mixedfx.report import format_summary
 
 __all__ = ["MixedEffectsModel"]
@@ -403,7 +404,9 @@ class MixedEffectsModel(AfterFitMethods, BaseEstimator):
                                      "re_form='~0')")
             re_form = "~0"
         kept = select_random_terms(self.formula_spec_, re_form)
-        return tuple(kept[self.formula_spec_.random.index(term.spec)] for term in self.random_design_.terms)
+        # a term of the ziformula: kept with every term (glmmTMB's re.form = NULL), else left out
+        return tuple(kept[self.formula_spec_.random.index(term.spec)] if term.predictor == "cond" else re_form is None
+                     for term in self.random_design_.terms)
 
     def _design_for(self, X, new_levels, include_random, re_form=None):
         """``(X_fixed, offset, terms)`` of new rows; a term that ``re_form`` leaves out
@@ -420,6 +423,18 @@ class MixedEffectsModel(AfterFitMethods, BaseEstimator):
         terms = tuple(term if keep else dataclasses.replace(term, z=np.zeros((len(data), term.dim)))
                       for term, keep in zip(terms, kept))
         return X_fixed, offset, terms
+
+    def _family_params_for(self, terms) -> dict:
+        """The fitted family parameters with, for rows of ``terms`` (from :meth:`_design_for`),
+        the random parts of the family's own linear predictors (glmmTMB's ``ziformula``
+        terms), as the family reads them."""
+        params = dict(self.model_parameters_.family_params)
+        keys = dict.fromkeys(t.predictor for t in terms if t.predictor != "cond")
+        if not keys:
+            return params
+        n_rows, effects = len(terms[0].group_index), self._term_effects()
+        return dict(self.family_.with_predictor_offsets(params, {
+            key: numpy_random_part(effects, terms, predictor=key, n_rows=n_rows) for key in keys}))
 
     def _zi_matrix(self, data: pd.DataFrame):
         """The zero-inflation design of ``data``'s rows (``ziformula`` replayed), or ``None``."""

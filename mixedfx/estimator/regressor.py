@@ -208,7 +208,7 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsModel):
             raise ParameterError(f"type must be one of {kinds}, got {type!r}")
         X_fixed, offset, terms = self._design_for(X, new_levels, include_random, re_form)
         eta = self._internal_linear_predictor(X_fixed, offset, terms)
-        family_params = self.model_parameters_.family_params
+        family_params = self._family_params_for(terms)  # with the ziformula's random part, if any
         data = self._input_frame(X)
         zi_matrix = self._zi_matrix(data)
         if return_std and (type in ("zprob", "link") or (type == "response" and zi_matrix is not None)):
@@ -287,7 +287,7 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsModel):
         X_fixed, offset, terms = self._design_for(X, new_levels, include_random, re_form)
         eta = self._internal_linear_predictor(X_fixed, offset, terms)
         variance = results.linear_predictor_variance(self, X_fixed, terms, include_random=bool(terms))
-        family_params = self.model_parameters_.family_params
+        family_params = self._family_params_for(terms)
         z = stats.norm.ppf(1.0 - alpha / 2.0)
         rows = self._prediction_rows(self._input_frame(X))
         fit = self.family_.response_mean(eta, family_params, rows=rows)
@@ -298,18 +298,18 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsModel):
         else:
             ends = [eta + sign * z * np.sqrt(variance) for sign in (-1.0, 1.0)]
             if kind == "prediction":  # the response's quantiles at the ends of the linear predictor's interval
-                lower = self._response_quantiles(ends[0], alpha / 2.0, rows)
-                upper = self._response_quantiles(ends[1], 1.0 - alpha / 2.0, rows)
+                lower = self._response_quantiles(ends[0], alpha / 2.0, rows, family_params)
+                upper = self._response_quantiles(ends[1], 1.0 - alpha / 2.0, rows, family_params)
             else:
                 means = [self.family_.response_mean(end, family_params, rows=rows) for end in ends]
                 lower, upper = np.minimum(*means), np.maximum(*means)
         return pd.DataFrame({"fit": fit, "lower": lower, "upper": upper}, index=self._input_frame(X).index)
 
-    def _response_quantiles(self, eta, q, rows):
+    def _response_quantiles(self, eta, q, rows, family_params):
         """Quantile ``q`` of the response at linear predictor ``eta`` (the family's; scipy's
         discrete quantiles)."""
         try:
-            return self.family_.response_quantile_at(eta, q, self.model_parameters_.family_params, rows=rows)
+            return self.family_.response_quantile_at(eta, q, family_params, rows=rows)
         except NotImplementedError:
             raise ParameterError(
                 f"kind='prediction' is not available for family {self.family_.name!r} (it depends on each row's "

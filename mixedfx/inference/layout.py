@@ -250,7 +250,9 @@ def fixed_effects_covariance(model: MixedModel, params: ModelParameters, random_
     Gaussian family: exact.  Others: the Laplace approximation of penalized IRLS, as
     glmer's ``vcov``, ``(X'WX - X'WU A^-1 U'WX)^-1`` with ``W`` the Fisher weights at
     the linear predictor with ``random_effects`` (per term, ``(num_levels, dim)``: the
-    conditional means or modes; zero when omitted).
+    conditional means or modes; zero when omitted).  With random terms in the family's
+    own linear predictors (glmmTMB's ``zi``): the fixed effects' block of
+    :func:`wald_covariance`.
 
     Raises
     ------
@@ -262,6 +264,9 @@ def fixed_effects_covariance(model: MixedModel, params: ModelParameters, random_
         return np.zeros((0, 0))
     if model.family.conjugate_gaussian:
         return gaussian_marginal(model, params, solver="auto").fixed_effects_cov
+    if model.predictors is not None:  # terms in the family's own linear predictors: the joint observed information
+        effects = random_effects or [np.zeros((t.num_levels, t.dim)) for t in model.random_terms]
+        return wald_covariance(model, params, effects)[:X.shape[1], :X.shape[1]]
     eta = numpy_linear_predictor(X, params.fixed_effects, random_effects or (), model.random_terms,
                                  offset=model.offset)
     weight = _fisher_weight(model, params, eta)
@@ -344,6 +349,7 @@ def _information_function(model, params, effects, p, n_free, dense):
     indices = [constant(term.group_index) for term in terms]
     zs = [None if term.z is None else tf.constant(term.z, tf.float64) for term in terms]
     precisions = [tf.constant(np.linalg.inv(L @ L.T)) for L in params.random_scale_tril]
+    tags = model.predictors or ("cond",) * len(terms)
 
     def log_density(v, start, stop, prior_scale):
         def cut(tensor):
@@ -351,13 +357,19 @@ def _information_function(model, params, effects, p, n_free, dense):
 
         eta, prior, at = tf.linalg.matvec(X[start:stop], v[:p]), tf.constant(0.0, tf.float64), p + n_free
         eta = eta if offset is None else eta + cut(offset)
-        for b, precision, index, z in zip(effects, precisions, indices, zs):
+        own = {}  # the random parts of the family's own linear predictors (glmmTMB's zi)
+        for b, precision, index, z, tag in zip(effects, precisions, indices, zs, tags):
             values = tf.reshape(v[at:at + b.size], b.shape) if dense else tf.constant(b)
             at += b.size
             rows_b = tf.gather(values, cut(index))
-            eta += tf.reduce_sum(rows_b * (1.0 if z is None else cut(z)), axis=-1)
+            part = tf.reduce_sum(rows_b * (1.0 if z is None else cut(z)), axis=-1)
+            if tag == "cond":
+                eta += part
+            else:
+                own[tag] = own.get(tag, 0.0) + part
             prior -= 0.5 * tf.reduce_sum(values * tf.linalg.matmul(values, precision))
         natural = family.constrain(v[p:p + n_free])
+        natural = family.with_predictor_offsets(natural, own) if own else natural
         log_prob = family.weighted_log_prob(eta, natural, cut(response), trials=cut(rows), weights=cut(weights))
         return tf.reduce_sum(log_prob) + prior_scale * prior
 
