@@ -55,23 +55,13 @@ def format_summary(model) -> str:
             "",
         ]
     lines.append("Random effects:")
-    rows = [("Groups", "Name", "Variance", "Std.Dev.", "Corr")]
-    for term, cov in zip(model.random_design_.terms, model.random_cov_):
-        matrix = cov.to_numpy()
-        sds = np.sqrt(np.diag(matrix))
-        label = structure_for(term.spec.covariance).label(matrix)  # "(ar1)", as glmmTMB prints it
-        for c, name in enumerate(term.coef_names):
-            corr = " ".join(f"{matrix[c, b] / (sds[c] * sds[b]):.2f}" for b in range(c))
-            corr = f"{corr} {label}".strip() if c == term.dim - 1 else corr
-            rows.append((term.name if c == 0 else "", name, f"{matrix[c, c]:.6g}", f"{sds[c]:.5g}", corr))
-    if gaussian:
-        sigma = float(model.variance_components_["sdcor"].iloc[-1])
-        rows.append(("Residual", "", f"{sigma**2:.6g}", f"{sigma:.5g}", ""))
-    lines += _columns(rows, align="<<>><")
-    groups = "; ".join(
-        f"{name}, {factor.num_levels}" for name, factor in model.random_design_.factors.items()
-    )
-    lines += [f"Number of obs: {model.n_obs_}, groups:  {groups}"]
+    terms = list(zip(model.random_design_.terms, model.random_cov_))
+    predictors = list(dict.fromkeys(term.predictor for term, _ in terms))
+    for predictor in predictors:  # glmmTMB's blocks when the ziformula has random terms
+        chosen = [(term, cov) for term, cov in terms if term.predictor == predictor]
+        if len(predictors) > 1:
+            lines += ["", _PREDICTOR_TITLES.get(predictor, f"{predictor} model:")]
+        lines += _random_effects_lines(model, chosen, residual=gaussian and predictor == "cond")
     lines += model.family_.parameter_lines(model.model_parameters_.family_params)
     lines += ["", "Fixed effects:"]
     lines += _fixed_effects_lines(fixed_effects_table(model))
@@ -92,6 +82,29 @@ def format_summary(model) -> str:
     lines.append("")
     lines += _fit_lines(fit)
     return "\n".join(lines)
+
+
+_PREDICTOR_TITLES = {"cond": "Conditional model:", "zi": "Zero-inflation model:"}
+
+
+def _random_effects_lines(model, terms, *, residual: bool) -> list[str]:
+    """The variance components of ``terms`` (``(term, covariance frame)`` pairs of one
+    linear predictor) and their groups' sizes, as lme4 and glmmTMB print them."""
+    rows = [("Groups", "Name", "Variance", "Std.Dev.", "Corr")]
+    for term, cov in terms:
+        matrix = cov.to_numpy()
+        sds = np.sqrt(np.diag(matrix))
+        label = structure_for(term.spec.covariance).label(matrix)  # "(ar1)", as glmmTMB prints it
+        for c, name in enumerate(term.coef_names):
+            corr = " ".join(f"{matrix[c, b] / (sds[c] * sds[b]):.2f}" for b in range(c))
+            corr = f"{corr} {label}".strip() if c == term.dim - 1 else corr
+            rows.append((term.factor if c == 0 else "", name, f"{matrix[c, c]:.6g}", f"{sds[c]:.5g}", corr))
+    if residual:
+        sigma = float(model.variance_components_["sdcor"].iloc[-1])
+        rows.append(("Residual", "", f"{sigma**2:.6g}", f"{sigma:.5g}", ""))
+    factors = dict.fromkeys(term.factor for term, _ in terms)
+    groups = "; ".join(f"{name}, {model.random_design_.factors[name].num_levels}" for name in factors)
+    return _columns(rows, align="<<>><") + [f"Number of obs: {model.n_obs_}, groups:  {groups}"]
 
 
 def _fit_lines(fit) -> list[str]:

@@ -80,13 +80,14 @@ class ParameterLayout:
             # a term of the family's own linear predictor: glmmTMB's prefix (zi~sd(site))
             tag = getattr(term, "predictor", "cond")
             prefix = "" if tag == "cond" else f"{tag}~"
+            name = term.name.removeprefix(prefix) if prefix else term.name
             if coefs == ("(Intercept)",):
-                names.append(f"{prefix}sd({term.name})")
+                names.append(f"{prefix}sd({name})")
             else:
-                names += [f"{prefix}sd({term.name}, {c})" for c in coefs]
+                names += [f"{prefix}sd({name}, {c})" for c in coefs]
             kinds += ["sd"] * len(coefs)
             for a, b in _pairs(len(coefs)):
-                names.append(f"{prefix}cor({term.name}, {coefs[a]}, {coefs[b]})")
+                names.append(f"{prefix}cor({name}, {coefs[a]}, {coefs[b]})")
                 kinds.append("cor")
         for label, positive in zip(model.family.parameter_labels(), model.family.positive_parameters()):
             names.append(label)
