@@ -23,6 +23,7 @@ from mixedfx import lmertest
 from mixedfx._tf import tf
 from mixedfx.exceptions import ConvergenceWarning, DataError, DataWarning, ParameterError, SamplerWarning
 from mixedfx.model import MixedModel, numpy_linear_predictor
+from mixedfx.model.joint import numpy_family_params
 from mixedfx.model.gaussian import term_z
 from mixedfx.profile import profile_intervals
 
@@ -287,7 +288,10 @@ def simulate_responses(model, bound: MixedModel, *, n, rng, posterior=False, hel
     effects = _random_effect_values(model, n=n, rng=rng, posterior=posterior, held=held)
     eta = np.stack([numpy_linear_predictor(bound.fixed_design, params.fixed_effects, [values[s] for values in effects],
                                            bound.random_terms, offset=bound.offset) for s in range(n)])
-    family_params = {k: tf.constant(np.asarray(v, dtype=np.float64)) for k, v in params.family_params.items()}
+    # with each simulation's random parts of the family's own linear predictors (ziformula terms)
+    own = numpy_family_params(model.family_, params.family_params, [np.asarray(values) for values in effects],
+                              bound.random_terms, n_rows=bound.n_obs)
+    family_params = {k: tf.constant(np.asarray(v, dtype=np.float64)) for k, v in own.items()}
     trials = None if bound.family_rows is None else tf.constant(bound.family_rows, tf.float64)
     distribution = model.family_.distribution(tf.constant(eta), family_params, trials=trials)
     seed = tf.constant(rng.integers(0, 2**31 - 1, size=2), tf.int32)

@@ -347,3 +347,20 @@ def test_a_zi_random_term_needs_a_zero_inflated_family():
     with pytest.raises(FormulaError, match="need its fixed part") as error:
         mixedfx.MixedEffectsRegressor("count ~ mined + (1 | site)", family="poisson", ziformula=formula).fit(data)
     assert formula[caret_column(error.value)] == "0"
+
+
+def test_residuals_and_simulate_take_the_zi_random_effects(fitted):
+    """The training residuals are the response less ``predict``'s (zi random part in);
+    responses simulated at the conditional means (``re_form=None``) are zero as often as
+    ``pi + (1 - pi) exp(-mu)`` with each site's zi effect says (each site's 20 rows x 300 draws,
+    the 600 rows x 300 draws; 5 Monte Carlo SEs per site)."""
+    data = pd.read_csv(FIXTURES / REFERENCE["data"])
+    np.testing.assert_allclose(fitted.residuals(), data["count"] - fitted.predict(data), rtol=1e-12, atol=1e-12)
+    pi, mu = fitted.predict(data, type="zprob"), fitted.predict(data, type="conditional")
+    expected = pi + (1 - pi) * np.exp(-mu)
+    simulated = fitted.simulate(300, re_form=None, random_state=1).to_numpy()
+    per_site = pd.DataFrame({"site": data["site"], "sim": (simulated == 0).mean(axis=1), "expected": expected})
+    sums = per_site.groupby("site")[["sim", "expected"]].mean()
+    se = np.sqrt(sums["expected"] * (1 - sums["expected"]) / (20 * 300))
+    assert np.all(np.abs(sums["sim"] - sums["expected"]) < 5 * se)
+    assert sums["expected"].std() > 0.1  # the sites' zi effects matter

@@ -57,7 +57,7 @@ from mixedfx.model import (
     get_family,
     numpy_linear_predictor,
 )
-from mixedfx.model.joint import numpy_random_part
+from mixedfx.model.joint import numpy_family_params
 from mixedfx.report import format_summary
 
 __all__ = ["MixedEffectsModel"]
@@ -429,12 +429,10 @@ class MixedEffectsModel(AfterFitMethods, BaseEstimator):
         the random parts of the family's own linear predictors (glmmTMB's ``ziformula``
         terms), as the family reads them."""
         params = dict(self.model_parameters_.family_params)
-        keys = dict.fromkeys(t.predictor for t in terms if t.predictor != "cond")
-        if not keys:
+        if not terms:
             return params
-        n_rows, effects = len(terms[0].group_index), self._term_effects()
-        return dict(self.family_.with_predictor_offsets(params, {
-            key: numpy_random_part(effects, terms, predictor=key, n_rows=n_rows) for key in keys}))
+        return dict(numpy_family_params(self.family_, params, self._term_effects(), terms,
+                                        n_rows=len(terms[0].group_index)))
 
     def _zi_matrix(self, data: pd.DataFrame):
         """The zero-inflation design of ``data``'s rows (``ziformula`` replayed), or ``None``."""
@@ -557,7 +555,8 @@ def _estimates(model: MixedModel, random_design, finished) -> dict:
         "random_effects_": effects,
         "random_effects_cov_": covariances,
         "random_effect_draws_": draws,
-        "residual_quantiles_": tables.residual_quantiles(family, model, params.family_params, eta),
+        "residual_quantiles_": tables.residual_quantiles(family, model, numpy_family_params(
+            family, params.family_params, finished.conditional_means, model.random_terms, n_rows=model.n_obs), eta),
     }
     if thresholds is not None:
         fitted["cutpoints_"] = tables.thresholds_series(family, thresholds)

@@ -293,26 +293,28 @@ class AfterFitMethods:
         """
         check_is_fitted(self, "fixed_effects_")
         results.check_family_for_residuals(self.family_)
-        params = self.model_parameters_
         if X is None:
             if y is not None:
                 raise ParameterError("y needs the rows X it belongs to")
             model = self.model_
-            eta = self._internal_linear_predictor(model.fixed_design, model.offset, model.random_terms)
+            terms = model.random_terms
+            eta = self._internal_linear_predictor(model.fixed_design, model.offset, terms)
             trials, rows = model.trials, model.family_rows
             observed = model.response if trials is None else model.response / trials
         else:
             data = self._input_frame(X)
-            eta = self._linear_predictor_for(data, None, True)
+            X_fixed, offset, terms = self._design_for(data, None, True)
+            eta = self._internal_linear_predictor(X_fixed, offset, terms)
             observed, trials = self._observed_for(data, y)
             if trials is None and self.family_.takes_trial_weights:
                 trials = np.ones(len(observed))
             rows = self.family_.row_data(trials=trials, design=self._family_design(data))
         # the family's mean and variance of the response, with its per-row data (a zero part's design)
-        mean = self.family_.response_mean(eta, params.family_params, rows=rows)
+        family_params = self._family_params_for(terms)  # with the ziformula terms' random part, if any
+        mean = self.family_.response_mean(eta, family_params, rows=rows)
         residual = observed - mean
         if scaled:
-            variance = self.family_.response_variance(eta, params.family_params, rows=rows)
+            variance = self.family_.response_variance(eta, family_params, rows=rows)
             per_unit = variance if trials is None else variance / trials**2
             residual = residual / np.sqrt(np.maximum(per_unit, 1e-300))
         return residual

@@ -453,6 +453,41 @@ def numpy_random_part(random_effects, terms, *, predictor: str, n_rows: int) -> 
     return part
 
 
+def numpy_family_params(family: Family, family_params, random_effects, terms, *, n_rows: int) -> Mapping:
+    """``family_params`` with the random parts (numpy, per row) of the family's own linear
+    predictors that some of ``terms`` enter (glmmTMB's ``ziformula`` terms), as the family
+    reads them (:meth:`~mixedfx.model.Family.with_predictor_offsets`); ``family_params``
+    itself when every term enters ``"cond"``.  ``random_effects`` may carry a leading
+    sample dimension (``(n, num_levels, dim)`` per term): the parts then have one too.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedfx.design import RandomTermData
+    >>> from mixedfx.model import Poisson
+    >>> from mixedfx.model.joint import numpy_family_params
+    >>> term = RandomTermData("g", np.array([0, 1, 1], dtype=np.int32), None, 2, predictor="zi")
+    >>> family = Poisson().zero_inflated(("Intercept",))
+    >>> params = numpy_family_params(family, {"zi": np.array([0.0])}, [np.array([[0.5], [-1.0]])], [term], n_rows=3)
+    >>> params["zi_offset"].tolist()
+    [0.5, -1.0, -1.0]
+    """
+    keys = [key for key in dict.fromkeys(getattr(t, "predictor", "cond") for t in terms) if key != "cond"]
+    if not keys:
+        return family_params
+    sample_shape = np.shape(random_effects[0])[:-2]
+
+    def part(key):
+        if not sample_shape:
+            return numpy_random_part(random_effects, terms, predictor=key, n_rows=n_rows)
+        flat = [np.reshape(b, (-1,) + np.shape(b)[-2:]) for b in random_effects]
+        parts = [numpy_random_part([b[s] for b in flat], terms, predictor=key, n_rows=n_rows)
+                 for s in range(flat[0].shape[0])]
+        return np.reshape(np.stack(parts), sample_shape + (n_rows,))
+
+    return family.with_predictor_offsets(dict(family_params), {key: part(key) for key in keys})
+
+
 def linear_predictor(fixed_design, fixed_effects, random_effects, group_index, z, offset=None, *, one_hot=None):
     """``X @ fixed_effects + offset + sum_k sum_c z_kc * random_effects_k[..., group_index_k, c]``.
 
