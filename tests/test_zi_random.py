@@ -352,8 +352,8 @@ def test_a_zi_random_term_needs_a_zero_inflated_family():
 def test_residuals_and_simulate_take_the_zi_random_effects(fitted):
     """The training residuals are the response less ``predict``'s (zi random part in);
     responses simulated at the conditional means (``re_form=None``) are zero as often as
-    ``pi + (1 - pi) exp(-mu)`` with each site's zi effect says (each site's 20 rows x 300 draws,
-    the 600 rows x 300 draws; 5 Monte Carlo SEs per site)."""
+    ``pi + (1 - pi) exp(-mu)`` with each site's zi effect says (each site's 20 rows x 300
+    draws: within 5 Monte Carlo SEs)."""
     data = pd.read_csv(FIXTURES / REFERENCE["data"])
     np.testing.assert_allclose(fitted.residuals(), data["count"] - fitted.predict(data), rtol=1e-12, atol=1e-12)
     pi, mu = fitted.predict(data, type="zprob"), fitted.predict(data, type="conditional")
