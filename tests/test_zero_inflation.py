@@ -249,11 +249,12 @@ def test_recovers_a_simulated_zero_inflated_poisson(recovery):
 # -- refusals ------------------------------------------------------------------------------------
 
 def test_refusals():
-    """A random term in ziformula is a FormulaError with a caret under it; a family that
-    takes no zero inflation a ParameterError; "~0" (the default) fits none."""
+    """Random terms in a ziformula without a fixed part are a FormulaError with a caret
+    under it (they are fitted otherwise: test_zi_random.py); a family that takes no zero
+    inflation a ParameterError; "~0" (the default) fits none."""
     data = salamanders().head(60)
-    with pytest.raises(FormulaError, match="not supported yet") as info:
-        mixedfx.glmer(FORMULA, data, family="poisson", ziformula="~ mined + (1 | site)", verbose=0)
+    with pytest.raises(FormulaError, match="need its fixed part") as info:
+        mixedfx.glmer(FORMULA, data, family="poisson", ziformula="~ 0 + (1 | site)", verbose=0)
     assert "^" in str(info.value)
     with pytest.raises(ParameterError, match="is for the families"):
         mixedfx.glmer("count ~ mined + (1 | site)", data.assign(count=data["count"] + 0.5), family="gaussian",

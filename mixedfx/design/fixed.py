@@ -239,7 +239,9 @@ def build_zi_design(ziformula, data: pd.DataFrame) -> tuple[FixedDesign | None, 
     Raises
     ------
     FormulaError
-        For a random term (not supported yet), with a caret under it.
+        For a random term, with a caret under it: this is the fixed part only
+        (:func:`~mixedfx.design.bind_data` splits a ``ziformula``'s random terms off into
+        the random design, :meth:`~mixedfx.design.RandomDesign.with_terms_of`).
 
     Examples
     --------
@@ -254,7 +256,7 @@ def build_zi_design(ziformula, data: pd.DataFrame) -> tuple[FixedDesign | None, 
     >>> build_zi_design("~ f + (1 | g)", frame)
     Traceback (most recent call last):
     ...
-    mixedfx.exceptions.FormulaError: random terms in ziformula are not supported yet (fixed effects only) at position 6
+    mixedfx.exceptions.FormulaError: random terms in ziformula belong to the random design (bind_data), not its fixed design at position 6
         ~ f + (1 | g)
               ^
     """
@@ -289,8 +291,9 @@ def _one_sided_design(formula, data: pd.DataFrame, *, name: str, none: tuple[str
     bar = text.find("|")
     if bar >= 0:
         opening = text.rfind("(", 0, bar)
-        raise FormulaError(f"random terms in {name} are not supported yet (fixed effects only)", formula=text,
-                           position=opening if opening >= 0 else bar)
+        message = (f"random terms in {name} belong to the random design (bind_data), not its fixed design"
+                   if name == "ziformula" else f"random terms in {name} are not supported yet (fixed effects only)")
+        raise FormulaError(message, formula=text, position=opening if opening >= 0 else bar)
     rhs = text[1:].strip()
     if rhs in none or rhs.replace(" ", "") in none:
         return None, None

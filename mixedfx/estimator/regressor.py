@@ -65,9 +65,10 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsModel):
         glmmTMB's zero-inflation formula: with ``"~ x"`` the response is zero with
         probability ``pi = logistic(X_zi @ zi)`` and otherwise from the count family
         (``"poisson"``, ``"negative_binomial"``/``"nbinom2"``, ``"nbinom1"``; or zero
-        successes of ``"binomial"``).  Fixed
-        terms only (a random term is a FormulaError); ``"~0"``: no zero inflation.  The
-        coefficients are ``zi_fixed_effects_``; see ``predict(type=...)``.
+        successes of ``"binomial"``).  Random terms (``"~ x + (1 | g)"``) enter the zero
+        part's linear predictor, named ``"zi~g"`` in ``variance_components_`` and
+        ``random_effects_``; ``"~0"``: no zero inflation.  The coefficients are
+        ``zi_fixed_effects_``; see ``predict(type=...)``.
     dispformula : str, default "~1"
         glmmTMB's dispersion formula: with ``"~ z"`` the family's dispersion is
         log-linear in ``z`` (``"negative_binomial"``/``"nbinom2"``: log size;
@@ -180,7 +181,8 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsModel):
             Which random terms to include, as lme4's ``re.form``: ``None`` all of
             them, ``"~0"`` (or ``"NA"``, ``numpy.nan``) none, or a formula of the
             terms to keep, e.g. ``"~ (1 | g1)"``; terms are matched by grouping
-            factor and expression, not by spelling.  When some but not all terms are
+            factor and expression, not by spelling.  The ``ziformula``'s random
+            terms are kept by ``None`` only.  When some but not all terms are
             kept, every grouping column is still needed.  ``include_random=False``
             is ``re_form="~0"``.
         type : {"response", "conditional", "zprob", "link"}, default "response"
