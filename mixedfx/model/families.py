@@ -169,6 +169,48 @@ class Family(OwnLinearModels):
         """Mean of the response per unit (per trial for the binomial), numpy."""
         raise NotImplementedError
 
+    # -- the E-step's kernel -----------------------------------------------------------------
+    #: Whether the response given the linear predictor is normal with a known precision
+    #: per row, so that the random effects given the rest are Gaussian and the E-step can
+    #: draw them exactly, block by block (:meth:`gaussian_rows`).
+    conditionally_gaussian: ClassVar[bool] = False
+
+    @property
+    def preferred_e_step(self) -> str:
+        """The E-step kernel this family prefers (``MCEMOptions(e_step="auto")``):
+        ``"gibbs"`` (blocked Gibbs, :mod:`mixedfx.inference.gibbs`) where the random
+        effects' conditionals are Gaussian, else ``"hmc"``.
+
+        Examples
+        --------
+        >>> from mixedfx.model import Gaussian, Poisson
+        >>> Gaussian().preferred_e_step, Poisson().preferred_e_step
+        ('gibbs', 'hmc')
+        >>> Gaussian().with_dispersion_model(("Intercept",)).preferred_e_step  # dispformula: sigma per row
+        'gibbs'
+        """
+        return "gibbs" if self.conditionally_gaussian else "hmc"
+
+    def gaussian_rows(self, linear_predictor, parameters: Mapping[str, tf.Tensor], response, *, trials=None,
+                      weights=None):
+        """``(precision, working_response)`` per row when the response given the linear
+        predictor ``eta`` is ``N(working_response, 1 / precision)`` in ``eta``, so that
+        ``log p(y | eta) = -precision (working_response - eta)^2 / 2 + const``; ``None``
+        for a family whose likelihood is not (the E-step then uses HMC).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from mixedfx.model import Gaussian, Poisson
+        >>> eta, y = np.zeros(2), np.array([1.0, 3.0])
+        >>> precision, working = Gaussian().gaussian_rows(eta, {"sigma": 2.0}, y, weights=np.array([1.0, 4.0]))
+        >>> precision.numpy().tolist(), working.numpy().tolist()  # w / sigma^2, y
+        ([0.25, 1.0], [1.0, 3.0])
+        >>> Poisson().gaussian_rows(eta, {}, y) is None
+        True
+        """
+        return None
+
     def fisher_weight(self, linear_predictor, parameters: Mapping[str, tf.Tensor], *, trials=None):
         """Expected information per row about the linear predictor."""
         raise NotImplementedError
@@ -363,6 +405,17 @@ class Gaussian(Family):
     def fisher_weight(self, linear_predictor, parameters, *, trials=None):
         sigma = tf.convert_to_tensor(parameters["sigma"], dtype=linear_predictor.dtype)
         return tf.ones_like(linear_predictor) / tf.square(sigma)
+
+    conditionally_gaussian: ClassVar[bool] = True
+
+    def gaussian_rows(self, linear_predictor, parameters, response, *, trials=None, weights=None):
+        """Each row's precision ``w / sigma^2`` (``w`` the precision weights, 1 without)
+        and the response as the working response."""
+        eta = tf.convert_to_tensor(linear_predictor)
+        precision = self.fisher_weight(eta, parameters, trials=trials)
+        if weights is not None:
+            precision = precision * tf.cast(weights, eta.dtype)
+        return precision, tf.broadcast_to(tf.cast(response, eta.dtype), tf.shape(precision))
 
     def variance(self, mean, parameters, *, trials=None):
         return np.full(np.shape(mean), float(parameters["sigma"]) ** 2)
