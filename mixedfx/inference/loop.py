@@ -5,10 +5,11 @@ a ``tf.function(jit_compile=True)`` that runs ``iterations_per_call`` EM iterati
 from an :class:`EMState` and returns a :class:`BlockOutput`.  The ``tf.while_loop``'s
 variables are one named record, :class:`LoopState`.  Each iteration is
 
-1. the E-step (:func:`~mixedfx.inference.estep.hmc_e_step`), preconditioned by the
-   data's information at the chains' mean, whose ``trace_fn`` collects the M-step
-   strategy's statistics (:mod:`mixedfx.inference.msteps`) and the moments of the
-   random effects;
+1. the E-step (:func:`~mixedfx.inference.estep.hmc_e_step`, preconditioned by the
+   data's information at the chains' mean, or with ``LoopConfig.e_step == "gibbs"``
+   :func:`~mixedfx.inference.gibbs.gibbs_e_step`), whose ``trace_fn`` collects the
+   M-step strategy's statistics (:mod:`mixedfx.inference.msteps`) and the moments of
+   the random effects;
 2. the M-step: the strategy's regression, then the covariance part
    (:func:`~mixedfx.inference.mstep.covariance_update`), then the chains mapped into
    the reduced parametrization.

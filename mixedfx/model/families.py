@@ -177,25 +177,14 @@ class Family(OwnLinearModels):
 
     @property
     def preferred_e_step(self) -> str:
-        """The E-step kernel this family prefers (``MCEMOptions(e_step="auto")``):
-        ``"gibbs"`` (blocked Gibbs, :mod:`mixedfx.inference.gibbs`) where the random
-        effects' conditionals are Gaussian, else ``"hmc"``.
-
-        Examples
-        --------
-        >>> from mixedfx.model import Gaussian, Poisson
-        >>> Gaussian().preferred_e_step, Poisson().preferred_e_step
-        ('gibbs', 'hmc')
-        >>> Gaussian().with_dispersion_model(("Intercept",)).preferred_e_step  # dispformula: sigma per row
-        'gibbs'
-        """
+        """The E-step kernel this family prefers (``MCEMOptions(e_step="auto")``): ``"gibbs"``
+        (:mod:`mixedfx.inference.gibbs`) where the random effects' conditionals are Gaussian."""
         return "gibbs" if self.conditionally_gaussian else "hmc"
 
     def gaussian_rows(self, linear_predictor, parameters: Mapping[str, tf.Tensor], response, *, trials=None,
                       weights=None):
-        """``(precision, working_response)`` per row when the response given the linear
-        predictor ``eta`` is ``N(working_response, 1 / precision)`` in ``eta``, so that
-        ``log p(y | eta) = -precision (working_response - eta)^2 / 2 + const``; ``None``
+        """``(precision, working_response)`` per row when ``log p(y | eta) = -precision
+        (working_response - eta)^2 / 2 + const`` in the linear predictor ``eta``; ``None``
         for a family whose likelihood is not (the E-step then uses HMC).
 
         Examples
@@ -206,8 +195,10 @@ class Family(OwnLinearModels):
         >>> precision, working = Gaussian().gaussian_rows(eta, {"sigma": 2.0}, y, weights=np.array([1.0, 4.0]))
         >>> precision.numpy().tolist(), working.numpy().tolist()  # w / sigma^2, y
         ([0.25, 1.0], [1.0, 3.0])
-        >>> Poisson().gaussian_rows(eta, {}, y) is None
-        True
+        >>> Poisson().gaussian_rows(eta, {}, y) is None, Gaussian().preferred_e_step, Poisson().preferred_e_step
+        (True, 'gibbs', 'hmc')
+        >>> Gaussian().with_dispersion_model(("Intercept",)).preferred_e_step  # dispformula: sigma per row
+        'gibbs'
         """
         return None
 
