@@ -49,6 +49,7 @@ from mixedfx.model import ModelParameters
 from mixedfx.model import families as _families
 from mixedfx.model import glmmtmb_families as _glmmtmb_families
 from mixedfx.model.dispersion_model import DispersionModel
+from mixedfx.model.ordinal import Ordinal
 from mixedfx.model import truncated as _truncated
 from mixedfx.model.zero_inflation import Hurdle, ZeroInflated
 from mixedfx.model.joint import MixedModel
@@ -61,8 +62,8 @@ _ESTIMATORS = {cls.__name__: cls for cls in (MixedEffectsRegressor, MixedEffects
 _RECORDS = {cls.__name__: cls for cls in (
     FormulaSpec, RandomTermSpec, FixedDesign, ResponseDesign, RandomDesign, RandomTermDesign, GroupingFactor,
     RandomTermData, MixedModel, ModelParameters, FitSummary, MCEMOptions, MonteCarloErrorRule, FixedIterations,
-    *(getattr(_families, name) for name in ("Gaussian", "Binomial", "Bernoulli", "Poisson", "NegativeBinomial",
-                                            "Ordinal")),
+    *(getattr(_families, name) for name in ("Gaussian", "Binomial", "Bernoulli", "Poisson", "NegativeBinomial")),
+    Ordinal,
     *(getattr(_glmmtmb_families, name) for name in _glmmtmb_families.__all__), ZeroInflated, DispersionModel,
     *(getattr(_truncated, name) for name in _truncated.__all__), Hurdle)}
 

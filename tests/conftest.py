@@ -61,6 +61,7 @@ FILE_SECONDS = {
     "test_matern.py": 57,  # alone on a shared machine: 47 s in pytest, 57 s wall (one fit, 37 s)
     "test_inverse_gaussian.py": 100,  # two fits; load average 15: 100 s in pytest (38 s CPU), 53 s without slow
     "test_zi_random.py": 125,  # 123 s in pytest on a shared machine (load 8 on 2 cores): the estimator's fit 80 s, the grid fit 22 s
+    "test_gibbs.py": 94,  # load average 10: 94 s in pytest (57 s without the slow pastes fit), 127 s wall
 }
 
 

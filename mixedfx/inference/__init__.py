@@ -1,6 +1,8 @@
 """Inference layer: Monte Carlo EM as pure functions and a fit record.
 
 * :mod:`~mixedfx.inference.estep`: HMC over the random effects;
+* :mod:`~mixedfx.inference.gibbs`: blocked Gibbs over them, where the family's
+  likelihood is conditionally Gaussian (``MCEMOptions(e_step=...)``);
 * :mod:`~mixedfx.inference.mstep`: the parameter-expanded M-step;
 * :mod:`~mixedfx.inference.msteps`: its two regression strategies (closed-form
   Gaussian, Newton) behind one interface;

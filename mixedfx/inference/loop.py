@@ -5,10 +5,11 @@ a ``tf.function(jit_compile=True)`` that runs ``iterations_per_call`` EM iterati
 from an :class:`EMState` and returns a :class:`BlockOutput`.  The ``tf.while_loop``'s
 variables are one named record, :class:`LoopState`.  Each iteration is
 
-1. the E-step (:func:`~mixedfx.inference.estep.hmc_e_step`), preconditioned by the
-   data's information at the chains' mean, whose ``trace_fn`` collects the M-step
-   strategy's statistics (:mod:`mixedfx.inference.msteps`) and the moments of the
-   random effects;
+1. the E-step (:func:`~mixedfx.inference.estep.hmc_e_step`, preconditioned by the
+   data's information at the chains' mean, or with ``LoopConfig.e_step == "gibbs"``
+   :func:`~mixedfx.inference.gibbs.gibbs_e_step`), whose ``trace_fn`` collects the
+   M-step strategy's statistics (:mod:`mixedfx.inference.msteps`) and the moments of
+   the random effects;
 2. the M-step: the strategy's regression, then the covariance part
    (:func:`~mixedfx.inference.mstep.covariance_update`), then the chains mapped into
    the reduced parametrization.
@@ -24,6 +25,7 @@ from typing import NamedTuple
 
 from mixedfx._tf import tf, tfp
 from mixedfx.inference.estep import Centering, data_precision_diagonal, hmc_e_step, prior_precision_diagonal
+from mixedfx.inference.gibbs import BlockedGibbs, gibbs_e_step, gibbs_row_functions, prior_precision_matrices
 from mixedfx.inference.mstep import (
     Expansion,
     covariance_update,
@@ -140,6 +142,7 @@ class LoopConfig:
     float32_e_step: bool = False  # Gaussian: the E-step's random part in float32
     structures: tuple = ()  # per term: its covariance structure's name (mixedfx.model.covariance); () all "us"
     predictors: tuple | None = None  # per term: the linear predictor it enters; None all "cond"
+    e_step: str = "hmc"  # the E-step's kernel: "hmc" or "gibbs" (resolved from MCEMOptions.e_step)
     # Test hook (MCEMOptions.fault_injection): "nan" or "inf", put into the chains at
     # the iteration ``data["fault_iteration"]`` of a call; None adds nothing to the graph.
     fault_kind: str | None = None
@@ -184,6 +187,7 @@ class _RowFunctions:
     information: object
     level_sums: object
     m_step: object  # GaussianMStep or NewtonMStep
+    gibbs: tuple | None = None  # (block, fixed): the blocked Gibbs kernel's sums (gibbs_row_functions)
 
 
 def _row_functions(config: LoopConfig) -> _RowFunctions:
@@ -235,7 +239,8 @@ def _row_functions(config: LoopConfig) -> _RowFunctions:
 
     m_step = m_step_for(family, log_likelihood=log_likelihood, tensors_of=tensors_of, dims=config.dims,
                         reml=config.reml, structures=config.structures, predictors=config.predictors)
-    return _RowFunctions(log_likelihood, e_step_log_likelihood, information, level_sums, m_step)
+    gibbs = gibbs_row_functions(family, tensors_of, num_levels) if config.e_step == "gibbs" else None
+    return _RowFunctions(log_likelihood, e_step_log_likelihood, information, level_sums, m_step, gibbs)
 
 
 def predictor_weights(family, tensors, effects, fixed_effects, natural) -> list:
@@ -314,8 +319,9 @@ def _call_context(config, functions, strategy, data, row_data) -> _CallContext:
 
 
 def _e_step(ctx: _CallContext, em: EMState, *, step_seed, prior_precision, num_burnin):
-    """One HMC E-step from ``em``'s chains; its ``trace_fn`` collects the M-step
-    strategy's statistics, the log joint density and the moments of each draw."""
+    """One E-step from ``em``'s chains, by HMC or blocked Gibbs (``config.e_step``);
+    its ``trace_fn`` collects the M-step strategy's statistics, the log joint density
+    and the moments of each draw."""
     config, centering, data = ctx.config, ctx.centering, ctx.data
     parent_level, num_levels, level_weight = data["parent_level"], config.num_levels, data["level_weight"]
     dtype = em.fixed_effects.dtype
@@ -339,14 +345,18 @@ def _e_step(ctx: _CallContext, em: EMState, *, step_seed, prior_precision, num_b
         stats.update(moment_statistics(current, expansions=ctx.expansions, level_weight=level_weight))
         return stats
 
-    mean_chains = [tf.reduce_mean(s, 0) for s in em.chains]
-    scale = centering.scale(ctx.row_sums.sum(ctx.functions.information, mean_chains, em.fixed_effects, em.free),
-                            prior_precision, parent_level, num_levels)
-
     def rao_blackwellized(coordinates):
         # nested roots are Rao-Blackwellized in the M-step statistics
         return centering.conditional_means(coordinates, parent_level, num_levels, prior_precision)
 
+    if config.e_step == "gibbs":
+        return gibbs_e_step(
+            _gibbs_kernel(ctx, em), current_state=em.chains, num_draws=config.n_draws, num_burnin=num_burnin,
+            trace_fn=statistics, seed=step_seed, step_size=em.step_size,
+            statistics_coordinates=rao_blackwellized if centering.roots else None)
+    mean_chains = [tf.reduce_mean(s, 0) for s in em.chains]
+    scale = centering.scale(ctx.row_sums.sum(ctx.functions.information, mean_chains, em.fixed_effects, em.free),
+                            prior_precision, parent_level, num_levels)
     return hmc_e_step(
         target_log_prob, current_state=em.chains, scale=scale, step_size=em.step_size,
         num_draws=config.n_draws, num_burnin=num_burnin, num_leapfrog_steps=config.n_leapfrog_steps,
@@ -354,6 +364,29 @@ def _e_step(ctx: _CallContext, em: EMState, *, step_seed, prior_precision, num_b
         centering=centering, parent_level=parent_level,
         statistics_coordinates=rao_blackwellized if centering.roots else None,
     )
+
+
+def _gibbs_kernel(ctx: _CallContext, em: EMState) -> BlockedGibbs:
+    """The blocked Gibbs kernel at ``em``'s parameters: its sums over rows go through
+    the call's rows object; under REML each sweep first draws the fixed effects given
+    the random effects, from ``N(A^-1 c, A^-1)`` with ``A = X'WX`` (flat prior)."""
+    block, fixed = ctx.functions.gibbs
+    data = ctx.data
+
+    def block_sums(term, effects, own, fixed_effects):
+        return ctx.row_sums.sum(block, effects, own, fixed_effects, em.free, term)
+
+    def fixed_effects_draw(effects, seed):
+        precision, linear = ctx.row_sums.sum(fixed, effects, em.free)
+        chol = tf.linalg.cholesky(precision)
+        mean = tf.linalg.cholesky_solve(chol, linear[..., None])[..., 0]
+        noise = tf.random.stateless_normal(tf.shape(mean), seed, dtype=mean.dtype)
+        return mean + tf.linalg.triangular_solve(chol, noise[..., None], lower=True, adjoint=True)[..., 0]
+
+    return BlockedGibbs(
+        block_sums, prior_precision=prior_precision_matrices(em.scale_tril), fixed_effects=em.fixed_effects,
+        num_levels=ctx.config.num_levels, fixed_effects_draw=fixed_effects_draw if ctx.config.reml else None,
+        centering=ctx.centering, parent_level=data["parent_level"], level_weight=data["level_weight"])
 
 
 def _m_step(ctx: _CallContext, em: EMState, e_step, *, prior_precision):

@@ -36,6 +36,7 @@ from mixedfx.inference.rows import chunk_rows_for
 from mixedfx.inference.stopping import MonteCarloErrorRule
 from mixedfx.inference.structure import location_expansions, nested_centering
 from mixedfx.inference.summary import FitSummary
+from mixedfx.exceptions import ParameterError
 from mixedfx.model.covariance import term_structure
 from mixedfx.model.joint import MixedModel, ModelParameters
 
@@ -99,6 +100,24 @@ class MCEMOptions:
         raises :class:`~mixedfx.MemoryEstimateError`.  By default the
         memory available to the process (``MemAvailable`` on Linux; the check is
         skipped where it is unknown).
+    e_step : {"hmc", "gibbs", "auto"}, default "hmc"
+        The E-step's MCMC kernel.  ``"hmc"``: Hamiltonian Monte Carlo
+        (:func:`~mixedfx.inference.estep.hmc_e_step`), for every family.  ``"gibbs"``:
+        blocked Gibbs sampling (:class:`~mixedfx.inference.gibbs.BlockedGibbs`), exact
+        draws of each term's random effects given the others, one pass over the rows
+        per term and sweep; only for a family whose response given the linear
+        predictor is normal (``family.conditionally_gaussian``: the Gaussian, also with
+        precision weights, an offset or a dispersion model), else a
+        :class:`~mixedfx.ParameterError`.  ``"auto"``: the family's
+        ``preferred_e_step``.  A sharded fit (``distribute=``) runs HMC: ``"gibbs"``
+        raises there, ``"auto"`` falls back to HMC.  Gibbs is float64 throughout
+        (``float32_e_step`` concerns HMC only), samples nested random intercepts in
+        the same centred coordinates as HMC, and under REML draws the fixed effects
+        given the random effects at the start of each sweep.  The chains' draws (the
+        random stream) differ from HMC's, so a fit's estimates move within their Monte
+        Carlo error.  ``n_leapfrog_steps``, ``target_accept_prob`` and
+        ``initial_step_size`` are HMC's; ``n_burnin`` and ``n_initial_burnin`` count
+        Gibbs sweeps.
     fault_injection : tuple, optional
         A test hook, not a setting: ``(iteration, "nan" | "inf")`` sets every chain's
         state to NaN or inf at the start of that EM iteration's E-step (counted from 1),
@@ -139,6 +158,44 @@ class MCEMOptions:
     rhat_warning: float = 1.05
     memory_limit_bytes: int | None = None
     fault_injection: tuple | None = None
+    e_step: str = "hmc"
+
+
+#: The values of :attr:`MCEMOptions.e_step`.
+E_STEP_KERNELS = ("hmc", "gibbs", "auto")
+
+
+def e_step_kernel(family, options: MCEMOptions, *, distribute=None) -> str:
+    """The E-step kernel a fit runs, ``"hmc"`` or ``"gibbs"``, from
+    :attr:`MCEMOptions.e_step` and what the family offers (it is asked, never named).
+
+    Examples
+    --------
+    >>> from mixedfx.inference import MCEMOptions
+    >>> from mixedfx.inference.mcem import e_step_kernel
+    >>> from mixedfx.model import Gaussian, Poisson
+    >>> auto = MCEMOptions(e_step="auto")
+    >>> e_step_kernel(Gaussian(), auto), e_step_kernel(Poisson(), auto), e_step_kernel(Gaussian(), MCEMOptions())
+    ('gibbs', 'hmc', 'hmc')
+    >>> e_step_kernel(Poisson(), MCEMOptions(e_step="gibbs"))
+    Traceback (most recent call last):
+    ...
+    mixedfx.exceptions.ParameterError: e_step='gibbs' needs a response that is normal given the linear predictor; the poisson family's is not: use e_step='hmc' or 'auto'
+    """
+    choice = options.e_step
+    if choice not in E_STEP_KERNELS:
+        raise ParameterError(f"e_step must be one of {', '.join(map(repr, E_STEP_KERNELS))}, got {choice!r}")
+    if choice == "hmc":
+        return "hmc"
+    if choice == "gibbs" and not family.conditionally_gaussian:
+        raise ParameterError(f"e_step='gibbs' needs a response that is normal given the linear predictor; the "
+                             f"{family.name} family's is not: use e_step='hmc' or 'auto'")
+    if distribute is not None:
+        if choice == "gibbs":
+            raise ParameterError("e_step='gibbs' is not available for a sharded fit (distribute=): use e_step='hmc' "
+                                 "or 'auto' (which runs HMC there)")
+        return "hmc"
+    return "gibbs" if choice == "gibbs" else family.preferred_e_step
 
 
 @dataclass(frozen=True, eq=False)
@@ -255,6 +312,7 @@ def fit_mcem(
     True
     """
     options = options or MCEMOptions()
+    kernel = e_step_kernel(model.family, options, distribute=distribute)
     model, _ = model.row_scaled()  # precision weights (Gaussian): the same fit on rows scaled by sqrt(w)
     if method not in ("ml", "reml"):
         raise ValueError(f"method must be 'ml' or 'reml', got {method!r}")
@@ -273,6 +331,7 @@ def fit_mcem(
     centred = {k for k, parent in enumerate(centering.parent) if parent is not None} | set(centering.parent)
     buckets = ShapeBuckets.for_sizes(model.n_obs, num_levels, unpadded_terms=centred)
     config = _loop_config(model, options, buckets=buckets, expansions=expansions, centering=centering, reml=reml)
+    config = dataclasses.replace(config, e_step=kernel)
     if fault is not None:
         config = dataclasses.replace(config, fault_kind=fault.kind)
     run = compiled_iterations(config, distribute)

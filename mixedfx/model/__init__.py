@@ -11,10 +11,10 @@ from mixedfx.model.families import (
     Family,
     Gaussian,
     NegativeBinomial,
-    Ordinal,
     Poisson,
     get_family,
 )
+from mixedfx.model.ordinal import Ordinal
 from mixedfx.model.glmmtmb_families import Beta, BetaBinomial, Gamma, InverseGaussian, NegativeBinomial1, StudentT
 from mixedfx.model.truncated import (TruncatedNegativeBinomial, TruncatedNegativeBinomial1, TruncatedPoisson,
                                      ZeroTruncated)

@@ -172,6 +172,16 @@ class DispersionModel(Family):
         natural, base_rows = self._natural(trials, parameters, eta.dtype)
         return self.base.fisher_weight(eta, natural, trials=base_rows)
 
+    @property
+    def conditionally_gaussian(self) -> bool:
+        return self.base.conditionally_gaussian
+
+    def gaussian_rows(self, linear_predictor, parameters, response, *, trials=None, weights=None):
+        """The base family's, at each row's dispersion (a Gaussian's ``1 / sigma_i^2``)."""
+        eta = tf.convert_to_tensor(linear_predictor)
+        natural, base_rows = self._natural(trials, parameters, eta.dtype)
+        return self.base.gaussian_rows(eta, natural, response, trials=base_rows, weights=weights)
+
     def mean(self, linear_predictor, parameters=None):
         return self.base.mean(linear_predictor, parameters)
 
