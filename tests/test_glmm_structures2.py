@@ -38,6 +38,7 @@ test_glmm_structures.py's exp fit: held to 0.2 SE.
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -46,6 +47,7 @@ from conftest import FIXTURES
 
 import mixedfx
 from mixedfx.design import bind_data
+from mixedfx.exceptions import ConvergenceWarning
 from mixedfx.formula import parse_formula
 from mixedfx.model import ModelParameters, bind_model, get_family, marginal_log_likelihood
 from mixedfx.model.covariance import term_structure
@@ -78,7 +80,11 @@ def fits():
     def get(case):
         if case not in cache:
             formula, _, family, tol, _ = CASES[case]
-            cache[case] = mixedfx.glmer(formula, _data(case), family=family, random_state=0, verbose=0, tol=tol)
+            with warnings.catch_warnings():
+                # at tol=0.03 the toep, homcs and mat fits stop at max_iter=500 with their largest
+                # Monte Carlo error 1.5 to 2.7 times tol (measured): the tests judge the estimates
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                cache[case] = mixedfx.glmer(formula, _data(case), family=family, random_state=0, verbose=0, tol=tol)
         return cache[case]
 
     return get
