@@ -33,6 +33,7 @@ from mixedfx.inference.mstep import (
 )
 from mixedfx.inference.msteps import m_step_for
 from mixedfx.inference.rows import RowChunks, model_tensors
+from mixedfx.model.covariance import structure_for
 from mixedfx.model.families import Family
 from mixedfx.model.joint import gaussian_log_likelihood_float32, linear_predictor, prior_log_prob, response_log_prob
 
@@ -308,8 +309,11 @@ def _e_step(ctx: _CallContext, em: EMState, *, step_seed, prior_precision, num_b
         return stats
 
     mean_chains = [tf.reduce_mean(s, 0) for s in em.chains]
-    scale = centering.scale(ctx.row_sums.sum(ctx.functions.information, mean_chains, em.fixed_effects, em.free),
-                            prior_precision, parent_level, num_levels)
+    information = ctx.row_sums.sum(ctx.functions.information, mean_chains, em.fixed_effects, em.free)
+    scale = centering.scale(information, prior_precision, parent_level, num_levels)
+    whitening = _whitening(config.structures, em.scale_tril)
+    scale = [s if W is None else tf.math.rsqrt(tf.linalg.matmul(h, tf.square(tf.cast(W, h.dtype))) + 1.0)
+             for s, W, h in zip(scale, whitening, information)]
 
     def rao_blackwellized(coordinates):
         # nested roots are Rao-Blackwellized in the M-step statistics
@@ -320,8 +324,15 @@ def _e_step(ctx: _CallContext, em: EMState, *, step_seed, prior_precision, num_b
         num_draws=config.n_draws, num_burnin=num_burnin, num_leapfrog_steps=config.n_leapfrog_steps,
         target_accept_prob=config.target_accept_prob, trace_fn=statistics, seed=step_seed,
         centering=centering, parent_level=parent_level,
-        statistics_coordinates=rao_blackwellized if centering.roots else None,
+        statistics_coordinates=rao_blackwellized if centering.roots else None, whitening=whitening,
     )
+
+
+def _whitening(structures, scale_tril) -> list:
+    """Per term, the Cholesky factor the E-step whitens its effects by (``b = L z``), where
+    its structure asks for it (a nearly singular covariance, ``rr``); else ``None``."""
+    structures = structures or ("us",) * len(scale_tril)
+    return [L if structure_for(name).whitened_e_step else None for name, L in zip(structures, scale_tril)]
 
 
 def _m_step(ctx: _CallContext, em: EMState, e_step, *, prior_precision):
@@ -340,6 +351,9 @@ def _m_step(ctx: _CallContext, em: EMState, e_step, *, prior_precision):
         )
     regression_beta, scale_matrix, new_free = ctx.functions.m_step.update(
         stats, row_sums=ctx.row_sums, draws=e_step.draws, fixed_effects=em.fixed_effects, free=em.free, data=data)
+    structures = config.structures or ("us",) * len(scale_matrix)
+    scale_matrix = [structure_for(name).adapt_expansion(C, stats[f"btb_{k}"])
+                    for k, (name, C) in enumerate(zip(structures, scale_matrix))]
     new_beta, new_scale_tril, location = covariance_update(
         stats, fixed_effects=regression_beta, scale_matrix=scale_matrix, num_levels=data["level_count"],
         dims=config.dims, expansions=ctx.expansions, structures=config.structures,
