@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from mixedfx.model.covariance import structure_for
+from mixedfx.model.covariance import term_structure
 from mixedfx.results import count_parameters, fixed_effects_table
 
 __all__ = ["format_summary", "write_report"]
@@ -94,7 +94,7 @@ def _random_effects_lines(model, terms, *, residual: bool) -> list[str]:
     for term, cov in terms:
         matrix = cov.to_numpy()
         sds = np.sqrt(np.diag(matrix))
-        label = structure_for(term.spec.covariance).label(matrix)  # "(ar1)", as glmmTMB prints it
+        label = term_structure(term).label(matrix)  # "(ar1)", as glmmTMB prints it
         for c, name in enumerate(term.coef_names):
             corr = " ".join(f"{matrix[c, b] / (sds[c] * sds[b]):.2f}" for b in range(c))
             corr = f"{corr} {label}".strip() if c == term.dim - 1 else corr

@@ -23,6 +23,7 @@ from mixedfx import lmertest
 from mixedfx._tf import tf
 from mixedfx.exceptions import ConvergenceWarning, DataError, DataWarning, ParameterError, SamplerWarning
 from mixedfx.model import MixedModel, numpy_linear_predictor
+from mixedfx.model.covariance import term_structure
 from mixedfx.model.joint import numpy_family_params
 from mixedfx.model.gaussian import term_z
 from mixedfx.profile import profile_intervals
@@ -59,7 +60,12 @@ def count_parameters(model) -> int:
     """
     components = model.variance_components_
     residual = (components["group"] == "Residual") & components["var1"].isna()  # the family's sigma, counted below
-    return len(model.fixed_effects_) + int((~residual).sum()) + len(model.family_.parameter_labels())
+    derived = 0  # rows of variance_components_ that are no parameter (rr's correlations, glmmTMB's df)
+    design = getattr(model, "random_design_", None)
+    for term, cov in zip(design.terms if design is not None else (), getattr(model, "random_cov_", ())):
+        structure = term_structure(term)
+        derived += len(structure.components(term.coef_names, np.asarray(cov))) - structure.n_params(term.dim)
+    return len(model.fixed_effects_) + int((~residual).sum()) - derived + len(model.family_.parameter_labels())
 
 
 def model_ddf(model) -> str:

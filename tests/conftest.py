@@ -56,6 +56,7 @@ FILE_SECONDS = {
     "test_dispformula.py": 35,
     "test_dispformula2.py": 90,  # alone on a shared machine: 77-91 s
     "test_spatial_structures.py": 91,  # alone on a shared machine: 90.5 s
+    "test_reduced_rank.py": 65,  # alone on a shared machine: 65 s, and 96 s more for the slow d = 2 fit
     "test_glmm_structures.py": 130,  # alone on a shared machine: 127 s with the slow spatial fit
     "test_glmm_structures2.py": 400,  # load average 11: 371 s in pytest (196 CPU s), 23 s without slow
     # test_docs.py: + about 40 s of CPU in a clean clone, the zero-inflation example's two Salamanders fits

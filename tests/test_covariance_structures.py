@@ -302,7 +302,6 @@ def test_joint_and_exact_likelihood_agree_with_scipy():
     ("y ~ time + toep(1 | subject)", "no intercept", "toep"),
     ("y ~ time + cs(1 | subject)", "needs at least two", "cs"),
     ("y ~ time + hetar1(0 + timef | subject)", "hetar1(...) is not yet supported", "hetar1"),
-    ("y ~ time + rr(0 + timef | subject, d = 2)", "rr(...) is not yet supported", "rr"),
     ("y ~ time + cs(0 + timef || subject)", "takes a single bar", "||"),
 ])
 def test_structure_errors_point_at_the_term(replicates, formula, message, at):

@@ -193,9 +193,8 @@ def test_documented_formulas_design_as_in_r(case):
     [
         ("lme4 ?Dyestuff", "Yield ~ 1|Batch", "must be in parentheses, as in '(1 | g)'"),
         # us, diag, cs, ar1 of the vignette are fitted: tests/test_covariance_structures.py; ou, exp,
-        # gau: tests/test_spatial_structures.py; mat: tests/test_matern.py
+        # gau: tests/test_spatial_structures.py; mat: tests/test_matern.py; rr: tests/test_reduced_rank.py
         ("glmmTMB vignette covstruct", "y ~ hetar1(times + 0 | group)", "hetar1(...) is not yet supported"),
-        ("glmmTMB vignette covstruct", "abund ~ Species + rr(Species + 0|id, d = 1)", "rr(...) is not yet supported"),
         ("glmmTMB vignette covstruct", "yi ~ 1 + (1|study) + equalto(0 + id|g, VCV)",
          "equalto(...) is not yet supported"),
         ("glmmTMB ?glmmTMB", "val ~ s(time)", "mgcv's smooth s(x) has no mixedfx equivalent; use"),

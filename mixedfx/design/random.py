@@ -304,6 +304,11 @@ class RandomTermDesign:
         return self.spec.covariance
 
     @property
+    def covariance_args(self) -> tuple:
+        """The structure's arguments written after the term (``(("d", "1"),)`` for ``rr``)."""
+        return self.spec.covariance_args
+
+    @property
     def dim(self) -> int:
         return len(self.coef_names)
 
@@ -332,6 +337,9 @@ class RandomTermData:
     coordinates : numpy.ndarray or None
         A continuous structure's points, one per coefficient (see
         :attr:`RandomTermDesign.coordinates`); ``None`` for any other term.
+    covariance_args : tuple of (str, str)
+        The structure's arguments written after the term: ``(("d", "1"),)`` for
+        ``rr(x | g, d = 1)``; empty for most.
     predictor : str
         The linear predictor the term enters: ``"cond"``, the model's (the formula's
         terms), or one of the family's own (``"zi"``: a term of glmmTMB's ``ziformula``;
@@ -360,6 +368,7 @@ class RandomTermData:
     covariance: str = "us"
     coordinates: np.ndarray | None = None
     predictor: str = "cond"
+    covariance_args: tuple = ()
 
     @property
     def dim(self) -> int:
@@ -490,6 +499,7 @@ class RandomDesign:
                 name=term.name, group_index=codes[term.factor], z=z,
                 num_levels=self.factors[term.factor].num_levels, coef_names=term.coef_names,
                 covariance=term.spec.covariance, coordinates=term.coordinates, predictor=term.predictor,
+                covariance_args=term.spec.covariance_args,
             ))
         return tuple(out)
 

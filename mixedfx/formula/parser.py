@@ -10,9 +10,10 @@ The grammar handled here is the part formulaic does not know: the random-effect 
     offset    := "offset" "(" expression ")"
     random    := "(" expr ("|" | "||") grouping ")"
                | structure "(" expr "|" grouping ("," [name "="] value)* ")"
-    structure := us | diag | homdiag | cs | homcs | ar1 | toep | ou | exp | gau | mat    (glmmTMB's;
-                 rr, hetar1, propto, equalto are read and refused as not yet supported)
+    structure := us | diag | homdiag | cs | homcs | ar1 | toep | ou | exp | gau | mat | rr   (glmmTMB's;
+                 hetar1, propto, equalto are read and refused as not yet supported)
     ou, exp, gau and mat take numeric coordinate columns and no intercept: exp(x + y + 0 | g)
+    rr takes its rank, a positive integer: rr(x | g, d = 2) or rr(x | g, 2); 2 when not written
     grouping  := nest ("/" nest)*          a/b   ->  a, a:b
     nest      := name (":" name)*          a:b   ->  interaction of a and b
 
@@ -37,7 +38,9 @@ _CLOSE = {v: k for k, v in _OPEN.items()}
 _GLMMTMB_STRUCTURES = ("us", "diag", "homdiag", "cs", "homcs", "ar1", "toep", "exp", "gau", "mat", "ou", "rr",
                        "hetar1", "propto", "equalto")
 # The structures mixedfx fits (mixedfx.model.covariance); the others are read and refused.
-_SUPPORTED_STRUCTURES = ("us", "diag", "homdiag", "cs", "homcs", "ar1", "toep", "ou", "exp", "gau", "mat")
+_SUPPORTED_STRUCTURES = ("us", "diag", "homdiag", "cs", "homcs", "ar1", "toep", "ou", "exp", "gau", "mat", "rr")
+# The arguments a structure takes after its term, each a positive integer: rr(x | g, d = 2).
+_STRUCTURE_ARGUMENTS = {"rr": ("d",)}
 # Continuous structures: one coefficient per distinct point of numeric coordinate columns
 # (glmmTMB's numFactor), how many columns (None: any number).
 _COORDINATE_STRUCTURES = {"ou": 1, "exp": None, "gau": None, "mat": None}
@@ -298,7 +301,7 @@ class _Parser:
             raise self.error(f"{name}(...) needs a term 'expr | g' as its first argument", self.tokens[a + 2].start)
         if self.tokens[bars[0]].text == "||":
             raise self.error(f"{name}(...) takes a single bar: write {name}(expr | g)", self.tokens[bars[0]].start)
-        arguments = []
+        arguments, starts = [], []
         for lo, hi in zip(commas, commas[1:] + [b - 1]):
             if hi - lo >= 4 and self.tokens[lo + 2].is_op("="):
                 arguments.append((self.tokens[lo + 1].text, self.span_text(lo + 3, hi)))
@@ -306,15 +309,40 @@ class _Parser:
                 arguments.append(("", self.span_text(lo + 1, hi)))
             else:
                 raise self.error(f"empty argument of {name}(...)", self.tokens[lo].end)
+            starts.append(self.tokens[lo + 1].start)
         if name not in _SUPPORTED_STRUCTURES:
             raise self.error(
                 f"glmmTMB's covariance structure {name}(...) is not yet supported by mixedfx; it fits "
                 f"{', '.join(_SUPPORTED_STRUCTURES)}", first.start)
-        if arguments:
-            raise self.error(f"{name}(...) takes no arguments after the term", self.tokens[commas[0]].start)
+        arguments = self.check_structure_arguments(name, arguments, starts,
+                                                   self.tokens[commas[0]].start if commas else 0)
         coordinates = self.parse_coordinates(name, a, bars[0]) if name in _COORDINATE_STRUCTURES else ()
         return self.build_terms(a + 2, bars, end, text=self.span_text(a, b), position=first.start,
                                 covariance=name, covariance_args=tuple(arguments), coordinates=coordinates)
+
+    def check_structure_arguments(self, name: str, arguments: list, starts: list, comma: int) -> list:
+        """A structure's arguments after its term: those it takes (``rr``'s ``d``), by name
+        or in order, each once and a positive integer; none for the others.  Returns them
+        as ``(name, value)`` pairs, named (``rr(x | g, 1)`` gives ``[("d", "1")]``)."""
+        allowed = _STRUCTURE_ARGUMENTS.get(name, ())
+        if arguments and not allowed:
+            raise self.error(f"{name}(...) takes no arguments after the term", comma)
+        if len(arguments) > len(allowed):
+            raise self.error(f"{name}(...) takes {len(allowed)} argument(s) after the term: "
+                             f"{', '.join(allowed)}", starts[len(allowed)])
+        seen, named = set(), []
+        for k, ((key, value), start) in enumerate(zip(arguments, starts)):
+            key = key or allowed[k]
+            if key not in allowed:
+                raise self.error(f"{name}(...) has no argument {key!r}; it takes {', '.join(allowed)}"
+                                 + did_you_mean(key, allowed), start)
+            if key in seen:
+                raise self.error(f"{name}(...) has its argument {key!r} twice", start)
+            seen.add(key)
+            if not value.isdigit() or int(value) < 1:
+                raise self.error(f"{name}(...)'s {key} must be a positive integer, not {value!r}", start)
+            named.append((key, value))
+        return named
 
     def parse_coordinates(self, name: str, a: int, bar: int) -> tuple[str, ...]:
         """The coordinate columns of ``exp(x + y + 0 | g)`` (tokens a+2 .. bar): column

@@ -337,6 +337,7 @@ def hmc_e_step(
     centering: Centering | None = None,
     parent_level=None,
     statistics_coordinates=None,
+    whitening=None,
 ) -> EStepResult:
     """Run one E-step: ``num_burnin`` adapting transitions, then ``num_draws`` kept ones.
 
@@ -374,6 +375,10 @@ def hmc_e_step(
     statistics_coordinates : callable, optional
         Applied to the sampler coordinates before ``trace_fn`` sees them (in model
         coordinates); for Rao-Blackwellization, see :meth:`Centering.conditional_means`.
+    whitening : list of (Tensor or None), optional
+        Per term, a lower-triangular ``(dim, dim)`` factor ``L``: the sampler moves
+        ``z`` with ``b = L z`` (each level's row), ``scale`` preconditioning ``z``; a
+        nearly singular covariance (``rr``) needs its effects whitened.  ``None``: ``b``.
 
     Returns
     -------
@@ -414,7 +419,10 @@ def hmc_e_step(
         num_leapfrog_steps=num_leapfrog_steps,
     )
     jittered = JitteredLeapfrogSteps(hmc, num_leapfrog_steps)
-    preconditioned = tfp.mcmc.TransformedTransitionKernel(jittered, bijector=[tfb.Scale(s) for s in scale])
+    whitening = whitening or [None] * len(scale)
+    bijectors = [tfb.Scale(s) if W is None else tfb.Chain([tfb.ScaleMatvecTriL(scale_tril=tf.cast(W, s.dtype)),
+                                                          tfb.Scale(s)]) for s, W in zip(scale, whitening)]
+    preconditioned = tfp.mcmc.TransformedTransitionKernel(jittered, bijector=bijectors)
     kernel = tfp.mcmc.SimpleStepSizeAdaptation(
         preconditioned,
         num_adaptation_steps=num_burnin,

@@ -16,6 +16,7 @@ import numpy as np
 from mixedfx._tf import tf
 from mixedfx.inference.stopping import monte_carlo_standard_error
 from mixedfx.model.blocks import BlockSystem, DenseBlockTooLarge
+from mixedfx.model.covariance import structure_for, term_structure
 from mixedfx.model.families import Family
 from mixedfx.model.gaussian import gaussian_marginal, term_z
 from mixedfx.model.joint import MixedModel, ModelParameters, numpy_linear_predictor
@@ -70,6 +71,7 @@ class ParameterLayout:
     n_fixed: int
     dims: tuple[int, ...]
     family: Family
+    structures: tuple = ()  # per term, its covariance structure (mixedfx.model.covariance); () all "us"
 
     @classmethod
     def from_model(cls, model: MixedModel) -> ParameterLayout:
@@ -93,7 +95,7 @@ class ParameterLayout:
             names.append(label)
             kinds.append("family" if positive else "family_raw")
         return cls(tuple(names), tuple(kinds), len(model.fixed_names), tuple(t.dim for t in model.random_terms),
-                   model.family)
+                   model.family, tuple(term_structure(t) for t in model.random_terms))
 
     @property
     def size(self) -> int:
@@ -150,11 +152,13 @@ class ParameterLayout:
 
     def average(self, rows: np.ndarray) -> np.ndarray:
         """Mean of the rows, each covariance matrix averaged as a matrix (the scale the
-        M-step works on)."""
+        M-step works on), and put back in its structure where an average leaves it
+        (:meth:`~mixedfx.model.covariance.CovarianceStructure.settle`)."""
         estimate = rows.mean(axis=0)
         offset = self.n_fixed
-        for dim, cov in zip(self.dims, self.covariances(rows)):
-            mean_cov = cov.mean(axis=0)
+        structures = self.structures or ("us",) * len(self.dims)
+        for dim, cov, structure in zip(self.dims, self.covariances(rows), structures):
+            mean_cov = structure_for(structure).settle(cov.mean(axis=0))
             sds = np.sqrt(np.diag(mean_cov))
             estimate[offset:offset + dim] = sds
             offset += dim

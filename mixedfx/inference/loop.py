@@ -35,6 +35,7 @@ from mixedfx.inference.mstep import (
 )
 from mixedfx.inference.msteps import m_step_for
 from mixedfx.inference.rows import RowChunks, model_tensors
+from mixedfx.model.covariance import structure_for
 from mixedfx.model.families import Family
 from mixedfx.model.joint import (family_tensors, gaussian_log_likelihood_float32, linear_predictor, linear_predictors,
                                  prior_log_prob, response_log_prob)
@@ -355,14 +356,17 @@ def _e_step(ctx: _CallContext, em: EMState, *, step_seed, prior_precision, num_b
             trace_fn=statistics, seed=step_seed, step_size=em.step_size,
             statistics_coordinates=rao_blackwellized if centering.roots else None)
     mean_chains = [tf.reduce_mean(s, 0) for s in em.chains]
-    scale = centering.scale(ctx.row_sums.sum(ctx.functions.information, mean_chains, em.fixed_effects, em.free),
-                            prior_precision, parent_level, num_levels)
+    information = ctx.row_sums.sum(ctx.functions.information, mean_chains, em.fixed_effects, em.free)
+    scale = centering.scale(information, prior_precision, parent_level, num_levels)
+    whitening = _whitening(config.structures, em.scale_tril)
+    scale = [s if W is None else tf.math.rsqrt(tf.linalg.matmul(h, tf.square(tf.cast(W, h.dtype))) + 1.0)
+             for s, W, h in zip(scale, whitening, information)]
     return hmc_e_step(
         target_log_prob, current_state=em.chains, scale=scale, step_size=em.step_size,
         num_draws=config.n_draws, num_burnin=num_burnin, num_leapfrog_steps=config.n_leapfrog_steps,
         target_accept_prob=config.target_accept_prob, trace_fn=statistics, seed=step_seed,
         centering=centering, parent_level=parent_level,
-        statistics_coordinates=rao_blackwellized if centering.roots else None,
+        statistics_coordinates=rao_blackwellized if centering.roots else None, whitening=whitening,
     )
 
 
@@ -389,6 +393,13 @@ def _gibbs_kernel(ctx: _CallContext, em: EMState) -> BlockedGibbs:
         centering=ctx.centering, parent_level=data["parent_level"], level_weight=data["level_weight"])
 
 
+def _whitening(structures, scale_tril) -> list:
+    """Per term, the Cholesky factor the E-step whitens its effects by (``b = L z``), where
+    its structure asks for it (a nearly singular covariance, ``rr``); else ``None``."""
+    structures = structures or ("us",) * len(scale_tril)
+    return [L if structure_for(name).whitened_e_step else None for name, L in zip(structures, scale_tril)]
+
+
 def _m_step(ctx: _CallContext, em: EMState, e_step, *, prior_precision):
     """The M-step after ``e_step``: the strategy's regression, the covariance part, and
     the chains carried into the reduced parametrization of the new estimate.
@@ -405,6 +416,9 @@ def _m_step(ctx: _CallContext, em: EMState, e_step, *, prior_precision):
         )
     regression_beta, scale_matrix, new_free = ctx.functions.m_step.update(
         stats, row_sums=ctx.row_sums, draws=e_step.draws, fixed_effects=em.fixed_effects, free=em.free, data=data)
+    structures = config.structures or ("us",) * len(scale_matrix)
+    scale_matrix = [structure_for(name).adapt_expansion(C, stats[f"btb_{k}"])
+                    for k, (name, C) in enumerate(zip(structures, scale_matrix))]
     # the location expansions' targets index the fixed effects followed by the family's
     # unconstrained parameters (a term of a family's own linear predictor: its coefficients)
     p = regression_beta.shape[0]

@@ -11,7 +11,7 @@ import numpy as np
 
 from mixedfx.design.bind import BoundData
 from mixedfx.exceptions import DataError, FormulaError, ParameterError
-from mixedfx.model.covariance import structure_for
+from mixedfx.model.covariance import term_structure
 from mixedfx.model.families import Family
 from mixedfx.model.joint import MixedModel
 
@@ -88,7 +88,7 @@ def _check_enough_rows(model: MixedModel) -> None:
     except precision weights)."""
     family, weights = model.family, model.weights
     n_fixed = model.fixed_design.shape[1]
-    n_variance = sum(structure_for(t.covariance).n_params(t.dim) for t in model.random_terms)
+    n_variance = sum(term_structure(t).n_params(t.dim) for t in model.random_terms)
     n_family = len(family.parameter_labels())
     n_params = n_fixed + n_variance + n_family
     # an integer weight counts its row that many times, except for precision weights
@@ -104,7 +104,7 @@ def _check_structures(bound: BoundData) -> None:
     """Each random term's coefficients suit its covariance structure (``ar1`` and
     ``toep`` need one factor of times and no intercept): else a FormulaError at the term."""
     for term in bound.random_design.terms:
-        reason = structure_for(term.spec.covariance).validate(
+        reason = term_structure(term).validate(
             coef_names=term.coef_names, intercept="(Intercept)" in term.coef_names, factor_levels=term.factor_levels)
         if reason is not None:
             raise FormulaError(f"{reason} (term {term.spec.text!r})", formula=bound.spec.text,

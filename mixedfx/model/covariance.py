@@ -24,6 +24,7 @@ ou         ``sd^2 exp(-rate |t_i - t_j|)``              1 sd, rate
 exp        ``sd^2 exp(-d_ij / range)``                  1 sd, range
 gau        ``sd^2 exp(-(d_ij / range)^2)``              1 sd, range
 mat        ``sd^2 M_kappa(d_ij / range)`` (Matérn)      1 sd, range, kappa
+rr         ``Lambda Lambda'`` (rank ``d``, a floor)      dim d - d(d-1)/2 loadings
 =========  ===========================================  ==========================
 
 ``M_kappa(x) = x^kappa K_kappa(x) / (2^(kappa - 1) Gamma(kappa))``, ``K`` the modified
@@ -33,6 +34,9 @@ The continuous structures (``ou``, ``exp``, ``gau``, ``mat``) have one coefficie
 point of their coordinate columns (glmmTMB's ``numFactor``); ``d_ij`` is the Euclidean
 distance between points ``i`` and ``j``.  The design hands the points to
 :func:`structure_for` (``coordinates=``), and the structure owns their distances.
+
+``rr(x | g, d = 2)`` (glmmTMB's reduced rank) takes the argument ``d`` written after the term
+(:func:`structure_for`'s ``arguments=``); see :class:`ReducedRank`.
 """
 
 from __future__ import annotations
@@ -74,6 +78,9 @@ class CovarianceStructure:
     correlates : bool
         Whether the structure has correlation parameters of its own (``cs``,
         ``homcs``, ``ar1``, ``toep``): its term needs two coefficients or more.
+    whitened_e_step : bool
+        Whether the E-step samples the effects whitened by the covariance's Cholesky
+        factor (``b = L z``), as a nearly singular covariance (``rr``) needs.
 
     Examples
     --------
@@ -95,6 +102,7 @@ class CovarianceStructure:
     needs_times = False
     needs_coordinates = False  # whether the coefficients are points of numeric coordinate columns
     correlates = False  # whether the structure has correlation parameters of its own
+    whitened_e_step = False  # whether the E-step samples L^-1 b (a nearly singular covariance)
 
     def __eq__(self, other) -> bool:
         return type(self) is type(other)
@@ -104,6 +112,13 @@ class CovarianceStructure:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+    @classmethod
+    def build(cls, *, coordinates=None, arguments=()) -> CovarianceStructure:
+        """The structure of one term: ``coordinates`` its points (continuous structures),
+        ``arguments`` the ``(name, value)`` pairs written after the term (``rr``'s ``d``;
+        the parser admits them only where a structure takes them)."""
+        return cls()
 
     @property
     def unstructured(self) -> bool:
@@ -144,12 +159,24 @@ class CovarianceStructure:
             return np.eye(dim * dim)[:, [j * dim + j for j in range(dim)]]
         return np.eye(dim).reshape(dim * dim, 1)
 
+    def adapt_expansion(self, scale_matrix, second_moment):
+        """The scale expansion ``C`` the M-step applies (PX-EM, :mod:`mixedfx.inference.mstep`),
+        from the regression's estimate and the effects' second moment: as it is (the
+        expansion basis keeps the structure)."""
+        return scale_matrix
+
     def project(self, second_moment, n_levels):
         """The M-step: the covariance in the structure that maximizes the expected
         complete-data log-likelihood of ``n_levels`` effects with second moment
         ``second_moment`` (sum over levels of ``b b'``),
         ``-n/2 log|Sigma| - 1/2 tr(Sigma^-1 B'B)``.  Unstructured: ``B'B / n``."""
         return tf.convert_to_tensor(second_moment, tf.float64) / tf.cast(n_levels, tf.float64)
+
+    def settle(self, cov) -> np.ndarray:
+        """The estimate from the average of the last iterations' matrices, each in the
+        structure (numpy): the average itself, which stays in the structures whose set of
+        covariances is convex along the EM path (``rr``'s, of rank ``d``, is not)."""
+        return cov
 
     def parameters(self, cov) -> dict:
         """The structure's named correlation parameters of a covariance in it."""
@@ -511,6 +538,10 @@ class _Continuous(_Projected):
     def __init__(self, coordinates=None):
         self.coordinates = coordinates
 
+    @classmethod
+    def build(cls, *, coordinates=None, arguments=()) -> CovarianceStructure:
+        return cls(coordinates)
+
     def __eq__(self, other) -> bool:
         return (type(self) is type(other) and (self.coordinates is None) == (other.coordinates is None)
                 and (self.coordinates is None or np.array_equal(self.coordinates, other.coordinates)))
@@ -722,18 +753,23 @@ def _scipy_matern(d, range_, kappa):
                   - special.gammaln(kappa))
 
 
+# rr subclasses CovarianceStructure, defined above; mixedfx.model imports this module first.
+from mixedfx.model.reduced_rank import ReducedRank  # noqa: E402
+
 #: The structures mixedfx fits, by glmmTMB's name.
 STRUCTURES = {cls.name: cls for cls in (CovarianceStructure, Diagonal, HomogeneousDiagonal, CompoundSymmetry,
                                         HomogeneousCompoundSymmetry, AutoRegressive, Toeplitz, OrnsteinUhlenbeck,
-                                        Exponential, GaussianKernel, Matern)}
+                                        Exponential, GaussianKernel, Matern, ReducedRank)}
 
 
-def structure_for(name="us", *, coordinates=None) -> CovarianceStructure:
+def structure_for(name="us", *, coordinates=None, arguments=()) -> CovarianceStructure:
     """The structure called ``name`` (glmmTMB's spelling; ``"us"`` for lme4's ``(x | g)``);
     a structure given instead of a name is returned as it is.
 
     ``coordinates``: the points of a continuous structure (``ou``, ``exp``, ``gau``, ``mat``),
     shape ``(dim, n_columns)``, one per coefficient; the structure computes their distances.
+    ``arguments``: the ``(name, value)`` pairs written after the term, ``(("d", "1"),)`` for
+    ``rr(x | g, d = 1)``.
 
     Examples
     --------
@@ -744,14 +780,17 @@ def structure_for(name="us", *, coordinates=None) -> CovarianceStructure:
     >>> exp = structure_for("exp", coordinates=np.array([[0.0, 0.0], [3.0, 4.0]]))
     >>> exp.covariance(np.log([2.0, 5.0]), 2).numpy().round(4).tolist()  # 4 exp(-5 / 5)
     [[4.0, 1.4715], [1.4715, 4.0]]
+    >>> structure_for("rr", arguments=(("d", "1"),))
+    ReducedRank(rank=1)
     """
     if isinstance(name, CovarianceStructure):
         return name
-    cls = STRUCTURES[name]
-    return cls(coordinates) if cls.needs_coordinates else cls()
+    return STRUCTURES[name].build(coordinates=coordinates, arguments=arguments)
 
 
 def term_structure(term) -> CovarianceStructure:
-    """A random term's structure, with its points where it has them (``term``: a design's
-    or a model's random term, with ``covariance`` and ``coordinates``)."""
-    return structure_for(getattr(term, "covariance", "us"), coordinates=getattr(term, "coordinates", None))
+    """A random term's structure, with its points and arguments where it has them (``term``:
+    a design's or a model's random term, with ``covariance``, ``coordinates`` and
+    ``covariance_args``)."""
+    return structure_for(getattr(term, "covariance", "us"), coordinates=getattr(term, "coordinates", None),
+                         arguments=getattr(term, "covariance_args", ()))

@@ -336,7 +336,7 @@ def kenward_roger_pieces(model: MixedModel, params: ModelParameters) -> KenwardR
     if n * n > MAX_DENSE_DDF_ENTRIES:
         raise DataError(f"Kenward-Roger forms {n} x {n} matrices (as pbkrtest); above the limit of "
                         f"{MAX_DENSE_DDF_ENTRIES:,} entries use ddf='satterthwaite'")
-    structured = [name for name in _structures(model) if not structure_for(name).unstructured]
+    structured = [structure_for(name).name for name in _structures(model) if not structure_for(name).unstructured]
     if structured:
         raise ParameterError(f"Kenward-Roger degrees of freedom are not yet available for covariance structures "
                              f"({', '.join(structured)}): use ddf='satterthwaite'")
