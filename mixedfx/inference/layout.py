@@ -168,9 +168,12 @@ class ParameterLayout:
         out[cor] = out[cor] * (1.0 - estimate[cor] ** 2)
         return out
 
-    def monte_carlo_error(self, rows: np.ndarray, estimate: np.ndarray) -> np.ndarray:
-        """Monte Carlo standard error of the window mean, on the natural scale."""
-        return self.natural_spread(monte_carlo_standard_error(self.working(rows)), estimate)
+    def monte_carlo_error(self, rows: np.ndarray, estimate: np.ndarray, *, lead_in=None) -> np.ndarray:
+        """Monte Carlo standard error of the window mean, on the natural scale (``lead_in``:
+        the iterations before the window that sharpen the AR(1) coefficient, see
+        :func:`~mixedfx.inference.monte_carlo_standard_error`)."""
+        lead_in = None if lead_in is None or len(lead_in) == 0 else self.working(lead_in)
+        return self.natural_spread(monte_carlo_standard_error(self.working(rows), lead_in=lead_in), estimate)
 
     def at_boundary(self, row: np.ndarray, *, residual_sd: float) -> np.ndarray:
         """Variance parameters at the edge of their space, as lme4's ``isSingular``
