@@ -46,7 +46,7 @@ def test_rule_opens_window_then_converges_on_noise(rng):
     trace = 1.0 + 0.01 * rng.normal(size=(10, 3))
     first = rule.assess(trace, window_start=None, scale=np.ones(3))
     assert first.window_start == 10 and not first.converged
-    longer = np.vstack([trace, 1.0 + 0.01 * rng.normal(size=(20, 3))])
+    longer = np.vstack([trace, 1.0 + 0.01 * rng.normal(size=(40, 3))])
     decision = rule.assess(longer, window_start=10, scale=np.ones(3))
     assert decision.converged and decision.mcse.shape == (3,)
     assert np.all(decision.mcse <= 0.1)

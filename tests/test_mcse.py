@@ -11,23 +11,26 @@ fixtures/make_grouseticks_fixture.R) and the Gaussian crossed_small (60 x 25 lev
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
 
 import mixedfx
+from mixedfx._tf import tf, tfp
 from mixedfx.inference import MonteCarloErrorRule, monte_carlo_standard_error
 from mixedfx.inference.stopping import ar1_coefficient
 
 from conftest import FIXTURES
 
 N_SEEDS = 20
-#: The long run's tolerance.  The issue asks for tol=0.01, 1/10 of the default's error:
-#: with the AR(1) error that is 100x the default fit's iterations (about 25,000 on
-#: grouseticks, six minutes); tol=0.03 (about 11x) keeps the long run's own error at a
-#: third of one default fit's, which the comparison below includes.
-LONG_TOL = 0.03
+#: The long run: tol=0.01, 1/10 of the default fit's Monte Carlo error, as issue 15
+#: asks.  With the AR(1) error that needs about 100x the default fit's iterations; the
+#: Gaussian case meets it in a few hundred, grouseticks would need about 30,000 (sd(LOCATION)
+#: has rho = 0.93) and stops at LONG_MAX_ITER, with its own error (about 1/4 of one
+#: default fit's) counted in the comparison.
+LONG_TOL, LONG_MAX_ITER = 0.01, 3000
 
 
 def ar1(rng, *, rho, n, size):
@@ -50,36 +53,60 @@ def test_error_of_the_mean_matches_the_spread_of_means(rng, rho, n):
     assert np.mean(mcse) / spread == pytest.approx(1.0, abs=0.15)
 
 
-def test_effective_sample_size_of_a_short_window_is_not_trusted(rng):
-    # 20 iterates of an AR(1) with rho = 0.93 hold about 0.7 effective iterations; the
-    # error from tfp's effective sample size was 3x too small there.
-    series = ar1(rng, rho=0.93, n=20, size=400)
-    mcse = np.array([monte_carlo_standard_error(series[:, [k]])[0] for k in range(400)])
-    spread = series.mean(axis=0).std(ddof=1)
-    assert np.median(mcse[np.isfinite(mcse)]) / spread > 0.6
-    # and the rule refuses to stop on so few effective iterations even when the error looks small
-    rule = MonteCarloErrorRule(tol=0.1)
-    trace = np.concatenate([series[:, :3], series[:, :3]])
-    decision = rule.assess(trace, window_start=10, scale=np.full(3, 1e3))
-    assert not decision.converged and "effective iterations" in decision.message
+def test_short_window_error_uses_the_lead_in(rng):
+    # A window of 20 iterates of an AR(1) with rho = 0.93 (about 0.7 effective
+    # iterations) after 100 iterations of lead-in, as in a fit: tfp's effective sample
+    # size from the window put the error of its mean 3x too low; the AR(1) error with
+    # rho from the lead-in is about right.
+    series = ar1(rng, rho=0.93, n=120, size=400)
+    window, lead_in = series[100:], series[:100]
+    spread = window.mean(axis=0).std(ddof=1)
+    mcse = np.array([monte_carlo_standard_error(window[:, [k]], lead_in=lead_in[:, [k]])[0] for k in range(400)])
+    ess = tfp.mcmc.effective_sample_size(tf.constant(window)).numpy()
+    ess_mcse = window.std(axis=0, ddof=1) / np.sqrt(np.clip(ess, 1.0, 20.0))
+    assert np.median(ess_mcse) / spread < 0.5
+    assert np.median(mcse) / spread == pytest.approx(1.0, abs=0.25)
 
 
-def test_random_walk_gives_an_infinite_error_not_nan(rng):
+def test_rule_waits_for_effective_iterations(rng):
+    # However small the error looks, a window needs min_effective effective iterations:
+    # 40 of white noise are about 40, 40 of an AR(1) with rho = 0.9 about 2.
+    noise = rng.normal(size=(60, 3))
+    rule = MonteCarloErrorRule(tol=0.1, min_effective=30)
+    assert rule.assess(noise, window_start=20, scale=np.full(3, 1e3)).converged
+    decision = MonteCarloErrorRule(tol=0.1).assess(ar1(rng, rho=0.9, n=80, size=3), window_start=40,
+                                                   scale=np.full(3, 1e3))
+    assert not decision.converged
+
+
+def test_window_waits_for_the_approach_to_settle(rng):
+    # rho = 0.9: three e-foldings are 30 iterations; a window opened at 10 moves to 30 or later.
+    trace = 0.9 ** np.arange(60)[:, None] + 0.01 * ar1(rng, rho=0.9, n=60, size=1)
+    decision = MonteCarloErrorRule(tol=0.1).assess(trace, window_start=10, scale=np.ones(1))
+    assert decision.window_start >= 30 and "e-foldings" in decision.message
+
+
+def test_near_unit_root_gives_an_infinite_error_not_nan(rng):
     walk = np.cumsum(rng.normal(size=(50, 2)), axis=0)
-    assert np.all(ar1_coefficient(walk) > 0.95)
-    mcse = monte_carlo_standard_error(np.vstack([walk, walk[-1] + np.cumsum(rng.normal(size=(50, 2)), axis=0)]))
-    assert not np.any(np.isnan(mcse))
+    assert np.all(ar1_coefficient(walk) > 0.9)
+    assert not np.any(np.isnan(monte_carlo_standard_error(walk)))
+    trend = np.linspace(0.0, 1.0, 30)[:, None] + 1e-6 * rng.normal(size=(30, 1))
+    assert monte_carlo_standard_error(trend)[0] == np.inf
     assert np.all(monte_carlo_standard_error(walk[:2]) == np.inf)
     assert monte_carlo_standard_error(np.ones((10, 1)))[0] == 0.0
 
 
-def test_drift_projected_to_the_fixed_point_keeps_the_window_open(rng):
-    # An EM approach at rate 0.95: over 40 iterations the slope is small against the
-    # noise step by step, but the iterates are still 0.13 from the fixed point.
-    steps = np.arange(100)
-    trace = (1.0 * 0.95**steps + 0.002 * rng.normal(size=100))[:, None]
-    decision = MonteCarloErrorRule(tol=0.1).assess(trace, window_start=60, scale=np.full(1, 0.1))
-    assert not decision.converged and decision.window_start > 60
+def test_approach_to_the_fixed_point_is_not_convergence(rng):
+    # EM approaching at rate 0.8 under small noise, the window opened too early: its
+    # mean is 0.018 from the fixed point, twice the tolerance.  The approach reads as
+    # an AR(1) excursion with rho ~ 0.9, too few effective iterations to stop on.
+    trace = (0.8 ** np.arange(40) + 0.002 * rng.normal(size=40))[:, None]
+    decision = MonteCarloErrorRule(tol=0.1).assess(trace, window_start=10, scale=np.full(1, 0.1))
+    assert not decision.converged
+    # A linear drift of the window: its first half is dropped.
+    trace = np.concatenate([np.zeros(20), np.linspace(0.0, 0.5, 40)])[:, None] + 0.01 * rng.normal(size=(60, 1))
+    decision = MonteCarloErrorRule(tol=0.1).assess(trace, window_start=20, scale=np.full(1, 0.1))
+    assert decision.window_start == 40 and "first half dropped" in decision.message
 
 
 def seed_runs(data, *, formula, family, names):
@@ -93,8 +120,10 @@ def seed_runs(data, *, formula, family, names):
         index = [summary.parameter_names.index(name) for name in names]
         estimates.append(summary.estimate[index])
         mcse.append(summary.mcse[index])
-    long = mixedfx.MixedEffectsRegressor(formula, family=family, random_state=1000, verbose=0, tol=LONG_TOL,
-                                         max_iter=8000).fit(data).fit_summary_
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", mixedfx.ConvergenceWarning)  # grouseticks: LONG_MAX_ITER
+        long = mixedfx.MixedEffectsRegressor(formula, family=family, random_state=1000, verbose=0, tol=LONG_TOL,
+                                             max_iter=LONG_MAX_ITER).fit(data).fit_summary_
     index = [long.parameter_names.index(name) for name in names]
     return np.array(estimates), np.array(mcse), long.estimate[index], long.mcse[index]
 
@@ -110,7 +139,7 @@ def grouseticks_runs():
 def crossed_runs():
     data = pd.read_csv(FIXTURES / "crossed_small.csv")
     return seed_runs(data, formula="y ~ x + (1|g1) + (1|g2)", family="gaussian",
-                     names=["sd(g1)", "sd(g2)", "sd(Residual)"])
+                     names=["sd(g1)", "sd(g2)", "sigma"])
 
 
 def check_reported_error(runs):

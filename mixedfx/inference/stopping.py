@@ -58,6 +58,12 @@ class Decision:
     message: str = ""
 
 
+#: E-foldings of the approach to the fixed point, ``1 / (1 - rho)`` iterations each, that
+#: must pass before the averaging window: the parameter-expanded first iterations can
+#: overshoot, and what is left of an overshoot decays at the AR(1) rate (0.93 per
+#: iteration for sd(LOCATION) on grouseticks); after three e-foldings, 5 % of it.
+SETTLE_E_FOLDS = 3.0
+
 #: The largest AR(1) coefficient the error estimate believes: beyond it the series is
 #: treated as a random walk, whose mean has no finite error (``inf``).
 MAX_AUTOREGRESSION = 0.995
@@ -107,7 +113,8 @@ def monte_carlo_standard_error(series: np.ndarray, *, lead_in: np.ndarray | None
 
     Each column is taken as an AR(1) series, ``x[t] - m = rho (x[t-1] - m) + e[t]``:
     the mean of ``n`` iterates has variance ``sigma_e^2 / ((1 - rho)^2 n)`` (the AR(1)
-    long-run variance over ``n``).  ``rho`` is :func:`ar1_coefficient` of ``lead_in``
+    long-run variance over ``n``) times ``1 - 2 rho (1 - rho^n) / (n (1 - rho^2))``,
+    the share a window shorter than the series' memory sees.  ``rho`` is :func:`ar1_coefficient` of ``lead_in``
     followed by ``series`` (``lead_in``: iterates before the series, which sharpen the
     estimate of ``rho``; a short series alone underestimates it), ``sigma_e^2`` the
     residual variance of the series about that autoregression.  An effective sample
@@ -153,20 +160,24 @@ def _long_run_error(series: np.ndarray, rho: np.ndarray) -> np.ndarray:
     safe = np.minimum(rho, MAX_AUTOREGRESSION)
     centred = series - series.mean(axis=0)
     residual = centred[1:] - safe * centred[:-1]
-    mcse = np.sqrt(np.sum(residual**2, axis=0) / ((n - 2) * n)) / (1.0 - safe)
+    # Var(mean) = sigma_e^2 / (n (1 - rho)^2) [1 - 2 rho (1 - rho^n) / (n (1 - rho^2))]:
+    # the long-run variance over n, less what a window shorter than the memory misses.
+    short = 1.0 - 2.0 * safe * (1.0 - safe**n) / (n * (1.0 - safe**2))
+    mcse = np.sqrt(np.sum(residual**2, axis=0) / ((n - 2) * n) * short) / (1.0 - safe)
     flat = np.all(series == series[0], axis=0)
     return np.where(flat, 0.0, np.where(rho >= MAX_AUTOREGRESSION, np.inf, mcse))
 
 
 def window_drift(window: np.ndarray, *, rho: np.ndarray, long_run_sd: np.ndarray) -> tuple:
-    """The drift left in an averaging window, projected, and its standard error.
+    """How far a window's mean may still be from the fixed point, and its standard error.
 
-    The least-squares slope ``b`` of each column against the iteration, and
-    ``|b| / (1 - rho)``: if the iterates still approach a fixed point at the AR(1) rate
-    ``rho``, the last one is that far from it (the remaining drift).  Its standard
-    error is the slope's under the AR(1) noise (``long_run_sd`` over the root of the
-    sum of the squared centred iteration numbers, about ``sqrt(12 / n^3)``), divided by
-    ``1 - rho`` the same way.
+    With ``b`` the least-squares slope of a column against the iteration, the window
+    mean sits ``b (n - 1) / 2`` behind the window's last iterate, and that one, if the
+    iterates approach the fixed point at the AR(1) rate ``rho``, ``b / (1 - rho)``
+    short of it: the projected drift is ``|b| ((n - 1) / 2 + 1 / (1 - rho))``.  Its
+    standard error is the slope's under the AR(1) noise (``long_run_sd`` over the root
+    of the sum of the squared centred iteration numbers, about ``sqrt(12 / n^3)``
+    times it), scaled the same way.
 
     Examples
     --------
@@ -174,14 +185,15 @@ def window_drift(window: np.ndarray, *, rho: np.ndarray, long_run_sd: np.ndarray
     >>> from mixedfx.inference.stopping import window_drift
     >>> drift, se = window_drift(np.linspace(0, 1, 11)[:, None], rho=np.array([0.5]), long_run_sd=np.array([0.1]))
     >>> round(float(drift[0]), 3), round(float(se[0]), 4)
-    (0.2, 0.0191)
+    (0.7, 0.0667)
     """
     n = window.shape[0]
     steps = np.arange(n, dtype=np.float64) - (n - 1) / 2.0
     slope = steps @ (window - window.mean(axis=0)) / np.sum(steps**2)
     slope_se = long_run_sd / np.sqrt(np.sum(steps**2))
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.abs(slope) / (1.0 - rho), slope_se / (1.0 - rho)
+        reach = (n - 1) / 2.0 + 1.0 / (1.0 - rho)
+    return np.abs(slope) * reach, slope_se * reach
 
 
 @dataclass(frozen=True)
@@ -194,15 +206,17 @@ class MonteCarloErrorRule:
        than the tolerance itself), the averaging window opens.
     2. *Averaging.*  Once the window spans four blocks, the drift left in it is
        tested (:func:`window_drift`): the slope of each parameter over the window,
-       divided by ``1 - rho`` (``rho`` the iterates' AR(1) coefficient, the EM map's
-       rate), projects how far the iterates still are from the fixed point.  Where
-       that exceeds both the tolerance and ``drift_z`` of its standard errors, the
-       window's first half is dropped.  Once the window holds ``min_window``
+       carried to the fixed point at the iterates' AR(1) rate ``rho`` (the EM map's
+       rate), projects how far the window mean may still be from the fixed point.
+       Where that exceeds both the tolerance and ``drift_z`` of its standard errors,
+       the window's first half is dropped.  Once the window holds ``min_window``
        iterations, the rule stops when every parameter's Monte Carlo standard error
        (:func:`monte_carlo_standard_error`, the AR(1) long-run variance, with
        ``rho`` estimated from the trace since the first block) is at most ``tol``
        times its statistical scale, the window holds ``min_effective`` effective
-       iterations, and the drift test passes.
+       iterations, and the drift test passes.  The window never starts before
+       :data:`SETTLE_E_FOLDS` e-foldings, ``1 / (1 - rho)`` iterations each, of the
+       slowest parameter's approach.
 
     The statistical scale (``scale`` in :meth:`assess`) is a standard error on the
     working scale, supplied by the fitting loop: for a fixed effect its standard error
@@ -218,7 +232,7 @@ class MonteCarloErrorRule:
         Iterations per block; the fitting loop checks the rule after every block.
     min_window : int, default 20
     drift_z : float, default 3.0
-    min_effective : float, default 10
+    min_effective : float, default 5
         The fewest effective iterations, ``n (1 - rho) / (1 + rho)``, a window needs
         before its Monte Carlo error is believed: the error of fewer is itself too
         uncertain, and stopping at the first block whose error looks small would stop
@@ -239,7 +253,7 @@ class MonteCarloErrorRule:
     block_size: int = 5
     min_window: int = 20
     drift_z: float = 3.0
-    min_effective: float = 10.0
+    min_effective: float = 5.0
 
     def assess(self, trace, *, window_start, scale, frozen=None) -> Decision:
         """Judge the trace so far.
@@ -273,6 +287,11 @@ class MonteCarloErrorRule:
         window = trace[window_start:]
         lead_in = trace[lead_in_start(window_start, n_iter, skip=b):window_start]
         rho = ar1_coefficient(np.concatenate([lead_in, window]))
+        settled = self._settled_start(rho[active])
+        if settled > window_start:
+            start = min(settled, n_iter)
+            return Decision(start, False, tolerance=tolerance,
+                            message=f"averaging from iteration {start}, {SETTLE_E_FOLDS:g} e-foldings of the approach")
         mcse = _long_run_error(window, rho)
         if len(window) >= 4 * b:
             drift, drift_se = window_drift(window, rho=np.minimum(rho, MAX_AUTOREGRESSION),
@@ -299,6 +318,15 @@ class MonteCarloErrorRule:
             else f"averaging: largest Monte Carlo error is {ratio.max():.2f} x tolerance"
         )
         return Decision(window_start, converged, mcse=mcse, tolerance=tolerance, message=message)
+
+    def _settled_start(self, rho) -> int:
+        """The first block boundary :data:`SETTLE_E_FOLDS` e-foldings of the slowest
+        parameter's approach into the trace."""
+        slowest = float(np.max(rho, initial=0.0))
+        if slowest >= MAX_AUTOREGRESSION:
+            return 0  # nothing settled: the error is infinite anyway
+        iterations = SETTLE_E_FOLDS / (1.0 - slowest)
+        return int(np.ceil(iterations / self.block_size)) * self.block_size
 
     def _stationary(self, first, second, tolerance, active) -> bool:
         """Whether two consecutive blocks agree within the noise and ``tolerance``."""
