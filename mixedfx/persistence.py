@@ -49,7 +49,8 @@ from mixedfx.model import ModelParameters
 from mixedfx.model import families as _families
 from mixedfx.model import glmmtmb_families as _glmmtmb_families
 from mixedfx.model.dispersion_model import DispersionModel
-from mixedfx.model.zero_inflation import ZeroInflated
+from mixedfx.model import truncated as _truncated
+from mixedfx.model.zero_inflation import Hurdle, ZeroInflated
 from mixedfx.model.joint import MixedModel
 
 __all__ = ["save", "load"]
@@ -62,7 +63,8 @@ _RECORDS = {cls.__name__: cls for cls in (
     RandomTermData, MixedModel, ModelParameters, FitSummary, MCEMOptions, MonteCarloErrorRule, FixedIterations,
     *(getattr(_families, name) for name in ("Gaussian", "Binomial", "Bernoulli", "Poisson", "NegativeBinomial",
                                             "Ordinal")),
-    *(getattr(_glmmtmb_families, name) for name in _glmmtmb_families.__all__), ZeroInflated, DispersionModel)}
+    *(getattr(_glmmtmb_families, name) for name in _glmmtmb_families.__all__), ZeroInflated, DispersionModel,
+    *(getattr(_truncated, name) for name in _truncated.__all__), Hurdle)}
 
 
 def save(model, path) -> Path:

@@ -52,11 +52,15 @@ FILE_SECONDS = {
     "test_covariance_structures.py": 250,  # alone on a loaded machine: 3.5 to 4.7 min
     "test_zero_inflation.py": 74,  # alone on a shared machine: 74-81 s
     "test_hurdle.py": 86,  # alone on a shared machine: 15 s fast, 71 s slow (two hurdle fits)
+    "test_hurdle2.py": 95,  # 95 CPU seconds (user + sys); 252 s wall at load average 15 (three hurdle fits)
     "test_dispformula.py": 35,
     "test_dispformula2.py": 90,  # alone on a shared machine: 77-91 s
     "test_spatial_structures.py": 91,  # alone on a shared machine: 90.5 s
+    "test_glmm_structures.py": 130,  # alone on a shared machine: 127 s with the slow spatial fit
     "test_matern.py": 57,  # alone on a shared machine: 47 s in pytest, 57 s wall (one fit, 37 s)
     "test_mcse.py": 100,  # loaded machine: 100-190 s (20 + 1 grouseticks fits 70-123 s, 20 + 1 Gaussian 26-58 s)
+    "test_inverse_gaussian.py": 100,  # two fits; load average 15: 100 s in pytest (38 s CPU), 53 s without slow
+    "test_zi_random.py": 50,  # alone on a shared machine: 50 s in pytest (the grid fit, 30 s), 85 s wall
 }
 
 

@@ -325,6 +325,10 @@ class RandomTermData:
     coordinates : numpy.ndarray or None
         A continuous structure's points, one per coefficient (see
         :attr:`RandomTermDesign.coordinates`); ``None`` for any other term.
+    predictor : str
+        The linear predictor the term enters: ``"cond"``, the model's (the formula's
+        terms), or one of the family's own (``"zi"``: a term of glmmTMB's ``ziformula``;
+        see :meth:`~mixedfx.model.Family.linear_predictors`).
 
     Examples
     --------
@@ -348,6 +352,7 @@ class RandomTermData:
     coef_names: tuple[str, ...] = ("(Intercept)",)
     covariance: str = "us"
     coordinates: np.ndarray | None = None
+    predictor: str = "cond"
 
     @property
     def dim(self) -> int:

@@ -71,7 +71,8 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsModel):
     dispformula : str, default "~1"
         glmmTMB's dispersion formula: with ``"~ z"`` the family's dispersion is
         log-linear in ``z`` (``"negative_binomial"``/``"nbinom2"``: log size;
-        ``"gamma"``: log shape; ``"beta"``: log precision; ``"nbinom1"``: log phi), its
+        ``"gamma"``: log shape; ``"beta"``: log precision; ``"nbinom1"``: log phi;
+        ``"inverse_gaussian"``: log dispersion, untested against R, which has none), its
         coefficients ``disp_fixed_effects_`` (glmmTMB's ``fixef(fit)$disp``).  Fixed
         terms only; not with a ``ziformula`` yet; ``"~1"``: one dispersion.
     %(parameters)s

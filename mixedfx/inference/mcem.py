@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mixedfx._tf import tf, tfp
+from mixedfx.exceptions import ParameterError
 from mixedfx.inference.buckets import ShapeBuckets
 from mixedfx.inference.driver import MCEMDriver
 from mixedfx.inference.faults import FaultInjection
@@ -255,6 +256,9 @@ def fit_mcem(
     True
     """
     options = options or MCEMOptions()
+    if model.predictors is not None:  # the E-step's preconditioner and restarts know one linear predictor
+        raise ParameterError("random terms of the family's own linear predictors (glmmTMB's ziformula) are not "
+                             "fitted yet: only the model's own random terms are")
     model, _ = model.row_scaled()  # precision weights (Gaussian): the same fit on rows scaled by sqrt(w)
     if method not in ("ml", "reml"):
         raise ValueError(f"method must be 'ml' or 'reml', got {method!r}")

@@ -15,7 +15,7 @@ from mixedfx.model.families import (
     Poisson,
     get_family,
 )
-from mixedfx.model.glmmtmb_families import Beta, BetaBinomial, Gamma, NegativeBinomial1, StudentT
+from mixedfx.model.glmmtmb_families import Beta, BetaBinomial, Gamma, InverseGaussian, NegativeBinomial1, StudentT
 from mixedfx.model.truncated import (TruncatedNegativeBinomial, TruncatedNegativeBinomial1, TruncatedPoisson,
                                      ZeroTruncated)
 from mixedfx.model.zero_inflation import Hurdle, ZeroInflated
@@ -55,6 +55,7 @@ __all__ = [
     "NegativeBinomial",
     "Ordinal",
     "Gamma",
+    "InverseGaussian",
     "NegativeBinomial1",
     "Beta",
     "StudentT",

@@ -106,6 +106,14 @@ class DispersionModel(Family):
     def coefficient_block(self):
         return "disp", self.disp_names
 
+    def linear_predictors(self) -> tuple[str, ...]:
+        """The base family's (random terms do not enter the dispersion model)."""
+        return self.base.linear_predictors()
+
+    def with_predictor_offsets(self, parameters, offsets):
+        """The base family's (its parameters pass through :meth:`_natural`)."""
+        return self.base.with_predictor_offsets(parameters, offsets)
+
     def coefficient_blocks(self):
         return (*self.base.coefficient_blocks(), ("disp", self.disp_names))
 

@@ -66,6 +66,7 @@ class Family(OwnLinearModels):
     negative_binomial  log       ('dispersion',)
     ordinal            logit     ('cutpoints',)
     gamma              log       ('dispersion',)
+    inverse_gaussian   log       ('dispersion',)
     nbinom1            log       ('dispersion',)
     beta               logit     ('dispersion',)
     t                  identity  ('sigma', 'df')
@@ -544,7 +545,8 @@ class Bernoulli(Binomial):
 
 
 class LogLink:
-    """Mixin: the log link, ``mean = exp(eta)`` (Poisson, both negative binomials, Gamma)."""
+    """Mixin: the log link, ``mean = exp(eta)`` (Poisson, both negative binomials, Gamma,
+    inverse Gaussian)."""
 
     @property
     def link(self) -> str:
@@ -833,8 +835,8 @@ class Ordinal(Family):
 #: --------
 #: >>> from mixedfx.model import FAMILIES
 #: >>> sorted(FAMILIES)  # doctest: +NORMALIZE_WHITESPACE
-#: ['bernoulli', 'beta', 'betabinomial', 'binomial', 'gamma', 'gaussian', 'nbinom1', 'negative_binomial',
-#:  'ordinal', 'poisson', 't', 'truncated_nbinom1', 'truncated_nbinom2', 'truncated_poisson']
+#: ['bernoulli', 'beta', 'betabinomial', 'binomial', 'gamma', 'gaussian', 'inverse_gaussian', 'nbinom1',
+#:  'negative_binomial', 'ordinal', 'poisson', 't', 'truncated_nbinom1', 'truncated_nbinom2', 'truncated_poisson']
 #: >>> FAMILIES["poisson"]().link
 #: 'log'
 FAMILIES: dict[str, type[Family]] = {

@@ -1,4 +1,5 @@
-"""glmmTMB's simple families: Gamma, nbinom1, beta, Student-t and beta-binomial.
+"""glmmTMB's simple families: Gamma, nbinom1, beta, Student-t and beta-binomial; and
+lme4's inverse Gaussian (which glmmTMB lacks).
 
 Each is one class with the same answers as :mod:`mixedfx.model.families`' (its TFP
 distribution, mean, variance, Fisher weight, its own parameters on an unconstrained
@@ -9,11 +10,16 @@ scale, response checks and quantiles), named and parametrised as glmmTMB's
 glmmTMB                   mixedfx             link      own parameters (glmmTMB's summary)
 ========================  ==================  ========  ==============================================
 ``Gamma(link = "log")``   ``"gamma"``         log       ``dispersion`` = 1 / shape (``sigma^2``)
+``ziGamma(link = "log")`` ``"ziGamma"``       log       as Gamma; with a ``ziformula``, the hurdle Gamma
 ``nbinom1()``             ``"nbinom1"``       log       ``dispersion`` = phi, variance ``mu (1 + phi)``
 ``beta_family()``         ``"beta"``          logit     ``dispersion`` = precision phi
 ``t_family()``            ``"t"``             identity  ``sigma`` (scale) and ``df`` (or fixed)
 ``betabinomial()``        ``"betabinomial"``  logit     ``dispersion`` = phi
 ========================  ==================  ========  ==============================================
+
+and lme4's ``glmer(..., family = inverse.gaussian(link = "log"))`` as
+``"inverse_gaussian"`` (or ``"inverse.gaussian"``): log link, ``dispersion`` =
+``sigma(fit)^2`` = ``1 / lambda``, variance ``dispersion * mu^3``.
 
 Importing :mod:`mixedfx.model` registers them in
 :data:`~mixedfx.model.families.FAMILIES` (and glmmTMB's spellings in
@@ -33,7 +39,7 @@ from mixedfx.exceptions import DataError, ParameterError
 from mixedfx.model.families import (ALIASES, FAMILIES, Binomial, Family, LogDispersion, LogLink, _counts,
                                     _numeric)
 
-__all__ = ["Gamma", "NegativeBinomial1", "Beta", "StudentT", "BetaBinomial"]
+__all__ = ["Gamma", "InverseGaussian", "NegativeBinomial1", "Beta", "StudentT", "BetaBinomial"]
 
 
 def _log_positive(value: float, low: float, high: float) -> np.ndarray:
@@ -53,7 +59,10 @@ class Gamma(LogDispersion, LogLink, Family):
 
     The response is gamma with mean ``mu = exp(eta)`` and shape ``1 / dispersion``, so
     that its variance is ``dispersion * mu^2``; ``dispersion`` is the ``sigma^2`` of
-    glmmTMB's summary ("Dispersion estimate for Gamma family").
+    glmmTMB's summary ("Dispersion estimate for Gamma family").  With a ``ziformula`` it is
+    glmmTMB's hurdle Gamma, ``family = ziGamma(link = "log")`` (``"ziGamma"`` is this
+    family's other name): ``P(y = 0) = pi``, else this Gamma
+    (:class:`~mixedfx.model.Hurdle`); without one a zero is a DataError.
 
     Examples
     --------
@@ -68,9 +77,17 @@ class Gamma(LogDispersion, LogLink, Family):
     >>> family.validate_response(np.array([1.0, 0.0]), name="y")
     Traceback (most recent call last):
     ...
-    mixedfx.exceptions.DataError: the Gamma response 'y' must be positive; found 0.0
+    mixedfx.exceptions.DataError: the Gamma response 'y' must be positive; found 0.0 (for zeros give a ziformula: glmmTMB's ziGamma hurdle)
+    >>> hurdle = family.zero_inflated(("Intercept",))  # family="ziGamma", ziformula="~ 1"
+    >>> str(hurdle), hurdle.parameter_labels()
+    ('hurdle gamma (log link)', ('dispersion', 'zi~(Intercept)'))
+    >>> params = {"dispersion": np.float64(0.5), "zi": np.array([0.0])}  # P(y = 0) = 1/2
+    >>> lp = hurdle.log_prob(eta, params, np.array([0.0, 10.0]), trials=np.ones((2, 1))).numpy()
+    >>> np.exp(lp).round(6).tolist()  # 1/2; 1/2 * Gamma(shape 2, mean 10) at 10 = 1/2 * 0.04 * 10 e^-2
+    [0.5, 0.027067]
     """
 
+    zero_inflatable: ClassVar[bool] = True  # a hurdle (glmmTMB's ziGamma)
     glmmtmb_dispersion_power: ClassVar[float] = -1.0  # glmmTMB's dispformula models log shape
     name: ClassVar[str] = "gamma"
     glmmtmb_name: ClassVar[str] = "Gamma"
@@ -80,6 +97,12 @@ class Gamma(LogDispersion, LogLink, Family):
         dispersion = _scalar(parameters, "dispersion", eta.dtype)
         return tfd.Gamma(concentration=1.0 / dispersion, log_rate=-eta - tf.math.log(dispersion))
 
+    def zero_inflated(self, zi_names) -> Family:
+        """glmmTMB's hurdle Gamma (``ziGamma``): this family for the positive responses, a
+        logistic model of ``P(y = 0)`` on a design whose columns are ``zi_names``."""
+        from mixedfx.model.zero_inflation import Hurdle
+
+        return Hurdle(self, tuple(zi_names))
 
     def fisher_weight(self, linear_predictor, parameters, *, trials=None):
         dispersion = _scalar(parameters, "dispersion", linear_predictor.dtype)
@@ -98,7 +121,9 @@ class Gamma(LogDispersion, LogLink, Family):
     def validate_response(self, response, *, trials=None, name):
         values = _numeric(response, name, "Gamma")
         if np.any(values <= 0):
-            raise DataError(f"the Gamma response {name!r} must be positive; found {float(values[values <= 0][0])!r}")
+            first = float(values[values <= 0][0])
+            hint = " (for zeros give a ziformula: glmmTMB's ziGamma hurdle)" if first == 0 else ""
+            raise DataError(f"the Gamma response {name!r} must be positive; found {first!r}{hint}")
         return values, None
 
     def response_quantile(self, mean, q, parameters):
@@ -107,6 +132,93 @@ class Gamma(LogDispersion, LogLink, Family):
 
     def parameter_lines(self, parameters):
         return [f"Dispersion estimate for Gamma family (sigma^2): {float(parameters['dispersion']):.4g}"]
+
+
+@dataclass(frozen=True)
+class InverseGaussian(LogDispersion, LogLink, Family):
+    """Positive continuous responses, log link: lme4's ``glmer(..., family =
+    inverse.gaussian(link = "log"))`` (glmmTMB has no inverse Gaussian).
+
+    The response is inverse Gaussian with mean ``mu = exp(eta)`` and shape
+    ``lambda = 1 / dispersion`` (TFP's ``concentration``), so that its variance is
+    ``dispersion * mu^3``; ``dispersion`` is R's ``sigma(fit)^2`` (the ``phi`` of
+    ``statmod::dinvgauss(..., dispersion = phi)``).  Only the log link is supported:
+    lme4's default ``"1/mu^2"`` needs a positive linear predictor, which random effects
+    drawn in the Monte Carlo E-step cannot be kept to, and is refused.
+
+    Parameters
+    ----------
+    link_name : str, default "log"
+        The link; ``"log"`` is the only one taken.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedfx.model import InverseGaussian
+    >>> family = InverseGaussian()
+    >>> family.link, family.parameter_names
+    ('log', ('dispersion',))
+    >>> eta = np.log([2.0, 10.0])
+    >>> family.variance(family.mean(eta), {"dispersion": 0.5}).round(6).tolist()  # 0.5 mu^3
+    [4.0, 500.0]
+    >>> family.distribution(eta, {"dispersion": np.float64(0.5)}).variance().numpy().round(6).tolist()
+    [4.0, 500.0]
+    >>> family.validate_response(np.array([1.0, -0.5]), name="time_s")
+    Traceback (most recent call last):
+    ...
+    mixedfx.exceptions.DataError: the inverse Gaussian response 'time_s' must be positive; found -0.5 (1 row(s) at or below 0)
+    >>> InverseGaussian(link_name="1/mu^2")
+    Traceback (most recent call last):
+    ...
+    mixedfx.exceptions.ParameterError: the inverse Gaussian family takes the log link only (inverse.gaussian(link = "log")), got '1/mu^2': lme4's default "1/mu^2" needs a positive linear predictor, which the random effects' draws cannot be kept to
+    """
+
+    name: ClassVar[str] = "inverse_gaussian"
+    glmmtmb_name: ClassVar[str] = "inverse.gaussian"
+    link_name: str = "log"
+
+    def __post_init__(self):
+        if self.link_name != "log":
+            raise ParameterError(
+                'the inverse Gaussian family takes the log link only (inverse.gaussian(link = "log")), got '
+                f'{self.link_name!r}: lme4\'s default "1/mu^2" needs a positive linear predictor, which the random '
+                "effects' draws cannot be kept to")
+
+    def distribution(self, linear_predictor, parameters, *, trials=None):
+        eta = tf.convert_to_tensor(linear_predictor)
+        dispersion = _scalar(parameters, "dispersion", eta.dtype)
+        return tfd.InverseGaussian(loc=tf.exp(eta), concentration=tf.ones_like(eta) / dispersion)
+
+    def fisher_weight(self, linear_predictor, parameters, *, trials=None):
+        """``(dmu/deta)^2 / var = mu^2 / (phi mu^3) = 1 / (phi mu)``."""
+        dispersion = _scalar(parameters, "dispersion", linear_predictor.dtype)
+        return tf.exp(-linear_predictor) / dispersion
+
+    def variance(self, mean, parameters, *, trials=None):
+        return float(parameters["dispersion"]) * np.asarray(mean, dtype=np.float64) ** 3
+
+    def initial_free(self, response, linear_predictor, *, trials=None):
+        mu = np.exp(linear_predictor)
+        return _log_positive(np.mean((response - mu) ** 2 / mu**3), 1e-4, 1e4)
+
+    def parameter_scale(self, values, response, n_obs):
+        return np.full(len(values), np.sqrt(2.0 / n_obs))  # the ML dispersion is mean deviance: chi^2_n / n
+
+    def validate_response(self, response, *, trials=None, name):
+        values = _numeric(response, name, "inverse Gaussian")
+        bad = values <= 0
+        if np.any(bad):
+            raise DataError(f"the inverse Gaussian response {name!r} must be positive; found "
+                            f"{float(values[bad][0])!r} ({int(bad.sum())} row(s) at or below 0)")
+        return values, None
+
+    def response_quantile(self, mean, q, parameters):
+        """scipy's ``invgauss(mu * phi, scale = 1 / phi)``: mean ``mu``, variance ``phi mu^3``."""
+        dispersion = float(parameters["dispersion"])
+        return stats.invgauss.ppf(q, np.asarray(mean, dtype=np.float64) * dispersion, scale=1.0 / dispersion)
+
+    def parameter_lines(self, parameters):
+        return [f"Dispersion parameter for inverse.gaussian family (sigma^2): {float(parameters['dispersion']):.4g}"]
 
 
 @dataclass(frozen=True)
@@ -401,6 +513,8 @@ class BetaBinomial(LogDispersion, Binomial):
         return [f"Dispersion parameter for betabinomial family (): {float(parameters['dispersion']):.4g}"]
 
 
-FAMILIES.update({"gamma": Gamma, "nbinom1": NegativeBinomial1, "beta": Beta, "t": StudentT,
-                 "betabinomial": BetaBinomial})
-ALIASES.update({"beta_family": "beta", "t_family": "t", "student_t": "t", "beta_binomial": "betabinomial"})
+FAMILIES.update({"gamma": Gamma, "inverse_gaussian": InverseGaussian, "nbinom1": NegativeBinomial1, "beta": Beta,
+                 "t": StudentT, "betabinomial": BetaBinomial})
+ALIASES.update({"zigamma": "gamma", "beta_family": "beta", "t_family": "t", "student_t": "t",
+                "beta_binomial": "betabinomial", "inverse.gaussian": "inverse_gaussian",
+                "inversegaussian": "inverse_gaussian"})

@@ -229,10 +229,22 @@ class MixedModel:
                 raise DataError(f"group index of {term.name!r} has {term.group_index.shape[0]} rows, expected {n_rows}")
             if (term.group_index < 0).any():
                 raise DataError(f"grouping factor {term.name!r} has rows without a fitted level")
+            predictor = getattr(term, "predictor", "cond")
+            if predictor not in self.family.linear_predictors():
+                raise DataError(f"random term {term.name!r} enters the {predictor!r} linear predictor, which the "
+                                f"{self.family} family has not (it has: {', '.join(self.family.linear_predictors())})")
 
     @property
     def n_obs(self) -> int:
         return int(self.fixed_design.shape[0])
+
+    @property
+    def predictors(self) -> tuple[str, ...] | None:
+        """Per random term, the linear predictor it enters; ``None`` when every term enters
+        the model's own (``"cond"``), as for every model but one with random terms in
+        glmmTMB's ``ziformula``."""
+        tags = tuple(getattr(term, "predictor", "cond") for term in self.random_terms)
+        return None if all(tag == "cond" for tag in tags) else tags
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -329,6 +341,8 @@ class ModelTensors:
     prior_weight: tf.Tensor | None = None
     level_weight: tuple[tf.Tensor | None, ...] | None = None
     one_hot: tuple[bool, ...] | None = None
+    #: Per term, the linear predictor it enters (``None``: every term the model's own, ``"cond"``).
+    predictors: tuple[str, ...] | None = None
 
     @classmethod
     def from_model(cls, model: MixedModel, *, dtype=tf.float64) -> ModelTensors:
@@ -343,6 +357,7 @@ class ModelTensors:
             offset=None if model.offset is None else tf.constant(model.offset, dtype=dtype),
             trials=None if model.family_rows is None else tf.constant(model.family_rows, dtype=dtype),
             prior_weight=None if model.weights is None else tf.constant(model.weights, dtype=dtype),
+            predictors=model.predictors,
         )
 
 
@@ -408,12 +423,34 @@ def numpy_linear_predictor(fixed_design, fixed_effects, random_effects, terms, *
     eta = np.asarray(fixed_design, dtype=np.float64) @ np.asarray(fixed_effects, dtype=np.float64)
     if offset is not None:
         eta = eta + np.asarray(offset, dtype=np.float64)
+    return eta + numpy_random_part(random_effects, terms, predictor="cond", n_rows=eta.shape[0])
+
+
+def numpy_random_part(random_effects, terms, *, predictor: str, n_rows: int) -> np.ndarray:
+    """The random part of linear predictor ``predictor`` of rows in numpy: the sum over
+    the terms that enter it (:attr:`~mixedfx.design.RandomTermData.predictor`) of ``z_k``
+    times ``random_effects_k[group_index_k]``; a level with index ``-1`` gives zero.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedfx.design import RandomTermData
+    >>> from mixedfx.model.joint import numpy_random_part
+    >>> cond = RandomTermData("g", np.array([0, 1, -1], dtype=np.int32), None, 2)
+    >>> zi = RandomTermData("g", np.array([0, 1, -1], dtype=np.int32), None, 2, predictor="zi")
+    >>> effects = [np.array([[-1.0], [1.0]]), np.array([[0.5], [2.0]])]
+    >>> numpy_random_part(effects, [cond, zi], predictor="zi", n_rows=3).tolist()
+    [0.5, 2.0, 0.0]
+    """
+    part = np.zeros(n_rows)
     for effects, term in zip(random_effects, terms):
+        if getattr(term, "predictor", "cond") != predictor:
+            continue
         effects = np.asarray(effects, dtype=np.float64)
         index = np.asarray(term.group_index)
         rows = np.where(index[:, None] >= 0, effects[np.maximum(index, 0)], 0.0)
-        eta = eta + (rows[:, 0] if term.z is None else np.sum(rows * term.z, axis=1))
-    return eta
+        part = part + (rows[:, 0] if term.z is None else np.sum(rows * term.z, axis=1))
+    return part
 
 
 def linear_predictor(fixed_design, fixed_effects, random_effects, group_index, z, offset=None, *, one_hot=None):
@@ -456,6 +493,51 @@ def linear_predictor(fixed_design, fixed_effects, random_effects, group_index, z
             part = tf.gather(effects, index, axis=-2)  # [..., n_rows, dim]
         eta = eta + (part[..., 0] if weight is None else tf.reduce_sum(part * weight, axis=-1))
     return eta
+
+
+def family_inputs(tensors: ModelTensors, effects, *, fixed_effects, family: Family, family_params):
+    """``(eta, parameters)``: what the family's methods take given the random effects.
+
+    ``eta`` is :func:`linear_predictor` over the terms that enter the model's own linear
+    predictor (``"cond"``); the random part of each of the family's own linear
+    predictors (``tensors.predictors``; glmmTMB's ``zi``) is summed the same way and
+    handed to the family, which says how it reads it
+    (:meth:`~mixedfx.model.Family.with_predictor_offsets`).  No layer asks which family
+    it is.  Leading sample dimensions of ``effects`` carry through.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedfx.design import RandomTermData
+    >>> from mixedfx.model import MixedModel, Poisson
+    >>> from mixedfx.model.joint import family_inputs
+    >>> g = np.array([0, 0, 1, 1], dtype=np.int32)
+    >>> terms = (RandomTermData("g", g, None, 2), RandomTermData("g", g, None, 2, predictor="zi"))
+    >>> family = Poisson().zero_inflated(("Intercept",))
+    >>> model = MixedModel(family, np.ones((4, 1)), np.array([0.0, 1.0, 2.0, 0.0]), terms, ("Intercept",),
+    ...                    family_design={"zi": np.ones((4, 1))})
+    >>> eta, params = family_inputs(model.tensors(), [np.array([[-1.0], [1.0]]), np.array([[0.5], [2.0]])],
+    ...                             fixed_effects=np.array([0.0]), family=family, family_params={"zi": [0.0]})
+    >>> eta.numpy().tolist(), params["zi_offset"].numpy().tolist()
+    ([-1.0, -1.0, 1.0, 1.0], [0.5, 0.5, 2.0, 2.0])
+    """
+    dtype = tensors.fixed_design.dtype
+    fixed_effects = tf.convert_to_tensor(fixed_effects, dtype=dtype)
+    predictors = tensors.predictors or ("cond",) * len(effects)
+    one_hot = tensors.one_hot or (False,) * len(effects)
+
+    def part(key, fixed_design, beta, offset):
+        chosen = [k for k, tag in enumerate(predictors) if tag == key]
+        return linear_predictor(fixed_design, beta, [effects[k] for k in chosen],
+                                [tensors.group_index[k] for k in chosen], [tensors.z[k] for k in chosen], offset,
+                                one_hot=tuple(one_hot[k] for k in chosen))
+
+    eta = part("cond", tensors.fixed_design, fixed_effects, tensors.offset)
+    own = {key: part(key, tensors.fixed_design[:, :0], fixed_effects[:0], None)
+           for key in dict.fromkeys(predictors) if key != "cond"}
+    if not own:
+        return eta, family_params
+    return eta, family.with_predictor_offsets(family_tensors(family_params, dtype=dtype), own)
 
 
 def build_joint_distribution(
@@ -524,11 +606,9 @@ def build_joint_distribution(
     keys = tensors.keys
 
     def response(**effects):
-        eta = linear_predictor(
-            tensors.fixed_design, fixed_effects, [effects[key] for key in keys], tensors.group_index, tensors.z,
-            tensors.offset,
-        )
-        return tfd.Independent(family.distribution(eta, family_params, trials=tensors.trials),
+        eta, params = family_inputs(tensors, [effects[key] for key in keys], fixed_effects=fixed_effects,
+                                    family=family, family_params=family_params)
+        return tfd.Independent(family.distribution(eta, params, trials=tensors.trials),
                                reinterpreted_batch_ndims=1, name=RESPONSE)
 
     # The joint distribution reads a component's dependencies from its argument names.
@@ -597,10 +677,9 @@ def response_log_prob(tensors: ModelTensors, effects, *, fixed_effects, family: 
     """``log p(y | b)``: the response's log-likelihood summed over the rows of ``tensors``
     (with the prior weights ``tensors.prior_weight`` as the family reads them, and the
     padding mask ``tensors.row_weight``, when they are set)."""
-    dtype = tensors.fixed_design.dtype
-    eta = linear_predictor(tensors.fixed_design, tf.convert_to_tensor(fixed_effects, dtype=dtype), effects,
-                           tensors.group_index, tensors.z, tensors.offset, one_hot=tensors.one_hot)
-    likelihood = family.weighted_log_prob(eta, family_params, tensors.response, trials=tensors.trials,
+    eta, params = family_inputs(tensors, effects, fixed_effects=fixed_effects, family=family,
+                                family_params=family_params)
+    likelihood = family.weighted_log_prob(eta, params, tensors.response, trials=tensors.trials,
                                           weights=tensors.prior_weight)
     if tensors.row_weight is not None:
         likelihood = likelihood * tensors.row_weight

@@ -26,6 +26,7 @@ from mixedfx.exceptions import ParameterError
 from mixedfx.model.blocks import BlockSystem, DenseBlockTooLarge
 from mixedfx.model.gaussian import _conjugate_gradients, gaussian_marginal, term_z
 from mixedfx.model.joint import MixedModel, ModelParameters, numpy_linear_predictor
+from mixedfx.model.predictor_laplace import PredictorsNewtonProblem
 
 __all__ = ["LaplaceMode", "MarginalLikelihood", "laplace_mode", "marginal_log_likelihood"]
 
@@ -117,7 +118,7 @@ def marginal_log_likelihood(
         exact = gaussian_marginal(model, params, max_dense_entries=max_dense_entries)
         return MarginalLikelihood(exact.log_likelihood, 0.0, "exact", exact.log_likelihood, exact.conditional_means)
     mode = laplace_mode(model, params, start=start, max_dense_entries=max_dense_entries)
-    problem = _NewtonProblem(model, params)
+    problem = _problem(model, params)
     system = _mode_system(problem, mode, max_dense_entries=max_dense_entries)
     laplace = mode.objective - 0.5 * system.logdet
     if n_draws == 0:
@@ -248,7 +249,7 @@ def laplace_mode(
     """
     if curvature not in ("observed", "expected"):
         raise ParameterError(f"curvature must be 'observed' or 'expected', got {curvature!r}")
-    problem = _NewtonProblem(model, params, expected=curvature == "expected")
+    problem = _problem(model, params, expected=curvature == "expected")
     if start is None:
         v = [np.zeros((t.num_levels, t.dim)) for t in problem.terms]
     else:
@@ -297,14 +298,22 @@ def _mode_system(problem, mode, *, max_dense_entries=None) -> BlockSystem:
     search clips; the clipped weights stand in only where the exact system is not
     positive definite."""
     exact = mode.curvature
-    if exact is not None and np.any(exact < 1e-12):
+    if exact is not None and problem.any_clipped(exact):
         try:
-            system = BlockSystem(problem.terms, problem.scaled, exact, max_dense_entries=max_dense_entries)
+            system = problem.system(exact, max_dense_entries=max_dense_entries)
             if np.isfinite(system.logdet):
                 return system
         except np.linalg.LinAlgError:
             pass
-    return BlockSystem(problem.terms, problem.scaled, mode.weight, max_dense_entries=max_dense_entries)
+    return problem.system(mode.weight, max_dense_entries=max_dense_entries)
+
+
+def _problem(model: MixedModel, params: ModelParameters, *, expected: bool = False):
+    """The Newton problem of ``model``: one linear predictor, or several when random terms
+    enter the family's own (:class:`~mixedfx.model.predictor_laplace.PredictorsNewtonProblem`)."""
+    if model.predictors is not None:
+        return PredictorsNewtonProblem(model, params, expected=expected)
+    return _NewtonProblem(model, params, expected=expected)
 
 
 @tf.function(autograph=False, reduce_retracing=True)
@@ -355,6 +364,18 @@ class _NewtonProblem:
                                                                  trials=self.trials, weights=self.weights),
                              axis=-1).numpy()
 
+    def any_clipped(self, curvature) -> bool:
+        """Whether some row's exact curvature is below the search's clip."""
+        return bool(np.any(curvature < 1e-12))
+
+    def system(self, weight, *, max_dense_entries=None) -> BlockSystem:
+        """``A = U' diag(weight) U + I``."""
+        return BlockSystem(self.terms, self.scaled, weight, max_dense_entries=max_dense_entries)
+
+    def score_rows(self, score, weight) -> np.ndarray:
+        """The rows' score as :meth:`BlockSystem.project` takes it: the score itself."""
+        return score
+
     def derivatives(self, eta):
         """The log-likelihood, its gradient in eta, each row's curvature weight (each
         row's log-likelihood depends on its own eta only, so the Hessian is diagonal)
@@ -380,10 +401,10 @@ def _newton_direction(problem: _NewtonProblem, v, score, weight, *, max_dense_en
     would exceed ``max_dense_entries``.
     """
     try:
-        system = BlockSystem(problem.terms, problem.scaled, weight, max_dense_entries=max_dense_entries)
+        system = problem.system(weight, max_dense_entries=max_dense_entries)
     except DenseBlockTooLarge:
         return _matrix_free_direction(problem, v, score, weight)
-    g1, gr = system.project(score[:, None], weighted=False)
+    g1, gr = system.project(problem.score_rows(score, weight)[:, None], weighted=False)
     flat = _flatten(system, v)
     g1 = g1 - flat[0]
     gr = gr - flat[1]

@@ -36,6 +36,44 @@ class OwnLinearModels:
         dispersion model."""
         return "dispersion" if "dispersion" in self.parameter_names else None
 
+    # -- the linear predictors random terms may enter ------------------------------------------
+    def linear_predictors(self) -> tuple[str, ...]:
+        """The linear predictors that random terms may enter: ``"cond"`` (the family's own
+        ``linear_predictor``) always; a zero-inflated family's ``"zi"`` too (glmmTMB's
+        random terms in the ``ziformula``).
+
+        Examples
+        --------
+        >>> from mixedfx.model import Poisson
+        >>> Poisson().linear_predictors(), Poisson().zero_inflated(("Intercept",)).linear_predictors()
+        (('cond',), ('cond', 'zi'))
+        """
+        return ("cond",)
+
+    def with_predictor_offsets(self, parameters: Mapping, offsets: Mapping) -> Mapping:
+        """``parameters`` with the random parts of the family's own linear predictors
+        (``offsets``: per key of :meth:`linear_predictors` but ``"cond"``, a per-row tensor,
+        leading sample dimensions allowed), in the form the family's methods read; the
+        parameters themselves when there are none.  A ParameterError for a key the family
+        has no linear predictor of.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from mixedfx.model import Poisson
+        >>> Poisson().with_predictor_offsets({}, {})
+        {}
+        >>> Poisson().with_predictor_offsets({}, {"zi": np.zeros(2)})
+        Traceback (most recent call last):
+        ...
+        mixedfx.exceptions.ParameterError: the poisson family has no 'zi' linear predictor for random terms (it has: cond)
+        """
+        extra = [key for key in offsets if key not in self.linear_predictors() or key == "cond"]
+        if extra:
+            raise ParameterError(f"the {self.name} family has no {extra[0]!r} linear predictor for random terms (it "
+                                 f"has: {', '.join(self.linear_predictors())})")
+        return parameters
+
     # -- zero inflation (glmmTMB's ziformula) ------------------------------------------------
     def zero_inflated(self, zi_names) -> "Family":
         """This family with a zero-inflation model whose design has columns ``zi_names``

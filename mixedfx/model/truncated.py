@@ -145,6 +145,11 @@ class ZeroTruncated(Family):
     def link(self) -> str:
         return self.base.link
 
+    @property
+    def glmmtmb_dispersion_power(self) -> float:
+        """The count family's (a ``dispformula`` drives its dispersion)."""
+        return self.base.glmmtmb_dispersion_power
+
     def __str__(self) -> str:
         return f"{self.name} ({self.link} link)"
 
@@ -241,12 +246,8 @@ class ZeroTruncated(Family):
     def parameter_scale(self, values, response, n_obs):
         return self.base.parameter_scale(values, response, n_obs)
 
-    def validate_counts(self, response, *, trials=None, name):
-        """The count family's checks alone (zeros allowed: a hurdle's response)."""
-        return self.base.validate_response(response, trials=trials, name=name)
-
     def validate_response(self, response, *, trials=None, name):
-        values, trials = self.validate_counts(response, trials=trials, name=name)
+        values, trials = self.base.validate_response(response, trials=trials, name=name)
         if np.any(values == 0):
             raise DataError(f"the {self.name} response {name!r} must be positive (zero-truncated); found "
                             f"{int(np.sum(values == 0))} zero(s) (give a ziformula for glmmTMB's hurdle model)")

@@ -1,12 +1,14 @@
 """Zero inflation and hurdles: glmmTMB's ``ziformula``, a family that wraps a count family.
 
 The response is zero with probability ``pi = logistic(X_zi @ zi)``, and otherwise
-drawn from the count family: with zero inflation (:class:`ZeroInflated`) one that may
-give a zero too; with a zero-truncated family (:class:`~mixedfx.model.ZeroTruncated`),
-glmmTMB's hurdle model (:class:`Hurdle`), one that never does:
+drawn from the base family: with zero inflation (:class:`ZeroInflated`) one that may
+give a zero too; with a family that gives no zeros, glmmTMB's hurdle model
+(:class:`Hurdle`): a zero-truncated count family (:class:`~mixedfx.model.ZeroTruncated`,
+density ``g(y) = f(y) / (1 - f(0))``) or a positive continuous one (the Gamma,
+glmmTMB's ``ziGamma``, ``g = f``):
 
-    zero inflation:  p(0) = pi + (1 - pi) f(0),    p(y) = (1 - pi) f(y)                 for y > 0,
-    hurdle:          p(0) = pi,                    p(y) = (1 - pi) f(y) / (1 - f(0))    for y > 0.
+    zero inflation:  p(0) = pi + (1 - pi) f(0),    p(y) = (1 - pi) f(y)    for y > 0,
+    hurdle:          p(0) = pi,                    p(y) = (1 - pi) g(y)    for y > 0.
 
 Both share :class:`ZeroPart`, which owns the zero part; each owns its whole density.  The
 zero-part coefficients ``zi`` are its own parameters (unconstrained, after the count family's), so that the
@@ -26,13 +28,17 @@ import numpy as np
 from scipy import special
 
 from mixedfx._tf import tf, tfd
-from mixedfx.exceptions import ParameterError
-from mixedfx.model.families import Family
+from mixedfx.exceptions import DataError, ParameterError
+from mixedfx.model.families import Family, _numeric
 
 __all__ = ["ZeroPart", "ZeroInflated", "Hurdle"]
 
 #: glmmTMB's prefix of the zero-inflation coefficients (``zi~(Intercept)``).
 ZI_PREFIX = "zi~"
+
+#: The parameter key under which the zero part's linear predictor gets its random part
+#: (see :meth:`ZeroPart.with_predictor_offsets`).
+ZI_OFFSET = "zi_offset"
 
 
 @dataclass(frozen=True)
@@ -45,7 +51,8 @@ class ZeroPart(Family):
     Parameters
     ----------
     base : Family
-        The count family (for :class:`Hurdle`, a zero-truncated one).
+        The count family (for :class:`Hurdle`, one that gives no zeros: a zero-truncated
+        count family, or the Gamma).
     zi_names : tuple of str
         Names of the zero-part design's columns (``"Intercept"``, ...).
     """
@@ -101,6 +108,19 @@ class ZeroPart(Family):
     def coefficient_block(self):
         return "zi", self.zi_names
 
+    def linear_predictors(self) -> tuple[str, ...]:
+        """The count family's and the zero part's (glmmTMB's ``cond`` and ``zi``)."""
+        return (*self.base.linear_predictors(), "zi")
+
+    def with_predictor_offsets(self, parameters, offsets):
+        """The random part of the zero part's linear predictor travels as the parameter
+        ``zi_offset`` (per row), which :meth:`log_prob` and the other methods add to
+        ``X_zi @ zi``; the count family's own keys go to it."""
+        offsets = dict(offsets)
+        zi = offsets.pop("zi", None)
+        parameters = self.base.with_predictor_offsets(parameters, offsets)
+        return parameters if zi is None else {**parameters, ZI_OFFSET: zi}
+
     def row_data(self, *, trials, design):
         """The per-row data of :meth:`log_prob`: the zero-inflation design, and a binomial's
         trials as its last column."""
@@ -118,11 +138,18 @@ class ZeroPart(Family):
         return rows[..., :len(self.zi_names)], (rows[..., -1] if self.base.takes_trial_weights else None)
 
     def zero_probability(self, design, parameters) -> np.ndarray:
-        """``pi`` of each row (numpy), from its zero-inflation design row."""
-        return special.expit(np.asarray(design, dtype=np.float64) @ np.asarray(parameters["zi"], dtype=np.float64))
+        """``pi`` of each row (numpy), from its zero-inflation design row (and the random
+        part ``zi_offset`` of its linear predictor, when the parameters carry one)."""
+        logits = np.asarray(design, dtype=np.float64) @ np.asarray(parameters["zi"], dtype=np.float64)
+        return special.expit(logits + np.asarray(parameters.get(ZI_OFFSET, 0.0), dtype=np.float64))
 
     def _zi_logits(self, design, parameters, dtype):
-        return tf.linalg.matvec(design, tf.cast(tf.convert_to_tensor(parameters["zi"]), dtype))
+        """``X_zi @ zi`` (plus ``zi_offset``, the random part, when given; it may carry
+        leading sample dimensions)."""
+        logits = tf.linalg.matvec(design, tf.cast(tf.convert_to_tensor(parameters["zi"]), dtype))
+        if ZI_OFFSET in parameters:
+            logits = logits + tf.cast(tf.convert_to_tensor(parameters[ZI_OFFSET]), dtype)
+        return logits
 
     # -- the likelihood ---------------------------------------------------------------------------
     def distribution(self, linear_predictor, parameters, *, trials=None):
@@ -130,9 +157,17 @@ class ZeroPart(Family):
         eta = tf.convert_to_tensor(linear_predictor)
         design, base_trials = self._split(trials, eta.dtype)
         logits = self._zi_logits(design, parameters, eta.dtype) + tf.zeros_like(eta)
-        counts = self.base.distribution(eta, parameters, trials=base_trials)
+        counts = self._non_zero_part(self.base.distribution(eta, parameters, trials=base_trials))
         return tfd.Mixture(cat=tfd.Categorical(logits=tf.stack([logits, tf.zeros_like(logits)], axis=-1)),
                            components=[tfd.Deterministic(tf.zeros_like(eta)), counts])
+
+    def _non_zero_part(self, distribution):
+        """The mixture's second component, given the base family's distribution."""
+        return distribution
+
+    def _base_response(self, response, zero):
+        """The response at which the base family's log_prob is evaluated (``zero``: the zero rows)."""
+        return response
 
     def log_prob(self, linear_predictor, parameters, response, *, trials=None):
         """``log p(y)``: ``log(1 - pi) + log f(y)`` for ``y > 0``, and the subclass's
@@ -141,9 +176,10 @@ class ZeroPart(Family):
         eta = tf.convert_to_tensor(linear_predictor)
         design, base_trials = self._split(trials, eta.dtype)
         logits = self._zi_logits(design, parameters, eta.dtype)
-        counts = self.base.log_prob(eta, parameters, response, trials=base_trials)
+        response = tf.cast(tf.convert_to_tensor(response), eta.dtype)
+        zero = tf.equal(response, 0.0)
+        counts = self.base.log_prob(eta, parameters, self._base_response(response, zero), trials=base_trials)
         log_pi, log_keep = tf.math.log_sigmoid(logits), tf.math.log_sigmoid(-logits)
-        zero = tf.equal(tf.cast(response, eta.dtype), 0.0)
         return tf.where(zero, self._log_prob_of_zero(log_pi + tf.zeros_like(counts), log_keep + counts),
                         log_keep + counts)
 
@@ -287,15 +323,19 @@ class ZeroInflated(ZeroPart):
 
 @dataclass(frozen=True)
 class Hurdle(ZeroPart):
-    """glmmTMB's hurdle model: a zero-truncated count family and a logistic model of
-    ``P(y = 0)`` (``family = truncated_poisson`` etc. with a ``ziformula``).
+    """glmmTMB's hurdle model: a family that gives no zeros and a logistic model of
+    ``P(y = 0)``: ``family = truncated_poisson``, ``truncated_nbinom2``,
+    ``truncated_nbinom1`` or ``ziGamma`` with a ``ziformula``.
 
-    ``p(0) = pi``, ``p(y) = (1 - pi) f(y) / (1 - f(0))`` for ``y > 0``.
+    ``p(0) = pi``, ``p(y) = (1 - pi) g(y)`` for ``y > 0``, ``g`` the base family's density:
+    a zero-truncated count family's ``f(y) / (1 - f(0))``, or a positive continuous
+    family's (the Gamma: ``P(y = 0)`` is 0 there, so nothing to truncate).
 
     Parameters
     ----------
-    base : ZeroTruncated
-        The zero-truncated count family.
+    base : Family
+        The family of the positive responses: a :class:`~mixedfx.model.ZeroTruncated`
+        count family, or :class:`~mixedfx.model.Gamma`.
     zi_names : tuple of str
         Names of the zero part's design columns.
 
@@ -318,12 +358,75 @@ class Hurdle(ZeroPart):
         return f"hurdle {self.base}"
 
     def _log_prob_of_zero(self, log_pi, log_keep_zero):
-        """``log pi``: the truncated count family gives no zero."""
+        """``log pi``: the base family gives no zero."""
         return log_pi
 
+    def _base_response(self, response, zero):
+        """Ones at the zero rows: the base family's value there is never used (``p(0) = pi``),
+        and a continuous family's density at 0 may be infinite (its gradient a NaN)."""
+        return tf.where(zero, tf.ones_like(response), response)
+
+    def _non_zero_part(self, distribution):
+        """The base family's distribution with no density at zero (:class:`PositivePart`)."""
+        return PositivePart(distribution)
+
     def validate_response(self, response, *, trials=None, name):
-        """Counts, zeros included (the zero part's)."""
-        return self.base.validate_counts(response, trials=trials, name=name)
+        """Zeros (the zero part's), and the base family's checks on the positive rows; a
+        negative value is a DataError naming the column."""
+        values = _numeric(response, name, str(self))
+        if np.any(values < 0):
+            raise DataError(f"the {self} response {name!r} must be zero or positive; found "
+                            f"{float(values[values < 0][0])!r} ({int(np.sum(values < 0))} negative row(s))")
+        positive = values > 0
+        rows = None if trials is None else np.asarray(trials)[positive]
+        _, base_trials = self.base.validate_response(values[positive], trials=rows, name=name)
+        return values, (None if base_trials is None else trials)
+
+
+class PositivePart(tfd.Distribution):
+    """A scalar distribution restricted to ``y > 0``: its log density there, ``-inf`` at
+    and below zero (the non-zero component of :class:`Hurdle`'s mixture: a continuous
+    family's density at 0 may be infinite, a zero-truncated one's is already ``-inf``).
+
+    Parameters
+    ----------
+    distribution : tfd.Distribution
+        A scalar-event distribution on the positive numbers (or the positive counts).
+    """
+
+    def __init__(self, distribution, name="PositivePart"):
+        parameters = dict(locals())
+        self._distribution = distribution
+        super().__init__(dtype=distribution.dtype, reparameterization_type=tfd.NOT_REPARAMETERIZED,
+                         validate_args=False, allow_nan_stats=True, parameters=parameters, name=name)
+
+    @property
+    def distribution(self):
+        return self._distribution
+
+    def _batch_shape(self):
+        return self._distribution.batch_shape
+
+    def _batch_shape_tensor(self):
+        return self._distribution.batch_shape_tensor()
+
+    def _event_shape(self):
+        return tf.TensorShape([])
+
+    def _event_shape_tensor(self):
+        return tf.constant([], dtype=tf.int32)
+
+    def _log_prob(self, value):
+        value = tf.convert_to_tensor(value, self.dtype)
+        positive = value > 0
+        log_density = self._distribution.log_prob(tf.where(positive, value, tf.ones_like(value)))
+        return tf.where(positive, log_density, tf.constant(-np.inf, self.dtype))
+
+    def _mean(self):
+        return self._distribution.mean()
+
+    def _sample_n(self, n, seed=None):
+        return self._distribution.sample(n, seed=seed)
 
 
 def _r_name(name: str) -> str:
