@@ -91,13 +91,19 @@ def run_child(n_rows: int, seed: int, float64: bool = False) -> dict:
     """Fit one size in a fresh process; returns its result with the peak resident memory."""
     command = [sys.executable, __file__, "--child", str(n_rows), "--seed", str(seed)]
     command += ["--float64"] if float64 else []
+    return {"rows": n_rows, **run_child_command(command)}
+
+
+def run_child_command(command: list) -> dict:
+    """Run a benchmark's child process; the JSON object it prints last, with ``process_seconds``
+    (or ``error``, its exit status)."""
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     output = process.stdout.read()
     _, status, _ = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        return {"rows": n_rows, "error": f"exit status {process.returncode}"}
+    returncode = os.waitstatus_to_exitcode(status)
+    if returncode != 0:
+        return {"error": f"exit status {returncode}"}
     result = json.loads(output.strip().splitlines()[-1])
     result["process_seconds"] = time.perf_counter() - started
     return result

@@ -8,7 +8,9 @@ Build locally with::
 The build runs the worked example (``_ext/worked_example.py``): it fits InstEval,
 about a minute on 2 CPU cores, and caches its figures and numbers in
 ``docs/_generated/``, keyed on what they depend on (not on docstrings: editing the
-documentation does not refit).
+documentation does not refit).  ``_ext/zero_inflation_example.py`` does the same for
+the zero-inflation check of ``families.rst`` (two small fits to Salamanders), in
+``docs/_generated/zero_inflation/``.
 """
 
 import os
@@ -37,6 +39,7 @@ extensions = [
     "numpydoc",
     "myst_parser",
     "worked_example",
+    "zero_inflation_example",
 ]
 # reStructuredText pages, and Markdown ones (scaling.md) through MyST
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}

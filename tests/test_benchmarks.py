@@ -129,3 +129,31 @@ def test_mixedfx_and_lme4_name_verbaggs_coefficients_alike():
     formulaic = ["Intercept", "Anger", "Gender[T.M]", "btype[T.scold]", "btype[T.shout]", "situ[T.self]"]
     assert [run._mixedfx_name(n) for n in formulaic] == [k for k in ref["estimates"] if k in ref["se"]]
     assert set(ref["estimates"]) - set(ref["se"]) == {"sd(id)", "sd(item)"}
+
+
+def test_zip_benchmark_simulates_its_declared_crossed_zero_inflated_rows():
+    """benchmarks/zip_1m.py's rows at 20,000 (the benchmark fits a million): the declared
+    columns and crossed levels, and the simulated zeros at the share the truth implies."""
+    from scipy import special, stats
+
+    zip_1m = load("zip_1m")
+    data = zip_1m.simulate(20_000, seed=3)
+    assert list(data.columns) == ["y", "x", "z", "A", "B"] and len(data) == 20_000
+    assert {g: len(data[g].cat.categories) for g in ("A", "B")} == zip_1m.LEVELS == {"A": 1000, "B": 100}
+    assert data["A"].nunique() == 1000 and data["B"].nunique() == 100  # every level drawn
+    assert data.groupby(["A", "B"], observed=True).ngroups > 15_000  # crossed, not nested
+    truth = zip_1m.TRUTH
+    assert truth == {"Intercept": 0.5, "x": 0.3, "sd(A)": 0.5, "sd(B)": 0.3, "zi Intercept": -1.0, "zi z": 0.5}
+    # P(y = 0) = pi + (1 - pi) E[exp(-mu)], the expectation over x and the two effects by Monte Carlo
+    rng = np.random.default_rng(0)
+    eta = truth["Intercept"] + truth["x"] * rng.normal(size=200_000) + np.hypot(0.5, 0.3) * rng.normal(size=200_000)
+    pi = special.expit(truth["zi Intercept"] + truth["zi z"] * rng.normal(size=200_000))
+    expected = float(np.mean(pi + (1 - pi) * np.exp(-np.exp(eta))))
+    zero_share = float((data["y"] == 0).mean())
+    # the realized effects of 1000 + 100 levels move the share by about 0.01: a 4-sd band
+    assert abs(zero_share - expected) < 0.04, (zero_share, expected)
+    # the zero-inflation is there: far more zeros than the Poisson part alone gives, and more where z is high
+    assert zero_share > float(np.mean(np.exp(-np.exp(eta)))) + 0.15
+    high_z = data["z"] > 0
+    assert (data.loc[high_z, "y"] == 0).mean() > (data.loc[~high_z, "y"] == 0).mean() + 0.05
+    assert stats.pearsonr(data["x"], np.log1p(data["y"]))[0] > 0.05

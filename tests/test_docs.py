@@ -32,6 +32,7 @@ PUBLIC_MODULES = (
     "mixedfx.plotting",
     "mixedfx.datasets",
     "mixedfx.examples.tutorial",
+    "mixedfx.examples.zero_inflation",
     "mixedfx.marginal_means",
     "mixedfx.explained_variance",
     "mixedfx.profile",
@@ -166,6 +167,7 @@ def test_constants_are_found():
         "mixedfx.design.frame.MISSING_POLICIES",
         "mixedfx.model.families.FAMILIES", "mixedfx.model.joint.RESPONSE", "mixedfx.examples.tutorial.FIGURES",
         "mixedfx.examples.tutorial.N_ORDINAL_STUDENTS", "mixedfx.examples.tutorial.PARTS",
+        "mixedfx.examples.zero_inflation.FIGURE", "mixedfx.examples.zero_inflation.N_SIMULATIONS",
         "mixedfx.marginal_means.DF_METHODS", "mixedfx.lmertest.DDF_METHODS",
     }
     assert len(_CONSTANTS) == len(documented)  # each once
@@ -339,3 +341,29 @@ def test_worked_example_page_compares_with_lme4(built_site):
     text = (built_site / "worked_example.html").read_text()
     assert "ordinal" in text and "cutpoint 1|2" in text
     assert "|n_train|" not in text  # every substitution was defined
+
+
+@pytest.mark.slow
+def test_families_page_shows_the_zero_inflation_check(built_site):
+    """families.rst's worked check on Salamanders: the figure, and the table of observed
+    and simulated zeros, the observed count being the CSV's; the Poisson GLMM's
+    simulations all fall short of it, the zero-inflated model's cover it."""
+    import pandas as pd
+
+    from mixedfx.examples.zero_inflation import FIGURE
+
+    page = _PageParser()
+    page.feed((built_site / "families.html").read_text())
+    figure = next(src for src in page.images if Path(src).name == FIGURE)
+    width, height = _png_size((built_site / figure).resolve())
+    assert 500 <= width <= 2000 and 250 <= height <= 1000, (width, height)
+    table = next(t for t in page.tables if t and t[0][0] == "zeros in the response")
+    rows = {row[0].split(" GLMM")[0]: row for row in table[1:]}
+    observed = int(rows["observed"][1])
+    assert observed == int((pd.read_csv(ROOT / "tests" / "fixtures" / "salamanders.csv")["count"] == 0).sum()) == 387
+    low, high = (float(v) for v in rows["Poisson"][2].split(" to "))
+    assert float(rows["Poisson"][1]) < observed - 50 and high < observed  # about 95 zeros short, every simulation
+    assert rows["Poisson"][3] == "0.0 %"
+    low, high = (float(v) for v in rows["zero-inflated Poisson"][2].split(" to "))
+    assert abs(float(rows["zero-inflated Poisson"][1]) - observed) < 10 and low < observed < high
+    assert 20.0 < float(rows["zero-inflated Poisson"][3].rstrip(" %")) < 80.0

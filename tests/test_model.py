@@ -213,7 +213,7 @@ def test_random_effect_keys_are_unique_identifiers():
 
 def test_families_resolve_and_refuse_unknown_names():
     assert get_family("gaussian") == Gaussian() and get_family(Gaussian()) == Gaussian()
-    with pytest.raises(ParameterError, match="unknown family 'poison'; supported: bernoulli, beta, betabinomial, binomial, gamma, gaussian, nbinom1"):
+    with pytest.raises(ParameterError, match="unknown family 'poison'; supported: bernoulli, beta, betabinomial, binomial, gamma, gaussian, inverse_gaussian, nbinom1"):
         get_family("poison")
 
 

@@ -277,6 +277,23 @@ def test_wald_covariance_is_glmers_for_a_poisson_glmm():
                                fixed_effects_covariance(plain, params, effects), rtol=1e-8)
 
 
+def test_wald_covariance_sums_its_information_over_slices_of_rows(monkeypatch):
+    """The observed information summed over slices of rows (a million-row fit's took
+    19 GB at once) is the one of all rows at once, the prior counted once, to 1e-10:
+    a zero-inflated Poisson model with two crossed factors and an offset."""
+    from mixedfx.inference import layout
+
+    rng = np.random.default_rng(5)
+    model, _, effects, beta, sds, family_params = _random_model(Poisson(), rng)
+    params = ModelParameters(beta, [np.array([[s]]) for s in sds], family_params)
+    whole = layout.wald_covariance(model, params, effects)
+    n_values = 2 + 2 + sum(b.size for b in effects)  # fixed, zero-inflation and random coefficients
+    monkeypatch.setattr(layout, "INFORMATION_SLICE_VALUES", 27 * n_values)  # slices of 27 rows: 27, 27, 26
+    sliced = layout.wald_covariance(model, params, effects)
+    assert whole.shape == (4, 4) and np.all(np.linalg.eigvalsh(whole) > 0)
+    np.testing.assert_allclose(sliced, whole, rtol=1e-10)
+
+
 def test_save_and_load_keep_the_zero_inflation(recovery, tmp_path):
     """A saved zero-inflated fit loads back with its family, its zero-inflation design and
     table, and predicts the same."""

@@ -90,6 +90,13 @@ def _code_only(path: Path) -> str:
 
 def _fingerprint() -> str:
     """The cache key: everything the worked example's numbers and figures depend on."""
+    return fingerprint({"fixture": FIXTURE.read_bytes()}, COMMANDS)
+
+
+def fingerprint(inputs: dict, commands) -> str:
+    """A cache key of generated documentation: the code of mixedfx (without docstrings),
+    its data files, ``inputs`` (label: bytes, read outside the package), the ``commands``
+    that generate, and the versions of Python and of :data:`LIBRARIES`, and the platform."""
     digest = hashlib.sha256()
 
     def add(label: str, content) -> None:
@@ -102,8 +109,9 @@ def _fingerprint() -> str:
         add(str(path.relative_to(ROOT)), _code_only(path))
     for path in sorted(p for p in package.rglob("*") if p.is_file() and p.suffix in (".gz", ".csv")):
         add(str(path.relative_to(ROOT)), path.read_bytes())
-    add("fixture", FIXTURE.read_bytes())
-    add("commands", json.dumps(COMMANDS, sort_keys=True))
+    for label, content in inputs.items():
+        add(label, content)
+    add("commands", json.dumps(commands, sort_keys=True))
     add("python", sys.version)
     for library in LIBRARIES:
         try:
