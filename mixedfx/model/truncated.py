@@ -15,10 +15,11 @@ from typing import ClassVar
 
 import numpy as np
 
-from mixedfx._tf import tf, tfd, tfp
+from mixedfx._tf import tf, tfp
 from mixedfx.exceptions import DataError, ParameterError
 from mixedfx.model.families import ALIASES, FAMILIES, Family, NegativeBinomial, Poisson
 from mixedfx.model.glmmtmb_families import NegativeBinomial1
+from mixedfx.model.zero_inflation import PositivePart
 
 __all__ = ["ZeroTruncated", "TruncatedPoisson", "TruncatedNegativeBinomial", "TruncatedNegativeBinomial1"]
 
@@ -26,56 +27,44 @@ __all__ = ["ZeroTruncated", "TruncatedPoisson", "TruncatedNegativeBinomial", "Tr
 _SAMPLE_ROUNDS = 200
 
 
-class ZeroTruncatedCounts(tfd.Distribution):
+class ZeroTruncatedCounts(PositivePart):
     """A TFP count distribution conditioned on being positive (the response distribution of
-    :class:`ZeroTruncated`; sampled by redrawing the zeros).
+    :class:`ZeroTruncated`; sampled by redrawing the zeros).  The shapes and the wrapping
+    come from :class:`~mixedfx.model.zero_inflation.PositivePart`; the density is
+    renormalised by ``1 - f(0)``.
 
     Parameters
     ----------
-    counts : tfd.Distribution
+    distribution : tfd.Distribution
         A scalar-event count distribution (Poisson, negative binomial).
     """
 
-    def __init__(self, counts, name="ZeroTruncatedCounts"):
-        parameters = dict(locals())
-        self._counts = counts
-        super().__init__(dtype=counts.dtype, reparameterization_type=tfd.NOT_REPARAMETERIZED, validate_args=False,
-                         allow_nan_stats=True, parameters=parameters, name=name)
+    def __init__(self, distribution, name="ZeroTruncatedCounts"):
+        super().__init__(distribution, name=name)
 
     @property
     def counts(self):
-        return self._counts
-
-    def _batch_shape(self):
-        return self._counts.batch_shape
-
-    def _batch_shape_tensor(self):
-        return self._counts.batch_shape_tensor()
-
-    def _event_shape(self):
-        return tf.TensorShape([])
-
-    def _event_shape_tensor(self):
-        return tf.constant([], dtype=tf.int32)
+        """The count distribution before truncation."""
+        return self.distribution
 
     def _log_prob(self, value):
         value = tf.convert_to_tensor(value, self.dtype)
         positive = value > 0
         safe = tf.where(positive, value, tf.ones_like(value))
-        log_positive = self._counts.log_prob(safe) - _log1m_exp(self._counts.log_prob(tf.zeros_like(value)))
+        log_positive = self._distribution.log_prob(safe) - _log1m_exp(self._distribution.log_prob(tf.zeros_like(value)))
         return tf.where(positive, log_positive, tf.constant(-np.inf, self.dtype))
 
     def _mean(self):
-        log_f0 = self._counts.log_prob(tf.zeros([], self.dtype))
-        return self._counts.mean() / -tf.math.expm1(log_f0)
+        log_f0 = self._distribution.log_prob(tf.zeros([], self.dtype))
+        return self._distribution.mean() / -tf.math.expm1(log_f0)
 
     def _sample_n(self, n, seed=None):
         seed = tf.random.experimental.stateless_split(tfp.random.sanitize_seed(seed), 2)
-        draws = self._counts.sample(n, seed=seed[0])
+        draws = self._distribution.sample(n, seed=seed[0])
 
         def redraw(k, draws, key):
             key, use = tf.unstack(tf.random.experimental.stateless_split(key, 2))
-            return k + 1, tf.where(draws > 0, draws, self._counts.sample(n, seed=use)), key
+            return k + 1, tf.where(draws > 0, draws, self._distribution.sample(n, seed=use)), key
 
         def zeros_left(k, draws, key):
             return (k < _SAMPLE_ROUNDS) & tf.reduce_any(draws <= 0)
