@@ -109,6 +109,21 @@ def test_approach_to_the_fixed_point_is_not_convergence(rng):
     assert decision.window_start == 40 and "first half dropped" in decision.message
 
 
+def test_a_parameter_still_over_the_window_is_settled(rng):
+    # A hurdle's zero part without random effects: the M-step computes it exactly, so it
+    # moves to its value and stays; the approach reads as a unit root (rho = 1).  Still over
+    # the window, it must neither keep the window's first half dropped nor block stopping.
+    noise = 1.0 + 0.001 * rng.normal(size=(60, 2))
+    step = np.minimum(0.5 + 0.01 * np.arange(60), 0.8)[:, None]  # 0.8 from iteration 30 on
+    trace = np.column_stack([noise, step])
+    assert ar1_coefficient(trace[5:])[2] == 1.0
+    decision = MonteCarloErrorRule(tol=0.1).assess(trace, window_start=30, scale=np.ones(3))
+    assert decision.converged and decision.window_start == 30, decision.message
+    # Moving by more than STILL_FRACTION of its tolerance, the same column is judged.
+    trace[30:, 2] += np.linspace(0.0, 0.01, 30)
+    assert not MonteCarloErrorRule(tol=0.1).assess(trace, window_start=30, scale=np.ones(3)).converged
+
+
 def seed_runs(data, *, formula, family, names):
     """Twenty fits with seeds 0-19 and one long run: the sd estimates and reported errors."""
     estimates, mcse = [], []
