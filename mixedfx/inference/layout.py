@@ -204,6 +204,24 @@ class ParameterLayout:
         Rubin's SEM algorithm).  Measured: sigma of the ar1 fit in
         tests/test_covariance_structures.py has rate 0.81, its observed-data error is
         2.3 times ``1 / sqrt(2 n)``.
+
+        Examples
+        --------
+        A residual sd from four rows, ``1 / sqrt(8)``; at an EM rate of 0.75, twice that:
+
+        >>> import numpy as np
+        >>> from mixedfx.design import RandomTermData
+        >>> from mixedfx.model import Gaussian, MixedModel
+        >>> from mixedfx.inference import ParameterLayout
+        >>> term = RandomTermData("g", np.array([0, 0, 1, 1], dtype=np.int32), None, 2)
+        >>> model = MixedModel(Gaussian(), np.ones((4, 1)), np.array([1.0, 2.0, 1.0, 2.0]), (term,), ("Intercept",))
+        >>> layout = ParameterLayout.from_model(model)
+        >>> row, rates = np.array([1.5, 1.0, 0.5]), np.array([0.3, 0.6, 0.75])
+        >>> scale = layout.statistical_scale(model, row, fixed_scale=np.ones(1), posterior_var=[np.zeros((2, 1))])
+        >>> with_rates = layout.statistical_scale(model, row, fixed_scale=np.ones(1), posterior_var=[np.zeros((2, 1))],
+        ...                                       rates=rates)
+        >>> scale.round(4).tolist(), with_rates.round(4).tolist()
+        ([1.0, 0.5, 0.3536], [1.0, 0.5, 0.7071])
         """
         scale = np.empty(self.size)
         scale[: self.n_fixed] = fixed_scale
