@@ -234,7 +234,9 @@ class MonteCarloErrorRule:
     The statistical scale (``scale`` in :meth:`assess`) is a standard error on the
     working scale, supplied by the fitting loop: for a fixed effect its standard error
     (exact for the Gaussian family), for the log of a random-effect sd ``1/sqrt(2 q)``
-    with ``q`` levels, for the log of the residual sd ``1/sqrt(2 n)``.  With the
+    with ``q`` levels, for the log of the residual sd ``1/sqrt(2 n)`` over
+    ``sqrt(1 - r)``, ``r`` its EM rate (see
+    :meth:`~mixedfx.inference.ParameterLayout.statistical_scale`).  With the
     default ``tol=0.1``, Monte Carlo noise adds about one percent to the variance of
     an estimate.
 
