@@ -4,7 +4,8 @@ Every EM iteration records one row: the fixed effects, then for each random term
 standard deviations of its coefficients followed by their correlations, then the
 family's parameters.  The stopping rule sees the rows on a *working scale* (standard
 deviations and family parameters on the log scale, correlations through ``atanh``);
-the estimate averages the rows with each covariance matrix averaged as a matrix.
+the estimate averages the rows with each term's covariance averaged as its structure
+says (:meth:`~mixedfx.model.covariance.CovarianceStructure.average`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 from mixedfx._tf import tf
 from mixedfx.inference.stopping import MAX_AUTOREGRESSION, monte_carlo_standard_error
 from mixedfx.model.blocks import BlockSystem, DenseBlockTooLarge
+from mixedfx.model.covariance import CovarianceStructure, term_structure
 from mixedfx.model.families import Family
 from mixedfx.model.gaussian import gaussian_marginal, term_z
 from mixedfx.model.joint import MixedModel, ModelParameters, numpy_linear_predictor
@@ -40,6 +42,8 @@ class ParameterLayout:
     n_fixed : int
     dims : tuple of int
         Coefficients per level of each random term.
+    structures : tuple of CovarianceStructure
+        Each random term's covariance structure.
 
     Examples
     --------
@@ -70,6 +74,7 @@ class ParameterLayout:
     n_fixed: int
     dims: tuple[int, ...]
     family: Family
+    structures: tuple[CovarianceStructure, ...] = ()
 
     @classmethod
     def from_model(cls, model: MixedModel) -> ParameterLayout:
@@ -89,7 +94,7 @@ class ParameterLayout:
             names.append(label)
             kinds.append("family" if positive else "family_raw")
         return cls(tuple(names), tuple(kinds), len(model.fixed_names), tuple(t.dim for t in model.random_terms),
-                   model.family)
+                   model.family, tuple(term_structure(t) for t in model.random_terms))
 
     @property
     def size(self) -> int:
@@ -145,12 +150,14 @@ class ParameterLayout:
         return out
 
     def average(self, rows: np.ndarray) -> np.ndarray:
-        """Mean of the rows, each covariance matrix averaged as a matrix (the scale the
-        M-step works on)."""
+        """Mean of the rows, each term's covariances averaged by its structure: as
+        matrices (the scale the M-step works on) where the structure is linear, else the
+        structure at its mean parameters."""
         estimate = rows.mean(axis=0)
         offset = self.n_fixed
-        for dim, cov in zip(self.dims, self.covariances(rows)):
-            mean_cov = cov.mean(axis=0)
+        structures = self.structures or (CovarianceStructure(),) * len(self.dims)
+        for dim, cov, structure in zip(self.dims, self.covariances(rows), structures):
+            mean_cov = structure.average(cov)
             sds = np.sqrt(np.diag(mean_cov))
             estimate[offset:offset + dim] = sds
             offset += dim
