@@ -85,7 +85,8 @@ def test_matches_glmmtmb(fits, structure):
     d = distance.cdist(points, points)
     kernel = {"exp": np.exp(-d / got["scale"]), "gau": np.exp(-(d / got["scale"]) ** 2),
               "ou": np.exp(-got["scale"] * d)}[structure]
-    # the estimate averages the last iterations' matrices, each exactly in the structure
+    # the estimate is the structure at the window's mean parameters (CovarianceStructure.average:
+    # the mean of the window's gau matrices was 0.022 off the kernel at the reported range)
     np.testing.assert_allclose(model.random_cov_[0].to_numpy(), got["sd"][0] ** 2 * kernel, rtol=0.01,
                                atol=0.02 * got["sd"][0] ** 2)
 

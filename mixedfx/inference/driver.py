@@ -26,7 +26,7 @@ from mixedfx.exceptions import FitError
 from mixedfx.inference.initial import conditional_modes
 from mixedfx.inference.layout import complete_data_scale, fixed_effects_scale
 from mixedfx.inference.loop import BlockOutput, EMState
-from mixedfx.inference.stopping import Decision
+from mixedfx.inference.stopping import Decision, ar1_coefficient
 from mixedfx.model.joint import ModelParameters
 
 __all__ = ["Accumulators", "MCEMDriver", "Recovery"]
@@ -318,6 +318,11 @@ class MCEMDriver:
             parameters = layout.parameters(trace[-1])
             self._fixed_scale = (complete_data_scale(model, parameters) if model.family.conjugate_gaussian
                                  else fixed_effects_scale(model, parameters))
-        scale = layout.statistical_scale(model, trace[-1], fixed_scale=self._fixed_scale, posterior_var=posterior_var)
+        # Each parameter's EM rate, from the trace after the parameter-expanded first block
+        # once it holds three blocks more.
+        skip = self.options.iterations_per_call
+        rates = ar1_coefficient(layout.working(trace[skip:])) if len(trace) >= 4 * skip else None
+        scale = layout.statistical_scale(model, trace[-1], fixed_scale=self._fixed_scale, posterior_var=posterior_var,
+                                         rates=rates)
         frozen = layout.at_boundary(trace[-1], residual_sd=layout.residual_sd(trace[-1])) | self._unjudged
         return self.rule.assess(layout.working(trace), window_start=acc.window_start, scale=scale, frozen=frozen)

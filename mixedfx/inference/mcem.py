@@ -33,7 +33,7 @@ from mixedfx.inference.layout import ParameterLayout
 from mixedfx.inference.loop import EMState, LoopConfig, compiled_iterations
 from mixedfx.inference.memory import check_memory, peak_memory_bytes
 from mixedfx.inference.rows import chunk_rows_for
-from mixedfx.inference.stopping import MonteCarloErrorRule
+from mixedfx.inference.stopping import MonteCarloErrorRule, lead_in_start
 from mixedfx.inference.structure import location_expansions, nested_centering
 from mixedfx.inference.summary import FitSummary
 from mixedfx.exceptions import ParameterError
@@ -453,7 +453,8 @@ def _result(driver: MCEMDriver, *, initial: np.ndarray, method: str, start_time:
         parameter_names=layout.names,
         initial=initial,
         estimate=estimate,
-        mcse=layout.monte_carlo_error(window, estimate),
+        mcse=layout.monte_carlo_error(window, estimate, lead_in=trace[lead_in_start(
+            window_start, n_iter, skip=options.iterations_per_call):window_start]),
         tolerance=tolerance,
         trace=trace,
         objective=np.asarray(acc.objective),

@@ -36,7 +36,9 @@ class FitSummary:
     estimate : numpy.ndarray
         Final estimates.
     mcse : numpy.ndarray
-        Monte Carlo standard error of each estimate.
+        Monte Carlo standard error of each estimate: the AR(1) long-run error of the
+        window mean (:func:`~mixedfx.inference.monte_carlo_standard_error`), the scale
+        on which fits with other seeds scatter.
     tolerance : numpy.ndarray
         What the stopping rule required of each ``mcse``.
     trace : numpy.ndarray of shape (n_iter, n_parameters)

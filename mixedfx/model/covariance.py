@@ -81,6 +81,10 @@ class CovarianceStructure:
     whitened_e_step : bool
         Whether the E-step samples the effects whitened by the covariance's Cholesky
         factor (``b = L z``), as a nearly singular covariance (``rr``) needs.
+    linear : bool
+        Whether the structure's covariances are a convex set (``us``, ``diag``,
+        ``homdiag``, ``homcs``: linear in their variances and covariances), so that a
+        mean of covariances in it is in it (:meth:`average`).
 
     Examples
     --------
@@ -103,6 +107,7 @@ class CovarianceStructure:
     needs_coordinates = False  # whether the coefficients are points of numeric coordinate columns
     correlates = False  # whether the structure has correlation parameters of its own
     whitened_e_step = False  # whether the E-step samples L^-1 b (a nearly singular covariance)
+    linear = True  # whether a mean of covariances in the structure is in it
 
     def __eq__(self, other) -> bool:
         return type(self) is type(other)
@@ -150,6 +155,30 @@ class CovarianceStructure:
         inverse of :meth:`covariance`."""
         return self.start(tf.constant(np.asarray(cov, dtype=np.float64))).numpy()
 
+    def average(self, covs) -> np.ndarray:
+        """The estimate from the covariances of an averaging window (numpy, shape
+        ``[n, dim, dim]``): their mean matrix where the structure is :attr:`linear` (the
+        scale the M-step averages on, ``B'B / n``), else the structure at the mean of
+        their :meth:`unconstrained` parameters (a mean matrix of a nonlinear kernel is
+        not the kernel at any parameters).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from mixedfx.model.covariance import structure_for
+        >>> us, ar1 = structure_for("us"), structure_for("ar1")
+        >>> covs = np.stack([ar1.covariance(np.array([0.0, np.arctanh(r)]), 3).numpy() for r in (0.2, 0.8)])
+        >>> us.average(covs)[0].round(3).tolist()  # lag 2: (0.04 + 0.64) / 2, not 0.5^2
+        [1.0, 0.5, 0.34]
+        >>> ar1.average(covs)[0].round(3).tolist()  # rho = tanh(mean atanh) = 0.572, lag 2 rho^2
+        [1.0, 0.572, 0.327]
+        """
+        covs = np.asarray(covs, dtype=np.float64)
+        if self.linear:
+            return covs.mean(axis=0)
+        params = np.mean([self.unconstrained(cov) for cov in covs], axis=0)
+        return np.asarray(self.covariance(params, covs.shape[-1]))
+
     def expansion_basis(self, dim: int) -> np.ndarray:
         """The scale expansions ``C`` that keep the structure, as columns spanning
         ``vec(C)`` (row-major, ``dim * dim`` rows)."""
@@ -171,12 +200,6 @@ class CovarianceStructure:
         ``second_moment`` (sum over levels of ``b b'``),
         ``-n/2 log|Sigma| - 1/2 tr(Sigma^-1 B'B)``.  Unstructured: ``B'B / n``."""
         return tf.convert_to_tensor(second_moment, tf.float64) / tf.cast(n_levels, tf.float64)
-
-    def settle(self, cov) -> np.ndarray:
-        """The estimate from the average of the last iterations' matrices, each in the
-        structure (numpy): the average itself, which stays in the structures whose set of
-        covariances is convex along the EM path (``rr``'s, of rank ``d``, is not)."""
-        return cov
 
     def parameters(self, cov) -> dict:
         """The structure's named correlation parameters of a covariance in it."""
@@ -241,9 +264,11 @@ class CovarianceStructure:
 class _Projected(CovarianceStructure):
     """A structure whose M-step has no closed form: damped Newton steps on its
     parameters, from :meth:`start`, until a step moves no parameter by more than
-    ``newton_tolerance`` (0: until one fails to decrease the objective, or 40 steps)."""
+    ``newton_tolerance`` (0: until one fails to decrease the objective, or 40 steps).
+    Nonlinear in its parameters (not :attr:`linear`) unless a subclass says so."""
 
     newton_tolerance = 0.0
+    linear = False
 
     def project(self, second_moment, n_levels):
         """Newton's method on ``log|Sigma(theta)| + tr(Sigma(theta)^-1 S)``, ``S`` the
@@ -403,6 +428,7 @@ class HomogeneousCompoundSymmetry(CompoundSymmetry):
     name = "homcs"
     expansion = "scalar"
     correlates = True
+    linear = True  # sd^2 (rho 11' + (1 - rho) I) = a 11' + b I
 
     def n_params(self, dim: int) -> int:
         return 2

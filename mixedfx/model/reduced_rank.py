@@ -114,9 +114,10 @@ class ReducedRank(CovarianceStructure):
         C = tf.convert_to_tensor(scale_matrix, tf.float64)
         return tf.linalg.matmul(C, P) + tf.eye(dim, dtype=tf.float64) - P
 
-    def settle(self, cov) -> np.ndarray:
-        """Back to rank ``d``: the projection of the averaged matrices (:meth:`project`)."""
-        return self.project(np.asarray(cov, dtype=np.float64), 1).numpy()
+    def average(self, covs) -> np.ndarray:
+        """The window's mean matrix, which has rank above ``d``, projected back to rank
+        ``d`` (:meth:`project`)."""
+        return self.project(np.mean(np.asarray(covs, dtype=np.float64), axis=0), 1).numpy()
 
     def loadings(self, cov) -> np.ndarray:
         """glmmTMB's loadings of a covariance in the structure (numpy, ``dim x d``): zero
