@@ -24,14 +24,16 @@ from __future__ import annotations
 import itertools
 import re
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Callable
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import special, stats
 
 from mixedfx import lmertest
 from mixedfx.exceptions import DataError, ParameterError
+from mixedfx.results import coefficient_rows
 
 __all__ = ["emmeans", "contrast", "EMMeans", "DF_METHODS", "asymptotic_df", "p_adjust"]
 
@@ -180,7 +182,8 @@ class EMMeans:
         return self.table.to_string(index=False)
 
 
-def emmeans(model, specs, *, by=None, at=None, type="link", level=0.95, df=None, data=None) -> EMMeans:
+def emmeans(model, specs, *, by=None, at=None, type="link", level=0.95, df=None, data=None,
+            component="cond") -> EMMeans:
     """Estimated marginal means, as R's ``emmeans(model, specs, by = by, at = at)``.
 
     Parameters
@@ -207,6 +210,11 @@ def emmeans(model, specs, *, by=None, at=None, type="link", level=0.95, df=None,
         The training rows: needed only when a numeric covariate enters the fixed part
         through a transform alone (``np.log(x)``), so that its mean cannot be read from
         the design.
+    component : {"cond", "zi"}, default "cond"
+        As emmeans' ``component`` for glmmTMB: ``"zi"`` gives the means of the
+        zero-inflation model (its design, coefficients and their block of
+        ``wald_cov_``), on the logit scale or, with ``type="response"``, as zero
+        probabilities; asymptotic df.
 
     Returns
     -------
@@ -246,6 +254,7 @@ def emmeans(model, specs, *, by=None, at=None, type="link", level=0.95, df=None,
     if not 0.0 < float(level) < 1.0:
         raise ParameterError(f"level must lie strictly between 0 and 1, got {level!r}")
     specs, by = _names(specs, "specs"), _names(by, "by")
+    model = _component(model, component)
     design = model.fixed_design_
     if tuple(model.fixed_effects_.index) != tuple(design.column_names):
         raise ParameterError("emmeans needs fixed effects that match the fixed design's columns; an ordinal "
@@ -257,6 +266,40 @@ def emmeans(model, specs, *, by=None, at=None, type="link", level=0.95, df=None,
                                  f"the reference grid has {sorted(variables)}")
     grid, L = _average_grid(design, variables, keep=specs + by)
     return EMMeans(grid=grid, L=L, specs=specs, by=by, type=type, df=df, level=float(level), model=model)
+
+
+@dataclass(frozen=True)
+class _ZeroInflationLink:
+    """The zero-inflation model's logit link, as a family's ``link`` and ``mean``."""
+
+    link: str = "logit"
+    conjugate_gaussian: bool = False
+
+    def mean(self, linear_predictor, parameters=None):
+        """The zero probability of a logit."""
+        return special.expit(np.asarray(linear_predictor, dtype=np.float64))
+
+
+def _component(model, component: str):
+    """The estimator itself (``"cond"``), or a view of its zero-inflation model
+    (``"zi"``) with the five attributes this module reads."""
+    if component == "cond":
+        return model
+    if component != "zi":
+        raise ParameterError(f"component must be 'cond' or 'zi', got {component!r}")
+    design, table = getattr(model, "zi_design_", None), getattr(model, "zi_fixed_effects_", None)
+    if design is None or table is None:
+        raise ParameterError("component='zi' needs a model fitted with a ziformula")
+    if getattr(model, "wald_cov_", None) is None:
+        raise ParameterError("this fit has no wald_cov_ (it was saved by an older mixedfx): refit it for the "
+                             "zero-inflation model's marginal means")
+    rows = coefficient_rows(model, "zi")
+    cov = np.asarray(model.wald_cov_, dtype=np.float64)[np.ix_(rows, rows)]
+    names = list(design.column_names)
+    return SimpleNamespace(fixed_design_=design, family_=_ZeroInflationLink(),
+                           fixed_effects_=pd.Series(table["Estimate"].to_numpy(dtype=float), index=names),
+                           fixed_effects_cov_=pd.DataFrame(cov, index=names, columns=names),
+                           model_=SimpleNamespace(fixed_design=np.asarray(model.model_.family_design["zi"])))
 
 
 def _names(value, what: str) -> tuple:

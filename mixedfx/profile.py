@@ -21,7 +21,9 @@ What is profiled follows lme4 (1.1-31's ``profile.merMod`` and ``devfun2``):
 * GLMMs: the Laplace deviance at the conditional modes, a function of the fixed
   effects and the sds and correlations, every other parameter optimized.  A family's
   own parameters (a negative binomial's dispersion, an ordinal model's cutpoints) are
-  held at their estimates and get no interval (NaN).
+  held at their estimates and get no interval (NaN).  A family with its own linear
+  models (``ziformula``, ``dispformula``) is refused: its coefficients, held, would
+  make every interval too narrow.
 
 The estimate itself is re-optimized on the profiled criterion first, so a Monte Carlo
 EM fit's small error in the optimum does not shift the profile's zero.  An sd whose
@@ -72,7 +74,8 @@ def profile_intervals(model, *, level: float = 0.95, which=None) -> pd.DataFrame
     Raises
     ------
     ParameterError
-        If ``level`` is not in (0, 1) or ``which`` names an unknown parameter.
+        If ``level`` is not in (0, 1), ``which`` names an unknown parameter, or the
+        family has its own linear models (``ziformula``, ``dispformula``).
     sklearn.exceptions.NotFittedError
         If ``model`` is not fitted.
 
@@ -137,6 +140,7 @@ def profile_intervals_at(bound, params: ModelParameters, *, level: float = 0.95,
     if structured:
         raise ParameterError(f"profile intervals are not yet available for covariance structures "
                              f"({', '.join(structured)}): use method='bootstrap' or 'wald'")
+    _refuse_own_coefficients(bound)
     layout = ParameterLayout.from_model(bound)
     problem = _problem(bound, params, layout)
     names = list(layout.names)
@@ -157,6 +161,23 @@ def profile_intervals_at(bound, params: ModelParameters, *, level: float = 0.95,
     out.attrs["criterion"] = problem.criterion
     out.attrs["estimate"] = dict(zip(problem.names, problem.estimate.tolist()))
     return out
+
+
+def _refuse_own_coefficients(bound) -> None:
+    """The Laplace deviance profiled here holds a family's own parameters at their
+    estimates; a family with its own linear models (glmmTMB's ``zi``, ``disp``) has
+    coefficients correlated with the fixed effects, which held would make every
+    interval too narrow, and those models' random terms (``zi~site``) would be profiled
+    with their own fixed effects held: refused, naming them."""
+    blocks = [key for key, _ in bound.family.coefficient_blocks()]
+    if not blocks:
+        return
+    own = [t.name for t in bound.random_terms if getattr(t, "predictor", "cond") != "cond"]
+    terms = f" and the random terms {', '.join(own)} of those linear predictors" if own else ""
+    raise ParameterError(
+        f"profile intervals are not available for the {bound.family} family: its own coefficients "
+        f"({', '.join(blocks)}){terms} would be held at their estimates while the other parameters are "
+        "profiled, which makes the intervals too narrow; use method='wald' or 'bootstrap'")
 
 
 @dataclasses.dataclass

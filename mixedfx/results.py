@@ -217,6 +217,8 @@ def confidence_intervals(model, *, method="wald", level=0.95, n_boot=200, random
         for name, row in table.iterrows():
             if name in out.index:
                 out.loc[name] = [row["Estimate"] - z * row["Std. Error"], row["Estimate"] + z * row["Std. Error"]]
+        for name, estimate, se in _family_coefficients(model):  # glmmTMB's zi and disp coefficients too
+            out.loc[name] = [estimate - z * se, estimate + z * se]
         return out
     if method == "bootstrap":
         if not isinstance(n_boot, (int, np.integer)) or n_boot < 2:
@@ -240,6 +242,19 @@ def confidence_intervals(model, *, method="wald", level=0.95, n_boot=200, random
     if method == "profile":
         return profile_intervals(model, level=level, which=which)
     raise ParameterError(f"method must be 'wald', 'bootstrap' or 'profile', got {method!r}")
+
+
+def _family_coefficients(model) -> list:
+    """``(name, estimate, standard error)`` of the family's own coefficients (a
+    ``ziformula``'s, a ``dispformula``'s), named as in ``fit_summary_.parameter_names``."""
+    if getattr(model, "wald_cov_", None) is None:
+        return []
+    out = []
+    for key, _ in model.family_.coefficient_blocks():
+        table = getattr(model, f"{key}_fixed_effects_")
+        names = model.wald_cov_.index[coefficient_rows(model, key)]
+        out += list(zip(names, table["Estimate"], table["Std. Error"]))
+    return out
 
 
 def _random_effect_values(model, *, n, rng, posterior, held=None):
@@ -340,18 +355,75 @@ def linear_predictor_variance(model, X_fixed, terms, *, include_random) -> np.nd
     keep = [internal.index(name) for name in names]
     variance = np.einsum("np,pq,nq->n", X_fixed[:, keep], np.nan_to_num(cov), X_fixed[:, keep])
     if include_random:
-        params = model.model_parameters_
-        for term, data, prior in zip(model.random_design_.terms, terms, params.random_cov):
-            if term.predictor != "cond":  # a ziformula term: not in this linear predictor
-                continue
-            columns = list(model.random_effects_[term.name].columns)
-            pick = [columns.index(c) for c in term.coef_names]
-            conditional = model.random_effects_cov_[term.name][:, pick][:, :, pick]
-            z = term_z(data, X_fixed.shape[0])
-            index = data.group_index
-            per_row = np.where(index[:, None, None] >= 0, conditional[np.maximum(index, 0)], prior)
-            variance = variance + np.einsum("na,nab,nb->n", z, per_row, z)
+        variance = variance + _random_variance(model, terms, predictor="cond", n_rows=X_fixed.shape[0])
     return variance
+
+
+def _random_variance(model, terms, *, predictor: str, n_rows: int) -> np.ndarray:
+    """Per row, the variance of the random part of linear predictor ``predictor``: its
+    terms' conditional covariances (the prior's for a level not seen in fit)."""
+    variance = np.zeros(n_rows)
+    for term, data, prior in zip(model.random_design_.terms, terms, model.model_parameters_.random_cov):
+        if term.predictor != predictor:  # a term of another linear predictor
+            continue
+        columns = list(model.random_effects_[term.name].columns)
+        pick = [columns.index(c) for c in term.coef_names]
+        conditional = model.random_effects_cov_[term.name][:, pick][:, :, pick]
+        z = term_z(data, n_rows)
+        index = data.group_index
+        per_row = np.where(index[:, None, None] >= 0, conditional[np.maximum(index, 0)], prior)
+        variance = variance + np.einsum("na,nab,nb->n", z, per_row, z)
+    return variance
+
+
+def coefficient_rows(model, key: str) -> np.ndarray:
+    """Positions in ``wald_cov_`` of the family's own coefficients ``key`` (``"zi"``):
+    the blocks sit at its end, in the family's order."""
+    blocks, size = model.family_.coefficient_blocks(), len(model.wald_cov_)
+    start = size - sum(len(names) for _, names in blocks)
+    for name, names in blocks:
+        if name == key:
+            return np.arange(start, start + len(names))
+        start += len(names)
+    raise ParameterError(f"the {model.family_} family has no '{key}' coefficients")
+
+
+def predictor_covariance(model, X_fixed, family_design, terms, *, keys) -> np.ndarray:
+    """Per row, the covariance of the estimates of the conditional linear predictor and
+    the family's own ones ``keys`` (glmmTMB's ``zi``), ``(n, 1 + len(keys))`` square:
+    the coefficients' joint Wald covariance (``wald_cov_``: the cross-covariance of
+    the conditional and the zero part's fixed effects included) plus each linear
+    predictor's random terms' conditional covariances (those of different terms, and
+    of the fixed and the random effects, left out as in
+    :func:`linear_predictor_variance`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from types import SimpleNamespace
+    >>> from mixedfx.model import Poisson
+    >>> from mixedfx.results import predictor_covariance
+    >>> model = SimpleNamespace(family_=Poisson().zero_inflated(("Intercept",)), model_=SimpleNamespace(
+    ...     fixed_names=("Intercept",)), wald_cov_=np.array([[0.04, 0.01], [0.01, 0.09]]), random_design_=
+    ...     SimpleNamespace(terms=()), model_parameters_=SimpleNamespace(random_cov=()))
+    >>> predictor_covariance(model, np.ones((1, 1)), {"zi": np.ones((1, 1))}, (), keys=["zi"])[0].tolist()
+    [[0.04, 0.01], [0.01, 0.09]]
+    """
+    if getattr(model, "wald_cov_", None) is None:
+        raise ParameterError("this fit has no wald_cov_ (it was saved by an older mixedfx): refit it for intervals "
+                             "with the random terms of the zero part")
+    joint = np.nan_to_num(np.asarray(model.wald_cov_, dtype=np.float64))
+    p, n = len(model.model_.fixed_names), X_fixed.shape[0]
+    positions = [np.arange(p)] + [coefficient_rows(model, key) for key in keys]
+    designs = [X_fixed] + [np.asarray(family_design[key], dtype=np.float64) for key in keys]
+    cov = np.empty((n, len(designs), len(designs)))
+    for a, (rows_a, design_a) in enumerate(zip(positions, designs)):
+        for b, (rows_b, design_b) in enumerate(zip(positions, designs)):
+            cov[:, a, b] = np.einsum("np,pq,nq->n", design_a, joint[np.ix_(rows_a, rows_b)], design_b)
+    for a, key in enumerate(["cond", *keys]):
+        if terms:
+            cov[:, a, a] += _random_variance(model, terms, predictor=key, n_rows=n)
+    return cov
 
 
 def anova(*models, refit=True, names=None, ddf=None) -> pd.DataFrame:
@@ -385,6 +457,9 @@ def anova(*models, refit=True, names=None, ddf=None) -> pd.DataFrame:
         ``Df`` and ``Pr(>Chisq)`` (each test against the row above), one row per
         model.  For non-Gaussian families the log-likelihoods are importance-sampling
         estimates; their Monte Carlo standard errors are in ``attrs["logLik_se"]``.
+        A test of a random term (a ziformula's too) reports the naive chi-square
+        p-value, as lme4 and glmmTMB do; ``attrs["note"]`` names the terms and says
+        that at the boundary it is conservative (twice the mixture's).
 
     Examples
     --------
@@ -451,7 +526,20 @@ def anova(*models, refit=True, names=None, ddf=None) -> pd.DataFrame:
     table.attrs["logLik_se"] = table.pop("se").to_dict()
     table.attrs["refitted_with_ML"] = [k for k, v in table.pop("refitted").items() if v]
     table.index.name = None
+    tested = _tested_terms([dict(zip(labels, models))[label] for label in table.index])
+    if tested:
+        table.attrs["note"] = (
+            f"the random terms {', '.join(tested)} are tested at their sds' boundary (zero): the p-values are the "
+            "naive chi-square's, as lme4's and glmmTMB's anova report them; the null distribution of one sd's "
+            "statistic is the 50:50 mixture of chi-square(0) and chi-square(1), which halves that p-value")
     return table
+
+
+def _tested_terms(models) -> list[str]:
+    """The random terms (``variance_components_`` groups, ``zi~site`` for a ziformula's)
+    that a model has and the model before it (ordered by parameters) has not."""
+    groups = [set(m.variance_components_["group"]) - {"Residual"} for m in models]
+    return sorted(set().union(*(later - earlier for earlier, later in zip(groups, groups[1:]))))
 
 
 def to_arviz(model):

@@ -22,8 +22,11 @@ os.environ["XLA_FLAGS"] = " ".join(
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 import mixedfx
+from mixedfx._tf import tf
+from mixedfx.model.joint import family_inputs
 
 FIXTURES = Path(__file__).parent / "fixtures"
 collect_ignore = ["fixtures"]
@@ -63,7 +66,12 @@ FILE_SECONDS = {
     "test_matern.py": 57,  # alone on a shared machine: 47 s in pytest, 57 s wall (one fit, 37 s)
     "test_mcse.py": 100,  # loaded machine: 100-190 s (20 + 1 grouseticks fits 70-123 s, 20 + 1 Gaussian 26-58 s)
     "test_inverse_gaussian.py": 100,  # two fits; load average 15: 100 s in pytest (38 s CPU), 53 s without slow
-    "test_zi_random.py": 125,  # 123 s in pytest on a shared machine (load 8 on 2 cores): the estimator's fit 80 s, the grid fit 22 s
+    "test_zi_random.py": 280,  # 123 s in pytest on a shared machine (load 8 on 2 cores): the estimator's fit 80 s, the grid fit 22 s;
+    # + the issue-17 tools: 2-27 s unmarked (shared fit), slow: anova's m0 fit 66-158 s, the sharded subprocess 59-61 s, the bootstrap's 2 refits 10+ s
+    "test_zi_random2.py": 160,  # 156 CPU s; load 10-12: 514 s in pytest (fits 244, 113, 84 s), 35 s not slow
+    "test_rr_glmm.py": 300,  # CPU s not measured; load average 12: 749 s in pytest; 115 s without slow (the Poisson rr fit 113 s), the slow
+    # REML fit 103 s and the slow sharded check (4 fits in a subprocess on 3 logical CPU devices) 521 s
+    "test_polya_gamma.py": 180,  # load 13 + a benchmark: 179 s (85 CPU s), 82 s not slow; load 1.5: 41 s, 17 s
     "test_gibbs.py": 94,  # load average 10: 94 s in pytest (57 s without the slow pastes fit), 127 s wall
 }
 
@@ -97,6 +105,46 @@ def objective_and_record(model, joint, effects, beta, sds, family_params) -> tup
                                family_params=family_params)
     record = joint.log_prob({**{f"g{k}": b for k, b in enumerate(effects)}, RESPONSE: model.response})
     return float(objective), float(record)
+
+
+class GridMarginal:
+    """The exact marginal log-likelihood of a zero-inflated model with one intercept term in
+    each linear predictor on the same factor (test_zi_random*.py): the groups are
+    independent and each has one effect per linear predictor, so it is a sum over groups
+    of 2-D integrals, taken by the trapezoid rule on a grid of the standardized effects
+    (81 x 41 points over +-6 sd; the trapezoid rule on a smooth peak converges
+    geometrically: 121 x 61 and 241 x 121 points agree to 2e-7) of the density of record's
+    rows (family_inputs, the family's log_prob), with its gradient by autodiff.  ``theta``
+    is ``(beta (2), zi (2), log sd_cond, log sd_zi[, log dispersion])``."""
+
+    def __init__(self, model, n_cond=81, n_zi=41):
+        self.model, self.tensors = model, model.tensors()
+        uc, uz = np.linspace(-6, 6, n_cond), np.linspace(-6, 6, n_zi)
+        weights = np.outer(stats.norm.pdf(uc) * (uc[1] - uc[0]), stats.norm.pdf(uz) * (uz[1] - uz[0]))
+        grid = np.meshgrid(uc, uz, indexing="ij")
+        self.nodes = [tf.constant(g.reshape(-1, 1, 1)) for g in grid]
+        self.log_weights = tf.constant(np.log(weights).reshape(-1, 1))
+        self.group = tf.constant(model.random_terms[0].group_index)
+        self.value = tf.function(self._value)
+
+    def _value(self, theta):
+        family, q = self.model.family, self.model.random_terms[0].num_levels
+        level = tf.ones([1, q, 1], tf.float64)
+        effects = [self.nodes[0] * tf.exp(theta[4]) * level, self.nodes[1] * tf.exp(theta[5]) * level]
+        params = {"zi": theta[2:4], **({"dispersion": tf.exp(theta[6])} if theta.shape[0] > 6 else {})}
+        eta, natural = family_inputs(self.tensors, effects, fixed_effects=theta[:2], family=family,
+                                     family_params=params)
+        rows = family.log_prob(eta, natural, self.tensors.response, trials=self.tensors.trials)  # [nodes, n]
+        per_group = tf.transpose(tf.math.unsorted_segment_sum(tf.transpose(rows), self.group, q))
+        return tf.reduce_sum(tf.reduce_logsumexp(per_group + self.log_weights, axis=0))
+
+    def __call__(self, theta):
+        """``(minus the log-likelihood, its gradient)`` at ``theta``."""
+        theta = tf.constant(theta, tf.float64)
+        with tf.GradientTape() as tape:
+            tape.watch(theta)
+            value = self.value(theta)
+        return -float(value), -tape.gradient(value, theta).numpy()
 
 
 def load_lme4(name: str) -> dict:
@@ -203,10 +251,41 @@ def insteval() -> pd.DataFrame:
     return mixedfx.datasets.load_insteval()
 
 
+def fitted_once_per_run(tmp_path_factory, name: str, fit):
+    """``fit()``'s estimator, fitted once per test run and shared by the pytest-xdist workers.
+
+    Under xdist (``--dist loadfile``) the files that use one session fixture may run in
+    different workers, and each worker would fit it again.  The first worker to ask fits
+    and pickles the estimator (the format :mod:`mixedfx`'s pickling supports, everything
+    fitted included) into the run's shared temporary directory; a worker that asks while
+    it fits waits on the lock (it would have spent that time fitting the same model) and
+    then reads the pickle.  Without xdist it simply fits.  The fits are deterministic
+    (fixed ``random_state``), so every worker sees the estimates it would have fitted.
+    """
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        return fit()
+    import fcntl
+    import pickle
+
+    root = tmp_path_factory.getbasetemp().parent  # shared by the run's workers
+    path = root / f"{name}.pickle"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes (or the worker dies)
+        if path.exists():
+            return pickle.loads(path.read_bytes())
+        model = fit()
+        partial = path.with_suffix(".partial")
+        partial.write_bytes(pickle.dumps(model))
+        partial.replace(path)
+        return model
+
+
 @pytest.fixture(scope="session")
-def insteval_fit(insteval):
-    """InstEval, full data, ML, default settings (the acceptance fit)."""
-    return mixedfx.MixedEffectsRegressor("y ~ service + (1 | s) + (1 | d) + (1 | dept)", random_state=0).fit(insteval)
+def insteval_fit(insteval, tmp_path_factory):
+    """InstEval, full data, ML, default settings (the acceptance fit): fitted once per run
+    (:func:`fitted_once_per_run`; test_insteval, test_results and test_cli use it)."""
+    return fitted_once_per_run(tmp_path_factory, "insteval_fit", lambda: mixedfx.MixedEffectsRegressor(
+        "y ~ service + (1 | s) + (1 | d) + (1 | dept)", random_state=0).fit(insteval))
 
 
 @pytest.fixture

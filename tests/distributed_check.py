@@ -8,6 +8,7 @@ shares (``crossed_small_fit``).
 
     MIXEDFX_CPU_DEVICES=3 python tests/distributed_check.py
     python tests/distributed_check.py --worker 0 PORT0,PORT1 & python tests/distributed_check.py --worker 1 PORT0,PORT1
+    MIXEDFX_CPU_DEVICES=3 python tests/distributed_check.py --structures  (tests/test_rr_glmm.py)
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ DATA = Path(__file__).parent / "fixtures" / "crossed_small.csv"  # lme4_crossed_
 POISSON = Path(__file__).parent / "fixtures" / "poisson_crossed.csv"  # glmm_poisson_crossed.json: glmer's fit
 SLEEPSTUDY = Path(__file__).parent / "fixtures" / "sleepstudy.csv"  # lme4_results.json: lmer's REML fit
 AR1 = Path(__file__).parent / "fixtures" / "covariance_ar1.csv"  # covariance_structures.json: glmmTMB's, nlme's
+RR = Path(__file__).parent / "fixtures" / "reduced_rank.csv"  # reduced_rank.json: glmmTMB's rr fits
+#: structured terms fitted sharded and on one device (``--structures``): name, formula, data
+STRUCTURED = (("ar1", "y ~ time + ar1(0 + timef | subject)", AR1),
+              ("rr", "y1 ~ 0 + trait + rr(0 + trait | id, d = 1)", RR))
 
 
 def summary(fit) -> dict:
@@ -34,9 +39,9 @@ def summary(fit) -> dict:
     return {"names": list(fit.fit_summary_.parameter_names), "estimate": fit.fit_summary_.estimate.tolist(),
             "mcse": fit.fit_summary_.mcse.tolist(), "n_iter": int(fit.fit_summary_.n_iter),
             "converged": bool(fit.fit_summary_.converged), "log_likelihood": float(fit.log_likelihood_),
-            "ranef_g1_index": [str(v) for v in fit.random_effects_["g1"].index],
+            "ranef_g1_index": [str(v) for v in fit.random_effects_["g1"].index] if "g1" in fit.random_effects_ else None,
             "fixed_effects": fit.fixed_effects_.to_dict(),
-            "sds": fit.variance_components_.set_index("group")["sdcor"].to_dict()}
+            "sds": fit.variance_components_.groupby("group")["sdcor"].first().to_dict()}
 
 
 def main() -> dict:
@@ -174,6 +179,39 @@ def main() -> dict:
     return out
 
 
+def structures() -> dict:
+    """Each of :data:`STRUCTURED` fitted twice with the same random_state: on a
+    MirroredStrategy over the logical devices, and on one device (no ``distribute``); the
+    sharded fit's summed calls and replicas recorded, and the fitted covariance of each."""
+    import pandas as pd
+
+    import mixedfx
+    from mixedfx._tf import tf
+    from mixedfx.inference import distributed
+
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+    mirrored = tf.distribute.MirroredStrategy(devices)
+    replicas_used = []
+    sum_over_shards = distributed.ShardedRows.sum
+
+    def counting_sum(self, *args, **kwargs):
+        replicas_used.append(self.strategy.num_replicas_in_sync)
+        return sum_over_shards(self, *args, **kwargs)
+
+    distributed.ShardedRows.sum = counting_sum
+    out = {"devices": devices}
+    for name, formula, path in STRUCTURED:
+        data = pd.read_csv(path)
+        for key, strategy in ((f"{name}_sharded", mirrored), (f"{name}_single", None)):
+            replicas_used.clear()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the test reads convergence from the summaries
+                fit = mixedfx.MixedEffectsRegressor(formula, random_state=0, verbose=0, distribute=strategy).fit(data)
+            out[key] = {**summary(fit), "fixed_effects": fit.fixed_effects_.tolist(), "calls": list(replicas_used),
+                        "covariance": fit.random_cov_[0].to_numpy().tolist()}
+    return out
+
+
 def worker(index: int, ports: list[str]) -> dict:
     """One worker of a two-worker MultiWorkerMirroredStrategy on this machine's loopback
     (one CPU replica each): crossed_small sharded across the two processes."""
@@ -203,6 +241,8 @@ def worker(index: int, ports: list[str]) -> dict:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         result = worker(int(sys.argv[2]), sys.argv[3].split(","))
+    elif len(sys.argv) > 1 and sys.argv[1] == "--structures":
+        result = structures()
     else:
         result = main()
     sys.stdout.write(json.dumps(result) + "\n")

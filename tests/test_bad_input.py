@@ -431,6 +431,7 @@ def test_a_response_the_fixed_effects_reproduce_is_lms_exact_fit(small_frame):
     np.testing.assert_allclose(model.fixed_effects_.to_numpy(), [1.0, 2.0, -0.5], atol=1e-12)
     np.testing.assert_allclose(model.predict(exact), exact["y"], atol=1e-12)
     assert model.fit_summary_.n_iter == 0 and not model.variance_components_["sdcor"].any()
+    assert model.fit_summary_.e_step == "none"
     table = model.fixed_effects_table()
     assert not table["Std. Error"].any() and (table["df"] == 120 - 3).all() and np.isinf(table["t value"]).all()
     text = io.StringIO()

@@ -70,7 +70,8 @@ def test_installed_console_script():
 
 @pytest.mark.slow
 def test_fit_insteval_by_name(insteval_fit, capsys):
-    # the same shapes as the session's InstEval fit, so the compiled code is reused
+    # the same shapes as the run's InstEval fit: where this worker fitted it (conftest.fitted_once_per_run),
+    # the compiled code is reused
     assert main(["fit", "y ~ service + (1 | s) + (1 | d) + (1 | dept)", "--data", "insteval", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "Number of obs: 73421, groups:  s, 2972; d, 1128; dept, 14" in out

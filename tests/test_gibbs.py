@@ -179,6 +179,7 @@ def test_gibbs_fit_matches_lme4(name):
     model = mixedfx.MixedEffectsRegressor(formula, method=method, tol=0.02, max_iter=5000, random_state=0, verbose=0,
                                           options=GIBBS).fit(pd.read_csv(FIXTURES / data_file))
     assert float(np.mean(model.fit_summary_.acceptance)) == 1.0  # Gibbs ran (HMC's is about 0.75)
+    assert model.fit_summary_.e_step == "gibbs" and "gibbs E-step" in repr(model.fit_summary_)
     ours, theirs = _components(model), _lme4_components(fixture)
     sorted_group = {":".join(sorted(k[0].split(":"))): k[0] for k in ours}
     for (group, var1, var2), value in theirs.items():

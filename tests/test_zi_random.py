@@ -8,24 +8,33 @@ curvature per row) and importance sampling, against glmmTMB 1.1.5
 (tests/fixtures/make_zi_random_fixtures.R: simulated, 600 rows, 30 sites) and the
 simulated truth; the MCEM fit of the estimators' ``ziformula = "~ mined + (1 | site)"``
 against glmmTMB, the exact maximum and the truth, its standard errors, predictions,
-tables and summary.
+tables and summary; and the tools on that fit (issue 17): one Wald covariance for both
+tables, prediction intervals with the zi effects' uncertainty (against a by-hand Monte
+Carlo), confint, anova against glmmTMB's and emmeans' (tests/fixtures/
+make_zi_random_tools_fixtures.R), to_arviz, and the sharded sums (tests/distributed_zi_check.py).
 """
 
 import io
 import json
 import pickle
+import subprocess
+import sys
+import types
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import FIXTURES, caret_column, objective_and_record
+from conftest import FIXTURES, GridMarginal, caret_column, objective_and_record, subprocess_env
 from scipy import optimize, special, stats
 
 import mixedfx
 from mixedfx import FormulaError, ParameterError
 from mixedfx._tf import tf
 from mixedfx.design import RandomTermData
+from mixedfx.estimator import base
 from mixedfx.exceptions import DataError
+from mixedfx.inference import finish, layout
 from mixedfx.model import (Binomial, MixedModel, ModelParameters, NegativeBinomial, Poisson, TruncatedPoisson,
                            build_joint_distribution, marginal_log_likelihood)
 from mixedfx.model.joint import family_inputs, numpy_random_part
@@ -125,43 +134,6 @@ def _salamander_like():
                       ("Intercept", "minedyes"), family_design={"zi": X})
 
 
-class _GridMarginal:
-    """The exact marginal log-likelihood: the sites are independent and each has one
-    effect per linear predictor, so it is a sum over sites of 2-D integrals, taken by the
-    trapezoid rule on a grid of the standardized effects (81 x 41 points over +-6 sd; the
-    trapezoid rule on a smooth peak converges geometrically: 121 x 61 and 241 x 121 points
-    agree to 2e-7), of the density of record's rows (family_inputs, the family's
-    log_prob), with its gradient by autodiff."""
-
-    def __init__(self, model, n_cond=81, n_zi=41):
-        self.model, self.tensors = model, model.tensors()
-        uc, uz = np.linspace(-6, 6, n_cond), np.linspace(-6, 6, n_zi)
-        weights = np.outer(stats.norm.pdf(uc) * (uc[1] - uc[0]), stats.norm.pdf(uz) * (uz[1] - uz[0]))
-        grid = np.meshgrid(uc, uz, indexing="ij")
-        self.nodes = [tf.constant(g.reshape(-1, 1, 1)) for g in grid]
-        self.log_weights = tf.constant(np.log(weights).reshape(-1, 1))
-        self.site = tf.constant(model.random_terms[0].group_index)
-        self.value = tf.function(self._value)
-
-    def _value(self, theta):
-        family, q = self.model.family, self.model.random_terms[0].num_levels
-        level = tf.ones([1, q, 1], tf.float64)
-        effects = [self.nodes[0] * tf.exp(theta[4]) * level, self.nodes[1] * tf.exp(theta[5]) * level]
-        eta, params = family_inputs(self.tensors, effects, fixed_effects=theta[:2], family=family,
-                                    family_params={"zi": theta[2:4]})
-        rows = family.log_prob(eta, params, self.tensors.response, trials=self.tensors.trials)  # [nodes, n]
-        per_site = tf.transpose(tf.math.unsorted_segment_sum(tf.transpose(rows), self.site, q))
-        return tf.reduce_sum(tf.reduce_logsumexp(per_site + self.log_weights, axis=0))
-
-    def __call__(self, theta):
-        """``(minus the log-likelihood, its gradient)`` at ``(beta, zi, log sd_cond, log sd_zi)``."""
-        theta = tf.constant(theta, tf.float64)
-        with tf.GradientTape() as tape:
-            tape.watch(theta)
-            value = self.value(theta)
-        return -float(value), -tape.gradient(value, theta).numpy()
-
-
 def _glmmtmb_theta():
     return np.array([*(REFERENCE["fixed_effects"][k] for k in NAMES),
                      *(REFERENCE["zi_fixed_effects"][k] for k in NAMES),
@@ -171,7 +143,7 @@ def _glmmtmb_theta():
 @pytest.fixture(scope="module")
 def exact_fit():
     """The maximum of the exact marginal likelihood (BFGS from beta = zi = 0, sds 0.5)."""
-    marginal = _GridMarginal(_salamander_like())
+    marginal = GridMarginal(_salamander_like())
     result = optimize.minimize(marginal, np.array([0.0, 0.0, 0.0, 0.0, np.log(0.5), np.log(0.5)]), jac=True,
                                method="BFGS", options={"gtol": 1e-4})
     assert result.success, result.message
@@ -244,12 +216,28 @@ def test_laplace_and_importance_sampling_against_glmmtmb_and_the_grid(exact_fit)
 
 # -- the fit (MCEM, the estimators) -------------------------------------------------------------
 
+#: the Wald covariance computations of the fit's final estimates (see ``fitted``)
+WALD_CALLS = []
+
+
 @pytest.fixture(scope="module")
 def fitted():
-    """The estimator's fit of the fixture's model (glmmTMB's ``ziformula = ~ mined + (1 | site)``)."""
+    """The estimator's fit of the fixture's model (glmmTMB's ``ziformula = ~ mined + (1 | site)``),
+    recording in :data:`WALD_CALLS` the parameters of every Wald covariance computed
+    (through each name it is reached by)."""
     data = pd.read_csv(FIXTURES / REFERENCE["data"])
-    return mixedfx.MixedEffectsRegressor(REFERENCE["formula"], family="poisson", ziformula=REFERENCE["ziformula"],
-                                         random_state=0, verbose=0).fit(data)
+    original = layout.wald_covariance
+
+    def counted(model, params, random_effects):
+        WALD_CALLS.append(np.array(params.fixed_effects))
+        return original(model, params, random_effects)
+
+    with pytest.MonkeyPatch.context() as patch:
+        for module in (layout, finish, base):
+            if hasattr(module, "wald_covariance"):
+                patch.setattr(module, "wald_covariance", counted)
+        return mixedfx.MixedEffectsRegressor(REFERENCE["formula"], family="poisson",
+                                             ziformula=REFERENCE["ziformula"], random_state=0, verbose=0).fit(data)
 
 
 def _fitted_theta(fitted):
@@ -376,4 +364,216 @@ def test_save_load_and_pickle_keep_the_zi_terms(fitted, tmp_path):
     for copy in (mixedfx.load(tmp_path / "zi.mixedfx"), pickle.loads(pickle.dumps(fitted))):
         for kind in ("zprob", "response"):
             np.testing.assert_allclose(copy.predict(data, type=kind), fitted.predict(data, type=kind), rtol=1e-12)
+        pd.testing.assert_frame_equal(copy.predict_interval(data, kind="mean"), fitted.predict_interval(data, kind="mean"))
         assert list(copy.variance_components_["group"]) == ["site", "zi~site"]
+
+
+# -- the tools with a zi random term (issue 17) -------------------------------------------------
+
+def test_one_wald_covariance_gives_both_tables(fitted):
+    """The Wald covariance of the fixed effects and the zi coefficients jointly is computed
+    once at the final estimates (it was twice: the fixed effects' in the finish, the zi
+    table's in the estimator), kept as ``wald_cov_`` (numpy in a DataFrame: it pickles);
+    ``fixed_effects_cov_`` and the zi table's SEs are its blocks exactly; their SEs within
+    5 % of glmmTMB's."""
+    final = [beta for beta in WALD_CALLS if np.array_equal(beta, fitted.model_parameters_.fixed_effects)]
+    assert len(final) == 1
+    joint = fitted.wald_cov_.to_numpy()
+    assert list(fitted.wald_cov_.index) == ["Intercept", "mined[T.yes]", "zi~(Intercept)", "zi~mined[T.yes]"]
+    np.testing.assert_array_equal(fitted.fixed_effects_cov_.to_numpy(), joint[:2, :2])
+    np.testing.assert_array_equal(fitted.zi_fixed_effects_["Std. Error"].to_numpy(), np.sqrt(np.diag(joint)[2:]))
+    assert abs(joint[0, 2]) > 0.1 * np.sqrt(joint[0, 0] * joint[2, 2])  # the cross block that predict_interval uses
+    ours = np.sqrt(np.diag(joint))
+    theirs = np.array([*REFERENCE["fixed_effects_se"].values(), *REFERENCE["zi_fixed_effects_se"].values()])
+    np.testing.assert_allclose(ours, theirs, rtol=0.05)
+
+
+def _linear_predictor_draws(fitted, new, n, rng, *, zi_random=True):
+    """By hand: per row of ``new``, ``n`` draws of the two linear predictors: the estimates
+    plus normal noise of the coefficients' joint Wald covariance and of each site's
+    conditional variance of its effect in each (``zi_random=False``: the zi one's left out)."""
+    m = (new["mined"] == "yes").to_numpy(float)
+    site = fitted.random_effects_["site"].index.get_indexer(new["site"])
+    X = np.column_stack([np.ones(len(new)), m])
+    joint = fitted.wald_cov_.to_numpy()
+    beta, zi = fitted.fixed_effects_.to_numpy(), fitted.zi_fixed_effects_["Estimate"].to_numpy()
+    coefficients = rng.multivariate_normal(np.concatenate([beta, zi]), joint, size=n)  # [n, 4]
+    eta = coefficients[:, :2] @ X.T + fitted.random_effects_["site"].iloc[site, 0].to_numpy()
+    zeta = coefficients[:, 2:] @ X.T + fitted.random_effects_["zi~site"].iloc[site, 0].to_numpy()
+    sd_cond = np.sqrt(fitted.random_effects_cov_["site"][site, 0, 0])
+    sd_zi = np.sqrt(fitted.random_effects_cov_["zi~site"][site, 0, 0]) * zi_random
+    return eta + sd_cond * rng.normal(size=eta.shape), zeta + sd_zi * rng.normal(size=zeta.shape)
+
+
+def test_predict_interval_takes_the_zi_random_effects(fitted):
+    """``predict_interval`` of a zi-random fit: the mean's interval is the 2.5 % and 97.5 %
+    quantiles of ``(1 - expit(zeta)) exp(eta)`` over the two linear predictors' estimates'
+    distribution (by hand: 200,000 pseudo-random draws; within 2 %).  Leaving out the zi
+    effects' conditional variance narrows it by far more (by 5 % where the zero
+    probability is 0.1, over 15 % at the other four rows), so the test sees it; the prediction interval's ends are those of the by-hand mixture's
+    quantiles (within 1 count)."""
+    P = REFERENCE["predictions"]
+    new = pd.DataFrame({"site": P["site"][:5], "mined": P["mined"][:5]})
+    rng = np.random.default_rng(5)
+    mean = fitted.predict_interval(new, kind="mean")
+    eta, zeta = _linear_predictor_draws(fitted, new, 200_000, rng)
+    by_hand = np.quantile((1 - special.expit(zeta)) * np.exp(eta), [0.025, 0.975], axis=0)
+    np.testing.assert_allclose(mean[["lower", "upper"]].to_numpy().T, by_hand, rtol=0.02)
+    np.testing.assert_allclose(mean["fit"], fitted.predict(new, type="response"), rtol=1e-12)
+    eta0, zeta0 = _linear_predictor_draws(fitted, new, 200_000, rng, zi_random=False)
+    narrow = np.diff(np.quantile((1 - special.expit(zeta0)) * np.exp(eta0), [0.025, 0.975], axis=0), axis=0)
+    ratio = narrow[0] / (mean["upper"] - mean["lower"]).to_numpy()  # measured: 0.78, 0.84, 0.69, 0.95, 0.79
+    assert np.all(ratio < 0.97) and np.sum(ratio < 0.85) >= 4
+    prediction = fitted.predict_interval(new, kind="prediction")
+    pi, mu = special.expit(zeta[:10_000]), np.exp(eta[:10_000])
+    counts = np.arange(80)[:, None, None]
+    cdf = (pi + (1 - pi) * stats.poisson.cdf(counts, mu)).mean(axis=1)  # [count, row]
+    for q, column in ((0.025, "lower"), (0.975, "upper")):
+        np.testing.assert_allclose(prediction[column], np.argmax(cdf >= q, axis=0), atol=1.0)
+    assert prediction["upper"].max() >= 10
+
+
+def test_predict_interval_without_the_zi_terms_is_the_fixed_parts(fitted):
+    """``re_form="~0"`` leaves every random term out: the interval is the single linear
+    predictor's (the zi probability at its fixed part, as ``predict``)."""
+    new = pd.DataFrame({"site": ["s01", "s05"], "mined": ["no", "yes"]})
+    table = fitted.predict_interval(new, kind="mean", re_form="~0")
+    np.testing.assert_allclose(table["fit"], fitted.predict(new, type="response", re_form="~0"), rtol=1e-12)
+    assert np.all(table["lower"] < table["fit"]) and np.all(table["fit"] < table["upper"])
+
+
+with open(FIXTURES / "glmmtmb_zi_random_tools.json") as _handle:
+    TOOLS = json.load(_handle)
+
+
+def test_confint_of_the_zi_model(fitted):
+    """``confint(method="profile")`` would hold the zi coefficients at their estimates
+    while profiling the rest (too narrow, with the zi sd profiled at fixed zi effects):
+    a ParameterError naming the zi coefficients, the term ``zi~site`` and the reason.
+    Wald intervals cover the zi coefficients too (their SEs are the zi table's), and
+    match glmmTMB's ``confint`` (estimate +- z SE) within 0.2 of its SEs at each end."""
+    with pytest.raises(ParameterError, match=r"own coefficients \(zi\) and the random terms zi~site .* too narrow"):
+        fitted.confint(method="profile")
+    wald = fitted.confint()
+    assert wald.loc[["sd(site)", "zi~sd(site)"]].isna().all().all()  # Wald: no sds, as lme4's and glmmTMB's
+    z, names = stats.norm.ppf(0.975), ["zi~(Intercept)", "zi~mined[T.yes]"]
+    np.testing.assert_allclose(wald.loc[names, "97.5 %"] - wald.loc[names, "2.5 %"],
+                               2 * z * fitted.zi_fixed_effects_["Std. Error"].to_numpy(), rtol=1e-12)
+    for table, se, rows in (("fixed_effects", "fixed_effects_se", ["Intercept", "mined[T.yes]"]),
+                            ("zi_fixed_effects", "zi_fixed_effects_se", names)):  # glmmTMB's confint(m)
+        estimate, error = np.array(list(REFERENCE[table].values())), np.array(list(REFERENCE[se].values()))
+        for column, sign in (("2.5 %", -1), ("97.5 %", 1)):
+            assert np.all(np.abs(wald.loc[rows, column] - (estimate + sign * z * error)) < 0.2 * error)
+
+
+def test_to_arviz_holds_the_zi_term_draws(fitted):
+    """``to_arviz``: the zi term's kept E-step draws are the variable ``zi~site`` with its
+    30 sites; their mean per site is its conditional mean (``random_effects_``, within
+    0.02) and their sd its conditional sd (within 10 %)."""
+    posterior = fitted.to_arviz().posterior
+    assert set(posterior.data_vars) == {"site", "zi~site"}
+    draws = posterior["zi~site"]
+    assert draws.dims == ("chain", "draw", "zi~site_level", "zi~site_coef") and draws.sizes["zi~site_level"] == 30
+    assert list(draws["zi~site_level"].values[:2]) == ["s01", "s02"]
+    values = draws.values.reshape(-1, 30)
+    np.testing.assert_allclose(values.mean(axis=0), fitted.random_effects_["zi~site"].iloc[:, 0], atol=0.02)
+    np.testing.assert_allclose(values.std(axis=0), np.sqrt(fitted.random_effects_cov_["zi~site"][:, 0, 0]), rtol=0.1)
+
+
+def test_marginal_means_against_emmeans(fitted):
+    """``emmeans(m, "mined")`` of the zi-random fit is emmeans' (its default component for
+    glmmTMB, the conditional model, on the log scale): the means within 0.1 of glmmTMB's
+    SEs, the SEs within 5 % (tests/fixtures/make_zi_random_tools_fixtures.R)."""
+    table = mixedfx.emmeans(fitted, "mined").table
+    R = TOOLS["emmeans_cond"]
+    assert table["mined"].tolist() == R["mined"]
+    assert np.all(np.abs(table["emmean"] - R["emmean"]) < 0.1 * np.array(R["SE"]))
+    np.testing.assert_allclose(table["SE"], R["SE"], rtol=0.05)
+
+
+def test_zero_inflation_marginal_means_against_emmeans(fitted):
+    """``emmeans(m, "mined", component = "zi")``: the zero-inflation model's means on the
+    logit scale within 0.15 of emmeans' SEs (our zi coefficients are within 0.06 SE of
+    glmmTMB's; the "yes" mean adds two of them), the SEs within 5 %; as zero
+    probabilities, the delta method's SEs; the contrast is the minedyes coefficient."""
+    R = TOOLS["emmeans_zi"]
+    emm = mixedfx.emmeans(fitted, "mined", component="zi")
+    table = emm.table
+    assert table["mined"].tolist() == R["mined"]
+    assert np.all(np.abs(table["emmean"] - R["emmean"]) < 0.15 * np.array(R["SE"])), table["emmean"]
+    np.testing.assert_allclose(table["SE"], R["SE"], rtol=0.05)
+    response = mixedfx.emmeans(fitted, "mined", component="zi", type="response").table
+    np.testing.assert_allclose(response["prob"], special.expit(table["emmean"]), rtol=1e-12)
+    slope = response["prob"] * (1.0 - response["prob"])
+    np.testing.assert_allclose(response["SE"], slope * table["SE"], rtol=1e-12)
+    pairs = emm.pairs()
+    zi = fitted.zi_fixed_effects_
+    assert pairs["estimate"].iloc[0] == pytest.approx(-zi["Estimate"].iloc[1], rel=1e-10)
+    assert pairs["SE"].iloc[0] == pytest.approx(zi["Std. Error"].iloc[1], rel=1e-10)
+    with pytest.raises(ParameterError, match="component must be 'cond' or 'zi', got 'disp'"):
+        mixedfx.emmeans(fitted, "mined", component="disp")
+    with pytest.raises(ParameterError, match="component='zi' needs a model fitted with a ziformula"):
+        mixedfx.emmeans(types.SimpleNamespace(), "mined", component="zi")
+
+
+@pytest.fixture(scope="module")
+def without_zi_term():
+    """glmmTMB's m0 of the anova: the same model without the zi random term."""
+    data = pd.read_csv(FIXTURES / REFERENCE["data"])
+    return mixedfx.MixedEffectsRegressor(REFERENCE["formula"], family="poisson", ziformula=TOOLS["m0"]["ziformula"],
+                                         random_state=0, verbose=0).fit(data)
+
+
+@pytest.mark.slow
+def test_anova_of_the_zi_term_against_glmmtmb(fitted, without_zi_term):
+    """``anova(m0, m1)`` tests the zi random term by a likelihood ratio on 1 df with the
+    naive chi-square p-value, as glmmTMB's ``anova`` (no boundary correction: the sd's
+    null value is on the boundary, where the p-value halves; ``attrs["note"]`` says so).
+    On the Laplace likelihoods (``log_likelihood_laplace_``, glmmTMB's) the statistic is
+    glmmTMB's 18.977 within 0.3; the table's (the importance-sampled exact likelihoods)
+    lies above it by twice m1's Laplace error (0.578, see
+    test_density_of_record_at_glmmtmb_estimates_matches_scipy) within 4 Monte Carlo SEs
+    plus 0.3 (measured: 20.43; m0's Laplace error is under 0.06)."""
+    table = mixedfx.anova(without_zi_term, fitted, names=["m0", "m1"])
+    R = TOOLS["anova"]
+    assert table["npar"].tolist() == R["npar"] and table.loc["m1", "Df"] == R["Df"]
+    laplace = 2 * (fitted.log_likelihood_laplace_ - without_zi_term.log_likelihood_laplace_)
+    assert abs(laplace - R["Chisq"]) < 0.3
+    assert abs(without_zi_term.log_likelihood_laplace_ - TOOLS["m0"]["logLik"]) < 0.1
+    se = np.hypot(*table.attrs["logLik_se"].values())
+    assert abs(table.loc["m1", "Chisq"] - (R["Chisq"] + 2 * 0.578)) < 8 * se + 0.3
+    assert table.loc["m1", "Pr(>Chisq)"] == pytest.approx(stats.chi2.sf(table.loc["m1", "Chisq"], 1), rel=1e-12)
+    assert "boundary" in table.attrs["note"]
+
+
+@pytest.mark.slow
+def test_sharded_sums_take_the_zi_term():
+    """On three logical CPU devices (tests/distributed_zi_check.py, in a subprocess) the
+    response's log-likelihood of the zi-random model and its gradient in both terms'
+    effects, summed over padded shards as a sharded fit sums them, equal the sums on
+    all rows (1e-12); without the terms' linear predictors (the zi term read as a
+    conditional one) the sum moves by over 100."""
+    env = {**subprocess_env(), "MIXEDFX_CPU_DEVICES": "3"}
+    env.pop("TF_CONFIG", None)
+    done = subprocess.run([sys.executable, str(Path(__file__).parent / "distributed_zi_check.py")], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["replicas"] == 3 and out["rows_per_replica"] * 3 > out["n_rows"] == 599
+    assert out["predictors"] == ["cond", "zi"]
+    assert abs(out["sharded"] - out["local"]) < 1e-12 * abs(out["local"])
+    for local, sharded in zip(out["local_gradient"], out["sharded_gradient"]):
+        np.testing.assert_allclose(sharded, local, rtol=1e-12, atol=1e-12)
+    assert abs(out["sharded_without_predictors"] - out["local"]) > 100
+
+
+@pytest.mark.slow
+def test_bootstrap_intervals_cover_the_zi_parameters(fitted):
+    """``confint(method="bootstrap")`` refits responses simulated with both site effects:
+    every parameter, the zi coefficients and ``zi~sd(site)`` included, gets finite ends
+    (two replicates: the machinery, not the coverage; each refit about 15-70 s)."""
+    table = fitted.confint(method="bootstrap", n_boot=2, random_state=1)
+    assert list(table.index) == list(fitted.fit_summary_.parameter_names)
+    assert np.isfinite(table.to_numpy()).all() and table.attrs["n_boot"] == 2
+    assert np.all(table["97.5 %"] > table["2.5 %"])  # the two replicates differ in every parameter
+    assert 0.3 < table.loc["zi~sd(site)"].mean() < 2.0

@@ -377,7 +377,7 @@ class MixedEffectsModel(AfterFitMethods, BaseEstimator):
         One assignment of a new ``__dict__``: an interrupt (Ctrl-C) lands before or
         after it, never between two attributes."""
         stale = {"feature_names_in_", "cutpoints_", "dispersion_", "zi_fixed_effects_", "disp_fixed_effects_",
-                 "_ddf_cache"} - set(fitted)
+                 "wald_cov_", "_ddf_cache"} - set(fitted)
         state = {name: value for name, value in self.__dict__.items() if name not in stale}
         state.update(fitted)
         self.__dict__ = state
@@ -527,8 +527,10 @@ def _estimates(model: MixedModel, random_design, finished) -> dict:
     built by :mod:`mixedfx.tables`."""
     params, family = finished.parameters, model.family
     fixed_cov, blocks, block_covs = finished.fixed_effects_cov, family.coefficient_blocks(), []
+    joint = finished.wald_cov
     if blocks:  # zi or disp coefficients: their correlation with the fixed effects counts
-        joint = wald_covariance(model, params, finished.conditional_means)
+        if joint is None:  # the Gaussian family's exact finish computes none
+            joint = wald_covariance(model, params, finished.conditional_means)
         p, end = len(model.fixed_names), len(joint)
         fixed_cov, start = joint[:p, :p], end - sum(len(names) for _, names in blocks)
         for _, names in blocks:  # at the end of the family's parameters, in order
@@ -562,6 +564,10 @@ def _estimates(model: MixedModel, random_design, finished) -> dict:
         fitted["cutpoints_"] = tables.thresholds_series(family, thresholds)
     if "dispersion" in family.parameter_names:
         fitted["dispersion_"] = float(params.family_params["dispersion"])
+    if blocks:  # kept: predict_interval reads the fixed effects' covariance with the family's
+        labels = list(model.fixed_names) + list(family.parameter_labels())
+        labels = labels if len(labels) == len(joint) else list(range(len(joint)))
+        fitted["wald_cov_"] = pd.DataFrame(joint, index=labels, columns=labels)
     for (key, names), block_cov in zip(blocks, block_covs):
         fitted[f"{key}_fixed_effects_"] = tables.coefficient_table(params.family_params[key], names, block_cov)
     return fitted

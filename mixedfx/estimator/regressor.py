@@ -13,6 +13,11 @@ from mixedfx import results
 from mixedfx.estimator.base import MixedEffectsModel
 from mixedfx.estimator.docstrings import fill_docstring
 from mixedfx.exceptions import ParameterError
+from mixedfx.model.joint import numpy_random_part
+
+INTERVAL_DRAWS = 4096
+"""Quasi-random draws of the linear predictors behind :meth:`MixedEffectsRegressor.predict_interval`
+when random terms enter the family's own linear predictors (a power of two: Sobol's balance)."""
 
 __all__ = ["MixedEffectsRegressor"]
 
@@ -92,6 +97,11 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsModel):
         With a ``dispformula``: glmmTMB's "Dispersion model" table.
     disp_design_ : FixedDesign or None
         The dispersion design.
+    wald_cov_ : pandas.DataFrame
+        With a ``ziformula`` or ``dispformula``: the Wald covariance of the (internal)
+        fixed effects and the family's unconstrained parameters jointly, labelled by
+        the fit's parameter names, computed once per fit; ``fixed_effects_cov_`` and the
+        zi and disp tables' standard errors are its blocks.
 
     See Also
     --------
@@ -249,7 +259,12 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsModel):
         row's random effects' conditional covariance (exact for the Gaussian family,
         from the E-step draws otherwise), or to their fitted covariance for a level
         not seen in fit; the covariance between the two estimates is left out, as in
-        merTools' ``predictInterval`` for lme4.
+        merTools' ``predictInterval`` for lme4.  With random terms in the zero part
+        (``ziformula = "~ x + (1 | g)"``) both linear predictors vary: the zero part's
+        variance likewise (its coefficients' Wald covariance, jointly with the fixed
+        effects', plus its random effects' conditional covariance), and the ends are
+        quantiles over 4096 quasi-random draws of the two (``kind="mean"``: of the
+        response mean; ``"prediction"``: of a response drawn at each).
 
         Parameters
         ----------
@@ -293,7 +308,10 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsModel):
         z = stats.norm.ppf(1.0 - alpha / 2.0)
         rows = self._prediction_rows(self._input_frame(X))
         fit = self.family_.response_mean(eta, family_params, rows=rows)
-        if self.family_.conjugate_gaussian:
+        keys = [key for key in dict.fromkeys(t.predictor for t in self.random_design_.terms) if key != "cond"]
+        if keys and terms:  # random terms in the family's own linear predictors (glmmTMB's zi)
+            lower, upper = self._drawn_interval(X, X_fixed, eta, terms, keys, rows, alpha=alpha, kind=kind)
+        elif self.family_.conjugate_gaussian:
             if kind == "prediction":
                 variance = variance + self.family_.residual_sd(family_params) ** 2
             lower, upper = fit - z * np.sqrt(variance), fit + z * np.sqrt(variance)
@@ -306,6 +324,34 @@ class MixedEffectsRegressor(RegressorMixin, MixedEffectsModel):
                 means = [self.family_.response_mean(end, family_params, rows=rows) for end in ends]
                 lower, upper = np.minimum(*means), np.maximum(*means)
         return pd.DataFrame({"fit": fit, "lower": lower, "upper": upper}, index=self._input_frame(X).index)
+
+    def _drawn_interval(self, X, X_fixed, eta, terms, keys, rows, *, alpha, kind):
+        """:meth:`predict_interval`'s ends with random terms in the family's own linear
+        predictors ``keys``: the ``alpha/2`` and ``1-alpha/2`` quantiles over
+        :data:`INTERVAL_DRAWS` quasi-random (scrambled Sobol) normal draws of the
+        linear predictors jointly (:func:`~mixedfx.results.predictor_covariance`: the
+        conditional and the zero part's, each with its random effects' conditional
+        covariance) of the response mean (``kind="mean"``), or of a response drawn at
+        each (``"prediction"``: by the family's quantile function at one more
+        quasi-random uniform)."""
+        design = self._family_design(self._input_frame(X))
+        cov = results.predictor_covariance(self, X_fixed, design, terms, keys=keys)
+        values, vectors = np.linalg.eigh(cov)  # a square root that a singular covariance (an sd of 0) has too
+        scale = vectors * np.sqrt(np.clip(values, 0.0, None))[:, None, :]
+        sobol = stats.qmc.Sobol(len(keys) + 2, seed=0).random(INTERVAL_DRAWS)
+        normal = stats.norm.ppf(np.clip(sobol[:, :-1], 1e-12, 1 - 1e-12))
+        shifts = np.einsum("nab,sb->san", scale, normal)  # [draws, predictor, row]
+        effects = self._term_effects()
+        offsets = {key: numpy_random_part(effects, terms, predictor=key, n_rows=len(eta)) + shifts[:, 1 + a]
+                   for a, key in enumerate(keys)}
+        params = self.family_.with_predictor_offsets(dict(self.model_parameters_.family_params), offsets)
+        etas = eta + shifts[:, 0]
+        if kind == "mean":
+            drawn = self.family_.response_mean(etas, params, rows=rows)
+        else:
+            drawn = self._response_quantiles(etas, sobol[:, -1:], rows, params)
+        method = "linear" if kind == "mean" else "inverted_cdf"
+        return (np.quantile(drawn, q, axis=0, method=method) for q in (alpha / 2.0, 1.0 - alpha / 2.0))
 
     def _response_quantiles(self, eta, q, rows, family_params):
         """Quantile ``q`` of the response at linear predictor ``eta`` (the family's; scipy's

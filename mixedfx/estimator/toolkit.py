@@ -335,14 +335,16 @@ class AfterFitMethods:
         Parameters
         ----------
         method : {"wald", "bootstrap", "profile"}, default "wald"
-            ``"wald"``: estimate +- z SE for the fixed effects (the variance
-            parameters get NaN, as in lme4).  ``"bootstrap"``: parametric bootstrap
+            ``"wald"``: estimate +- z SE for the fixed effects, and the
+            coefficients of a ``ziformula`` or ``dispformula`` (the variance
+            parameters get NaN, as in lme4 and glmmTMB).  ``"bootstrap"``: parametric bootstrap
             percentile intervals for every parameter: ``n_boot`` responses simulated
             from the fitted model on the training rows, each refitted (lme4's
             ``confint(method = "boot")``).  ``"profile"``: profile likelihood
             intervals (lme4's ``confint(m, method = "profile")``, its default; see
             :func:`mixedfx.profile.profile_intervals`): a REML fit is profiled on the
-            ML deviance, as lme4 does.
+            ML deviance, as lme4 does; refused for a family with its own linear
+            models (``ziformula``, ``dispformula``).
         level : float, default 0.95
         n_boot : int, default 200
             Bootstrap replicates (each a full fit).

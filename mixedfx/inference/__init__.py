@@ -2,7 +2,8 @@
 
 * :mod:`~mixedfx.inference.estep`: HMC over the random effects;
 * :mod:`~mixedfx.inference.gibbs`: blocked Gibbs over them, where the family's
-  likelihood is conditionally Gaussian (``MCEMOptions(e_step=...)``);
+  likelihood is conditionally Gaussian (``MCEMOptions(e_step=...)``), and
+  :mod:`~mixedfx.inference.polya_gamma`, where it is logistic (Polya-Gamma augmented);
 * :mod:`~mixedfx.inference.mstep`: the parameter-expanded M-step;
 * :mod:`~mixedfx.inference.msteps`: its two regression strategies (closed-form
   Gaussian, Newton) behind one interface;

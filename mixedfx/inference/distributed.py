@@ -199,9 +199,11 @@ class ShardedRows:
         return rows
 
     @staticmethod
-    def tensors(shard, num_levels, keys, dims) -> ModelTensors:
-        """A shard as :class:`ModelTensors` (inside a replica function)."""
-        return model_tensors(shard, num_levels=num_levels, keys=keys, dims=dims)
+    def tensors(shard, num_levels, keys, dims, predictors=None) -> ModelTensors:
+        """A shard as :class:`ModelTensors` (inside a replica function); ``predictors``
+        as :func:`~mixedfx.inference.rows.model_tensors`' (a model's ``predictors``: the
+        linear predictor each term enters, glmmTMB's ``zi`` ones included)."""
+        return model_tensors(shard, num_levels=num_levels, keys=keys, dims=dims, predictors=predictors)
 
 
 @functools.lru_cache(maxsize=64)

@@ -298,12 +298,17 @@ class MCEMDriver:
                 bar.set_postfix_str(self.decision.message, refresh=False)
                 if self.decision.converged:
                     break
+            if not self.decision.converged and self.decision.stop_at is not None:
+                # max_iter came while the rule averaged its fresh window: its criteria were
+                # met, the window is shorter than planned.
+                self.decision = self.assess(self.last, stop_at=acc.n_iter)
         finally:
             bar.close()
 
-    def assess(self, out: BlockOutput) -> Decision:
+    def assess(self, out: BlockOutput, *, stop_at=None) -> Decision:
         """The stopping rule's decision after block ``out``, on the working scale, with
-        each parameter's statistical scale and the parameters at a boundary frozen."""
+        each parameter's statistical scale and the parameters at a boundary frozen; the
+        last decision's ``stop_at`` (or the one given) handed back to rules that set it."""
         layout, model, acc = self.layout, self.model, self.accumulators
         trace = np.asarray(acc.trace_rows)
         posterior_var = [
@@ -325,4 +330,7 @@ class MCEMDriver:
         scale = layout.statistical_scale(model, trace[-1], fixed_scale=self._fixed_scale, posterior_var=posterior_var,
                                          rates=rates)
         frozen = layout.at_boundary(trace[-1], residual_sd=layout.residual_sd(trace[-1])) | self._unjudged
-        return self.rule.assess(layout.working(trace), window_start=acc.window_start, scale=scale, frozen=frozen)
+        stop_at = stop_at if stop_at is not None else getattr(self.decision, "stop_at", None)
+        extra = {} if stop_at is None else {"stop_at": stop_at}
+        return self.rule.assess(layout.working(trace), window_start=acc.window_start, scale=scale, frozen=frozen,
+                                **extra)

@@ -86,7 +86,7 @@ def exact_fit(model: MixedModel, fixed_effects: np.ndarray, *, method: str = "ml
         tolerance=np.zeros(n_params), trace=np.zeros((0, n_params)), objective=np.zeros(0),
         acceptance=np.zeros(0), step_size=np.zeros(0), n_chains=0, n_draws=0, n_leapfrog_steps=0,
         at_boundary=tuple(name for name, kind in zip(layout.names, layout.kinds) if kind in ("sd", "family")),
-        elapsed_seconds=time.perf_counter() - start, first_call_seconds=0.0, method=method,
+        elapsed_seconds=time.perf_counter() - start, first_call_seconds=0.0, method=method, e_step="none",
         data_warnings=(text,))
     shapes = [(term.num_levels, term.dim) for term in model.random_terms]
     zero = tuple(np.zeros((dim, dim)) for dim in layout.dims)

@@ -18,7 +18,7 @@ import numpy as np
 from mixedfx.exceptions import DataWarning
 from mixedfx.inference.boundary import boundary_components, zero_components
 from mixedfx.inference.distributed import sharded_cross_products
-from mixedfx.inference.layout import fixed_effects_covariance
+from mixedfx.inference.layout import fixed_effects_covariance, wald_covariance
 from mixedfx.inference.mcem import MCEMResult
 from mixedfx.inference.runaway import runaway_fixed_effects, runaway_message
 from mixedfx.inference.memory import peak_memory_bytes
@@ -62,6 +62,11 @@ class FinishedFit:
         Per term, the kept E-step draws.
     boundary_names : tuple of str
         The parameters moved onto the boundary.
+    wald_cov : numpy.ndarray or None
+        For a family with its own coefficients (glmmTMB's ``zi`` or ``disp``): the Wald
+        covariance of the fixed effects and the family's unconstrained parameters
+        jointly (:func:`~mixedfx.inference.layout.wald_covariance`), computed once;
+        ``fixed_effects_cov`` is its leading block.  ``None`` otherwise.
     """
 
     parameters: ModelParameters
@@ -75,6 +80,7 @@ class FinishedFit:
     conditional_covs: tuple
     draws: tuple
     boundary_names: tuple[str, ...]
+    wald_cov: np.ndarray | None = None
 
 
 def finish_fit(model: MixedModel, result: MCEMResult, *, reml: bool = False, seed: int = 0, distribute=None,
@@ -165,11 +171,16 @@ def _finish(model, result, *, reml, seed, distribute, max_dense_entries, stackle
         likelihood = (estimate.log_likelihood, estimate.standard_error, estimate.method, estimate.laplace)
     except DenseBlockTooLarge as exc:
         warnings.warn(f"log-likelihood not computed: {exc}", UserWarning, stacklevel=stacklevel)
-    try:
-        cov = fixed_effects_covariance(model, params, result.random_effects)
-    except DenseBlockTooLarge:
-        cov = np.full((len(model.fixed_names),) * 2, np.nan)
-    return FinishedFit(parameters=params, fixed_effects_cov=cov, log_likelihood=likelihood[0],
+    joint = None
+    if model.family.coefficient_blocks():  # one computation for the fixed effects' and the family's tables
+        joint = wald_covariance(model, params, result.random_effects)
+        cov = joint[:len(model.fixed_names), :len(model.fixed_names)]
+    else:
+        try:
+            cov = fixed_effects_covariance(model, params, result.random_effects)
+        except DenseBlockTooLarge:
+            cov = np.full((len(model.fixed_names),) * 2, np.nan)
+    return FinishedFit(parameters=params, fixed_effects_cov=cov, wald_cov=joint, log_likelihood=likelihood[0],
                        log_likelihood_se=likelihood[1], log_likelihood_method=likelihood[2],
                        log_likelihood_laplace=likelihood[3],
                        conditional_means=tuple(result.random_effects),

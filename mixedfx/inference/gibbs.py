@@ -38,7 +38,8 @@ from mixedfx._tf import tf, tfp
 from mixedfx.inference.estep import Centering, EStepResult
 from mixedfx.model.joint import family_inputs
 
-__all__ = ["BlockedGibbs", "BlockedGibbsResults", "gibbs_e_step", "gibbs_row_functions", "prior_precision_matrices"]
+__all__ = ["BlockedGibbs", "BlockedGibbsResults", "gibbs_e_step", "gibbs_row_functions", "prior_precision_matrices",
+           "term_sums"]
 
 
 class BlockedGibbsResults(NamedTuple):
@@ -83,17 +84,8 @@ def gibbs_row_functions(family, tensors_of, num_levels):
     def block(row_data, effects, own, fixed_effects, free, term):
         tensors = tensors_of(row_data)
         eta, precision, working = rows_of(tensors, effects, fixed_effects, free)
-        index, z = tensors.group_index[term], tensors.z[term]
-        z = tf.ones_like(tensors.fixed_design[:, :1]) if z is None else z  # [n, dim]
-        own_rows = tf.reduce_sum(tf.gather(own, index, axis=-2) * z, axis=-1)  # [..., n]
-        weighted = precision[..., None] * z  # [..., n, dim]
-        # rows first for the segment sums: [n, ..., dim]
-        rows_first = tf.experimental.numpy.moveaxis
-        outer = rows_first(weighted[..., :, None] * z[:, None, :], -3, 0)
-        linear = rows_first(weighted * (working - eta + own_rows)[..., None], -2, 0)
-        q = num_levels[term]
-        return (rows_first(tf.math.unsorted_segment_sum(outer, index, q), 0, -3),
-                rows_first(tf.math.unsorted_segment_sum(linear, index, q), 0, -2))
+        return term_sums(tensors, term, num_levels[term], own, eta=eta, precision=precision,
+                         precision_working=precision * working)
 
     def fixed(row_data, effects, free):
         tensors = tensors_of(row_data)
@@ -104,6 +96,25 @@ def gibbs_row_functions(family, tensors_of, num_levels):
                 tf.einsum("...np,...n->...p", weighted, working - eta))
 
     return block, fixed
+
+
+def term_sums(tensors, term, num_levels, own, *, eta, precision, precision_working):
+    """Per level of term ``term``, ``(sum w z z', sum z (w r))`` over the rows of
+    ``tensors``, ``[..., levels, dim, dim]`` and ``[..., levels, dim]``: ``w`` the rows'
+    precision (``[..., n]``), ``w r = precision_working - w (eta - own part)`` with
+    ``precision_working`` the row's linear coefficient in ``eta`` (``w y`` for a
+    Gaussian row, ``kappa`` for a Polya-Gamma augmented one) and ``own`` the term's
+    coordinates, whose part of ``eta`` is added back."""
+    index, z = tensors.group_index[term], tensors.z[term]
+    z = tf.ones_like(tensors.fixed_design[:, :1]) if z is None else z  # [n, dim]
+    own_rows = tf.reduce_sum(tf.gather(own, index, axis=-2) * z, axis=-1)  # [..., n]
+    weighted = precision[..., None] * z  # [..., n, dim]
+    # rows first for the segment sums: [n, ..., dim]
+    rows_first = tf.experimental.numpy.moveaxis
+    outer = rows_first(weighted[..., :, None] * z[:, None, :], -3, 0)
+    linear = rows_first(z * (precision_working - precision * (eta - own_rows))[..., None], -2, 0)
+    return (rows_first(tf.math.unsorted_segment_sum(outer, index, num_levels), 0, -3),
+            rows_first(tf.math.unsorted_segment_sum(linear, index, num_levels), 0, -2))
 
 
 class BlockedGibbs(tfp.mcmc.TransitionKernel):
@@ -157,8 +168,11 @@ class BlockedGibbs(tfp.mcmc.TransitionKernel):
     ...             tf.transpose(tf.math.unsorted_segment_sum(rows_first, index, 2))[..., None])
     >>> kernel = BlockedGibbs(block_sums, prior_precision=[tf.eye(1, dtype=tf.float64)],
     ...                       fixed_effects=tf.zeros([1], tf.float64), num_levels=(2,))
-    >>> draws = tfp.mcmc.sample_chain(4000, current_state=[tf.zeros([2, 2, 1], tf.float64)], kernel=kernel,
-    ...                               trace_fn=None, seed=(1, 2))[0]
+    >>> @tf.function  # one graph for the 4000 sweeps (eagerly, each sweep would run op by op)
+    ... def sample():
+    ...     return tfp.mcmc.sample_chain(4000, current_state=[tf.zeros([2, 2, 1], tf.float64)], kernel=kernel,
+    ...                                  trace_fn=None, seed=(1, 2))[0]
+    >>> draws = sample()
     >>> np.round(draws.numpy().mean(axis=(0, 1))[:, 0], 1).tolist(), round(float(draws.numpy().var()), 1)
     ([1.0, 3.0], 1.3)
     >>> kernel.is_calibrated
@@ -197,34 +211,42 @@ class BlockedGibbs(tfp.mcmc.TransitionKernel):
         if p["fixed_effects_draw"] is not None:
             fixed_effects = p["fixed_effects_draw"](self.to_model(state), seeds[-1])
         for k in range(len(state)):
-            mean, chol = self.block_conditional(k, state, fixed_effects)
-            noise = tf.random.stateless_normal(tf.shape(mean), seeds[k], dtype=mean.dtype)
+            augmentation_seed, noise_seed = self.term_seeds(seeds[k])
+            mean, chol = self.block_conditional(k, state, fixed_effects, seed=augmentation_seed)
+            noise = tf.random.stateless_normal(tf.shape(mean), noise_seed, dtype=mean.dtype)
             # L^-T noise has covariance (L L')^-1 = P^-1
             state[k] = mean + tf.linalg.triangular_solve(chol, noise[..., None], lower=True, adjoint=True)[..., 0]
         return state, BlockedGibbsResults(sweeps=previous_kernel_results.sweeps + 1)
+
+    def term_seeds(self, seed):
+        """``(augmentation seed, noise seed)`` of one term's draw: no augmentation here
+        (:class:`~mixedfx.inference.polya_gamma.PolyaGammaGibbs` has one)."""
+        return None, seed
 
     def to_model(self, state):
         """Sampler coordinates to model coordinates (:meth:`Centering.to_model`)."""
         return self._parameters["centering"].to_model(list(state), self._parameters["parent_level"])
 
-    def block_conditional(self, term, state, fixed_effects):
+    def block_conditional(self, term, state, fixed_effects, seed=None):
         """Term ``term``'s conditional given the rest of ``state`` (sampler coordinates):
         ``(mean, chol)``, its mean ``[..., levels, dim]`` and the Cholesky factor of its
-        precision ``[..., levels, dim, dim]``."""
-        precision, linear = self.conditional_precision(term, state, fixed_effects)
+        precision ``[..., levels, dim, dim]`` (``seed``: the augmentation's, if any)."""
+        precision, linear = self.conditional_precision(term, state, fixed_effects, seed=seed)
         chol = tf.linalg.cholesky(precision)
         return tf.linalg.cholesky_solve(chol, linear[..., None])[..., 0], chol
 
-    def conditional_precision(self, term, state, fixed_effects):
+    def conditional_precision(self, term, state, fixed_effects, seed=None):
         """``(P, h)`` of term ``term``'s conditional, ``log p = -x'Px/2 + h'x + const``
         per level: the rows' share (a term at the end of its centred chain, or not
         centred), its own prior's (centred on its parent's coordinate), and its
-        centred children's priors'."""
+        centred children's priors'.  With an augmentation ``seed``, ``block_sums``
+        takes it last (the rows' auxiliary variables are drawn with it)."""
         p = self._parameters
         centering, parent_level, prior = p["centering"], p["parent_level"], p["prior_precision"]
         own = state[term]
         if centering.children[term] is None:
-            precision, linear = p["block_sums"](term, self.to_model(state), own, fixed_effects)
+            extra = () if seed is None else (seed,)
+            precision, linear = p["block_sums"](term, self.to_model(state), own, fixed_effects, *extra)
         else:  # the rows see only the chain's last term
             precision, linear = tf.zeros_like(own[..., None]) * own[..., None, :], tf.zeros_like(own)
         precision = precision + prior[term]

@@ -26,6 +26,7 @@ from typing import NamedTuple
 from mixedfx._tf import tf, tfp
 from mixedfx.inference.estep import Centering, data_precision_diagonal, hmc_e_step, prior_precision_diagonal
 from mixedfx.inference.gibbs import BlockedGibbs, gibbs_e_step, gibbs_row_functions, prior_precision_matrices
+from mixedfx.inference.polya_gamma import PolyaGammaGibbs, polya_gamma_row_functions
 from mixedfx.inference.mstep import (
     Expansion,
     covariance_update,
@@ -240,7 +241,10 @@ def _row_functions(config: LoopConfig) -> _RowFunctions:
 
     m_step = m_step_for(family, log_likelihood=log_likelihood, tensors_of=tensors_of, dims=config.dims,
                         reml=config.reml, structures=config.structures, predictors=config.predictors)
-    gibbs = gibbs_row_functions(family, tensors_of, num_levels) if config.e_step == "gibbs" else None
+    gibbs = None
+    if config.e_step == "gibbs":  # the family says which: conditionally Gaussian, or Polya-Gamma augmented
+        row_functions = gibbs_row_functions if family.conditionally_gaussian else polya_gamma_row_functions
+        gibbs = row_functions(family, tensors_of, num_levels)
     return _RowFunctions(log_likelihood, e_step_log_likelihood, information, level_sums, m_step, gibbs)
 
 
@@ -373,9 +377,18 @@ def _e_step(ctx: _CallContext, em: EMState, *, step_seed, prior_precision, num_b
 def _gibbs_kernel(ctx: _CallContext, em: EMState) -> BlockedGibbs:
     """The blocked Gibbs kernel at ``em``'s parameters: its sums over rows go through
     the call's rows object; under REML each sweep first draws the fixed effects given
-    the random effects, from ``N(A^-1 c, A^-1)`` with ``A = X'WX`` (flat prior)."""
+    the random effects, from ``N(A^-1 c, A^-1)`` with ``A = X'WX`` (flat prior).  A
+    family that is not conditionally Gaussian is Polya-Gamma augmented
+    (:class:`~mixedfx.inference.polya_gamma.PolyaGammaGibbs`)."""
     block, fixed = ctx.functions.gibbs
     data = ctx.data
+    if not ctx.config.family.conditionally_gaussian:
+        return PolyaGammaGibbs(
+            lambda term, effects, own, fixed_effects, seed: ctx.row_sums.sum_seeded(
+                block, seed, effects, own, fixed_effects, em.free, term),
+            prior_precision=prior_precision_matrices(em.scale_tril), fixed_effects=em.fixed_effects,
+            num_levels=ctx.config.num_levels, centering=ctx.centering, parent_level=data["parent_level"],
+            level_weight=data["level_weight"])
 
     def block_sums(term, effects, own, fixed_effects):
         return ctx.row_sums.sum(block, effects, own, fixed_effects, em.free, term)

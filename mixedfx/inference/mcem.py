@@ -107,7 +107,10 @@ class MCEMOptions:
         draws of each term's random effects given the others, one pass over the rows
         per term and sweep; only for a family whose response given the linear
         predictor is normal (``family.conditionally_gaussian``: the Gaussian, also with
-        precision weights, an offset or a dispersion model), else a
+        precision weights, an offset or a dispersion model) or logistic in it
+        (``family.polya_gamma_augmentable``: binomial and bernoulli with the logit
+        link, drawn given Polya-Gamma variables,
+        :class:`~mixedfx.inference.polya_gamma.PolyaGammaGibbs`), else a
         :class:`~mixedfx.ParameterError`.  ``"auto"``: the family's
         ``preferred_e_step``.  A sharded fit (``distribute=``) runs HMC: ``"gibbs"``
         raises there, ``"auto"`` falls back to HMC.  Gibbs is float64 throughout
@@ -180,15 +183,19 @@ def e_step_kernel(family, options: MCEMOptions, *, distribute=None) -> str:
     >>> e_step_kernel(Poisson(), MCEMOptions(e_step="gibbs"))
     Traceback (most recent call last):
     ...
-    mixedfx.exceptions.ParameterError: e_step='gibbs' needs a response that is normal given the linear predictor; the poisson family's is not: use e_step='hmc' or 'auto'
+    mixedfx.exceptions.ParameterError: e_step='gibbs' needs a response that is normal given the linear predictor, or logistic in it (Polya-Gamma augmentation: binomial or bernoulli, logit link); the poisson family's is not: use e_step='hmc' or 'auto'
+    >>> from mixedfx.model import Bernoulli
+    >>> e_step_kernel(Bernoulli(), MCEMOptions(e_step="gibbs"))  # Polya-Gamma augmented
+    'gibbs'
     """
     choice = options.e_step
     if choice not in E_STEP_KERNELS:
         raise ParameterError(f"e_step must be one of {', '.join(map(repr, E_STEP_KERNELS))}, got {choice!r}")
     if choice == "hmc":
         return "hmc"
-    if choice == "gibbs" and not family.conditionally_gaussian:
-        raise ParameterError(f"e_step='gibbs' needs a response that is normal given the linear predictor; the "
+    if choice == "gibbs" and not (family.conditionally_gaussian or family.polya_gamma_augmentable):
+        raise ParameterError(f"e_step='gibbs' needs a response that is normal given the linear predictor, or "
+                             f"logistic in it (Polya-Gamma augmentation: binomial or bernoulli, logit link); the "
                              f"{family.name} family's is not: use e_step='hmc' or 'auto'")
     if distribute is not None:
         if choice == "gibbs":
@@ -363,7 +370,7 @@ def fit_mcem(
     driver.run()
     result = _result(driver, initial=layout.row(initial), method=method, start_time=start_time)
     summary = dataclasses.replace(result.summary, memory_estimate_bytes=memory_estimate,
-                                  memory_peak_bytes=peak_memory_bytes())
+                                  memory_peak_bytes=peak_memory_bytes(), e_step=kernel)
     return dataclasses.replace(result, summary=summary)
 
 

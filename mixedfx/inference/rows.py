@@ -173,6 +173,34 @@ class RowChunks:
         """``fn(rows, *args)`` summed over the chunks."""
         return self._accumulate(lambda rows: fn(rows, *args))
 
+    def sum_seeded(self, fn, seed, *args):
+        """``fn(rows, chunk_seed, *args)`` summed over the chunks, ``chunk_seed`` being
+        ``seed`` folded with the chunk's index (independent random draws per chunk; one
+        chunk takes ``seed`` itself).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from mixedfx._tf import tf
+        >>> from mixedfx.inference.rows import RowChunks
+        >>> chunks = RowChunks({"x": tf.constant(np.ones(8))}, chunk_rows=4)
+        >>> def noisy(rows, seed):
+        ...     return tf.reduce_sum(rows["x"] * tf.random.stateless_uniform([4], seed, dtype=tf.float64))
+        >>> bool(0.0 < float(chunks.sum_seeded(noisy, tf.constant([1, 2]))) < 8.0)
+        True
+        """
+        if self.n_chunks == 1:
+            return fn(self.rows, seed, *args)
+
+        def chunk_sum(i):
+            return fn(self.chunk(i), tf.random.experimental.stateless_fold_in(seed, i), *args)
+
+        def body(i, total):
+            return i + 1, tf.nest.map_structure(tf.add, total, chunk_sum(i))
+
+        _, total = tf.while_loop(lambda i, total: i < self.n_chunks, body, (tf.constant(1), chunk_sum(0)))
+        return total
+
     def sum_with_gradient(self, fn, variables, *args):
         """``fn(rows, variables, *args)`` summed over the chunks, differentiable in
         ``variables``; the chunks' intermediates are never kept."""

@@ -63,6 +63,9 @@ class FitSummary:
         iterations.
     method : str
         ``"ml"`` or ``"reml"``.
+    e_step : str
+        The E-step's kernel: ``"hmc"``, ``"gibbs"`` (blocked Gibbs; Pólya-Gamma
+        augmented for a logit model), or ``"none"`` for a fit without iterations.
     rhat : float
         Largest R-hat (between chains, not split) of each term's mean square of its
         coefficients over the kept draws (those of the E-steps in the averaging
@@ -142,6 +145,7 @@ class FitSummary:
     elapsed_seconds: float
     first_call_seconds: float
     method: str = "ml"
+    e_step: str = "hmc"
     rhat: float = float("nan")
     rhat_noise: float = float("nan")
     rhat_max: float = float("nan")
@@ -202,7 +206,7 @@ class FitSummary:
         state = "converged" if self.converged else "NOT converged"
         return (
             f"FitSummary({state} after {self.n_iter} iterations, {self.n_averaged} averaged; "
-            f"acceptance {self.acceptance_rate:.2f}; R-hat {self.rhat:.3f}; "
+            f"{self.e_step} E-step, acceptance {self.acceptance_rate:.2f}; R-hat {self.rhat:.3f}; "
             + (f"{self.n_divergent} divergent transitions; " if self.n_divergent else "")
             + (f"{self.n_retries} retries; " if self.n_retries else "")
             + f"{self.elapsed_seconds:.1f}s; {self.message})"

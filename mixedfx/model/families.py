@@ -201,6 +201,32 @@ class Family(OwnLinearModels):
         """
         return None
 
+    #: Whether the likelihood is logistic in the linear predictor, ``p(y | eta) propto
+    #: exp(y eta) / (1 + exp(eta))^b``, so that Polya-Gamma variables ``omega ~ PG(b,
+    #: eta)`` make it Gaussian in ``eta`` and the E-step can draw the random effects
+    #: exactly, block by block, given them (:meth:`polya_gamma_rows`).
+    polya_gamma_augmentable: ClassVar[bool] = False
+
+    def polya_gamma_rows(self, response, *, trials=None, weights=None):
+        """``(b, kappa)`` per row when ``log p(y | eta) = kappa eta - b log cosh(eta / 2) +
+        const`` (``= y eta - b log(1 + exp(eta))`` with ``kappa = y - b / 2``; Polson, Scott
+        & Windle 2013): given ``omega ~ PG(b, eta)`` the row is
+        Gaussian in ``eta`` with precision ``omega`` and linear term ``kappa``
+        (:mod:`mixedfx.inference.polya_gamma`); ``None`` for a family whose likelihood is
+        not of that form.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from mixedfx.model import Binomial, Poisson
+        >>> b, kappa = Binomial().polya_gamma_rows(np.array([1.0, 4.0]), trials=np.array([3.0, 5.0]))
+        >>> b.numpy().tolist(), kappa.numpy().tolist()  # trials, successes - trials / 2
+        ([3.0, 5.0], [-0.5, 1.5])
+        >>> Poisson().polya_gamma_rows(np.array([1.0])) is None, Binomial(link_name="probit").polya_gamma_augmentable
+        (True, False)
+        """
+        return None
+
     def fisher_weight(self, linear_predictor, parameters: Mapping[str, tf.Tensor], *, trials=None):
         """Expected information per row about the linear predictor."""
         raise NotImplementedError
@@ -508,6 +534,24 @@ class Binomial(Family):
     def mean(self, linear_predictor, parameters=None):
         eta = np.asarray(linear_predictor, dtype=np.float64)
         return special.expit(eta) if self.link_name == "logit" else stats.norm.cdf(eta)
+
+    @property
+    def polya_gamma_augmentable(self) -> bool:
+        """The logit link's likelihood is logistic in the linear predictor."""
+        return self.link_name == "logit"
+
+    def polya_gamma_rows(self, response, *, trials=None, weights=None):
+        """``b = w n`` and ``kappa = w (y - n / 2)`` (``n`` the trials, ``w`` the prior
+        weights, 1 without): a weight counts the row that many times."""
+        if not self.polya_gamma_augmentable:
+            return None
+        y = tf.convert_to_tensor(response)
+        b = tf.ones_like(y) if trials is None else tf.cast(trials, y.dtype)
+        kappa = y - 0.5 * b
+        if weights is not None:
+            weights = tf.cast(weights, y.dtype)
+            b, kappa = b * weights, kappa * weights
+        return b, kappa
 
     def fisher_weight(self, linear_predictor, parameters, *, trials=None):
         trials = tf.ones_like(linear_predictor) if trials is None else trials

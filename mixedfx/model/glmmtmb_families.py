@@ -479,6 +479,7 @@ class BetaBinomial(LogDispersion, Binomial):
 
     name: ClassVar[str] = "betabinomial"
     glmmtmb_name: ClassVar[str] = "betabinomial"
+    polya_gamma_augmentable: ClassVar[bool] = False  # the beta mixing is not logistic in eta
 
     def __post_init__(self):
         if self.link_name != "logit":
