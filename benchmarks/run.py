@@ -26,7 +26,9 @@ Columns, per case:
 * ``import s``: importing the library in its fresh process (mixedfx: ``import mixedfx`` with TensorFlow);
 * ``fit s``: the fit call alone, wall-clock (no import, no data reading).  mixedfx fits twice in its
   process: ``mixedfx, first fit`` traces and compiles, ``mixedfx, compiled refit`` (another seed, same
-  shapes) reuses the compiled program;
+  shapes) reuses the compiled program.  Both run on an empty compilation cache of the case's own
+  (``MIXEDFX_CACHE_DIR``, :mod:`mixedfx.compile_cache`); a second fresh process then fits again on
+  that cache: ``mixedfx, first fit, warm cache`` traces but loads the compiled programs;
 * ``peak GB``: the process's own peak resident memory (``VmHWM``), import and data included;
 * ``vs fastest peer``: the fastest Python peer that fitted the case, its seconds over this row's (above
   1x: this row is faster); ``vs lme4``: the same for the R reference fit (glmer, clmm for those cases);
@@ -205,9 +207,11 @@ def child_tutorial(case: str, args) -> dict:
     return {"seconds": float(result["seconds"]), "estimates": estimates}
 
 
-def run_child(*args: str) -> dict:
-    """Run ``run.py ARGS`` in a fresh process; its JSON result (with its own peak memory)."""
-    process = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True)
+def run_child(*args: str, env: dict | None = None) -> dict:
+    """Run ``run.py ARGS`` in a fresh process (``env`` added to the environment); its JSON
+    result (with its own peak memory)."""
+    process = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, **(env or {})})
     output = process.stdout.read()
     _, status, _ = os.wait4(process.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
@@ -276,18 +280,31 @@ def run_r(*args) -> tuple[dict | None, str | None]:
 
 # -- the rows of one case ----------------------------------------------------------------------------------
 def mixedfx_rows(case: str, args) -> list[dict]:
-    """The first fit and the compiled refit of mixedfx, in a fresh process."""
-    ours = run_child("--child", "mixedfx", case, *_child_options(args))
+    """The first fit and the compiled refit of mixedfx in a fresh process on an empty
+    compilation cache, then the first fit of another fresh process on the cache it left."""
+    with tempfile.TemporaryDirectory(prefix="mixedfx-bench-cache-") as cache:
+        env = {"MIXEDFX_CACHE_DIR": cache}
+        ours = run_child("--child", "mixedfx", case, *_child_options(args), env=env)
+        warm = run_child("--child", "mixedfx", case, *_child_options(args), env=env) if "error" not in ours else {}
     if "error" in ours:
         return [failed_row(case, "mixedfx", "mixedfx", ours["error"])]
+    runs = [("mixedfx, first fit", ours["fits"][0], ours), ("mixedfx, compiled refit", ours["fits"][1], None)]
+    if "error" in warm:
+        return [*_mixedfx_rows(case, runs, args), failed_row(case, "mixedfx, first fit, warm cache", "mixedfx",
+                                                             warm["error"])]
+    return _mixedfx_rows(case, [*runs, ("mixedfx, first fit, warm cache", warm["fits"][0], warm)], args)
+
+
+def _mixedfx_rows(case: str, runs, args) -> list[dict]:
+    """One table row per ``(label, fit, process)``; ``process`` (None for a refit) gives the
+    import time and peak memory."""
     rows = []
     precision = ", float64 E-step" if args.float64 else ""
-    for label, fit, imported in zip(("mixedfx, first fit", "mixedfx, compiled refit"), ours["fits"],
-                                    (ours["import_seconds"], None)):
+    for label, fit, process in runs:
         note = f"{fit['iterations']} EM iterations{precision}" + ("" if fit["converged"] else ", not converged")
-        rows.append(make_row(case, label, "mixedfx", import_seconds=imported, seconds=fit["seconds"],
-                             memory=ours["peak_memory_gb"], estimates=fit["estimates"], loglik=fit["loglik"],
-                             note=note))
+        rows.append(make_row(case, label, "mixedfx", import_seconds=process and process["import_seconds"],
+                             seconds=fit["seconds"], memory=(process or runs[0][2])["peak_memory_gb"],
+                             estimates=fit["estimates"], loglik=fit["loglik"], note=note))
     return rows
 
 

@@ -26,7 +26,9 @@ import os
 import sys
 import warnings
 
-__all__ = ["tf", "tfp", "tfd", "tfb", "start_xla"]
+from mixedfx import compile_cache
+
+__all__ = ["tf", "tfp", "tfd", "tfb", "start_xla", "native_logs_silenced"]
 
 
 def _cpu_devices() -> int | None:
@@ -62,6 +64,7 @@ def _silenced_stderr_fd():
 
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+compile_cache.configure()  # TF_XLA_FLAGS must name the cache before TensorFlow reads them
 
 with _silenced_stderr_fd(), warnings.catch_warnings():
     # TFP 0.25 checks the TensorFlow version with distutils, which warns on import.
@@ -104,3 +107,37 @@ def start_xla() -> None:
         return
     with _silenced_stderr_fd():
         _first_compile(tf.constant(0.0))
+
+
+@contextlib.contextmanager
+def native_logs_silenced():
+    """Point file descriptor 2 at ``/dev/null`` for native code, while Python's
+    ``sys.stderr`` (warnings, tracebacks, progress bars) still reaches the terminal.
+
+    The fitting loop's first call of a compiled program runs under it: loading a program
+    from the persistent cache (:mod:`mixedfx.compile_cache`) logs a spurious error line
+    per program in TensorFlow 2.21.  ``MIXEDFX_TF_LOGS=1`` shows them.
+
+    Examples
+    --------
+    >>> import sys
+    >>> from mixedfx._tf import native_logs_silenced
+    >>> with native_logs_silenced():
+    ...     print("still printed", file=sys.stdout)
+    still printed
+    """
+    if os.environ.get("MIXEDFX_TF_LOGS") == "1":
+        yield
+        return
+    try:
+        python_on_fd2 = sys.stderr is not None and sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # notebooks: sys.stderr is not fd 2
+        python_on_fd2 = False
+    with contextlib.ExitStack() as stack:
+        if python_on_fd2:
+            sys.stderr.flush()
+            terminal = stack.enter_context(os.fdopen(os.dup(2), "w", buffering=1,
+                                                     encoding=sys.stderr.encoding, errors="backslashreplace"))
+            stack.enter_context(contextlib.redirect_stderr(terminal))
+        stack.enter_context(_silenced_stderr_fd())
+        yield

@@ -21,6 +21,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from mixedfx import lmertest, tables
+from mixedfx import compile_cache
 from mixedfx._tf import start_xla
 from mixedfx.design import (
     MISSING_POLICIES,
@@ -332,7 +333,11 @@ class MixedEffectsModel(AfterFitMethods, BaseEstimator):
                       dropped_rows_=bound.dropped_rows, zi_design_=bound.zi_design,
                       disp_design_=bound.disp_design)
         start_xla()  # the XLA service's start-up logs, silenced once per process
-        fitted.update(self._fit_model(model, bound.random_design))
+        compile_cache.refresh()  # programs other processes compiled since
+        try:
+            fitted.update(self._fit_model(model, bound.random_design))
+        finally:
+            compile_cache.publish()  # programs this fit compiled, for other processes
         self._set_fitted(fitted)
         return self
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
-from mixedfx._tf import tf
+from mixedfx._tf import native_logs_silenced, tf
 from mixedfx.exceptions import FitError
 from mixedfx.inference.initial import conditional_modes
 from mixedfx.inference.layout import complete_data_scale, fixed_effects_scale
@@ -277,8 +277,12 @@ class MCEMDriver:
         try:
             while acc.n_iter < options.max_iter:
                 num_burnin = options.n_initial_burnin if not acc.n_iter else options.n_burnin
-                out = self.run_block(self.em, tf.constant(num_burnin))
-                if not acc.n_iter:
+                if acc.n_iter:
+                    out = self.run_block(self.em, tf.constant(num_burnin))
+                else:
+                    # A program loaded from the persistent cache logs a spurious error.
+                    with native_logs_silenced():
+                        out = self.run_block(self.em, tf.constant(num_burnin))
                     self.first_call_seconds = time.perf_counter() - start_time
                 block = out.traces["parameters"].numpy()
                 fault = block_fault(out, block, self.layout.names, transitions=options.n_chains * options.n_draws)
