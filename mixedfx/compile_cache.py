@@ -31,11 +31,9 @@ failure of the cache is an error: the program is compiled as without it.
 
 Examples
 --------
->>> from mixedfx.compile_cache import cache_root
->>> cache_root({"MIXEDFX_CACHE_DIR": "off"}) is None
+>>> from mixedfx import compile_cache
+>>> compile_cache.active() is None or compile_cache.active().shared.name == compile_cache.machine_tag()
 True
->>> str(cache_root({"MIXEDFX_CACHE_DIR": "/tmp/mfx"}))
-'/tmp/mfx'
 """
 
 from __future__ import annotations
@@ -67,6 +65,14 @@ def cache_root(environ=os.environ) -> Path | None:
     ``MIXEDFX_CACHE_DIR`` names it (``off``, ``0``, ``none``, ``false`` or ``no``
     switch the cache off; empty means unset); otherwise the platform's user cache
     directory, ``mixedfx`` under it.
+
+    Examples
+    --------
+    >>> from mixedfx.compile_cache import cache_root
+    >>> cache_root({"MIXEDFX_CACHE_DIR": "off"}) is None
+    True
+    >>> str(cache_root({"MIXEDFX_CACHE_DIR": "/tmp/mfx"}))
+    '/tmp/mfx'
     """
     value = environ.get("MIXEDFX_CACHE_DIR", "").strip()
     if value.lower() in _OFF:
@@ -315,13 +321,19 @@ def configure(environ=os.environ) -> CompileCache | None:
     """
     global _ACTIVE
     root = cache_root(environ)
-    if root is None or "tf_xla_persistent_cache_directory" in environ.get("TF_XLA_FLAGS", ""):
+    if root is None:
         return None
     shared = root / "xla" / machine_tag()
+    # A child process inherits its parent's TF_XLA_FLAGS: the parent's private directory
+    # is dropped (each process gets its own); a cache the user named is left alone.
+    flag = "--tf_xla_persistent_cache_directory="
+    flags = [token for token in environ.get("TF_XLA_FLAGS", "").split()
+             if not (token.startswith(flag) and Path(token[len(flag):]).parent == shared)]
+    if any(token.startswith(flag) for token in flags):
+        return None
     token = f"{_PRIVATE_PREFIX}{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
     _ACTIVE = CompileCache(shared, shared / token, max_bytes=_max_bytes(environ))
-    flags = environ.get("TF_XLA_FLAGS", "")
-    environ["TF_XLA_FLAGS"] = f"{flags} --tf_xla_persistent_cache_directory={_ACTIVE.private}".strip()
+    environ["TF_XLA_FLAGS"] = " ".join([*flags, f"{flag}{_ACTIVE.private}"])
     atexit.register(_ACTIVE.close)
     return _ACTIVE
 

@@ -135,6 +135,18 @@ def test_a_user_cache_flag_is_left_alone(tmp_path):
     assert environ["TF_XLA_FLAGS"] == "--tf_xla_persistent_cache_directory=/elsewhere"
 
 
+def test_a_child_process_gets_a_private_directory_of_its_own(tmp_path, monkeypatch):
+    """A child inherits its parent's TF_XLA_FLAGS (pytest-xdist workers, joblib's processes):
+    the parent's private directory is replaced by the child's, other flags kept."""
+    monkeypatch.setattr(compile_cache, "_ACTIVE", None)
+    parent = {"MIXEDFX_CACHE_DIR": str(tmp_path), "TF_XLA_FLAGS": "--tf_xla_cpu_global_jit"}
+    first = configure(parent)
+    child = dict(parent)
+    second = configure(child)
+    assert first.shared == second.shared and first.private != second.private
+    assert child["TF_XLA_FLAGS"] == f"--tf_xla_cpu_global_jit --tf_xla_persistent_cache_directory={second.private}"
+
+
 def test_the_default_root_is_the_user_cache_directory(monkeypatch):
     if sys.platform in ("win32", "darwin"):
         pytest.skip("the XDG rule is Linux's; macOS and Windows use their own cache folders")

@@ -248,10 +248,14 @@ def gaussian_regression(statistics, *, fixed_xtx, fixed_xty, ols_beta, ols_rss, 
     delta = _restricted_least_squares(gram, rhs, basis, p)
     residual_ss = response_ss - 2.0 * tf.reduce_sum(delta * rhs) + tf.reduce_sum(delta * tf.linalg.matvec(gram, delta))
     theta = base + delta
+    # A response the random effects reproduce drives sigma to zero geometrically; the floor,
+    # 1e-7 of the fixed-effects-only residual sd, keeps 1 / sigma finite (HMC broke down once
+    # it underflowed) and is far below any sigma the data can estimate.
+    floor = 1e-7 * tf.sqrt(ols_rss / n_obs)
     if reml is None:
-        sigma = tf.sqrt(tf.maximum(residual_ss, 0.0) / n_obs)
+        sigma = tf.maximum(tf.sqrt(tf.maximum(residual_ss, 0.0) / n_obs), floor)
         return theta[:p], _scale_matrices(theta[p:], dims), sigma
-    sigma = tf.sqrt((tf.maximum(residual_ss, 0.0) + p * tf.square(reml["sigma"])) / n_obs)
+    sigma = tf.maximum(tf.sqrt((tf.maximum(residual_ss, 0.0) + p * tf.square(reml["sigma"])) / n_obs), floor)
     fixed_effects = theta[:p] + tf.linalg.matvec(reml["xtx_inv"], fixed_xty - xtzb)
     return fixed_effects, _scale_matrices(theta[p:], dims), sigma
 
