@@ -215,6 +215,9 @@ class CompileCache:
             if name in self._known or not isinstance(record, dict):
                 continue
             source = self.shared / name
+            if (self.private / name).exists():  # compiled here before another process published it
+                self._known.add(name)
+                continue
             try:
                 stat = source.stat()
                 if (stat.st_size, stat.st_mtime_ns) != (record.get("size"), record.get("mtime_ns")):
@@ -242,8 +245,13 @@ class CompileCache:
             manifest = self._manifest()
             for name in new:
                 temp = self.shared / f".{name}.{secrets.token_hex(6)}"
-                shutil.copyfile(self.private / name, temp)
-                os.replace(temp, self.shared / name)
+                try:
+                    shutil.copyfile(self.private / name, temp)
+                    os.replace(temp, self.shared / name)
+                except OSError:  # a full disk: nothing half-written is left behind
+                    with contextlib.suppress(OSError):
+                        temp.unlink()
+                    raise
                 stat = (self.shared / name).stat()
                 manifest[name] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "published": time.time()}
                 self._known.add(name)
@@ -263,7 +271,7 @@ class CompileCache:
             with contextlib.suppress(OSError):
                 (self.shared / name).unlink()
         now = time.time()
-        for path in self.shared.glob("*.pb"):
+        for path in [*self.shared.glob("*.pb"), *self.shared.glob(".*.pb.*")]:  # entries, temporary copies
             with contextlib.suppress(OSError):
                 if path.name not in manifest and now - path.stat().st_mtime > _ORPHAN_SECONDS:
                     path.unlink()
@@ -320,7 +328,10 @@ def configure(environ=os.environ) -> CompileCache | None:
     are made at the first fit (:func:`refresh`).
     """
     global _ACTIVE
-    root = cache_root(environ)
+    try:
+        root = cache_root(environ)
+    except RuntimeError:  # no home directory to find the user's cache directory in
+        return None
     if root is None:
         return None
     shared = root / "xla" / machine_tag()
