@@ -20,8 +20,7 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from mixedfx import lmertest, tables
-from mixedfx import compile_cache
+from mixedfx import compile_cache, lmertest, tables
 from mixedfx._tf import start_xla
 from mixedfx.design import (
     MISSING_POLICIES,
