@@ -26,8 +26,10 @@ The cache lives under the user's cache directory (``~/.cache/mixedfx`` on Linux,
 ``MIXEDFX_CACHE_DIR`` moves it; ``MIXEDFX_CACHE_DIR=off`` switches it off.  Both are
 read when mixedfx is imported, before TensorFlow starts.  It holds at most
 ``MIXEDFX_CACHE_MAX_MB`` megabytes (default 2,000); the oldest entries go first.  A
-``TF_XLA_FLAGS`` that already names a persistent cache directory is left alone.  No
-failure of the cache is an error: the program is compiled as without it.
+``TF_XLA_FLAGS`` that already names a persistent cache directory of the user's is left
+alone; the private directory a parent process named (a child inherits its environment)
+is replaced by the child's own.  No failure of the cache is an error: the program is
+compiled as without it.
 
 Examples
 --------
