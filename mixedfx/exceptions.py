@@ -149,8 +149,9 @@ class FitError(MixedFXError, RuntimeError):
 
     >>> import mixedfx
     >>> from mixedfx.inference import MCEMOptions, fit_mcem
+    >>> options = MCEMOptions(e_step="hmc", initial_step_size=1e4, max_retries=1)
     >>> try:
-    ...     fit_mcem(model.model_, options=MCEMOptions(initial_step_size=1e4, max_retries=1), seed=0)
+    ...     fit_mcem(model.model_, options=options, seed=0)
     ... except mixedfx.FitError as error:
     ...     print(str(error).split(" (")[0])
     Monte Carlo EM broke down in iterations 1-5

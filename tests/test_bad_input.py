@@ -378,8 +378,10 @@ def test_divergent_e_steps_are_retried_and_recorded(small_fit):
     variances become NaN.  The block is run again (chains at the conditional modes,
     then smaller steps), the retries are recorded, and the estimates are the usual ones."""
     rule = FixedIterations(n_iter=30, n_average=15)
-    usual = fit_mcem(small_fit.model_, options=MCEMOptions(), stopping_rule=rule, seed=1)
-    recovered = fit_mcem(small_fit.model_, options=MCEMOptions(initial_step_size=1e4), stopping_rule=rule, seed=1)
+    # HMC's recovery (the Gaussian default, blocked Gibbs, has no step size to diverge with)
+    usual = fit_mcem(small_fit.model_, options=MCEMOptions(e_step="hmc"), stopping_rule=rule, seed=1)
+    recovered = fit_mcem(small_fit.model_, options=MCEMOptions(e_step="hmc", initial_step_size=1e4),
+                         stopping_rule=rule, seed=1)
     summary = recovered.summary
     assert summary.n_retries == 5 and len(summary.recoveries) == 5
     assert summary.recoveries[0] == ("iterations 1-5: non-finite values of Intercept, x, f[T.b], sd(g), sigma; "
@@ -397,7 +399,7 @@ def test_divergent_e_steps_are_retried_and_recorded(small_fit):
 
 
 def test_a_fit_that_cannot_recover_raises_instead_of_returning_nan(small_fit, small_frame):
-    options = MCEMOptions(initial_step_size=1e4, max_retries=2)
+    options = MCEMOptions(e_step="hmc", initial_step_size=1e4, max_retries=2)
     with pytest.raises(FitError, match=re.escape(
             "Monte Carlo EM broke down in iterations 1-5 (50 of 50 kept HMC transitions diverged) and 2 retries "
             "with smaller HMC step sizes did not help")):

@@ -58,7 +58,12 @@ def replicate_fits(replicates):
 
 @pytest.fixture(scope="module")
 def ar1_fit():
-    return _fit("y ~ time + ar1(0 + timef | subject)", pd.read_csv(FIXTURES / "covariance_ar1.csv"))
+    # tol=0.05: at the default 0.1 the iterates of sd, rho and sigma wander together along
+    # their ridge by more than the reported Monte Carlo error (seed 0: sigma 0.537, 4 % below
+    # glmmTMB's, with blocked Gibbs; 0.553 and 0.557 with seeds 1 and 2); at 0.05 (seeds 1
+    # and 2: 245 and 360 iterations, 2 s) sigma 0.553 and 0.557
+    return mixedfx.lmer("y ~ time + ar1(0 + timef | subject)", pd.read_csv(FIXTURES / "covariance_ar1.csv"),
+                        random_state=0, verbose=0, tol=0.05, max_iter=2000)
 
 
 def _covariance(model) -> np.ndarray:
@@ -136,13 +141,12 @@ def test_ar1_matches_nlme_and_glmmtmb(ar1_fit):
 
 def test_ar1_reml_matches_glmmtmb():
     """method="reml" (the REML M-step with the restricted expansion) against glmmTMB's
-    REML = TRUE: sd and sigma within 3 %, rho within 0.05.  tol=0.25: with the default 0.1
-    this REML fit stops at max_iter=500 (the estimates are as close: sd 0.9633, rho 0.8336,
-    sigma 0.5594 against 0.9637, 0.834, 0.5586), and the test suite makes a
-    ConvergenceWarning an error."""
+    REML = TRUE: sd and sigma within 3 %, rho within 0.05.  tol=0.05, as the ML fit above
+    (at 0.1, seed 0 stopped at sigma 0.537 against glmmTMB's 0.5586); seeds 0 and 1 measured
+    sd 0.966 and 0.967, rho 0.831, sigma 0.554 and 0.553 against 0.9637, 0.834, 0.5586."""
     ref = REFERENCE["ar1_glmmTMB_reml"]
     model = mixedfx.lmer("y ~ time + ar1(0 + timef | subject)", pd.read_csv(FIXTURES / "covariance_ar1.csv"),
-                         method="reml", random_state=0, verbose=0, tol=0.25)
+                         method="reml", random_state=0, verbose=0, tol=0.05, max_iter=2000)
     np.testing.assert_allclose(np.sqrt(_covariance(model)[0, 0]), ref["sds"][0], rtol=0.03)
     np.testing.assert_allclose(_sigma(model), ref["sigma"], rtol=0.03)
     assert abs(_structure_rows(model)["rho"] - np.array(ref["correlation"])[0, 1]) < 0.05

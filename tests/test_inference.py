@@ -302,7 +302,8 @@ def test_float32_e_step_fit_matches_the_float64_fit(crossed_small):
     from mixedfx.inference import MCEMOptions, fit_mcem
 
     model = _crossed_small_model(crossed_small)
-    fits = [fit_mcem(model, options=MCEMOptions(float32_e_step=flag), seed=[3, 4]).summary for flag in (False, True)]
+    fits = [fit_mcem(model, options=MCEMOptions(e_step="hmc", float32_e_step=flag), seed=[3, 4]).summary
+            for flag in (False, True)]
     assert all(f.converged for f in fits)
     variance = [i for i, name in enumerate(fits[0].parameter_names) if name.startswith("sd(") or name == "sigma"]
     difference = np.abs(fits[1].estimate - fits[0].estimate)[variance]

@@ -27,7 +27,8 @@ def test_fit_record_and_levels(insteval_fit):
     assert {name: f.num_levels for name, f in model.random_design_.factors.items()} == {"s": 2972, "d": 1128, "dept": 14}
     assert model.n_obs_ == 73421
     summary = model.fit_summary_
-    assert summary.n_iter < 200 and 0.4 < summary.acceptance_rate < 0.95
+    # the Gaussian default E-step, blocked Gibbs, draws exactly: every draw is kept
+    assert summary.n_iter < 200 and summary.e_step == "gibbs" and summary.acceptance_rate == 1.0
     assert np.all(np.isfinite(summary.objective)) and summary.objective.shape == (summary.n_iter,)
     # the averaging window holds the estimate: its mean is what was reported
     window = summary.trace[summary.window_start:]

@@ -77,7 +77,7 @@ def test_sleepstudy_matches_lme4(slopes, reference, method):
     assert model.aic_ == pytest.approx(fixture["AIC"], abs=0.1)
     assert model.bic_ == pytest.approx(fixture["BIC"], abs=0.1)
     assert model.fit_summary_.method == method
-    assert model.fit_summary_.e_step == "hmc"  # the default kernel, recorded
+    assert model.fit_summary_.e_step == "gibbs"  # the Gaussian default kernel (e_step="auto"), recorded
 
 
 def test_reml_and_ml_differ_as_lme4s_do(slopes, reference):

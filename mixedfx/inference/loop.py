@@ -347,7 +347,8 @@ def _e_step(ctx: _CallContext, em: EMState, *, step_seed, prior_precision, num_b
             ctx.row_sums, current, fixed_effects=ctx.fixed_effects_for(current, em.fixed_effects), free=em.free,
             data=data)
         stats["log_joint"] = prior(current) + stats.pop("log_likelihood")
-        stats.update(moment_statistics(current, expansions=ctx.expansions, level_weight=level_weight))
+        stats.update(moment_statistics(current, expansions=ctx.expansions, level_weight=level_weight,
+                                       projected=_reml_projected(config, centering)))
         return stats
 
     def rao_blackwellized(coordinates):
@@ -406,6 +407,16 @@ def _gibbs_kernel(ctx: _CallContext, em: EMState) -> BlockedGibbs:
         centering=ctx.centering, parent_level=data["parent_level"], level_weight=data["level_weight"])
 
 
+def _reml_projected(config: LoopConfig, centering) -> tuple:
+    """The terms whose second moment along their location expansion is Rao-Blackwellized
+    (REML only; :func:`~mixedfx.inference.mstep.covariance_update`): those outside
+    nested centring, whose roots have their own Rao-Blackwellization."""
+    if not config.reml:
+        return ()
+    return tuple(k for k in range(len(config.num_levels))
+                 if centering.parent[k] is None and centering.children[k] is None)
+
+
 def _whitening(structures, scale_tril) -> list:
     """Per term, the Cholesky factor the E-step whitens its effects by (``b = L z``), where
     its structure asks for it (a nearly singular covariance, ``rr``); else ``None``."""
@@ -438,6 +449,7 @@ def _m_step(ctx: _CallContext, em: EMState, e_step, *, prior_precision):
     shifted, new_scale_tril, location = covariance_update(
         stats, fixed_effects=tf.concat([regression_beta, new_free], 0), scale_matrix=scale_matrix,
         num_levels=data["level_count"], dims=config.dims, expansions=ctx.expansions, structures=config.structures,
+        current_scale_tril=em.scale_tril if config.reml else None,
     )
     new_beta, new_free = shifted[:p], shifted[p:]
     new_chains = reduce_state(e_step.final_state, scale_matrix=scale_matrix, location=location,

@@ -100,7 +100,7 @@ class MCEMOptions:
         raises :class:`~mixedfx.MemoryEstimateError`.  By default the
         memory available to the process (``MemAvailable`` on Linux; the check is
         skipped where it is unknown).
-    e_step : {"hmc", "gibbs", "auto"}, default "hmc"
+    e_step : {"auto", "hmc", "gibbs"}, default "auto"
         The E-step's MCMC kernel.  ``"hmc"``: Hamiltonian Monte Carlo
         (:func:`~mixedfx.inference.estep.hmc_e_step`), for every family.  ``"gibbs"``:
         blocked Gibbs sampling (:class:`~mixedfx.inference.gibbs.BlockedGibbs`), exact
@@ -111,8 +111,11 @@ class MCEMOptions:
         (``family.polya_gamma_augmentable``: binomial and bernoulli with the logit
         link, drawn given Polya-Gamma variables,
         :class:`~mixedfx.inference.polya_gamma.PolyaGammaGibbs`), else a
-        :class:`~mixedfx.ParameterError`.  ``"auto"``: the family's
-        ``preferred_e_step``.  A sharded fit (``distribute=``) runs HMC: ``"gibbs"``
+        :class:`~mixedfx.ParameterError`.  ``"auto"``, the default: the family's
+        ``preferred_e_step``, the kernel with the most effective samples per second
+        for it (``benchmarks/kernels.py``): Gibbs for a conditionally Gaussian family,
+        HMC for every other (Polya-Gamma Gibbs samples a logit model at about a tenth
+        of HMC's rate on a CPU, so it stays opt-in).  A sharded fit (``distribute=``) runs HMC: ``"gibbs"``
         raises there, ``"auto"`` falls back to HMC.  Gibbs is float64 throughout
         (``float32_e_step`` concerns HMC only), samples nested random intercepts in
         the same centred coordinates as HMC, and under REML draws the fixed effects
@@ -161,7 +164,7 @@ class MCEMOptions:
     rhat_warning: float = 1.05
     memory_limit_bytes: int | None = None
     fault_injection: tuple | None = None
-    e_step: str = "hmc"
+    e_step: str = "auto"
 
 
 #: The values of :attr:`MCEMOptions.e_step`.
@@ -179,7 +182,9 @@ def e_step_kernel(family, options: MCEMOptions, *, distribute=None) -> str:
     >>> from mixedfx.model import Gaussian, Poisson
     >>> auto = MCEMOptions(e_step="auto")
     >>> e_step_kernel(Gaussian(), auto), e_step_kernel(Poisson(), auto), e_step_kernel(Gaussian(), MCEMOptions())
-    ('gibbs', 'hmc', 'hmc')
+    ('gibbs', 'hmc', 'gibbs')
+    >>> e_step_kernel(Gaussian(), MCEMOptions(e_step="hmc"))
+    'hmc'
     >>> e_step_kernel(Poisson(), MCEMOptions(e_step="gibbs"))
     Traceback (most recent call last):
     ...

@@ -96,10 +96,12 @@ def expansion_columns(state, group_index, z):
     return tf.concat(columns, axis=-1)
 
 
-def moment_statistics(state, *, expansions, level_weight=None):
+def moment_statistics(state, *, expansions, level_weight=None, projected=()):
     """Per-chain moments of one draw for :func:`covariance_update`: per term ``btb_k``
     (``B'B`` over levels, ``dim x dim``) and ``wtb_k`` (``W'B``).  ``level_weight``
-    (per term, a 0/1 mask ``[num_levels]`` or ``None``) leaves padded levels out."""
+    (per term, a 0/1 mask ``[num_levels]`` or ``None``) leaves padded levels out.
+    For the terms ``k`` in ``projected`` (REML; see :func:`covariance_update`), also
+    ``wpw_k``, ``B'H B`` with ``H = W (W'W)^-1 W'`` the projection on ``W``'s columns."""
     statistics = {}
     level_weight = level_weight or (None,) * len(state)
     for k, (effects, expansion, weight) in enumerate(zip(state, expansions, level_weight)):
@@ -107,7 +109,13 @@ def moment_statistics(state, *, expansions, level_weight=None):
             effects = effects * weight[:, None]
         statistics[f"btb_{k}"] = tf.einsum("cqa,cqb->cab", effects, effects)
         if expansion.active:
-            statistics[f"wtb_{k}"] = tf.einsum("qm,cqa->cma", expansion.level_values, effects)
+            W = expansion.level_values
+            wtb = tf.einsum("qm,cqa->cma", W, effects)
+            statistics[f"wtb_{k}"] = wtb
+            if k in projected:
+                wtw = tf.linalg.matmul(W, W, transpose_a=True)
+                wtw_inv = _least_squares(wtw, tf.eye(tf.shape(W)[1], dtype=W.dtype))
+                statistics[f"wpw_{k}"] = tf.einsum("cma,mn,cnb->cab", wtb, wtw_inv, wtb)
     return statistics
 
 
@@ -549,11 +557,27 @@ def newton_rows(fn, n_terms: int):
     return local
 
 
-def covariance_update(statistics, *, fixed_effects, scale_matrix, num_levels, dims, expansions, structures=()):
+def covariance_update(statistics, *, fixed_effects, scale_matrix, num_levels, dims, expansions, structures=(),
+                      current_scale_tril=None):
     """The family-independent part of the expanded M-step.
 
     Per term, the location ``alpha_k`` from ``W'B``, the covariance from ``B'B`` around
     it, mapped through ``C_k``; the fixed effects absorb ``C_k alpha_k'``.
+
+    Under REML a term's component along ``W``, ``B = B_perp + W A``, is not seen by the
+    data: ``X`` absorbs ``Z W A`` and the fixed effects are integrated out under a flat
+    prior, so ``A`` given the rest is the prior's, matrix normal with mean 0, row
+    covariance ``(W'W)^-1`` and column covariance ``Sigma``, and
+    ``E[(B - W alpha)'(B - W alpha) | B_perp] = B_perp' B_perp + m Sigma`` (``m`` the
+    columns of ``W``; the exact E-step's ``alpha`` is 0).  Where ``statistics`` has
+    ``wpw_k`` (``B'HB``, :func:`moment_statistics`) and ``current_scale_tril`` (the
+    E-step's ``Sigma = L L'``) is given, the second moment is that conditional
+    expectation, Rao-Blackwellized, instead of the draws' spread along ``W``: the few
+    draws of an E-step see little of it (their own mean is subtracted, and a chain
+    recentred by the last M-step regains it only slowly), which biased REML's
+    variances low (cake, ``recipe * heat + (1 | batch)``: sd(batch) 1.6 % below lme4's
+    with blocked Gibbs, 0.4 % with HMC).  ``alpha`` still moves the fixed effects and
+    recentres the chains, which leaves the REML likelihood unchanged.
 
     ``num_levels`` holds each term's number of levels (Python numbers or tensors: the
     levels of the data, not of their padding).  ``structures`` names each term's
@@ -578,10 +602,15 @@ def covariance_update(statistics, *, fixed_effects, scale_matrix, num_levels, di
             wtw = tf.linalg.matmul(W, W, transpose_a=True)
             wtb = statistics[f"wtb_{k}"]  # (n_columns, dim)
             alpha = _least_squares(wtw, wtb)
-            cross = tf.linalg.matmul(alpha, wtb, transpose_a=True)
-            second_moment = second_moment - cross - tf.transpose(cross) + tf.linalg.matmul(
-                alpha, tf.linalg.matmul(wtw, alpha), transpose_a=True
-            )
+            if current_scale_tril is not None and f"wpw_{k}" in statistics:
+                L = current_scale_tril[k]
+                m = tf.cast(tf.shape(W)[1], second_moment.dtype)
+                second_moment = second_moment - statistics[f"wpw_{k}"] + m * tf.linalg.matmul(L, L, transpose_b=True)
+            else:
+                cross = tf.linalg.matmul(alpha, wtb, transpose_a=True)
+                second_moment = second_moment - cross - tf.transpose(cross) + tf.linalg.matmul(
+                    alpha, tf.linalg.matmul(wtw, alpha), transpose_a=True
+                )
             shift = tf.linalg.matmul(C, alpha, transpose_b=True)  # (dim, n_columns)
             indices = [[t] for row in expansion.targets for t in row]
             fixed_effects = tf.tensor_scatter_nd_add(fixed_effects, indices, tf.reshape(shift, [-1]))
