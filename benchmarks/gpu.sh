@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command for a lent GPU machine, under 8 minutes: InstEval gaussian and bernoulli, 10M Gaussian rows,
-# the Gaussian fits with the float32 E-step (mixedfx's default) and in float64, and the distributed
-# throughput.  It appends its table, with the card's name (nvidia-smi), to benchmarks/RESULTS.md.
+# the Gaussian fits with the default E-step (blocked Gibbs, float64) and with HMC in float32, and the
+# distributed throughput.  It appends its table, with the card's name (nvidia-smi), to benchmarks/RESULTS.md.
 #
 #   bash benchmarks/gpu.sh            # on the GPU machine, from anywhere in the repository
 #   bash benchmarks/gpu.sh --quick    # every case shrunk (also MIXEDFX_GPU_QUICK=1): a check; 8.5 min on a loaded 2-core CPU
@@ -57,14 +57,16 @@ step() {  # step NAME LIMIT_SECONDS COMMAND...: run, log its output, note a fail
 }
 
 common=(--skip-r --skip-peers --skip-tutorial)
-step insteval_float32 150 "$PYTHON" benchmarks/run.py --cases gaussian bernoulli "${common[@]}" ${insteval[@]+"${insteval[@]}"} \
-  --json "$work/insteval_float32.json"
-step insteval_float64 60 "$PYTHON" benchmarks/run.py --cases gaussian --float64 "${common[@]}" ${insteval[@]+"${insteval[@]}"} \
-  --json "$work/insteval_float64.json"
-step rows_float32 100 "$PYTHON" benchmarks/run.py --cases scale --scale-sizes "$rows" "${common[@]}" \
-  --json "$work/rows_float32.json"
-step rows_float64 90 "$PYTHON" benchmarks/run.py --cases scale --scale-sizes "$rows" --float64 "${common[@]}" \
-  --json "$work/rows_float64.json"
+# the default E-step (Gaussian: blocked Gibbs, float64; bernoulli: HMC, float32), then the Gaussian fits by HMC
+# with its float32 E-step (the default before blocked Gibbs; on a GPU float32 may win)
+step insteval_gibbs 150 "$PYTHON" benchmarks/run.py --cases gaussian bernoulli "${common[@]}" ${insteval[@]+"${insteval[@]}"} \
+  --json "$work/insteval_gibbs.json"
+step insteval_hmc32 60 "$PYTHON" benchmarks/run.py --cases gaussian --e-step hmc "${common[@]}" ${insteval[@]+"${insteval[@]}"} \
+  --json "$work/insteval_hmc32.json"
+step rows_gibbs 100 "$PYTHON" benchmarks/run.py --cases scale --scale-sizes "$rows" "${common[@]}" \
+  --json "$work/rows_gibbs.json"
+step rows_hmc32 90 "$PYTHON" benchmarks/run.py --cases scale --scale-sizes "$rows" --e-step hmc "${common[@]}" \
+  --json "$work/rows_hmc32.json"
 step distributed 70 "$PYTHON" benchmarks/distributed.py "${distributed[@]}"
 
 table=$("$PYTHON" - "$work" <<'PY'
@@ -75,14 +77,15 @@ sys.path.insert(0, "benchmarks")
 from report import format_table
 
 rows = []
-for name in ("insteval_float32", "insteval_float64", "rows_float32", "rows_float64"):
+labels = {"gibbs": "Gibbs float64", "hmc32": "HMC float32"}
+for name in ("insteval_gibbs", "insteval_hmc32", "rows_gibbs", "rows_hmc32"):
     path = Path(sys.argv[1]) / f"{name}.json"
     if path.exists():
         for row in json.loads(path.read_text()):
             if row["note"] == "skipped (--skip-r)":
                 continue
-            if row["case"] != "bernoulli":  # the float32 E-step is the Gaussian family's
-                row["case"] += ", " + name.split("_")[1]
+            if row["case"] != "bernoulli":  # the kernels compared are the Gaussian family's
+                row["case"] += ", " + labels[name.split("_")[1]]
             rows.append(row)
 print(format_table(rows) if rows else "(no fit finished)")
 PY
@@ -93,7 +96,7 @@ PY
   echo
   echo "\`bash benchmarks/gpu.sh\`, mode ${mode}; commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)."
   echo "No R or Python peers (see run.py); errors are against lme4's committed fixtures (InstEval) and the"
-  echo "simulated truth (the scale rows).  float32/float64: mixedfx's Gaussian E-step precision."
+  echo "simulated truth (the scale rows).  Gibbs float64 / HMC float32: the Gaussian E-step's kernel and precision."
   echo
   echo '```'
   echo "$table"

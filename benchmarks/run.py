@@ -42,7 +42,8 @@ Columns, per case:
     python benchmarks/run.py --cases sleepstudy verbagg              # the small cases, with peers and lme4
     python benchmarks/run.py --cases gaussian --skip-tutorial --peers glmm
     python benchmarks/run.py --cases scale --scale-sizes 10000 100000 1000000 10000000 --skip-peers
-    python benchmarks/run.py --cases gaussian bernoulli --skip-r --skip-peers --float64   # float64 E-step
+    python benchmarks/run.py --cases gaussian --skip-r --skip-peers --e-step hmc   # HMC, not blocked Gibbs
+    python benchmarks/run.py --cases gaussian --skip-r --skip-peers --e-step hmc --float64   # HMC in float64
 
 ``--insteval-rows N`` fits the InstEval cases on the rows of the first students that make up about
 ``N`` rows (for a quick check; the references are then not comparable and errors are not printed).
@@ -177,11 +178,9 @@ def child_mixedfx(case: str, args) -> dict:
     import_seconds = time.perf_counter() - started
     data, spec = case_frame(case, insteval_rows=args.insteval_rows, bernoulli_rows=args.bernoulli_rows,
                             seed=args.seed)
-    options = None
-    if args.float64:
-        from mixedfx.inference import MCEMOptions
+    from mixedfx.inference import MCEMOptions
 
-        options = MCEMOptions(float32_e_step=False)
+    options = MCEMOptions(e_step=args.e_step, float32_e_step=not args.float64)
     fits = []
     for seed in (args.seed, args.seed + 1):
         started = time.perf_counter()
@@ -223,7 +222,7 @@ def _child_options(args) -> list[str]:
     out = ["--seed", str(args.seed), "--bernoulli-rows", str(args.bernoulli_rows)]
     if args.insteval_rows:
         out += ["--insteval-rows", str(args.insteval_rows)]
-    return out + (["--float64"] if args.float64 else [])
+    return out + ["--e-step", args.e_step] + (["--float64"] if args.float64 else [])
 
 
 # -- R baselines -----------------------------------------------------------------------------------------
@@ -295,11 +294,16 @@ def mixedfx_rows(case: str, args) -> list[dict]:
     return _mixedfx_rows(case, [*runs, ("mixedfx, first fit, warm cache", warm["fits"][0], warm)], args)
 
 
+def _kernel_note(args) -> str:
+    """What the rows' notes say of a non-default E-step: its kernel and precision."""
+    return ("" if args.e_step == "auto" else f", e_step={args.e_step}") + (", float64 E-step" if args.float64 else "")
+
+
 def _mixedfx_rows(case: str, runs, args) -> list[dict]:
     """One table row per ``(label, fit, process)``; ``process`` (None for a refit) gives the
     import time and peak memory."""
     rows = []
-    precision = ", float64 E-step" if args.float64 else ""
+    precision = _kernel_note(args)
     for label, fit, process in runs:
         note = f"{fit['iterations']} EM iterations{precision}" + ("" if fit["converged"] else ", not converged")
         rows.append(make_row(case, label, "mixedfx", import_seconds=process and process["import_seconds"],
@@ -404,7 +408,7 @@ def run_scale_case(args, installed: dict) -> list[dict]:
     rows = []
     for n_rows in args.scale_sizes:
         label, case_rows = f"scale {n_rows:,} rows", []
-        result = scale.run_child(n_rows, args.seed, args.float64)
+        result = scale.run_child(n_rows, args.seed, args.float64, e_step=args.e_step)
         if "error" in result:
             case_rows.append(failed_row(label, "mixedfx", "mixedfx", result["error"]))
         else:
@@ -412,7 +416,7 @@ def run_scale_case(args, installed: dict) -> list[dict]:
                 label, "mixedfx, first fit", "mixedfx", import_seconds=result.get("import_seconds"),
                 seconds=result["seconds"], memory=result["peak_memory_gb"],
                 estimates=_scale_names(result["estimates"]),
-                note=f"{result['iterations']} EM iterations" + (", float64 E-step" if args.float64 else "")
+                note=f"{result['iterations']} EM iterations" + _kernel_note(args)
                 + ("" if result["converged"] else ", not converged")))
         run_r_here = not args.skip_r and n_rows <= args.scale_r_max
         run_peers_here = not args.skip_peers and n_rows <= args.peer_max_rows
@@ -454,7 +458,9 @@ def parse_args(argv=None):
                         help="largest synthetic case (scale, bernoulli_1m) that lme4 also fits")
     parser.add_argument("--bernoulli-rows", type=int, default=1_000_000, help="rows of the bernoulli_1m case")
     parser.add_argument("--insteval-rows", type=int, help="fit the InstEval cases on about this many rows (a check)")
-    parser.add_argument("--float64", action="store_true", help="mixedfx's Gaussian E-step in float64, not float32")
+    parser.add_argument("--float64", action="store_true", help="mixedfx's Gaussian HMC E-step in float64, not float32")
+    parser.add_argument("--e-step", default="auto", choices=["auto", "hmc", "gibbs"],
+                        help="MCEMOptions(e_step=): auto (the default: blocked Gibbs for the Gaussian cases), hmc, gibbs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)

@@ -48,8 +48,9 @@ def write_csv(n_rows: int, seed: int) -> str:
     return handle.name
 
 
-def fit_one(n_rows: int, seed: int, float64: bool = False) -> dict:
-    """Simulate and fit one size (runs in the child process); ``float64``: the E-step in float64, not float32."""
+def fit_one(n_rows: int, seed: int, float64: bool = False, e_step: str = "auto") -> dict:
+    """Simulate and fit one size (runs in the child process); ``float64``: an HMC E-step in float64, not
+    float32; ``e_step``: ``MCEMOptions(e_step=)`` (``"auto"``: blocked Gibbs, float64)."""
     started = time.perf_counter()
     import mixedfx
     from mixedfx.inference import MCEMOptions
@@ -64,14 +65,14 @@ def fit_one(n_rows: int, seed: int, float64: bool = False) -> dict:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model = mixedfx.MixedEffectsRegressor("y ~ x + (1 | g1) + (1 | g2) + (1 | g3)", random_state=seed,
-                                              verbose=0, options=MCEMOptions(float32_e_step=not float64)).fit(data)
+                                              verbose=0, options=MCEMOptions(e_step=e_step, float32_e_step=not float64)).fit(data)
     seconds = time.perf_counter() - started
     sds = model.variance_components_.set_index("group")["sdcor"]
     summary = model.fit_summary_
     return {
         "rows": n_rows, "levels": groups, "import_seconds": import_seconds, "seconds": seconds,
         "first_call_seconds": summary.first_call_seconds,
-        "iterations": summary.n_iter, "converged": summary.converged,
+        "iterations": summary.n_iter, "converged": summary.converged, "e_step": summary.e_step,
         "estimates": {"Intercept": float(model.fixed_effects_["Intercept"]), "x": float(model.fixed_effects_["x"]),
                       **{g: float(sds[g]) for g in groups}, "sigma": float(sds["Residual"])},
         "warnings": sorted({str(w.message).split(":")[0][:80] for w in caught}),
@@ -87,9 +88,9 @@ def own_peak_memory_gb() -> float:
     return int(line.split()[1]) / 2**20  # kB
 
 
-def run_child(n_rows: int, seed: int, float64: bool = False) -> dict:
+def run_child(n_rows: int, seed: int, float64: bool = False, *, e_step: str = "auto") -> dict:
     """Fit one size in a fresh process; returns its result with the peak resident memory."""
-    command = [sys.executable, __file__, "--child", str(n_rows), "--seed", str(seed)]
+    command = [sys.executable, __file__, "--child", str(n_rows), "--seed", str(seed), "--e-step", e_step]
     command += ["--float64"] if float64 else []
     return {"rows": n_rows, **run_child_command(command)}
 
@@ -114,11 +115,12 @@ def main(argv=None):
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--float64", action="store_true", help="the Gaussian E-step in float64, not float32")
+    parser.add_argument("--float64", action="store_true", help="an HMC E-step in float64, not float32")
+    parser.add_argument("--e-step", default="auto", choices=["auto", "hmc", "gibbs"], help="MCEMOptions(e_step=)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
     if args.child:
-        result = fit_one(args.child, args.seed, args.float64)
+        result = fit_one(args.child, args.seed, args.float64, args.e_step)
         print(json.dumps({**result, "peak_memory_gb": own_peak_memory_gb()}))
         return
     print(f"scale curve: y ~ x + (1 | g1) + (1 | g2) + (1 | g3), {os.cpu_count()} CPUs; truth {TRUTH}")
@@ -126,7 +128,7 @@ def main(argv=None):
           f"{'iters':>5}  largest error vs truth")
     results = []
     for n_rows in args.sizes:
-        result = run_child(n_rows, args.seed, args.float64)
+        result = run_child(n_rows, args.seed, args.float64, e_step=args.e_step)
         results.append(result)
         if "error" in result:
             print(f"{n_rows:>10} {result['error']}")

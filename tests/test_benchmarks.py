@@ -157,3 +157,12 @@ def test_zip_benchmark_simulates_its_declared_crossed_zero_inflated_rows():
     high_z = data["z"] > 0
     assert (data.loc[high_z, "y"] == 0).mean() > (data.loc[~high_z, "y"] == 0).mean() + 0.05
     assert stats.pearsonr(data["x"], np.log1p(data["y"]))[0] > 0.05
+
+
+@pytest.mark.parametrize("e_step, kernel", [("auto", "gibbs"), ("hmc", "hmc")])
+def test_scale_fit_runs_the_e_step_it_is_given(e_step, kernel):
+    """benchmarks/scale.py's fit (run.py --e-step, gpu.sh's Gibbs and HMC rows): the kernel
+    asked for is the one that ran, and the estimates are near the simulated truth."""
+    result = load("scale").fit_one(3000, 0, e_step=e_step)
+    assert result["e_step"] == kernel
+    assert result["estimates"]["x"] == pytest.approx(load("scale").TRUTH["x"], abs=0.1)

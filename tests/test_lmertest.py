@@ -14,6 +14,8 @@ at lme4's values only.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -27,7 +29,7 @@ from mixedfx.lmertest import anova_type3, contrast_df, fixed_effects_table, type
 from mixedfx.model import ModelParameters
 from mixedfx.model.ddf import satterthwaite_pieces
 
-from conftest import FIXTURES
+from conftest import FIXTURES, subprocess_env
 
 FORMULAS = {
     "sleepstudy": "Reaction ~ Days + (Days | Subject)",
@@ -208,3 +210,22 @@ def test_glmm_keeps_wald_z():
     anova = anova_type3(fit)
     assert np.isinf(anova.loc["x", "DenDF"])
     assert anova.loc["x", "F value"] == pytest.approx(table.loc["x", "z value"] ** 2, rel=1e-10)
+
+
+def test_the_df_computation_prints_nothing_to_the_terminal():
+    """In a fresh process, a fit and its Satterthwaite table write nothing to stderr: the
+    Jacobians' vectorized graphs made TensorFlow 2.21 log a oneDNN error line there."""
+    script = (
+        "import mixedfx\n"
+        "from mixedfx.lmertest import fixed_effects_table\n"
+        "data = mixedfx.datasets.make_mixed_data(120, groups={'g': 8}, fixed_effects={'Intercept': 1.0, 'x': 0.5},\n"
+        "                                        random_sd={'g': 0.8}, random_state=0)\n"
+        "fit = mixedfx.MixedEffectsRegressor('y ~ x + (1 | g)', method='reml', random_state=0, verbose=0,\n"
+        "                                    stopping_rule=mixedfx.inference.FixedIterations(n_iter=10, n_average=5))\n"
+        "print(fixed_effects_table(fit.fit(data))['df'].round(1).tolist())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], env=subprocess_env(), capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr == "", done.stderr
+    assert done.stdout.startswith("[")

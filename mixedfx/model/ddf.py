@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mixedfx._tf import tf
+from mixedfx._tf import native_logs_silenced, tf
 from mixedfx.exceptions import DataError, ParameterError
 from mixedfx.model.covariance import structure_for, term_structure
 from mixedfx.model.joint import MixedModel, ModelParameters
@@ -247,8 +247,11 @@ def satterthwaite_pieces(model: MixedModel, params: ModelParameters, *, reml: bo
         with tf.GradientTape() as inner:
             deviance, cov = deviance_and_fixed_cov(model, varpar, reml=reml, dense_terms=dense)
         gradient = inner.gradient(deviance, varpar)
-    hessian = outer.jacobian(gradient, varpar).numpy()
-    jacobian = outer.jacobian(cov, varpar).numpy()  # (p, p, k)
+    # the jacobians' vectorized graphs make TF 2.21 log "oneDNN supports DT_INT32 only on
+    # platforms with AVX-512" to the terminal once per process: not the user's concern
+    with native_logs_silenced():
+        hessian = outer.jacobian(gradient, varpar).numpy()
+        jacobian = outer.jacobian(cov, varpar).numpy()  # (p, p, k)
     del outer
     hessian = 0.5 * (hessian + hessian.T)
     values, vectors = np.linalg.eigh(hessian)
