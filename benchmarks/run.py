@@ -460,7 +460,8 @@ def parse_args(argv=None):
     parser.add_argument("--insteval-rows", type=int, help="fit the InstEval cases on about this many rows (a check)")
     parser.add_argument("--float64", action="store_true", help="mixedfx's Gaussian HMC E-step in float64, not float32")
     parser.add_argument("--e-step", default="auto", choices=["auto", "hmc", "gibbs"],
-                        help="MCEMOptions(e_step=): auto (the default: blocked Gibbs for the Gaussian cases), hmc, gibbs")
+                        help="MCEMOptions(e_step=): auto (the default: blocked Gibbs for the Gaussian cases), "
+                             "hmc, gibbs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)

@@ -64,8 +64,9 @@ def fit_one(n_rows: int, seed: int, float64: bool = False, e_step: str = "auto")
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        options = MCEMOptions(e_step=e_step, float32_e_step=not float64)
         model = mixedfx.MixedEffectsRegressor("y ~ x + (1 | g1) + (1 | g2) + (1 | g3)", random_state=seed,
-                                              verbose=0, options=MCEMOptions(e_step=e_step, float32_e_step=not float64)).fit(data)
+                                              verbose=0, options=options).fit(data)
     seconds = time.perf_counter() - started
     sds = model.variance_components_.set_index("group")["sdcor"]
     summary = model.fit_summary_

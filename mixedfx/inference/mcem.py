@@ -115,8 +115,8 @@ class MCEMOptions:
         ``preferred_e_step``, the kernel with the most effective samples per second
         for it (``benchmarks/kernels.py``): Gibbs for a conditionally Gaussian family,
         HMC for every other (Polya-Gamma Gibbs samples a logit model at about a tenth
-        of HMC's rate on a CPU, so it stays opt-in).  A sharded fit (``distribute=``) runs HMC: ``"gibbs"``
-        raises there, ``"auto"`` falls back to HMC.  Gibbs is float64 throughout
+        of HMC's rate on a CPU, so it stays opt-in).  A sharded fit (``distribute=``)
+        runs HMC: ``"gibbs"`` raises there, ``"auto"`` falls back to HMC.  Gibbs is float64 throughout
         (``float32_e_step`` concerns HMC only), samples nested random intercepts in
         the same centred coordinates as HMC, and under REML draws the fixed effects
         given the random effects at the start of each sweep.  The chains' draws (the
