@@ -107,6 +107,14 @@ def _random_effects_lines(model, terms, *, residual: bool) -> list[str]:
     return _columns(rows, align="<<>><") + [f"Number of obs: {model.n_obs_}, groups:  {groups}"]
 
 
+def _kernel_text(fit) -> str:
+    """The E-step kernel as the summary names it: HMC with its acceptance rate, or blocked
+    Gibbs (exact draws, nothing to accept)."""
+    if getattr(fit, "e_step", "hmc") == "gibbs":
+        return "blocked Gibbs E-step"
+    return f"HMC acceptance {fit.acceptance_rate:.2f}"
+
+
 def _fit_lines(fit) -> list[str]:
     """The summary's lines on the Monte Carlo EM fit (only the reason, for an exact fit
     of no iterations), its data warnings and its boundary estimates."""
@@ -118,14 +126,14 @@ def _fit_lines(fit) -> list[str]:
         ratio = np.nanmax(fit.mcse / fit.tolerance) if np.isfinite(fit.tolerance).any() else np.nan
         lines.append(
             f"MCEM {status} after {fit.n_iter} iterations ({fit.n_averaged} averaged, "
-            f"{fit.n_draws_averaged} draws); HMC acceptance {fit.acceptance_rate:.2f}; "
+            f"{fit.n_draws_averaged} draws); {_kernel_text(fit)}; "
             f"largest Monte Carlo error {ratio:.2f} x tolerance; {fit.elapsed_seconds:.1f} s"
         )
         lines.append(
             f"E-step draws: {fit.n_kept_draws} kept per chain x {fit.n_chains} chains; R-hat {fit.rhat:.3f} "
             f"(mean squares; chance level +{fit.rhat_noise:.3f}), {fit.rhat_max:.3f} (largest over levels); "
-            f"smallest ESS {fit.ess_min:.0f}; "
-            f"final step size {fit.final_step_size:.3g}"
+            f"smallest ESS {fit.ess_min:.0f}"
+            + ("" if getattr(fit, "e_step", "hmc") == "gibbs" else f"; final step size {fit.final_step_size:.3g}")
         )
         if getattr(fit, "n_divergent", 0) or getattr(fit, "n_retries", 0):
             lines.append(f"HMC: {fit.n_divergent} divergent transitions; {fit.n_retries} iteration blocks retried with "
@@ -333,7 +341,7 @@ def _markdown_report(model, *, summary_text, fixed, components, ranef, fit_table
         f"- **Observations:** {model.n_obs_} fitted" + (f", {n_test} held out" if n_test else ""),
         f"- **Grouping factors:** {levels}",
         f"- **Monte Carlo EM:** {status} after {fit.n_iter} iterations ({fit.n_averaged} averaged), "
-        f"HMC acceptance {fit.acceptance_rate:.2f}, {fit.elapsed_seconds:.1f} s",
+        f"{_kernel_text(fit)}, {fit.elapsed_seconds:.1f} s",
     ]
     if model.log_likelihood_ is not None:
         lines.append(f"- **Log-likelihood:** {model.log_likelihood_:.6g}")

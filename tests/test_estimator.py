@@ -195,8 +195,9 @@ def test_summary_prints_lme4_layout(crossed_small_fit, capsys):
     text = capsys.readouterr().out
     for piece in ("Linear mixed model fit by maximum likelihood", "Formula: " + FORMULA, "Random effects:",
                   "Fixed effects:", "Number of obs: 1500, groups:  g1, 60; g2, 25", "Scaled residuals:",
-                  "logLik", "MCEM converged"):
+                  "logLik", "MCEM converged", "; blocked Gibbs E-step;"):
         assert piece in text, piece
+    assert "HMC acceptance" not in text and "step size" not in text  # the Gaussian default draws exactly
     loglik = f"{crossed_small_fit.log_likelihood_:.1f}"
     assert loglik in text
 
