@@ -47,9 +47,10 @@ class FitSummary:
         Mean complete-data log joint density ``log p(y, b | theta)`` over each
         E-step's draws (the quantity the TFP tutorial plots as its loss, negated).
     acceptance : numpy.ndarray of shape (n_iter,)
-        HMC acceptance rate of each E-step.
+        HMC acceptance rate of each E-step (1 for blocked Gibbs, ``e_step="gibbs"``,
+        whose draws are exact).
     step_size : numpy.ndarray of shape (n_iter,)
-        Adapted HMC step size of each E-step.
+        Adapted HMC step size of each E-step (unused, and carried unchanged, by Gibbs).
     n_chains, n_draws, n_leapfrog_steps : int
         Sampler settings: chains run in parallel, kept draws per chain per E-step,
         and leapfrog steps per HMC transition.
@@ -167,7 +168,7 @@ class FitSummary:
     @property
     def acceptance_rate(self) -> float:
         """Mean HMC acceptance rate over the averaging window (or the last iteration);
-        NaN for a fit without iterations (an exact fit)."""
+        1 for a blocked Gibbs E-step; NaN for a fit without iterations (an exact fit)."""
         if self.n_iter == 0:
             return float("nan")
         start = self.window_start if self.window_start is not None and self.window_start < self.n_iter else self.n_iter - 1
