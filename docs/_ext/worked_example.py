@@ -284,7 +284,7 @@ def write_snippets(numbers: dict, fixture: dict) -> None:
 
     # The 80% fit: its fit record (fit_summary_.table()).
     rows = [(row["parameter"], f"{row['initial']:.4f}", f"{row['estimate']:.4f}", f"{row['mcse']:.5f}",
-             f"{row['tolerance']:.5f}") for row in fit["fit_summary_table"]]
+             _tolerance_text(row['tolerance'])) for row in fit["fit_summary_table"]]
     header = ("parameter", "initial", "estimate", "Monte Carlo SE", "tolerance")
     _write(OUT / "fit_table.inc", _table(header, rows))
 
@@ -320,6 +320,12 @@ def write_snippets(numbers: dict, fixture: dict) -> None:
 
     # The warnings the fits raised, verbatim, and what they mean.
     _write(OUT / "warnings.inc", _warnings_text(numbers))
+
+
+def _tolerance_text(value) -> str:
+    """A tolerance cell: the figure, or a note where the rule judges nothing (a Gaussian
+    fit's fixed effects, reported as exact GLS)."""
+    return "not judged (exact GLS)" if value is None or value != value else f"{value:.5f}"
 
 
 def _write(path: Path, text: str) -> None:

@@ -237,6 +237,10 @@ class MCEMDriver:
         The stopping rule's last decision.
     last : BlockOutput
         The last block that did not break down.
+    unjudged : numpy.ndarray of bool
+        Parameters whose Monte Carlo error the rule does not judge: a Gaussian fit's
+        fixed effects, which the fit replaces by the exact GLS values at the variance
+        estimates.
     first_call_seconds : float
 
     Examples
@@ -265,8 +269,8 @@ class MCEMDriver:
         self.first_call_seconds = 0.0
         self._fixed_scale = None
         # Gaussian fits report the exact GLS fixed effects at the variance estimates, so
-        # their Monte Carlo error is not judged.
-        self._unjudged = np.arange(layout.size) < (layout.n_fixed if model.family.conjugate_gaussian else 0)
+        # their Monte Carlo error is not judged (and the fit record gives them no tolerance).
+        self.unjudged = np.arange(layout.size) < (layout.n_fixed if model.family.conjugate_gaussian else 0)
 
     def run(self) -> None:
         """Run blocks until the stopping rule says converged, or ``max_iter``."""
@@ -333,7 +337,7 @@ class MCEMDriver:
         rates = ar1_coefficient(layout.working(trace[skip:])) if len(trace) >= 4 * skip else None
         scale = layout.statistical_scale(model, trace[-1], fixed_scale=self._fixed_scale, posterior_var=posterior_var,
                                          rates=rates)
-        frozen = layout.at_boundary(trace[-1], residual_sd=layout.residual_sd(trace[-1])) | self._unjudged
+        frozen = layout.at_boundary(trace[-1], residual_sd=layout.residual_sd(trace[-1])) | self.unjudged
         stop_at = stop_at if stop_at is not None else getattr(self.decision, "stop_at", None)
         extra = {} if stop_at is None else {"stop_at": stop_at}
         return self.rule.assess(layout.working(trace), window_start=acc.window_start, scale=scale, frozen=frozen,

@@ -449,6 +449,7 @@ def _result(driver: MCEMDriver, *, initial: np.ndarray, method: str, start_time:
         tolerance = layout.natural_spread(decision.tolerance, estimate)
     else:
         tolerance = np.full(layout.size, np.nan)
+    tolerance[driver.unjudged] = np.nan  # the rule required nothing of these
     random_effects, random_effects_cov, draws_summed = acc.moments(driver.last, real=driver.real,
                                                                    draws_per_call=driver.draws_per_call)
     draws = acc.window_draws(window_start)
