@@ -132,10 +132,21 @@ def gaussian_row_statistics(state, *, fixed_design, response, group_index, z, ro
     parts = expansion_columns(state, group_index, z)
     if row_weight is not None:
         parts = parts * row_weight[:, None]
+    # One matrix product A A' over the rows, A = [P of every chain; X'; y'] (rows last):
+    # XLA's CPU dot is several times faster on it than on the batched contractions over
+    # the long rows axis it replaces (the chains' cross blocks it also computes are small).
+    k, p = parts.shape[-1], fixed_design.shape[-1]
+    chains = tf.shape(parts)[0]
+    stacked = tf.reshape(tf.transpose(parts, [0, 2, 1]), [-1, tf.shape(parts)[1]])  # [chains * k, n]
+    A = tf.concat([stacked, tf.transpose(fixed_design), response[None, :]], axis=0)
+    gram = tf.linalg.matmul(A, A, transpose_b=True)
+    m = chains * k
+    blocks = tf.reshape(gram[:m, :m], [chains, k, chains, k])
+    own = tf.transpose(tf.linalg.diag_part(tf.transpose(blocks, [1, 3, 0, 2])), [2, 0, 1])  # [chains, k, k]
     return {
-        "xtp": tf.einsum("np,cnk->cpk", fixed_design, parts),
-        "ptp": tf.einsum("cnk,cnl->ckl", parts, parts),
-        "pty": tf.einsum("cnk,n->ck", parts, response),
+        "xtp": tf.transpose(tf.reshape(gram[m:m + p, :m], [p, chains, k]), [1, 0, 2]),
+        "ptp": own,
+        "pty": tf.reshape(gram[:m, m + p], [chains, k]),
     }
 
 
