@@ -310,3 +310,25 @@ def test_float32_e_step_fit_matches_the_float64_fit(crossed_small):
     allowed = 5.0 * np.hypot(fits[0].tolerance, fits[1].tolerance)[variance]
     assert np.all(difference <= allowed), (difference, allowed)
     assert not np.array_equal(fits[1].estimate, fits[0].estimate)  # the float32 path did run
+
+
+def test_gaussian_row_statistics_are_each_chains_cross_products():
+    """The M-step's ``X'P``, ``P'P`` and ``P'y`` come from one matrix product over every
+    chain's columns at once; each chain's blocks must be its own cross products (three
+    chains, a two-coefficient term beside an intercept term, padding rows weighted out)."""
+    from mixedfx.inference.mstep import expansion_columns, gaussian_row_statistics
+
+    rng = np.random.default_rng(4)
+    n, levels = 50, (6, 4)
+    index = [tf.constant(rng.integers(0, q, n), tf.int32) for q in levels]
+    z = [tf.constant(rng.normal(size=(n, 2))), None]
+    X, y = rng.normal(size=(n, 3)), rng.normal(size=n)
+    weight = (rng.random(n) > 0.2).astype(float)
+    state = [tf.constant(rng.normal(size=(3, q, d))) for q, d in zip(levels, (2, 1))]
+    got = gaussian_row_statistics(state, fixed_design=tf.constant(X), response=tf.constant(y), group_index=index,
+                                  z=z, row_weight=tf.constant(weight))
+    parts = expansion_columns(state, index, z).numpy() * weight[:, None]  # [chains, rows, 2 * 2 + 1]
+    expected = {"xtp": np.einsum("np,cnk->cpk", X, parts), "ptp": np.einsum("cnk,cnl->ckl", parts, parts),
+                "pty": np.einsum("cnk,n->ck", parts, y)}
+    for key, value in expected.items():
+        np.testing.assert_allclose(got[key].numpy(), value, rtol=1e-12, atol=1e-12, err_msg=key)

@@ -307,8 +307,9 @@ def test_sampler_diagnostics_flag_chains_that_disagree():
 
 
 def test_sampler_diagnostics_by_slices_of_levels_match_all_at_once(monkeypatch):
-    """``diagnostic_entries`` bounds the draws per slice of levels; the slices' results
-    must be those of all levels at once, for the term alone and among others."""
+    """``diagnostic_entries`` bounds the draws per slice of level coefficients (every
+    term's side by side, whole levels); the slices' results must be those of all levels
+    at once, for the term alone and among others."""
     from mixedfx._tf import tfp
 
     rng = np.random.default_rng(1)
@@ -317,15 +318,16 @@ def test_sampler_diagnostics_by_slices_of_levels_match_all_at_once(monkeypatch):
     real_ess, calls = tfp.mcmc.effective_sample_size, []
 
     def counted(samples, **kwargs):
-        calls.append(samples.shape[2] if samples.shape.rank == 4 else None)  # levels per slice
+        calls.append(samples.shape[-1])  # (draw, chain, entries): entries per slice
         return real_ess(samples, **kwargs)
 
     monkeypatch.setattr(tfp.mcmc, "effective_sample_size", counted)
     for terms in (draws[:1], draws):
         whole = sampler_diagnostics(terms)
         calls.clear()
-        sliced = sampler_diagnostics(terms, diagnostic_entries=2 * 40 * 2 * 4)  # slices of 4 levels of term 0
-        assert [n for n in calls if n is not None][:10] == [4] * 9 + [1]  # 37 levels did go by slices
+        sliced = sampler_diagnostics(terms, diagnostic_entries=2 * 40 * 2 * 4)  # 8 entries: 4 levels of term 0
+        # term 0's 37 levels by fours, then its last level with term 1's five (the mean squares' call last)
+        assert calls == [8] * 9 + ([2] if len(terms) == 1 else [7]) + [len(terms) + 1]
         assert sliced.keys() == whole.keys()
         for key, value in whole.items():
             assert sliced[key] == pytest.approx(value, rel=1e-12), key

@@ -553,9 +553,9 @@ def sampler_diagnostics(draws, *, diagnostic_entries: int = 1 << 20) -> dict:
     draws : sequence of numpy.ndarray
         Per term, ``(n_chains, n_draws, num_levels, dim)``.
     diagnostic_entries : int, default 1,048,576
-        Draws per slice of levels (8 MiB of float64): the per-level diagnostics run a
-        slice of levels at a time, since their FFTs take several times the draws'
-        memory (:attr:`MCEMOptions.diagnostic_entries`).
+        Draws per slice of coefficients (8 MiB of float64): the per-level diagnostics
+        run a slice of every term's level coefficients at a time, since their FFTs take
+        several times the draws' memory (:attr:`MCEMOptions.diagnostic_entries`).
 
     Returns
     -------
@@ -594,37 +594,53 @@ def sampler_diagnostics(draws, *, diagnostic_entries: int = 1 << 20) -> dict:
     out = {"rhat": nan, "rhat_noise": nan, "rhat_max": nan, "ess_min": nan, "n_kept_draws": int(n_kept)}
     if n_kept < 4:
         return out
-    worst, levels_rhat, ess = None, [], []
-    chi2_95 = {1: 3.841, 2: 5.991, 3: 7.815}.get(n_chains - 1, 3.841 + 1.645 * np.sqrt(2 * (n_chains - 1)))
-    for d in draws:
-        # The per-level diagnostics a slice of levels at a time: their FFTs take several
-        # times the draws' memory.
-        num_levels = d.shape[2]
-        step = max(1, diagnostic_entries // max(1, n_chains * n_kept * d.shape[3]))
-        slices = [slice(start, min(num_levels, start + step)) for start in range(0, num_levels, step)]
-        square_sum = 0.0
-        for levels in slices:
-            samples = tf.constant(np.swapaxes(d[:, :, levels], 0, 1))  # (draw, chain, level, coefficient)
-            ess.append(tfp.mcmc.effective_sample_size(samples, cross_chain_dims=1 if n_chains > 1 else None).numpy())
-            if n_chains > 1:
-                levels_rhat.append(tfp.mcmc.potential_scale_reduction(samples, independent_chain_ndims=1).numpy())
-                square_sum = square_sum + tf.reduce_sum(tf.square(samples), axis=2)
-        if n_chains < 2:
-            continue
-        mean_square = square_sum / num_levels
-        rhat = tfp.mcmc.potential_scale_reduction(mean_square, independent_chain_ndims=1).numpy()
-        ess_per_chain = tfp.mcmc.effective_sample_size(mean_square, cross_chain_dims=1).numpy() / n_chains
-        # R-hat^2 - 1 is about the between-chain variance over the within-chain one:
-        # chi-square with n_chains - 1 degrees of freedom over (n_chains - 1) ESS.
-        noise = np.sqrt(1.0 + chi2_95 / ((n_chains - 1) * np.maximum(ess_per_chain, 1.0))) - 1.0
-        j = int(np.nanargmax(rhat - noise))
-        if worst is None or rhat[j] - noise[j] > worst[0] - worst[1]:
-            worst = (float(rhat[j]), float(noise[j]))
-    if worst is not None:
-        out["rhat"], out["rhat_noise"] = worst
-        out["rhat_max"] = float(max(np.nanmax(r) for r in levels_rhat))
+    # Every term's coefficients side by side, (draw, chain, entry): one call of each
+    # diagnostic for all terms (eager TFP's overhead is per call), a slice of entries at
+    # a time (their FFTs take several times the draws' memory).
+    step = max(1, diagnostic_entries // max(1, n_chains * n_kept))
+    ess, levels_rhat = [], []
+    for piece in _entry_slices(draws, step):
+        samples = tf.constant(piece)
+        ess.append(tfp.mcmc.effective_sample_size(samples, cross_chain_dims=1 if n_chains > 1 else None).numpy())
+        if n_chains > 1:
+            levels_rhat.append(tfp.mcmc.potential_scale_reduction(samples, independent_chain_ndims=1).numpy())
     out["ess_min"] = float(min(np.nanmin(e) for e in ess))
+    if n_chains < 2:
+        return out
+    # each term's mean square of every coefficient over its levels, (draw, chain, coefficient)
+    mean_square = tf.constant(np.concatenate(
+        [np.mean(np.square(np.swapaxes(d, 0, 1)), axis=2) for d in draws], axis=-1))
+    rhat = tfp.mcmc.potential_scale_reduction(mean_square, independent_chain_ndims=1).numpy()
+    ess_per_chain = tfp.mcmc.effective_sample_size(mean_square, cross_chain_dims=1).numpy() / n_chains
+    # R-hat^2 - 1 is about the between-chain variance over the within-chain one:
+    # chi-square with n_chains - 1 degrees of freedom over (n_chains - 1) ESS.
+    chi2_95 = {1: 3.841, 2: 5.991, 3: 7.815}.get(n_chains - 1, 3.841 + 1.645 * np.sqrt(2 * (n_chains - 1)))
+    noise = np.sqrt(1.0 + chi2_95 / ((n_chains - 1) * np.maximum(ess_per_chain, 1.0))) - 1.0
+    j = int(np.nanargmax(rhat - noise))
+    out["rhat"], out["rhat_noise"] = float(rhat[j]), float(noise[j])
+    out["rhat_max"] = float(max(np.nanmax(r) for r in levels_rhat))
     return out
+
+
+def _entry_slices(draws, step: int):
+    """Every term's draws ``(chain, draw, level, coefficient)`` as entries side by side,
+    ``(draw, chain, entries)``, yielded about ``step`` entries at a time (whole levels;
+    the last slice shorter): only one slice is copied at a time."""
+    pieces, size = [], 0
+    for d in draws:
+        n_chains, n_kept, num_levels, dim = d.shape
+        level = 0
+        while level < num_levels:
+            take = max(1, (step - size) // dim)
+            piece = np.swapaxes(d[:, :, level:level + take], 0, 1).reshape(n_kept, n_chains, -1)
+            pieces.append(piece)
+            size += piece.shape[-1]
+            level += take
+            if size >= step:
+                yield np.concatenate(pieces, axis=-1)
+                pieces, size = [], 0
+    if pieces:
+        yield np.concatenate(pieces, axis=-1)
 
 
 def _seed_pair(seed) -> list[int]:
