@@ -310,18 +310,18 @@ def test_sampler_diagnostics_by_slices_of_levels_match_all_at_once(monkeypatch):
     """``diagnostic_entries`` bounds the draws per slice of level coefficients (every
     term's side by side, whole levels); the slices' results must be those of all levels
     at once, for the term alone and among others."""
-    from mixedfx._tf import tfp
+    import mixedfx.inference.mcem as mcem
 
     rng = np.random.default_rng(1)
     draws = [rng.standard_normal((2, 40, 37, 2)) * np.linspace(0.5, 2.0, 37)[:, None],
              rng.standard_normal((2, 40, 5, 1)) + np.array([[[[0.0]]], [[[0.3]]]])]
-    real_ess, calls = tfp.mcmc.effective_sample_size, []
+    real_ess, calls = mcem.effective_sample_size, []
 
     def counted(samples, **kwargs):
         calls.append(samples.shape[-1])  # (draw, chain, entries): entries per slice
         return real_ess(samples, **kwargs)
 
-    monkeypatch.setattr(tfp.mcmc, "effective_sample_size", counted)
+    monkeypatch.setattr(mcem, "effective_sample_size", counted)
     for terms in (draws[:1], draws):
         whole = sampler_diagnostics(terms)
         calls.clear()
@@ -331,6 +331,28 @@ def test_sampler_diagnostics_by_slices_of_levels_match_all_at_once(monkeypatch):
         assert sliced.keys() == whole.keys()
         for key, value in whole.items():
             assert sliced[key] == pytest.approx(value, rel=1e-12), key
+
+
+@pytest.mark.parametrize("n_chains", [1, 2, 3])
+def test_numpy_diagnostics_are_tfps(n_chains):
+    """The NumPy effective sample size and R-hat equal TFP's (``cross_chain_dims`` over the
+    chains, not split) on autocorrelated chains that disagree, and on draws with a
+    constant entry."""
+    from mixedfx._tf import tf, tfp
+    from mixedfx.inference.convergence import effective_sample_size, potential_scale_reduction
+
+    rng = np.random.default_rng(7)
+    draws = rng.standard_normal((60, n_chains, 4, 2))
+    for t in range(1, 60):  # AR(1) chains with coefficient 0.6
+        draws[t] += 0.6 * draws[t - 1]
+    draws += rng.standard_normal((1, n_chains, 1, 1))  # the chains' means differ
+    draws[:, :, 0, 0] = 1.5
+    cross = n_chains > 1
+    expected = tfp.mcmc.effective_sample_size(tf.constant(draws), cross_chain_dims=1 if cross else None).numpy()
+    np.testing.assert_allclose(effective_sample_size(draws, cross_chain=cross), expected, rtol=1e-10)
+    if cross:
+        expected = tfp.mcmc.potential_scale_reduction(tf.constant(draws), independent_chain_ndims=1).numpy()
+        np.testing.assert_allclose(potential_scale_reduction(draws), expected, rtol=1e-10)
 
 
 def test_fit_warns_when_rhat_exceeds_the_threshold(sleepstudy):

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mixedfx._tf import tf, tfp
+from mixedfx._tf import tf
 from mixedfx.inference.buckets import ShapeBuckets
+from mixedfx.inference.convergence import effective_sample_size, potential_scale_reduction
 from mixedfx.inference.driver import MCEMDriver
 from mixedfx.inference.faults import FaultInjection
 from mixedfx.inference.initial import initial_parameters
@@ -546,7 +547,8 @@ def _padded_rows(model: MixedModel, buckets: ShapeBuckets) -> dict:
 
 
 def sampler_diagnostics(draws, *, diagnostic_entries: int = 1 << 20) -> dict:
-    """R-hat and effective sample sizes of kept draws (:mod:`tfp.mcmc.diagnostic`).
+    """R-hat and effective sample sizes of kept draws (TFP's estimators, in NumPy:
+    :mod:`mixedfx.inference.convergence`).
 
     Parameters
     ----------
@@ -594,24 +596,21 @@ def sampler_diagnostics(draws, *, diagnostic_entries: int = 1 << 20) -> dict:
     out = {"rhat": nan, "rhat_noise": nan, "rhat_max": nan, "ess_min": nan, "n_kept_draws": int(n_kept)}
     if n_kept < 4:
         return out
-    # Every term's coefficients side by side, (draw, chain, entry): one call of each
-    # diagnostic for all terms (eager TFP's overhead is per call), a slice of entries at
-    # a time (their FFTs take several times the draws' memory).
+    # Every term's coefficients side by side, (draw, chain, entry), a slice of entries at
+    # a time: the FFTs take several times the draws' memory.
     step = max(1, diagnostic_entries // max(1, n_chains * n_kept))
     ess, levels_rhat = [], []
-    for piece in _entry_slices(draws, step):
-        samples = tf.constant(piece)
-        ess.append(tfp.mcmc.effective_sample_size(samples, cross_chain_dims=1 if n_chains > 1 else None).numpy())
+    for samples in _entry_slices(draws, step):
+        ess.append(effective_sample_size(samples, cross_chain=n_chains > 1))
         if n_chains > 1:
-            levels_rhat.append(tfp.mcmc.potential_scale_reduction(samples, independent_chain_ndims=1).numpy())
+            levels_rhat.append(potential_scale_reduction(samples))
     out["ess_min"] = float(min(np.nanmin(e) for e in ess))
     if n_chains < 2:
         return out
     # each term's mean square of every coefficient over its levels, (draw, chain, coefficient)
-    mean_square = tf.constant(np.concatenate(
-        [np.mean(np.square(np.swapaxes(d, 0, 1)), axis=2) for d in draws], axis=-1))
-    rhat = tfp.mcmc.potential_scale_reduction(mean_square, independent_chain_ndims=1).numpy()
-    ess_per_chain = tfp.mcmc.effective_sample_size(mean_square, cross_chain_dims=1).numpy() / n_chains
+    mean_square = np.concatenate([np.mean(np.square(np.swapaxes(d, 0, 1)), axis=2) for d in draws], axis=-1)
+    rhat = potential_scale_reduction(mean_square)
+    ess_per_chain = effective_sample_size(mean_square) / n_chains
     # R-hat^2 - 1 is about the between-chain variance over the within-chain one:
     # chi-square with n_chains - 1 degrees of freedom over (n_chains - 1) ESS.
     chi2_95 = {1: 3.841, 2: 5.991, 3: 7.815}.get(n_chains - 1, 3.841 + 1.645 * np.sqrt(2 * (n_chains - 1)))
