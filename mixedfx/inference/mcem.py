@@ -548,7 +548,8 @@ def _padded_rows(model: MixedModel, buckets: ShapeBuckets) -> dict:
 
 def sampler_diagnostics(draws, *, diagnostic_entries: int = 1 << 20) -> dict:
     """R-hat and effective sample sizes of kept draws (TFP's estimators, in NumPy:
-    :mod:`mixedfx.inference.convergence`).
+    :func:`~mixedfx.inference.convergence.potential_scale_reduction` and
+    :func:`~mixedfx.inference.convergence.effective_sample_size`).
 
     Parameters
     ----------
