@@ -225,6 +225,26 @@ def test_random_slopes_on_a_categorical_replay_by_value():
     np.testing.assert_array_equal(design.materialize(given)[0].z, expected)
 
 
+@pytest.mark.parametrize("categories", [[0, 1, 2], [2.5, 1.0, 7.0], ["a", "b", "c"]])
+def test_a_categorical_of_numbers_encodes_as_indicators_on_both_sides(categories):
+    """A pandas categorical whose categories are numbers is a factor: ``(0 + f | g)`` gets
+    one indicator column per level, and ``f`` on the fixed side treatment contrasts, at
+    fit and when replayed on the categories' plain values (formulaic replays a
+    categorical factor given as plain numbers as the numbers themselves)."""
+    codes = [0, 1, 2, 1, 0, 2]
+    f = pd.Categorical.from_codes(codes, categories=categories)
+    train = pd.DataFrame({"y": np.arange(6.0), "f": f, "g": ["a", "a", "b", "b", "c", "c"]})
+    indicators = np.eye(3)[codes]
+    given = pd.DataFrame({"f": [categories[2], categories[0]], "g": ["a", "c"]})  # train's rows 2 and 0
+    for left, expected in (("0 + f", indicators), ("f", np.column_stack([np.ones(6), indicators[:, 1:]]))):
+        design = RandomDesign.from_spec(parse_formula(f"y ~ ({left} | g)"), train)
+        np.testing.assert_array_equal(design.materialize(train)[0].z, expected)
+        np.testing.assert_array_equal(design.materialize(given)[0].z, expected[[2, 0]])
+    design, X = build_fixed_design("f", train)
+    np.testing.assert_array_equal(X, np.column_stack([np.ones(6), indicators[:, 1:]]))
+    np.testing.assert_array_equal(design.transform(given), X[[2, 0]])
+
+
 def test_numeric_columns_given_as_strings_are_read_as_numbers():
     design, X = build_fixed_design("x", pd.DataFrame({"x": [0.5, 1.0, 2.0]}))
     np.testing.assert_array_equal(design.transform(pd.DataFrame({"x": ["0.5", "1", "2.0"]})), X)

@@ -229,3 +229,72 @@ def test_the_df_computation_prints_nothing_to_the_terminal():
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stderr == "", done.stderr
     assert done.stdout.startswith("[")
+
+
+def _structure_pair(structure: str, rng):
+    """One model with a structured term of dimension 3 on ``g`` and the same model in
+    lme4's spelling (scalar terms), at covariance values that are one and the same
+    ``Sigma``: ``homdiag(0 + f | g)`` is ``(1 | g:f)``, ``homcs(0 + f | g)`` is
+    ``(1 | g) + (1 | g:f)`` (``Sigma = a I + b 11'``), ``diag(1 + x + w | g)`` is
+    ``(1 + x + w || g)``."""
+    from mixedfx.design import RandomTermData
+    from mixedfx.model import Gaussian, MixedModel
+
+    n_groups, rows = 8, 12
+    g = np.repeat(np.arange(n_groups), rows).astype(np.int32)
+    f = np.tile(np.repeat(np.arange(3), rows // 3), n_groups)
+    x, w = rng.normal(size=g.size), rng.normal(size=g.size)
+    X = np.column_stack([np.ones(g.size), f == 1, f == 2, x])
+    sigma, a, b = 0.7, 0.4, 0.9  # a: the within-group part, b: the shared part
+    if structure == "diag":
+        z, sds = np.column_stack([np.ones(g.size), x, w]), np.array([0.8, 0.3, 0.5])
+        structured_L = np.diag(sds)
+        plain = [(g, z[:, [j]], n_groups, np.array([[s]])) for j, s in enumerate(sds)]
+    else:
+        z = np.eye(3)[f]
+        cov = a * np.eye(3) + (b * np.ones((3, 3)) if structure == "homcs" else 0.0)
+        structured_L = np.linalg.cholesky(cov)
+        cell = (g * 3 + f).astype(np.int32)
+        plain = [(cell, None, 3 * n_groups, np.array([[np.sqrt(a)]]))]
+        if structure == "homcs":
+            plain.insert(0, (g, None, n_groups, np.array([[np.sqrt(b)]])))
+    names = ("Intercept", "f1", "f2", "x")
+    y = rng.normal(size=g.size)
+    structured = MixedModel(Gaussian(), X, y, (RandomTermData("g", g, z, n_groups, ("c0", "c1", "c2"),
+                                                              covariance=structure),), names)
+    lme4 = MixedModel(Gaussian(), X, y, tuple(RandomTermData(f"t{k}", index, zk, q)
+                                              for k, (index, zk, q, _) in enumerate(plain)), names)
+    beta = np.zeros(4)
+    return ((structured, ModelParameters(beta, (structured_L,), {"sigma": sigma})),
+            (lme4, ModelParameters(beta, tuple(L for *_, L in plain), {"sigma": sigma})))
+
+
+@pytest.mark.parametrize("structure", ["homdiag", "homcs", "diag"])
+def test_kenward_roger_of_a_linear_structure_is_its_lme4_spellings(structure):
+    """Kenward-Roger works in the linear parametrization ``Sigma = sum gamma_i G_i``; a
+    structure linear in its variances (``diag``, ``homdiag``, ``homcs``) has one
+    (:meth:`~mixedfx.model.covariance.CovarianceStructure.linear_basis`), and its adjusted
+    covariance and df must be those of the same model in lme4's spelling (pbkrtest's
+    parametrization, checked against pbkrtest above)."""
+    from mixedfx.lmertest import _kenward_roger_df
+    from mixedfx.model.ddf import kenward_roger_pieces
+
+    (structured, at), (lme4, same) = _structure_pair(structure, np.random.default_rng(3))
+    got, expected = kenward_roger_pieces(structured, at), kenward_roger_pieces(lme4, same)
+    np.testing.assert_allclose(got.fixed_cov, expected.fixed_cov, rtol=1e-10)
+    np.testing.assert_allclose(got.adjusted_cov, expected.adjusted_cov, rtol=1e-8)
+    assert not np.allclose(got.adjusted_cov, got.fixed_cov, rtol=1e-3)  # the adjustment is there to compare
+    for L in (np.eye(4)[[1]], np.eye(4)[[3]], np.eye(4)[[1, 2]]):
+        np.testing.assert_allclose(_kenward_roger_df(L, got), _kenward_roger_df(L, expected), rtol=1e-8)
+
+
+def test_kenward_roger_refuses_a_nonlinear_structure_naming_it():
+    from mixedfx.design import RandomTermData
+    from mixedfx.model import Gaussian, MixedModel
+    from mixedfx.model.ddf import kenward_roger_pieces
+
+    g = np.repeat(np.arange(4), 3).astype(np.int32)
+    term = RandomTermData("g", g, np.tile(np.eye(3), (4, 1)), 4, ("t1", "t2", "t3"), covariance="ar1")
+    model = MixedModel(Gaussian(), np.ones((12, 1)), np.zeros(12), (term,), ("Intercept",))
+    with pytest.raises(mixedfx.ParameterError, match=r"nonlinear in their parameters \(ar1; us, diag, homdiag"):
+        kenward_roger_pieces(model, ModelParameters(np.zeros(1), (np.eye(3),), {"sigma": 1.0}))

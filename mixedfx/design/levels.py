@@ -441,10 +441,13 @@ def conform_levels(data: pd.DataFrame, model_spec) -> pd.DataFrame:
 
 
 def _spelled_as_fitted(values: pd.Series, levels: pd.Index, *, column: str) -> np.ndarray:
-    """The fitted category of each value; values without one are kept as given."""
+    """The fitted category of each value, as a categorical with the fitted categories
+    (formulaic replays a spec's categorical factor on plain integers as numbers, so
+    ``0 + f`` of integer categories would give the values, not indicators); values
+    without one are kept as given, in an object array."""
     positions = LevelMatcher(levels, column=column, role="categorical column").positions(values)
     if (positions >= 0).all():
-        return levels.take(positions).to_numpy()
+        return pd.Categorical.from_codes(positions, categories=levels)
     out = np.asarray(values.to_numpy(dtype=object), dtype=object)
     hit = positions >= 0
     out[hit] = np.asarray(levels.take(positions[hit]).to_numpy(dtype=object), dtype=object)

@@ -179,6 +179,30 @@ class CovarianceStructure:
         params = np.mean([self.unconstrained(cov) for cov in covs], axis=0)
         return np.asarray(self.covariance(params, covs.shape[-1]))
 
+    def linear_basis(self, dim: int) -> list[np.ndarray] | None:
+        """Symmetric ``dim x dim`` matrices ``G_i`` whose combinations ``sum_i gamma_i G_i``
+        are the structure's covariances (Kenward and Roger's linear parametrization, as
+        pbkrtest writes lme4's), or ``None`` where no such basis exists (a covariance
+        nonlinear in its parameters: ``cs``, ``ar1``, ``toep``, the spatial ones, ``rr``).
+        ``us``: every variance, then every covariance, column by column of the lower
+        triangle.
+
+        Examples
+        --------
+        >>> from mixedfx.model.covariance import structure_for
+        >>> [G.tolist() for G in structure_for("homcs").linear_basis(2)]  # b I + a 11'
+        [[[1.0, 0.0], [0.0, 1.0]], [[1.0, 1.0], [1.0, 1.0]]]
+        >>> len(structure_for("us").linear_basis(3)), structure_for("ar1").linear_basis(3)
+        (6, None)
+        """
+        basis = []
+        for b in range(dim):
+            for a in range(b, dim):
+                G = np.zeros((dim, dim))
+                G[a, b] = G[b, a] = 1.0
+                basis.append(G)
+        return basis
+
     def expansion_basis(self, dim: int) -> np.ndarray:
         """The scale expansions ``C`` that keep the structure, as columns spanning
         ``vec(C)`` (row-major, ``dim * dim`` rows)."""
@@ -270,6 +294,10 @@ class _Projected(CovarianceStructure):
     newton_tolerance = 0.0
     linear = False
 
+    def linear_basis(self, dim: int):
+        """None: nonlinear in its parameters (see :meth:`CovarianceStructure.linear_basis`)."""
+        return None
+
     def project(self, second_moment, n_levels):
         """Newton's method on ``log|Sigma(theta)| + tr(Sigma(theta)^-1 S)``, ``S`` the
         mean second moment, from :meth:`start` at ``S``; each step halves until the
@@ -348,6 +376,10 @@ class Diagonal(CovarianceStructure):
     def start(self, cov):
         return _log_sds(cov)
 
+    def linear_basis(self, dim: int) -> list[np.ndarray]:
+        """One variance per coefficient: ``e_a e_a'``."""
+        return [np.diag(np.eye(dim)[a]) for a in range(dim)]
+
     def project(self, second_moment, n_levels):
         """Closed form: the diagonal of the mean second moment."""
         S = tf.convert_to_tensor(second_moment, tf.float64) / tf.cast(n_levels, tf.float64)
@@ -369,6 +401,10 @@ class HomogeneousDiagonal(Diagonal):
 
     def start(self, cov):
         return 0.5 * tf.math.log(tf.reduce_mean(tf.linalg.diag_part(cov)))[None]
+
+    def linear_basis(self, dim: int) -> list[np.ndarray]:
+        """One common variance: ``I``."""
+        return [np.eye(dim)]
 
     def project(self, second_moment, n_levels):
         """Closed form: the mean of the second moment's diagonal, times the identity."""
@@ -442,6 +478,10 @@ class HomogeneousCompoundSymmetry(CompoundSymmetry):
         variance = tf.reduce_mean(tf.linalg.diag_part(cov))
         rho = (tf.reduce_sum(cov) - tf.linalg.trace(cov)) / float(dim * (dim - 1)) / variance
         return tf.stack([0.5 * tf.math.log(variance), _cs_rho_inverse(rho, dim)])
+
+    def linear_basis(self, dim: int) -> list[np.ndarray]:
+        """``b I + a 11'``: the identity and the matrix of ones."""
+        return [np.eye(dim), np.ones((dim, dim))]
 
 
 class AutoRegressive(_Projected):

@@ -283,14 +283,15 @@ class KenwardRogerPieces:
 
 
 def _covariance_derivatives(model: MixedModel, dense_terms) -> list[np.ndarray]:
-    """pbkrtest's ``G_i``: ``dSigma / dgamma_i`` per covariance entry (lower triangle per term), then ``I``."""
+    """pbkrtest's ``G_i``: ``dSigma / dgamma_i`` per element of each term's structure's
+    linear basis (:meth:`~mixedfx.model.covariance.CovarianceStructure.linear_basis`;
+    for ``us`` every variance and covariance, lower triangle), then ``I``."""
     G = []
-    for dense in dense_terms:
-        d = dense.shape[2]
-        for b in range(d):
-            for a in range(b, d):
-                outer = dense[:, :, a] @ dense[:, :, b].T
-                G.append(outer if a == b else outer + outer.T)
+    for dense, name in zip(dense_terms, _structures(model)):
+        flat = dense.reshape(dense.shape[0], -1)  # (n, levels * dim)
+        for basis in structure_for(name).linear_basis(dense.shape[2]):
+            mixed = np.einsum("mlb,ab->mla", dense, basis).reshape(flat.shape)
+            G.append(flat @ mixed.T)  # sum over levels of D_l basis D_l'
     G.append(np.eye(model.n_obs))
     return G
 
@@ -339,10 +340,12 @@ def kenward_roger_pieces(model: MixedModel, params: ModelParameters) -> KenwardR
     if n * n > MAX_DENSE_DDF_ENTRIES:
         raise DataError(f"Kenward-Roger forms {n} x {n} matrices (as pbkrtest); above the limit of "
                         f"{MAX_DENSE_DDF_ENTRIES:,} entries use ddf='satterthwaite'")
-    structured = [structure_for(name).name for name in _structures(model) if not structure_for(name).unstructured]
-    if structured:
+    nonlinear = [structure_for(name).name for term, name in zip(model.random_terms, _structures(model))
+                 if structure_for(name).linear_basis(term.dim) is None]
+    if nonlinear:
         raise ParameterError(f"Kenward-Roger degrees of freedom are not yet available for covariance structures "
-                             f"({', '.join(structured)}): use ddf='satterthwaite'")
+                             f"nonlinear in their parameters ({', '.join(nonlinear)}; us, diag, homdiag and homcs "
+                             f"have them): use ddf='satterthwaite'")
     dense = _dense_terms(model)
     sigma = float(params.family_params["sigma"])
     X = model.fixed_design

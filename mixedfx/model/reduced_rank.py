@@ -56,6 +56,10 @@ class ReducedRank(CovarianceStructure):
     def __init__(self, rank: int = 2):
         self.rank = int(rank)
 
+    def linear_basis(self, dim: int):
+        """None: ``Lambda Lambda'`` is not linear in the loadings (Kenward-Roger refuses it)."""
+        return None
+
     @classmethod
     def build(cls, *, coordinates=None, arguments=()) -> CovarianceStructure:
         """``d`` from ``(("d", "1"),)`` or the positional ``(("", "1"),)`` (the parser has
