@@ -268,3 +268,36 @@ def test_fit_beyond_the_dense_bound_keeps_exact_standard_errors(crossed_small, c
     for name in ("g1", "g2"):
         np.testing.assert_allclose(large.random_effects_[name].to_numpy(),
                                    crossed_small_fit.random_effects_[name].to_numpy(), atol=1e-6)
+
+
+def test_prior_log_prob_is_the_joint_distributions_prior(rng):
+    """The fitting loop's prior (written out, no TFP distribution objects) against the
+    JointDistribution's log_prob less the response's, for terms of one, two and three
+    coefficients and two chains; and with padded levels masked out, against scipy."""
+    from mixedfx.model.joint import prior_log_prob, response_log_prob
+
+    n = 60
+    x, w = rng.normal(size=n), rng.normal(size=n)
+    groups = [rng.integers(0, q, n).astype(np.int32) for q in (5, 4, 3)]
+    zs = [None, np.column_stack([np.ones(n), x]), np.column_stack([np.ones(n), x, w])]
+    terms = tuple(RandomTermData(f"g{k}", g, z, int(g.max()) + 1, tuple(f"c{j}" for j in range(1 if z is None else z.shape[1])))
+                  for k, (g, z) in enumerate(zip(groups, zs)))
+    model = MixedModel(Gaussian(), np.column_stack([np.ones(n), x]), rng.normal(size=n), terms, ("Intercept", "x"))
+    scale_tril = [np.array([[0.7]]), np.array([[0.9, 0.0], [-0.4, 0.5]]),
+                  np.array([[1.2, 0.0, 0.0], [0.3, 0.6, 0.0], [-0.2, 0.1, 0.4]])]
+    effects = [rng.normal(size=(2, t.num_levels, t.dim)) for t in terms]  # two chains
+    joint = build_joint_distribution(model.tensors(), fixed_effects=[0.5, 1.0], random_scale_tril=scale_tril,
+                                     family=Gaussian(), family_params={"sigma": 0.8})
+    for chain in range(2):
+        draw = {t.name: e[chain] for t, e in zip(terms, effects)}
+        draw[RESPONSE] = model.response
+        expected = float(joint.log_prob(draw)) - float(response_log_prob(
+            model.tensors(), [e[chain] for e in effects], fixed_effects=np.array([0.5, 1.0]), family=Gaussian(),
+            family_params={"sigma": np.float64(0.8)}))
+        got = prior_log_prob(effects, random_scale_tril=scale_tril).numpy()
+        assert got.shape == (2,) and got[chain] == pytest.approx(expected, rel=1e-12)
+    weight = [np.array([1.0, 1.0, 1.0, 0.0, 0.0]), None, np.array([1.0, 0.0, 1.0])]
+    masked = prior_log_prob(effects, random_scale_tril=scale_tril, level_weight=weight).numpy()[0]
+    manual = sum(((1.0 if m is None else m) * stats.multivariate_normal(np.zeros(L.shape[0]), L @ L.T).logpdf(
+        e[0].reshape(-1, L.shape[0]))).sum() for e, L, m in zip(effects, scale_tril, weight))
+    assert masked == pytest.approx(manual, rel=1e-12)
