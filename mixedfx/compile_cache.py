@@ -46,6 +46,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import secrets
 import shutil
 import socket
@@ -330,20 +331,23 @@ def configure(environ=os.environ) -> CompileCache | None:
     are made at the first fit (:func:`refresh`).
     """
     global _ACTIVE
+    # A child process inherits its parent's TF_XLA_FLAGS: the parent's private directory
+    # is dropped (each process gets its own, or none with the cache off); a cache the
+    # user named is left alone.
+    flag = "--tf_xla_persistent_cache_directory="
+    inherited = environ.get("TF_XLA_FLAGS", "").split()
+    private = re.compile(rf"{re.escape(_PRIVATE_PREFIX)}.+-\d+-[0-9a-f]{{8}}")  # the token below
+    flags = [token for token in inherited
+             if not (token.startswith(flag) and private.fullmatch(Path(token[len(flag):]).name))]
     try:
         root = cache_root(environ)
     except RuntimeError:  # no home directory to find the user's cache directory in
-        return None
-    if root is None:
+        root = None
+    if root is None or any(token.startswith(flag) for token in flags):
+        if len(flags) != len(inherited):
+            environ["TF_XLA_FLAGS"] = " ".join(flags)
         return None
     shared = root / "xla" / machine_tag()
-    # A child process inherits its parent's TF_XLA_FLAGS: the parent's private directory
-    # is dropped (each process gets its own); a cache the user named is left alone.
-    flag = "--tf_xla_persistent_cache_directory="
-    flags = [token for token in environ.get("TF_XLA_FLAGS", "").split()
-             if not (token.startswith(flag) and Path(token[len(flag):]).parent == shared)]
-    if any(token.startswith(flag) for token in flags):
-        return None
     token = f"{_PRIVATE_PREFIX}{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
     _ACTIVE = CompileCache(shared, shared / token, max_bytes=_max_bytes(environ))
     environ["TF_XLA_FLAGS"] = " ".join([*flags, f"{flag}{_ACTIVE.private}"])

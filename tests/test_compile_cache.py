@@ -147,6 +147,22 @@ def test_a_child_process_gets_a_private_directory_of_its_own(tmp_path, monkeypat
     assert child["TF_XLA_FLAGS"] == f"--tf_xla_cpu_global_jit --tf_xla_persistent_cache_directory={second.private}"
 
 
+def test_a_child_with_the_cache_off_drops_its_parents_private_directory(tmp_path, monkeypatch):
+    """``MIXEDFX_CACHE_DIR=off`` in a child of a caching process switches the cache off
+    there too: the parent's private directory, inherited through TF_XLA_FLAGS, would
+    otherwise serve the child the parent's programs.  Other flags, and a cache directory
+    the user named, stay."""
+    monkeypatch.setattr(compile_cache, "_ACTIVE", None)
+    parent = {"MIXEDFX_CACHE_DIR": str(tmp_path), "TF_XLA_FLAGS": "--tf_xla_cpu_global_jit"}
+    first = configure(parent)
+    child = {**parent, "MIXEDFX_CACHE_DIR": "off"}
+    assert configure(child) is None
+    assert child["TF_XLA_FLAGS"] == "--tf_xla_cpu_global_jit"
+    named = {"MIXEDFX_CACHE_DIR": "off", "TF_XLA_FLAGS": f"--tf_xla_persistent_cache_directory={tmp_path / 'run-mine'}"}
+    assert configure(named) is None and named["TF_XLA_FLAGS"].endswith("run-mine")
+    assert first.private.name.startswith("run-")
+
+
 def test_the_default_root_is_the_user_cache_directory(monkeypatch):
     if sys.platform in ("win32", "darwin"):
         pytest.skip("the XDG rule is Linux's; macOS and Windows use their own cache folders")

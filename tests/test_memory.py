@@ -17,7 +17,7 @@ from mixedfx.inference.loop import compiled_iterations
 from mixedfx.inference.memory import available_memory_bytes, estimate_peak_bytes, peak_memory_bytes
 from mixedfx.model import Gaussian, bind_model
 
-from conftest import subprocess_env
+from conftest import _XLA_TEST_FLAGS, subprocess_env
 
 
 def test_fit_summary_records_the_estimate_and_the_peak(small_fit):
@@ -158,10 +158,15 @@ print(json.dumps([summary.memory_estimate_bytes, summary.memory_peak_bytes, peak
 
 @pytest.mark.slow
 def test_the_estimate_matches_the_measured_peak_of_a_fresh_process():
+    # As a user's first fit: the compilation cache off, so that XLA compiles (a cached program
+    # peaks about 0.24 GB lower at this size), and without the suite's XLA_FLAGS (conftest.py),
+    # under which compiling took 0.23 GB less.
+    env = {**subprocess_env(), "MIXEDFX_CACHE_DIR": "off"}
+    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if f not in _XLA_TEST_FLAGS)
     out = subprocess.run([sys.executable, "-c", _MEASURE, "400000"], capture_output=True, text=True,
-                         env=subprocess_env(), timeout=600, check=True)
+                         env=env, timeout=600, check=True)
     estimate, recorded, peak = json.loads(out.stdout.strip().splitlines()[-1])
     assert 0 < recorded <= peak
-    # Calibrated on this model at 20,000 to 2 million rows (docs/scaling.md): within 10 % on a
-    # quiet machine; 11.5 % (1.60 GB estimated, 1.81 GB VmHWM) beside the suite's other worker.
-    assert abs(estimate - peak) <= 0.15 * peak, (estimate, peak)
+    # Calibrated on this model at 20,000 to 2 million rows (docs/scaling.md): 1.405 GB estimated,
+    # 1.441 GB measured (-2.5 %).  The calibration before the NumPy diagnostics (1.599 GB) is 11 % off.
+    assert abs(estimate - peak) <= 0.10 * peak, (estimate, peak)
