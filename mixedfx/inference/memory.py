@@ -26,7 +26,7 @@ __all__ = ["available_memory_bytes", "check_memory", "check_memory_maps", "estim
            "memory_maps", "peak_memory_bytes"]
 
 #: TensorFlow's runtime, the compiled programs and Python's own (measured at 20,000 rows).
-BASE_BYTES = 1_200_000_000
+BASE_BYTES = 1_250_000_000
 #: Resident bytes per stored number of a row: the DataFrame, the design, the model's
 #: arrays, the padded tensors and the exact step's per-row sums hold several copies.
 BYTES_PER_ROW_NUMBER = 70
@@ -73,7 +73,7 @@ def estimate_peak_bytes(model, options, *, n_devices: int = 1) -> int:
     >>> from mixedfx.inference.memory import estimate_peak_bytes
     >>> two, eight = (estimate_peak_bytes(model.model_, MCEMOptions(n_chains=c)) for c in (2, 8))
     >>> round(two / 1e9, 2), eight > two
-    (1.2, True)
+    (1.25, True)
     """
     num_levels = tuple(t.num_levels for t in model.random_terms)
     dims = tuple(t.dim for t in model.random_terms)
