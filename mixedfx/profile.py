@@ -25,6 +25,13 @@ What is profiled follows lme4 (1.1-31's ``profile.merMod`` and ``devfun2``):
   models (``ziformula``, ``dispformula``) is refused: its coefficients, held, would
   make every interval too narrow.
 
+A structured random term (``ar1(0 + timef | subject)``, ``cs``, ``diag``, the spatial
+ones) is profiled on its structure's own parameters, as glmmTMB profiles its ``theta``:
+its sds (``sd(subject)`` where the sd is common) and ``rho(subject)``, ``range(subject)``
+and the like, each on the scale it is reported on
+(:meth:`~mixedfx.model.covariance.CovarianceStructure.natural_coordinates`).  ``toep`` and
+``rr``, whose parameters are not each one reported quantity, are refused.
+
 The estimate itself is re-optimized on the profiled criterion first, so a Monte Carlo
 EM fit's small error in the optimum does not shift the profile's zero.  An sd whose
 profile does not reach the level before 0 gets the lower limit 0, a correlation
@@ -43,7 +50,8 @@ from sklearn.utils.validation import check_is_fitted
 from mixedfx.exceptions import ParameterError
 from mixedfx.inference.layout import ParameterLayout
 from mixedfx.model import ModelParameters, gaussian_marginal, term_z
-from mixedfx.model.covariance import structure_for
+from mixedfx._tf import tf
+from mixedfx.model.covariance import term_structure
 from mixedfx.model.likelihood import marginal_log_likelihood
 
 __all__ = ["profile_intervals", "profile_intervals_at"]
@@ -67,15 +75,17 @@ def profile_intervals(model, *, level: float = 0.95, which=None) -> pd.DataFrame
     -------
     pandas.DataFrame
         One row per parameter (fixed effects, ``sd(g)``, ``sd(g, coef)``,
-        ``cor(g, a, b)``, then ``sigma``), columns ``"2.5 %"`` and ``"97.5 %"`` (for
+        ``cor(g, a, b)``, a structured term's own parameters such as ``rho(g)``, then
+        ``sigma``), columns ``"2.5 %"`` and ``"97.5 %"`` (for
         ``level=0.95``); ``attrs["criterion"]`` says which deviance was profiled and
         ``attrs["estimate"]`` holds its optimum.
 
     Raises
     ------
     ParameterError
-        If ``level`` is not in (0, 1), ``which`` names an unknown parameter, or the
-        family has its own linear models (``ziformula``, ``dispformula``).
+        If ``level`` is not in (0, 1), ``which`` names an unknown parameter, the
+        family has its own linear models (``ziformula``, ``dispformula``), or a term's
+        structure is ``toep`` or ``rr``.
     sklearn.exceptions.NotFittedError
         If ``model`` is not fitted.
 
@@ -135,15 +145,12 @@ def profile_intervals_at(bound, params: ModelParameters, *, level: float = 0.95,
     """
     if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 < level < 1.0:
         raise ParameterError(f"level must be a number between 0 and 1, got {level!r}")
-    structured = [f"{t.covariance}(... | {t.name})" for t in bound.random_terms
-                  if not structure_for(getattr(t, "covariance", "us")).unstructured]
-    if structured:
-        raise ParameterError(f"profile intervals are not yet available for covariance structures "
-                             f"({', '.join(structured)}): use method='bootstrap' or 'wald'")
+    coordinates = _Coordinates.from_model(bound)
     _refuse_own_coefficients(bound)
     layout = ParameterLayout.from_model(bound)
-    problem = _problem(bound, params, layout)
-    names = list(layout.names)
+    problem = _problem(bound, params, layout, coordinates)
+    families = [n for n, kind in zip(layout.names, layout.kinds) if kind in ("family", "family_raw")]
+    names = list(problem.names[:layout.n_fixed]) + list(coordinates.names) + families
     if which is None:
         chosen = names
     else:
@@ -203,22 +210,121 @@ class _Problem:
     cache: dict = dataclasses.field(default_factory=dict)
 
 
-def _problem(bound, params: ModelParameters, layout: ParameterLayout) -> _Problem:
+@dataclasses.dataclass(frozen=True)
+class _Coordinates:
+    """The random terms' entries of the profiled vector: per ``us`` term its sds and
+    correlations (lme4's scale), per structured term its structure's own parameters on
+    their reported scales (:meth:`~mixedfx.model.covariance.CovarianceStructure.natural_coordinates`:
+    ``sd(g, coef)``, ``rho(g)``, ``range(g)``; glmmTMB profiles the same parameters)."""
+
+    dims: tuple
+    structures: tuple
+    natural: tuple  # per term: None (us), else natural_coordinates' list
+    names: tuple
+    kinds: tuple  # "sd" or "cor": the first step away from the estimate (_step)
+    bounds: tuple
+
+    @classmethod
+    def from_model(cls, bound) -> _Coordinates:
+        """The coordinates of ``bound``'s terms; a structure without natural coordinates is refused."""
+        layout = ParameterLayout.from_model(bound)
+        us = iter([(n, k) for n, k in zip(layout.names, layout.kinds) if k in ("sd", "cor")])
+        structures, natural, names, kinds, bounds = [], [], [], [], []
+        for term in bound.random_terms:
+            structure = term_structure(term)
+            coords = None if structure.unstructured else structure.natural_coordinates(term.coef_names)
+            if coords is None and not structure.unstructured:
+                raise ParameterError(f"profile intervals are not available for {structure.name}(... | {term.name}): "
+                                     f"its parameters are not each one reported sd or correlation; "
+                                     f"use method='bootstrap' or 'wald'")
+            count = term.dim * (term.dim + 1) // 2
+            if coords is None:
+                pairs = [next(us) for _ in range(count)]
+                names += [n for n, _ in pairs]
+                kinds += [k for _, k in pairs]
+                bounds += [(0.0, None) if k == "sd" else (-1.0, 1.0) for _, k in pairs]
+            else:
+                [next(us) for _ in range(count)]
+                names += [f"{n}({term.name}, {c})" if c is not None else f"{n}({term.name})" for n, c, _, _ in coords]
+                kinds += ["cor" if n == "rho" else "sd" for n, _, _, _ in coords]
+                bounds += [b for _, _, _, b in coords]
+            structures.append(structure)
+            natural.append(coords)
+        return cls(tuple(t.dim for t in bound.random_terms), tuple(structures), tuple(natural), tuple(names),
+                   tuple(kinds), tuple(bounds))
+
+    @property
+    def unstructured(self) -> bool:
+        """Whether every term is ``us`` (lme4's theta describes them)."""
+        return all(coords is None for coords in self.natural)
+
+    def _slices(self):
+        start = 0
+        for dim, coords in zip(self.dims, self.natural):
+            size = dim * (dim + 1) // 2 if coords is None else len(coords)
+            yield slice(start, start + size), dim, coords
+            start += size
+
+    def values(self, scale_trils) -> np.ndarray:
+        """The coordinates of each term's ``L L'``."""
+        out = []
+        for (_, dim, coords), structure, L in zip(self._slices(), self.structures, scale_trils):
+            if coords is None:
+                out.append(_sdcor((L,)))
+            else:
+                raw = structure.unconstrained(L @ L.T)
+                out.append(np.array([float(bijector.forward(tf.constant(u, tf.float64)))
+                                     for u, (_, _, bijector, _) in zip(raw, coords)]))
+        return np.concatenate(out) if out else np.zeros(0)
+
+    def trils(self, values) -> tuple | None:
+        """Each term's scale factor at the coordinates ``values`` (``None`` if one is impossible)."""
+        out = []
+        for (part, dim, coords), structure in zip(self._slices(), self.structures):
+            if coords is None:
+                root = _scale_trils(values[part], (dim,))
+                root = None if root is None else root[0]
+            else:
+                raw = [bijector.inverse(tf.constant(v, tf.float64)) for v, (_, _, bijector, _) in zip(values[part], coords)]
+                root = _root(np.asarray(structure.covariance(tf.stack(raw), dim)))
+            if root is None:
+                return None
+            out.append(root)
+        return tuple(out)
+
+
+def _root(cov: np.ndarray) -> np.ndarray | None:
+    """A Cholesky factor of a covariance, its sds on the diagonal's scale so that an sd of 0 or
+    a correlation of 1 (a profile's bound) still has one; ``None`` if not finite."""
+    if not np.all(np.isfinite(cov)):
+        return None
+    sd = np.sqrt(np.maximum(np.diag(cov), 0.0))
+    scale = np.where(sd > 0, sd, 1.0)
+    corr = cov / np.outer(scale, scale)
+    corr[sd == 0, :] = corr[:, sd == 0] = 0.0
+    np.fill_diagonal(corr, 1.0)
+    for ridge in (0.0, 1e-10, 1e-7):
+        try:
+            return sd[:, None] * np.linalg.cholesky(corr + ridge * np.eye(len(sd)))
+        except np.linalg.LinAlgError:
+            continue
+    return None
+
+
+def _problem(bound, params: ModelParameters, layout: ParameterLayout, coordinates: _Coordinates) -> _Problem:
     """The profiling problem of ``bound``: its criterion, bounds, scales and optimum."""
-    p, dims = layout.n_fixed, layout.dims
+    p = layout.n_fixed
     gaussian = bound.family.conjugate_gaussian
-    variance = [n for n, kind in zip(layout.names, layout.kinds) if kind in ("sd", "cor")]
-    names = tuple(layout.names[:p]) + tuple(variance) + (("sigma",) if gaussian else ())
-    start = np.concatenate([params.fixed_effects, _sdcor(params.random_scale_tril)]
+    names = tuple(layout.names[:p]) + coordinates.names + (("sigma",) if gaussian else ())
+    start = np.concatenate([params.fixed_effects, coordinates.values(params.random_scale_tril)]
                            + ([[float(params.family_params["sigma"])]] if gaussian else []))
-    kinds = ["fixed"] * p + [k for k in layout.kinds if k in ("sd", "cor")] + (["sigma"] if gaussian else [])
-    bounds = [{"fixed": (None, None), "sd": (0.0, None), "cor": (-1.0, 1.0), "sigma": (1e-8, None)}[k]
-              for k in kinds]
+    kinds = ["fixed"] * p + list(coordinates.kinds) + (["sigma"] if gaussian else [])
+    bounds = [(None, None)] * p + list(coordinates.bounds) + ([(1e-8, None)] if gaussian else [])
     if gaussian:
-        deviance, free = _gaussian_deviance(bound, dims, p), _gaussian_free(p, len(names))
+        deviance, free = _gaussian_deviance(bound, coordinates, p), _gaussian_free(p, len(names))
         criterion = "ML deviance (exact; fixed effects by GLS; a REML fit is profiled by ML, as lme4)"
     else:
-        deviance, free = _laplace_deviance(bound, params, dims, p), _all_free(len(names))
+        deviance, free = _laplace_deviance(bound, params, coordinates, p), _all_free(len(names))
         criterion = "Laplace deviance at the conditional modes"
     scale = np.array([_step(k, v) for k, v in zip(kinds, start)])
     # a Laplace deviance is smooth only to the mode search's tolerance: larger finite-difference steps
@@ -325,13 +431,14 @@ def _all_free(size: int):
     return free
 
 
-def _gaussian_deviance(bound, dims, p: int):
+def _gaussian_deviance(bound, coordinates: _Coordinates, p: int):
     """The exact ML deviance of a Gaussian model, the fixed effects profiled out by GLS.
 
     With ``focal`` a fixed effect's index, that fixed effect is held at ``x[focal]``
     (its column moved into the offset) and the others are profiled out.
     """
     X, n = bound.fixed_design, bound.n_obs
+    dims = coordinates.dims
     offset = np.zeros(n) if bound.offset is None else bound.offset
     reduced = {}
 
@@ -346,7 +453,7 @@ def _gaussian_deviance(bound, dims, p: int):
 
     def marginal(x, focal=None):
         model, held = model_for(focal)
-        trils = _scale_trils(x[p:-1], dims)
+        trils = coordinates.trils(x[p:-1])
         if trils is None:
             return None
         if held is not None:
@@ -377,8 +484,9 @@ def _gaussian_deviance(bound, dims, p: int):
 
     def fixed_effect_profile(start, focal):
         """Hold fixed effect ``focal`` at ``start[focal]``; optimize lme4's theta (L-BFGS-B, diagonals >= 0),
-        ``sigma`` and the other fixed effects profiled out, as lme4 profiles a fixed effect."""
-        if focal is None or focal >= p:
+        ``sigma`` and the other fixed effects profiled out, as lme4 profiles a fixed effect (with a
+        structured term: ``None``, the structure's own parameters optimized instead)."""
+        if focal is None or focal >= p or not coordinates.unstructured:
             return None
         trils = _scale_trils(start[p:-1], dims)
         diagonal = _theta_diagonal(dims)
@@ -401,7 +509,7 @@ def _gaussian_deviance(bound, dims, p: int):
     return deviance
 
 
-def _laplace_deviance(bound, params: ModelParameters, dims, p: int):
+def _laplace_deviance(bound, params: ModelParameters, coordinates: _Coordinates, p: int):
     """The Laplace deviance of a GLMM at ``x = [fixed effects, sds and correlations]``.
 
     The mode search starts from the modes of the last evaluation (warm start); the
@@ -410,7 +518,7 @@ def _laplace_deviance(bound, params: ModelParameters, dims, p: int):
     state = {"modes": None}
 
     def deviance(x, focal=None):
-        trils = _scale_trils(x[p:], dims)
+        trils = coordinates.trils(x[p:])
         if trils is None:
             return _BIG
         result = marginal_log_likelihood(bound, ModelParameters(x[:p], trils, dict(params.family_params)),

@@ -28,7 +28,8 @@ from mixedfx._tf import tf
 from mixedfx.design import RandomTermData
 from mixedfx.exceptions import FormulaError
 from mixedfx.model import Gaussian, MixedModel, ModelParameters, gaussian_marginal, joint_log_prob
-from mixedfx.model.covariance import log_bessel_k, matern_correlation, structure_for
+from mixedfx.model.covariance import structure_for
+from mixedfx.model.matern_kernel import log_bessel_k, matern_correlation
 from mixedfx.report import format_summary
 from mixedfx.results import count_parameters
 

@@ -104,10 +104,12 @@ def test_poisson_rr_matches_glmmtmb(poisson_fit):
 
 
 def test_profile_refusal_names_the_term_and_structure(poisson_fit):
-    """Profile intervals do not profile a structure's parameters yet: a ParameterError that
-    names the structured term and its structure and offers the other methods."""
-    with pytest.raises(ParameterError, match=re.escape("covariance structures (rr(... | g)): use method="
-                                                       "'bootstrap' or 'wald'")):
+    """Profile intervals do not profile rr's loadings (not each one reported sd or
+    correlation): a ParameterError that names the structured term and its structure and
+    offers the other methods."""
+    with pytest.raises(ParameterError, match=re.escape("not available for rr(... | g): its parameters are not each "
+                                                       "one reported sd or correlation; use method='bootstrap' "
+                                                       "or 'wald'")):
         poisson_fit.confint(method="profile")
 
 

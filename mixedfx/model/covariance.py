@@ -42,10 +42,11 @@ distance between points ``i`` and ``j``.  The design hands the points to
 from __future__ import annotations
 
 import numpy as np
-from scipy import optimize, special
+from scipy import optimize
 from scipy.spatial import distance
 
 from mixedfx._tf import tf, tfp
+from mixedfx.model.matern_kernel import matern_correlation, scipy_matern
 
 tfb = tfp.bijectors
 
@@ -108,6 +109,10 @@ class CovarianceStructure:
     correlates = False  # whether the structure has correlation parameters of its own
     whitened_e_step = False  # whether the E-step samples L^-1 b (a nearly singular covariance)
     linear = True  # whether a mean of covariances in the structure is in it
+    #: the unconstrained parameters' reported scales, in :meth:`covariance`'s order
+    #: (:meth:`natural_coordinates`): ``"sds"`` an sd per coefficient, ``"sd"`` a common
+    #: one, ``"rho"`` the correlation, any other name a positive scale; ``None``: none
+    natural_scales = None
 
     def __eq__(self, other) -> bool:
         return type(self) is type(other)
@@ -228,6 +233,37 @@ class CovarianceStructure:
     def parameters(self, cov) -> dict:
         """The structure's named correlation parameters of a covariance in it."""
         return {}
+
+    def natural_coordinates(self, coef_names) -> list[tuple] | None:
+        """The unconstrained parameters on the scales they are reported on (what profile
+        intervals hold, :mod:`mixedfx.profile`): per parameter, in :meth:`covariance`'s
+        order, ``(name, coefficient, bijector, (lower, upper))``, ``bijector.forward``
+        the map onto the scale and ``coefficient`` the coefficient of a per-coefficient
+        sd (else ``None``).  ``None`` where a parameter is not one reported quantity:
+        ``us`` (profiled on its sds and correlations), ``toep``'s partial
+        autocorrelations, ``rr``'s loadings.
+
+        Examples
+        --------
+        >>> from mixedfx.model.covariance import structure_for
+        >>> [(n, c, b) for n, c, _, b in structure_for("cs").natural_coordinates(["a", "b", "c"])]
+        [('sd', 'a', (0.0, None)), ('sd', 'b', (0.0, None)), ('sd', 'c', (0.0, None)), ('rho', None, (-0.5, 1.0))]
+        """
+        if self.natural_scales is None:
+            return None
+        out = []
+        for scale in self.natural_scales:
+            if scale == "sds":
+                out += [("sd", c, tfb.Exp(), (0.0, None)) for c in coef_names]
+            elif scale == "rho":
+                out.append(("rho", None, *self._rho_scale(len(coef_names))))
+            else:
+                out.append((scale, None, tfb.Exp(), (0.0, None)))
+        return out
+
+    def _rho_scale(self, dim: int):
+        """The correlation parameter's bijector and bounds: ``tanh`` onto (-1, 1)."""
+        return tfb.Tanh(), (-1.0, 1.0)
 
     def report(self, cov) -> dict:
         """What glmmTMB's ``VarCorr`` shows of a covariance in the structure.
@@ -366,6 +402,7 @@ class Diagonal(CovarianceStructure):
 
     name = "diag"
     expansion = "diagonal"
+    natural_scales = ("sds",)
 
     def n_params(self, dim: int) -> int:
         return dim
@@ -391,6 +428,7 @@ class HomogeneousDiagonal(Diagonal):
 
     name = "homdiag"
     expansion = "scalar"
+    natural_scales = ("sd",)
 
     def n_params(self, dim: int) -> int:
         return 1
@@ -436,6 +474,7 @@ class CompoundSymmetry(_Projected):
     name = "cs"
     expansion = "diagonal"
     correlates = True
+    natural_scales = ("sds", "rho")
 
     def n_params(self, dim: int) -> int:
         return dim + 1
@@ -452,6 +491,12 @@ class CompoundSymmetry(_Projected):
         rho = (tf.reduce_sum(corr) - float(dim)) / float(dim * (dim - 1))
         return tf.concat([tf.math.log(sds), _cs_rho_inverse(rho, dim)[None]], 0)
 
+    def _rho_scale(self, dim: int):
+        """A sigmoid onto ``(-1 / (dim - 1), 1)``, as :func:`_cs_rho`."""
+        low = -1.0 / max(dim - 1, 1)
+        shift, scale = tf.constant(low, tf.float64), tf.constant(1.0 - low, tf.float64)
+        return tfb.Chain([tfb.Shift(shift), tfb.Scale(scale), tfb.Sigmoid()]), (low, 1.0)
+
     def parameters(self, cov) -> dict:
         corr = np.asarray(cov) / np.outer(np.sqrt(np.diag(cov)), np.sqrt(np.diag(cov)))
         dim = corr.shape[0]
@@ -464,6 +509,7 @@ class HomogeneousCompoundSymmetry(CompoundSymmetry):
     name = "homcs"
     expansion = "scalar"
     correlates = True
+    natural_scales = ("sd", "rho")
     linear = True  # sd^2 (rho 11' + (1 - rho) I) = a 11' + b I
 
     def n_params(self, dim: int) -> int:
@@ -492,6 +538,7 @@ class AutoRegressive(_Projected):
     expansion = "scalar"
     correlates = True
     needs_times = True
+    natural_scales = ("sd", "rho")
 
     def n_params(self, dim: int) -> int:
         return 2
@@ -618,6 +665,10 @@ class _Continuous(_Projected):
         points = "" if self.coordinates is None else f"coordinates=<{len(self.coordinates)} points>"
         return f"{type(self).__name__}({points})"
 
+    @property
+    def natural_scales(self):
+        return ("sd", self.scale_name)
+
     def distances(self, dim: int) -> np.ndarray:
         """The ``dim x dim`` Euclidean distances between the points (numpy)."""
         if self.coordinates is None:
@@ -706,58 +757,6 @@ class GaussianKernel(_Continuous):
     nugget = 1e-8
 
 
-# The Matérn correlation needs K_kappa(x) differentiable twice in kappa as well as in x
-# (the M-step's Newton steps), which tfp.math.bessel_kve is not (no gradient in its order).
-# K_kappa(x) = int_0^inf exp(-x cosh t) cosh(kappa t) dt, by the trapezoidal rule on a fixed
-# grid, differentiates to any order in both.  The integrand is entire and decays doubly
-# exponentially, so the rule's relative error is about exp(x - pi^2 / step): with step 0.1, below
-# 1e-12 against scipy.special.kve for 1e-6 <= x <= 30 and 0.05 <= kappa <= 8, 3e-9 at x = 100
-# (tests/test_matern.py), where the correlation is below 1e-40 anyway.  The end 20 keeps
-# exp(-x cosh 20) negligible beside cosh(kappa 20) for x >= 1e-6 and kappa <= 10.
-_BESSEL_STEP = 0.1
-_BESSEL_NODES = np.arange(0.0, 20.0 + _BESSEL_STEP / 2, _BESSEL_STEP)
-_BESSEL_LOG_WEIGHTS = np.log(np.where(_BESSEL_NODES == 0.0, _BESSEL_STEP / 2, _BESSEL_STEP))
-
-
-def log_bessel_k(order, x):
-    """``log K_order(x)``, the modified Bessel function of the second kind, for ``x > 0``
-    and any real ``order``; twice differentiable in both (TF tensors, broadcast).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from mixedfx.model.covariance import log_bessel_k
-    >>> round(float(np.exp(log_bessel_k(np.float64(0.5), np.float64(2.0)))), 9)  # sqrt(pi / 4) e^-2
-    0.119937772
-    """
-    order = tf.abs(tf.convert_to_tensor(order, tf.float64))[..., None]  # K_-v = K_v
-    x = tf.convert_to_tensor(x, tf.float64)[..., None]
-    log_cosh = order * _BESSEL_NODES + tf.math.log1p(tf.exp(-2.0 * order * _BESSEL_NODES)) - np.log(2.0)
-    return tf.reduce_logsumexp(-x * np.cosh(_BESSEL_NODES) + log_cosh + _BESSEL_LOG_WEIGHTS, axis=-1)
-
-
-def matern_correlation(distances, log_range, log_kappa):
-    """TMB's ``matern(d, range, kappa)``: ``x^kappa K_kappa(x) / (2^(kappa - 1) Gamma(kappa))``
-    at ``x = d / range``, 1 at ``d = 0`` (with finite derivatives there), as a TF tensor.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from mixedfx.model.covariance import matern_correlation
-    >>> d = np.array([0.0, 1.0, 2.0])
-    >>> matern_correlation(d, np.log(2.0), np.log(0.5)).numpy().round(6).tolist()  # kappa 1/2: exp(-d / range)
-    [1.0, 0.606531, 0.367879]
-    """
-    distances = tf.convert_to_tensor(distances, tf.float64)
-    kappa = tf.exp(tf.convert_to_tensor(log_kappa, tf.float64))
-    log_range = tf.convert_to_tensor(log_range, tf.float64)
-    apart = distances > 0.0
-    x = tf.where(apart, distances, tf.ones_like(distances)) * tf.exp(-log_range)  # no log(0) at d = 0
-    log_corr = (kappa * tf.math.log(x) + log_bessel_k(kappa, x) - (kappa - 1.0) * np.log(2.0)
-                - tf.math.lgamma(kappa))
-    return tf.where(apart, tf.exp(tf.minimum(log_corr, 0.0)), tf.ones_like(distances))
-
-
 class Matern(_Continuous):
     """``mat``: ``sd^2 M_kappa(d_ij / range)``, the Matérn correlation over the Euclidean
     distances of the points (glmmTMB's ``mat(pos + 0 | g)``, parameters log sd, log range,
@@ -767,6 +766,7 @@ class Matern(_Continuous):
     name = "mat"
     nugget = 1e-8
     newton_tolerance = 1e-9
+    natural_scales = ("sd", "range", "kappa")
 
     def n_params(self, dim: int) -> int:
         return 3
@@ -802,7 +802,7 @@ class Matern(_Continuous):
         corr, d = cov[pairs] / np.exp(2.0 * log_sd), d[pairs]
 
         def residuals(theta):
-            return _scipy_matern(d, *np.exp(theta)) - corr
+            return scipy_matern(d, *np.exp(theta)) - corr
 
         fit = optimize.least_squares(residuals, [log_range, np.log(0.5)], xtol=1e-14, ftol=1e-14, gtol=1e-14)
         return np.concatenate([[log_sd], fit.x])
@@ -811,12 +811,6 @@ class Matern(_Continuous):
         _, log_range, log_kappa = self.unconstrained(cov)
         return {"range": float(np.exp(log_range)), "kappa": float(np.exp(log_kappa))}
 
-
-def _scipy_matern(d, range_, kappa):
-    """The Matérn correlation by scipy.special.kve (numpy; ``d > 0``)."""
-    x = d / range_
-    return np.exp(kappa * np.log(x) + np.log(special.kve(kappa, x)) - x - (kappa - 1.0) * np.log(2.0)
-                  - special.gammaln(kappa))
 
 
 # rr subclasses CovarianceStructure, defined above; mixedfx.model imports this module first.
