@@ -47,10 +47,10 @@ import pandas as pd
 from scipy import optimize, stats
 from sklearn.utils.validation import check_is_fitted
 
+from mixedfx._tf import tf
 from mixedfx.exceptions import ParameterError
 from mixedfx.inference.layout import ParameterLayout
 from mixedfx.model import ModelParameters, gaussian_marginal, term_z
-from mixedfx._tf import tf
 from mixedfx.model.covariance import term_structure
 from mixedfx.model.likelihood import marginal_log_likelihood
 
@@ -145,8 +145,8 @@ def profile_intervals_at(bound, params: ModelParameters, *, level: float = 0.95,
     """
     if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 < level < 1.0:
         raise ParameterError(f"level must be a number between 0 and 1, got {level!r}")
-    coordinates = _Coordinates.from_model(bound)
     _refuse_own_coefficients(bound)
+    coordinates = _Coordinates.from_model(bound)
     layout = ParameterLayout.from_model(bound)
     problem = _problem(bound, params, layout, coordinates)
     families = [n for n, kind in zip(layout.names, layout.kinds) if kind in ("family", "family_raw")]
@@ -244,7 +244,8 @@ class _Coordinates:
                 kinds += [k for _, k in pairs]
                 bounds += [(0.0, None) if k == "sd" else (-1.0, 1.0) for _, k in pairs]
             else:
-                [next(us) for _ in range(count)]
+                for _ in range(count):  # the layout's sds and correlations of the matrix: not profiled
+                    next(us)
                 names += [f"{n}({term.name}, {c})" if c is not None else f"{n}({term.name})" for n, c, _, _ in coords]
                 kinds += ["cor" if n == "rho" else "sd" for n, _, _, _ in coords]
                 bounds += [b for _, _, _, b in coords]
@@ -259,6 +260,7 @@ class _Coordinates:
         return all(coords is None for coords in self.natural)
 
     def _slices(self):
+        """Per term: its slice of the coordinates, its dimension and its natural coordinates."""
         start = 0
         for dim, coords in zip(self.dims, self.natural):
             size = dim * (dim + 1) // 2 if coords is None else len(coords)
