@@ -29,8 +29,9 @@ A structured random term (``ar1(0 + timef | subject)``, ``cs``, ``diag``, the sp
 ones) is profiled on its structure's own parameters, as glmmTMB profiles its ``theta``:
 its sds (``sd(subject)`` where the sd is common) and ``rho(subject)``, ``range(subject)``
 and the like, each on the scale it is reported on
-(:meth:`~mixedfx.model.covariance.CovarianceStructure.natural_coordinates`).  ``toep`` and
-``rr``, whose parameters are not each one reported quantity, are refused.
+(:meth:`~mixedfx.model.covariance.CovarianceStructure.natural_coordinates`; ``toep``'s
+``lag1(subject)``... are its lag correlations).  ``rr``, whose loadings are not each one
+reported quantity, is refused.
 
 The estimate itself is re-optimized on the profiled criterion first, so a Monte Carlo
 EM fit's small error in the optimum does not shift the profile's zero.  An sd whose
@@ -47,7 +48,6 @@ import pandas as pd
 from scipy import optimize, stats
 from sklearn.utils.validation import check_is_fitted
 
-from mixedfx._tf import tf
 from mixedfx.exceptions import ParameterError
 from mixedfx.inference.layout import ParameterLayout
 from mixedfx.model import ModelParameters, gaussian_marginal, term_z
@@ -85,7 +85,7 @@ def profile_intervals(model, *, level: float = 0.95, which=None) -> pd.DataFrame
     ParameterError
         If ``level`` is not in (0, 1), ``which`` names an unknown parameter, the
         family has its own linear models (``ziformula``, ``dispformula``), or a term's
-        structure is ``toep`` or ``rr``.
+        structure is ``rr``.
     sklearn.exceptions.NotFittedError
         If ``model`` is not fitted.
 
@@ -219,9 +219,9 @@ class _Coordinates:
 
     dims: tuple
     structures: tuple
-    natural: tuple  # per term: None (us), else natural_coordinates' list
+    natural: tuple  # per term: None (us), else its structure's natural_coordinates
     names: tuple
-    kinds: tuple  # "sd" or "cor": the first step away from the estimate (_step)
+    kinds: tuple  # "sd" (a positive scale) or "cor" (bounded): the first step away from the estimate (_step)
     bounds: tuple
 
     @classmethod
@@ -246,9 +246,9 @@ class _Coordinates:
             else:
                 for _ in range(count):  # the layout's sds and correlations of the matrix: not profiled
                     next(us)
-                names += [f"{n}({term.name}, {c})" if c is not None else f"{n}({term.name})" for n, c, _, _ in coords]
-                kinds += ["cor" if n == "rho" else "sd" for n, _, _, _ in coords]
-                bounds += [b for _, _, _, b in coords]
+                names += [f"{n}({term.name}, {c})" if c is not None else f"{n}({term.name})" for n, c, _ in coords]
+                kinds += ["sd" if b == (0.0, None) else "cor" for _, _, b in coords]
+                bounds += [b for _, _, b in coords]
             structures.append(structure)
             natural.append(coords)
         return cls(tuple(t.dim for t in bound.random_terms), tuple(structures), tuple(natural), tuple(names),
@@ -274,9 +274,7 @@ class _Coordinates:
             if coords is None:
                 out.append(_sdcor((L,)))
             else:
-                raw = structure.unconstrained(L @ L.T)
-                out.append(np.array([float(bijector.forward(tf.constant(u, tf.float64)))
-                                     for u, (_, _, bijector, _) in zip(raw, coords)]))
+                out.append(structure.natural_values(L @ L.T))
         return np.concatenate(out) if out else np.zeros(0)
 
     def trils(self, values) -> tuple | None:
@@ -287,8 +285,7 @@ class _Coordinates:
                 root = _scale_trils(values[part], (dim,))
                 root = None if root is None else root[0]
             else:
-                raw = [bijector.inverse(tf.constant(v, tf.float64)) for v, (_, _, bijector, _) in zip(values[part], coords)]
-                root = _root(np.asarray(structure.covariance(tf.stack(raw), dim)))
+                root = _root(structure.natural_covariance(values[part], dim))
             if root is None:
                 return None
             out.append(root)

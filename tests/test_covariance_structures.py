@@ -23,7 +23,7 @@ from scipy import stats
 import mixedfx
 from conftest import caret_column
 from mixedfx.design import RandomTermData
-from mixedfx.exceptions import FormulaError, ParameterError
+from mixedfx.exceptions import FormulaError
 from mixedfx.model import Gaussian, MixedModel, ModelParameters, gaussian_marginal, joint_log_prob
 from mixedfx.model.covariance import STRUCTURES, structure_for
 from mixedfx.report import format_summary
@@ -375,8 +375,7 @@ def test_confint_profiles_a_fitted_structure_on_its_own_parameters(replicate_fit
     """``confint(method="profile")`` of the fitted ar1 model gives rows for its own
     parameters (a common sd and ``rho``) and, the profile's optimum re-found from the Monte
     Carlo EM estimate, glmmTMB's profile ends within 0.5 % of the interval's width
-    (tests/fixtures/structure_profiles.json); ``toep``'s partial autocorrelations, not each
-    one reported correlation, are refused with a message naming the term."""
+    (tests/fixtures/structure_profiles.json)."""
     with open(FIXTURES / "structure_profiles.json") as handle:
         reference = json.load(handle)["replicates_ar1"]
     table = replicate_fits("ar1").confint(method="profile", which=["sd(subject)", "rho(subject)"])
@@ -384,5 +383,3 @@ def test_confint_profiles_a_fitted_structure_on_its_own_parameters(replicate_fit
     for name, key in (("sd(subject)", "sd"), ("rho(subject)", "rho")):
         expected = np.array([reference[f"{key}_lower"], reference[f"{key}_upper"]])
         np.testing.assert_allclose(table.loc[name].to_numpy(), expected, atol=0.005 * np.ptp(expected), rtol=0)
-    with pytest.raises(ParameterError, match=re.escape("not available for toep(... | subject)")):
-        replicate_fits("toep").confint(method="profile")

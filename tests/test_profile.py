@@ -196,7 +196,7 @@ def _at_glmmtmb_estimates(reference: dict):
 
 def _glmmtmb_ends(reference: dict) -> pd.DataFrame:
     """glmmTMB's ends under mixedfx's names: fixed effects, the sds (one common sd for ar1,
-    else one per time), ``rho(subject)``."""
+    else one per time), ``rho(subject)`` or toep's ``lag1(subject)``..."""
     ends = {n.replace("(Intercept)", "Intercept"): (reference["fixed_lower"][n], reference["fixed_upper"][n])
             for n in reference["fixed_lower"]}
     common = np.size(reference["sd_lower"]) == 1
@@ -204,6 +204,8 @@ def _glmmtmb_ends(reference: dict) -> pd.DataFrame:
     ends.update(zip(sds, zip(np.atleast_1d(reference["sd_lower"]), np.atleast_1d(reference["sd_upper"]))))
     if "rho_lower" in reference:
         ends["rho(subject)"] = (reference["rho_lower"], reference["rho_upper"])
+    for k, lower, upper in zip(range(1, 5), reference.get("lag_lower", ()), reference.get("lag_upper", ())):
+        ends[f"lag{k}(subject)"] = (lower, upper)
     return pd.DataFrame(ends, index=["lower", "upper"]).T
 
 
@@ -211,13 +213,14 @@ def _glmmtmb_ends(reference: dict) -> pd.DataFrame:
     ("replicates_ar1", None),
     ("replicates_cs", ["sd(subject, timef[t5])", "rho(subject)"]),
     ("replicates_diag", ["Intercept", "sd(subject, timef[t2])", "sd(subject, timef[t4])"]),
+    ("replicates_toep", ["lag2(subject)", "lag4(subject)"]),
     pytest.param("poisson_ar1", ["time", "sd(subject)", "rho(subject)"], marks=pytest.mark.slow),
 ])
 def test_structured_terms_match_glmmtmbs_profile(structure_profiles, case, which):
     """A structured term is profiled on its own parameters (its sds, ``rho``), as glmmTMB
-    profiles its theta; every end within 0.5 % of the interval's width of glmmTMB's
-    (measured: within 0.05 %), for ar1, cs and diag (exact Gaussian ML deviance) and a
-    Poisson ar1 (Laplace)."""
+    profiles its theta (toep: its lag correlations); every end within 0.5 % of the
+    interval's width of glmmTMB's, for ar1, cs, diag and toep (exact Gaussian ML deviance)
+    and a Poisson ar1 (Laplace)."""
     reference = structure_profiles[case]
     bound, params = _at_glmmtmb_estimates(reference)
     table = profile_intervals_at(bound, params, which=which)

@@ -344,8 +344,8 @@ class AfterFitMethods:
             intervals (lme4's ``confint(m, method = "profile")``, its default; see
             :func:`mixedfx.profile.profile_intervals`): a REML fit is profiled on the
             ML deviance, as lme4 does; a structured term is profiled on its own
-            parameters (``sd(g)``, ``rho(g)``; glmmTMB's profile), ``toep`` and ``rr``
-            refused, and so is a family with its own linear models (``ziformula``,
+            parameters (``sd(g)``, ``rho(g)``; glmmTMB's profile), ``rr`` refused,
+            and so is a family with its own linear models (``ziformula``,
             ``dispformula``).
         level : float, default 0.95
         n_boot : int, default 200

@@ -235,31 +235,52 @@ class CovarianceStructure:
         return {}
 
     def natural_coordinates(self, coef_names) -> list[tuple] | None:
-        """The unconstrained parameters on the scales they are reported on (what profile
-        intervals hold, :mod:`mixedfx.profile`): per parameter, in :meth:`covariance`'s
-        order, ``(name, coefficient, bijector, (lower, upper))``, ``bijector.forward``
-        the map onto the scale and ``coefficient`` the coefficient of a per-coefficient
-        sd (else ``None``).  ``None`` where a parameter is not one reported quantity:
-        ``us`` (profiled on its sds and correlations), ``toep``'s partial
-        autocorrelations, ``rr``'s loadings.
+        """The structure's parameters on the scales they are reported on (what profile
+        intervals hold, :mod:`mixedfx.profile`, as glmmTMB profiles its ``theta``): per
+        parameter ``(name, coefficient, (lower, upper))``, ``coefficient`` that of a
+        per-coefficient sd (else ``None``), in :meth:`natural_values`' order.  ``None``
+        for ``us`` (profiled on its sds and correlations) and ``rr`` (its loadings).
 
         Examples
         --------
         >>> from mixedfx.model.covariance import structure_for
-        >>> [(n, c, b) for n, c, _, b in structure_for("cs").natural_coordinates(["a", "b", "c"])]
+        >>> structure_for("cs").natural_coordinates(["a", "b", "c"])
         [('sd', 'a', (0.0, None)), ('sd', 'b', (0.0, None)), ('sd', 'c', (0.0, None)), ('rho', None, (-0.5, 1.0))]
+        >>> structure_for("toep").natural_coordinates(["t1", "t2", "t3"])[3:]
+        [('lag1', None, (-1.0, 1.0)), ('lag2', None, (-1.0, 1.0))]
         """
         if self.natural_scales is None:
             return None
         out = []
         for scale in self.natural_scales:
             if scale == "sds":
-                out += [("sd", c, tfb.Exp(), (0.0, None)) for c in coef_names]
+                out += [("sd", c, (0.0, None)) for c in coef_names]
             elif scale == "rho":
-                out.append(("rho", None, *self._rho_scale(len(coef_names))))
+                out.append(("rho", None, self._rho_scale(len(coef_names))[1]))
+            elif scale == "lags":
+                out += [(f"lag{k}", None, (-1.0, 1.0)) for k in range(1, len(coef_names))]
             else:
-                out.append((scale, None, tfb.Exp(), (0.0, None)))
+                out.append((scale, None, (0.0, None)))
         return out
+
+    def _natural_bijectors(self, dim: int) -> list:
+        """Per unconstrained parameter, the bijector onto its reported scale."""
+        out = []
+        for scale in self.natural_scales:
+            count = dim if scale == "sds" else 1
+            out += [self._rho_scale(dim)[0] if scale == "rho" else tfb.Exp()] * count
+        return out
+
+    def natural_values(self, cov) -> np.ndarray:
+        """:meth:`natural_coordinates`' values of a covariance in the structure (numpy)."""
+        raw = self.unconstrained(cov)
+        return np.array([float(b.forward(tf.constant(u, tf.float64)))
+                         for u, b in zip(raw, self._natural_bijectors(len(cov)))])
+
+    def natural_covariance(self, values, dim: int) -> np.ndarray:
+        """The ``dim x dim`` covariance at :meth:`natural_coordinates`' ``values`` (numpy)."""
+        raw = [b.inverse(tf.constant(v, tf.float64)) for v, b in zip(values, self._natural_bijectors(dim))]
+        return np.asarray(self.covariance(tf.stack(raw), dim))
 
     def _rho_scale(self, dim: int):
         """The correlation parameter's bijector and bounds: ``tanh`` onto (-1, 1)."""
@@ -592,6 +613,7 @@ class Toeplitz(_Projected):
     expansion = "diagonal"
     correlates = True
     needs_times = True
+    natural_scales = ("sds", "lags")  # reported and profiled: the lag correlations, as glmmTMB's theta
 
     def n_params(self, dim: int) -> int:
         return 2 * dim - 1
@@ -617,6 +639,21 @@ class Toeplitz(_Projected):
         sds = np.sqrt(np.diag(cov))
         corr = cov / np.outer(sds, sds)
         return {f"lag{k}": float(np.mean(np.diag(corr, k))) for k in range(1, corr.shape[0])}
+
+    def natural_values(self, cov) -> np.ndarray:
+        """The sds, then the lag correlations."""
+        cov = np.asarray(cov, dtype=np.float64)
+        return np.concatenate([np.sqrt(np.diag(cov)), list(self.parameters(cov).values())])
+
+    def natural_covariance(self, values, dim: int) -> np.ndarray:
+        """``D R D`` with ``R`` the Toeplitz matrix of the lag correlations (``NaN`` where it
+        is not positive definite: no covariance of the structure)."""
+        values = np.asarray(values, dtype=np.float64)
+        lags = np.concatenate([[1.0], values[dim:]])
+        corr = lags[np.abs(np.subtract.outer(np.arange(dim), np.arange(dim)))]
+        if np.linalg.eigvalsh(corr)[0] <= 0.0:
+            return np.full((dim, dim), np.nan)
+        return values[:dim, None] * corr * values[None, :dim]
 
     def unconstrained(self, cov) -> np.ndarray:
         """Log sds and ``atanh`` of the partial autocorrelations (Durbin-Levinson)."""
