@@ -282,14 +282,13 @@ def test_wald_covariance_sums_its_information_over_slices_of_rows(monkeypatch):
     """The observed information summed over slices of rows (a million-row fit's took
     19 GB at once) is the one of all rows at once, the prior counted once, to 1e-10:
     a zero-inflated Poisson model with two crossed factors and an offset."""
-    from mixedfx.inference import layout
+    from mixedfx.inference import information, layout
 
     rng = np.random.default_rng(5)
     model, _, effects, beta, sds, family_params = _random_model(Poisson(), rng)
     params = ModelParameters(beta, [np.array([[s]]) for s in sds], family_params)
     whole = layout.wald_covariance(model, params, effects)
-    n_values = 2 + 2 + sum(b.size for b in effects)  # fixed, zero-inflation and random coefficients
-    monkeypatch.setattr(layout, "INFORMATION_SLICE_VALUES", 27 * n_values)  # slices of 27 rows: 27, 27, 26
+    monkeypatch.setattr(information, "INFORMATION_SLICE_ROWS", 27)  # slices of 27 rows: 27, 27, 26
     sliced = layout.wald_covariance(model, params, effects)
     assert whole.shape == (4, 4) and np.all(np.linalg.eigvalsh(whole) > 0)
     np.testing.assert_allclose(sliced, whole, rtol=1e-10)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mixedfx._tf import tf
+from mixedfx.inference.information import observed_information
 from mixedfx.inference.stopping import MAX_AUTOREGRESSION, monte_carlo_standard_error
 from mixedfx.model.blocks import BlockSystem, DenseBlockTooLarge
 from mixedfx.model.covariance import CovarianceStructure, structure_for, term_structure
@@ -333,11 +334,6 @@ def _cholesky(cov: np.ndarray) -> np.ndarray:
 #: into account (a dense Hessian); beyond, it holds them at their conditional means.
 DENSE_RANDOM_LIMIT = 4000
 
-#: :func:`wald_covariance` sums the observed information over slices of rows, each
-#: holding at most this many (rows x parameters) values in its vectorized Hessian: all
-#: rows at once took 19 GB at a million rows and 1104 parameters.
-INFORMATION_SLICE_VALUES = 2**23
-
 
 def wald_covariance(model, params, random_effects) -> np.ndarray:
     """Wald covariance of the fixed effects and the family's unconstrained parameters
@@ -350,77 +346,18 @@ def wald_covariance(model, params, random_effects) -> np.ndarray:
     family needs (its coefficients are correlated with the conditional intercept).
     With more than :data:`DENSE_RANDOM_LIMIT` random coefficients they are held at
     ``random_effects`` instead (no Schur complement: smaller standard errors).  The
-    information is summed over slices of rows (:data:`INFORMATION_SLICE_VALUES`), the
-    prior's share added with the first.
+    information is assembled from each row's second derivatives in its linear
+    predictors and the family's parameters
+    (:func:`~mixedfx.inference.information.observed_information`).
     """
-    family = model.family
-    p, n_free = model.fixed_design.shape[1], len(family.free_from_parameters(params.family_params))
+    p = model.fixed_design.shape[1]
+    n_free = len(model.family.free_from_parameters(params.family_params))
     effects = [np.asarray(b, dtype=np.float64) for b in random_effects]
     n_random = sum(b.size for b in effects)
     dense = n_random <= DENSE_RANDOM_LIMIT
-    start = np.concatenate([params.fixed_effects, family.free_from_parameters(params.family_params),
-                            *(b.ravel() for b in effects)])
-    v = tf.constant(start if dense else start[:p + n_free])
-    chunk_information = _information_function(model, params, effects, p, n_free, dense)
-    n_rows = model.fixed_design.shape[0]
-    step = max(1, INFORMATION_SLICE_VALUES // int(v.shape[0]))
-    information = sum(chunk_information(v, tf.constant(a), tf.constant(min(a + step, n_rows)),
-                                        tf.constant(1.0 if a == 0 else 0.0, tf.float64)).numpy()
-                      for a in range(0, n_rows, step))
-    information = 0.5 * (information + information.T)
+    information = observed_information(model, params, effects, dense=dense)
     a = p + n_free
     profiled = information[:a, :a]
     if dense and n_random:
         profiled = profiled - information[:a, a:] @ np.linalg.solve(information[a:, a:], information[a:, :a])
     return np.linalg.pinv(0.5 * (profiled + profiled.T))
-
-
-def _information_function(model, params, effects, p, n_free, dense):
-    """:func:`wald_covariance`'s compiled share of one slice of rows ``[start, stop)``:
-    minus the Hessian of their log density, plus ``prior_scale`` times the prior's."""
-    family, terms = model.family, model.random_terms
-
-    def constant(array):
-        return None if array is None else tf.constant(array)
-
-    X, response = tf.constant(model.fixed_design, tf.float64), tf.constant(model.response, tf.float64)
-    offset, rows, weights = (None if a is None else tf.constant(a, tf.float64)
-                             for a in (model.offset, model.family_rows, model.weights))
-    indices = [constant(term.group_index) for term in terms]
-    zs = [None if term.z is None else tf.constant(term.z, tf.float64) for term in terms]
-    precisions = [tf.constant(np.linalg.inv(L @ L.T)) for L in params.random_scale_tril]
-    tags = model.predictors or ("cond",) * len(terms)
-
-    def log_density(v, start, stop, prior_scale):
-        def cut(tensor):
-            return None if tensor is None else tensor[start:stop]
-
-        eta, prior, at = tf.linalg.matvec(X[start:stop], v[:p]), tf.constant(0.0, tf.float64), p + n_free
-        eta = eta if offset is None else eta + cut(offset)
-        own = {}  # the random parts of the family's own linear predictors (glmmTMB's zi)
-        for b, precision, index, z, tag in zip(effects, precisions, indices, zs, tags):
-            values = tf.reshape(v[at:at + b.size], b.shape) if dense else tf.constant(b)
-            at += b.size
-            rows_b = tf.gather(values, cut(index))
-            part = tf.reduce_sum(rows_b * (1.0 if z is None else cut(z)), axis=-1)
-            if tag == "cond":
-                eta += part
-            else:
-                own[tag] = own.get(tag, 0.0) + part
-            prior -= 0.5 * tf.reduce_sum(values * tf.linalg.matmul(values, precision))
-        natural = family.constrain(v[p:p + n_free])
-        natural = family.with_predictor_offsets(natural, own) if own else natural
-        log_prob = family.weighted_log_prob(eta, natural, cut(response), trials=cut(rows), weights=cut(weights))
-        return tf.reduce_sum(log_prob) + prior_scale * prior
-
-    @tf.function
-    def chunk_information(v, start, stop, prior_scale):
-        with tf.GradientTape() as outer:
-            outer.watch(v)
-            with tf.GradientTape() as inner:
-                inner.watch(v)
-                total = log_density(v, start, stop, prior_scale)
-            gradient = inner.gradient(total, v)
-        return -outer.jacobian(gradient, v)
-
-    return chunk_information
