@@ -33,7 +33,24 @@ INFORMATION_SLICE_ROWS = 2**18
 def observed_information(model, params, effects, *, dense: bool) -> np.ndarray:
     """Minus the Hessian of the joint log density at ``params`` and ``effects`` (per term
     ``(num_levels, dim)``), in ``(beta, theta, b)`` (``b`` term by term, level-major) when
-    ``dense``, else in ``(beta, theta)`` with ``b`` held at ``effects``."""
+    ``dense``, else in ``(beta, theta)`` with ``b`` held at ``effects``.
+
+    Examples
+    --------
+    A Poisson intercept and one random intercept of two levels: the intercept's
+    information is the sum of the means, each level's its rows' means plus the prior's
+    precision ``1 / sd^2``:
+
+    >>> import numpy as np
+    >>> from mixedfx.design import RandomTermData
+    >>> from mixedfx.model import MixedModel, ModelParameters, Poisson
+    >>> term = RandomTermData("g", np.array([0, 0, 1], dtype=np.int32), None, 2)
+    >>> model = MixedModel(Poisson(), np.ones((3, 1)), np.array([1.0, 2.0, 0.0]), (term,), ("Intercept",))
+    >>> params = ModelParameters(np.array([0.0]), (np.array([[0.5]]),), {})
+    >>> info = observed_information(model, params, [np.zeros((2, 1))], dense=True)
+    >>> (info + 0.0).round(6).tolist()  # means exp(0) = 1; prior precision 4
+    [[3.0, 2.0, 1.0], [2.0, 6.0, 0.0], [1.0, 0.0, 5.0]]
+    """
     family, terms = model.family, model.random_terms
     p = model.fixed_design.shape[1]
     free = np.asarray(family.free_from_parameters(params.family_params), dtype=np.float64)
