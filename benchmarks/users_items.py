@@ -8,8 +8,8 @@ mixedfx and gpboost (the peer that fits large crossed designs; from the peers' v
 environment of ``peers.py``) each fit the same rows once, in a fresh process, so that the
 peak memory (the process's own ``VmHWM``, import and data included) is its own; the fit
 time excludes the import and the simulation.  Both are compared with the truth the rows
-were simulated from.  ``--max-minutes`` bounds each fit (mixedfx through ``max_iter``
-is not bounded in time: a fit that runs past it is stopped and reported as such).
+were simulated from.  ``--max-minutes`` bounds each fit's wall time: a fit still running
+then is stopped and reported as not done.
 
     python benchmarks/users_items.py                          # 10 million rows (hours on 2 CPU cores)
     python benchmarks/users_items.py --rows 100000 --peers gpboost

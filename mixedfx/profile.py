@@ -542,6 +542,9 @@ def _optimize(problem: _Problem, start: np.ndarray, focal):
     lower = np.array([-np.inf if problem.bounds[i][0] is None else problem.bounds[i][0] for i in free])
     upper = np.array([np.inf if problem.bounds[i][1] is None else problem.bounds[i][1] for i in free])
     origin = np.clip(x[free], lower, upper)
+    # An sd at 0 is a stationary point (the deviance is even in it): a finite-difference
+    # gradient there is nil, and L-BFGS-B would never leave it; start half a unit away.
+    origin = np.where((lower == 0.0) & (origin <= 0.0), 0.5 * scale, origin)
 
     def objective(units):
         trial = x.copy()

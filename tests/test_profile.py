@@ -233,3 +233,30 @@ def test_structured_terms_match_glmmtmbs_profile(structure_profiles, case, which
         width = expected.loc[name, "upper"] - expected.loc[name, "lower"]
         got = table.loc[name].to_numpy()
         np.testing.assert_allclose(got, expected.loc[name].to_numpy(), atol=0.005 * width, rtol=0, err_msg=name)
+
+
+@pytest.mark.parametrize("structure, pairs", [
+    ("homdiag", {"sd(g)": "sd(t0)"}),
+    ("diag", {"sd(g, c0)": "sd(t0)", "sd(g, c2)": "sd(t2)"}),
+])
+def test_a_linear_structure_profiles_as_its_lme4_spelling(structure, pairs):
+    """``homdiag(0 + f | g)`` is ``(1 | g:f)`` and ``diag(1 + x + w | g)`` is
+    ``(1 + x + w || g)``: the structure's sds (through its bijectors) have the intervals of
+    the lme4 spelling's (the ``us`` path, which matches lme4), and so do ``x`` and ``sigma``,
+    to 1e-3 of the interval's width."""
+    import dataclasses
+
+    from test_lmertest import _structure_pair
+
+    rng = np.random.default_rng(8)
+    (structured, at), (lme4, same) = _structure_pair(structure, rng)
+    n_cells = 3 * int(structured.random_terms[0].num_levels)
+    cell = structured.random_terms[0].group_index * 3 + np.argmax(structured.random_terms[0].z, axis=1)
+    y = 0.5 * structured.fixed_design[:, 3] + 0.8 * rng.normal(size=n_cells)[cell] + 0.7 * rng.normal(size=len(cell))
+    structured, lme4 = (dataclasses.replace(m, response=y) for m in (structured, lme4))
+    got = profile_intervals_at(structured, at, which=[*pairs, "x", "sigma"])
+    expected = profile_intervals_at(lme4, same, which=[*pairs.values(), "x", "sigma"])
+    for ours, theirs in {**pairs, "x": "x", "sigma": "sigma"}.items():
+        width = np.ptp(expected.loc[theirs].to_numpy())
+        np.testing.assert_allclose(got.loc[ours].to_numpy(), expected.loc[theirs].to_numpy(), atol=1e-3 * width,
+                                   rtol=0, err_msg=ours)

@@ -111,7 +111,8 @@ class CovarianceStructure:
     linear = True  # whether a mean of covariances in the structure is in it
     #: the unconstrained parameters' reported scales, in :meth:`covariance`'s order
     #: (:meth:`natural_coordinates`): ``"sds"`` an sd per coefficient, ``"sd"`` a common
-    #: one, ``"rho"`` the correlation, any other name a positive scale; ``None``: none
+    #: one, ``"rho"`` the correlation, ``"lags"`` lag correlations (``toep``, which maps
+    #: them itself), any other name a positive scale; ``None``: none
     natural_scales = None
 
     def __eq__(self, other) -> bool:
