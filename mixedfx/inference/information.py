@@ -56,7 +56,8 @@ def observed_information(model, params, effects, *, dense: bool) -> np.ndarray:
     free = np.asarray(family.free_from_parameters(params.family_params), dtype=np.float64)
     tags = model.predictors or ("cond",) * len(terms)
     channels = ("cond",) + tuple(sorted(set(tags) - {"cond"}))
-    etas = _linear_predictors(model, params, effects, channels, tags)
+    zs = [term_z(term, model.n_obs) for term in terms]  # once: a slice takes its rows of them
+    etas = _linear_predictors(model, params, effects, channels, tags, zs)
     offsets = np.cumsum([p + free.size] + [b.size for b in effects]) if dense else None
     size = offsets[-1] if dense else p + free.size
     # the blocks on the diagonal (filled whole), and those above it (mirrored at the end)
@@ -67,7 +68,7 @@ def observed_information(model, params, effects, *, dense: bool) -> np.ndarray:
         stop = min(start + INFORMATION_SLICE_ROWS, n_rows)
         on_eta, on_free = (t.numpy() for t in pieces(tf.constant(etas[:, start:stop]), tf.constant(free),
                                                      tf.constant(start), tf.constant(stop)))
-        rows = _RowBlock(model, start, stop, on_eta, channels, tags)
+        rows = _RowBlock(model, zs, start, stop, on_eta, channels, tags)
         _add_fixed_and_family(hessian, rows, on_free, p, free.size)
         if dense:
             _add_random(hessian, rows, offsets, p, free.size)
@@ -86,7 +87,7 @@ class _Hessian:
         self.diagonal, self.above = diagonal, above
 
 
-def _linear_predictors(model, params, effects, channels, tags) -> np.ndarray:
+def _linear_predictors(model, params, effects, channels, tags, zs) -> np.ndarray:
     """``(channels, n_rows)``: the conditional linear predictor (offset and every ``cond``
     term included), then per own predictor the random terms' part of it."""
     n = model.n_obs
@@ -94,8 +95,8 @@ def _linear_predictors(model, params, effects, channels, tags) -> np.ndarray:
     etas[0] = model.fixed_design @ np.asarray(params.fixed_effects, dtype=np.float64)
     if model.offset is not None:
         etas[0] += model.offset
-    for term, b, tag in zip(model.random_terms, effects, tags):
-        etas[channels.index(tag)] += np.sum(term_z(term, n) * np.asarray(b)[term.group_index], axis=1)
+    for term, z, b, tag in zip(model.random_terms, zs, effects, tags):
+        etas[channels.index(tag)] += np.sum(z * np.asarray(b)[term.group_index], axis=1)
     return etas
 
 
@@ -136,10 +137,10 @@ class _RowBlock:
     """One slice of rows: its fixed design, each term's levels and ``z``, and the per-row
     second derivatives ``w(c, d)`` (in two channels) and ``u(c, k)`` (in a channel and ``theta_k``)."""
 
-    def __init__(self, model, start, stop, on_eta, channels, tags):
+    def __init__(self, model, zs, start, stop, on_eta, channels, tags):
         self.X = model.fixed_design[start:stop]
         self.levels = [term.group_index[start:stop] for term in model.random_terms]
-        self.z = [term_z(term, model.n_obs)[start:stop] for term in model.random_terms]
+        self.z = [z[start:stop] for z in zs]
         self.sizes = [(term.num_levels, term.dim) for term in model.random_terms]
         self.channel = [channels.index(tag) for tag in tags]
         self.on_eta, self.n_channels = on_eta, len(channels)
