@@ -142,6 +142,9 @@ def _fit_lines(fit) -> list[str]:
     if fit.at_boundary:
         lines.append("boundary (singular) fit: " + ", ".join(fit.at_boundary)
                      + " estimated at the boundary (an sd at zero or a correlation at +-1); see lme4's ?isSingular")
+    if getattr(fit, "by_quadrature", ()):
+        lines.append(", ".join(fit.by_quadrature) + " small: finished on the adaptive Gauss-Hermite likelihood "
+                     "(25 nodes, as glmer's nAGQ = 25), with the family's own parameters")
     return lines
 
 

@@ -64,7 +64,7 @@ __all__ = ["MixedEffectsModel"]
 
 #: The format of a pickled or saved estimator: raised whenever the fitted state changes
 #: in a way an older mixedfx could not read (or this one could not read an older one's).
-MODEL_FORMAT = 1
+MODEL_FORMAT = 2  # 2: FitSummary.by_quadrature
 
 
 def format_mismatch(version, model_format) -> str:

@@ -2,7 +2,7 @@
 
 :func:`finish_fit` warns of a separation of a categorical response by the fixed
 effects (:mod:`mixedfx.model.separation`), moves the standard deviations whose ML estimate is zero onto the
-boundary, computes the exact Gaussian quantities (dense, sharded across devices, or by
+boundary, re-estimates a small one by quadrature where the model allows it, computes the exact Gaussian quantities (dense, sharded across devices, or by
 conjugate gradients when the dense blocks are too large) or, for the other families,
 the importance-sampling log-likelihood and the Laplace standard errors, and returns one
 :class:`FinishedFit` record.
@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 
 from mixedfx.exceptions import DataWarning
-from mixedfx.inference.boundary import boundary_components, zero_components
+from mixedfx.inference.boundary import boundary_components, quadrature_components, zero_components
 from mixedfx.inference.distributed import sharded_cross_products
 from mixedfx.inference.layout import fixed_effects_covariance, wald_covariance
 from mixedfx.inference.mcem import MCEMResult
@@ -145,6 +145,11 @@ def _finish(model, result, *, reml, seed, distribute, max_dense_entries, stackle
         estimate[[summary.parameter_names.index(name) for name in names]] = 0.0
         summary = dataclasses.replace(
             summary, estimate=estimate, at_boundary=tuple(dict.fromkeys(summary.at_boundary + tuple(names))))
+    params, refined = quadrature_components(model, params, start=result.random_effects)
+    if refined:  # a small sd that the EM iterates leave to Monte Carlo noise
+        estimate = summary.estimate.copy()
+        estimate[summary.parameter_names.index(refined[0])] = float(np.ravel(params.random_scale_tril[0])[0])
+        summary = dataclasses.replace(summary, estimate=estimate, by_quadrature=tuple(refined))
     common = dict(summary=summary, draws=tuple(result.draws), boundary_names=tuple(names))
     exact = None
     if model.family.conjugate_gaussian:

@@ -111,6 +111,10 @@ class FitSummary:
         The measured peak: the resident-memory high-water mark of the whole process
         (not of this fit alone) after the fit, and after the exact computations that
         finish it; ``None`` where the platform does not report it.
+    by_quadrature : tuple of str
+        Standard deviations whose estimate is the maximum of the adaptive Gauss-Hermite
+        likelihood along them, not the EM iterates' average: a small sd of a model with
+        one scalar random term (see :func:`~mixedfx.inference.boundary.quadrature_components`).
 
     Examples
     --------
@@ -162,6 +166,7 @@ class FitSummary:
     data_warnings: tuple[str, ...] = ()
     memory_estimate_bytes: int | None = None
     memory_peak_bytes: int | None = None
+    by_quadrature: tuple[str, ...] = ()
 
     @property
     def n_divergent(self) -> int:
