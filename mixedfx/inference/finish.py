@@ -1,11 +1,13 @@
 """Finishing a fit: from the Monte Carlo EM result to the estimates an estimator stores.
 
 :func:`finish_fit` warns of a separation of a categorical response by the fixed
-effects (:mod:`mixedfx.model.separation`), moves the standard deviations whose ML estimate is zero onto the
-boundary, re-estimates a small one by quadrature where the model allows it, computes the exact Gaussian quantities (dense, sharded across devices, or by
-conjugate gradients when the dense blocks are too large) or, for the other families,
-the importance-sampling log-likelihood and the Laplace standard errors, and returns one
-:class:`FinishedFit` record.
+effects (:mod:`mixedfx.model.separation`), moves the standard deviations whose ML
+estimate is zero onto the boundary, re-estimates a small one (and the random effects'
+conditional moments) by quadrature where the model allows it, computes the exact
+Gaussian quantities (dense, sharded across devices, or by conjugate gradients when the
+dense blocks are too large) or, for the other families, the importance-sampling
+log-likelihood and the Laplace standard errors, and returns one :class:`FinishedFit`
+record.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from mixedfx.model import (
     gaussian_marginal,
     marginal_log_likelihood,
 )
+from mixedfx.model.quadrature import quadrature_moments
 from mixedfx.model.separation import separation_of_model
 from mixedfx.model.variation import little_variation_of_model
 
@@ -146,10 +149,12 @@ def _finish(model, result, *, reml, seed, distribute, max_dense_entries, stackle
         summary = dataclasses.replace(
             summary, estimate=estimate, at_boundary=tuple(dict.fromkeys(summary.at_boundary + tuple(names))))
     params, refined = quadrature_components(model, params, start=result.random_effects)
+    moments = (tuple(result.random_effects), tuple(result.random_effects_cov))
     if refined:  # a small sd that the EM iterates leave to Monte Carlo noise
         estimate = summary.estimate.copy()
         estimate[summary.parameter_names.index(refined[0])] = float(np.ravel(params.random_scale_tril[0])[0])
         summary = dataclasses.replace(summary, estimate=estimate, by_quadrature=tuple(refined))
+        moments = tuple((m,) for m in quadrature_moments(model, params, start=result.random_effects))
     common = dict(summary=summary, draws=tuple(result.draws), boundary_names=tuple(names))
     exact = None
     if model.family.conjugate_gaussian:
@@ -188,8 +193,7 @@ def _finish(model, result, *, reml, seed, distribute, max_dense_entries, stackle
     return FinishedFit(parameters=params, fixed_effects_cov=cov, wald_cov=joint, log_likelihood=likelihood[0],
                        log_likelihood_se=likelihood[1], log_likelihood_method=likelihood[2],
                        log_likelihood_laplace=likelihood[3],
-                       conditional_means=tuple(result.random_effects),
-                       conditional_covs=tuple(result.random_effects_cov), **common)
+                       conditional_means=moments[0], conditional_covs=moments[1], **common)
 
 
 def _with_data_warnings(model: MixedModel, summary: FitSummary, *, stacklevel: int) -> FitSummary:

@@ -26,7 +26,7 @@ from mixedfx.model.gaussian import term_z
 from mixedfx.model.joint import MixedModel, ModelParameters
 from mixedfx.model.likelihood import laplace_mode
 
-__all__ = ["quadrature_applies", "quadrature_log_likelihood"]
+__all__ = ["quadrature_applies", "quadrature_log_likelihood", "quadrature_moments"]
 
 #: Entries (nodes times rows) of the linear predictors evaluated at once.
 QUADRATURE_CHUNK_ENTRIES = 2**22
@@ -86,26 +86,66 @@ def quadrature_log_likelihood(model: MixedModel, params: ModelParameters, *, n_p
     >>> round(quadrature_log_likelihood(model, params) - laplace, 3)
     0.503
     """
+    nodes, logs, scale = _integrands(model, params, n_points=n_points, start=start)
+    per_level = logsumexp(logs, axis=0) + np.log(scale) - 0.5 * np.log(2.0 * np.pi)
+    return float(per_level.sum())
+
+
+def quadrature_moments(model: MixedModel, params: ModelParameters, *, n_points: int = 25,
+                       start=None) -> tuple[np.ndarray, np.ndarray]:
+    """The random effects' conditional means and variances given the data at ``params``,
+    by the same quadrature as :func:`quadrature_log_likelihood`.
+
+    Returns
+    -------
+    means : numpy.ndarray of shape (num_levels, 1)
+    covs : numpy.ndarray of shape (num_levels, 1, 1)
+
+    Examples
+    --------
+    One level, one Poisson count of 3 at ``log mu = 0``, sd 1: the conditional mean of
+    ``b`` lies between the prior's 0 and the count's log, ``log 3``:
+
+    >>> import numpy as np
+    >>> from mixedfx.design import RandomTermData
+    >>> from mixedfx.model import MixedModel, ModelParameters, Poisson
+    >>> from mixedfx.model.quadrature import quadrature_moments
+    >>> model = MixedModel(Poisson(), np.ones((1, 1)), np.array([3.0]),
+    ...                    (RandomTermData("g", np.zeros(1, dtype=np.int32), None, 1),), ("Intercept",))
+    >>> means, covs = quadrature_moments(model, ModelParameters(np.zeros(1), np.ones(1), {}))
+    >>> float(means[0, 0].round(4)), float(covs[0, 0, 0].round(4))
+    (0.6873, 0.3228)
+    """
+    nodes, logs, _ = _integrands(model, params, n_points=n_points, start=start)
+    weights = np.exp(logs - logsumexp(logs, axis=0))
+    sd = float(np.ravel(params.random_scale_tril[0])[0])
+    mean = np.sum(weights * nodes, axis=0)
+    variance = np.sum(weights * (nodes - mean) ** 2, axis=0)
+    return (sd * mean)[:, None], (sd * sd * variance)[:, None, None]
+
+
+def _integrands(model: MixedModel, params: ModelParameters, *, n_points: int, start):
+    """Per level, the quadrature's nodes ``v_j + sqrt(2 / h_j) x_k`` (whitened) and the
+    log of each node's weighted integrand, both ``(n_points, num_levels)``, and the
+    levels' ``sqrt(2 / h_j)``."""
     if not quadrature_applies(model):
         raise ParameterError("adaptive Gauss-Hermite quadrature needs a single random term of one coefficient "
-                         "in the conditional linear predictor, like glmer's nAGQ > 1")
+                             "in the conditional linear predictor, like glmer's nAGQ > 1")
     term, sd = model.random_terms[0], float(np.ravel(params.random_scale_tril[0])[0])
     u = term_z(term, model.n_obs)[:, 0] * sd
     mode = laplace_mode(model, params, start=start)
-    v_hat = mode.whitened[0][:, 0]
     h = np.bincount(term.group_index, mode.weight * u * u, minlength=term.num_levels) + 1.0
     scale = np.sqrt(2.0 / h)
     x, w = np.polynomial.hermite.hermgauss(n_points)
     base = _fixed_predictor(model, params)
-    nodes = v_hat[None, :] + scale[None, :] * x[:, None]  # (n_points, num_levels)
+    nodes = mode.whitened[0][None, :, 0] + scale[None, :] * x[:, None]
     chunk = max(1, QUADRATURE_CHUNK_ENTRIES // max(model.n_obs, 1))
     rows = np.concatenate([_row_log_likelihood(model, params, base + u * nodes[k:k + chunk, term.group_index])
                            for k in range(0, n_points, chunk)])
     offsets = (np.arange(n_points) * term.num_levels)[:, None] + term.group_index[None, :]
     sums = np.bincount(offsets.ravel(), rows.ravel(), minlength=n_points * term.num_levels)
     logs = sums.reshape(n_points, term.num_levels) - 0.5 * nodes**2 + (np.log(w) + x**2)[:, None]
-    per_level = logsumexp(logs, axis=0) + np.log(scale) - 0.5 * np.log(2.0 * np.pi)
-    return float(per_level.sum())
+    return nodes, logs, scale
 
 
 def _fixed_predictor(model: MixedModel, params: ModelParameters) -> np.ndarray:
