@@ -30,8 +30,10 @@ ones) is profiled on its structure's own parameters, as glmmTMB profiles its ``t
 its sds (``sd(subject)`` where the sd is common) and ``rho(subject)``, ``range(subject)``
 and the like, each on the scale it is reported on
 (:meth:`~mixedfx.model.covariance.CovarianceStructure.natural_coordinates`; ``toep``'s
-``lag1(subject)``... are its lag correlations).  ``rr``, whose loadings are not each one
-reported quantity, is refused.
+``lag1(subject)``... are its lag correlations).  ``rr`` is profiled on its sds
+``sd(subject, coef)``, each row of its loadings that sd times a unit direction, the
+directions nuisance coordinates optimized at each point and not reported (at ``d = 1`` a
+direction is a sign: the estimate's signs are kept).
 
 The estimate itself is re-optimized on the profiled criterion first, so a Monte Carlo
 EM fit's small error in the optimum does not shift the profile's zero.  An sd whose
@@ -85,7 +87,7 @@ def profile_intervals(model, *, level: float = 0.95, which=None) -> pd.DataFrame
     ParameterError
         If ``level`` is not in (0, 1), ``which`` names an unknown parameter, the
         family has its own linear models (``ziformula``, ``dispformula``), or a term's
-        structure is ``rr``.
+        structure has no natural coordinates.
     sklearn.exceptions.NotFittedError
         If ``model`` is not fitted.
 
@@ -150,7 +152,7 @@ def profile_intervals_at(bound, params: ModelParameters, *, level: float = 0.95,
     layout = ParameterLayout.from_model(bound)
     problem = _problem(bound, params, layout, coordinates)
     families = [n for n, kind in zip(layout.names, layout.kinds) if kind in ("family", "family_raw")]
-    names = list(problem.names[:layout.n_fixed]) + list(coordinates.names) + families
+    names = list(problem.names[:layout.n_fixed]) + coordinates.reported_names + families
     if which is None:
         chosen = names
     else:
@@ -215,7 +217,9 @@ class _Coordinates:
     """The random terms' entries of the profiled vector: per ``us`` term its sds and
     correlations (lme4's scale), per structured term its structure's own parameters on
     their reported scales (:meth:`~mixedfx.model.covariance.CovarianceStructure.natural_coordinates`:
-    ``sd(g, coef)``, ``rho(g)``, ``range(g)``; glmmTMB profiles the same parameters)."""
+    ``sd(g, coef)``, ``rho(g)``, ``range(g)``; glmmTMB profiles the same parameters).
+    A natural coordinate with a fourth entry ``False`` (``rr``'s directions) is a nuisance
+    one: optimized at each profile point, neither profiled nor reported."""
 
     dims: tuple
     structures: tuple
@@ -223,13 +227,14 @@ class _Coordinates:
     names: tuple
     kinds: tuple  # "sd" (a positive scale) or "cor" (bounded): the first step away from the estimate (_step)
     bounds: tuple
+    reported: tuple  # per coordinate: whether it is a row of the table (False: a nuisance coordinate)
 
     @classmethod
     def from_model(cls, bound) -> _Coordinates:
         """The coordinates of ``bound``'s terms; a structure without natural coordinates is refused."""
         layout = ParameterLayout.from_model(bound)
         us = iter([(n, k) for n, k in zip(layout.names, layout.kinds) if k in ("sd", "cor")])
-        structures, natural, names, kinds, bounds = [], [], [], [], []
+        structures, natural, names, kinds, bounds, reported = [], [], [], [], [], []
         for term in bound.random_terms:
             structure = term_structure(term)
             coords = None if structure.unstructured else structure.natural_coordinates(term.coef_names)
@@ -243,16 +248,23 @@ class _Coordinates:
                 names += [n for n, _ in pairs]
                 kinds += [k for _, k in pairs]
                 bounds += [(0.0, None) if k == "sd" else (-1.0, 1.0) for _, k in pairs]
+                reported += [True] * count
             else:
                 for _ in range(count):  # the layout's sds and correlations of the matrix: not profiled
                     next(us)
-                names += [f"{n}({term.name}, {c})" if c is not None else f"{n}({term.name})" for n, c, _ in coords]
-                kinds += ["sd" if b == (0.0, None) else "cor" for _, _, b in coords]
-                bounds += [b for _, _, b in coords]
+                names += [f"{n}({term.name}, {c})" if c is not None else f"{n}({term.name})" for n, c, *_ in coords]
+                kinds += ["sd" if b == (0.0, None) else "cor" for _, _, b, *_ in coords]
+                bounds += [b for _, _, b, *_ in coords]
+                reported += [len(c) < 4 or bool(c[3]) for c in coords]
             structures.append(structure)
             natural.append(coords)
         return cls(tuple(t.dim for t in bound.random_terms), tuple(structures), tuple(natural), tuple(names),
-                   tuple(kinds), tuple(bounds))
+                   tuple(kinds), tuple(bounds), tuple(reported))
+
+    @property
+    def reported_names(self) -> list:
+        """The coordinates that are rows of the table (every one but the nuisance ones)."""
+        return [n for n, shown in zip(self.names, self.reported) if shown]
 
     @property
     def unstructured(self) -> bool:
@@ -326,8 +338,9 @@ def _problem(bound, params: ModelParameters, layout: ParameterLayout, coordinate
         deviance, free = _laplace_deviance(bound, params, coordinates, p), _all_free(len(names))
         criterion = "Laplace deviance at the conditional modes"
     scale = np.array([_step(k, v) for k, v in zip(kinds, start)])
+    profiled = tuple(n for n in names if n not in coordinates.names or n in coordinates.reported_names)
     # a Laplace deviance is smooth only to the mode search's tolerance: larger finite-difference steps
-    problem = _Problem(names, names, bounds, deviance, free, start, np.inf, scale, criterion,
+    problem = _Problem(names, profiled, bounds, deviance, free, start, np.inf, scale, criterion,
                        1e-6 if gaussian else 1e-4)
     estimate, minimum = _optimize(problem, start, None)
     if gaussian:  # the fixed effects at their GLS estimate given the variance parameters

@@ -26,7 +26,6 @@ within 0.1 below glmmTMB's (not above by more than 0.02) and the exact one withi
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -38,7 +37,6 @@ from conftest import FIXTURES, subprocess_env
 
 import mixedfx
 from mixedfx.design import bind_data
-from mixedfx.exceptions import ParameterError
 from mixedfx.formula import parse_formula
 from mixedfx.model import ModelParameters, bind_model, get_family, marginal_log_likelihood
 from mixedfx.model.covariance import term_structure
@@ -103,14 +101,16 @@ def test_poisson_rr_matches_glmmtmb(poisson_fit):
     assert model.log_likelihood_ == pytest.approx(ref["logLik"], abs=0.1)
 
 
-def test_profile_refusal_names_the_term_and_structure(poisson_fit):
-    """Profile intervals do not profile rr's loadings (not each one reported sd or
-    correlation): a ParameterError that names the structured term and its structure and
-    offers the other methods."""
-    with pytest.raises(ParameterError, match=re.escape("not available for rr(... | g): its parameters are not each "
-                                                       "one reported sd or correlation; use method='bootstrap' "
-                                                       "or 'wald'")):
-        poisson_fit.confint(method="profile")
+def test_profile_interval_of_an_rr_sd(poisson_fit):
+    """Profile intervals profile rr's sds (the loadings' directions optimized at each point,
+    not reported: tests/test_profile_rr.py), here on the Laplace deviance: ``sd(g, x1)``'s
+    interval holds its estimate and glmmTMB's, and is a proper interval."""
+    table = poisson_fit.confint(method="profile", which=["sd(g, x1)"])
+    assert table.index.tolist() == ["sd(g, x1)"]
+    lower, upper = table.loc["sd(g, x1)"]
+    estimate = table.attrs["estimate"]["sd(g, x1)"]
+    assert 0.0 < lower < estimate < upper < 1.0
+    assert lower < REFERENCE["poisson_rr"]["sd"][1] < upper
 
 
 # -- REML ---------------------------------------------------------------------------------------

@@ -344,9 +344,9 @@ class AfterFitMethods:
             intervals (lme4's ``confint(m, method = "profile")``, its default; see
             :func:`mixedfx.profile.profile_intervals`): a REML fit is profiled on the
             ML deviance, as lme4 does; a structured term is profiled on its own
-            parameters (``sd(g)``, ``rho(g)``; glmmTMB's profile), ``rr`` refused,
-            and so is a family with its own linear models (``ziformula``,
-            ``dispformula``).
+            parameters (``sd(g)``, ``rho(g)``; glmmTMB's profile; ``rr`` on its sds);
+            a family with its own linear models (``ziformula``,
+            ``dispformula``) is refused.
         level : float, default 0.95
         n_boot : int, default 200
             Bootstrap replicates (each a full fit).

@@ -239,8 +239,9 @@ class CovarianceStructure:
         """The structure's parameters on the scales they are reported on (what profile
         intervals hold, :mod:`mixedfx.profile`, as glmmTMB profiles its ``theta``): per
         parameter ``(name, coefficient, (lower, upper))``, ``coefficient`` that of a
-        per-coefficient sd (else ``None``), in :meth:`natural_values`' order.  ``None``
-        for ``us`` (profiled on its sds and correlations) and ``rr`` (its loadings).
+        per-coefficient sd (else ``None``), in :meth:`natural_values`' order, a fourth entry
+        ``False`` for a nuisance coordinate (optimized at each point, not reported: ``rr``'s
+        directions).  ``None`` for ``us`` (profiled on its sds and correlations).
 
         Examples
         --------

@@ -3,7 +3,8 @@
 The covariance of a level's ``dim`` coefficients is ``Lambda Lambda'``, ``Lambda`` a
 ``dim x d`` matrix of loadings (a factor-analytic model of the random effects), plus a
 fixed floor that keeps it full rank.  The structure owns its parameters, its M-step (in
-closed form), its report, and two hooks a singular covariance needs from Monte Carlo EM:
+closed form), its report, its profile coordinates (the sds, the loadings' directions as
+nuisance coordinates), and two hooks a singular covariance needs from Monte Carlo EM:
 the E-step samples its effects whitened (``whitened_e_step``) and the parameter
 expansion acts on the loadings' span (:meth:`ReducedRank.adapt_expansion`).  Registered in
 :data:`mixedfx.model.covariance.STRUCTURES`.
@@ -146,6 +147,64 @@ class ReducedRank(CovarianceStructure):
     def start(self, cov):
         """:meth:`unconstrained` (eagerly: the M-step needs no start)."""
         return tf.constant(self.unconstrained(np.asarray(cov)))
+
+    def natural_coordinates(self, coef_names) -> list[tuple]:
+        """Profile intervals' coordinates (:mod:`mixedfx.profile`): an sd per coefficient,
+        ``sd(g, coef)`` (the norm of the loadings' row, glmmTMB's ``VarCorr`` sd), then each
+        later row's direction: row ``i`` of ``Lambda`` is ``sd_i w_i / |w_i|``, ``w_i`` its
+        ``min(i + 1, d)`` free entries, unbounded and not reported (the fourth entry
+        ``False``: optimized at each profile point).  The first row's direction is fixed
+        (its diagonal non-negative, as :meth:`loadings`).
+
+        ``w_i`` has one entry more than the sphere's angles (its length is free): every
+        direction, a zero diagonal included, is a smooth interior point, with no poles of
+        spherical coordinates; at ``d = 1`` a row's direction is its sign, which no
+        continuous path changes, so the profile keeps the estimate's signs.
+
+        Examples
+        --------
+        >>> from mixedfx.model.covariance import structure_for
+        >>> coords = structure_for("rr", arguments=(("d", "1"),)).natural_coordinates(["a", "b", "c"])
+        >>> coords[:3]
+        [('sd', 'a', (0.0, None)), ('sd', 'b', (0.0, None)), ('sd', 'c', (0.0, None))]
+        >>> coords[3:]
+        [('direction1', 'b', (None, None), False), ('direction1', 'c', (None, None), False)]
+        """
+        names = list(coef_names)
+        out = [("sd", c, (0.0, None)) for c in names]
+        for i in range(1, len(names)):
+            out += [(f"direction{j + 1}", names[i], (None, None), False) for j in range(min(i + 1, self.rank))]
+        return out
+
+    def natural_values(self, cov) -> np.ndarray:
+        """The sds of :meth:`loadings`' rows, then each later row's unit direction (a row of
+        zeros: the unit vector of its last free entry)."""
+        loadings = self.loadings(cov)
+        dim, d = loadings.shape
+        sds = np.sqrt(np.sum(loadings ** 2, axis=1))
+        out = [sds]
+        for i in range(1, dim):
+            k = min(i + 1, d)
+            out.append(loadings[i, :k] / sds[i] if sds[i] > 0 else np.eye(k)[k - 1])
+        return np.concatenate(out)
+
+    def natural_covariance(self, values, dim: int) -> np.ndarray:
+        """``Lambda Lambda'`` plus the floor, ``Lambda``'s rows ``sd_i w_i / |w_i|`` (``NaN``
+        where some ``w_i`` is zero: no direction)."""
+        values = np.asarray(values, dtype=np.float64)
+        d = min(self.rank, dim)
+        loadings = np.zeros((dim, d))
+        loadings[0, 0] = values[0]
+        start = dim
+        for i in range(1, dim):
+            k = min(i + 1, d)
+            w, start = values[start:start + k], start + k
+            norm = np.sqrt(np.sum(w ** 2))
+            if not norm > 0:
+                return np.full((dim, dim), np.nan)
+            loadings[i, :k] = values[i] * w / norm
+        low_rank = loadings @ loadings.T
+        return low_rank + self.floor * np.trace(low_rank) / dim * np.eye(dim)
 
     def components(self, coef_names, cov) -> list[tuple]:
         """As glmmTMB's ``VarCorr`` of ``rr``: an sd per coefficient and the correlation of
