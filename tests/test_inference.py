@@ -34,6 +34,16 @@ def test_monte_carlo_standard_error_accounts_for_autocorrelation(rng):
     assert monte_carlo_standard_error(x[:, None])[0] / iid == pytest.approx(np.sqrt(19), rel=0.2)
 
 
+def test_monte_carlo_standard_error_of_a_column_at_rounding_level(rng):
+    """A column that an exact M-step recomputes each iteration moves at the rounding level
+    (the nbinom2 hurdle's zero part on Salamanders): no Monte Carlo error, where its AR(1)
+    coefficient of about 1 made it infinite, and the fit's summary "inf x tolerance"."""
+    rounding = 2.4 + 1e-14 * np.cumsum(rng.normal(size=40))
+    noisy = 2.4 + 1e-3 * rng.normal(size=40)
+    mcse = monte_carlo_standard_error(np.column_stack([rounding, noisy]))
+    assert mcse[0] == 0.0 and 0.0 < mcse[1] < 1e-3
+
+
 def test_rule_waits_while_parameters_drift(rng):
     rule = MonteCarloErrorRule(tol=0.1)
     drifting = np.linspace(0.0, 1.0, 10)[:, None] + 0.001 * rng.normal(size=(10, 1))

@@ -20,7 +20,7 @@ import numpy as np
 from mixedfx.exceptions import DataWarning
 from mixedfx.inference.boundary import boundary_components, quadrature_components, zero_components
 from mixedfx.inference.distributed import sharded_cross_products
-from mixedfx.inference.layout import fixed_effects_covariance, wald_covariance
+from mixedfx.inference.layout import ParameterLayout, fixed_effects_covariance, wald_covariance
 from mixedfx.inference.mcem import MCEMResult
 from mixedfx.inference.runaway import runaway_fixed_effects, runaway_message
 from mixedfx.inference.memory import peak_memory_bytes
@@ -151,8 +151,7 @@ def _finish(model, result, *, reml, seed, distribute, max_dense_entries, stackle
     params, refined = quadrature_components(model, params, start=result.random_effects)
     moments = (tuple(result.random_effects), tuple(result.random_effects_cov))
     if refined:  # a small sd that the EM iterates leave to Monte Carlo noise
-        estimate = summary.estimate.copy()
-        estimate[summary.parameter_names.index(refined[0])] = float(np.ravel(params.random_scale_tril[0])[0])
+        estimate = ParameterLayout.from_model(model).row(params)  # the sd and the family's parameters moved
         summary = dataclasses.replace(summary, estimate=estimate, by_quadrature=tuple(refined))
         moments = tuple((m,) for m in quadrature_moments(model, params, start=result.random_effects))
     common = dict(summary=summary, draws=tuple(result.draws), boundary_names=tuple(names))

@@ -95,6 +95,11 @@ STILL_FRACTION = 1e-3
 MAX_AUTOREGRESSION = 0.995
 
 
+#: Largest spread of a column, relative to ``1 + |mean|``, that counts as constant (an
+#: exact M-step's rounding): its Monte Carlo error is 0, not the AR(1) formula's.
+FLAT_SPREAD = 1e-9
+
+
 def ar1_coefficient(series: np.ndarray) -> np.ndarray:
     """Per column, the lag-one autoregression coefficient of a series, bias-corrected.
 
@@ -179,7 +184,7 @@ def monte_carlo_standard_error(series: np.ndarray, *, lead_in: np.ndarray | None
 def _long_run_error(series: np.ndarray, rho: np.ndarray) -> np.ndarray:
     """The AR(1) standard error of each column's mean, given the coefficients ``rho``:
     ``inf`` from :data:`MAX_AUTOREGRESSION` on or with under three iterates, ``0`` for
-    a constant column."""
+    a constant column (its spread at most :data:`FLAT_SPREAD` of ``1 + |mean|``)."""
     n = series.shape[0]
     if n < 3:
         return np.full(series.shape[1:], np.inf)
@@ -190,7 +195,9 @@ def _long_run_error(series: np.ndarray, rho: np.ndarray) -> np.ndarray:
     # the long-run variance over n, less what a window shorter than the memory misses.
     short = 1.0 - 2.0 * safe * (1.0 - safe**n) / (n * (1.0 - safe**2))
     mcse = np.sqrt(np.sum(residual**2, axis=0) / ((n - 2) * n) * short) / (1.0 - safe)
-    flat = np.all(series == series[0], axis=0)
+    # a column that moves only at the rounding level of an exact M-step (a hurdle's zero
+    # part, a logistic regression apart from the random effects) has no Monte Carlo error
+    flat = np.ptp(series, axis=0) <= FLAT_SPREAD * (1.0 + np.abs(series.mean(axis=0)))
     return np.where(flat, 0.0, np.where(rho >= MAX_AUTOREGRESSION, np.inf, mcse))
 
 
