@@ -171,12 +171,12 @@ class ModelFormatError(MixedFXError, ValueError):
     >>> import mixedfx
     >>> state = model.__getstate__()
     >>> state["_mixedfx_version"], state["_mixedfx_format"]
-    ('0.1.0', 1)
+    ('0.1.0', 2)
     >>> old = mixedfx.MixedEffectsRegressor.__new__(mixedfx.MixedEffectsRegressor)
     >>> old.__setstate__({**state, "_mixedfx_version": "0.0.9", "_mixedfx_format": 0})
     Traceback (most recent call last):
     ...
-    mixedfx.exceptions.ModelFormatError: this model was written by mixedfx 0.0.9 (format 0); this is mixedfx 0.1.0 (format 1), which cannot read it: load it with mixedfx 0.0.9 and refit, or refit from the data
+    mixedfx.exceptions.ModelFormatError: this model was written by mixedfx 0.0.9 (format 0); this is mixedfx 0.1.0 (format 2), which cannot read it: load it with mixedfx 0.0.9 and refit, or refit from the data
     """
 
 

@@ -87,7 +87,7 @@ def test_pickle_of_another_format_is_refused_naming_the_version(fits, tmp_path, 
     blob = pickle.dumps(model)
     joblib.dump(model, tmp_path / "model.joblib")
     monkeypatch.undo()
-    message = r"written by mixedfx 9\.9\.9 \(format 99\); this is mixedfx 0\.1\.0 \(format 1\)"
+    message = rf"written by mixedfx 9\.9\.9 \(format 99\); this is mixedfx 0\.1\.0 \(format {base.MODEL_FORMAT}\)"
     with pytest.raises(mixedfx.ModelFormatError, match=message):
         pickle.loads(blob)
     with pytest.raises(mixedfx.ModelFormatError, match=message):
