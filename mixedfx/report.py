@@ -42,11 +42,13 @@ def format_summary(model) -> str:
         if model.log_likelihood_se_:
             lines.append(f"AIC, BIC and logLik use the log-likelihood by {model.log_likelihood_method_}; Monte "
                          f"Carlo standard error {model.log_likelihood_se_:.3f}")
-            laplace = getattr(model, "log_likelihood_laplace_", None)
-            if laplace is not None:
-                lines.append(f"logLik by the Laplace approximation (glmer's): {laplace:.1f}")
         else:
-            lines.append(f"AIC, BIC and logLik use the {model.log_likelihood_method_} log-likelihood")
+            lines.append(f"AIC, BIC and logLik use the {model.log_likelihood_method_} log-likelihood"
+                         if model.log_likelihood_method_.startswith("exact") else  # Gaussian
+                         f"AIC, BIC and logLik use the log-likelihood by {model.log_likelihood_method_}")
+        laplace = getattr(model, "log_likelihood_laplace_", None)
+        if laplace is not None and laplace != loglik:  # a GLMM's: glmer's own logLik beside ours
+            lines.append(f"logLik by the Laplace approximation (glmer's): {laplace:.1f}")
         lines.append("")
     if model.residual_quantiles_ is not None:
         lines += [

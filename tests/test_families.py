@@ -168,7 +168,9 @@ def test_glmm_summary(fits, capsys):
     model.summary()
     text = capsys.readouterr().out
     for piece in ("Generalized linear mixed model", "binomial (logit link)", "z value", "Pr(>|z|)",
-                  "importance sampling", "herd", "; HMC acceptance 0.", "; final step size "):
+                  "logLik use the log-likelihood by adaptive Gauss-Hermite quadrature (25 nodes",
+                  "logLik by the Laplace approximation (glmer's)", "herd", "; HMC acceptance 0.",
+                  "; final step size "):
         assert piece in text, piece
     assert "Residual" not in text
 

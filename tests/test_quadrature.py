@@ -100,11 +100,19 @@ def test_moments_and_integral_against_scipy_quad(model, data):
 
 
 @pytest.mark.slow
-def test_refined_fit_reports_quadrature_moments(data, model):
+def test_fit_reports_the_quadratures_moments_and_log_likelihood(data, model):
     """After the finish, random_effects_ are the quadrature's conditional means at the
-    fitted parameters (not the E-step's at the EM sd)."""
-    from mixedfx.model.quadrature import quadrature_moments
+    fitted parameters (not the E-step's at the EM sd), and log_likelihood_ is the
+    quadrature's, exact (SE 0), within 3 of its standard errors of an importance-sampling
+    estimate with 4,000 draws at the same parameters."""
+    from mixedfx.model.quadrature import QUADRATURE_METHOD, quadrature_moments
 
     fit = mixedfx.glmer(FORMULA, data, family="binomial", random_state=0, verbose=0)
     means, _ = quadrature_moments(fit.model_, fit.model_parameters_)
     np.testing.assert_allclose(np.asarray(fit.random_effects_["g"]).ravel(), means.ravel(), atol=1e-6)
+    assert (fit.log_likelihood_method_, fit.log_likelihood_se_) == (QUADRATURE_METHOD, 0.0)
+    assert fit.log_likelihood_ == pytest.approx(quadrature_log_likelihood(fit.model_, fit.model_parameters_),
+                                                abs=1e-9)
+    sampled = marginal_log_likelihood(fit.model_, fit.model_parameters_, n_draws=4000, seed=2)
+    assert abs(fit.log_likelihood_ - sampled.log_likelihood) < 3 * sampled.standard_error + 1e-3
+    assert fit.log_likelihood_laplace_ == pytest.approx(sampled.laplace, abs=1e-6)  # mode searches from two starts

@@ -81,9 +81,11 @@ ATTRIBUTES_DOC = """
         Per grouping factor, the conditional means of its coefficients (one column
         each), indexed by level (lme4's ``ranef``).
     log_likelihood_ : float or None
-        Marginal log-likelihood at the estimates: exact for the Gaussian family,
-        estimated by importance sampling (Laplace proposal) for the others; ``None``
-        if the computation would not fit in memory.
+        Marginal log-likelihood at the estimates: exact for the Gaussian family; by
+        adaptive Gauss-Hermite quadrature (25 nodes, glmer's ``nAGQ = 25``: exact to
+        many digits) for the others with one scalar random term (``(1 | g)``);
+        estimated by importance sampling (Laplace proposal) otherwise; ``None`` if the
+        computation would not fit in memory.
     log_likelihood_se_ : float or None
         Its Monte Carlo standard error (0 when exact).
     log_likelihood_method_ : str or None

@@ -32,7 +32,8 @@ from mixedfx.model import (
     gaussian_marginal,
     marginal_log_likelihood,
 )
-from mixedfx.model.quadrature import quadrature_moments
+from mixedfx.model.quadrature import (QUADRATURE_METHOD, quadrature_applies, quadrature_log_likelihood,
+                                       quadrature_moments)
 from mixedfx.model.separation import separation_of_model
 from mixedfx.model.variation import little_variation_of_model
 
@@ -175,9 +176,8 @@ def _finish(model, result, *, reml, seed, distribute, max_dense_entries, stackle
         )
     likelihood = (None, None, None, None)
     try:
-        estimate = marginal_log_likelihood(model, params, seed=seed, start=result.random_effects,
-                                           max_dense_entries=max_dense_entries)
-        likelihood = (estimate.log_likelihood, estimate.standard_error, estimate.method, estimate.laplace)
+        likelihood = _log_likelihood(model, params, seed=seed, start=result.random_effects,
+                                     max_dense_entries=max_dense_entries)
     except DenseBlockTooLarge as exc:
         warnings.warn(f"log-likelihood not computed: {exc}", UserWarning, stacklevel=stacklevel)
     joint = None
@@ -193,6 +193,19 @@ def _finish(model, result, *, reml, seed, distribute, max_dense_entries, stackle
                        log_likelihood_se=likelihood[1], log_likelihood_method=likelihood[2],
                        log_likelihood_laplace=likelihood[3],
                        conditional_means=moments[0], conditional_covs=moments[1], **common)
+
+
+def _log_likelihood(model, params, *, seed, start, max_dense_entries) -> tuple:
+    """``(log-likelihood, its standard error, method, Laplace approximation)`` of a
+    non-Gaussian fit: by adaptive Gauss-Hermite quadrature (exact to many digits, as
+    glmer's ``nAGQ = 25``) where the model has one scalar random term, by importance
+    sampling (a Monte Carlo standard error) otherwise."""
+    quadrature = quadrature_applies(model)
+    estimate = marginal_log_likelihood(model, params, seed=seed, start=start, max_dense_entries=max_dense_entries,
+                                       **({"n_draws": 0} if quadrature else {}))
+    if quadrature:
+        return (quadrature_log_likelihood(model, params, start=start), 0.0, QUADRATURE_METHOD, estimate.laplace)
+    return estimate.log_likelihood, estimate.standard_error, estimate.method, estimate.laplace
 
 
 def _with_data_warnings(model: MixedModel, summary: FitSummary, *, stacklevel: int) -> FitSummary:

@@ -26,7 +26,10 @@ from mixedfx.model.gaussian import term_z
 from mixedfx.model.joint import MixedModel, ModelParameters
 from mixedfx.model.likelihood import laplace_mode
 
-__all__ = ["quadrature_applies", "quadrature_log_likelihood", "quadrature_moments"]
+__all__ = ["QUADRATURE_METHOD", "quadrature_applies", "quadrature_log_likelihood", "quadrature_moments"]
+
+#: How a fit names a log-likelihood computed by :func:`quadrature_log_likelihood`.
+QUADRATURE_METHOD = "adaptive Gauss-Hermite quadrature (25 nodes, glmer's nAGQ = 25)"
 
 #: Entries (nodes times rows) of the linear predictors evaluated at once.
 QUADRATURE_CHUNK_ENTRIES = 2**22
