@@ -96,10 +96,19 @@ def test_conjugate_gradients_profile_the_fixed_effects_as_the_dense_solver_does(
         assert np.max(np.abs(ours - unprofiled)) > 1e-3  # profiling moved them
 
 
-def test_the_dense_solver_refuses_past_its_bound_and_bad_arguments_name_themselves(crossed):
+def test_the_dense_solver_refuses_past_its_bound_and_bad_arguments_name_themselves(crossed, monkeypatch):
     model, params = crossed
-    with pytest.raises(DenseBlockTooLarge):
-        gaussian_marginal(model, params, max_dense_entries=1)
+    # refused before any row is touched: building the scaled designs (term_z) would be
+    # a few hundred MB at ten million rows, the 10M benchmark's memory peak
+    import mixedfx.model.gaussian
+
+    def no_rows(*args, **kwargs):
+        raise AssertionError("the rows were read before the bound was checked")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(mixedfx.model.gaussian, "term_z", no_rows)
+        with pytest.raises(DenseBlockTooLarge):
+            gaussian_marginal(model, params, max_dense_entries=1)
     with pytest.raises(ParameterError, match="solver must be .* got 'cholesky'"):
         gaussian_marginal(model, params, solver="cholesky")
     with pytest.raises(ParameterError, match="row_sums serves the dense solver"):

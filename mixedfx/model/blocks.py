@@ -150,6 +150,15 @@ class BlockSystem:
         """Terms in elimination order: the one with the most columns first."""
         return sorted(range(len(num_levels)), key=lambda k: -num_levels[k] * dims[k])
 
+    @classmethod
+    def check_size(cls, terms, *, max_dense_entries: int | None = None) -> None:
+        """Raise :class:`DenseBlockTooLarge` if ``terms``' dense block would exceed the
+        bound, before any sum over rows is made (at ten million rows the scaled designs
+        alone are a few hundred MB, for nothing when the bound then refuses)."""
+        probe = cls.__new__(cls)
+        probe.terms = terms
+        probe._layout([t.num_levels for t in terms], [t.dim for t in terms], max_dense_entries)
+
     def _layout(self, num_levels, dims, max_dense_entries):
         self.num_levels, self.dims = list(num_levels), list(dims)
         order = self.order(self.num_levels, self.dims)

@@ -297,6 +297,7 @@ def local_cross_products(model: MixedModel, params: ModelParameters, *,
     4.3944
     """
     n = model.n_obs
+    BlockSystem.check_size(model.random_terms, max_dense_entries=max_dense_entries)
     sigma = float(params.family_params["sigma"])
     scaled = [term_z(term, n) @ L / sigma for term, L in zip(model.random_terms, params.random_scale_tril)]
     system = BlockSystem(model.random_terms, scaled, max_dense_entries=max_dense_entries)
