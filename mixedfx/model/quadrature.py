@@ -10,9 +10,10 @@ with ``u_i = z_i sd`` and ``phi`` the standard normal density (``v`` whitened, a
 :func:`~mixedfx.model.likelihood.laplace_mode`).  Each integral is taken by Gauss-Hermite
 quadrature centred on the level's conditional mode ``v_j`` and scaled by its curvature
 ``h_j = sum_i w_i u_i^2 + 1`` (Liu and Pierce, 1994): nodes ``v_j + sqrt(2 / h_j) x_k``.
-With one node it is the Laplace approximation; with 25 (the default) it is exact to many
-digits for any family, where the Laplace approximation is not: for binary responses in
-small clusters glmer's Laplace sd is 10-25 % below its ``nAGQ = 25`` one, small sds included.
+With one node it is the Laplace approximation; with 25 (the default) it is glmer's
+``nAGQ = 25`` (to 1e-12 in tests/test_quadrature.py), far closer to the integral than the
+Laplace approximation: for binary responses in small clusters glmer's Laplace sd is
+10-25 % below its ``nAGQ = 25`` one, small sds included.
 """
 
 from __future__ import annotations
