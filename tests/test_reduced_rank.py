@@ -264,12 +264,10 @@ def test_predict_and_simulate_read_the_covariance(fits):
 
 def test_refused_where_structures_are(fits):
     """Kenward-Roger degrees of freedom refuse rr as they refuse every structure nonlinear
-    in its parameters; profile intervals refuse its loadings."""
+    in its parameters (profile intervals profile its sds: tests/test_profile_rr.py)."""
     model = fits("d1")
     with pytest.raises(ParameterError, match=re.escape("not yet available for covariance structures nonlinear in their parameters (rr;")):
         kenward_roger_pieces(model.model_, model.model_parameters_)  # what ddf="kenward-roger" of a REML fit asks
-    with pytest.raises(ParameterError, match=re.escape("profile intervals are not available for rr(")):
-        model.confint(method="profile")
 
 
 # -- formula errors ----------------------------------------------------------------------------
