@@ -92,10 +92,11 @@ def residual_quantiles(family, model, family_params, linear_predictor) -> pd.Ser
     the training rows; ``None`` for a family without residuals."""
     if not family.has_residuals:
         return None
-    mean = family.response_mean(linear_predictor, family_params, rows=model.family_rows)
-    trials = np.ones(model.n_obs) if model.trials is None else model.trials
-    variance = family.response_variance(linear_predictor, family_params, rows=model.family_rows)
-    pearson = (model.response - trials * mean) / np.sqrt(np.maximum(variance, 1e-300))
+    # one row vector at a time (ten million rows: 80 MB each)
+    pearson = model.response - family.response_mean(linear_predictor, family_params, rows=model.family_rows) * (
+        1.0 if model.trials is None else model.trials)
+    pearson /= np.sqrt(np.maximum(family.response_variance(linear_predictor, family_params,
+                                                           rows=model.family_rows), 1e-300))
     return pd.Series(np.quantile(pearson, [0.0, 0.25, 0.5, 0.75, 1.0]), index=["Min", "1Q", "Median", "3Q", "Max"])
 
 

@@ -422,8 +422,9 @@ def numpy_linear_predictor(fixed_design, fixed_effects, random_effects, terms, *
     """
     eta = np.asarray(fixed_design, dtype=np.float64) @ np.asarray(fixed_effects, dtype=np.float64)
     if offset is not None:
-        eta = eta + np.asarray(offset, dtype=np.float64)
-    return eta + numpy_random_part(random_effects, terms, predictor="cond", n_rows=eta.shape[0])
+        eta += np.asarray(offset, dtype=np.float64)  # in place: a row vector fewer at ten million rows
+    eta += numpy_random_part(random_effects, terms, predictor="cond", n_rows=eta.shape[0])
+    return eta
 
 
 def numpy_random_part(random_effects, terms, *, predictor: str, n_rows: int) -> np.ndarray:
@@ -448,8 +449,11 @@ def numpy_random_part(random_effects, terms, *, predictor: str, n_rows: int) -> 
             continue
         effects = np.asarray(effects, dtype=np.float64)
         index = np.asarray(term.group_index)
-        rows = np.where(index[:, None] >= 0, effects[np.maximum(index, 0)], 0.0)
-        part = part + (rows[:, 0] if term.z is None else np.sum(rows * term.z, axis=1))
+        if index.size and index.min() >= 0:  # every level seen (the training rows): no mask
+            rows = effects[index]
+        else:
+            rows = np.where(index[:, None] >= 0, effects[np.maximum(index, 0)], 0.0)
+        part += rows[:, 0] if term.z is None else np.sum(rows * term.z, axis=1)
     return part
 
 
