@@ -39,7 +39,24 @@ QUADRATURE_CHUNK_ENTRIES = 2**22
 def quadrature_applies(model: MixedModel) -> bool:
     """Whether :func:`quadrature_log_likelihood` can integrate ``model``: one random
     term, of one coefficient, in the conditional linear predictor, and a family that is
-    not conjugate Gaussian (whose likelihood is exact already)."""
+    not conjugate Gaussian (whose likelihood is exact already).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mixedfx.design import RandomTermData
+    >>> from mixedfx.model import Gaussian, MixedModel, Poisson
+    >>> from mixedfx.model.quadrature import quadrature_applies
+    >>> g = RandomTermData("g", np.array([0, 0, 1, 1], dtype=np.int32), None, 2)
+    >>> h = RandomTermData("h", np.array([0, 1, 0, 1], dtype=np.int32), None, 2)
+    >>> y = np.array([1.0, 2.0, 0.0, 3.0])
+    >>> quadrature_applies(MixedModel(Poisson(), np.ones((4, 1)), y, (g,), ("Intercept",)))
+    True
+    >>> quadrature_applies(MixedModel(Poisson(), np.ones((4, 1)), y, (g, h), ("Intercept",)))  # crossed
+    False
+    >>> quadrature_applies(MixedModel(Gaussian(), np.ones((4, 1)), y, (g,), ("Intercept",)))  # exact already
+    False
+    """
     terms = model.random_terms
     return (len(terms) == 1 and terms[0].dim == 1 and model.predictors is None
             and not model.family.conjugate_gaussian)
