@@ -5,9 +5,9 @@ effects (:mod:`mixedfx.model.separation`), moves the standard deviations whose M
 estimate is zero onto the boundary, re-estimates a small one (and the random effects'
 conditional moments) by quadrature where the model allows it, computes the exact
 Gaussian quantities (dense, sharded across devices, or by conjugate gradients when the
-dense blocks are too large) or, for the other families, the importance-sampling
-log-likelihood and the Laplace standard errors, and returns one :class:`FinishedFit`
-record.
+dense blocks are too large) or, for the other families, the log-likelihood (by
+quadrature for one scalar random term, by importance sampling otherwise) and the Laplace
+standard errors, and returns one :class:`FinishedFit` record.
 """
 
 from __future__ import annotations
@@ -197,9 +197,9 @@ def _finish(model, result, *, reml, seed, distribute, max_dense_entries, stackle
 
 def _log_likelihood(model, params, *, seed, start, max_dense_entries) -> tuple:
     """``(log-likelihood, its standard error, method, Laplace approximation)`` of a
-    non-Gaussian fit: by adaptive Gauss-Hermite quadrature (exact to many digits, as
-    glmer's ``nAGQ = 25``) where the model has one scalar random term, by importance
-    sampling (a Monte Carlo standard error) otherwise."""
+    non-Gaussian fit: by adaptive Gauss-Hermite quadrature (glmer's ``nAGQ = 25``,
+    standard error 0) where the model has one scalar random term, by importance sampling
+    (a Monte Carlo standard error) otherwise."""
     quadrature = quadrature_applies(model)
     estimate = marginal_log_likelihood(model, params, seed=seed, start=start, max_dense_entries=max_dense_entries,
                                        **({"n_draws": 0} if quadrature else {}))
