@@ -155,9 +155,10 @@ class BlockSystem:
         """Raise :class:`DenseBlockTooLarge` if ``terms``' dense block would exceed the
         bound, before any sum over rows is made (at ten million rows the scaled designs
         alone are a few hundred MB, for nothing when the bound then refuses)."""
-        probe = cls.__new__(cls)
-        probe.terms = terms
-        probe._layout([t.num_levels for t in terms], [t.dim for t in terms], max_dense_entries)
+        num_levels, dims = [t.num_levels for t in terms], [t.dim for t in terms]
+        order = cls.order(num_levels, dims)
+        width = sum(num_levels[k] * dims[k] for k in order[1:])
+        _check_width(width, terms[order[0]].name, max_dense_entries)
 
     def _layout(self, num_levels, dims, max_dense_entries):
         self.num_levels, self.dims = list(num_levels), list(dims)
@@ -169,13 +170,8 @@ class BlockSystem:
             self.offsets[k] = width
             width += self.num_levels[k] * self.dims[k]
         self.width = width
-        max_dense_entries = MAX_DENSE_ENTRIES if max_dense_entries is None else max_dense_entries
-        if width * width > max_dense_entries:
-            largest = self.terms[self.first].name if self.terms is not None else f"term {self.first}"
-            raise DenseBlockTooLarge(
-                f"exact computation needs a dense block of {width} x {width} entries (the columns of the random "
-                f"terms other than the largest, {largest!r}); the bound is {max_dense_entries:,}"
-            )
+        _check_width(width, self.terms[self.first].name if self.terms is not None else f"term {self.first}",
+                     max_dense_entries)
 
     def columns(self, k: int, c: int) -> np.ndarray:
         """Column of ``U`` holding coefficient ``c`` of term ``k``, per row (within its block)."""
@@ -306,3 +302,14 @@ def _block_diagonal(blocks: np.ndarray) -> sparse.csr_matrix:
     rows = (np.arange(q)[:, None, None] * d + np.arange(d)[None, :, None]) + np.zeros((1, 1, d), dtype=np.int64)
     cols = (np.arange(q)[:, None, None] * d + np.arange(d)[None, None, :]) + np.zeros((1, d, 1), dtype=np.int64)
     return sparse.csr_matrix((blocks.ravel(), (rows.ravel(), cols.ravel())), shape=(q * d, q * d))
+
+
+def _check_width(width: int, largest: str, max_dense_entries: int | None) -> None:
+    """Raise :class:`DenseBlockTooLarge` if the dense block, ``width`` square, exceeds the
+    bound (``largest``: the term eliminated first, named in the message)."""
+    max_dense_entries = MAX_DENSE_ENTRIES if max_dense_entries is None else max_dense_entries
+    if width * width > max_dense_entries:
+        raise DenseBlockTooLarge(
+            f"exact computation needs a dense block of {width} x {width} entries (the columns of the random "
+            f"terms other than the largest, {largest!r}); the bound is {max_dense_entries:,}"
+        )
