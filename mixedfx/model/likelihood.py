@@ -126,7 +126,7 @@ def marginal_log_likelihood(
     v = list(mode.whitened)
     rng = np.random.default_rng(seed)
     log_weights = []
-    batch = 50
+    batch, step = 50, _draws_per_pass(model)  # draws made at once, and evaluated in one pass over the rows
     for start_draw in range(0, n_draws, batch):
         m = min(batch, n_draws - start_draw)
         eps1 = rng.standard_normal((system.q1, system.d1, m))
@@ -134,7 +134,8 @@ def marginal_log_likelihood(
         x1, xr = system.inverse_square_root(eps1, epsr)
         squared = np.sum(eps1**2, axis=(0, 1)) + np.sum(epsr**2, axis=0)
         draws_v = [[x + o for x, o in zip(v, system.to_terms(x1, xr, column=j))] for j in range(m)]
-        values = problem.log_likelihood(np.stack([problem.linear(draw) for draw in draws_v]))
+        values = np.concatenate([problem.log_likelihood(np.stack([problem.linear(d) for d in draws_v[k:k + step]]))
+                                 for k in range(0, m, step)])
         for j in range(m):
             prior = -0.5 * sum(float(np.sum(x**2)) for x in draws_v[j])
             log_weights.append(values[j] + prior + 0.5 * squared[j] - 0.5 * system.logdet)
@@ -150,6 +151,21 @@ def marginal_log_likelihood(
         laplace=float(laplace),
         conditional_modes=mode.modes,
     )
+
+
+#: Entries (draws times rows times linear predictors) that the importance sampling
+#: evaluates at once.  A batch of 50 draws at a million rows made ``[50, rows]``
+#: temporaries of 0.4 GB each, several alive together: the zero-inflated Poisson's
+#: peak rose from 2.4 to 7.3 GB after its EM loop (benchmarks/RESULTS.md).
+IMPORTANCE_CHUNK_ENTRIES = 2**22
+
+
+def _draws_per_pass(model: MixedModel) -> int:
+    """How many importance-sampling draws :func:`marginal_log_likelihood` evaluates in
+    one pass over the rows: 50 (its batch of draws) up to about 84,000 rows, fewer above,
+    so that a pass holds about :data:`IMPORTANCE_CHUNK_ENTRIES` entries."""
+    predictors = 1 if model.predictors is None else len(model.predictors)
+    return max(1, IMPORTANCE_CHUNK_ENTRIES // max(model.n_obs * predictors, 1))
 
 
 @dataclass(frozen=True)
