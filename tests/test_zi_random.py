@@ -214,6 +214,30 @@ def test_laplace_and_importance_sampling_against_glmmtmb_and_the_grid(exact_fit)
     assert abs(result.log_likelihood - exact) < 4 * result.standard_error
 
 
+def test_importance_sampling_passes_count_both_linear_predictors(monkeypatch):
+    """With random terms in both linear predictors each pass stacks ``[draws, 2, rows]``:
+    the pass budget (``IMPORTANCE_CHUNK_ENTRIES``) counts both predictors, and the passes
+    give the one-pass estimate and standard error."""
+    from mixedfx.model import likelihood, predictor_laplace
+
+    model, theta = _salamander_like(), _glmmtmb_theta()
+    params = ModelParameters(theta[:2], np.exp(theta[4:]), {"zi": theta[2:4]})
+    whole = marginal_log_likelihood(model, params, n_draws=60, seed=1)
+    shapes, original = [], predictor_laplace._summed_log_likelihood
+
+    def spy(family, parts, *args):
+        shapes.append(tuple(parts.shape))
+        return original(family, parts, *args)
+
+    monkeypatch.setattr(predictor_laplace, "_summed_log_likelihood", spy)
+    monkeypatch.setattr(likelihood, "IMPORTANCE_CHUNK_ENTRIES", 3 * 2 * model.n_obs + 1)
+    passes = marginal_log_likelihood(model, params, n_draws=60, seed=1)
+    stacked = [shape[0] for shape in shapes if shape[1:] == (2, model.n_obs)]
+    assert max(stacked) == 3 and sum(stacked) == 60, stacked
+    assert passes.log_likelihood == pytest.approx(whole.log_likelihood, abs=1e-9)
+    assert passes.standard_error == pytest.approx(whole.standard_error, rel=1e-9)
+
+
 # -- the fit (MCEM, the estimators) -------------------------------------------------------------
 
 #: the Wald covariance computations of the fit's final estimates (see ``fitted``)
