@@ -162,8 +162,9 @@ IMPORTANCE_CHUNK_ENTRIES = 2**22
 
 def _draws_per_pass(model: MixedModel) -> int:
     """How many importance-sampling draws :func:`marginal_log_likelihood` evaluates in
-    one pass over the rows: 50 (its batch of draws) up to about 84,000 rows, fewer above,
-    so that a pass holds about :data:`IMPORTANCE_CHUNK_ENTRIES` entries."""
+    one pass over the rows: as many as keep the pass within :data:`IMPORTANCE_CHUNK_ENTRIES`
+    entries, at least one.  A batch of 50 draws is one pass up to 83,886 rows of one
+    linear predictor; at a million rows a pass takes 4 draws."""
     predictors = 1 if model.predictors is None else len({"cond", *model.predictors})  # the stack's [P, rows]
     return max(1, IMPORTANCE_CHUNK_ENTRIES // max(model.n_obs * predictors, 1))
 
