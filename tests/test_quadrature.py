@@ -106,7 +106,7 @@ def test_moments_and_integral_against_scipy_quad(model, data):
 
 def test_importance_sampling_passes_are_bounded_and_change_nothing(model, monkeypatch):
     """The importance-sampled log-likelihood evaluates its draws in passes of at most
-    ``IMPORTANCE_CHUNK_ENTRIES`` draws x rows (at a million rows of the zero-inflated
+    ``ROW_PASS_ENTRIES`` draws x rows (at a million rows of the zero-inflated
     Poisson, a batch of 50 draws at once peaked at 7.6 GB, passes at 1.7 GB), and the
     passes give the estimate and its standard error of one pass of all 50 draws."""
     from mixedfx.model import likelihood
@@ -121,7 +121,7 @@ def test_importance_sampling_passes_are_bounded_and_change_nothing(model, monkey
         return original(self, eta, *args, **kwargs)
 
     monkeypatch.setattr(family, "weighted_log_prob", spy)
-    monkeypatch.setattr(likelihood, "IMPORTANCE_CHUNK_ENTRIES", 7 * model.n_obs + 5)
+    monkeypatch.setattr(likelihood, "ROW_PASS_ENTRIES", 7 * model.n_obs + 5)
     passes = marginal_log_likelihood(model, params, n_draws=120, seed=3)
     stacked = [draws for draws, *rows in shapes if rows == [model.n_obs]]  # [draws, rows] stacks
     assert max(stacked) == 7 and sum(stacked) == 120, stacked

@@ -216,7 +216,7 @@ def test_laplace_and_importance_sampling_against_glmmtmb_and_the_grid(exact_fit)
 
 def test_importance_sampling_passes_count_both_linear_predictors(monkeypatch):
     """With random terms in both linear predictors each pass stacks ``[draws, 2, rows]``:
-    the pass budget (``IMPORTANCE_CHUNK_ENTRIES``) counts both predictors, and the passes
+    the pass budget (``ROW_PASS_ENTRIES``) counts both predictors, and the passes
     give the one-pass estimate and standard error."""
     from mixedfx.model import likelihood, predictor_laplace
 
@@ -230,7 +230,7 @@ def test_importance_sampling_passes_count_both_linear_predictors(monkeypatch):
         return original(family, parts, *args)
 
     monkeypatch.setattr(predictor_laplace, "_summed_log_likelihood", spy)
-    monkeypatch.setattr(likelihood, "IMPORTANCE_CHUNK_ENTRIES", 3 * 2 * model.n_obs + 1)
+    monkeypatch.setattr(likelihood, "ROW_PASS_ENTRIES", 3 * 2 * model.n_obs + 1)
     passes = marginal_log_likelihood(model, params, n_draws=60, seed=1)
     stacked = [shape[0] for shape in shapes if shape[1:] == (2, model.n_obs)]
     assert max(stacked) == 3 and sum(stacked) == 60, stacked

@@ -153,20 +153,37 @@ def marginal_log_likelihood(
     )
 
 
-#: Entries (draws times rows times linear predictors) that the importance sampling
-#: evaluates at once.  A batch of 50 draws at a million rows made ``[50, rows]``
-#: temporaries of 0.4 GB each, several alive together: the zero-inflated Poisson's
-#: peak rose from 2.4 to 7.3 GB after its EM loop (benchmarks/RESULTS.md).
-IMPORTANCE_CHUNK_ENTRIES = 2**22
+#: Entries (stacked draws or nodes, times rows, times linear predictors) that one pass
+#: over the rows evaluates at once, in the importance sampling here and the quadrature
+#: (:mod:`mixedfx.model.quadrature`).  A batch of 50 draws at a million rows made
+#: ``[50, rows]`` temporaries of 0.4 GB each, several alive together: the zero-inflated
+#: Poisson's peak rose from 2.4 to 7.3 GB after its EM loop (benchmarks/RESULTS.md).
+ROW_PASS_ENTRIES = 2**22
+
+
+def stacks_per_pass(stack_entries: int) -> int:
+    """How many evaluations of ``stack_entries`` entries each (rows times linear
+    predictors) one pass over the rows stacks: as many as keep the pass within
+    :data:`ROW_PASS_ENTRIES` entries, at least one.
+
+    Examples
+    --------
+    A batch of 50 importance-sampling draws is one pass up to 83,886 rows of one linear
+    predictor; at a million rows a pass takes 4 draws:
+
+    >>> from mixedfx.model.likelihood import stacks_per_pass
+    >>> stacks_per_pass(83_886), stacks_per_pass(1_000_000), stacks_per_pass(10**8)
+    (50, 4, 1)
+    """
+    return max(1, ROW_PASS_ENTRIES // max(int(stack_entries), 1))
 
 
 def _draws_per_pass(model: MixedModel) -> int:
-    """How many importance-sampling draws :func:`marginal_log_likelihood` evaluates in
-    one pass over the rows: as many as keep the pass within :data:`IMPORTANCE_CHUNK_ENTRIES`
-    entries, at least one.  A batch of 50 draws is one pass up to 83,886 rows of one
-    linear predictor; at a million rows a pass takes 4 draws."""
-    predictors = 1 if model.predictors is None else len({"cond", *model.predictors})  # the stack's [P, rows]
-    return max(1, IMPORTANCE_CHUNK_ENTRIES // max(model.n_obs * predictors, 1))
+    """Importance-sampling draws per pass over ``model``'s rows (:func:`stacks_per_pass`):
+    a draw stacks each row's linear predictors (``cond``, and ``zi`` where random terms
+    enter it)."""
+    predictors = 1 if model.predictors is None else len({"cond", *model.predictors})
+    return stacks_per_pass(model.n_obs * predictors)
 
 
 @dataclass(frozen=True)

@@ -25,15 +25,12 @@ from mixedfx._tf import tf
 from mixedfx.exceptions import ParameterError
 from mixedfx.model.gaussian import term_z
 from mixedfx.model.joint import MixedModel, ModelParameters
-from mixedfx.model.likelihood import laplace_mode
+from mixedfx.model.likelihood import laplace_mode, stacks_per_pass
 
 __all__ = ["QUADRATURE_METHOD", "quadrature_applies", "quadrature_log_likelihood", "quadrature_moments"]
 
 #: How a fit names a log-likelihood computed by :func:`quadrature_log_likelihood`.
 QUADRATURE_METHOD = "adaptive Gauss-Hermite quadrature (25 nodes, glmer's nAGQ = 25)"
-
-#: Entries (nodes times rows) of the linear predictors evaluated at once.
-QUADRATURE_CHUNK_ENTRIES = 2**22
 
 
 def quadrature_applies(model: MixedModel) -> bool:
@@ -160,7 +157,7 @@ def _integrands(model: MixedModel, params: ModelParameters, *, n_points: int, st
     x, w = np.polynomial.hermite.hermgauss(n_points)
     base = _fixed_predictor(model, params)
     nodes = mode.whitened[0][None, :, 0] + scale[None, :] * x[:, None]
-    chunk = max(1, QUADRATURE_CHUNK_ENTRIES // max(model.n_obs, 1))
+    chunk = stacks_per_pass(model.n_obs)  # nodes per pass over the rows
     rows = np.concatenate([_row_log_likelihood(model, params, base + u * nodes[k:k + chunk, term.group_index])
                            for k in range(0, n_points, chunk)])
     offsets = (np.arange(n_points) * term.num_levels)[:, None] + term.group_index[None, :]
